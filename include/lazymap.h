@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * liblazymap: demand-paged buffers served by user-space page-fault handlers
+ * (userfaultfd). This header is the whole public surface of the library.
+ *
+ * Conventions (as in liburing): every function returns 0 (or a count) on
+ * success and a negative errno on failure; errno is never used. Objects come
+ * back through out-parameters. All functions are thread-safe.
+ */
+#ifndef LAZYMAP_H
+#define LAZYMAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(LAZYMAP_BUILDING) && defined(__GNUC__)
+#define LAZYMAP_API __attribute__((visibility("default")))
+#else
+#define LAZYMAP_API
+#endif
+
+#define LAZYMAP_VERSION_MAJOR 0
+#define LAZYMAP_VERSION_MINOR 1
+
+/*
+ * One userfaultfd, its handler threads and its mirror of the VMAs it serves.
+ * Opaque. A handle is like a file descriptor: after lazymap_close() every call
+ * on it returns -EBADF (unless the allocator has handed the same address to a
+ * newer lazymap, exactly as a closed fd number can be reused).
+ */
+struct lazymap;
+
+/* Options; an all-zero struct gives the defaults. Fields are only ever added at the end. */
+struct lazymap_opts {
+	unsigned handler_threads; /* 0: 1 */
+	unsigned queue_depth;     /* io_uring entries per handler thread; 0: default */
+	size_t readahead_max;     /* bytes filled ahead of a sequential fault stream; 0: 128 KiB */
+	size_t resident_limit;    /* bytes of filled pages kept resident; 0: unlimited */
+	const char *daemon;       /* NULL: in-process handlers; else faultd's socket path */
+	unsigned install;         /* LAZYMAP_INSTALL_*: how pool pages are installed; 0: COPY */
+	unsigned spin_us;         /* how long an idle handler polls before it sleeps;
+	                           * 0: default (50 us), LAZYMAP_SPIN_NONE: never spin */
+};
+
+#define LAZYMAP_INSTALL_COPY 0u /* UFFDIO_COPY from the handler's pool (default; fastest here) */
+#define LAZYMAP_INSTALL_MOVE 1u /* UFFDIO_MOVE of the pool page itself (private anonymous only) */
+#define LAZYMAP_SPIN_NONE    (~0u)
+
+/* Mapping flags: mmap's vocabulary. */
+#define LAZYMAP_PRIVATE 0x01 /* like MAP_PRIVATE: writes stay in memory */
+#define LAZYMAP_SHARED  0x02 /* like MAP_SHARED */
+#define LAZYMAP_ANON    0x04 /* no file: fd = -1, offset = 0; pages read as zeros */
+#define LAZYMAP_DIRECT  0x08 /* read the backing file with O_DIRECT */
+
+/*
+ * Open a lazymap: creates the userfaultfd and starts the handler threads.
+ * opts may be NULL.
+ * Errors: -EPERM userfaultfd is not available to this process (not root and
+ *         vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd);
+ *         -ENOSYS kernel without userfaultfd; -EINVAL bad option;
+ *         -EOPNOTSUPP opts->daemon set (faultd is not available yet);
+ *         -ENOMEM, -EMFILE, -EAGAIN (threads) as the system reports them.
+ */
+LAZYMAP_API int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts);
+
+/*
+ * Stop the handler threads, unmap every region, free everything.
+ * Pages of unmapped regions are gone, exactly as after munmap(). A thread still
+ * touching a region while it is closed is woken and then sees what the kernel
+ * gives it (zeros, or SIGSEGV once the range is unmapped).
+ * Errors: -EBADF lm is not an open lazymap.
+ */
+LAZYMAP_API int lazymap_close(struct lazymap *lm);
+
+/*
+ * Map len bytes, mmap-style: prot is a subset of PROT_READ|PROT_WRITE, flags
+ * is LAZYMAP_PRIVATE or LAZYMAP_SHARED, optionally | LAZYMAP_ANON (then fd is
+ * -1 and offset 0) or | LAZYMAP_DIRECT. The address is chosen by the kernel
+ * and returned in *addrp. Nothing is populated up front: every page is filled
+ * by a handler thread on first touch (zeros for LAZYMAP_ANON).
+ * Errors: -EINVAL zero or overflowing len, bad prot/flags/offset;
+ *         -EBADF bad fd; -EOPNOTSUPP file-backed mappings (not available yet);
+ *         -ENOMEM out of memory or address space.
+ */
+LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
+			    int fd, off_t offset);
+
+/*
+ * Anonymous private region whose pages are produced by fill() on first touch.
+ * fill writes len bytes (a multiple of the page size: the library fills runs
+ * of pages at once on sequential access) for the region offset given, into a
+ * staging buffer that is then installed. It returns 0, or a negative value to
+ * poison those pages: the toucher gets SIGBUS, as for an I/O error of a file
+ * mapping. fill runs on a handler thread, once for each page it produces; it
+ * must not touch lazymap regions of the same lazymap (that fault would wait
+ * for the thread running fill).
+ */
+typedef int (*lazymap_fill_fn)(void *page, size_t len, uint64_t offset, void *arg);
+LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
+				 lazymap_fill_fn fill, void *arg);
+
+/*
+ * Unmap the whole or a part of one or several regions: [addr, addr+len) must
+ * be page aligned and lie entirely inside regions of this lazymap.
+ * Errors: -EINVAL unaligned, zero or overflowing range, or a part of the
+ *         range that lazymap does not own (then nothing is unmapped).
+ */
+LAZYMAP_API int lazymap_unmap(struct lazymap *lm, void *addr, size_t len);
+
+/*
+ * Start filling the missing pages of a range in the background and return at
+ * once. Errors: as lazymap_unmap.
+ */
+LAZYMAP_API int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len);
+
+/*
+ * Write back dirty pages of shared file mappings in the range and wait until
+ * they are durable. Anonymous and private regions have nothing to write: 0.
+ * Errors: as lazymap_unmap.
+ */
+LAZYMAP_API int lazymap_sync(struct lazymap *lm, void *addr, size_t len);
+
+/*
+ * Change the protection of a range, like mprotect(): prot is a subset of
+ * PROT_READ|PROT_WRITE. Errors: as lazymap_unmap; -EINVAL bad prot.
+ */
+LAZYMAP_API int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot);
+
+/* Counters since lazymap_open. */
+struct lazymap_stats {
+	uint64_t faults;          /* missing-page fault messages served */
+	uint64_t pages_filled;    /* pages installed (faults, fault-around and prefetch) */
+	uint64_t bytes_read;      /* bytes read from backing files */
+	uint64_t bytes_written;   /* bytes written back to backing files */
+	uint64_t evictions;       /* pages evicted under resident_limit */
+	uint64_t io_errors;       /* pages poisoned because their fill failed */
+	/* by source and by way of installing */
+	uint64_t zero_pages;      /* pages mapped to the shared zero page (read faults) */
+	uint64_t fill_calls;      /* calls of lazymap_fill_fn */
+	uint64_t copy_ioctls;     /* UFFDIO_COPY calls */
+	uint64_t move_ioctls;     /* UFFDIO_MOVE calls */
+	uint64_t zeropage_ioctls; /* UFFDIO_ZEROPAGE calls */
+	/* the handlers' work */
+	uint64_t coalesced;       /* fault messages for a page another fill was serving */
+	uint64_t unowned;         /* fault messages outside every region (woken, not filled) */
+	uint64_t reads;           /* read() calls on the userfaultfd that returned messages */
+	uint64_t sleeps;          /* times a handler slept because it found nothing to do */
+	uint64_t prefetched;      /* pages filled by lazymap_prefetch */
+	uint64_t max_batch;       /* most messages one read() returned */
+	uint64_t regions;         /* VMAs in the tree now */
+};
+LAZYMAP_API int lazymap_stats(struct lazymap *lm, struct lazymap_stats *st);
+
+/*
+ * Print the VMA tree, one line per VMA, in /proc/self/maps style:
+ *   start-end perms offset source
+ * Returns the number of VMAs printed.
+ */
+LAZYMAP_API int lazymap_dump(struct lazymap *lm, FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LAZYMAP_H */

@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Handler threads: each waits on the userfaultfd (and the stop and work
+ * eventfds) in its own epoll set, reads fault messages in batches and runs
+ * the fault path on them, and takes queued prefetch work when idle.
+ *
+ * The wait decides our speed on small VMs: a sleeping thread woken on the
+ * other CPU costs tens of microseconds, a whole same-CPU round trip three.
+ * So an idle handler first polls with sched_yield() for spin_us (a faulting
+ * thread that blocks on the same CPU then runs us at once, with no wake-up at
+ * all), and only then sleeps in epoll_wait(), where it costs nothing.
+ */
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define BATCH 64
+
+_Thread_local struct handler *current_handler;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg *msgs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		const struct uffd_msg *m = &msgs[i];
+		uintptr_t addr;
+		bool dup = false;
+
+		switch (m->event) {
+		case UFFD_EVENT_PAGEFAULT:
+			stat_add(&h->stats.faults, 1);
+			addr = (uintptr_t)m->arg.pagefault.address & ~(uintptr_t)(page_size - 1);
+			/* Two threads faulting on one page queue two messages. */
+			for (int j = 0; j < i && !dup; j++)
+				dup = msgs[j].event == UFFD_EVENT_PAGEFAULT &&
+				      ((uintptr_t)msgs[j].arg.pagefault.address & ~(uintptr_t)(page_size - 1)) == addr;
+			if (dup) {
+				stat_add(&h->stats.coalesced, 1);
+				break;
+			}
+			fault_handle(h, mm, addr, m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE);
+			break;
+		default:
+			/* We negotiate no event features yet: the kernel said something new. */
+			fprintf(stderr, "liblazymap: unexpected userfaultfd event %u ignored\n",
+				m->event);
+			break;
+		}
+	}
+}
+
+/* Take one queued prefetch range, fill a pool's worth of it, queue the rest again. */
+static void serve_work(struct handler *h)
+{
+	struct lazymap *lm = h->lm;
+	struct prefetch *pf;
+	uint64_t drain;
+
+	pthread_mutex_lock(&lm->work_lock);
+	pf = lm->work;
+	if (pf)
+		lm->work = pf->next;
+	pthread_mutex_unlock(&lm->work_lock);
+	if (!pf)
+		return;
+
+	pf->start = fault_prefetch(h, &lm->mm, pf->start, pf->end);
+
+	pthread_mutex_lock(&lm->work_lock);
+	if (pf->start < pf->end) {
+		pf->next = lm->work;
+		lm->work = pf;
+		pf = NULL;
+	} else {
+		atomic_fetch_sub(&lm->work_pending, 1);
+	}
+	/* The eventfd is readable exactly while work is queued. */
+	if (!lm->work && read(lm->work_efd, &drain, sizeof(drain)) < 0)
+		(void)0;
+	pthread_mutex_unlock(&lm->work_lock);
+	free(pf);
+}
+
+static void *handler_main(void *arg)
+{
+	struct handler *h = arg;
+	struct lazymap *lm = h->lm;
+	struct mm *mm = &lm->mm;
+	struct uffd_msg msgs[BATCH];
+	uint64_t spin_ns = lm->opts.spin_us == LAZYMAP_SPIN_NONE ? 0 : lm->opts.spin_us * 1000ull;
+	uint64_t idle_since = 0;
+
+	current_handler = h;
+	for (;;) {
+		int n = uffd_read(mm->uffd, msgs, BATCH);
+
+		if (n > 0) {
+			stat_add(&h->stats.reads, 1);
+			if ((uint64_t)n > atomic_load_explicit(&h->stats.max_batch, memory_order_relaxed))
+				atomic_store_explicit(&h->stats.max_batch, (uint64_t)n, memory_order_relaxed);
+			serve_batch(h, mm, msgs, n);
+			idle_since = 0;
+			continue;
+		}
+		if (n < 0 && n != -EAGAIN) {
+			fprintf(stderr, "liblazymap: read(userfaultfd): %s\n", strerror(-n));
+			break;
+		}
+		if (atomic_load_explicit(&lm->stopping, memory_order_acquire))
+			break;
+		if (atomic_load_explicit(&lm->work_pending, memory_order_relaxed)) {
+			serve_work(h);
+			idle_since = 0;
+			continue;
+		}
+		if (!idle_since)
+			idle_since = now_ns();
+		if (now_ns() - idle_since < spin_ns) {
+			sched_yield();
+			continue;
+		}
+
+		struct epoll_event ev[4];
+
+		stat_add(&h->stats.sleeps, 1);
+		if (epoll_wait(h->epfd, ev, 4, -1) < 0 && errno != EINTR) {
+			fprintf(stderr, "liblazymap: epoll_wait: %s\n", strerror(errno));
+			break;
+		}
+		idle_since = 0;
+	}
+	return NULL;
+}
+
+static int handler_init(struct lazymap *lm, struct handler *h)
+{
+	int fds[] = { lm->mm.uffd, lm->stop_efd, lm->work_efd };
+	int ret;
+
+	h->lm = lm;
+	h->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (h->epfd < 0)
+		return -errno;
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.fd = fds[i] };
+
+		if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, fds[i], &ev))
+			return -errno;
+	}
+	ret = pool_init(&h->pool, lm->ra_pages);
+	return ret;
+}
+
+int handlers_start(struct lazymap *lm)
+{
+	sigset_t all, old;
+	int ret = 0;
+
+	lm->handlers = calloc(lm->nhandlers, sizeof(*lm->handlers));
+	if (!lm->handlers)
+		return -ENOMEM;
+	for (unsigned i = 0; i < lm->nhandlers; i++)
+		lm->handlers[i].epfd = -1;
+	/* The program's signals are not for us: handlers start with all blocked. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	for (unsigned i = 0; i < lm->nhandlers && !ret; i++) {
+		struct handler *h = &lm->handlers[i];
+		char name[16];
+
+		ret = handler_init(lm, h);
+		if (ret)
+			break;
+		ret = -pthread_create(&h->thread, NULL, handler_main, h);
+		if (ret)
+			break;
+		h->started = true;
+		snprintf(name, sizeof(name), "lazymap-h%u", i % 1000);
+		pthread_setname_np(h->thread, name);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (ret)
+		handlers_stop(lm);
+	return ret;
+}
+
+void handlers_stop(struct lazymap *lm)
+{
+	uint64_t one = 1;
+
+	if (!lm->handlers)
+		return;
+	atomic_store_explicit(&lm->stopping, true, memory_order_release);
+	if (write(lm->stop_efd, &one, sizeof(one)) < 0)
+		(void)0; /* an eventfd write of 1 cannot fail short of overflow */
+	for (unsigned i = 0; i < lm->nhandlers; i++) {
+		struct handler *h = &lm->handlers[i];
+
+		if (h->started)
+			pthread_join(h->thread, NULL);
+		pool_destroy(&h->pool);
+		if (h->epfd >= 0)
+			close(h->epfd);
+	}
+}

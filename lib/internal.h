@@ -1,0 +1,268 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What crosses files inside liblazymap, grouped by the file that defines it,
+ * so this header doubles as a map of the library. Names follow the kernel's
+ * mm/ (mm, vma, find_vma, pgoff ...) so that a reader of mm/ finds their way.
+ */
+#ifndef LAZYMAP_INTERNAL_H
+#define LAZYMAP_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "lazymap.h"
+
+/* ---------------------------------------------------------------- util.c */
+
+extern size_t page_size;    /* set once, before main(), by a constructor */
+extern unsigned page_shift;
+
+/* Invariants. LAZYMAP_DEBUG >= 1 (debug and test builds): cheap asserts;
+ * >= 2: expensive ones too (a full tree check after every change). */
+#ifndef LAZYMAP_DEBUG
+#define LAZYMAP_DEBUG 0
+#endif
+#define LAZYMAP_ASSERT(cond)                                                   \
+	do {                                                                   \
+		if (LAZYMAP_DEBUG >= 1 && !(cond))                             \
+			lazymap_assert_fail(#cond, __FILE__, __LINE__);        \
+	} while (0)
+_Noreturn void lazymap_assert_fail(const char *what, const char *file, int line);
+
+static inline bool page_aligned(uintptr_t x) { return (x & (page_size - 1)) == 0; }
+
+/* -------------------------------------------------------------- source.c */
+
+/*
+ * What produces a VMA's pages (the kernel's vm_file/anon_vma seen as one
+ * thing): an ops table plus per-page state. Created by one lazymap_map*() and
+ * shared, refcounted, by every VMA that split off it; pages are indexed by
+ * pgoff, so a split VMA keeps addressing the same state.
+ */
+struct source;
+struct handler;
+
+struct source_ops {
+	const char *name; /* for lazymap_dump */
+	/* Produce npages pages starting at pgoff into buf; 0 or -errno. NULL: zeros. */
+	int (*fill)(struct source *src, void *buf, uint64_t pgoff, size_t npages);
+	void (*release)(struct source *src);
+};
+
+/* Per-page state bits (source.state[pgoff]). */
+#define PAGE_BUSY   0x01 /* a handler is filling this page now: others leave it */
+#define PAGE_FILLED 0x02 /* installed once; a later fault re-checks with mincore() */
+
+struct source {
+	const struct source_ops *ops;
+	atomic_uint refs;
+	size_t npages;                /* pages covered by state */
+	_Atomic uint8_t *state;       /* npages bytes, MAP_NORESERVE: costs only what is touched */
+	lazymap_fill_fn fill;         /* fill-callback sources */
+	void *arg;
+};
+
+int source_new_zero(size_t npages, struct source **srcp);
+int source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct source **srcp);
+void source_get(struct source *src); /* NULL is allowed and ignored */
+void source_put(struct source *src); /* NULL is allowed and ignored */
+
+/* ----------------------------------------------------------------- vma.c */
+
+/*
+ * The VMA tree: an intrusive red-black tree of non-overlapping VMAs keyed by
+ * address, augmented like the kernel's old rb_subtree_gap so that a free gap
+ * of a given size is found in O(log n). The tree itself takes no lock: its
+ * owner (struct mm) serialises writers against readers.
+ */
+struct vma {
+	struct vma *rb_parent, *rb_left, *rb_right;
+	bool rb_red;
+	uintptr_t subtree_gap;  /* largest (v->start - prev(v)->end) over this subtree */
+
+	uintptr_t start, end;   /* [start, end), page aligned, start < end */
+	int prot;               /* PROT_READ|PROT_WRITE subset */
+	int flags;              /* LAZYMAP_PRIVATE/SHARED/ANON/DIRECT */
+	struct source *src;     /* refcounted: each VMA holds one reference */
+	uint64_t pgoff;         /* index in src of the page at start (vm_pgoff) */
+
+	/* Sequential-stream detection (a hint, updated racily by handlers). */
+	_Atomic uint64_t ra_next;   /* page index the stream is expected to touch next */
+	_Atomic uint32_t ra_window; /* pages to fill on the next sequential fault */
+};
+
+struct vma_tree {
+	struct vma *root;
+	size_t count;
+};
+
+void vma_tree_init(struct vma_tree *t);
+struct vma *vma_alloc(void);           /* zeroed; NULL on ENOMEM */
+void vma_free(struct vma *v);          /* drops v->src's reference */
+struct vma *vma_first(const struct vma_tree *t);
+struct vma *vma_last(const struct vma_tree *t);
+struct vma *vma_next(const struct vma *v);
+struct vma *vma_prev(const struct vma *v);
+/* First VMA with end > addr, or NULL (the kernel's find_vma). */
+struct vma *vma_find(const struct vma_tree *t, uintptr_t addr);
+/* Same, and *pprev = the VMA before the result (the last VMA if none). */
+struct vma *vma_find_prev(const struct vma_tree *t, uintptr_t addr, struct vma **pprev);
+/* The VMA containing addr, or NULL. */
+struct vma *vma_lookup(const struct vma_tree *t, uintptr_t addr);
+/* Insert v; -EEXIST if it overlaps a VMA already there. */
+int vma_insert(struct vma_tree *t, struct vma *v);
+void vma_erase(struct vma_tree *t, struct vma *v);
+/* Split v at addr (start < addr < end, page aligned): v keeps [start, addr),
+ * *newp gets [addr, end) with pgoff advanced and its own source reference.
+ * -EINVAL bad addr, -ENOMEM. */
+int vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **newp);
+/* May a (ending where b starts) and b be one VMA? vma_merge's rule: adjacent,
+ * same prot, flags and source, contiguous pgoff. */
+bool vma_can_merge(const struct vma *a, const struct vma *b);
+/* Merge v with its neighbours where vma_can_merge allows; merged-away VMAs are
+ * erased and freed. Returns the VMA that now covers v's range. */
+struct vma *vma_merge(struct vma_tree *t, struct vma *v);
+/* Lowest addr >= low with [addr, addr+len) free and addr+len <= high, addr
+ * page aligned; -ENOMEM if none. O(log n). */
+int vma_find_gap(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t high,
+		 uintptr_t *addrp);
+/* Check every invariant (order, no overlap, red-black rules, black height,
+ * parent links, subtree_gap, count); 0 or -EUCLEAN with a message on stderr. */
+int vma_tree_check(const struct vma_tree *t);
+
+
+/* ---------------------------------------------------------------- uffd.c */
+
+struct uffd_msg;
+int uffd_open(int *fdp);
+int uffd_probe(uint64_t *features);
+int uffd_api(int fd, uint64_t features, uint64_t *got);
+int uffd_register(int fd, uintptr_t start, size_t len);
+int uffd_unregister(int fd, uintptr_t start, size_t len);
+int uffd_wake(int fd, uintptr_t start, size_t len);
+int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, size_t *done);
+int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done);
+int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
+int uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done);
+int uffd_read(int fd, struct uffd_msg *msgs, int max);
+
+/* ------------------------------------------------------------------ mm.c */
+
+/*
+ * One served address space (the kernel's mm_struct): its userfaultfd and the
+ * VMAs registered with it. The in-process library has one; forked children
+ * and faultd's clients will each add one.
+ */
+struct mm {
+	int uffd;
+	uint64_t features;       /* negotiated with UFFDIO_API */
+	/*
+	 * lock protects tree and every VMA's fields but ra_*. Readers: the fault
+	 * path, for the whole of a fill. Writers: map, unmap, protect. A writer
+	 * never makes a call that waits for a handler while holding it: ranges
+	 * are unregistered before they are unmapped, so munmap raises no event.
+	 */
+	pthread_rwlock_t lock;
+	struct vma_tree tree;
+};
+
+int mm_init(struct mm *mm, uint64_t features);
+void mm_unmap_all(struct mm *mm);
+void mm_destroy(struct mm *mm); /* unmaps every VMA, closes the userfaultfd */
+int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, uintptr_t *addrp);
+int mm_unmap(struct mm *mm, uintptr_t start, size_t len);
+int mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot);
+/* 0 if [start, start+len) lies wholly in VMAs of mm, else -EINVAL. Lock held. */
+int mm_check_range(struct mm *mm, uintptr_t start, size_t len);
+int mm_dump(struct mm *mm, FILE *out);
+
+/* ---------------------------------------------------------------- pool.c */
+
+/*
+ * A handler's staging pages: pre-faulted, so that a fill never pays the
+ * kernel's first-touch fault, and reused across fills (UFFDIO_COPY reads
+ * them; UFFDIO_MOVE takes them, and they are faulted back in before reuse).
+ */
+struct pool {
+	char *pages;      /* npages staging pages, written by fills */
+	const char *zero; /* npages that are never written: the source of zero runs */
+	size_t npages;
+};
+
+int pool_init(struct pool *pool, size_t npages);
+void pool_destroy(struct pool *pool);
+/* After UFFDIO_MOVE took the first n pages: fault them back in. */
+void pool_refill(struct pool *pool, size_t n);
+
+/* ------------------------------------------------------------- handler.c */
+
+/* Per-handler counters: one writer (the handler), summed by lazymap_stats. */
+struct hstats {
+	_Atomic uint64_t faults, pages_filled, io_errors, zero_pages, fill_calls, copy_ioctls,
+		move_ioctls, zeropage_ioctls, coalesced, unowned, reads, sleeps, prefetched,
+		max_batch;
+};
+
+static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+
+struct handler {
+	struct lazymap *lm;
+	pthread_t thread;
+	int epfd;
+	bool started;
+	struct pool pool;
+	struct hstats stats;
+};
+
+/* A range lazymap_prefetch() handed to the handlers. */
+struct prefetch {
+	struct prefetch *next;
+	uintptr_t start, end;
+};
+
+/* The handler the calling thread is, or NULL for the program's threads. */
+extern _Thread_local struct handler *current_handler;
+
+int handlers_start(struct lazymap *lm);
+void handlers_stop(struct lazymap *lm);
+
+/* -------------------------------------------------------------- fault.c */
+
+/* Serve one missing fault at addr of mm. */
+void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write);
+/* Fill up to max missing pages from start on (prefetch); returns the address
+ * where it stopped (end when done). */
+uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end);
+
+/* ------------------------------------------------------------ lazymap.c */
+
+struct lazymap {
+	struct lazymap *next_open;  /* the registry of open handles (lazymap.c) */
+	unsigned users;             /* API calls in progress; under the registry lock */
+	bool closing;
+
+	struct lazymap_opts opts;   /* with defaults filled in */
+	size_t ra_pages;            /* readahead_max in pages: the longest run one fill makes */
+	struct mm mm;
+
+	atomic_bool stopping;       /* handlers: leave the loop */
+	int stop_efd;               /* eventfd, readable once stopping is set */
+	int work_efd;               /* eventfd, written when prefetch work is queued */
+	pthread_mutex_t work_lock;  /* protects work */
+	struct prefetch *work;
+	atomic_uint work_pending;   /* entries on work: read without the lock */
+
+	unsigned nhandlers;
+	struct handler *handlers;
+};
+
+#endif /* LAZYMAP_INTERNAL_H */

@@ -1,0 +1,429 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The public API: argument checks at the edge, the registry of open handles
+ * (so that a closed handle gets -EBADF instead of a crash), and the glue from
+ * lazymap_* calls to the mm, the sources and the handler threads.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "internal.h"
+
+#define DEFAULT_READAHEAD   (128u << 10)
+#define MAX_READAHEAD       (64u << 20)
+#define MAX_HANDLER_THREADS 256u
+#define MAX_QUEUE_DEPTH     32768u
+#define DEFAULT_SPIN_US     50u
+
+/* ------------------------------------------------------------ registry */
+
+/*
+ * Open handles, so that every call can tell a live lazymap from a closed one
+ * without touching freed memory. registry_lock protects the list and every
+ * lazymap's users and closing; registry_cond signals users dropping to 0.
+ */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t registry_cond = PTHREAD_COND_INITIALIZER;
+static struct lazymap *registry;
+
+/* Pin lm for one API call; -EBADF if it is not open. */
+static int lazymap_get(struct lazymap *lm)
+{
+	struct lazymap *it;
+	int ret = -EBADF;
+
+	pthread_mutex_lock(&registry_lock);
+	for (it = registry; it; it = it->next_open) {
+		if (it == lm && !lm->closing) {
+			lm->users++;
+			ret = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&registry_lock);
+	return ret;
+}
+
+static void lazymap_put(struct lazymap *lm)
+{
+	pthread_mutex_lock(&registry_lock);
+	if (--lm->users == 0 && lm->closing)
+		pthread_cond_broadcast(&registry_cond);
+	pthread_mutex_unlock(&registry_lock);
+}
+
+/* ------------------------------------------------------- argument checks */
+
+static bool prot_ok(int prot)
+{
+	return (prot & ~(PROT_READ | PROT_WRITE)) == 0;
+}
+
+/*
+ * A range given to unmap/protect/prefetch/sync: page-aligned start, non-zero
+ * length rounded up to pages (as munmap does), no wrap-around.
+ */
+static int range_ok(void *addr, size_t len, uintptr_t *startp, size_t *lenp)
+{
+	uintptr_t start = (uintptr_t)addr;
+
+	if (!page_aligned(start) || len == 0 || len > UINTPTR_MAX - start - (page_size - 1))
+		return -EINVAL;
+	*startp = start;
+	*lenp = (len + page_size - 1) & ~(page_size - 1);
+	return 0;
+}
+
+/* ------------------------------------------------------------ open/close */
+
+static void lazymap_free(struct lazymap *lm)
+{
+	handlers_stop(lm);
+	free(lm->handlers);
+	if (lm->mm.uffd >= 0)
+		mm_destroy(&lm->mm);
+	while (lm->work) {
+		struct prefetch *pf = lm->work;
+
+		lm->work = pf->next;
+		free(pf);
+	}
+	if (lm->stop_efd >= 0)
+		close(lm->stop_efd);
+	if (lm->work_efd >= 0)
+		close(lm->work_efd);
+	pthread_mutex_destroy(&lm->work_lock);
+	free(lm);
+}
+
+/* The features we ask for; all are optional but POISON (failed fills must
+ * become SIGBUS, never zeros) and MOVE when LAZYMAP_INSTALL_MOVE is asked. */
+#define WANTED_FEATURES (UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE)
+
+int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts)
+{
+	struct lazymap_opts o = { 0 };
+	struct lazymap *lm;
+	uint64_t features;
+	int ret;
+
+	if (!lmp)
+		return -EINVAL;
+	if (opts)
+		o = *opts;
+	if (o.daemon)
+		return -EOPNOTSUPP; /* faultd comes with its own issue */
+	if (o.resident_limit)
+		return -EOPNOTSUPP; /* the memory budget comes with write-back */
+	if (o.handler_threads > MAX_HANDLER_THREADS || o.queue_depth > MAX_QUEUE_DEPTH ||
+	    o.readahead_max > MAX_READAHEAD || o.install > LAZYMAP_INSTALL_MOVE ||
+	    (o.spin_us > 1000000 && o.spin_us != LAZYMAP_SPIN_NONE))
+		return -EINVAL;
+	if (!o.handler_threads)
+		o.handler_threads = 1;
+	if (!o.readahead_max)
+		o.readahead_max = DEFAULT_READAHEAD;
+	if (!o.spin_us)
+		o.spin_us = DEFAULT_SPIN_US;
+
+	ret = uffd_probe(&features);
+	if (ret)
+		return ret;
+	if (!(features & UFFD_FEATURE_POISON))
+		return -EOPNOTSUPP; /* Linux < 6.6 */
+	if (o.install == LAZYMAP_INSTALL_MOVE && !(features & UFFD_FEATURE_MOVE))
+		return -EOPNOTSUPP; /* Linux < 6.8 */
+
+	lm = calloc(1, sizeof(*lm));
+	if (!lm)
+		return -ENOMEM;
+	lm->opts = o;
+	lm->ra_pages = (o.readahead_max + page_size - 1) >> page_shift;
+	lm->nhandlers = o.handler_threads;
+	lm->mm.uffd = lm->stop_efd = lm->work_efd = -1;
+	pthread_mutex_init(&lm->work_lock, NULL);
+
+	ret = -ENOMEM;
+	lm->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	lm->work_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (lm->stop_efd < 0 || lm->work_efd < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	ret = mm_init(&lm->mm, features & WANTED_FEATURES);
+	if (ret) {
+		lm->mm.uffd = -1;
+		goto fail;
+	}
+	ret = handlers_start(lm);
+	if (ret)
+		goto fail;
+
+	pthread_mutex_lock(&registry_lock);
+	lm->next_open = registry;
+	registry = lm;
+	pthread_mutex_unlock(&registry_lock);
+	*lmp = lm;
+	return 0;
+fail:
+	lazymap_free(lm);
+	return ret;
+}
+
+int lazymap_close(struct lazymap *lm)
+{
+	struct lazymap **pp;
+
+	if (current_handler)
+		return -EDEADLK; /* a fill callback cannot join its own thread */
+	pthread_mutex_lock(&registry_lock);
+	for (pp = &registry; *pp && *pp != lm; pp = &(*pp)->next_open)
+		;
+	if (!*pp || lm->closing) {
+		pthread_mutex_unlock(&registry_lock);
+		return -EBADF;
+	}
+	*pp = lm->next_open;
+	lm->closing = true;
+	while (lm->users)
+		pthread_cond_wait(&registry_cond, &registry_lock);
+	pthread_mutex_unlock(&registry_lock);
+
+	/*
+	 * Unmap first: unregistering wakes every thread still waiting on a
+	 * fault, so the handlers have nothing left to serve when they stop.
+	 */
+	mm_unmap_all(&lm->mm);
+	lazymap_free(lm);
+	return 0;
+}
+
+/* ------------------------------------------------------------- mappings */
+
+static int map_source(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
+		      struct source *src)
+{
+	uintptr_t addr;
+	int ret = mm_map(&lm->mm, len, prot, flags, src, &addr);
+
+	source_put(src); /* the VMA holds its own reference */
+	if (ret == 0)
+		*addrp = (void *)addr;
+	return ret;
+}
+
+/* Length rounded up to pages, as mmap does; 0 and wrap-around are -EINVAL. */
+static int map_len(size_t len, size_t *out)
+{
+	if (len == 0 || len > SIZE_MAX - (page_size - 1))
+		return -EINVAL;
+	*out = (len + page_size - 1) & ~(page_size - 1);
+	return 0;
+}
+
+int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flags, int fd,
+		off_t offset)
+{
+	int kind = flags & (LAZYMAP_PRIVATE | LAZYMAP_SHARED);
+	struct source *src;
+	int ret;
+
+	if (!addrp || !prot_ok(prot) || map_len(len, &len) ||
+	    (flags & ~(LAZYMAP_PRIVATE | LAZYMAP_SHARED | LAZYMAP_ANON | LAZYMAP_DIRECT)) ||
+	    (kind != LAZYMAP_PRIVATE && kind != LAZYMAP_SHARED))
+		return -EINVAL;
+	if (flags & LAZYMAP_ANON) {
+		if (fd != -1 || offset != 0 || (flags & LAZYMAP_DIRECT))
+			return -EINVAL;
+	} else {
+		if (offset < 0 || !page_aligned((uintptr_t)offset) ||
+		    (uint64_t)offset > UINT64_MAX - len)
+			return -EINVAL;
+		if (fd < 0 || fcntl(fd, F_GETFL) < 0)
+			return -EBADF;
+	}
+	ret = lazymap_get(lm);
+	if (ret)
+		return ret;
+	if (!(flags & LAZYMAP_ANON)) {
+		ret = -EOPNOTSUPP; /* file backing: the next issue */
+		goto out;
+	}
+	ret = source_new_zero(len >> page_shift, &src);
+	if (ret == 0)
+		ret = map_source(lm, addrp, len, prot, flags, src);
+out:
+	lazymap_put(lm);
+	return ret;
+}
+
+int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
+		     lazymap_fill_fn fill, void *arg)
+{
+	struct source *src;
+	int ret;
+
+	if (!addrp || !fill || !prot_ok(prot) || map_len(len, &len))
+		return -EINVAL;
+	ret = lazymap_get(lm);
+	if (ret)
+		return ret;
+	ret = source_new_fill(len >> page_shift, fill, arg, &src);
+	if (ret == 0)
+		ret = map_source(lm, addrp, len, prot, LAZYMAP_PRIVATE | LAZYMAP_ANON, src);
+	lazymap_put(lm);
+	return ret;
+}
+
+/* The calls on a range: check it, pin lm, refuse the ones that would
+ * deadlock from a fill callback (they need the lock the fault path holds). */
+static int range_begin(struct lazymap *lm, void *addr, size_t *len, uintptr_t *start)
+{
+	int ret = range_ok(addr, *len, start, len);
+
+	if (ret)
+		return ret;
+	if (current_handler)
+		return -EDEADLK;
+	return lazymap_get(lm);
+}
+
+int lazymap_unmap(struct lazymap *lm, void *addr, size_t len)
+{
+	uintptr_t start;
+	int ret = range_begin(lm, addr, &len, &start);
+
+	if (ret)
+		return ret;
+	ret = mm_unmap(&lm->mm, start, len);
+	lazymap_put(lm);
+	return ret;
+}
+
+int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot)
+{
+	uintptr_t start;
+	int ret;
+
+	if (!prot_ok(prot))
+		return -EINVAL;
+	ret = range_begin(lm, addr, &len, &start);
+	if (ret)
+		return ret;
+	ret = mm_protect(&lm->mm, start, len, prot);
+	lazymap_put(lm);
+	return ret;
+}
+
+/* Check that lazymap owns the whole range, under the read lock. */
+static int owned(struct lazymap *lm, uintptr_t start, size_t len)
+{
+	int ret;
+
+	pthread_rwlock_rdlock(&lm->mm.lock);
+	ret = mm_check_range(&lm->mm, start, len);
+	pthread_rwlock_unlock(&lm->mm.lock);
+	return ret;
+}
+
+int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
+{
+	struct prefetch *pf;
+	uintptr_t start;
+	uint64_t one = 1;
+	int ret = range_begin(lm, addr, &len, &start);
+
+	if (ret)
+		return ret;
+	ret = owned(lm, start, len);
+	if (ret)
+		goto out;
+	ret = -ENOMEM;
+	pf = malloc(sizeof(*pf));
+	if (!pf)
+		goto out;
+	pf->start = start;
+	pf->end = start + len;
+	pthread_mutex_lock(&lm->work_lock);
+	pf->next = lm->work;
+	lm->work = pf;
+	atomic_fetch_add(&lm->work_pending, 1);
+	ret = write(lm->work_efd, &one, sizeof(one)) < 0 ? -errno : 0;
+	pthread_mutex_unlock(&lm->work_lock);
+out:
+	lazymap_put(lm);
+	return ret;
+}
+
+int lazymap_sync(struct lazymap *lm, void *addr, size_t len)
+{
+	uintptr_t start;
+	int ret = range_begin(lm, addr, &len, &start);
+
+	if (ret)
+		return ret;
+	/* Anonymous regions are all there is so far: nothing to write back. */
+	ret = owned(lm, start, len);
+	lazymap_put(lm);
+	return ret;
+}
+
+/* ------------------------------------------------------------ reporting */
+
+int lazymap_stats(struct lazymap *lm, struct lazymap_stats *st)
+{
+	int ret;
+
+	if (!st)
+		return -EINVAL;
+	ret = lazymap_get(lm);
+	if (ret)
+		return ret;
+	memset(st, 0, sizeof(*st));
+	for (unsigned i = 0; i < lm->nhandlers; i++) {
+		struct hstats *h = &lm->handlers[i].stats;
+#define SUM(f) st->f += atomic_load_explicit(&h->f, memory_order_relaxed)
+		SUM(faults);
+		SUM(pages_filled);
+		SUM(io_errors);
+		SUM(zero_pages);
+		SUM(fill_calls);
+		SUM(copy_ioctls);
+		SUM(move_ioctls);
+		SUM(zeropage_ioctls);
+		SUM(coalesced);
+		SUM(unowned);
+		SUM(reads);
+		SUM(sleeps);
+		SUM(prefetched);
+#undef SUM
+		uint64_t b = atomic_load_explicit(&h->max_batch, memory_order_relaxed);
+
+		if (b > st->max_batch)
+			st->max_batch = b;
+	}
+	pthread_rwlock_rdlock(&lm->mm.lock);
+	st->regions = lm->mm.tree.count;
+	pthread_rwlock_unlock(&lm->mm.lock);
+	lazymap_put(lm);
+	return 0;
+}
+
+int lazymap_dump(struct lazymap *lm, FILE *out)
+{
+	int ret;
+
+	if (!out)
+		return -EINVAL;
+	ret = lazymap_get(lm);
+	if (ret)
+		return ret;
+	ret = mm_dump(&lm->mm, out);
+	lazymap_put(lm);
+	return ret;
+}

@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: MIT
+/*
+ * struct mm: one served address space, its userfaultfd and its VMA tree, and
+ * the operations that change the layout (map, unmap, protect). The tree
+ * mirrors what the kernel holds for our ranges; every change is made to the
+ * kernel first and to the tree only once the kernel agreed.
+ */
+#include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int mm_init(struct mm *mm, uint64_t features)
+{
+	pthread_rwlockattr_t attr;
+	uint64_t got;
+	int ret;
+
+	ret = uffd_open(&mm->uffd);
+	if (ret)
+		return ret;
+	ret = uffd_api(mm->uffd, features, &got);
+	if (ret) {
+		close(mm->uffd);
+		return ret;
+	}
+	mm->features = got;
+	vma_tree_init(&mm->tree);
+	/* glibc's default rwlock lets a stream of faults starve map/unmap. */
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&mm->lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	return 0;
+}
+
+/* Give [start, end) back to the kernel: unregister first, so munmap raises no
+ * event that would wait for a handler. */
+static void release_range(struct mm *mm, uintptr_t start, uintptr_t end)
+{
+	uffd_unregister(mm->uffd, start, end - start);
+	munmap((void *)start, end - start);
+}
+
+void mm_unmap_all(struct mm *mm)
+{
+	struct vma *v;
+
+	pthread_rwlock_wrlock(&mm->lock);
+	while ((v = vma_first(&mm->tree))) {
+		release_range(mm, v->start, v->end);
+		vma_erase(&mm->tree, v);
+		vma_free(v);
+	}
+	pthread_rwlock_unlock(&mm->lock);
+}
+
+void mm_destroy(struct mm *mm)
+{
+	mm_unmap_all(mm);
+	pthread_rwlock_destroy(&mm->lock);
+	close(mm->uffd);
+}
+
+/*
+ * VMAs overlapping a range the kernel just handed out are stale: the program
+ * unmapped that part behind our back (the events that tell us so come later).
+ * The kernel's word wins; the parts outside the range may still be real.
+ */
+static void drop_stale(struct mm *mm, uintptr_t start, uintptr_t end)
+{
+	struct vma *v = vma_find(&mm->tree, start), *next;
+
+	for (; v && v->start < end; v = next) {
+		if (v->start < start && vma_split(&mm->tree, v, start, &v))
+			break;
+		if (v->end > end)
+			vma_split(&mm->tree, v, end, &next);
+		next = vma_next(v);
+		vma_erase(&mm->tree, v);
+		vma_free(v);
+	}
+}
+
+int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, uintptr_t *addrp)
+{
+	int mflags = MAP_ANONYMOUS | MAP_NORESERVE |
+		     (flags & LAZYMAP_SHARED ? MAP_SHARED : MAP_PRIVATE);
+	struct vma *v = vma_alloc();
+	void *p;
+	int ret;
+
+	if (!v)
+		return -ENOMEM;
+	p = mmap(NULL, len, prot, mflags, -1, 0);
+	if (p == MAP_FAILED) {
+		vma_free(v);
+		return -errno;
+	}
+	ret = uffd_register(mm->uffd, (uintptr_t)p, len);
+	if (ret) {
+		munmap(p, len);
+		vma_free(v);
+		return ret;
+	}
+	v->start = (uintptr_t)p;
+	v->end = v->start + len;
+	v->prot = prot;
+	v->flags = flags;
+	v->src = src;
+	source_get(src);
+
+	pthread_rwlock_wrlock(&mm->lock);
+	drop_stale(mm, v->start, v->end);
+	ret = vma_insert(&mm->tree, v);
+	LAZYMAP_ASSERT(ret == 0);
+	pthread_rwlock_unlock(&mm->lock);
+	*addrp = v->start;
+	return 0;
+}
+
+int mm_check_range(struct mm *mm, uintptr_t start, size_t len)
+{
+	uintptr_t end = start + len, at = start;
+	struct vma *v;
+
+	for (v = vma_lookup(&mm->tree, start); v && v->start <= at; v = vma_next(v)) {
+		at = v->end;
+		if (at >= end)
+			return 0;
+	}
+	return -EINVAL;
+}
+
+/*
+ * Split so that [start, end) is covered by whole VMAs; returns the first. On
+ * failure the tree may keep an extra split, which is harmless (and merged
+ * back by the next protect).
+ */
+static int split_range(struct mm *mm, uintptr_t start, uintptr_t end, struct vma **firstp)
+{
+	struct vma *v = vma_lookup(&mm->tree, start), *tail;
+	int ret;
+
+	if (v->start < start) {
+		ret = vma_split(&mm->tree, v, start, &tail);
+		if (ret)
+			return ret;
+		v = tail;
+	}
+	*firstp = v;
+	v = vma_lookup(&mm->tree, end - 1);
+	if (v->end > end)
+		return vma_split(&mm->tree, v, end, &tail);
+	return 0;
+}
+
+int mm_unmap(struct mm *mm, uintptr_t start, size_t len)
+{
+	uintptr_t end = start + len;
+	struct vma *v, *next;
+	int ret;
+
+	pthread_rwlock_wrlock(&mm->lock);
+	ret = mm_check_range(mm, start, len);
+	if (ret)
+		goto out;
+	ret = split_range(mm, start, end, &v);
+	if (ret)
+		goto out;
+	release_range(mm, start, end);
+	for (; v && v->start < end; v = next) {
+		next = vma_next(v);
+		vma_erase(&mm->tree, v);
+		vma_free(v);
+	}
+out:
+	pthread_rwlock_unlock(&mm->lock);
+	return ret;
+}
+
+int mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
+{
+	uintptr_t end = start + len;
+	struct vma *v, *prev;
+	int ret;
+
+	pthread_rwlock_wrlock(&mm->lock);
+	ret = mm_check_range(mm, start, len);
+	if (ret)
+		goto out;
+	ret = split_range(mm, start, end, &v);
+	if (ret)
+		goto out;
+	if (mprotect((void *)start, len, prot)) {
+		ret = -errno;
+		goto out;
+	}
+	/* Merging is what keeps the tree small: protect back and forth must not
+	 * leave a trail of splits. Start one VMA early to rejoin the left edge. */
+	prev = vma_prev(v);
+	for (; v && v->start < end; v = vma_next(v))
+		v->prot = prot;
+	v = prev ? prev : vma_first(&mm->tree);
+	while (v && v->start <= end) {
+		v = vma_merge(&mm->tree, v);
+		v = vma_next(v);
+	}
+out:
+	pthread_rwlock_unlock(&mm->lock);
+	return ret;
+}
+
+int mm_dump(struct mm *mm, FILE *out)
+{
+	struct vma *v;
+	int n = 0;
+
+	pthread_rwlock_rdlock(&mm->lock);
+	for (v = vma_first(&mm->tree); v; v = vma_next(v), n++)
+		fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",
+			(unsigned long)v->start, (unsigned long)v->end,
+			v->prot & PROT_READ ? 'r' : '-', v->prot & PROT_WRITE ? 'w' : '-',
+			v->flags & LAZYMAP_SHARED ? 's' : 'p',
+			(unsigned long long)(v->pgoff << page_shift), v->src->ops->name);
+	pthread_rwlock_unlock(&mm->lock);
+	return n;
+}

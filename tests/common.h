@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Helpers shared by the tests: catching the SIGBUS/SIGSEGV a touch raises,
+ * reading /proc/self/maps, waiting for a condition with a deadline.
+ */
+#ifndef LAZYMAP_TESTS_COMMON_H
+#define LAZYMAP_TESTS_COMMON_H
+
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lazymap.h"
+
+static inline size_t pgsz(void)
+{
+	return (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* ---- touching with a signal expected */
+
+struct touch_fault {
+	int signo;      /* 0: no signal */
+	void *addr;     /* si_addr */
+	int code;       /* si_code */
+};
+
+static __thread sigjmp_buf touch_jmp;
+static __thread volatile sig_atomic_t touch_armed;
+static __thread struct touch_fault touch_last;
+
+static void touch_handler(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	if (!touch_armed) {
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
+	touch_last.signo = sig;
+	touch_last.addr = si->si_addr;
+	touch_last.code = si->si_code;
+	touch_armed = 0;
+	siglongjmp(touch_jmp, 1);
+}
+
+static inline void touch_install(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = touch_handler;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGSEGV, &sa, NULL);
+}
+
+/* Read (or write, if value >= 0) one byte at p; report the signal it raised. */
+static inline struct touch_fault touch(volatile char *p, int value, char *out)
+{
+	touch_last = (struct touch_fault){ 0 };
+	if (sigsetjmp(touch_jmp, 1) == 0) {
+		touch_armed = 1;
+		if (value >= 0)
+			*p = (char)value;
+		else if (out)
+			*out = *p;
+		else
+			(void)*p;
+		touch_armed = 0;
+	}
+	return touch_last;
+}
+
+/* ---- /proc/self/maps */
+
+struct maps_entry {
+	uintptr_t start, end;
+	char perms[5];
+};
+
+/* The kernel's VMAs overlapping [lo, hi); returns how many (at most max). */
+static inline int maps_read(uintptr_t lo, uintptr_t hi, struct maps_entry *out, int max)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	int n = 0;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+		char perms[5];
+
+		if (sscanf(line, "%lx-%lx %4s", &s, &e, perms) != 3)
+			continue;
+		if (e <= lo || s >= hi || n >= max)
+			continue;
+		out[n].start = s;
+		out[n].end = e;
+		memcpy(out[n].perms, perms, 5);
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+/* lazymap_dump() parsed back: our tree's VMAs in order. */
+static inline int tree_read(struct lazymap *lm, struct maps_entry *out, int max)
+{
+	char *buf = NULL, *line, *save = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	int n = 0, ret;
+
+	if (!f)
+		return -errno;
+	ret = lazymap_dump(lm, f);
+	fclose(f);
+	if (ret < 0) {
+		free(buf);
+		return ret;
+	}
+	for (line = strtok_r(buf, "\n", &save); line && n < max; line = strtok_r(NULL, "\n", &save)) {
+		unsigned long s, e;
+
+		if (sscanf(line, "%lx-%lx %4s", &s, &e, out[n].perms) != 3)
+			continue;
+		out[n].start = s;
+		out[n].end = e;
+		n++;
+	}
+	free(buf);
+	return n;
+}
+
+/* ---- time */
+
+static inline double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* xorshift64*: the tests' own PRNG, so a seed replays the same run. */
+static inline uint64_t rng_next(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 0x2545F4914F6CDD1DULL;
+}
+
+static inline uint64_t test_seed(void)
+{
+	const char *e = getenv("LAZYMAP_SEED");
+
+	return e ? strtoull(e, NULL, 0) : 0x1a2b3c4d5e6f7788ULL;
+}
+
+#endif

@@ -1,0 +1,462 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Faults: what a touching thread sees through the handler threads. Zero and
+ * fill-callback regions, many threads at once, fault-around, prefetch, the
+ * install modes, fill errors as SIGBUS, and close while threads fault.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "common.h"
+
+#define REGION (256ul << 20)
+
+/* A fill pattern nobody else writes: page offset mixed with a per-test key. */
+static inline uint64_t pattern(uint64_t off, uint64_t key)
+{
+	return (off * 0x9E3779B97F4A7C15ULL) ^ key;
+}
+
+struct fill_ctx {
+	uint64_t key;
+	size_t npages;
+	_Atomic uint32_t *calls;     /* per page: how often fill produced it */
+	uint64_t fail_from, fail_to; /* pages in [from, to) fail with -EIO */
+};
+
+static int fill_pattern(void *page, size_t len, uint64_t offset, void *arg)
+{
+	struct fill_ctx *c = arg;
+	size_t ps = pgsz();
+
+	for (size_t p = 0; p < len; p += ps) {
+		uint64_t pg = (offset + p) / ps;
+
+		if (pg >= c->fail_from && pg < c->fail_to)
+			return -EIO;
+	}
+	for (size_t p = 0; p < len; p += ps) {
+		uint64_t *w = (uint64_t *)((char *)page + p);
+
+		for (size_t i = 0; i < ps / 8; i++)
+			w[i] = pattern(offset + p + i * 8, c->key);
+		atomic_fetch_add(&c->calls[(offset + p) / ps], 1);
+	}
+	return 0;
+}
+
+static struct fill_ctx *fill_ctx_new(size_t npages, uint64_t key)
+{
+	struct fill_ctx *c = calloc(1, sizeof(*c));
+
+	c->key = key;
+	c->npages = npages;
+	c->calls = calloc(npages, sizeof(*c->calls));
+	return c;
+}
+
+static void fill_ctx_free(struct fill_ctx *c)
+{
+	free(c->calls);
+	free(c);
+}
+
+/* ---------------------------------------------------------------- threads */
+
+struct toucher {
+	pthread_t thread;
+	char *base;
+	size_t npages;
+	unsigned id, nthreads;
+	uint64_t seed;
+	size_t touches;
+	struct fill_ctx *fill; /* NULL: the region is a zero region */
+	uint8_t *written;      /* per page: 1 once somebody wrote it (shared) */
+	size_t bad;            /* pages that read wrong */
+};
+
+/*
+ * Every thread touches the same random pages, each in its own order, so that
+ * many faults on one page race. A third of the touches write the page's
+ * number into its last word (the same value whoever writes it).
+ */
+static void *toucher_main(void *arg)
+{
+	struct toucher *t = arg;
+	size_t ps = pgsz();
+	uint64_t s = t->seed;
+	size_t *order = malloc(t->touches * sizeof(*order));
+
+	for (size_t i = 0; i < t->touches; i++)
+		order[i] = rng_next(&s) % t->npages;
+	/* each thread walks the shared list from its own starting point */
+	for (size_t k = 0; k < t->touches; k++) {
+		size_t i = (k + t->id * (t->touches / t->nthreads)) % t->touches;
+		size_t pg = order[i];
+		volatile uint64_t *w = (volatile uint64_t *)(t->base + pg * ps);
+		uint64_t last = w[ps / 8 - 1];
+		uint64_t first = w[0];
+
+		if (t->fill) {
+			if (first != pattern(pg * ps, t->fill->key))
+				t->bad++;
+		} else if (first != 0) {
+			t->bad++;
+		}
+		if (last != (t->fill ? pattern(pg * ps + ps - 8, t->fill->key) : 0) && last != pg + 1)
+			t->bad++;
+		if (i % 3 == 0) {
+			w[ps / 8 - 1] = pg + 1;
+			__atomic_store_n(&t->written[pg], 1, __ATOMIC_RELAXED);
+		}
+	}
+	free(order);
+	return NULL;
+}
+
+static void run_touchers(struct lazymap *lm, char *base, size_t npages, unsigned nthreads,
+			 size_t touches, struct fill_ctx *fill)
+{
+	struct toucher *t = calloc(nthreads, sizeof(*t));
+	uint8_t *written = calloc(npages, 1);
+	uint8_t *touched = calloc(npages, 1);
+	size_t ps = pgsz(), distinct = 0;
+	struct lazymap_stats st;
+	uint64_t s = test_seed() ^ nthreads;
+
+	for (unsigned i = 0; i < nthreads; i++) {
+		t[i] = (struct toucher){ .base = base, .npages = npages, .id = i, .nthreads = nthreads,
+					 .seed = s, .touches = touches, .fill = fill,
+					 .written = written };
+		cr_assert_eq(pthread_create(&t[i].thread, NULL, toucher_main, &t[i]), 0);
+	}
+	for (unsigned i = 0; i < nthreads; i++) {
+		pthread_join(t[i].thread, NULL);
+		cr_expect_eq(t[i].bad, 0, "thread %u read %zu wrong pages", i, t[i].bad);
+	}
+	for (size_t i = 0; i < touches; i++) {
+		size_t pg = rng_next(&s) % npages;
+
+		distinct += !touched[pg];
+		touched[pg] = 1;
+	}
+	/* What stuck: written pages hold their mark, the rest their source data. */
+	for (size_t pg = 0; pg < npages; pg++) {
+		if (!touched[pg])
+			continue;
+		uint64_t *w = (uint64_t *)(base + pg * ps);
+		uint64_t want = written[pg] ? pg + 1 :
+			fill ? pattern(pg * ps + ps - 8, fill->key) : 0;
+
+		cr_assert_eq(w[ps / 8 - 1], want, "page %zu: last word %#lx, want %#lx", pg,
+			     (unsigned long)w[ps / 8 - 1], (unsigned long)want);
+		if (fill)
+			cr_assert_eq(atomic_load(&fill->calls[pg]), 1,
+				     "page %zu produced %u times", pg, atomic_load(&fill->calls[pg]));
+	}
+	if (fill) {
+		for (size_t pg = 0; pg < npages; pg++)
+			cr_assert_leq(atomic_load(&fill->calls[pg]), 1, "page %zu produced twice", pg);
+	}
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	/* Every page came through the handlers: random touches defeat fault-around. */
+	cr_assert_geq(st.pages_filled, distinct, "filled %lu < %zu touched",
+		      (unsigned long)st.pages_filled, distinct);
+	cr_assert_geq(st.faults, distinct / 2, "only %lu faults for %zu pages",
+		      (unsigned long)st.faults, distinct);
+	if (fill)
+		cr_assert_geq(st.fill_calls, distinct / 2);
+	free(touched);
+	free(written);
+	free(t);
+}
+
+static void concurrent(unsigned nthreads, unsigned handlers, bool use_fill, unsigned install)
+{
+	struct lazymap_opts o = { .handler_threads = handlers, .install = install };
+	size_t npages = REGION / pgsz();
+	struct fill_ctx *fill = use_fill ? fill_ctx_new(npages, 0xfeedull * nthreads) : NULL;
+	struct lazymap *lm;
+	unsigned char vec;
+	void *p;
+
+	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	if (use_fill)
+		cr_assert_eq(lazymap_map_fill(lm, &p, REGION, PROT_READ | PROT_WRITE, fill_pattern, fill), 0);
+	else
+		cr_assert_eq(lazymap_map(lm, &p, REGION, PROT_READ | PROT_WRITE,
+					 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	/* Nothing populated up front. */
+	cr_assert_eq(mincore(p, pgsz(), &vec), 0);
+	cr_assert_eq(vec & 1, 0);
+	run_touchers(lm, p, npages, nthreads, 8192, fill);
+	cr_assert_eq(lazymap_close(lm), 0);
+	if (fill)
+		fill_ctx_free(fill);
+}
+
+Test(faults, zero_2_threads) { concurrent(2, 1, false, 0); }
+Test(faults, zero_8_threads_2_handlers) { concurrent(8, 2, false, 0); }
+Test(faults, fill_2_threads) { concurrent(2, 1, true, 0); }
+Test(faults, fill_4_threads_2_handlers) { concurrent(4, 2, true, 0); }
+Test(faults, fill_8_threads_3_handlers) { concurrent(8, 3, true, 0); }
+Test(faults, fill_move_4_threads_2_handlers) { concurrent(4, 2, true, LAZYMAP_INSTALL_MOVE); }
+
+/* ---------------------------------------------------------- sequential */
+
+Test(faults, sequential_fault_around)
+{
+	size_t len = 64ul << 20, ps = pgsz(), npages = len / ps;
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	char *p;
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&p, len, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	for (size_t i = 0; i < npages; i++)
+		p[i * ps] = 1;
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.pages_filled, npages, "filled %lu of %zu pages (%lu faults, %lu coalesced)",
+		     (unsigned long)st.pages_filled, npages, (unsigned long)st.faults,
+		     (unsigned long)st.coalesced);
+	/* 128 KiB windows: 32 pages per fault once the stream is detected. */
+	cr_assert_lt(st.faults, npages / 16, "%lu faults for %zu sequential pages",
+		     (unsigned long)st.faults, npages);
+	for (size_t i = 0; i < npages; i++)
+		cr_assert_eq(p[i * ps + 1], 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(faults, read_faults_map_the_zero_page)
+{
+	size_t ps = pgsz(), npages = 1024;
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	volatile char *p;
+	void *v;
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map(lm, &v, npages * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	p = v;
+	for (size_t i = 0; i < npages; i += 7)
+		cr_assert_eq(p[i * ps], 0);
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_gt(st.zeropage_ioctls, 0);
+	cr_assert_eq(st.copy_ioctls, 0);
+	/* A write after a zero-page read is the kernel's copy-on-write, and sticks. */
+	p[7 * ps] = 42;
+	cr_assert_eq(p[7 * ps], 42);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* ---------------------------------------------------------- errors */
+
+Test(faults, fill_error_is_sigbus_at_the_address)
+{
+	size_t ps = pgsz(), npages = 64;
+	struct fill_ctx *fill = fill_ctx_new(npages, 7);
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	struct touch_fault f;
+	char *p, c;
+
+	fill->fail_from = 10;
+	fill->fail_to = 12;
+	touch_install();
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, npages * ps, PROT_READ, fill_pattern, fill), 0);
+	/* Sequential touches so that a fault-around run covers the bad pages. */
+	for (size_t pg = 0; pg < npages; pg++) {
+		f = touch(p + pg * ps + 5, -1, &c);
+		if (pg >= 10 && pg < 12) {
+			cr_assert_eq(f.signo, SIGBUS, "page %zu: signal %d", pg, f.signo);
+			cr_assert_eq(f.addr, p + pg * ps + 5, "si_addr %p, want %p", f.addr,
+				     (void *)(p + pg * ps + 5));
+		} else {
+			cr_assert_eq(f.signo, 0, "page %zu: signal %d", pg, f.signo);
+			cr_assert_eq(*(uint64_t *)(p + pg * ps), pattern(pg * ps, 7));
+		}
+	}
+	/* It stays an error: touching again raises SIGBUS again, with no hang. */
+	f = touch(p + 11 * ps, -1, &c);
+	cr_assert_eq(f.signo, SIGBUS);
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.io_errors, 2);
+	cr_assert_eq(lazymap_close(lm), 0);
+	fill_ctx_free(fill);
+}
+
+/* ---------------------------------------------------------- prefetch */
+
+Test(faults, prefetch_fills_in_the_background)
+{
+	size_t ps = pgsz(), npages = 4096;
+	struct fill_ctx *fill = fill_ctx_new(npages, 99);
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	uint64_t faults;
+	double t0;
+	char *p;
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, npages * ps, PROT_READ, fill_pattern, fill), 0);
+	cr_assert_eq(lazymap_prefetch(lm, p + ps, (npages - 2) * ps), 0);
+	t0 = now_s();
+	do {
+		cr_assert_eq(lazymap_stats(lm, &st), 0);
+		cr_assert_lt(now_s() - t0, 30.0, "prefetch did not finish: %lu pages",
+			     (unsigned long)st.prefetched);
+		usleep(1000);
+	} while (st.prefetched < npages - 2);
+	cr_assert_eq(st.prefetched, npages - 2);
+	faults = st.faults;
+	for (size_t pg = 1; pg < npages - 1; pg++)
+		cr_assert_eq(*(uint64_t *)(p + pg * ps), pattern(pg * ps, 99));
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.faults, faults, "prefetched pages faulted again");
+	/* The pages outside the range were left alone. */
+	cr_assert_eq(atomic_load(&fill->calls[0]), 0);
+	cr_assert_eq(atomic_load(&fill->calls[npages - 1]), 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+	fill_ctx_free(fill);
+}
+
+/* ---------------------------------------------------------- shared, protect */
+
+Test(faults, shared_anonymous_region)
+{
+	size_t ps = pgsz(), npages = 256;
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	char *p;
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&p, npages * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_SHARED | LAZYMAP_ANON, -1, 0), 0);
+	for (size_t pg = 0; pg < npages; pg += 3) {
+		cr_assert_eq(p[pg * ps + 100], 0);
+		p[pg * ps + 100] = (char)pg;
+	}
+	for (size_t pg = 0; pg < npages; pg += 3)
+		cr_assert_eq(p[pg * ps + 100], (char)pg);
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_geq(st.pages_filled, npages / 3);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(faults, protect_read_only_then_back)
+{
+	size_t ps = pgsz(), npages = 32;
+	struct lazymap *lm;
+	struct touch_fault f;
+	char *p, c;
+
+	touch_install();
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&p, npages * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	p[0] = 1;
+	cr_assert_eq(lazymap_protect(lm, p, npages * ps, PROT_READ), 0);
+	f = touch(p + 5 * ps, -1, &c);
+	cr_assert_eq(f.signo, 0);
+	cr_assert_eq(c, 0);
+	f = touch(p + 6 * ps, 1, NULL);
+	cr_assert_eq(f.signo, SIGSEGV);
+	cr_assert_eq(lazymap_protect(lm, p, npages * ps, PROT_READ | PROT_WRITE), 0);
+	f = touch(p + 6 * ps, 1, NULL);
+	cr_assert_eq(f.signo, 0);
+	cr_assert_eq(p[6 * ps], 1);
+	cr_assert_eq(p[0], 1);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* ---------------------------------------------------------- many regions */
+
+Test(faults, thousands_of_regions)
+{
+	enum { N = 3000 };
+	size_t ps = pgsz();
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	static char *r[N];
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(lazymap_map(lm, (void **)&r[i], 2 * ps, PROT_READ | PROT_WRITE,
+					 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0, "region %d", i);
+		r[i][ps] = (char)i;
+	}
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(r[i][ps], (char)i);
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.regions, N);
+	for (int i = 0; i < N; i += 2)
+		cr_assert_eq(lazymap_unmap(lm, r[i], 2 * ps), 0);
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.regions, N / 2);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* ---------------------------------------------------------- close */
+
+struct looper {
+	pthread_t thread;
+	char *base;
+	size_t npages;
+	atomic_bool *go;
+	int signo;
+	size_t touched;
+};
+
+static void *looper_main(void *arg)
+{
+	struct looper *l = arg;
+	size_t ps = pgsz();
+	uint64_t s = (uintptr_t)l;
+
+	touch_install();
+	while (atomic_load(l->go)) {
+		struct touch_fault f = touch(l->base + (rng_next(&s) % l->npages) * ps, 1, NULL);
+
+		if (f.signo) {
+			l->signo = f.signo;
+			break;
+		}
+		l->touched++;
+	}
+	return NULL;
+}
+
+Test(faults, close_while_threads_fault)
+{
+	size_t ps = pgsz(), npages = (64ul << 20) / ps;
+	struct lazymap_opts o = { .handler_threads = 2 };
+	struct looper l[4];
+	atomic_bool go = true;
+	struct lazymap *lm;
+	char *p;
+
+	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&p, npages * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	for (int i = 0; i < 4; i++) {
+		l[i] = (struct looper){ .base = p, .npages = npages, .go = &go };
+		cr_assert_eq(pthread_create(&l[i].thread, NULL, looper_main, &l[i]), 0);
+	}
+	usleep(50000);
+	cr_assert_eq(lazymap_close(lm), 0);
+	/* The region is gone: every thread either got SIGSEGV or is told to stop. */
+	atomic_store(&go, false);
+	for (int i = 0; i < 4; i++) {
+		pthread_join(l[i].thread, NULL);
+		cr_assert(l[i].signo == 0 || l[i].signo == SIGSEGV, "thread %d: signal %d", i,
+			  l[i].signo);
+		cr_assert_gt(l[i].touched, 0);
+	}
+	cr_assert_eq(lazymap_stats(lm, &(struct lazymap_stats){ 0 }), -EBADF);
+}
