@@ -11,6 +11,7 @@
  * only re-checked by the fault that names it.
  */
 #include <errno.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "compat.h"
@@ -63,13 +64,25 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 			len -= page_size;
 			continue;
 		}
-		if (ret == -EBUSY && how == INSTALL_MOVE) {
-			/* The pool page is shared (we forked): copy instead. */
+		if ((ret == -EBUSY || ret == -EINVAL) && how == INSTALL_MOVE) {
+			/* The pool page is shared (we forked), or the kernel will not
+			 * move between these VMAs: copy instead. */
 			how = INSTALL_COPY;
 			continue;
 		}
-		uffd_wake(mm->uffd, dst, len);
-		return ret;
+		if (ret == -ENOENT || ret == -EAGAIN || ret == -ESRCH || how == INSTALL_POISON) {
+			uffd_wake(mm->uffd, dst, len);
+			return ret;
+		}
+		/*
+		 * Anything else would fail again on the toucher's next fault: a
+		 * wake would only spin it through us forever. Give it SIGBUS,
+		 * as the kernel does when it cannot fill a page.
+		 */
+		stat_add(&st->io_errors, len >> page_shift);
+		fprintf(stderr, "liblazymap: cannot install %#lx+%zu: %s: poisoned\n",
+			(unsigned long)dst, len, strerror(-ret));
+		how = INSTALL_POISON;
 	}
 	return 0;
 }
@@ -169,7 +182,10 @@ static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t 
 		goto filled;
 	}
 
-	bool move = h->lm->opts.install == LAZYMAP_INSTALL_MOVE && !(v->flags & LAZYMAP_SHARED);
+	/* MOVE takes private anonymous pages between VMAs of equal protection
+	 * only; the pool is read-write. */
+	bool move = h->lm->opts.install == LAZYMAP_INSTALL_MOVE && !(v->flags & LAZYMAP_SHARED) &&
+		    v->prot == (PROT_READ | PROT_WRITE);
 
 	if (move)
 		pool_refill(pool, n);

@@ -114,7 +114,8 @@ struct vma *vma_find(const struct vma_tree *t, uintptr_t addr);
 struct vma *vma_find_prev(const struct vma_tree *t, uintptr_t addr, struct vma **pprev);
 /* The VMA containing addr, or NULL. */
 struct vma *vma_lookup(const struct vma_tree *t, uintptr_t addr);
-/* Insert v; -EEXIST if it overlaps a VMA already there. */
+/* Insert v; -EEXIST if it overlaps a VMA already there, -EINVAL if it is
+ * empty or unaligned; the tree is unchanged on failure. */
 int vma_insert(struct vma_tree *t, struct vma *v);
 void vma_erase(struct vma_tree *t, struct vma *v);
 /* Split v at addr (start < addr < end, page aligned): v keeps [start, addr),
@@ -125,10 +126,12 @@ int vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **ne
  * same prot, flags and source, contiguous pgoff. */
 bool vma_can_merge(const struct vma *a, const struct vma *b);
 /* Merge v with its neighbours where vma_can_merge allows; merged-away VMAs are
- * erased and freed. Returns the VMA that now covers v's range. */
+ * erased and freed (v itself, if prev absorbs it: use the result). Returns the
+ * VMA that now covers v's range; it keeps the lowest VMA's ra_* hint. */
 struct vma *vma_merge(struct vma_tree *t, struct vma *v);
-/* Lowest addr >= low with [addr, addr+len) free and addr+len <= high, addr
- * page aligned; -ENOMEM if none. O(log n). */
+/* Lowest addr >= low (rounded up to a page) with [addr, addr+len) free and
+ * addr+len <= high; -ENOMEM if none, -EINVAL for len 0. The space before the
+ * first VMA counts from 0, so callers pass low >= one page. */
 int vma_find_gap(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t high,
 		 uintptr_t *addrp);
 /* Check every invariant (order, no overlap, red-black rules, black height,

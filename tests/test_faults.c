@@ -460,3 +460,30 @@ Test(faults, close_while_threads_fault)
 	}
 	cr_assert_eq(lazymap_stats(lm, &(struct lazymap_stats){ 0 }), -EBADF);
 }
+
+/* UFFDIO_MOVE will not move between VMAs of different protection: a
+ * read-only fill region under LAZYMAP_INSTALL_MOVE is served by COPY. */
+Test(faults, move_mode_read_only_region)
+{
+	struct lazymap_opts o = { .install = LAZYMAP_INSTALL_MOVE };
+	size_t ps = pgsz(), npages = 512;
+	struct fill_ctx *fill = fill_ctx_new(npages, 5);
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	char *p, *q;
+
+	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, npages * ps, PROT_READ, fill_pattern, fill), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&q, npages * ps, PROT_READ | PROT_WRITE,
+				      fill_pattern, fill), 0);
+	for (size_t pg = 0; pg < npages; pg += 5) {
+		cr_assert_eq(*(uint64_t *)(p + pg * ps), pattern(pg * ps, 5));
+		cr_assert_eq(*(uint64_t *)(q + pg * ps + 8), pattern(pg * ps + 8, 5));
+	}
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_gt(st.copy_ioctls, 0);
+	cr_assert_gt(st.move_ioctls, 0);
+	cr_assert_eq(st.io_errors, 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+	fill_ctx_free(fill);
+}

@@ -1098,7 +1098,8 @@ Test(vma_tree, random_model, .timeout = 120)
 	cr_log_info("%ld ops in %.2f s: %lu inserts, %lu -EEXIST, %lu splits, %lu merged away, "
 		    "%lu gaps found, %lu -ENOMEM; %lu VMAs on average, up to %lu, %lu times empty",
 		    OPS, (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9, m->st_insert,
-		    m->st_eexist, m->st_split, m->st_merge, m->st_gap, m->st_nogap, m->st_sum / OPS, peak, m->st_empty);
+		    m->st_eexist, m->st_split, m->st_merge, m->st_gap, m->st_nogap, m->st_sum / OPS,
+		    peak, m->st_empty);
 	/* Each outcome often enough that a bug in it would have shown. */
 	cr_expect_gt(m->st_insert, 5000);
 	cr_expect_gt(m->st_eexist, 1000);

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Concurrency stress without Criterion, so that it runs under ThreadSanitizer
+ * too (Criterion's process arena cannot start under TSan: Snaipe/Criterion
+ * issue #274). Threads fault on zero and fill regions while others map,
+ * protect and unmap their own regions, prefetch, read stats and dump the
+ * tree; at the end every byte read is checked and the lazymap is closed while
+ * threads still fault. Prints "N passed, N failed".
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "common.h"
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                       \
+	do {                                                                   \
+		if (cond) {                                                    \
+			passed++;                                              \
+		} else {                                                       \
+			failed++;                                              \
+			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);   \
+			fprintf(stderr, __VA_ARGS__);                          \
+			fputc('\n', stderr);                                   \
+		}                                                              \
+	} while (0)
+
+static size_t ps;
+static struct lazymap *lm;
+static char *zero_region, *fill_region;
+static size_t zero_pages, fill_pages;
+static atomic_bool stop;
+static atomic_size_t bad, touched;
+
+static uint64_t word(uint64_t off)
+{
+	return off * 0x9E3779B97F4A7C15ULL + 1;
+}
+
+static int fill_words(void *page, size_t len, uint64_t offset, void *arg)
+{
+	uint64_t *w = page;
+
+	(void)arg;
+	for (size_t i = 0; i < len / 8; i++)
+		w[i] = word(offset + i * 8);
+	return 0;
+}
+
+static void *toucher(void *arg)
+{
+	uint64_t s = (uintptr_t)arg * 7919 + 1;
+
+	for (int i = 0; i < 20000; i++) {
+		size_t pg = rng_next(&s) % fill_pages;
+		uint64_t *w = (uint64_t *)(fill_region + pg * ps);
+
+		if (__atomic_load_n(&w[3], __ATOMIC_RELAXED) != word(pg * ps + 24))
+			atomic_fetch_add(&bad, 1);
+		pg = rng_next(&s) % zero_pages;
+		char *z = zero_region + pg * ps;
+
+		if (i % 2)
+			__atomic_fetch_add(&z[(uintptr_t)arg % 64], 1, __ATOMIC_RELAXED);
+		else if (__atomic_load_n(&z[100], __ATOMIC_RELAXED) != 0)
+			atomic_fetch_add(&bad, 1);
+		atomic_fetch_add(&touched, 1);
+	}
+	return NULL;
+}
+
+/* Maps, protects, unmaps its own regions while the touchers fault. */
+static void *mapper(void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < 300; i++) {
+		char *p;
+		int ret = lazymap_map(lm, (void **)&p, 16 * ps, PROT_READ | PROT_WRITE,
+				      LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0);
+
+		if (ret) {
+			atomic_fetch_add(&bad, 1);
+			continue;
+		}
+		p[3 * ps] = 7;
+		if (lazymap_protect(lm, p + 4 * ps, 4 * ps, PROT_READ) ||
+		    p[5 * ps] != 0 || p[3 * ps] != 7 ||
+		    lazymap_protect(lm, p + 4 * ps, 4 * ps, PROT_READ | PROT_WRITE) ||
+		    lazymap_unmap(lm, p + 8 * ps, 8 * ps) || lazymap_unmap(lm, p, 8 * ps))
+			atomic_fetch_add(&bad, 1);
+	}
+	return NULL;
+}
+
+static void *observer(void *arg)
+{
+	FILE *null = fopen("/dev/null", "w");
+
+	(void)arg;
+	while (!atomic_load(&stop)) {
+		struct lazymap_stats st;
+
+		if (lazymap_stats(lm, &st) || lazymap_dump(lm, null) < 2)
+			atomic_fetch_add(&bad, 1);
+		lazymap_prefetch(lm, fill_region + (st.faults % fill_pages) * ps, 64 * ps);
+		usleep(100);
+	}
+	fclose(null);
+	return NULL;
+}
+
+static void *looper(void *arg)
+{
+	uint64_t s = (uintptr_t)arg;
+
+	touch_install();
+	for (;;) {
+		/* each looper its own pages: the bytes they write do not race */
+		size_t pg = (rng_next(&s) % (zero_pages / 2)) * 2 + (uintptr_t)arg % 2;
+		struct touch_fault f = touch(zero_region + pg * ps, 1, NULL);
+
+		if (f.signo)
+			return NULL; /* the region went away under us: expected */
+		if (atomic_load(&stop))
+			return NULL;
+	}
+}
+
+static void run(unsigned handlers, unsigned install)
+{
+	struct lazymap_opts o = { .handler_threads = handlers, .install = install };
+	pthread_t t[6], m, obs, loop[2];
+	struct lazymap_stats st;
+
+	atomic_store(&stop, false);
+	atomic_store(&bad, 0);
+	atomic_store(&touched, 0);
+	CHECK(lazymap_open(&lm, &o) == 0, "open");
+	zero_pages = (64ul << 20) / ps;
+	fill_pages = (64ul << 20) / ps;
+	CHECK(lazymap_map(lm, (void **)&zero_region, zero_pages * ps, PROT_READ | PROT_WRITE,
+			  LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0) == 0, "map zero");
+	CHECK(lazymap_map_fill(lm, (void **)&fill_region, fill_pages * ps, PROT_READ, fill_words,
+			       NULL) == 0, "map fill");
+	for (uintptr_t i = 0; i < 6; i++)
+		pthread_create(&t[i], NULL, toucher, (void *)(i + 1));
+	pthread_create(&m, NULL, mapper, NULL);
+	pthread_create(&obs, NULL, observer, NULL);
+	for (int i = 0; i < 6; i++)
+		pthread_join(t[i], NULL);
+	pthread_join(m, NULL);
+	atomic_store(&stop, true);
+	pthread_join(obs, NULL);
+	CHECK(atomic_load(&bad) == 0, "%zu wrong reads or failed calls (handlers %u, install %u)",
+	      atomic_load(&bad), handlers, install);
+	CHECK(lazymap_stats(lm, &st) == 0 && st.faults > 0 && st.pages_filled > 0, "stats");
+	CHECK(st.regions == 2, "%lu regions left, want 2", (unsigned long)st.regions);
+
+	/* close while threads fault */
+	atomic_store(&stop, false);
+	for (uintptr_t i = 0; i < 2; i++)
+		pthread_create(&loop[i], NULL, looper, (void *)(i + 11));
+	usleep(20000);
+	CHECK(lazymap_close(lm) == 0, "close");
+	atomic_store(&stop, true);
+	for (int i = 0; i < 2; i++)
+		pthread_join(loop[i], NULL);
+	printf("handlers=%u install=%s: %zu touches checked\n", handlers, install ? "move" : "copy",
+	       atomic_load(&touched));
+}
+
+int main(void)
+{
+	ps = pgsz();
+	run(1, LAZYMAP_INSTALL_COPY);
+	run(2, LAZYMAP_INSTALL_COPY);
+	run(3, LAZYMAP_INSTALL_MOVE);
+	printf("%d passed, %d failed\n", passed, failed);
+	return failed ? 1 : 0;
+}
