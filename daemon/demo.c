@@ -106,7 +106,8 @@ static char *kernel_region(size_t len)
 
 static void usage(const char *argv0)
 {
-	fprintf(stderr, "usage: %s [--size MiB] [--threads N] [--handlers N]\n", argv0);
+	fprintf(stderr, "usage: %s [--size MiB] [--threads N] [--handlers N (default: one per CPU)]\n",
+		argv0);
 	exit(2);
 }
 
@@ -121,7 +122,8 @@ int main(int argc, char **argv)
 	};
 	size_t size_mib = 1024, bad = 0;
 	unsigned nthreads = 4;
-	struct lazymap_opts opts = { 0 };
+	/* One pinned handler per CPU: faults are served beside their thread. */
+	struct lazymap_opts opts = { .handler_threads = LAZYMAP_HANDLERS_PER_CPU };
 	struct lazymap_stats st;
 	struct lazymap *lm;
 	char *zero, *filled, *kz, *kf;

@@ -38,9 +38,9 @@ struct lazymap;
 
 /* Options; an all-zero struct gives the defaults. Fields are only ever added at the end. */
 struct lazymap_opts {
-	unsigned handler_threads; /* 0: 1 */
+	unsigned handler_threads; /* 0: 1; LAZYMAP_HANDLERS_PER_CPU: one pinned per CPU */
 	unsigned queue_depth;     /* io_uring entries per handler thread; 0: default */
-	size_t readahead_max;     /* bytes filled ahead of a sequential fault stream; 0: 128 KiB */
+	size_t readahead_max;     /* bytes filled ahead of a sequential fault stream; 0: 512 KiB */
 	size_t resident_limit;    /* bytes of filled pages kept resident; 0: unlimited */
 	const char *daemon;       /* NULL: in-process handlers; else faultd's socket path */
 	unsigned install;         /* LAZYMAP_INSTALL_*: how pool pages are installed; 0: COPY */
@@ -51,6 +51,13 @@ struct lazymap_opts {
 #define LAZYMAP_INSTALL_COPY 0u /* UFFDIO_COPY from the handler's pool (default; fastest here) */
 #define LAZYMAP_INSTALL_MOVE 1u /* UFFDIO_MOVE of the pool page itself (private anonymous only) */
 #define LAZYMAP_SPIN_NONE    (~0u)
+/*
+ * handler_threads = LAZYMAP_HANDLERS_PER_CPU: one handler per CPU this process
+ * may run on, each pinned to its CPU, so that a fault is usually served on
+ * the CPU of the thread that raised it (no cross-CPU wake-up). The fastest
+ * setting on small VMs; it costs one thread per CPU.
+ */
+#define LAZYMAP_HANDLERS_PER_CPU (~0u)
 
 /* Mapping flags: mmap's vocabulary. */
 #define LAZYMAP_PRIVATE 0x01 /* like MAP_PRIVATE: writes stay in memory */

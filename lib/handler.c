@@ -5,10 +5,12 @@
  * the fault path on them, and takes queued prefetch work when idle.
  *
  * The wait decides our speed on small VMs: a sleeping thread woken on the
- * other CPU costs tens of microseconds, a whole same-CPU round trip three.
+ * other CPU costs tens of microseconds, a whole same-CPU round trip a few.
  * So an idle handler first polls with sched_yield() for spin_us (a faulting
  * thread that blocks on the same CPU then runs us at once, with no wake-up at
- * all), and only then sleeps in epoll_wait(), where it costs nothing.
+ * all), and only then sleeps in epoll_wait(), where it costs nothing. With
+ * one pinned handler per CPU, the handler beside the faulting thread serves
+ * it; the others stop polling early (spin_again).
  */
 #include <errno.h>
 #include <linux/userfaultfd.h>
@@ -97,6 +99,44 @@ static void serve_work(struct handler *h)
 	free(pf);
 }
 
+/*
+ * Whether an idle handler should keep polling. An unpinned handler polls for
+ * the whole window: the scheduler may run it beside the faulting thread. A
+ * pinned one gives up as soon as sched_yield() keeps coming straight back:
+ * nobody else wants its CPU, so the program's threads are on other CPUs,
+ * whose own handlers should take their faults; a poller here would win the
+ * read() race and pay the cross-CPU wake-up it exists to avoid.
+ */
+struct spin {
+	uint64_t since;   /* when the handler went idle; 0: busy */
+	unsigned quick;   /* consecutive sched_yield()s that returned at once */
+};
+
+#define QUICK_YIELD_NS 1500
+#define QUICK_YIELDS   3
+
+static bool spin_again(struct handler *h, struct spin *sp, uint64_t window_ns)
+{
+	uint64_t t0 = now_ns();
+
+	if (!sp->since) {
+		sp->since = t0;
+		sp->quick = 0;
+	}
+	if (t0 - sp->since >= window_ns)
+		return false;
+	sched_yield();
+	if (h->cpu >= 0) {
+		if (now_ns() - t0 < QUICK_YIELD_NS)
+			sp->quick++;
+		else
+			sp->quick = 0;
+		if (sp->quick >= QUICK_YIELDS)
+			return false;
+	}
+	return true;
+}
+
 static void *handler_main(void *arg)
 {
 	struct handler *h = arg;
@@ -104,7 +144,7 @@ static void *handler_main(void *arg)
 	struct mm *mm = &lm->mm;
 	struct uffd_msg msgs[BATCH];
 	uint64_t spin_ns = lm->opts.spin_us == LAZYMAP_SPIN_NONE ? 0 : lm->opts.spin_us * 1000ull;
-	uint64_t idle_since = 0;
+	struct spin sp = { 0 };
 
 	current_handler = h;
 	for (;;) {
@@ -115,7 +155,7 @@ static void *handler_main(void *arg)
 			if ((uint64_t)n > atomic_load_explicit(&h->stats.max_batch, memory_order_relaxed))
 				atomic_store_explicit(&h->stats.max_batch, (uint64_t)n, memory_order_relaxed);
 			serve_batch(h, mm, msgs, n);
-			idle_since = 0;
+			sp.since = 0;
 			continue;
 		}
 		if (n < 0 && n != -EAGAIN) {
@@ -126,15 +166,11 @@ static void *handler_main(void *arg)
 			break;
 		if (atomic_load_explicit(&lm->work_pending, memory_order_relaxed)) {
 			serve_work(h);
-			idle_since = 0;
+			sp.since = 0;
 			continue;
 		}
-		if (!idle_since)
-			idle_since = now_ns();
-		if (now_ns() - idle_since < spin_ns) {
-			sched_yield();
+		if (spin_again(h, &sp, spin_ns))
 			continue;
-		}
 
 		struct epoll_event ev[4];
 
@@ -143,17 +179,27 @@ static void *handler_main(void *arg)
 			fprintf(stderr, "liblazymap: epoll_wait: %s\n", strerror(errno));
 			break;
 		}
-		idle_since = 0;
+		sp.since = 0;
 	}
 	return NULL;
 }
 
-static int handler_init(struct lazymap *lm, struct handler *h)
+/* The index-th CPU set in cpus. */
+static int nth_cpu(const cpu_set_t *cpus, unsigned index)
+{
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+		if (CPU_ISSET(cpu, cpus) && index-- == 0)
+			return cpu;
+	return -1;
+}
+
+static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 {
 	int fds[] = { lm->mm.uffd, lm->stop_efd, lm->work_efd };
 	int ret;
 
 	h->lm = lm;
+	h->cpu = lm->pin ? nth_cpu(&lm->cpus, index) : -1;
 	h->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (h->epfd < 0)
 		return -errno;
@@ -184,10 +230,21 @@ int handlers_start(struct lazymap *lm)
 		struct handler *h = &lm->handlers[i];
 		char name[16];
 
-		ret = handler_init(lm, h);
+		pthread_attr_t attr;
+
+		ret = handler_init(lm, h, i);
 		if (ret)
 			break;
-		ret = -pthread_create(&h->thread, NULL, handler_main, h);
+		pthread_attr_init(&attr);
+		if (h->cpu >= 0) {
+			cpu_set_t one;
+
+			CPU_ZERO(&one);
+			CPU_SET(h->cpu, &one);
+			pthread_attr_setaffinity_np(&attr, sizeof(one), &one);
+		}
+		ret = -pthread_create(&h->thread, &attr, handler_main, h);
+		pthread_attr_destroy(&attr);
 		if (ret)
 			break;
 		h->started = true;

@@ -8,6 +8,7 @@
 #define LAZYMAP_INTERNAL_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -221,6 +222,7 @@ struct handler {
 	struct lazymap *lm;
 	pthread_t thread;
 	int epfd;
+	int cpu;                 /* pinned to this CPU, or -1 */
 	bool started;
 	struct pool pool;
 	struct hstats stats;
@@ -265,6 +267,8 @@ struct lazymap {
 	atomic_uint work_pending;   /* entries on work: read without the lock */
 
 	unsigned nhandlers;
+	bool pin;                   /* handler i runs on the i-th CPU of cpus only */
+	cpu_set_t cpus;
 	struct handler *handlers;
 };
 

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -14,7 +15,7 @@
 #include "compat.h"
 #include "internal.h"
 
-#define DEFAULT_READAHEAD   (128u << 10)
+#define DEFAULT_READAHEAD   (512u << 10)
 #define MAX_READAHEAD       (64u << 20)
 #define MAX_HANDLER_THREADS 256u
 #define MAX_QUEUE_DEPTH     32768u
@@ -120,7 +121,8 @@ int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts)
 		return -EOPNOTSUPP; /* faultd comes with its own issue */
 	if (o.resident_limit)
 		return -EOPNOTSUPP; /* the memory budget comes with write-back */
-	if (o.handler_threads > MAX_HANDLER_THREADS || o.queue_depth > MAX_QUEUE_DEPTH ||
+	if ((o.handler_threads > MAX_HANDLER_THREADS && o.handler_threads != LAZYMAP_HANDLERS_PER_CPU) ||
+	    o.queue_depth > MAX_QUEUE_DEPTH ||
 	    o.readahead_max > MAX_READAHEAD || o.install > LAZYMAP_INSTALL_MOVE ||
 	    (o.spin_us > 1000000 && o.spin_us != LAZYMAP_SPIN_NONE))
 		return -EINVAL;
@@ -144,7 +146,21 @@ int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts)
 		return -ENOMEM;
 	lm->opts = o;
 	lm->ra_pages = (o.readahead_max + page_size - 1) >> page_shift;
-	lm->nhandlers = o.handler_threads;
+	if (o.handler_threads == LAZYMAP_HANDLERS_PER_CPU) {
+		cpu_set_t cpus;
+
+		if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) > 0) {
+			lm->pin = true;
+			lm->cpus = cpus;
+			lm->nhandlers = (unsigned)CPU_COUNT(&cpus);
+			if (lm->nhandlers > MAX_HANDLER_THREADS)
+				lm->nhandlers = MAX_HANDLER_THREADS;
+		} else {
+			lm->nhandlers = 1;
+		}
+	} else {
+		lm->nhandlers = o.handler_threads;
+	}
 	lm->mm.uffd = lm->stop_efd = lm->work_efd = -1;
 	pthread_mutex_init(&lm->work_lock, NULL);
 
