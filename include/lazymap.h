@@ -5,7 +5,15 @@
  *
  * Conventions (as in liburing): every function returns 0 (or a count) on
  * success and a negative errno on failure; errno is never used. Objects come
- * back through out-parameters. All functions are thread-safe.
+ * back through out-parameters. All functions are thread-safe. Any call on a
+ * lazymap from its own fill callback that would wait for the handler running
+ * it (all but lazymap_stats) returns -EDEADLK.
+ *
+ * Not yet followed (a later release): the program's own munmap, mremap and
+ * fork on lazymap ranges. Use lazymap_unmap. A forked child keeps demand-zero
+ * regions (pages its parent had not filled read as zeros, as they should) but
+ * gets no copy of fill-callback regions (MADV_DONTFORK): touching one is
+ * SIGSEGV in the child, never wrong data.
  */
 #ifndef LAZYMAP_H
 #define LAZYMAP_H
@@ -71,7 +79,9 @@ struct lazymap_opts {
  * Errors: -EPERM userfaultfd is not available to this process (not root and
  *         vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd);
  *         -ENOSYS kernel without userfaultfd; -EINVAL bad option;
- *         -EOPNOTSUPP opts->daemon set (faultd is not available yet);
+ *         -EOPNOTSUPP opts->daemon or opts->resident_limit set (not available
+ *         yet), a kernel before 6.6 (no UFFDIO_POISON), or
+ *         LAZYMAP_INSTALL_MOVE on a kernel before 6.8;
  *         -ENOMEM, -EMFILE, -EAGAIN (threads) as the system reports them.
  */
 LAZYMAP_API int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts);
@@ -104,9 +114,11 @@ LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int pr
  * of pages at once on sequential access) for the region offset given, into a
  * staging buffer that is then installed. It returns 0, or a negative value to
  * poison those pages: the toucher gets SIGBUS, as for an I/O error of a file
- * mapping. fill runs on a handler thread, once for each page it produces; it
- * must not touch lazymap regions of the same lazymap (that fault would wait
- * for the thread running fill).
+ * mapping. fill runs on a handler thread. It produces each page once, and
+ * again only when the page was dropped (madvise(MADV_DONTNEED): the next
+ * touch produces it anew) or after a multi-page call failed (the pages are
+ * then asked for one by one, to poison only the bad ones). It must not touch
+ * regions of its own lazymap: that fault would wait for the thread running it.
  */
 typedef int (*lazymap_fill_fn)(void *page, size_t len, uint64_t offset, void *arg);
 LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
@@ -116,7 +128,8 @@ LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, i
  * Unmap the whole or a part of one or several regions: [addr, addr+len) must
  * be page aligned and lie entirely inside regions of this lazymap.
  * Errors: -EINVAL unaligned, zero or overflowing range, or a part of the
- *         range that lazymap does not own (then nothing is unmapped).
+ *         range that lazymap does not own (then nothing is unmapped);
+ *         -ENOMEM no memory to split a region.
  */
 LAZYMAP_API int lazymap_unmap(struct lazymap *lm, void *addr, size_t len);
 
@@ -135,7 +148,8 @@ LAZYMAP_API int lazymap_sync(struct lazymap *lm, void *addr, size_t len);
 
 /*
  * Change the protection of a range, like mprotect(): prot is a subset of
- * PROT_READ|PROT_WRITE. Errors: as lazymap_unmap; -EINVAL bad prot.
+ * PROT_READ|PROT_WRITE. Regions split and merge as the kernel's VMAs do.
+ * Errors: as lazymap_unmap; -EINVAL bad prot.
  */
 LAZYMAP_API int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot);
 

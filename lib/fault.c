@@ -5,10 +5,13 @@
  * (fault-around on sequential streams), ask the source, install, wake.
  *
  * Ownership of a page during a fill is the PAGE_BUSY bit of its source state:
- * whoever sets it installs (or poisons) the page and so wakes every thread
- * waiting on it; a fault that finds the bit set leaves the page alone. Runs
- * only ever claim pages that were never filled, so a stale FILLED page is
- * only re-checked by the fault that names it.
+ * whoever sets it installs (or poisons) the page, which wakes the threads
+ * waiting on it. A fault that finds the bit set leaves the page to its owner
+ * but first sets PAGE_WAITER, and the owner wakes the page again when it lets
+ * go: the toucher may have dropped the page (MADV_DONTNEED) and faulted anew
+ * after the install woke it but before the owner let go. Runs only ever claim
+ * pages that were never filled, so a stale FILLED page is only re-checked by
+ * the fault that names it.
  */
 #include <errno.h>
 #include <string.h>
@@ -101,22 +104,48 @@ static enum claim claim_page(struct mm *mm, _Atomic uint8_t *state, uintptr_t ad
 {
 	uint8_t old = atomic_load_explicit(state, memory_order_acquire);
 
-	do {
-		if (old & PAGE_BUSY)
+	for (;;) {
+		/* Busy: leave a note for the owner. If the CAS fails, the owner
+		 * may have let go in between: look again. */
+		uint8_t want = old & PAGE_BUSY ? old | PAGE_WAITER : old | PAGE_BUSY;
+
+		if (old == want)
 			return COALESCED;
-	} while (!atomic_compare_exchange_weak_explicit(state, &old, old | PAGE_BUSY,
-							memory_order_acquire, memory_order_acquire));
+		if (atomic_compare_exchange_weak_explicit(state, &old, want, memory_order_acq_rel,
+							  memory_order_acquire)) {
+			if (old & PAGE_BUSY)
+				return COALESCED;
+			break;
+		}
+	}
 	/*
 	 * Filled before: either a second message for a page we have served
 	 * (two threads faulted on it), or the program dropped the page
 	 * (MADV_DONTNEED) and it must be filled again. The kernel knows which.
 	 */
 	if ((old & PAGE_FILLED) && page_present(addr)) {
+		/* the wake covers any waiter that came meanwhile */
 		atomic_store_explicit(state, PAGE_FILLED, memory_order_release);
 		uffd_wake(mm->uffd, addr, page_size);
 		return PRESENT;
 	}
 	return CLAIMED;
+}
+
+/*
+ * Let go of n claimed pages from idx: FILLED if they were installed, else
+ * back to never-filled so that fault-around and prefetch may take them again.
+ * Wakes them if a fault came for one while we held it.
+ */
+static void release_run(struct mm *mm, struct source *src, uintptr_t addr, uint64_t idx,
+			size_t n, bool installed)
+{
+	uint8_t to = installed ? PAGE_FILLED : 0, seen = 0;
+
+	for (size_t i = 0; i < n; i++)
+		seen |= atomic_exchange_explicit(&src->state[idx + i], to, memory_order_acq_rel);
+	if (seen & PAGE_WAITER)
+		uffd_wake(mm->uffd, addr, n << page_shift);
 }
 
 /* Extend a claimed page into a run of never-filled pages; returns its length. */
@@ -158,7 +187,7 @@ static size_t ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
 
 /*
  * Produce and install n claimed pages from addr (page idx of v's source), then
- * mark them filled. Counters move before the install: the install wakes the
+ * let go of them. Counters move before the install: the install wakes the
  * toucher, who may read them at once.
  */
 static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
@@ -174,12 +203,12 @@ static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t 
 		 * at once instead of a second (copy-on-write) fault. */
 		stat_add(&h->stats.pages_filled, n);
 		if (write) {
-			install(h, mm, INSTALL_COPY, addr, pool->zero, len);
+			ret = install(h, mm, INSTALL_COPY, addr, pool->zero, len);
 		} else {
 			stat_add(&h->stats.zero_pages, n);
-			install(h, mm, INSTALL_ZEROPAGE, addr, NULL, len);
+			ret = install(h, mm, INSTALL_ZEROPAGE, addr, NULL, len);
 		}
-		goto filled;
+		goto out;
 	}
 
 	/* MOVE takes private anonymous pages between VMAs of equal protection
@@ -199,14 +228,13 @@ static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t 
 	}
 	if (ret < 0) {
 		stat_add(&h->stats.io_errors, n);
-		install(h, mm, INSTALL_POISON, addr, NULL, len);
+		ret = install(h, mm, INSTALL_POISON, addr, NULL, len);
 	} else {
 		stat_add(&h->stats.pages_filled, n);
-		install(h, mm, move ? INSTALL_MOVE : INSTALL_COPY, addr, pool->pages, len);
+		ret = install(h, mm, move ? INSTALL_MOVE : INSTALL_COPY, addr, pool->pages, len);
 	}
-filled:
-	for (size_t i = 0; i < n; i++)
-		atomic_store_explicit(&src->state[idx + i], PAGE_FILLED, memory_order_release);
+out:
+	release_run(mm, src, addr, idx, n, ret == 0);
 }
 
 void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
@@ -242,14 +270,17 @@ out:
 	pthread_rwlock_unlock(&mm->lock);
 }
 
+/* Pages a prefetch step may look at: bounds the time it holds the lock. */
+#define PREFETCH_SCAN 4096
+
 uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end)
 {
-	size_t budget = h->pool.npages;
+	size_t budget = h->pool.npages, scan = PREFETCH_SCAN;
 	uintptr_t addr = start;
 	struct vma *v;
 
 	pthread_rwlock_rdlock(&mm->lock);
-	while (addr < end && budget) {
+	while (addr < end && budget && scan--) {
 		v = vma_find(&mm->tree, addr);
 		if (!v || v->start >= end) {
 			addr = end;

@@ -67,36 +67,43 @@ static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg 
 	}
 }
 
-/* Take one queued prefetch range, fill a pool's worth of it, queue the rest again. */
-static void serve_work(struct handler *h)
+/*
+ * Take one queued prefetch range, fill a pool's worth of it, queue the rest
+ * again. work_pending counts the ranges on the list, and the work eventfd is
+ * readable exactly while it is not 0, so idle handlers sleep while another
+ * one works on the last range. Returns whether there was work.
+ */
+static bool serve_work(struct handler *h)
 {
 	struct lazymap *lm = h->lm;
 	struct prefetch *pf;
-	uint64_t drain;
+	uint64_t val = 1;
 
 	pthread_mutex_lock(&lm->work_lock);
 	pf = lm->work;
-	if (pf)
+	if (pf) {
 		lm->work = pf->next;
+		if (atomic_fetch_sub(&lm->work_pending, 1) == 1 &&
+		    read(lm->work_efd, &val, sizeof(val)) < 0)
+			(void)0; /* already drained */
+	}
 	pthread_mutex_unlock(&lm->work_lock);
 	if (!pf)
-		return;
+		return false;
 
 	pf->start = fault_prefetch(h, &lm->mm, pf->start, pf->end);
-
-	pthread_mutex_lock(&lm->work_lock);
-	if (pf->start < pf->end) {
-		pf->next = lm->work;
-		lm->work = pf;
-		pf = NULL;
-	} else {
-		atomic_fetch_sub(&lm->work_pending, 1);
+	if (pf->start >= pf->end) {
+		free(pf);
+		return true;
 	}
-	/* The eventfd is readable exactly while work is queued. */
-	if (!lm->work && read(lm->work_efd, &drain, sizeof(drain)) < 0)
-		(void)0;
+	pthread_mutex_lock(&lm->work_lock);
+	pf->next = lm->work;
+	lm->work = pf;
+	val = 1;
+	if (atomic_fetch_add(&lm->work_pending, 1) == 0 && write(lm->work_efd, &val, sizeof(val)) < 0)
+		(void)0; /* only an overflowing counter fails, and it is readable then */
 	pthread_mutex_unlock(&lm->work_lock);
-	free(pf);
+	return true;
 }
 
 /*
@@ -164,8 +171,7 @@ static void *handler_main(void *arg)
 		}
 		if (atomic_load_explicit(&lm->stopping, memory_order_acquire))
 			break;
-		if (atomic_load_explicit(&lm->work_pending, memory_order_relaxed)) {
-			serve_work(h);
+		if (atomic_load_explicit(&lm->work_pending, memory_order_relaxed) && serve_work(h)) {
 			sp.since = 0;
 			continue;
 		}
@@ -252,9 +258,7 @@ int handlers_start(struct lazymap *lm)
 		pthread_setname_np(h->thread, name);
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (ret)
-		handlers_stop(lm);
-	return ret;
+	return ret; /* on failure, the caller's handlers_stop() joins what started */
 }
 
 void handlers_stop(struct lazymap *lm)
@@ -271,8 +275,10 @@ void handlers_stop(struct lazymap *lm)
 
 		if (h->started)
 			pthread_join(h->thread, NULL);
+		h->started = false;
 		pool_destroy(&h->pool);
 		if (h->epfd >= 0)
 			close(h->epfd);
+		h->epfd = -1;
 	}
 }

@@ -58,6 +58,7 @@ struct source_ops {
 /* Per-page state bits (source.state[pgoff]). */
 #define PAGE_BUSY   0x01 /* a handler is filling this page now: others leave it */
 #define PAGE_FILLED 0x02 /* installed once; a later fault re-checks with mincore() */
+#define PAGE_WAITER 0x04 /* a fault came while BUSY: the owner wakes the page when done */
 
 struct source {
 	const struct source_ops *ops;
@@ -173,6 +174,7 @@ struct mm {
 	 */
 	pthread_rwlock_t lock;
 	struct vma_tree tree;
+	atomic_size_t nr_vmas;   /* tree.count, for readers that take no lock */
 };
 
 int mm_init(struct mm *mm, uint64_t features);

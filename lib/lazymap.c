@@ -58,6 +58,16 @@ static void lazymap_put(struct lazymap *lm)
 	pthread_mutex_unlock(&registry_lock);
 }
 
+/*
+ * A fill callback runs on a handler thread that holds its mm's lock for
+ * reading: a call on the same lazymap that takes the lock again would wait
+ * for itself (or, the lock preferring writers, for a writer waiting for it).
+ */
+static bool in_own_handler(struct lazymap *lm)
+{
+	return current_handler && current_handler->lm == lm;
+}
+
 /* ------------------------------------------------------- argument checks */
 
 static bool prot_ok(int prot)
@@ -195,7 +205,7 @@ int lazymap_close(struct lazymap *lm)
 {
 	struct lazymap **pp;
 
-	if (current_handler)
+	if (in_own_handler(lm))
 		return -EDEADLK; /* a fill callback cannot join its own thread */
 	pthread_mutex_lock(&registry_lock);
 	for (pp = &registry; *pp && *pp != lm; pp = &(*pp)->next_open)
@@ -263,6 +273,8 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 		if (fd < 0 || fcntl(fd, F_GETFL) < 0)
 			return -EBADF;
 	}
+	if (in_own_handler(lm))
+		return -EDEADLK;
 	ret = lazymap_get(lm);
 	if (ret)
 		return ret;
@@ -286,6 +298,8 @@ int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
 
 	if (!addrp || !fill || !prot_ok(prot) || map_len(len, &len))
 		return -EINVAL;
+	if (in_own_handler(lm))
+		return -EDEADLK;
 	ret = lazymap_get(lm);
 	if (ret)
 		return ret;
@@ -304,7 +318,7 @@ static int range_begin(struct lazymap *lm, void *addr, size_t *len, uintptr_t *s
 
 	if (ret)
 		return ret;
-	if (current_handler)
+	if (in_own_handler(lm))
 		return -EDEADLK;
 	return lazymap_get(lm);
 }
@@ -354,6 +368,7 @@ int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 	uint64_t one = 1;
 	int ret = range_begin(lm, addr, &len, &start);
 
+
 	if (ret)
 		return ret;
 	ret = owned(lm, start, len);
@@ -368,9 +383,10 @@ int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 	pthread_mutex_lock(&lm->work_lock);
 	pf->next = lm->work;
 	lm->work = pf;
-	atomic_fetch_add(&lm->work_pending, 1);
-	ret = write(lm->work_efd, &one, sizeof(one)) < 0 ? -errno : 0;
+	if (atomic_fetch_add(&lm->work_pending, 1) == 0 && write(lm->work_efd, &one, sizeof(one)) < 0)
+		(void)0; /* only an overflowing counter fails, and it is readable then */
 	pthread_mutex_unlock(&lm->work_lock);
+	ret = 0;
 out:
 	lazymap_put(lm);
 	return ret;
@@ -423,9 +439,8 @@ int lazymap_stats(struct lazymap *lm, struct lazymap_stats *st)
 		if (b > st->max_batch)
 			st->max_batch = b;
 	}
-	pthread_rwlock_rdlock(&lm->mm.lock);
-	st->regions = lm->mm.tree.count;
-	pthread_rwlock_unlock(&lm->mm.lock);
+	/* no lock: a fill callback may ask for stats */
+	st->regions = atomic_load_explicit(&lm->mm.nr_vmas, memory_order_relaxed);
 	lazymap_put(lm);
 	return 0;
 }
@@ -436,6 +451,8 @@ int lazymap_dump(struct lazymap *lm, FILE *out)
 
 	if (!out)
 		return -EINVAL;
+	if (in_own_handler(lm))
+		return -EDEADLK;
 	ret = lazymap_get(lm);
 	if (ret)
 		return ret;

@@ -35,6 +35,13 @@ int mm_init(struct mm *mm, uint64_t features)
 	return 0;
 }
 
+/* Leave a write section: publish the VMA count for lock-free readers. */
+static void write_unlock(struct mm *mm)
+{
+	atomic_store_explicit(&mm->nr_vmas, mm->tree.count, memory_order_relaxed);
+	pthread_rwlock_unlock(&mm->lock);
+}
+
 /* Give [start, end) back to the kernel: unregister first, so munmap raises no
  * event that would wait for a handler. */
 static void release_range(struct mm *mm, uintptr_t start, uintptr_t end)
@@ -53,7 +60,7 @@ void mm_unmap_all(struct mm *mm)
 		vma_erase(&mm->tree, v);
 		vma_free(v);
 	}
-	pthread_rwlock_unlock(&mm->lock);
+	write_unlock(mm);
 }
 
 void mm_destroy(struct mm *mm)
@@ -104,6 +111,13 @@ int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, u
 		vma_free(v);
 		return ret;
 	}
+	/*
+	 * Without fork events a child's copy of the range is not registered:
+	 * its missing pages would read as zeros, which is right for a zero
+	 * source and silently wrong for any other. Such a child gets no copy.
+	 */
+	if (src->ops->fill)
+		madvise(p, len, MADV_DONTFORK);
 	v->start = (uintptr_t)p;
 	v->end = v->start + len;
 	v->prot = prot;
@@ -114,9 +128,14 @@ int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, u
 	pthread_rwlock_wrlock(&mm->lock);
 	drop_stale(mm, v->start, v->end);
 	ret = vma_insert(&mm->tree, v);
-	LAZYMAP_ASSERT(ret == 0);
-	pthread_rwlock_unlock(&mm->lock);
-	*addrp = v->start;
+	write_unlock(mm);
+	if (ret) {
+		/* drop_stale could not split (ENOMEM): give the range back */
+		release_range(mm, (uintptr_t)p, len);
+		vma_free(v);
+		return -ENOMEM;
+	}
+	*addrp = (uintptr_t)p;
 	return 0;
 }
 
@@ -176,7 +195,7 @@ int mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 		vma_free(v);
 	}
 out:
-	pthread_rwlock_unlock(&mm->lock);
+	write_unlock(mm);
 	return ret;
 }
 
@@ -208,7 +227,7 @@ int mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 		v = vma_next(v);
 	}
 out:
-	pthread_rwlock_unlock(&mm->lock);
+	write_unlock(mm);
 	return ret;
 }
 

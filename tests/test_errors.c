@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/mman.h>
 #include <grp.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -183,19 +184,38 @@ Test(errors, file_mappings_not_yet, .init = setup, .fini = teardown)
 
 /* A fill callback calling back into the library that serves it. */
 struct reentry {
-	struct lazymap *lm;
+	struct lazymap *lm, *other;
 	void *region;
-	int unmap_ret, close_ret, protect_ret;
+	int unmap_ret, close_ret, protect_ret, map_ret, map_fill_ret, dump_ret, prefetch_ret,
+		sync_ret, stats_ret, other_map_ret, other_unmap_ret;
+	uint64_t regions;
 };
 
 static int fill_reenter(void *page, size_t len, uint64_t offset, void *arg)
 {
 	struct reentry *r = arg;
+	struct lazymap_stats st = { 0 };
+	FILE *null = fopen("/dev/null", "w");
+	void *p;
 
 	(void)offset;
 	r->unmap_ret = lazymap_unmap(r->lm, r->region, 4096);
 	r->protect_ret = lazymap_protect(r->lm, r->region, 4096, PROT_READ);
 	r->close_ret = lazymap_close(r->lm);
+	r->map_ret = lazymap_map(r->lm, &p, 4096, RW, ANON, -1, 0);
+	r->map_fill_ret = lazymap_map_fill(r->lm, &p, 4096, RW, fill_ones, NULL);
+	r->dump_ret = lazymap_dump(r->lm, null);
+	r->prefetch_ret = lazymap_prefetch(r->lm, r->region, 4096);
+	r->sync_ret = lazymap_sync(r->lm, r->region, 4096);
+	r->stats_ret = lazymap_stats(r->lm, &st);
+	r->regions = st.regions;
+	/* another lazymap is not locked by this handler: it just works */
+	r->other_map_ret = lazymap_map(r->other, &p, 4096, RW, ANON, -1, 0);
+	if (r->other_map_ret == 0) {
+		((char *)p)[0] = 1;
+		r->other_unmap_ret = lazymap_unmap(r->other, p, 4096);
+	}
+	fclose(null);
 	memset(page, 2, len);
 	return 0;
 }
@@ -205,13 +225,61 @@ Test(errors, fill_callback_cannot_deadlock, .init = setup, .fini = teardown)
 	struct reentry r = { .lm = lm };
 	char *p;
 
+	cr_assert_eq(lazymap_open(&r.other, NULL), 0);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, 4096, RW, fill_reenter, &r), 0);
 	r.region = p;
 	cr_assert_eq(p[10], 2);
 	cr_assert_eq(r.unmap_ret, -EDEADLK);
 	cr_assert_eq(r.protect_ret, -EDEADLK);
 	cr_assert_eq(r.close_ret, -EDEADLK);
+	cr_assert_eq(r.map_ret, -EDEADLK);
+	cr_assert_eq(r.map_fill_ret, -EDEADLK);
+	cr_assert_eq(r.dump_ret, -EDEADLK);
+	cr_assert_eq(r.prefetch_ret, -EDEADLK);
+	cr_assert_eq(r.sync_ret, -EDEADLK);
+	cr_assert_eq(r.stats_ret, 0);
+	cr_assert_eq(r.regions, 1);
+	cr_assert_eq(r.other_map_ret, 0);
+	cr_assert_eq(r.other_unmap_ret, 0);
 	expect_regions(1);
+	cr_assert_eq(lazymap_close(r.other), 0);
+}
+
+/* A failed open (here: out of file descriptors part-way) cleans up and says why. */
+Test(errors, open_out_of_fds)
+{
+	int status;
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct rlimit rl;
+		struct lazymap *x;
+		int fails = 0;
+
+		/* Walk the limit up so that open fails at every step of its setup. */
+		for (rlim_t lim = 4; lim < 24; lim++) {
+			int ret;
+
+			if (getrlimit(RLIMIT_NOFILE, &rl))
+				_exit(10);
+			rl.rlim_cur = lim;
+			if (setrlimit(RLIMIT_NOFILE, &rl))
+				_exit(10);
+			ret = lazymap_open(&x, &(struct lazymap_opts){ .handler_threads = 3 });
+			if (ret == 0) {
+				if (lazymap_close(x))
+					_exit(11);
+				continue;
+			}
+			if (ret != -EMFILE && ret != -ENFILE)
+				_exit(12);
+			fails++;
+		}
+		_exit(fails > 0 ? 0 : 13);
+	}
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
 }
 
 /*

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "common.h"
 
@@ -484,6 +485,209 @@ Test(faults, move_mode_read_only_region)
 	cr_assert_gt(st.copy_ioctls, 0);
 	cr_assert_gt(st.move_ioctls, 0);
 	cr_assert_eq(st.io_errors, 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+	fill_ctx_free(fill);
+}
+
+/* madvise(MADV_DONTNEED) drops a private page: its next touch produces it
+ * again from the source (fill data, or zeros), not what was written. */
+Test(faults, dontneed_page_is_produced_again)
+{
+	size_t ps = pgsz(), npages = 16;
+	struct fill_ctx *fill = fill_ctx_new(npages, 11);
+	struct lazymap *lm;
+	uint64_t *f, *z;
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&f, npages * ps, PROT_READ | PROT_WRITE,
+				      fill_pattern, fill), 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&z, npages * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	cr_assert_eq(f[3], pattern(24, 11));
+	f[3] = 1;
+	z[3] = 1;
+	cr_assert_eq(madvise(f, ps, MADV_DONTNEED), 0);
+	cr_assert_eq(madvise(z, ps, MADV_DONTNEED), 0);
+	cr_assert_eq(f[3], pattern(24, 11));
+	cr_assert_eq(z[3], 0);
+	cr_assert_eq(atomic_load(&fill->calls[0]), 2);
+	cr_assert_eq(lazymap_close(lm), 0);
+	fill_ctx_free(fill);
+}
+
+/* ---------------------------------------------------------- regressions */
+
+struct dropper {
+	pthread_t thread;
+	char *pages;
+	atomic_long progress;
+};
+
+static void *dropper_main(void *arg)
+{
+	struct dropper *d = arg;
+	size_t ps = pgsz();
+
+	for (long i = 0; i < 20000; i++) {
+		volatile char *q = d->pages + (size_t)(i % 64) * ps;
+
+		q[0] = 1;
+		madvise((void *)q, ps, MADV_DONTNEED);
+		q[0] = 2;
+		atomic_store(&d->progress, i + 1);
+	}
+	return NULL;
+}
+
+/*
+ * A page dropped and touched again while the handler that filled it still
+ * holds it: the second fault must be woken when the holder lets go (it used
+ * to be dropped, and the toucher slept forever).
+ */
+Test(faults, refault_while_filler_holds_page_is_woken)
+{
+	struct lazymap_opts o = { .handler_threads = 2 };
+	size_t ps = pgsz();
+	struct dropper d[4];
+	struct lazymap *lm;
+	long last[4] = { 0 };
+	char *p;
+	int idle = 0;
+
+	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&p, 4 * 64 * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	for (int i = 0; i < 4; i++) {
+		d[i].pages = p + (size_t)i * 64 * ps;
+		atomic_init(&d[i].progress, 0);
+		cr_assert_eq(pthread_create(&d[i].thread, NULL, dropper_main, &d[i]), 0);
+	}
+	/* A watchdog, not a timer: fail if some thread stops making progress. */
+	for (;;) {
+		bool done = true, moved = false;
+
+		usleep(100000);
+		for (int i = 0; i < 4; i++) {
+			long v = atomic_load(&d[i].progress);
+
+			done &= v == 20000;
+			moved |= v != last[i];
+			last[i] = v;
+		}
+		if (done)
+			break;
+		idle = moved ? 0 : idle + 1;
+		cr_assert_lt(idle, 50, "no thread progressed for 5 s: %ld %ld %ld %ld (lost wake-up)",
+			     last[0], last[1], last[2], last[3]);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(d[i].thread, NULL);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* The state ('R', 'S', ...) of every handler thread but the caller. */
+static int handler_states(char *states, int max)
+{
+	char path[128], buf[512];
+	int n = 0;
+
+	for (int tid = getpid(); tid < getpid() + 4096 && n < max; tid++) {
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(buf, sizeof(buf), f) && strstr(buf, "(lazymap-h") && tid != gettid()) {
+			char *close = strrchr(buf, ')');
+
+			states[n++] = close ? close[2] : '?';
+		}
+		fclose(f);
+	}
+	return n;
+}
+
+static atomic_int sleeping_samples, running_samples;
+
+static int slow_fill(void *page, size_t len, uint64_t offset, void *arg)
+{
+	(void)offset;
+	(void)arg;
+	/* While this handler works, the other has nothing to do: it must sleep. */
+	for (int i = 0; i < 20; i++) {
+		char st[8];
+		int n = handler_states(st, 8);
+
+		usleep(5000);
+		for (int k = 0; k < n; k++)
+			atomic_fetch_add(st[k] == 'S' ? &sleeping_samples : &running_samples, 1);
+	}
+	memset(page, 3, len);
+	return 0;
+}
+
+Test(faults, idle_handler_sleeps_while_another_prefetches)
+{
+	struct lazymap_opts o = { .handler_threads = 2 };
+	size_t ps = pgsz();
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	char *p;
+	double t0;
+
+	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, 4 * ps, PROT_READ, slow_fill, NULL), 0);
+	cr_assert_eq(lazymap_prefetch(lm, p, 4 * ps), 0);
+	t0 = now_s();
+	do {
+		usleep(10000);
+		cr_assert_eq(lazymap_stats(lm, &st), 0);
+		cr_assert_lt(now_s() - t0, 30.0);
+	} while (st.prefetched < 4 || st.fill_calls < 1 || atomic_load(&sleeping_samples) +
+		 atomic_load(&running_samples) < 20);
+	cr_assert_eq(p[ps], 3);
+	/* The idle handler may be caught running now and then; not all along. */
+	cr_assert_gt(atomic_load(&sleeping_samples), 3 * atomic_load(&running_samples),
+		     "idle handler asleep in %d samples, running in %d",
+		     atomic_load(&sleeping_samples), atomic_load(&running_samples));
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* Without fork events a child cannot be served: it gets no copy of a fill
+ * region (SIGSEGV, never silent zeros), and a zero region reads right. */
+Test(faults, forked_child_never_reads_wrong_data)
+{
+	size_t ps = pgsz(), npages = 8;
+	struct fill_ctx *fill = fill_ctx_new(npages, 3);
+	struct lazymap *lm;
+	char *f, *z;
+	int status;
+	pid_t pid;
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&f, npages * ps, PROT_READ, fill_pattern, fill), 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&z, npages * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	cr_assert_eq(*(uint64_t *)f, pattern(0, 3));
+	z[0] = 9;
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		char c = 0;
+		struct touch_fault t;
+
+		touch_install();
+		t = touch(f + 5 * ps, -1, &c);
+		if (t.signo != SIGSEGV)
+			_exit(1);
+		if (z[0] != 9 || z[5 * ps] != 0)
+			_exit(2);
+		_exit(0);
+	}
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+	cr_assert_eq(*(uint64_t *)(f + 5 * ps), pattern(5 * ps, 3));
 	cr_assert_eq(lazymap_close(lm), 0);
 	fill_ctx_free(fill);
 }
