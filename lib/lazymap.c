@@ -231,13 +231,19 @@ int lazymap_close(struct lazymap *lm)
 
 /* ------------------------------------------------------------- mappings */
 
+/* The end of every map call: check the handle, map src, drop our reference
+ * to src (the VMA holds its own). */
 static int map_source(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
 		      struct source *src)
 {
 	uintptr_t addr;
-	int ret = mm_map(&lm->mm, len, prot, flags, src, &addr);
+	int ret = in_own_handler(lm) ? -EDEADLK : lazymap_get(lm);
 
-	source_put(src); /* the VMA holds its own reference */
+	if (ret == 0) {
+		ret = mm_map(&lm->mm, len, prot, flags, src, &addr);
+		lazymap_put(lm);
+	}
+	source_put(src);
 	if (ret == 0)
 		*addrp = (void *)addr;
 	return ret;
@@ -273,21 +279,10 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 		if (fd < 0 || fcntl(fd, F_GETFL) < 0)
 			return -EBADF;
 	}
-	if (in_own_handler(lm))
-		return -EDEADLK;
-	ret = lazymap_get(lm);
-	if (ret)
-		return ret;
-	if (!(flags & LAZYMAP_ANON)) {
-		ret = -EOPNOTSUPP; /* file backing: the next issue */
-		goto out;
-	}
+	if (!(flags & LAZYMAP_ANON))
+		return -EOPNOTSUPP; /* file backing: the next issue */
 	ret = source_new_zero(len >> page_shift, &src);
-	if (ret == 0)
-		ret = map_source(lm, addrp, len, prot, flags, src);
-out:
-	lazymap_put(lm);
-	return ret;
+	return ret ? ret : map_source(lm, addrp, len, prot, flags, src);
 }
 
 int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
@@ -298,16 +293,8 @@ int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
 
 	if (!addrp || !fill || !prot_ok(prot) || map_len(len, &len))
 		return -EINVAL;
-	if (in_own_handler(lm))
-		return -EDEADLK;
-	ret = lazymap_get(lm);
-	if (ret)
-		return ret;
 	ret = source_new_fill(len >> page_shift, fill, arg, &src);
-	if (ret == 0)
-		ret = map_source(lm, addrp, len, prot, LAZYMAP_PRIVATE | LAZYMAP_ANON, src);
-	lazymap_put(lm);
-	return ret;
+	return ret ? ret : map_source(lm, addrp, len, prot, LAZYMAP_PRIVATE | LAZYMAP_ANON, src);
 }
 
 /* The calls on a range: check it, pin lm, refuse the ones that would

@@ -175,17 +175,23 @@ static int split_range(struct mm *mm, uintptr_t start, uintptr_t end, struct vma
 	return 0;
 }
 
-int mm_unmap(struct mm *mm, uintptr_t start, size_t len)
+/* Take the write lock and make [start, start+len) whole VMAs of ours; *firstp
+ * is the first. The lock is held on return, whatever the result. */
+static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **firstp)
 {
-	uintptr_t end = start + len;
-	struct vma *v, *next;
 	int ret;
 
 	pthread_rwlock_wrlock(&mm->lock);
 	ret = mm_check_range(mm, start, len);
-	if (ret)
-		goto out;
-	ret = split_range(mm, start, end, &v);
+	return ret ? ret : split_range(mm, start, start + len, firstp);
+}
+
+int mm_unmap(struct mm *mm, uintptr_t start, size_t len)
+{
+	uintptr_t end = start + len;
+	struct vma *v, *next;
+	int ret = lock_range(mm, start, len, &v);
+
 	if (ret)
 		goto out;
 	release_range(mm, start, end);
@@ -203,13 +209,8 @@ int mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 {
 	uintptr_t end = start + len;
 	struct vma *v, *prev;
-	int ret;
+	int ret = lock_range(mm, start, len, &v);
 
-	pthread_rwlock_wrlock(&mm->lock);
-	ret = mm_check_range(mm, start, len);
-	if (ret)
-		goto out;
-	ret = split_range(mm, start, end, &v);
 	if (ret)
 		goto out;
 	if (mprotect((void *)start, len, prot)) {
