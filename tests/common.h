@@ -61,18 +61,23 @@ static inline void touch_install(void)
 	sigaction(SIGSEGV, &sa, NULL);
 }
 
-/* Read (or write, if value >= 0) one byte at p; report the signal it raised. */
-static inline struct touch_fault touch(volatile char *p, int value, char *out)
+/*
+ * Read (or write, if value >= 0) one byte at p; report the signal it raised.
+ * Relaxed atomics: several threads may touch the same byte.
+ */
+static inline struct touch_fault touch(char *p, int value, char *out)
 {
 	touch_last = (struct touch_fault){ 0 };
 	if (sigsetjmp(touch_jmp, 1) == 0) {
 		touch_armed = 1;
-		if (value >= 0)
-			*p = (char)value;
-		else if (out)
-			*out = *p;
-		else
-			(void)*p;
+		if (value >= 0) {
+			__atomic_store_n(p, (char)value, __ATOMIC_RELAXED);
+		} else {
+			char c = __atomic_load_n(p, __ATOMIC_RELAXED);
+
+			if (out)
+				*out = c;
+		}
 		touch_armed = 0;
 	}
 	return touch_last;

@@ -1,11 +1,10 @@
 // SPDX-License-Identifier: MIT
 /*
- * Concurrency stress without Criterion, so that it runs under ThreadSanitizer
- * too (Criterion's process arena cannot start under TSan: Snaipe/Criterion
- * issue #274). Threads fault on zero and fill regions while others map,
- * protect and unmap their own regions, prefetch, read stats and dump the
- * tree; at the end every byte read is checked and the lazymap is closed while
- * threads still fault. Prints "N passed, N failed".
+ * Everything at once: threads fault on zero and fill regions while others
+ * map, protect and unmap their own regions, prefetch, read stats and dump the
+ * tree; every byte read is checked, and the lazymap is closed while threads
+ * still fault. Plain C, one process: the shape ThreadSanitizer sees best.
+ * Prints "N passed, N failed".
  */
 #include <pthread.h>
 #include <stdatomic.h>
