@@ -101,8 +101,21 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * -1 and offset 0) or | LAZYMAP_DIRECT. The address is chosen by the kernel
  * and returned in *addrp. Nothing is populated up front: every page is filled
  * by a handler thread on first touch (zeros for LAZYMAP_ANON).
- * Errors: -EINVAL zero or overflowing len, bad prot/flags/offset;
- *         -EBADF bad fd; -EOPNOTSUPP file-backed mappings (not available yet);
+ *
+ * A file mapping (no LAZYMAP_ANON) reads fd from offset with io_uring, as
+ * mmap(MAP_PRIVATE) would show it: the part of the last page beyond the end
+ * of the file reads as zeros; a touch of a page wholly beyond the end, or of
+ * a page whose read fails, raises SIGBUS in the touching thread (and counts
+ * in io_errors). Private writes stay in memory. The library keeps its own
+ * reference to the file: fd may be closed at once. LAZYMAP_DIRECT reads with
+ * O_DIRECT (the library reopens the file through /proc/self/fd), so that the
+ * data is not cached twice (page cache and mapping).
+ *
+ * Errors: -EINVAL zero or overflowing len, bad prot/flags, offset negative,
+ *         unaligned or overflowing, LAZYMAP_DIRECT on a file system that
+ *         refuses O_DIRECT; -EBADF bad fd; -EACCES fd not open for reading;
+ *         -ENODEV fd is not a regular file; -EOPNOTSUPP LAZYMAP_SHARED file
+ *         mappings (shared write-back is not available yet);
  *         -ENOMEM out of memory or address space.
  */
 LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
@@ -153,6 +166,21 @@ LAZYMAP_API int lazymap_sync(struct lazymap *lm, void *addr, size_t len);
  */
 LAZYMAP_API int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot);
 
+/*
+ * Tell lazymap how a range will be touched, like madvise(): the range is
+ * split from its neighbours if need be.
+ *   LAZYMAP_ADV_NORMAL      the default: fill-around grows on sequential faults
+ *   LAZYMAP_ADV_SEQUENTIAL  fill readahead_max from the first fault on
+ *   LAZYMAP_ADV_RANDOM      fill only the page touched
+ *   LAZYMAP_ADV_WILLNEED    start filling the range now (lazymap_prefetch)
+ * Errors: as lazymap_unmap; -EINVAL unknown advice.
+ */
+#define LAZYMAP_ADV_NORMAL     0
+#define LAZYMAP_ADV_SEQUENTIAL 1
+#define LAZYMAP_ADV_RANDOM     2
+#define LAZYMAP_ADV_WILLNEED   3
+LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice);
+
 /* Counters since lazymap_open. */
 struct lazymap_stats {
 	uint64_t faults;          /* missing-page fault messages served */
@@ -175,6 +203,11 @@ struct lazymap_stats {
 	uint64_t prefetched;      /* pages filled by lazymap_prefetch */
 	uint64_t max_batch;       /* most messages one read() returned */
 	uint64_t regions;         /* VMAs in the tree now */
+	/* file backing */
+	uint64_t file_reads;      /* io_uring reads completed (continuations of short reads too) */
+	uint64_t short_reads;     /* reads that returned less than asked and were continued */
+	uint64_t readahead_pages; /* pages filled beyond the one a fault asked for */
+	uint64_t inflight_max;    /* most reads one handler had in flight at once */
 };
 LAZYMAP_API int lazymap_stats(struct lazymap *lm, struct lazymap_stats *st);
 

@@ -175,6 +175,12 @@ static size_t ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
 	uint64_t next = atomic_load_explicit(&v->ra_next, memory_order_relaxed);
 	uint32_t win = atomic_load_explicit(&v->ra_window, memory_order_relaxed);
 
+	switch (v->advice) {
+	case LAZYMAP_ADV_RANDOM:
+		return 1;
+	case LAZYMAP_ADV_SEQUENTIAL:
+		return lm->ra_pages;
+	}
 	if (idx == next)
 		win = win ? win * 2 : 2;
 	else
@@ -187,8 +193,9 @@ static size_t ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
 
 /*
  * Produce and install n claimed pages from addr (page idx of v's source), then
- * let go of them. Counters move before the install: the install wakes the
- * toucher, who may read them at once.
+ * let go of them. Synchronous sources only; mm->lock held for reading.
+ * Counters move before the install: the install wakes the toucher, who may
+ * read them at once.
  */
 static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
 		     uint64_t idx, size_t n, bool write)
@@ -217,9 +224,9 @@ static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t 
 		    v->prot == (PROT_READ | PROT_WRITE);
 
 	if (move)
-		pool_refill(pool, n);
+		pool_refill(pool->run, n);
 	stat_add(&h->stats.fill_calls, 1);
-	ret = src->ops->fill(src, pool->pages, idx, n);
+	ret = src->ops->fill(src, pool->run, idx, n);
 	if (ret < 0 && n > 1) {
 		/* Find the pages that fail: the others are good data. */
 		for (size_t i = 0; i < n; i++)
@@ -231,14 +238,188 @@ static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t 
 		ret = install(h, mm, INSTALL_POISON, addr, NULL, len);
 	} else {
 		stat_add(&h->stats.pages_filled, n);
-		ret = install(h, mm, move ? INSTALL_MOVE : INSTALL_COPY, addr, pool->pages, len);
+		ret = install(h, mm, move ? INSTALL_MOVE : INSTALL_COPY, addr, pool->run, len);
 	}
 out:
 	release_run(mm, src, addr, idx, n, ret == 0);
 }
 
+/* ------------------------------------------------------------ async reads */
+
+/*
+ * Begin a run of an asynchronous source: mm->lock is held, the pages are
+ * claimed. Pages the source does not have (beyond the end of a file) are
+ * poisoned now; the rest becomes a request, started once the lock is dropped
+ * (starting may wait for pool pages, and so for completions, which take the
+ * lock themselves). Returns NULL when there is nothing to read.
+ */
+static struct fill_req *begin_read(struct handler *h, struct mm *mm, struct vma *v,
+				   uintptr_t addr, uint64_t idx, size_t n, bool write)
+{
+	struct source *src = v->src;
+	size_t have = src->ops->extent ? src->ops->extent(src, idx, n) : n;
+	struct fill_req *req;
+
+	if (have < n) {
+		uintptr_t beyond = addr + (have << page_shift);
+		int ret;
+
+		stat_add(&h->stats.io_errors, n - have);
+		ret = install(h, mm, INSTALL_POISON, beyond, NULL, (n - have) << page_shift);
+		release_run(mm, src, beyond, idx + have, n - have, ret == 0);
+		n = have;
+	}
+	if (!n)
+		return NULL;
+	req = calloc(1, sizeof(*req));
+	if (!req) {
+		/* Let the toucher fault again: it is all we can do without memory. */
+		release_run(mm, src, addr, idx, n, false);
+		uffd_wake(mm->uffd, addr, n << page_shift);
+		return NULL;
+	}
+	source_get(src);
+	*req = (struct fill_req){ .mm = mm, .src = src, .addr = addr, .idx = idx, .n = n,
+				  .write = write };
+	return req;
+}
+
+static void req_free(struct handler *h, struct fill_req *req)
+{
+	if (req->buf)
+		pool_free(&h->pool, req->buf, req->n);
+	source_put(req->src);
+	free(req);
+}
+
+/* Start req's read; lock not held. Waits for completions while the pool is full. */
+static void start_read(struct handler *h, struct fill_req *req)
+{
+	int ret;
+
+	while (!(req->buf = pool_alloc(&h->pool, req->n))) {
+		uring_flush(h);
+		if (!h->inflight || uring_reap(h, true) < 0)
+			break;
+	}
+	if (!req->buf) {
+		/* Cannot happen (a run is smaller than the pool), but never hang:
+		 * let go, and the toucher faults again. */
+		release_run(req->mm, req->src, req->addr, req->idx, req->n, false);
+		uffd_wake(req->mm->uffd, req->addr, req->n << page_shift);
+		req_free(h, req);
+		return;
+	}
+	ret = req->src->ops->read(h, req);
+	if (ret)
+		fault_read_done(h, req, ret);
+}
+
+/*
+ * Install what a read brought: data pages (the last one zero-filled past the
+ * end of file), and poison for the pages that have none (the file ended
+ * early, or the read failed). The VMA is looked up again: it may have been
+ * unmapped, split or replaced while the read was in flight.
+ */
+static void finish_read(struct handler *h, struct fill_req *req, size_t data_pages, size_t bytes)
+{
+	struct mm *mm = req->mm;
+	size_t limit = 0, good = 0;
+	struct vma *v;
+	int ret = 0;
+
+	if (bytes & (page_size - 1))
+		memset(req->buf + bytes, 0, page_size - (bytes & (page_size - 1)));
+	pthread_rwlock_rdlock(&mm->lock);
+	v = vma_lookup(&mm->tree, req->addr);
+	if (v && v->src == req->src &&
+	    v->pgoff + ((req->addr - v->start) >> page_shift) == req->idx) {
+		limit = (v->end - req->addr) >> page_shift;
+		if (limit > req->n)
+			limit = req->n;
+	}
+	good = data_pages < limit ? data_pages : limit;
+	if (good) {
+		stat_add(&h->stats.pages_filled, good);
+		ret = install(h, mm, INSTALL_COPY, req->addr, req->buf, good << page_shift);
+	}
+	if (ret == 0 && limit > good) {
+		stat_add(&h->stats.io_errors, limit - good);
+		ret = install(h, mm, INSTALL_POISON, req->addr + (good << page_shift), NULL,
+			      (limit - good) << page_shift);
+	}
+	release_run(mm, req->src, req->addr, req->idx, limit, ret == 0);
+	pthread_rwlock_unlock(&mm->lock);
+	if (limit < req->n)
+		release_run(mm, req->src, req->addr + (limit << page_shift), req->idx + limit,
+			    req->n - limit, false);
+	req_free(h, req);
+}
+
+void fault_read_done(struct handler *h, struct fill_req *req, int res)
+{
+	size_t len = req->n << page_shift;
+
+	if (res == -EAGAIN || res == -EINTR) {
+		if (req->src->ops->read(h, req) == 0)
+			return;
+		res = -EIO;
+	}
+	if (res < 0) {
+		if (req->n > 1) {
+			/* Which pages fail? Keep the first (a fault may wait on it) and
+			 * let the others be faulted, and read, one by one. */
+			release_run(req->mm, req->src, req->addr + page_size, req->idx + 1,
+				    req->n - 1, false);
+			pool_free(&h->pool, req->buf + page_size, req->n - 1);
+			req->n = 1;
+			req->done = 0;
+			if (req->src->ops->read(h, req) == 0)
+				return;
+		}
+		finish_read(h, req, 0, 0);
+		return;
+	}
+	req->done += (size_t)res;
+	stat_add(&h->stats.bytes_read, (uint64_t)res);
+	if (res > 0 && req->done < len) {
+		/* A short read: go on from where it stopped. */
+		stat_add(&h->stats.short_reads, 1);
+		if (req->src->ops->read(h, req) == 0)
+			return;
+	}
+	if (req->done < len && req->src->backing)
+		backing_refresh_size(req->src->backing);
+	finish_read(h, req, (req->done + page_size - 1) >> page_shift, req->done);
+}
+
+/* ------------------------------------------------------------ entry points */
+
+/*
+ * Claim a run after the one just claimed, for a sequential stream of an
+ * asynchronous source: its read overlaps with the program's work on the
+ * first run. Lock held.
+ */
+static struct fill_req *begin_ahead(struct handler *h, struct mm *mm, struct vma *v,
+				    uintptr_t addr, uint64_t idx, size_t max)
+{
+	uint8_t expect = 0;
+	size_t n;
+
+	if (max > (v->end - addr) >> page_shift)
+		max = (v->end - addr) >> page_shift;
+	if (!max || !atomic_compare_exchange_strong_explicit(&v->src->state[idx], &expect,
+							     PAGE_BUSY, memory_order_acquire,
+							     memory_order_relaxed))
+		return NULL;
+	n = claim_run(&v->src->state[idx], max);
+	stat_add(&h->stats.readahead_pages, n);
+	return begin_read(h, mm, v, addr, idx, n, false);
+}
+
 void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 {
+	struct fill_req *req = NULL, *ahead = NULL;
 	struct vma *v;
 	uint64_t idx;
 	size_t max, n;
@@ -264,10 +445,24 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 	if (max > (v->end - addr) >> page_shift)
 		max = (v->end - addr) >> page_shift;
 	n = claim_run(&v->src->state[idx], max);
+	stat_add(&h->stats.readahead_pages, n - 1);
 	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
-	fill_run(h, mm, v, addr, idx, n, write);
+	if (!v->src->ops->read) {
+		fill_run(h, mm, v, addr, idx, n, write);
+		goto out;
+	}
+	req = begin_read(h, mm, v, addr, idx, n, write);
+	if (req && n == h->lm->ra_pages && v->advice != LAZYMAP_ADV_RANDOM) {
+		ahead = begin_ahead(h, mm, v, addr + (n << page_shift), idx + n, n);
+		if (ahead)
+			atomic_store_explicit(&v->ra_next, idx + n + ahead->n, memory_order_relaxed);
+	}
 out:
 	pthread_rwlock_unlock(&mm->lock);
+	if (req)
+		start_read(h, req);
+	if (ahead)
+		start_read(h, ahead);
 }
 
 /* Pages a prefetch step may look at: bounds the time it holds the lock. */
@@ -275,16 +470,18 @@ out:
 
 uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end)
 {
-	size_t budget = h->pool.npages, scan = PREFETCH_SCAN;
+	size_t budget = h->lm->ra_pages * 4, scan = PREFETCH_SCAN;
 	uintptr_t addr = start;
-	struct vma *v;
 
-	pthread_rwlock_rdlock(&mm->lock);
-	while (addr < end && budget && scan--) {
+	while (addr < end && budget && scan) {
+		struct fill_req *req = NULL;
+		struct vma *v;
+
+		pthread_rwlock_rdlock(&mm->lock);
 		v = vma_find(&mm->tree, addr);
 		if (!v || v->start >= end) {
-			addr = end;
-			break;
+			pthread_rwlock_unlock(&mm->lock);
+			return end;
 		}
 		if (addr < v->start)
 			addr = v->start;
@@ -294,18 +491,27 @@ uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uint
 		uint8_t expect = 0;
 		size_t max = (((end < v->end ? end : v->end) - addr) >> page_shift), n;
 
+		if (max > h->lm->ra_pages)
+			max = h->lm->ra_pages;
 		if (!atomic_compare_exchange_strong_explicit(state, &expect, PAGE_BUSY,
 							     memory_order_acquire,
 							     memory_order_relaxed)) {
+			pthread_rwlock_unlock(&mm->lock);
 			addr += page_size;
+			scan--;
 			continue;
 		}
 		n = claim_run(state, max < budget ? max : budget);
 		stat_add(&h->stats.prefetched, n);
-		fill_run(h, mm, v, addr, idx, n, v->prot & PROT_WRITE);
+		if (v->src->ops->read)
+			req = begin_read(h, mm, v, addr, idx, n, false);
+		else
+			fill_run(h, mm, v, addr, idx, n, v->prot & PROT_WRITE);
+		pthread_rwlock_unlock(&mm->lock);
+		if (req)
+			start_read(h, req);
 		addr += n << page_shift;
 		budget -= n;
 	}
-	pthread_rwlock_unlock(&mm->lock);
 	return addr;
 }

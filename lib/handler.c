@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 /*
- * Handler threads: each waits on the userfaultfd (and the stop and work
- * eventfds) in its own epoll set, reads fault messages in batches and runs
- * the fault path on them, and takes queued prefetch work when idle.
+ * Handler threads: each waits on the userfaultfd, its io_uring's completions
+ * and the stop and work eventfds in its own epoll set, reads fault messages
+ * in batches and runs the fault path on them, completes file reads, and
+ * takes queued prefetch work when idle.
  *
  * The wait decides our speed on small VMs: a sleeping thread woken on the
  * other CPU costs tens of microseconds, a whole same-CPU round trip a few.
@@ -155,13 +156,18 @@ static void *handler_main(void *arg)
 
 	current_handler = h;
 	for (;;) {
-		int n = uffd_read(mm->uffd, msgs, BATCH);
+		int n;
 
+		/* Completions first: their pages are what faulting threads wait for. */
+		if (h->inflight && uring_reap(h, false) > 0)
+			sp.since = 0;
+		n = uffd_read(mm->uffd, msgs, BATCH);
 		if (n > 0) {
 			stat_add(&h->stats.reads, 1);
 			if ((uint64_t)n > atomic_load_explicit(&h->stats.max_batch, memory_order_relaxed))
 				atomic_store_explicit(&h->stats.max_batch, (uint64_t)n, memory_order_relaxed);
 			serve_batch(h, mm, msgs, n);
+			uring_flush(h); /* the batch's reads go to the kernel together */
 			sp.since = 0;
 			continue;
 		}
@@ -172,11 +178,21 @@ static void *handler_main(void *arg)
 		if (atomic_load_explicit(&lm->stopping, memory_order_acquire))
 			break;
 		if (atomic_load_explicit(&lm->work_pending, memory_order_relaxed) && serve_work(h)) {
+			uring_flush(h);
 			sp.since = 0;
 			continue;
 		}
 		if (spin_again(h, &sp, spin_ns))
 			continue;
+		if (h->inflight) {
+			/* quiet the ring's eventfd, then look once more: a completion
+			 * between the two is either reaped now or signalled anew */
+			uring_quiet(h);
+			if (uring_reap(h, false) > 0) {
+				sp.since = 0;
+				continue;
+			}
+		}
 
 		struct epoll_event ev[4];
 
@@ -187,6 +203,9 @@ static void *handler_main(void *arg)
 		}
 		sp.since = 0;
 	}
+	/* The kernel writes into pool pages until every read has completed. */
+	while (h->inflight && uring_reap(h, true) > 0)
+		;
 	return NULL;
 }
 
@@ -199,24 +218,34 @@ static int nth_cpu(const cpu_set_t *cpus, unsigned index)
 	return -1;
 }
 
+/* The pool: one run for synchronous fills, four for reads in flight. */
+#define POOL_RUNS 4
+
 static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 {
-	int fds[] = { lm->mm.uffd, lm->stop_efd, lm->work_efd };
 	int ret;
 
 	h->lm = lm;
 	h->cpu = lm->pin ? nth_cpu(&lm->cpus, index) : -1;
+	ret = pool_init(&h->pool, lm->ra_pages, POOL_RUNS * lm->ra_pages);
+	if (ret)
+		return ret;
+	ret = uring_init(h, lm->opts.queue_depth);
+	if (ret)
+		return ret;
 	h->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (h->epfd < 0)
 		return -errno;
+
+	int fds[] = { lm->mm.uffd, lm->stop_efd, lm->work_efd, uring_eventfd(h) };
+
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
 		struct epoll_event ev = { .events = EPOLLIN, .data.fd = fds[i] };
 
 		if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, fds[i], &ev))
 			return -errno;
 	}
-	ret = pool_init(&h->pool, lm->ra_pages);
-	return ret;
+	return 0;
 }
 
 int handlers_start(struct lazymap *lm)
@@ -276,6 +305,7 @@ void handlers_stop(struct lazymap *lm)
 		if (h->started)
 			pthread_join(h->thread, NULL);
 		h->started = false;
+		uring_exit(h);
 		pool_destroy(&h->pool);
 		if (h->epfd >= 0)
 			close(h->epfd);

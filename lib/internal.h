@@ -47,11 +47,24 @@ static inline bool page_aligned(uintptr_t x) { return (x & (page_size - 1)) == 0
  */
 struct source;
 struct handler;
+struct fill_req;
+struct backing;
 
 struct source_ops {
 	const char *name; /* for lazymap_dump */
-	/* Produce npages pages starting at pgoff into buf; 0 or -errno. NULL: zeros. */
+	/*
+	 * Synchronous producers: write npages pages from pgoff into buf; 0 or
+	 * -errno (the pages are poisoned). Neither fill nor read: zeros.
+	 */
 	int (*fill)(struct source *src, void *buf, uint64_t pgoff, size_t npages);
+	/*
+	 * Asynchronous producers: start reading req's pages into req->buf on
+	 * the handler's ring; the completion ends in fault_read_done().
+	 * 0 or -errno (nothing was started).
+	 */
+	int (*read)(struct handler *h, struct fill_req *req);
+	/* How many of npages from pgoff exist (a file ends); NULL: all. */
+	size_t (*extent)(struct source *src, uint64_t pgoff, size_t npages);
 	void (*release)(struct source *src);
 };
 
@@ -67,12 +80,41 @@ struct source {
 	_Atomic uint8_t *state;       /* npages bytes, MAP_NORESERVE: costs only what is touched */
 	lazymap_fill_fn fill;         /* fill-callback sources */
 	void *arg;
+	struct backing *backing;      /* file sources: the file, read from file_pgoff on */
+	uint64_t file_pgoff;          /* file page of state[0] */
+	bool direct;                  /* read with O_DIRECT */
 };
 
 int source_new_zero(size_t npages, struct source **srcp);
 int source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct source **srcp);
+/* A file source: npages of b from page file_pgoff on; takes a reference to b. */
+int source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool direct,
+		    struct source **srcp);
 void source_get(struct source *src); /* NULL is allowed and ignored */
 void source_put(struct source *src); /* NULL is allowed and ignored */
+static inline bool source_produces(const struct source *src)
+{
+	return src->ops->fill || src->ops->read;
+}
+
+/* ------------------------------------------------------------- backing.c */
+
+/*
+ * A backing file (the kernel's struct file and its address_space, in part):
+ * our own descriptors for it, so the caller may close theirs, and its size.
+ */
+struct backing {
+	atomic_uint refs;
+	int fd;                      /* dup of the caller's descriptor */
+	int dfd;                     /* O_DIRECT descriptor, or -1 until asked for */
+	_Atomic uint64_t size;       /* last size seen: refreshed when a read ends short */
+};
+
+/* Check fd as mmap would (-EBADF, -EACCES, -ENODEV) and take our own reference. */
+int backing_open(int fd, bool direct, struct backing **bp);
+void backing_put(struct backing *b);
+/* fstat the file again; returns the new size. */
+uint64_t backing_refresh_size(struct backing *b);
 
 /* ----------------------------------------------------------------- vma.c */
 
@@ -90,6 +132,7 @@ struct vma {
 	uintptr_t start, end;   /* [start, end), page aligned, start < end */
 	int prot;               /* PROT_READ|PROT_WRITE subset */
 	int flags;              /* LAZYMAP_PRIVATE/SHARED/ANON/DIRECT */
+	int advice;             /* LAZYMAP_ADV_NORMAL/SEQUENTIAL/RANDOM */
 	struct source *src;     /* refcounted: each VMA holds one reference */
 	uint64_t pgoff;         /* index in src of the page at start (vm_pgoff) */
 
@@ -125,7 +168,7 @@ void vma_erase(struct vma_tree *t, struct vma *v);
  * -EINVAL bad addr, -ENOMEM. */
 int vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **newp);
 /* May a (ending where b starts) and b be one VMA? vma_merge's rule: adjacent,
- * same prot, flags and source, contiguous pgoff. */
+ * same prot, flags, advice and source, contiguous pgoff. */
 bool vma_can_merge(const struct vma *a, const struct vma *b);
 /* Merge v with its neighbours where vma_can_merge allows; merged-away VMAs are
  * erased and freed (v itself, if prev absorbs it: use the result). Returns the
@@ -183,6 +226,7 @@ void mm_destroy(struct mm *mm); /* unmaps every VMA, closes the userfaultfd */
 int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, uintptr_t *addrp);
 int mm_unmap(struct mm *mm, uintptr_t start, size_t len);
 int mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot);
+int mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice);
 /* 0 if [start, start+len) lies wholly in VMAs of mm, else -EINVAL. Lock held. */
 int mm_check_range(struct mm *mm, uintptr_t start, size_t len);
 int mm_dump(struct mm *mm, FILE *out);
@@ -191,19 +235,42 @@ int mm_dump(struct mm *mm, FILE *out);
 
 /*
  * A handler's staging pages: pre-faulted, so that a fill never pays the
- * kernel's first-touch fault, and reused across fills (UFFDIO_COPY reads
- * them; UFFDIO_MOVE takes them, and they are faulted back in before reuse).
+ * kernel's first-touch fault, and reused (UFFDIO_COPY reads them; UFFDIO_MOVE
+ * takes them, and they are faulted back in before reuse). Runs of pages are
+ * handed out first-fit from a bitmap: synchronous fills give theirs back at
+ * once, reads in flight hold theirs until they complete. Owned by one
+ * handler: no lock.
  */
 struct pool {
-	char *pages;      /* npages staging pages, written by fills */
-	const char *zero; /* npages that are never written: the source of zero runs */
-	size_t npages;
+	char *run;        /* run_pages pages for the synchronous fill of the moment */
+	char *pages;      /* npages staging pages for reads in flight */
+	const char *zero; /* run_pages pages that are never written: the source of zero runs */
+	size_t run_pages, npages;
+	uint64_t *used;   /* one bit per staging page */
 };
 
-int pool_init(struct pool *pool, size_t npages);
+int pool_init(struct pool *pool, size_t run_pages, size_t npages);
 void pool_destroy(struct pool *pool);
-/* After UFFDIO_MOVE took the first n pages: fault them back in. */
-void pool_refill(struct pool *pool, size_t n);
+/* n contiguous staging pages, or NULL when none are free. */
+char *pool_alloc(struct pool *pool, size_t n);
+void pool_free(struct pool *pool, char *buf, size_t n);
+/* After UFFDIO_MOVE took pages of buf: fault them back in. */
+void pool_refill(char *buf, size_t n);
+
+/* ---------------------------------------------------------------- uring.c */
+
+struct uring;
+int uring_init(struct handler *h, unsigned entries);
+void uring_exit(struct handler *h);
+/* Queue a read of len bytes at off into buf for req; submitted by uring_flush. */
+int uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
+	       struct fill_req *req);
+/* Submit what is queued. */
+void uring_flush(struct handler *h);
+/* Complete what has finished (wait for one first if wait); returns how many. */
+int uring_reap(struct handler *h, bool wait);
+void uring_quiet(struct handler *h);
+int uring_eventfd(struct handler *h);
 
 /* ------------------------------------------------------------- handler.c */
 
@@ -211,7 +278,7 @@ void pool_refill(struct pool *pool, size_t n);
 struct hstats {
 	_Atomic uint64_t faults, pages_filled, io_errors, zero_pages, fill_calls, copy_ioctls,
 		move_ioctls, zeropage_ioctls, coalesced, unowned, reads, sleeps, prefetched,
-		max_batch;
+		max_batch, bytes_read, file_reads, short_reads, readahead_pages, inflight_max;
 };
 
 static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
@@ -227,6 +294,8 @@ struct handler {
 	int cpu;                 /* pinned to this CPU, or -1 */
 	bool started;
 	struct pool pool;
+	struct uring *ring;      /* this handler's io_uring, for file reads */
+	unsigned inflight;       /* reads submitted and not yet completed */
 	struct hstats stats;
 };
 
@@ -243,6 +312,24 @@ int handlers_start(struct lazymap *lm);
 void handlers_stop(struct lazymap *lm);
 
 /* -------------------------------------------------------------- fault.c */
+
+/*
+ * A run of pages being filled asynchronously: claimed (PAGE_BUSY) in src,
+ * read into buf, installed at addr once the read is complete.
+ */
+struct fill_req {
+	struct mm *mm;
+	struct source *src;     /* holds a reference while the read is in flight */
+	uintptr_t addr;         /* where the run is mapped (checked again at install) */
+	uint64_t idx;           /* src page of the run's first page */
+	size_t n;               /* pages */
+	size_t done;            /* bytes read so far */
+	char *buf;              /* n pool pages */
+	bool write;
+};
+
+/* A read of req finished with res (bytes or -errno): continue it, or install. */
+void fault_read_done(struct handler *h, struct fill_req *req, int res);
 
 /* Serve one missing fault at addr of mm. */
 void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write);

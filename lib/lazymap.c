@@ -20,6 +20,7 @@
 #define MAX_HANDLER_THREADS 256u
 #define MAX_QUEUE_DEPTH     32768u
 #define DEFAULT_SPIN_US     50u
+#define DEFAULT_QUEUE_DEPTH 128u
 
 /* ------------------------------------------------------------ registry */
 
@@ -142,6 +143,8 @@ int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts)
 		o.readahead_max = DEFAULT_READAHEAD;
 	if (!o.spin_us)
 		o.spin_us = DEFAULT_SPIN_US;
+	if (!o.queue_depth)
+		o.queue_depth = DEFAULT_QUEUE_DEPTH;
 
 	ret = uffd_probe(&features);
 	if (ret)
@@ -272,16 +275,24 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 	if (flags & LAZYMAP_ANON) {
 		if (fd != -1 || offset != 0 || (flags & LAZYMAP_DIRECT))
 			return -EINVAL;
-	} else {
-		if (offset < 0 || !page_aligned((uintptr_t)offset) ||
-		    (uint64_t)offset > UINT64_MAX - len)
-			return -EINVAL;
-		if (fd < 0 || fcntl(fd, F_GETFL) < 0)
-			return -EBADF;
+		ret = source_new_zero(len >> page_shift, &src);
+		return ret ? ret : map_source(lm, addrp, len, prot, flags, src);
 	}
-	if (!(flags & LAZYMAP_ANON))
-		return -EOPNOTSUPP; /* file backing: the next issue */
-	ret = source_new_zero(len >> page_shift, &src);
+	if (offset < 0 || !page_aligned((uintptr_t)offset) || (uint64_t)offset > INT64_MAX - len)
+		return -EINVAL;
+	if (fd < 0)
+		return -EBADF;
+	if (kind == LAZYMAP_SHARED)
+		return -EOPNOTSUPP; /* shared write-back comes with its own issue */
+
+	struct backing *b;
+
+	ret = backing_open(fd, flags & LAZYMAP_DIRECT, &b);
+	if (ret)
+		return ret;
+	ret = source_new_file(len >> page_shift, b, (uint64_t)offset >> page_shift,
+			      flags & LAZYMAP_DIRECT, &src);
+	backing_put(b); /* the source holds its own reference */
 	return ret ? ret : map_source(lm, addrp, len, prot, flags, src);
 }
 
@@ -333,6 +344,23 @@ int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot)
 	if (ret)
 		return ret;
 	ret = mm_protect(&lm->mm, start, len, prot);
+	lazymap_put(lm);
+	return ret;
+}
+
+int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice)
+{
+	uintptr_t start;
+	int ret;
+
+	if (advice < LAZYMAP_ADV_NORMAL || advice > LAZYMAP_ADV_WILLNEED)
+		return -EINVAL;
+	if (advice == LAZYMAP_ADV_WILLNEED)
+		return lazymap_prefetch(lm, addr, len);
+	ret = range_begin(lm, addr, &len, &start);
+	if (ret)
+		return ret;
+	ret = mm_advise(&lm->mm, start, len, advice);
 	lazymap_put(lm);
 	return ret;
 }
@@ -420,11 +448,18 @@ int lazymap_stats(struct lazymap *lm, struct lazymap_stats *st)
 		SUM(reads);
 		SUM(sleeps);
 		SUM(prefetched);
+		SUM(bytes_read);
+		SUM(file_reads);
+		SUM(short_reads);
+		SUM(readahead_pages);
 #undef SUM
 		uint64_t b = atomic_load_explicit(&h->max_batch, memory_order_relaxed);
+		uint64_t f = atomic_load_explicit(&h->inflight_max, memory_order_relaxed);
 
 		if (b > st->max_batch)
 			st->max_batch = b;
+		if (f > st->inflight_max)
+			st->inflight_max = f;
 	}
 	/* no lock: a fill callback may ask for stats */
 	st->regions = atomic_load_explicit(&lm->mm.nr_vmas, memory_order_relaxed);

@@ -116,7 +116,7 @@ int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, u
 	 * its missing pages would read as zeros, which is right for a zero
 	 * source and silently wrong for any other. Such a child gets no copy.
 	 */
-	if (src->ops->fill)
+	if (source_produces(src))
 		madvise(p, len, MADV_DONTFORK);
 	v->start = (uintptr_t)p;
 	v->end = v->start + len;
@@ -186,6 +186,21 @@ static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **f
 	return ret ? ret : split_range(mm, start, start + len, firstp);
 }
 
+/*
+ * Merging is what keeps the tree small: protect or advise back and forth must
+ * not leave a trail of splits. From prev (the VMA before the changed range,
+ * to rejoin the left edge) to the first VMA at or after end.
+ */
+static void merge_range(struct mm *mm, struct vma *prev, uintptr_t end)
+{
+	struct vma *v = prev ? prev : vma_first(&mm->tree);
+
+	while (v && v->start <= end) {
+		v = vma_merge(&mm->tree, v);
+		v = vma_next(v);
+	}
+}
+
 int mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 {
 	uintptr_t end = start + len;
@@ -217,16 +232,30 @@ int mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 		ret = -errno;
 		goto out;
 	}
-	/* Merging is what keeps the tree small: protect back and forth must not
-	 * leave a trail of splits. Start one VMA early to rejoin the left edge. */
 	prev = vma_prev(v);
 	for (; v && v->start < end; v = vma_next(v))
 		v->prot = prot;
-	v = prev ? prev : vma_first(&mm->tree);
-	while (v && v->start <= end) {
-		v = vma_merge(&mm->tree, v);
-		v = vma_next(v);
+	merge_range(mm, prev, end);
+out:
+	write_unlock(mm);
+	return ret;
+}
+
+int mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice)
+{
+	uintptr_t end = start + len;
+	struct vma *v, *prev;
+	int ret = lock_range(mm, start, len, &v);
+
+	if (ret)
+		goto out;
+	prev = vma_prev(v);
+	for (; v && v->start < end; v = vma_next(v)) {
+		v->advice = advice;
+		/* a new pattern: forget the stream seen so far */
+		atomic_store_explicit(&v->ra_window, 0, memory_order_relaxed);
 	}
+	merge_range(mm, prev, end);
 out:
 	write_unlock(mm);
 	return ret;
@@ -243,7 +272,8 @@ int mm_dump(struct mm *mm, FILE *out)
 			(unsigned long)v->start, (unsigned long)v->end,
 			v->prot & PROT_READ ? 'r' : '-', v->prot & PROT_WRITE ? 'w' : '-',
 			v->flags & LAZYMAP_SHARED ? 's' : 'p',
-			(unsigned long long)(v->pgoff << page_shift), v->src->ops->name);
+			(unsigned long long)((v->src->file_pgoff + v->pgoff) << page_shift),
+			v->src->ops->name);
 	pthread_rwlock_unlock(&mm->lock);
 	return n;
 }

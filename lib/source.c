@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /*
- * Sources: what produces a VMA's pages (zeros, a fill callback; files later),
+ * Sources: what produces a VMA's pages (zeros, a fill callback, a file),
  * behind one small ops table so that the fault path never switches on the
  * kind, and the per-page state every kind shares.
  */
@@ -61,6 +61,67 @@ int source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct sourc
 	}
 	return ret;
 }
+
+/* ------------------------------------------------------------ files */
+
+static int file_read(struct handler *h, struct fill_req *req)
+{
+	struct source *src = req->src;
+	struct backing *b = src->backing;
+	uint64_t off = ((src->file_pgoff + req->idx) << page_shift) + req->done;
+	size_t len = (req->n << page_shift) - req->done;
+	/* O_DIRECT wants aligned offsets: a continuation that is not goes
+	 * through the page cache (it only happens next to the end of file). */
+	int fd = src->direct && page_aligned(req->done) ? b->dfd : b->fd;
+
+	return uring_read(h, fd, req->buf + req->done, len, off, req);
+}
+
+/* Pages with data: up to and with the one holding the last byte. */
+static size_t file_extent(struct source *src, uint64_t pgoff, size_t npages)
+{
+	struct backing *b = src->backing;
+	uint64_t first = src->file_pgoff + pgoff;
+	uint64_t size = atomic_load_explicit(&b->size, memory_order_relaxed);
+	uint64_t end = (size + page_size - 1) >> page_shift;
+
+	if (first >= end) {
+		/* beyond the end we knew: the file may have grown since */
+		size = backing_refresh_size(b);
+		end = (size + page_size - 1) >> page_shift;
+		if (first >= end)
+			return 0;
+	}
+	return end - first < npages ? (size_t)(end - first) : npages;
+}
+
+static void file_release(struct source *src)
+{
+	backing_put(src->backing);
+}
+
+static const struct source_ops file_ops = {
+	.name = "file",
+	.read = file_read,
+	.extent = file_extent,
+	.release = file_release,
+};
+
+int source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool direct,
+		    struct source **srcp)
+{
+	int ret = source_alloc(npages, &file_ops, srcp);
+
+	if (ret == 0) {
+		atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+		(*srcp)->backing = b;
+		(*srcp)->file_pgoff = file_pgoff;
+		(*srcp)->direct = direct;
+	}
+	return ret;
+}
+
+/* ------------------------------------------------------------ references */
 
 void source_get(struct source *src)
 {

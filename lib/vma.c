@@ -456,7 +456,8 @@ int vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **ne
 bool vma_can_merge(const struct vma *a, const struct vma *b)
 {
 	return a->end == b->start && a->prot == b->prot && a->flags == b->flags &&
-	       a->src == b->src && a->pgoff + ((a->end - a->start) >> page_shift) == b->pgoff;
+	       a->advice == b->advice && a->src == b->src &&
+	       a->pgoff + ((a->end - a->start) >> page_shift) == b->pgoff;
 }
 
 struct vma *vma_merge(struct vma_tree *t, struct vma *v)

@@ -171,13 +171,13 @@ Test(errors, closed_handle_is_ebadf)
 	cr_assert_eq(errno, ENOMEM);
 }
 
-Test(errors, file_mappings_not_yet, .init = setup, .fini = teardown)
+Test(errors, shared_file_mappings_not_yet, .init = setup, .fini = teardown)
 {
 	int fd = open("/proc/self/exe", O_RDONLY);
 	void *p;
 
 	cr_assert_geq(fd, 0);
-	cr_assert_eq(lazymap_map(lm, &p, 4096, PROT_READ, LAZYMAP_PRIVATE, fd, 0), -EOPNOTSUPP);
+	cr_assert_eq(lazymap_map(lm, &p, 4096, PROT_READ, LAZYMAP_SHARED, fd, 0), -EOPNOTSUPP);
 	close(fd);
 	expect_regions(0);
 }

@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Each handler's io_uring: reads of backing files into pool pages, many in
+ * flight, submitted in batches and completed into the fault path. The ring's
+ * eventfd sits in the handler's epoll set, so a sleeping handler wakes for
+ * completions as it does for faults.
+ */
+#include <errno.h>
+#include <liburing.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+struct uring {
+	struct io_uring ring;
+	int efd;          /* signalled by the kernel for each completion */
+	unsigned queued;  /* prepared, not yet submitted */
+};
+
+int uring_init(struct handler *h, unsigned entries)
+{
+	struct uring *u = calloc(1, sizeof(*u));
+	int ret;
+
+	if (!u)
+		return -ENOMEM;
+	ret = io_uring_queue_init(entries, &u->ring, 0);
+	if (ret < 0) {
+		free(u);
+		return ret;
+	}
+	u->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (u->efd < 0 || io_uring_register_eventfd(&u->ring, u->efd) < 0) {
+		ret = u->efd < 0 ? -errno : -EINVAL;
+		if (u->efd >= 0)
+			close(u->efd);
+		io_uring_queue_exit(&u->ring);
+		free(u);
+		return ret;
+	}
+	h->ring = u;
+	return 0;
+}
+
+int uring_eventfd(struct handler *h)
+{
+	return h->ring->efd;
+}
+
+void uring_flush(struct handler *h)
+{
+	struct uring *u = h->ring;
+
+	while (u->queued) {
+		int ret = io_uring_submit(&u->ring);
+
+		if (ret > 0)
+			u->queued -= (unsigned)ret < u->queued ? (unsigned)ret : u->queued;
+		else if (ret != -EINTR)
+			break; /* EAGAIN/EBUSY: the next flush, after completions, retries */
+	}
+}
+
+int uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
+	       struct fill_req *req)
+{
+	struct uring *u = h->ring;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+
+	while (!sqe) {
+		/* Ring full: submit, and make room by completing what is done. */
+		if (uring_reap(h, true) <= 0 && !io_uring_sq_space_left(&u->ring))
+			return -EBUSY;
+		sqe = io_uring_get_sqe(&u->ring);
+	}
+	io_uring_prep_read(sqe, fd, buf, (unsigned)len, off);
+	io_uring_sqe_set_data(sqe, req);
+	u->queued++;
+	h->inflight++;
+	if (h->inflight > atomic_load_explicit(&h->stats.inflight_max, memory_order_relaxed))
+		atomic_store_explicit(&h->stats.inflight_max, h->inflight, memory_order_relaxed);
+	return 0;
+}
+
+/* Drain the completion eventfd; a handler does so before it sleeps, then
+ * reaps once more, so that no completion is left behind unsignalled. */
+void uring_quiet(struct handler *h)
+{
+	uint64_t drain;
+
+	if (read(h->ring->efd, &drain, sizeof(drain)) < 0)
+		(void)0; /* nothing signalled since: fine */
+}
+
+int uring_reap(struct handler *h, bool wait)
+{
+	struct uring *u = h->ring;
+	struct io_uring_cqe *cqe;
+	int n = 0;
+
+	if (!h->inflight)
+		return 0;
+	uring_flush(h);
+	if (wait && h->inflight > u->queued) {
+		int ret;
+
+		do
+			ret = io_uring_wait_cqe(&u->ring, &cqe);
+		while (ret == -EINTR);
+		if (ret < 0)
+			return ret;
+	}
+	while (io_uring_peek_cqe(&u->ring, &cqe) == 0) {
+		struct fill_req *req = io_uring_cqe_get_data(cqe);
+		int res = cqe->res;
+
+		io_uring_cqe_seen(&u->ring, cqe);
+		h->inflight--;
+		stat_add(&h->stats.file_reads, 1);
+		fault_read_done(h, req, res);
+		n++;
+	}
+	uring_flush(h);
+	return n;
+}
+
+void uring_exit(struct handler *h)
+{
+	struct uring *u = h->ring;
+
+	if (!u)
+		return;
+	/* The kernel writes into pool pages until every read has completed. */
+	while (h->inflight && uring_reap(h, true) > 0)
+		;
+	io_uring_queue_exit(&u->ring);
+	close(u->efd);
+	free(u);
+	h->ring = NULL;
+}
