@@ -321,7 +321,8 @@ static void start_read(struct handler *h, struct fill_req *req)
  * early, or the read failed). The VMA is looked up again: it may have been
  * unmapped, split or replaced while the read was in flight.
  */
-static void finish_read(struct handler *h, struct fill_req *req, size_t data_pages, size_t bytes)
+static void finish_read(struct handler *h, struct fill_req *req, size_t data_pages, size_t bytes,
+			bool poison_rest)
 {
 	struct mm *mm = req->mm;
 	size_t limit = 0, good = 0;
@@ -343,10 +344,16 @@ static void finish_read(struct handler *h, struct fill_req *req, size_t data_pag
 		stat_add(&h->stats.pages_filled, good);
 		ret = install(h, mm, INSTALL_COPY, req->addr, req->buf, good << page_shift);
 	}
-	if (ret == 0 && limit > good) {
+	if (ret == 0 && limit > good && poison_rest) {
 		stat_add(&h->stats.io_errors, limit - good);
 		ret = install(h, mm, INSTALL_POISON, req->addr + (good << page_shift), NULL,
 			      (limit - good) << page_shift);
+	}
+	if (!poison_rest) {
+		/* the rest will be faulted, and read, on its own */
+		release_run(mm, req->src, req->addr + (good << page_shift), req->idx + good,
+			    limit - good, false);
+		limit = good;
 	}
 	release_run(mm, req->src, req->addr, req->idx, limit, ret == 0);
 	pthread_rwlock_unlock(&mm->lock);
@@ -365,6 +372,11 @@ void fault_read_done(struct handler *h, struct fill_req *req, int res)
 			return;
 		res = -EIO;
 	}
+	if (res < 0 && req->done >= page_size) {
+		/* Failed after good data: keep the whole pages read so far. */
+		finish_read(h, req, req->done >> page_shift, req->done & ~(page_size - 1), false);
+		return;
+	}
 	if (res < 0) {
 		if (req->n > 1) {
 			/* Which pages fail? Keep the first (a fault may wait on it) and
@@ -377,7 +389,7 @@ void fault_read_done(struct handler *h, struct fill_req *req, int res)
 			if (req->src->ops->read(h, req) == 0)
 				return;
 		}
-		finish_read(h, req, 0, 0);
+		finish_read(h, req, 0, 0, true);
 		return;
 	}
 	req->done += (size_t)res;
@@ -390,7 +402,7 @@ void fault_read_done(struct handler *h, struct fill_req *req, int res)
 	}
 	if (req->done < len && req->src->backing)
 		backing_refresh_size(req->src->backing);
-	finish_read(h, req, (req->done + page_size - 1) >> page_shift, req->done);
+	finish_read(h, req, (req->done + page_size - 1) >> page_shift, req->done, true);
 }
 
 /* ------------------------------------------------------------ entry points */
