@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /*
- * Everything at once: threads fault on zero and fill regions while others
+ * Everything at once: threads fault on zero, fill and file regions while others
  * map, protect and unmap their own regions, prefetch, read stats and dump the
  * tree; every byte read is checked, and the lazymap is closed while threads
  * still fault. Plain C, one process: the shape ThreadSanitizer sees best.
@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 
 #include "common.h"
@@ -29,8 +30,9 @@ static int passed, failed;
 
 static size_t ps;
 static struct lazymap *lm;
-static char *zero_region, *fill_region;
-static size_t zero_pages, fill_pages;
+static char *zero_region, *fill_region, *file_region;
+static size_t zero_pages, fill_pages, file_pages;
+static int file_fd = -1;
 static atomic_bool stop;
 static atomic_size_t bad, touched;
 
@@ -65,6 +67,10 @@ static void *toucher(void *arg)
 		if (i % 2)
 			__atomic_fetch_add(&z[(uintptr_t)arg % 64], 1, __ATOMIC_RELAXED);
 		else if (__atomic_load_n(&z[100], __ATOMIC_RELAXED) != 0)
+			atomic_fetch_add(&bad, 1);
+		pg = rng_next(&s) % file_pages;
+		w = (uint64_t *)(file_region + pg * ps);
+		if (__atomic_load_n(&w[5], __ATOMIC_RELAXED) != word(pg * ps + 40))
 			atomic_fetch_add(&bad, 1);
 		atomic_fetch_add(&touched, 1);
 	}
@@ -144,6 +150,10 @@ static void run(unsigned handlers, unsigned install)
 			  LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0) == 0, "map zero");
 	CHECK(lazymap_map_fill(lm, (void **)&fill_region, fill_pages * ps, PROT_READ, fill_words,
 			       NULL) == 0, "map fill");
+	posix_fadvise(file_fd, 0, 0, POSIX_FADV_DONTNEED);
+	CHECK(lazymap_map(lm, (void **)&file_region, file_pages * ps, PROT_READ,
+			  LAZYMAP_PRIVATE | (handlers == 2 ? LAZYMAP_DIRECT : 0), file_fd, 0) == 0,
+	      "map file");
 	for (uintptr_t i = 0; i < 6; i++)
 		pthread_create(&t[i], NULL, toucher, (void *)(i + 1));
 	pthread_create(&m, NULL, mapper, NULL);
@@ -156,7 +166,8 @@ static void run(unsigned handlers, unsigned install)
 	CHECK(atomic_load(&bad) == 0, "%zu wrong reads or failed calls (handlers %u, install %u)",
 	      atomic_load(&bad), handlers, install);
 	CHECK(lazymap_stats(lm, &st) == 0 && st.faults > 0 && st.pages_filled > 0, "stats");
-	CHECK(st.regions == 2, "%lu regions left, want 2", (unsigned long)st.regions);
+	CHECK(st.regions == 3, "%lu regions left, want 3", (unsigned long)st.regions);
+	CHECK(st.bytes_read > 0, "no file reads");
 
 	/* close while threads fault */
 	atomic_store(&stop, false);
@@ -171,9 +182,35 @@ static void run(unsigned handlers, unsigned install)
 	       atomic_load(&touched));
 }
 
+/* A file whose words are word(offset), on a disk file system (O_DIRECT). */
+static int make_file(void)
+{
+	char path[] = "/var/tmp/lazymap-stress-XXXXXX";
+	size_t chunk = 1 << 20;
+	uint64_t *buf = malloc(chunk);
+	int fd = mkstemp(path);
+
+	if (fd < 0)
+		return -1;
+	unlink(path);
+	file_pages = (32ul << 20) / ps;
+	for (size_t off = 0; off < file_pages * ps; off += chunk) {
+		fill_words(buf, chunk, off, NULL);
+		if (pwrite(fd, buf, chunk, (off_t)off) != (ssize_t)chunk)
+			return -1;
+	}
+	free(buf);
+	fsync(fd);
+	return fd;
+}
+
 int main(void)
 {
 	ps = pgsz();
+	file_fd = make_file();
+	CHECK(file_fd >= 0, "cannot make the test file");
+	if (file_fd < 0)
+		return 1;
 	run(1, LAZYMAP_INSTALL_COPY);
 	run(2, LAZYMAP_INSTALL_COPY);
 	run(3, LAZYMAP_INSTALL_MOVE);
