@@ -3,15 +3,28 @@
  * lazymap-bench: the cost of a first touch through liblazymap, side by side
  * with the kernel's own mmap doing the same work in the same run. Runs of
  * the two alternate, so that a noisy machine hits both alike; every figure
- * is printed with the ratio lazymap/kernel.
+ * is printed with the ratio lazymap/kernel. Anonymous scenarios, then file
+ * scenarios over a file generated once per run: read through the page cache
+ * and with LAZYMAP_DIRECT, cold or hot, by one or several faulting threads.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
 #include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,28 +32,99 @@
 
 static size_t ps;
 
+#define MAX_THREADS     64
+#define MAX_THREAD_SETS 8
+#define RAND_PERCENT    5 /* file-rand-*: the share of the file's pages touched */
+
+/* ---------------------------------------------------------------- cleanup */
+
+/*
+ * The generated file and its directory go at exit, on error paths (exit())
+ * and on fatal signals; `running` names the run in progress for the message
+ * of a crash or a hang (the library's bugs show up as one or the other).
+ */
+static char tmp_dir[PATH_MAX], tmp_path[PATH_MAX + 8];
+static char running[200];
+static unsigned run_timeout = 600; /* seconds one twin's run may take */
+
+static void remove_file(void)
+{
+	if (tmp_path[0])
+		unlink(tmp_path);
+	if (tmp_dir[0])
+		rmdir(tmp_dir);
+}
+
+static void say(const char *s)
+{
+	ssize_t r = write(STDERR_FILENO, s, strlen(s));
+
+	(void)r;
+}
+
+/* Installed with SA_RESETHAND: the raise() below kills us once we return. */
+static void on_signal(int sig)
+{
+	remove_file();
+	switch (sig) {
+	case SIGALRM:
+		say("\nlazymap-bench: HANG? no end within --timeout: ");
+		say(running);
+		say("\n");
+		_exit(3);
+	case SIGSEGV: say("\nlazymap-bench: SIGSEGV during: "); break;
+	case SIGBUS:  say("\nlazymap-bench: SIGBUS during: "); break;
+	case SIGABRT: say("\nlazymap-bench: SIGABRT during: "); break;
+	case SIGFPE:  say("\nlazymap-bench: SIGFPE during: "); break;
+	case SIGILL:  say("\nlazymap-bench: SIGILL during: "); break;
+	default:      say("\nlazymap-bench: interrupted during: "); break;
+	}
+	say(running);
+	say("\n");
+	raise(sig);
+}
+
+static void catch_signals(void)
+{
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM,
+				    SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL };
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sa.sa_flags = SA_RESETHAND;
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaction(sigs[i], &sa, NULL);
+	atexit(remove_file);
+}
+
+/* ---------------------------------------------------------------- scenarios */
+
 enum access { SEQ, RAND };
-enum kind { ZERO_READ, ZERO_WRITE, FILL };
+enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ };
+enum cache { NO_FILE, COLD, HOT };
 
 struct scenario {
 	const char *name;
 	enum kind kind;
 	enum access access;
+	enum cache cache;
 	const char *kernel_twin;
 };
 
 static const struct scenario scenarios[] = {
-	{ "anon-zero-write-seq", ZERO_WRITE, SEQ, "mmap anonymous, write" },
-	{ "anon-zero-write-rand", ZERO_WRITE, RAND, "mmap anonymous, write" },
-	{ "anon-zero-read-rand", ZERO_READ, RAND, "mmap anonymous, read" },
-	{ "anon-fill-seq", FILL, SEQ, "mmap anonymous + fill in the program" },
-	{ "anon-fill-rand", FILL, RAND, "mmap anonymous + fill in the program" },
+	{ "anon-zero-write-seq", ZERO_WRITE, SEQ, NO_FILE, "mmap anonymous, write" },
+	{ "anon-zero-write-rand", ZERO_WRITE, RAND, NO_FILE, "mmap anonymous, write" },
+	{ "anon-zero-read-rand", ZERO_READ, RAND, NO_FILE, "mmap anonymous, read" },
+	{ "anon-fill-seq", FILL, SEQ, NO_FILE, "mmap anonymous + fill in the program" },
+	{ "anon-fill-rand", FILL, RAND, NO_FILE, "mmap anonymous + fill in the program" },
+	{ "file-seq-cold", FILE_READ, SEQ, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-seq-hot", FILE_READ, SEQ, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	{ "file-rand-cold", FILE_READ, RAND, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-rand-hot", FILE_READ, RAND, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
 };
-
-struct result {
-	double ns_per_page;   /* wall time of the whole scan / pages */
-	double p50, p90, p99, max; /* per-touch latency, ns */
-};
+#define NSCENARIOS (sizeof(scenarios) / sizeof(scenarios[0]))
 
 static uint64_t now_ns(void)
 {
@@ -50,7 +134,7 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* The fill both sides do: a word pattern over the page. */
+/* The fill both sides do in anon-fill-*: a word pattern over the page. */
 static int fill_pattern(void *page, size_t len, uint64_t offset, void *arg)
 {
 	uint64_t *w = page;
@@ -61,6 +145,96 @@ static int fill_pattern(void *page, size_t len, uint64_t offset, void *arg)
 	return 0;
 }
 
+/*
+ * The generated file: the 8 bytes at offset off are splitmix64 of off/8, so
+ * any page can be checked without keeping a copy, and no page is zero or
+ * compressible.
+ */
+static inline uint64_t data_word(uint64_t off)
+{
+	uint64_t z = 0x6c617a796d6170ull + (off >> 3) * 0x9e3779b97f4a7c15ull;
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* The word a touch of file page pg reads: a different place in each page. */
+static inline size_t touch_off(uint32_t pg)
+{
+	return (size_t)pg * 0x9e3779b1u % (ps / 8) * 8;
+}
+
+/* ---------------------------------------------------------------- the touch loop */
+
+struct slice {
+	char *base;
+	const uint32_t *order; /* this thread's pages, in its touch order */
+	uint32_t *lat;         /* per-touch latency, ns, one per entry of order */
+	size_t n;
+	enum kind kind;
+	bool kernel;
+	pthread_barrier_t *start;
+	uint64_t t0, t1, sum;
+	long minflt, majflt;
+	pthread_t tid;
+};
+
+static void *touch_slice(void *arg)
+{
+	struct slice *s = arg;
+	struct rusage ru0, ru1;
+	uint64_t sum = 0;
+
+	pthread_barrier_wait(s->start);
+	getrusage(RUSAGE_THREAD, &ru0);
+	s->t0 = now_ns();
+	for (size_t i = 0; i < s->n; i++) {
+		uint32_t pg = s->order[i];
+		char *p = s->base + (size_t)pg * ps;
+		uint64_t a = now_ns();
+
+		switch (s->kind) {
+		case ZERO_READ:
+			sum += *(volatile char *)p;
+			break;
+		case ZERO_WRITE:
+			*(volatile char *)p = 1;
+			break;
+		case FILL:
+			if (s->kernel) /* the program fills the page itself on first touch */
+				fill_pattern(p, ps, (uint64_t)pg * ps, NULL);
+			sum += *(volatile uint64_t *)(p + 8);
+			break;
+		case FILE_READ:
+			sum += *(volatile uint64_t *)(p + touch_off(pg));
+			break;
+		}
+		uint64_t d = now_ns() - a;
+
+		s->lat[i] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+	}
+	s->t1 = now_ns();
+	getrusage(RUSAGE_THREAD, &ru1);
+	s->sum = sum;
+	s->minflt = ru1.ru_minflt - ru0.ru_minflt;
+	s->majflt = ru1.ru_majflt - ru0.ru_majflt;
+	return NULL;
+}
+
+/* One run of one twin. */
+struct run {
+	double ns_per_page;        /* wall time of the whole scan (all threads) / pages touched */
+	double p50, p90, p99, max; /* per-touch latency, ns, over all threads */
+	double faults;             /* per touched page: kernel, the threads' minflt + majflt;
+	                            * lazymap, fault messages served */
+	double majflt;             /* kernel: major faults per touched page */
+	double read_pages;         /* pages read from the file per touched page (kernel:
+	                            * pages the run added to the page cache) */
+	double cached_before, cached_after; /* share of the file in the page cache */
+	uint64_t sum;              /* of the words touched */
+};
+
 static int cmp_u32(const void *a, const void *b)
 {
 	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -68,83 +242,396 @@ static int cmp_u32(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Touch every page once in the given order, timing each touch. */
-static struct result scan(char *base, const uint32_t *order, size_t npages, enum kind kind,
-			  int kernel, uint32_t *lat)
+/*
+ * Touch each page of order once, split between nthreads threads: thread t
+ * touches its own slice of order, in order. Wall time runs from the first
+ * thread's start to the last one's end.
+ */
+static struct run scan(char *base, const uint32_t *order, size_t n, enum kind kind, bool kernel,
+		       unsigned nthreads, uint32_t *lat)
 {
-	struct result r;
-	uint64_t t0 = now_ns(), sink = 0;
+	struct slice sl[MAX_THREADS];
+	pthread_barrier_t start;
+	struct run r = { 0 };
+	uint64_t t0 = UINT64_MAX, t1 = 0;
+	long flt = 0, maj = 0;
 
-	for (size_t i = 0; i < npages; i++) {
-		char *p = base + (size_t)order[i] * ps;
-		uint64_t a = now_ns();
+	if (nthreads > n)
+		nthreads = (unsigned)n;
+	pthread_barrier_init(&start, NULL, nthreads + 1);
+	for (unsigned t = 0; t < nthreads; t++) {
+		size_t a = n * t / nthreads, b = n * (t + 1) / nthreads;
 
-		switch (kind) {
-		case ZERO_READ:
-			sink += *(volatile char *)p;
-			break;
-		case ZERO_WRITE:
-			*(volatile char *)p = 1;
-			break;
-		case FILL:
-			if (kernel) /* the program fills the page itself on first touch */
-				fill_pattern(p, ps, (uint64_t)order[i] * ps, NULL);
-			sink += *(volatile uint64_t *)(p + 8);
-			break;
+		sl[t] = (struct slice){ .base = base, .order = order + a, .lat = lat + a, .n = b - a,
+					.kind = kind, .kernel = kernel, .start = &start };
+		int err = pthread_create(&sl[t].tid, NULL, touch_slice, &sl[t]);
+
+		if (err) {
+			fprintf(stderr, "pthread_create: %s\n", strerror(err));
+			exit(1);
 		}
-		uint64_t d = now_ns() - a;
-
-		lat[i] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
 	}
-	r.ns_per_page = (double)(now_ns() - t0) / (double)npages;
-	qsort(lat, npages, sizeof(*lat), cmp_u32);
-	r.p50 = lat[npages / 2];
-	r.p90 = lat[npages * 9 / 10];
-	r.p99 = lat[npages * 99 / 100];
-	r.max = lat[npages - 1];
-	if (sink == 42)
-		fputc(' ', stderr);
+	pthread_barrier_wait(&start);
+	for (unsigned t = 0; t < nthreads; t++) {
+		pthread_join(sl[t].tid, NULL);
+		t0 = sl[t].t0 < t0 ? sl[t].t0 : t0;
+		t1 = sl[t].t1 > t1 ? sl[t].t1 : t1;
+		r.sum += sl[t].sum;
+		flt += sl[t].minflt + sl[t].majflt;
+		maj += sl[t].majflt;
+	}
+	pthread_barrier_destroy(&start);
+	r.ns_per_page = (double)(t1 - t0) / (double)n;
+	r.faults = (double)flt / (double)n;
+	r.majflt = (double)maj / (double)n;
+	qsort(lat, n, sizeof(*lat), cmp_u32);
+	r.p50 = lat[n / 2];
+	r.p90 = lat[n * 9 / 10];
+	r.p99 = lat[n * 99 / 100];
+	r.max = lat[n - 1];
 	return r;
 }
 
-static struct result run_kernel(const struct scenario *sc, size_t npages, const uint32_t *order,
-				uint32_t *lat)
-{
-	size_t len = npages * ps;
-	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-		       -1, 0);
-	struct result r;
+/* ---------------------------------------------------------------- the file and the page cache */
 
+static int file_fd = -1;
+static size_t file_size;
+static unsigned char *mc_vec; /* mincore's answer, one byte per page of the file */
+
+static const char *fs_name(long type)
+{
+	switch (type) {
+	case 0xEF53: return "ext4";
+	case 0x58465342: return "xfs";
+	case 0x9123683E: return "btrfs";
+	case 0x01021994: return "tmpfs";
+	case 0x65735546: return "fuse";
+	case 0x6969: return "nfs";
+	default: return "other";
+	}
+}
+
+/* Make tmp_dir under dir, write size bytes of data_word() with large pwrite()s, fsync. */
+static int make_file(const char *dir, size_t size)
+{
+	const size_t chunk = 8u << 20;
+	uint64_t *buf = NULL;
+	int fd = -1, err;
+
+	if ((size_t)snprintf(tmp_dir, sizeof(tmp_dir), "%s/lazymap-bench.XXXXXX", dir) >= sizeof(tmp_dir)) {
+		tmp_dir[0] = 0;
+		return -ENAMETOOLONG;
+	}
+	if (!mkdtemp(tmp_dir)) {
+		err = -errno;
+		tmp_dir[0] = 0;
+		return err;
+	}
+	snprintf(tmp_path, sizeof(tmp_path), "%s/data", tmp_dir);
+	err = -ENOMEM;
+	buf = malloc(chunk);
+	if (!buf)
+		goto out;
+	fd = open(tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	for (size_t off = 0; off < size; off += chunk) {
+		size_t len = size - off < chunk ? size - off : chunk;
+
+		for (size_t i = 0; i < len / 8; i++)
+			buf[i] = data_word(off + i * 8);
+		for (size_t done = 0; done < len;) {
+			ssize_t w = pwrite(fd, (char *)buf + done, len - done, (off_t)(off + done));
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				err = w < 0 ? -errno : -EIO;
+				goto out;
+			}
+			done += (size_t)w;
+		}
+		if (size > (64u << 20))
+			fprintf(stderr, "\rgenerating %s: %zu/%zu MiB ", tmp_path, (off + len) >> 20, size >> 20);
+	}
+	if (fsync(fd)) {
+		err = -errno;
+		goto out;
+	}
+	close(fd);
+	/* The benchmark reads it like a reader would: read-only. */
+	fd = open(tmp_path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	file_fd = fd;
+	fd = -1;
+	err = 0;
+out:
+	if (size > (64u << 20))
+		fprintf(stderr, "\r%*s\r", 100, "");
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return err;
+}
+
+/* Share of the file in the page cache now, from mincore on a mapping of it. */
+static double cached_share(void)
+{
+	size_t n = (file_size + ps - 1) / ps, in = 0;
+	void *p = mmap(NULL, file_size, PROT_READ, MAP_SHARED, file_fd, 0);
+
+	if (p == MAP_FAILED || mincore(p, file_size, mc_vec)) {
+		perror("mmap/mincore of the file");
+		exit(1);
+	}
+	munmap(p, file_size);
+	for (size_t i = 0; i < n; i++)
+		in += mc_vec[i] & 1;
+	return (double)in / (double)n;
+}
+
+/*
+ * Cold: drop the file from the page cache and check that it went (pages
+ * still mapped somewhere, or being written back, would stay). Hot: read it
+ * all into the cache, and check, since the host may reclaim behind our back.
+ * Returns the share cached now.
+ */
+static double prepare_cache(enum cache cache)
+{
+	double in = cached_share();
+
+	if (cache == COLD) {
+		for (int i = 0; i < 10 && in > 0; i++) {
+			if (i)
+				usleep(10000);
+			int err = posix_fadvise(file_fd, 0, 0, POSIX_FADV_DONTNEED);
+
+			if (err) {
+				fprintf(stderr, "posix_fadvise(DONTNEED): %s\n", strerror(err));
+				exit(1);
+			}
+			in = cached_share();
+		}
+	} else if (cache == HOT) {
+		static char buf[1 << 20];
+
+		for (int i = 0; i < 3 && in < 1; i++) {
+			for (size_t off = 0; off < file_size;) {
+				ssize_t r = pread(file_fd, buf, sizeof(buf), (off_t)off);
+
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r <= 0) {
+					perror("pread of the file");
+					exit(1);
+				}
+				off += (size_t)r;
+			}
+			in = cached_share();
+		}
+	}
+	return in;
+}
+
+/* ---------------------------------------------------------------- the twins */
+
+/* What runs: one scenario, through the page cache or direct, by this many threads. */
+struct job {
+	const struct scenario *sc;
+	bool direct;
+	unsigned threads;
+	char name[64];     /* row name: scenario[+direct] */
+	size_t npages;     /* of the mapping */
+	size_t touched;    /* entries of order */
+	const uint32_t *order;
+	uint64_t want_sum; /* file scenarios: what the touched words add up to */
+};
+
+static bool use_advise;
+
+static int kernel_advice(enum access a)
+{
+	return a == SEQ ? MADV_SEQUENTIAL : MADV_RANDOM;
+}
+
+static struct run run_kernel(const struct job *j, uint32_t *lat)
+{
+	size_t len = j->npages * ps;
+	struct run r;
+	char *p;
+
+	if (j->sc->kind == FILE_READ) {
+		p = mmap(NULL, len, PROT_READ, MAP_PRIVATE, file_fd, 0);
+	} else {
+		p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (p != MAP_FAILED)
+			madvise(p, len, MADV_NOHUGEPAGE); /* per-4 KiB faults, like ours */
+	}
 	if (p == MAP_FAILED) {
 		perror("mmap");
 		exit(1);
 	}
-	madvise(p, len, MADV_NOHUGEPAGE); /* per-4 KiB faults, like ours */
-	r = scan(p, order, npages, sc->kind, 1, lat);
+	if (use_advise && j->sc->kind == FILE_READ)
+		madvise(p, len, kernel_advice(j->sc->access));
+	r = scan(p, j->order, j->touched, j->sc->kind, true, j->threads, lat);
 	munmap(p, len);
 	return r;
 }
 
-static struct result run_lazymap(struct lazymap *lm, const struct scenario *sc, size_t npages,
-				 const uint32_t *order, uint32_t *lat)
+/* First wrong word of the touched pages of a file mapping, in why; false if none. */
+static bool check_pages(const char *p, const struct job *j, char *why, size_t whylen)
 {
-	size_t len = npages * ps;
-	struct result r;
+	size_t bad = 0;
+
+	for (size_t i = 0; i < j->touched; i++) {
+		uint32_t pg = j->order[i];
+		const uint64_t *w = (const uint64_t *)(p + (size_t)pg * ps);
+
+		for (size_t k = 0; k < ps / 8; k++) {
+			uint64_t want = data_word((uint64_t)pg * ps + k * 8);
+
+			if (w[k] != want) {
+				if (!bad++)
+					snprintf(why, whylen,
+						 "page %u word %zu: 0x%016llx, file has 0x%016llx",
+						 (unsigned)pg, k, (unsigned long long)w[k],
+						 (unsigned long long)want);
+				break;
+			}
+		}
+	}
+	if (bad) {
+		size_t l = strlen(why);
+
+		snprintf(why + l, whylen - l, " (%zu of %zu touched pages wrong)", bad, j->touched);
+	}
+	return bad != 0;
+}
+
+/* The counters of struct lazymap_stats; level 1: a gauge or a high-water mark, not a count. */
+#define STATS_FIELDS(X)                                                                         \
+	X(faults, 0) X(pages_filled, 0) X(bytes_read, 0) X(bytes_written, 0) X(evictions, 0)    \
+	X(io_errors, 0) X(zero_pages, 0) X(fill_calls, 0) X(copy_ioctls, 0) X(move_ioctls, 0)    \
+	X(zeropage_ioctls, 0) X(coalesced, 0) X(unowned, 0) X(reads, 0) X(sleeps, 0)              \
+	X(prefetched, 0) X(max_batch, 1) X(regions, 1) X(file_reads, 0) X(short_reads, 0)        \
+	X(readahead_pages, 0) X(inflight_max, 1)
+
+/* acc += b - a for counts; acc = the larger for levels. */
+static void stats_add_delta(struct lazymap_stats *acc, const struct lazymap_stats *a,
+			    const struct lazymap_stats *b)
+{
+#define X(f, level) acc->f = (level) ? (b->f > acc->f ? b->f : acc->f) : acc->f + (b->f - a->f);
+	STATS_FIELDS(X)
+#undef X
+}
+
+/*
+ * One lazymap run; 0 or the error of lazymap_map/advise. Wrong data of the
+ * touched pages goes in bad (first error only).
+ */
+static int run_lazymap(struct lazymap *lm, const struct job *j, uint32_t *lat, struct run *r,
+		       struct lazymap_stats *acc, char *bad, size_t badlen)
+{
+	size_t len = j->npages * ps;
+	struct lazymap_stats st0, st1;
 	void *p;
 	int ret;
 
-	if (sc->kind == FILL)
+	if (j->sc->kind == FILL)
 		ret = lazymap_map_fill(lm, &p, len, PROT_READ | PROT_WRITE, fill_pattern, NULL);
+	else if (j->sc->kind == FILE_READ)
+		ret = lazymap_map(lm, &p, len, PROT_READ,
+				  LAZYMAP_PRIVATE | (j->direct ? LAZYMAP_DIRECT : 0), file_fd, 0);
 	else
 		ret = lazymap_map(lm, &p, len, PROT_READ | PROT_WRITE, LAZYMAP_PRIVATE | LAZYMAP_ANON,
 				  -1, 0);
-	if (ret) {
-		fprintf(stderr, "lazymap_map: %s\n", strerror(-ret));
-		exit(1);
+	if (ret)
+		return ret;
+	if (use_advise && j->sc->kind == FILE_READ) {
+		ret = lazymap_advise(lm, p, len,
+				     j->sc->access == SEQ ? LAZYMAP_ADV_SEQUENTIAL : LAZYMAP_ADV_RANDOM);
+		if (ret) {
+			lazymap_unmap(lm, p, len);
+			return ret;
+		}
 	}
-	r = scan(p, order, npages, sc->kind, 0, lat);
+	memset(&st0, 0, sizeof(st0));
+	memset(&st1, 0, sizeof(st1));
+	lazymap_stats(lm, &st0);
+	*r = scan(p, j->order, j->touched, j->sc->kind, false, j->threads, lat);
+	lazymap_stats(lm, &st1);
+	stats_add_delta(acc, &st0, &st1);
+	r->faults = (double)(st1.faults - st0.faults) / (double)j->touched;
+	r->majflt = 0;
+	r->read_pages = (double)(st1.bytes_read - st0.bytes_read) / (double)ps / (double)j->touched;
+	if (j->sc->kind == FILE_READ && !bad[0])
+		check_pages(p, j, bad, badlen);
 	lazymap_unmap(lm, p, len);
-	return r;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- rows */
+
+struct side {
+	const char *status; /* "ok", "unavailable" or "error" */
+	char why[200];
+	struct run *runs;
+	int n;
+};
+
+struct row {
+	struct job job;
+	struct side k, l;
+	struct lazymap_stats st; /* lazymap's counters over all its runs */
+	char bad[320];           /* wrong data seen, empty if none */
+};
+
+/* The median run by ns per page (the upper one of an even count). */
+static struct run median(const struct side *s)
+{
+	struct run *r = malloc((size_t)s->n * sizeof(*r)), m;
+
+	memcpy(r, s->runs, (size_t)s->n * sizeof(*r));
+	for (int i = 1; i < s->n; i++)
+		for (int j = i; j > 0 && r[j].ns_per_page < r[j - 1].ns_per_page; j--) {
+			struct run t = r[j];
+
+			r[j] = r[j - 1];
+			r[j - 1] = t;
+		}
+	m = r[s->n / 2];
+	free(r);
+	return m;
+}
+
+/* Not fmin/fmax: the bench does not link libm. */
+static double dmin(double a, double b)
+{
+	return a < b ? a : b;
+}
+
+static double dmax(double a, double b)
+{
+	return a > b ? a : b;
+}
+
+/* Over the runs of a side: the worst share cached for what the scenario assumes. */
+static double cache_worst(const struct side *s, enum cache c, bool after)
+{
+	double w = c == COLD ? 0 : 1;
+
+	for (int i = 0; i < s->n; i++) {
+		double v = after ? s->runs[i].cached_after : s->runs[i].cached_before;
+
+		w = c == COLD ? dmax(w, v) : dmin(w, v);
+	}
+	return w;
 }
 
 static void make_order(uint32_t *order, size_t npages, enum access access, uint64_t seed)
@@ -165,26 +652,360 @@ static void make_order(uint32_t *order, size_t npages, enum access access, uint6
 	}
 }
 
-/* The median run by ns_per_page. */
-static struct result median(struct result *r, int n)
+static const char *tw_name(bool kernel)
 {
-	for (int i = 1; i < n; i++)
-		for (int j = i; j > 0 && r[j].ns_per_page < r[j - 1].ns_per_page; j--) {
-			struct result t = r[j];
-
-			r[j] = r[j - 1];
-			r[j - 1] = t;
-		}
-	return r[n / 2];
+	return kernel ? "kernel" : "lazymap";
 }
+
+/* Run one row: repeat runs of each twin, alternating which goes first. */
+static void run_row(struct lazymap *lm, struct row *rw, int repeat, uint32_t *lat)
+{
+	const struct job *j = &rw->job;
+	enum cache c = j->sc->cache;
+
+	rw->k = (struct side){ .status = "ok", .runs = calloc((size_t)repeat, sizeof(struct run)) };
+	rw->l = (struct side){ .status = "ok", .runs = calloc((size_t)repeat, sizeof(struct run)) };
+	for (int i = 0; i < repeat; i++) {
+		for (int t = 0; t < 2; t++) {
+			bool kernel = (t == 0) == (i % 2 == 0);
+			struct side *s = kernel ? &rw->k : &rw->l;
+			struct run r = { 0 };
+			double before = 0;
+
+			if (strcmp(s->status, "ok"))
+				continue;
+			fprintf(stderr, "\r%s thr %u: run %d/%d %-8s", j->name, j->threads, i + 1, repeat,
+				tw_name(kernel));
+			snprintf(running, sizeof(running), "%s, %u thread(s), %s twin, run %d/%d",
+				 j->name, j->threads, tw_name(kernel), i + 1, repeat);
+			alarm(run_timeout); /* the watchdog: a hang kills us with its name */
+			if (c != NO_FILE)
+				before = prepare_cache(c);
+			if (kernel) {
+				r = run_kernel(j, lat);
+			} else {
+				int ret = run_lazymap(lm, j, lat, &r, &rw->st, rw->bad, sizeof(rw->bad));
+
+				if (ret) {
+					bool na = ret == -EOPNOTSUPP || (j->direct && ret == -EINVAL);
+
+					s->status = na && !s->n ? "unavailable" : "error";
+					snprintf(s->why, sizeof(s->why), "%s%s: %s", use_advise ?
+						 "lazymap_map/advise" : "lazymap_map",
+						 j->direct ? " (LAZYMAP_DIRECT)" : "", strerror(-ret));
+					continue;
+				}
+			}
+			if (c != NO_FILE) {
+				r.cached_before = before;
+				r.cached_after = cached_share();
+				if (kernel)
+					r.read_pages = (r.cached_after - before) * (double)j->npages /
+						       (double)j->touched;
+				if (r.sum != j->want_sum && !(kernel ? rw->k.why[0] : rw->bad[0])) {
+					char *w = kernel ? rw->k.why : rw->bad;
+					size_t wl = kernel ? sizeof(rw->k.why) : sizeof(rw->bad);
+
+					snprintf(w, wl, "checksum of touched words 0x%016llx, file gives 0x%016llx (run %d)",
+						 (unsigned long long)r.sum, (unsigned long long)j->want_sum, i + 1);
+				}
+			}
+			s->runs[s->n++] = r;
+		}
+	}
+	alarm(0);
+	fprintf(stderr, "\r%*s\r", 70, "");
+}
+
+/* ---------------------------------------------------------------- output */
+
+static const char *handlers_name(const struct lazymap_opts *o, char *buf, size_t len)
+{
+	if (o->handler_threads == LAZYMAP_HANDLERS_PER_CPU)
+		return "per-CPU";
+	snprintf(buf, len, "%u", o->handler_threads ? o->handler_threads : 1);
+	return buf;
+}
+
+static void print_anon_header(void)
+{
+	printf("%-22s %10s %10s %7s | %8s %8s %8s | %8s %8s %8s\n", "scenario", "kernel", "lazymap",
+	       "ratio", "k p50", "k p99", "k max", "lm p50", "lm p99", "lm max");
+	printf("%-22s %10s %10s %7s | %8s %8s %8s | %8s %8s %8s\n", "", "ns/page", "ns/page", "",
+	       "ns", "ns", "us", "ns", "ns", "us");
+}
+
+static void print_anon_row(const struct row *rw)
+{
+	if (strcmp(rw->l.status, "ok")) {
+		printf("%-22s %s: %s\n", rw->job.name, rw->l.status, rw->l.why);
+		return;
+	}
+	struct run k = median(&rw->k), l = median(&rw->l);
+
+	printf("%-22s %10.0f %10.0f %6.2fx | %8.0f %8.0f %8.1f | %8.0f %8.0f %8.1f\n", rw->job.name,
+	       k.ns_per_page, l.ns_per_page, l.ns_per_page / k.ns_per_page, k.p50, k.p99,
+	       k.max / 1000, l.p50, l.p99, l.max / 1000);
+}
+
+static void print_file_header(const char *fs, int repeat)
+{
+	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random; "
+	       "median of %d run%s per twin\n",
+	       file_size >> 20, fs, "file-rand-*", RAND_PERCENT, repeat, repeat > 1 ? "s" : "");
+	printf("ratio = lazymap/kernel time per page: < 1 = lazymap faster. flt/pg: faults per page "
+	       "touched; rd/pg: pages read from the file per page touched;\n"
+	       "cache: share of the file in the page cache before the runs (cold: the most; hot: "
+	       "the least); +direct: LAZYMAP_DIRECT (same kernel twin)\n");
+	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %6s | %6s %6s %6s\n", "scenario",
+	       "thr", "twin", "Kpages/s", "GB/s", "ns/page", "p50", "p90", "p99", "max", "ratio",
+	       "flt/pg", "rd/pg", "cache");
+	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %6s | %6s %6s %6s\n", "", "", "", "",
+	       "", "", "us", "us", "us", "us", "", "", "", "");
+}
+
+static void print_file_side(const struct row *rw, bool kernel)
+{
+	const struct side *s = kernel ? &rw->k : &rw->l;
+	const char *lead = kernel ? rw->job.name : "";
+	char thr[8] = "";
+
+	if (kernel)
+		snprintf(thr, sizeof(thr), "%u", rw->job.threads);
+	if (strcmp(s->status, "ok") || !s->n) {
+		printf("%-21s %3s %-7s %s: %s\n", lead, thr, tw_name(kernel), s->status, s->why);
+		return;
+	}
+	struct run m = median(s);
+	double cache = cache_worst(s, rw->job.sc->cache, false);
+	char ratio[16] = "";
+
+	if (!kernel && !strcmp(rw->k.status, "ok") && rw->k.n)
+		snprintf(ratio, sizeof(ratio), "%5.2fx", m.ns_per_page / median(&rw->k).ns_per_page);
+	printf("%-21s %3s %-7s %9.1f %6.2f %8.0f | %8.1f %8.1f %8.1f %8.0f | %6s | %6.2f %6.2f %5.1f%%\n",
+	       lead, thr, tw_name(kernel), 1e6 / m.ns_per_page, (double)ps / m.ns_per_page,
+	       m.ns_per_page, m.p50 / 1000, m.p90 / 1000, m.p99 / 1000, m.max / 1000, ratio,
+	       m.faults, m.read_pages, cache * 100);
+}
+
+static void print_file_row(const struct row *rw)
+{
+	print_file_side(rw, true);
+	print_file_side(rw, false);
+	if (rw->k.why[0] && !strcmp(rw->k.status, "ok"))
+		printf("  ! kernel twin data: %s\n", rw->k.why);
+	if (rw->bad[0])
+		printf("  ! WRONG DATA from lazymap: %s\n", rw->bad);
+}
+
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch < 0x20)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
+static void json_num(FILE *f, double v)
+{
+	if (isfinite(v))
+		fprintf(f, "%.12g", v);
+	else
+		fputs("null", f);
+}
+
+static void json_side(FILE *f, const struct row *rw, bool kernel)
+{
+	const struct side *s = kernel ? &rw->k : &rw->l;
+	enum cache c = rw->job.sc->cache;
+
+	fputs("{\"status\": ", f);
+	json_str(f, s->status);
+	if (strcmp(s->status, "ok") || !s->n) {
+		fputs(", \"reason\": ", f);
+		json_str(f, s->why);
+		fputs("}", f);
+		return;
+	}
+	struct run m = median(s);
+
+	fputs(", \"ns_per_page\": ", f);
+	json_num(f, m.ns_per_page);
+	fputs(", \"pages_per_s\": ", f);
+	json_num(f, 1e9 / m.ns_per_page);
+	fputs(", \"gb_per_s\": ", f);
+	json_num(f, (double)ps / m.ns_per_page);
+	fputs(", \"latency_ns\": {\"p50\": ", f);
+	json_num(f, m.p50);
+	fputs(", \"p90\": ", f);
+	json_num(f, m.p90);
+	fputs(", \"p99\": ", f);
+	json_num(f, m.p99);
+	fputs(", \"max\": ", f);
+	json_num(f, m.max);
+	fputs("}, \"faults_per_page\": ", f);
+	json_num(f, m.faults);
+	if (kernel) {
+		fputs(", \"major_faults_per_page\": ", f);
+		json_num(f, m.majflt);
+	}
+	if (c != NO_FILE) {
+		fputs(", \"read_pages_per_page\": ", f);
+		json_num(f, m.read_pages);
+		fputs(", \"cached_before_worst\": ", f);
+		json_num(f, cache_worst(s, c, false));
+		fputs(", \"cached_after\": [", f);
+		for (int i = 0; i < s->n; i++) {
+			fputs(i ? ", " : "", f);
+			json_num(f, s->runs[i].cached_after);
+		}
+		fputs("], \"checksum_ok\": ", f);
+		fputs(kernel ? (rw->k.why[0] ? "false" : "true") :
+			       (rw->bad[0] ? "false" : "true"), f);
+	}
+	fputs(", \"runs_ns_per_page\": [", f);
+	for (int i = 0; i < s->n; i++) {
+		fputs(i ? ", " : "", f);
+		json_num(f, s->runs[i].ns_per_page);
+	}
+	fputs("]", f);
+	if (!kernel) {
+		/* Counters per run, levels as they were at the end. */
+		const char *sep = "";
+
+		fputs(", \"stats_per_run\": {", f);
+#define X(fl, level)                                                                              \
+	fprintf(f, "%s\"" #fl "\": ", sep);                                                       \
+	json_num(f, (level) ? (double)rw->st.fl : (double)rw->st.fl / s->n);                      \
+	sep = ", ";
+		STATS_FIELDS(X)
+#undef X
+		fputs("}", f);
+	}
+	fputs("}", f);
+}
+
+static int write_json(const char *path, const struct row *rows, size_t nrows, const char *head)
+{
+	FILE *f = fopen(path, "w");
+
+	if (!f)
+		return -errno;
+	fprintf(f, "{%s,\n \"ratio\": \"lazymap/kernel time per page; < 1 = lazymap faster\",\n"
+		" \"results\": [", head);
+	for (size_t i = 0; i < nrows; i++) {
+		const struct row *rw = &rows[i];
+		const struct job *j = &rw->job;
+
+		fputs(i ? ",\n  {" : "\n  {", f);
+		fputs("\"scenario\": ", f);
+		json_str(f, j->sc->name);
+		fputs(", \"row\": ", f);
+		json_str(f, j->name);
+		fputs(", \"variant\": ", f);
+		json_str(f, j->sc->kind != FILE_READ ? "anon" : j->direct ? "direct" : "buffered");
+		fprintf(f, ", \"threads\": %u, \"pages_mapped\": %zu, \"pages_touched\": %zu, \"kernel_twin\": ",
+			j->threads, j->npages, j->touched);
+		json_str(f, j->sc->kernel_twin);
+		fputs(",\n   \"kernel\": ", f);
+		json_side(f, rw, true);
+		fputs(",\n   \"lazymap\": ", f);
+		json_side(f, rw, false);
+		fputs(",\n   \"ratio\": ", f);
+		if (!strcmp(rw->k.status, "ok") && !strcmp(rw->l.status, "ok") && rw->k.n && rw->l.n)
+			json_num(f, median(&rw->l).ns_per_page / median(&rw->k).ns_per_page);
+		else
+			fputs("null", f);
+		fputs(", \"data_ok\": ", f);
+		fputs(rw->bad[0] ? "false" : "true", f);
+		fputs(", \"data_error\": ", f);
+		if (rw->bad[0])
+			json_str(f, rw->bad);
+		else
+			fputs("null", f);
+		fputs("}", f);
+	}
+	fputs("\n ]\n}\n", f);
+	if (fclose(f))
+		return -errno;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- main */
 
 static void usage(const char *argv0)
 {
 	fprintf(stderr,
 		"usage: %s [--size MiB] [--repeat N] [--handlers N|percpu] [--spin US] [--readahead KiB]\n"
-		"          [--install copy|move]\n"
-		"          [--scenario NAME] [--quick] [--list]\n", argv0);
+		"          [--install copy|move] [--threads LIST] [--file-size MiB] [--dir DIR]\n"
+		"          [--scenario PATTERN[,PATTERN...]] [--scenario-set anon|file|all]\n"
+		"          [--advise] [--timeout S] [--json FILE] [--quick] [--list]\n"
+		"  --size        anonymous scenarios: MiB per run (64)\n"
+		"  --file-size   file scenarios: size of the generated file, MiB (1024)\n"
+		"  --dir         where the file's temporary directory goes (/var/tmp; not tmpfs,\n"
+		"                or LAZYMAP_DIRECT is unavailable)\n"
+		"  --threads     faulting threads of the file scenarios, each on its own slice (1,2)\n"
+		"  --scenario    rows whose name (file-seq-cold, file-seq-cold+direct, ...) or\n"
+		"                scenario matches a pattern (fnmatch: 'file-*')\n"
+		"  --advise      madvise / lazymap_advise both twins of file scenarios with their\n"
+		"                access pattern (SEQUENTIAL, RANDOM); default: no advice\n"
+		"  --timeout     seconds one run may take before we call it a hang (600)\n"
+		"  --quick       seconds-long smoke run of every scenario (4 MiB, 1 run)\n", argv0);
 	exit(2);
+}
+
+static int parse_threads(const char *s, unsigned *t)
+{
+	int n = 0;
+
+	while (*s) {
+		char *end;
+		unsigned long v = strtoul(s, &end, 10);
+
+		if (end == s || !v || v > MAX_THREADS || n == MAX_THREAD_SETS)
+			return -1;
+		t[n++] = (unsigned)v;
+		s = *end == ',' ? end + 1 : end;
+		if (*end && *end != ',')
+			return -1;
+	}
+	return n ? n : -1;
+}
+
+static bool selected(const char *patterns, const char *row, const char *scenario)
+{
+	char buf[512], *save, *pat;
+
+	if (!patterns)
+		return true;
+	snprintf(buf, sizeof(buf), "%s", patterns);
+	for (pat = strtok_r(buf, ",", &save); pat; pat = strtok_r(NULL, ",", &save))
+		if (!fnmatch(pat, row, 0) || !fnmatch(pat, scenario, 0))
+			return true;
+	return false;
+}
+
+static void row_name(char *buf, size_t len, const struct scenario *sc, bool direct)
+{
+	snprintf(buf, len, "%s%s", sc->name, direct ? "+direct" : "");
+}
+
+/* Open descriptors now, to see whether file mappings leak them. */
+static int count_fds(void)
+{
+	int n = 0;
+
+	for (int fd = 0; fd < 4096; fd++)
+		n += fcntl(fd, F_GETFD) != -1;
+	return n;
 }
 
 int main(int argc, char **argv)
@@ -197,18 +1018,27 @@ int main(int argc, char **argv)
 		{ "readahead", required_argument, NULL, 'R' },
 		{ "install", required_argument, NULL, 'I' },
 		{ "scenario", required_argument, NULL, 'c' },
+		{ "scenario-set", required_argument, NULL, 'C' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "file-size", required_argument, NULL, 'f' },
+		{ "dir", required_argument, NULL, 'd' },
+		{ "json", required_argument, NULL, 'j' },
+		{ "advise", no_argument, NULL, 'a' },
+		{ "timeout", required_argument, NULL, 'T' },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "list", no_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct lazymap_opts opts = { 0 };
-	size_t size_mib = 64;
-	int repeat = 5, c, ret, ran = 0;
-	const char *only = NULL;
+	size_t size_mib = 64, file_mib = 1024;
+	int repeat = 5, c, ret, status = 0, nthr = 2;
+	unsigned thr[MAX_THREAD_SETS] = { 1, 2 };
+	const char *only = NULL, *dir = "/var/tmp", *json = NULL;
+	char hbuf[16], head[1024], fsdesc[PATH_MAX + 64] = "";
 	struct lazymap *lm;
 
-	while ((c = getopt_long(argc, argv, "s:r:H:S:R:I:c:qlh", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:r:H:S:R:I:c:C:t:f:d:j:aT:qlh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's': size_mib = strtoul(optarg, NULL, 0); break;
 		case 'r': repeat = atoi(optarg); break;
@@ -220,68 +1050,237 @@ int main(int argc, char **argv)
 		case 'R': opts.readahead_max = strtoul(optarg, NULL, 0) << 10; break;
 		case 'I': opts.install = strcmp(optarg, "move") ? LAZYMAP_INSTALL_COPY : LAZYMAP_INSTALL_MOVE; break;
 		case 'c': only = optarg; break;
-		case 'q': size_mib = 4; repeat = 1; break;
+		case 'C':
+			if (!strcmp(optarg, "all"))
+				only = NULL;
+			else if (!strcmp(optarg, "anon"))
+				only = "anon-*";
+			else if (!strcmp(optarg, "file"))
+				only = "file-*";
+			else
+				usage(argv[0]);
+			break;
+		case 't':
+			nthr = parse_threads(optarg, thr);
+			if (nthr < 0)
+				usage(argv[0]);
+			break;
+		case 'f': file_mib = strtoul(optarg, NULL, 0); break;
+		case 'd': dir = optarg; break;
+		case 'j': json = optarg; break;
+		case 'a': use_advise = true; break;
+		case 'T': run_timeout = (unsigned)atoi(optarg); break;
+		case 'q': size_mib = 4; file_mib = 4; repeat = 1; run_timeout = 60; break;
 		case 'l':
-			for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
-				printf("%s\n", scenarios[i].name);
+			for (size_t i = 0; i < NSCENARIOS; i++)
+				for (int d = 0; d < (scenarios[i].kind == FILE_READ ? 2 : 1); d++) {
+					char n[64];
+
+					row_name(n, sizeof(n), &scenarios[i], d);
+					printf("%-24s %s\n", n, scenarios[i].kernel_twin);
+				}
 			return 0;
 		default: usage(argv[0]);
 		}
 	}
-	if (!size_mib || repeat < 1 || repeat > 101)
+	if (optind != argc || !size_mib || !file_mib || repeat < 1 || repeat > 101 ||
+	    (size_mib << 20) / 4096 > UINT32_MAX || (file_mib << 20) / 4096 > UINT32_MAX)
 		usage(argv[0]);
 	ps = (size_t)sysconf(_SC_PAGESIZE);
+	catch_signals();
+
+	/* The rows: anonymous scenarios once; file ones x {page cache, direct} x threads. */
+	struct row *rows = calloc(NSCENARIOS * 2 * MAX_THREAD_SETS, sizeof(*rows));
+	size_t nrows = 0, anon_pages = (size_mib << 20) / ps, file_pages = (file_mib << 20) / ps;
+	bool any_file = false;
+
+	for (size_t s = 0; s < NSCENARIOS; s++) {
+		const struct scenario *sc = &scenarios[s];
+		bool file = sc->kind == FILE_READ;
+
+		for (int d = 0; d < (file ? 2 : 1); d++)
+			for (int t = 0; t < (file ? nthr : 1); t++) {
+				struct job *j = &rows[nrows].job;
+
+				j->sc = sc;
+				j->direct = d;
+				j->threads = file ? thr[t] : 1;
+				row_name(j->name, sizeof(j->name), sc, d);
+				if (!selected(only, j->name, sc->name))
+					continue;
+				j->npages = file ? file_pages : anon_pages;
+				j->touched = file && sc->access == RAND ?
+						     (j->npages * RAND_PERCENT + 99) / 100 : j->npages;
+				any_file |= file;
+				nrows++;
+			}
+	}
+	if (!nrows) {
+		fprintf(stderr, "no scenario matches %s (--list)\n", only);
+		return 2;
+	}
+
 	ret = lazymap_open(&lm, &opts);
 	if (ret) {
 		fprintf(stderr, "lazymap_open: %s\n", strerror(-ret));
 		return 1;
 	}
+	int fds_before = count_fds();
 
-	size_t npages = (size_mib << 20) / ps;
-	uint32_t *order = malloc(npages * sizeof(*order)), *lat = malloc(npages * sizeof(*lat));
-	struct result *rk = calloc((size_t)repeat, sizeof(*rk)), *rl = calloc((size_t)repeat, sizeof(*rl));
+	if (any_file) {
+		struct statfs sf;
 
-	printf("lazymap-bench: %zu MiB per run, %d runs each (median), handlers %s, kernel twin in the same run\n",
-	       size_mib, repeat,
-	       opts.handler_threads == LAZYMAP_HANDLERS_PER_CPU ? "per-CPU" :
-	       opts.handler_threads ? argv[optind - 1] : "1");
-	printf("%-22s %10s %10s %7s | %8s %8s %8s | %8s %8s %8s\n", "scenario", "kernel", "lazymap",
-	       "ratio", "k p50", "k p99", "k max", "lm p50", "lm p99", "lm max");
-	printf("%-22s %10s %10s %7s | %8s %8s %8s | %8s %8s %8s\n", "", "ns/page", "ns/page", "",
-	       "ns", "ns", "us", "ns", "ns", "us");
-	for (size_t s = 0; s < sizeof(scenarios) / sizeof(scenarios[0]); s++) {
-		const struct scenario *sc = &scenarios[s];
-
-		if (only && strcmp(only, sc->name))
-			continue;
-		make_order(order, npages, sc->access, 0x9e3779b97f4a7c15ull + s);
-		for (int i = 0; i < repeat; i++) {
-			fprintf(stderr, "\r%s: run %d/%d ", sc->name, i + 1, repeat);
-			rk[i] = run_kernel(sc, npages, order, lat);
-			rl[i] = run_lazymap(lm, sc, npages, order, lat);
+		file_size = file_mib << 20;
+		snprintf(running, sizeof(running), "generating the test file in %s", dir);
+		ret = make_file(dir, file_size);
+		if (ret) {
+			fprintf(stderr, "cannot make the test file in %s: %s\n", dir, strerror(-ret));
+			return 1;
 		}
-		fprintf(stderr, "\r%40s\r", "");
-		struct result k = median(rk, repeat), l = median(rl, repeat);
-
-		printf("%-22s %10.0f %10.0f %6.2fx | %8.0f %8.0f %8.1f | %8.0f %8.0f %8.1f\n", sc->name,
-		       k.ns_per_page, l.ns_per_page, l.ns_per_page / k.ns_per_page, k.p50, k.p99,
-		       k.max / 1000, l.p50, l.p99, l.max / 1000);
-		ran++;
+		mc_vec = malloc(file_pages);
+		fstatfs(file_fd, &sf);
+		snprintf(fsdesc, sizeof(fsdesc), "%s (%s)", tmp_path, fs_name((long)sf.f_type));
+		if (sf.f_type == 0x01021994)
+			fprintf(stderr, "warning: %s is tmpfs: the page cache is the file, cold runs cannot drop it\n",
+				dir);
+		fds_before = count_fds();
 	}
+
+	size_t maxpages = anon_pages > file_pages ? anon_pages : file_pages;
+	uint32_t *order = malloc(maxpages * sizeof(*order)), *lat = malloc(maxpages * sizeof(*lat));
+	struct utsname un;
+	time_t tnow = time(NULL);
+	char date[64];
+
+	uname(&un);
+	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %z", localtime(&tnow));
+	printf("lazymap-bench, %s, Linux %s %s, %ld CPUs\n", date, un.release, un.machine,
+	       sysconf(_SC_NPROCESSORS_ONLN));
+	printf("%zu MiB per anonymous run, %d runs each (median), handlers %s%s%s, kernel twin in the "
+	       "same run%s\n", size_mib, repeat, handlers_name(&opts, hbuf, sizeof(hbuf)),
+	       opts.install == LAZYMAP_INSTALL_MOVE ? ", install move" : "",
+	       opts.readahead_max ? ", readahead set" : "", use_advise ? ", advise on" : "");
+	snprintf(head, sizeof(head),
+		 "\n \"tool\": \"lazymap-bench\", \"date\": \"%s\", \"kernel\": \"%s\", \"machine\": \"%s\","
+		 " \"cpus\": %ld, \"page_size\": %zu, \"repeat\": %d,\n \"handlers\": \"%s\", \"spin_us\": %u,"
+		 " \"readahead_kib\": %zu, \"install\": \"%s\", \"advise\": %s, \"anon_size_bytes\": %zu,"
+		 " \"file_size_bytes\": %zu, \"random_percent\": %d",
+		 date, un.release, un.machine, sysconf(_SC_NPROCESSORS_ONLN), ps, repeat,
+		 handlers_name(&opts, hbuf, sizeof(hbuf)), opts.spin_us, opts.readahead_max >> 10,
+		 opts.install == LAZYMAP_INSTALL_MOVE ? "move" : "copy", use_advise ? "true" : "false",
+		 anon_pages * ps, any_file ? file_size : 0, RAND_PERCENT);
+
+	bool anon_head = false, file_head = false;
+	double worst_cold = 0, worst_hot = 1, worst_hot_after = 1;
+
+	for (size_t i = 0; i < nrows; i++) {
+		struct row *rw = &rows[i];
+		struct job *j = &rw->job;
+		bool file = j->sc->kind == FILE_READ;
+
+		/* The same pages in the same order for both twins; seeds as before for anon. */
+		make_order(order, j->npages, j->sc->access,
+			   0x9e3779b97f4a7c15ull + (uint64_t)(j->sc - scenarios));
+		j->order = order;
+		j->want_sum = 0;
+		if (file)
+			for (size_t k = 0; k < j->touched; k++)
+				j->want_sum += data_word((uint64_t)order[k] * ps + touch_off(order[k]));
+		if (!file && !anon_head) {
+			print_anon_header();
+			anon_head = true;
+		}
+		if (file && !file_head) {
+			print_file_header(fsdesc, repeat);
+			file_head = true;
+		}
+		run_row(lm, rw, repeat, lat);
+		if (file)
+			print_file_row(rw);
+		else
+			print_anon_row(rw);
+		fflush(stdout);
+		if (rw->bad[0] || !strcmp(rw->l.status, "error") || (file && rw->k.why[0]))
+			status = 1;
+		if (file && !strcmp(rw->k.status, "ok")) {
+			for (int t = 0; t < 2; t++) {
+				const struct side *s = t ? &rw->l : &rw->k;
+
+				if (strcmp(s->status, "ok") || !s->n)
+					continue;
+				if (j->sc->cache == COLD)
+					worst_cold = dmax(worst_cold, cache_worst(s, COLD, false));
+				else {
+					worst_hot = dmin(worst_hot, cache_worst(s, HOT, false));
+					worst_hot_after = dmin(worst_hot_after, cache_worst(s, HOT, true));
+				}
+			}
+		}
+	}
+
+	/* What the handlers did for the file rows, per run. */
+	if (file_head) {
+		bool any = false;
+
+		for (size_t i = 0; i < nrows; i++)
+			any |= rows[i].job.sc->kind == FILE_READ && !strcmp(rows[i].l.status, "ok");
+		if (any) {
+			printf("\nlazymap counters per run: %-12s %3s %9s %9s %9s %9s %8s %9s %6s\n", "",
+			       "thr", "faults", "filled", "readahd", "io reads", "short", "MiB read",
+			       "io err");
+			for (size_t i = 0; i < nrows; i++) {
+				const struct row *rw = &rows[i];
+				double n = rw->l.n;
+
+				if (rw->job.sc->kind != FILE_READ || strcmp(rw->l.status, "ok") || !n)
+					continue;
+				printf("%-37s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f\n", rw->job.name,
+				       rw->job.threads, rw->st.faults / n, rw->st.pages_filled / n,
+				       rw->st.readahead_pages / n, rw->st.file_reads / n,
+				       rw->st.short_reads / n, rw->st.bytes_read / n / 1048576.0,
+				       rw->st.io_errors / n);
+			}
+		}
+		if (worst_cold > 0)
+			printf("! cache: up to %.2f%% of the file stayed cached after DONTNEED in cold runs\n",
+			       worst_cold * 100);
+		if (worst_hot < 1 || worst_hot_after < 1)
+			printf("! cache: hot runs found as little as %.2f%% cached before, %.2f%% after\n",
+			       worst_hot * 100, worst_hot_after * 100);
+	}
+
 	struct lazymap_stats st;
 
+	memset(&st, 0, sizeof(st));
 	lazymap_stats(lm, &st);
-	printf("handlers: %lu faults, %lu pages filled, %lu sleeps, %lu reads\n",
+	printf("handlers: %lu faults, %lu pages filled, %lu sleeps, %lu reads, %lu file reads, "
+	       "%lu io errors, %lu in flight at most\n",
 	       (unsigned long)st.faults, (unsigned long)st.pages_filled, (unsigned long)st.sleeps,
-	       (unsigned long)st.reads);
+	       (unsigned long)st.reads, (unsigned long)st.file_reads, (unsigned long)st.io_errors,
+	       (unsigned long)st.inflight_max);
+	int fds_after = count_fds();
+
+	if (fds_after != fds_before) {
+		printf("! %d file descriptors open before the runs, %d after\n", fds_before, fds_after);
+	}
+	if (json) {
+		ret = write_json(json, rows, nrows, head);
+		if (ret) {
+			fprintf(stderr, "%s: %s\n", json, strerror(-ret));
+			status = 1;
+		}
+	}
 	lazymap_close(lm);
+	for (size_t i = 0; i < nrows; i++) {
+		free(rows[i].k.runs);
+		free(rows[i].l.runs);
+	}
+	free(rows);
 	free(order);
 	free(lat);
-	free(rk);
-	free(rl);
-	if (!ran) {
-		fprintf(stderr, "no scenario named %s (--list)\n", only);
-		return 2;
-	}
-	return 0;
+	free(mc_vec);
+	if (file_fd >= 0)
+		close(file_fd);
+	remove_file();
+	return status;
 }
