@@ -181,10 +181,25 @@ static size_t ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
 	case LAZYMAP_ADV_SEQUENTIAL:
 		return lm->ra_pages;
 	}
-	if (idx == next)
+	if (idx == next) {
 		win = win ? win * 2 : 2;
-	else
-		win = 1;
+	} else {
+		/*
+		 * Not where the last run ended: random access, or another
+		 * stream (two threads scanning halves of a file). The pages
+		 * just before idx tell which: a stream has filled them, so grow
+		 * from their number, as the kernel's readahead does for
+		 * interleaved streams. No history is kept per stream.
+		 */
+		uint64_t lim = idx - v->pgoff, k = 0;
+
+		if (lim > lm->ra_pages)
+			lim = lm->ra_pages;
+		while (k < lim && (atomic_load_explicit(&v->src->state[idx - 1 - k],
+							memory_order_relaxed) & PAGE_FILLED))
+			k++;
+		win = k ? (uint32_t)(2 * k) : 1;
+	}
 	if (win > lm->ra_pages)
 		win = (uint32_t)lm->ra_pages;
 	atomic_store_explicit(&v->ra_window, win, memory_order_relaxed);
@@ -248,25 +263,33 @@ out:
 
 /*
  * Begin a run of an asynchronous source: mm->lock is held, the pages are
- * claimed. Pages the source does not have (beyond the end of a file) are
- * poisoned now; the rest becomes a request, started once the lock is dropped
- * (starting may wait for pool pages, and so for completions, which take the
- * lock themselves). Returns NULL when there is nothing to read.
+ * claimed. Pages the source does not have (beyond the end of a file) are let
+ * go, but for the page a fault asked for (fault: the run's first page), which
+ * is poisoned: SIGBUS, as the kernel gives. The rest becomes a request,
+ * started once the lock is dropped (starting may wait for pool pages, and so
+ * for completions, which take the lock themselves). Returns NULL when there
+ * is nothing to read.
  */
 static struct fill_req *begin_read(struct handler *h, struct mm *mm, struct vma *v,
-				   uintptr_t addr, uint64_t idx, size_t n, bool write)
+				   uintptr_t addr, uint64_t idx, size_t n, bool write, bool fault)
 {
 	struct source *src = v->src;
 	size_t have = src->ops->extent ? src->ops->extent(src, idx, n) : n;
 	struct fill_req *req;
 
-	if (have < n) {
-		uintptr_t beyond = addr + (have << page_shift);
+	if (have == 0 && fault) {
 		int ret;
 
-		stat_add(&h->stats.io_errors, n - have);
-		ret = install(h, mm, INSTALL_POISON, beyond, NULL, (n - have) << page_shift);
-		release_run(mm, src, beyond, idx + have, n - have, ret == 0);
+		stat_add(&h->stats.io_errors, 1);
+		ret = install(h, mm, INSTALL_POISON, addr, NULL, page_size);
+		release_run(mm, src, addr, idx, 1, ret == 0);
+		addr += page_size;
+		idx++;
+		n--;
+	}
+	if (have < n) {
+		/* nobody asked for these: a later touch decides (the file may grow) */
+		release_run(mm, src, addr + (have << page_shift), idx + have, n - have, false);
 		n = have;
 	}
 	if (!n)
@@ -418,20 +441,25 @@ static struct fill_req *begin_ahead(struct handler *h, struct mm *mm, struct vma
 	uint8_t expect = 0;
 	size_t n;
 
+	if (addr >= v->end)
+		return NULL;
 	if (max > (v->end - addr) >> page_shift)
 		max = (v->end - addr) >> page_shift;
-	if (!max || !atomic_compare_exchange_strong_explicit(&v->src->state[idx], &expect,
+	if (!atomic_compare_exchange_strong_explicit(&v->src->state[idx], &expect,
 							     PAGE_BUSY, memory_order_acquire,
 							     memory_order_relaxed))
 		return NULL;
 	n = claim_run(&v->src->state[idx], max);
 	stat_add(&h->stats.readahead_pages, n);
-	return begin_read(h, mm, v, addr, idx, n, false);
+	return begin_read(h, mm, v, addr, idx, n, false, false);
 }
+
+/* Windows read ahead of a sequential stream of an asynchronous source. */
+#define AHEAD_WINDOWS 2
 
 void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 {
-	struct fill_req *req = NULL, *ahead = NULL;
+	struct fill_req *req = NULL, *ahead[AHEAD_WINDOWS] = { NULL };
 	struct vma *v;
 	uint64_t idx;
 	size_t max, n;
@@ -463,18 +491,23 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 		fill_run(h, mm, v, addr, idx, n, write);
 		goto out;
 	}
-	req = begin_read(h, mm, v, addr, idx, n, write);
-	if (req && n == h->lm->ra_pages && v->advice != LAZYMAP_ADV_RANDOM) {
-		ahead = begin_ahead(h, mm, v, addr + (n << page_shift), idx + n, n);
-		if (ahead)
-			atomic_store_explicit(&v->ra_next, idx + n + ahead->n, memory_order_relaxed);
+	req = begin_read(h, mm, v, addr, idx, n, write, true);
+	/* A stream at full speed: read the next windows too, so that the disk
+	 * works while the program does. */
+	for (int i = 0; req && n == h->lm->ra_pages && i < AHEAD_WINDOWS; i++) {
+		uint64_t at = idx + n * (size_t)(i + 1);
+
+		ahead[i] = begin_ahead(h, mm, v, addr + ((at - idx) << page_shift), at, n);
+		if (!ahead[i])
+			break;
+		atomic_store_explicit(&v->ra_next, at + ahead[i]->n, memory_order_relaxed);
 	}
 out:
 	pthread_rwlock_unlock(&mm->lock);
 	if (req)
 		start_read(h, req);
-	if (ahead)
-		start_read(h, ahead);
+	for (int i = 0; i < AHEAD_WINDOWS && ahead[i]; i++)
+		start_read(h, ahead[i]);
 }
 
 /* Pages a prefetch step may look at: bounds the time it holds the lock. */
@@ -516,7 +549,7 @@ uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uint
 		n = claim_run(state, max < budget ? max : budget);
 		stat_add(&h->stats.prefetched, n);
 		if (v->src->ops->read)
-			req = begin_read(h, mm, v, addr, idx, n, false);
+			req = begin_read(h, mm, v, addr, idx, n, false, false);
 		else
 			fill_run(h, mm, v, addr, idx, n, v->prot & PROT_WRITE);
 		pthread_rwlock_unlock(&mm->lock);

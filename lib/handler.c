@@ -218,8 +218,9 @@ static int nth_cpu(const cpu_set_t *cpus, unsigned index)
 	return -1;
 }
 
-/* The pool: one run for synchronous fills, four for reads in flight. */
-#define POOL_RUNS 4
+/* The pool: one run for synchronous fills, eight for reads in flight (a
+ * stream keeps three in flight: the window a fault waits for and two ahead). */
+#define POOL_RUNS 8
 
 static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 {
