@@ -48,7 +48,9 @@ struct lazymap;
 struct lazymap_opts {
 	unsigned handler_threads; /* 0: 1; LAZYMAP_HANDLERS_PER_CPU: one pinned per CPU */
 	unsigned queue_depth;     /* io_uring entries per handler thread; 0: default */
-	size_t readahead_max;     /* bytes filled ahead of a sequential fault stream; 0: 512 KiB */
+	size_t readahead_max;     /* most bytes one fault fills on a sequential stream (the
+	                           * window grows to it); a file stream at full window
+	                           * also reads the next two windows ahead; 0: 512 KiB */
 	size_t resident_limit;    /* bytes of filled pages kept resident; 0: unlimited */
 	const char *daemon;       /* NULL: in-process handlers; else faultd's socket path */
 	unsigned install;         /* LAZYMAP_INSTALL_*: how pool pages are installed; 0: COPY */
