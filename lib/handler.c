@@ -121,6 +121,7 @@ struct spin {
 };
 
 #define QUICK_YIELD_NS 1500
+#define INFLIGHT_SPIN_NS 250000
 #define QUICK_YIELDS   3
 
 static bool spin_again(struct handler *h, struct spin *sp, uint64_t window_ns)
@@ -134,7 +135,7 @@ static bool spin_again(struct handler *h, struct spin *sp, uint64_t window_ns)
 	if (t0 - sp->since >= window_ns)
 		return false;
 	sched_yield();
-	if (h->cpu >= 0) {
+	if (h->cpu >= 0 && !h->inflight) {
 		if (now_ns() - t0 < QUICK_YIELD_NS)
 			sp->quick++;
 		else
@@ -182,7 +183,9 @@ static void *handler_main(void *arg)
 			sp.since = 0;
 			continue;
 		}
-		if (spin_again(h, &sp, spin_ns))
+		/* Reads in flight: their completions come within a disk's latency,
+		 * and waking for them costs as much as waking for a fault. */
+		if (spin_again(h, &sp, h->inflight ? INFLIGHT_SPIN_NS : spin_ns))
 			continue;
 		if (h->inflight) {
 			/* quiet the ring's eventfd, then look once more: a completion
