@@ -33,26 +33,27 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 		   const char *src, size_t len)
 {
 	struct hstats *st = &h->stats;
+	size_t chunk = len; /* what one ioctl may cover */
 	int ret = 0;
 
 	while (len) {
-		size_t done = 0;
+		size_t done = 0, n = len < chunk ? len : chunk;
 
 		switch (how) {
 		case INSTALL_ZEROPAGE:
 			stat_add(&st->zeropage_ioctls, 1);
-			ret = uffd_zeropage(mm->uffd, dst, len, &done);
+			ret = uffd_zeropage(mm->uffd, dst, n, &done);
 			break;
 		case INSTALL_COPY:
 			stat_add(&st->copy_ioctls, 1);
-			ret = uffd_copy(mm->uffd, dst, src, len, &done);
+			ret = uffd_copy(mm->uffd, dst, src, n, &done);
 			break;
 		case INSTALL_MOVE:
 			stat_add(&st->move_ioctls, 1);
-			ret = uffd_move(mm->uffd, dst, (uintptr_t)src, len, &done);
+			ret = uffd_move(mm->uffd, dst, (uintptr_t)src, n, &done);
 			break;
 		case INSTALL_POISON:
-			ret = uffd_poison(mm->uffd, dst, len, &done);
+			ret = uffd_poison(mm->uffd, dst, n, &done);
 			break;
 		}
 		dst += done;
@@ -60,6 +61,15 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 		len -= done;
 		if (ret == 0 || (ret == -EAGAIN && done))
 			continue;
+		if (ret == -ENOENT && chunk > page_size) {
+			/*
+			 * One ioctl fills within one kernel VMA. Ours can span
+			 * several: we merge neighbours the kernel keeps apart
+			 * (their anon_vmas differ). Go on a page at a time.
+			 */
+			chunk = page_size;
+			continue;
+		}
 		if (ret == -EEXIST) {
 			uffd_wake(mm->uffd, dst, page_size);
 			dst += page_size;

@@ -5,6 +5,8 @@
  * our ranges, and what an independent page-by-page model of the calls says.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
@@ -235,5 +237,58 @@ Test(mirror, random_map_unmap_protect_matches_maps_and_model)
 	cr_assert_gt(unmaps, 50);
 	cr_assert_gt(protects, 50);
 	cr_assert_gt(refused, 50);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* ---------------------------------------------------------- divergence */
+
+struct scan {
+	char *p;
+	size_t npages;
+	atomic_bool done;
+};
+
+static void *scan_main(void *arg)
+{
+	struct scan *sc = arg;
+
+	for (size_t i = 0; i < sc->npages; i++)
+		sc->p[i * pgsz()] = 1;
+	atomic_store(&sc->done, true);
+	return NULL;
+}
+
+/*
+ * The kernel may keep apart what our tree holds as one VMA (neighbours whose
+ * anon_vmas differ, or a program's own mprotect): a fill run must not assume
+ * one ioctl can span our VMA. A sequential scan across the kernel's boundary
+ * used to fault forever (each run's UFFDIO_COPY failed with ENOENT).
+ */
+Test(mirror, fill_runs_cross_kernel_vma_boundaries)
+{
+	size_t ps = pgsz(), npages = 64;
+	struct scan sc = { .npages = 32 };
+	struct lazymap *lm;
+	pthread_t t;
+	double t0;
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&sc.p, npages * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	/* behind the library's back: the kernel splits, our tree does not know */
+	cr_assert_eq(mprotect(sc.p + 32 * ps, 32 * ps, PROT_READ), 0);
+	cr_assert_eq(tree_read(lm, tree_e, MAXE), 1);
+	cr_assert_eq(maps_read((uintptr_t)sc.p, (uintptr_t)sc.p + npages * ps, kern_e, MAXE), 2);
+	cr_assert_eq(pthread_create(&t, NULL, scan_main, &sc), 0);
+	t0 = now_s();
+	while (!atomic_load(&sc.done)) {
+		cr_assert_lt(now_s() - t0, 10.0, "a sequential scan across the boundary hangs");
+		usleep(1000);
+	}
+	pthread_join(t, NULL);
+	for (size_t i = 0; i < 32; i++)
+		cr_assert_eq(sc.p[i * ps], 1);
+	/* the read-only half was filled too, and reads as zeros */
+	cr_assert_eq(sc.p[40 * ps], 0);
 	cr_assert_eq(lazymap_close(lm), 0);
 }
