@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""The benchmark's smoke test: run lazymap-bench --quick --json and check that
+the JSON parses and holds every row --list names, each twin with a status and,
+when it ran, sane numbers. It times nothing: speed is the benchmark's job."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def main():
+    bench = sys.argv[1]
+    rows = [line.split()[0] for line in
+            subprocess.run([bench, '--list'], capture_output=True, text=True,
+                           check=True).stdout.splitlines() if line.strip()]
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, 'bench.json')
+        run = subprocess.run([bench, '--quick', '--json', out],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if run.returncode != 0:
+            print(run.stderr)
+            print(f'FAIL: lazymap-bench --quick exited {run.returncode}')
+            print('0 passed, 1 failed')
+            return 1
+        with open(out) as f:
+            data = json.load(f)
+
+    checks = []
+
+    def check(ok, what):
+        checks.append(ok)
+        if not ok:
+            print('FAIL:', what)
+
+    seen = {r['row'] for r in data['results']}
+    for row in rows:
+        check(row in seen, f'row {row} missing from the JSON')
+    for key in ('tool', 'date', 'kernel', 'cpus', 'page_size', 'ratio'):
+        check(key in data, f'top-level key {key} missing')
+    for r in data['results']:
+        for side in ('kernel', 'lazymap'):
+            s = r[side]
+            check(s['status'] in ('ok', 'unavailable'),
+                  f"{r['row']} ({r['threads']} threads) {side}: status {s['status']}")
+            if s['status'] != 'ok':
+                check(bool(s.get('why')), f"{r['row']} {side}: unavailable without a reason")
+                continue
+            lat = s['latency_ns']
+            check(s['ns_per_page'] > 0, f"{r['row']} {side}: ns_per_page {s['ns_per_page']}")
+            check(0 <= lat['p50'] <= lat['p90'] <= lat['p99'] <= lat['max'],
+                  f"{r['row']} {side}: latency percentiles out of order {lat}")
+        if r['kernel']['status'] == 'ok' and r['lazymap']['status'] == 'ok':
+            check(r.get('ratio', 0) > 0, f"{r['row']}: no ratio")
+    failed = checks.count(False)
+    print(f'{len(checks) - failed} passed, {failed} failed')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
