@@ -413,7 +413,7 @@ struct looper {
 	size_t npages;
 	atomic_bool *go;
 	int signo;
-	size_t touched;
+	atomic_size_t touched;
 };
 
 static void *looper_main(void *arg)
@@ -430,7 +430,7 @@ static void *looper_main(void *arg)
 			l->signo = f.signo;
 			break;
 		}
-		l->touched++;
+		atomic_fetch_add(&l->touched, 1);
 	}
 	return NULL;
 }
@@ -451,7 +451,17 @@ Test(faults, close_while_threads_fault)
 		l[i] = (struct looper){ .base = p, .npages = npages, .go = &go };
 		cr_assert_eq(pthread_create(&l[i].thread, NULL, looper_main, &l[i]), 0);
 	}
-	usleep(50000);
+	/* Close only once every thread is faulting (a loaded machine may take a while). */
+	for (double t0 = now_s(); ; usleep(1000)) {
+		bool all = true;
+
+		for (int i = 0; i < 4; i++)
+			all &= atomic_load(&l[i].touched) > 0;
+		if (all)
+			break;
+		cr_assert_lt(now_s() - t0, 30.0, "the threads' first faults were not served");
+	}
+	usleep(20000);
 	cr_assert_eq(lazymap_close(lm), 0);
 	/* The region is gone: every thread either got SIGSEGV or is told to stop. */
 	atomic_store(&go, false);
@@ -579,7 +589,7 @@ Test(faults, refault_while_filler_holds_page_is_woken)
 		if (done)
 			break;
 		idle = moved ? 0 : idle + 1;
-		cr_assert_lt(idle, 50, "no thread progressed for 5 s: %ld %ld %ld %ld (lost wake-up)",
+		cr_assert_lt(idle, 200, "no thread progressed for 20 s: %ld %ld %ld %ld (lost wake-up)",
 			     last[0], last[1], last[2], last[3]);
 	}
 	for (int i = 0; i < 4; i++)
