@@ -158,10 +158,11 @@ static void release_run(struct mm *mm, struct source *src, uintptr_t addr, uint6
 		uffd_wake(mm->uffd, addr, n << page_shift);
 }
 
-/* Extend a claimed page into a run of never-filled pages; returns its length. */
-static size_t claim_run(_Atomic uint8_t *state, size_t max)
+/* Claim up to max never-filled pages from state on; returns how many (0: the
+ * first one is filled or busy). */
+static size_t claim_fresh(_Atomic uint8_t *state, size_t max)
 {
-	size_t n = 1;
+	size_t n = 0;
 
 	for (; n < max; n++) {
 		uint8_t expect = 0;
@@ -174,11 +175,18 @@ static size_t claim_run(_Atomic uint8_t *state, size_t max)
 	return n;
 }
 
+/* Extend a claimed page into a run of never-filled pages; returns its length. */
+static size_t claim_run(_Atomic uint8_t *state, size_t max)
+{
+	return 1 + (max > 1 ? claim_fresh(state + 1, max - 1) : 0);
+}
+
 /*
  * How many pages to fill for a fault at idx: the kernel's on-demand readahead
  * in miniature. A fault where the last run ended doubles the window, up to
- * readahead_max; any other fault starts again at one page, so random access
- * fills only what it touches. Racy by design: it is a hint.
+ * readahead_max; any other fault grows from the filled pages just before it
+ * (another stream) or starts again at one page, so random access fills only
+ * what it touches. Advice overrides both. Racy by design: it is a hint.
  */
 static size_t ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
 {
@@ -448,18 +456,15 @@ void fault_read_done(struct handler *h, struct fill_req *req, int res)
 static struct fill_req *begin_ahead(struct handler *h, struct mm *mm, struct vma *v,
 				    uintptr_t addr, uint64_t idx, size_t max)
 {
-	uint8_t expect = 0;
 	size_t n;
 
 	if (addr >= v->end)
 		return NULL;
 	if (max > (v->end - addr) >> page_shift)
 		max = (v->end - addr) >> page_shift;
-	if (!atomic_compare_exchange_strong_explicit(&v->src->state[idx], &expect,
-							     PAGE_BUSY, memory_order_acquire,
-							     memory_order_relaxed))
+	n = claim_fresh(&v->src->state[idx], max);
+	if (!n)
 		return NULL;
-	n = claim_run(&v->src->state[idx], max);
 	stat_add(&h->stats.readahead_pages, n);
 	return begin_read(h, mm, v, addr, idx, n, false, false);
 }
@@ -531,6 +536,7 @@ uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uint
 	while (addr < end && budget && scan) {
 		struct fill_req *req = NULL;
 		struct vma *v;
+		size_t n = 0;
 
 		pthread_rwlock_rdlock(&mm->lock);
 		v = vma_find(&mm->tree, addr);
@@ -541,27 +547,26 @@ uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uint
 		if (addr < v->start)
 			addr = v->start;
 
+		uintptr_t stop = end < v->end ? end : v->end;
 		uint64_t idx = v->pgoff + ((addr - v->start) >> page_shift);
-		_Atomic uint8_t *state = &v->src->state[idx];
-		uint8_t expect = 0;
-		size_t max = (((end < v->end ? end : v->end) - addr) >> page_shift), n;
 
-		if (max > h->lm->ra_pages)
-			max = h->lm->ra_pages;
-		if (!atomic_compare_exchange_strong_explicit(state, &expect, PAGE_BUSY,
-							     memory_order_acquire,
-							     memory_order_relaxed)) {
-			pthread_rwlock_unlock(&mm->lock);
-			addr += page_size;
-			scan--;
-			continue;
+		/* Skip what is filled or being filled, under the one lock. */
+		for (; addr < stop && scan; addr += page_size, idx++, scan--) {
+			size_t max = (stop - addr) >> page_shift;
+
+			if (max > h->lm->ra_pages)
+				max = h->lm->ra_pages;
+			n = claim_fresh(&v->src->state[idx], max < budget ? max : budget);
+			if (n)
+				break;
 		}
-		n = claim_run(state, max < budget ? max : budget);
-		stat_add(&h->stats.prefetched, n);
-		if (v->src->ops->read)
-			req = begin_read(h, mm, v, addr, idx, n, false, false);
-		else
-			fill_run(h, mm, v, addr, idx, n, v->prot & PROT_WRITE);
+		if (n) {
+			stat_add(&h->stats.prefetched, n);
+			if (v->src->ops->read)
+				req = begin_read(h, mm, v, addr, idx, n, false, false);
+			else
+				fill_run(h, mm, v, addr, idx, n, v->prot & PROT_WRITE);
+		}
 		pthread_rwlock_unlock(&mm->lock);
 		if (req)
 			start_read(h, req);
