@@ -37,20 +37,30 @@ def main():
     seen = {r['row'] for r in data['results']}
     for row in rows:
         check(row in seen, f'row {row} missing from the JSON')
-    for key in ('tool', 'date', 'kernel', 'cpus', 'page_size', 'ratio'):
+    for key in ('tool', 'date', 'kernel', 'cpus', 'page_size', 'ratio', 'cdf_quantiles'):
         check(key in data, f'top-level key {key} missing')
+    nq = len(data.get('cdf_quantiles', []))
+    matrix = {(r['threads'], r['handler_threads'])
+              for r in data['results'] if r['group'] == 'threads'}
+    check(matrix == {(f, h) for f in (1, 2, 4) for h in ('1', '2')},
+          f'threads matrix is {sorted(matrix)}, not 1,2,4 faulting x 1,2 handlers')
     for r in data['results']:
+        check(r['group'] in ('anon', 'threads', 'file', 'daemon'),
+              f"{r['row']}: group {r['group']}")
         for side in ('kernel', 'lazymap'):
             s = r[side]
             check(s['status'] in ('ok', 'unavailable'),
                   f"{r['row']} ({r['threads']} threads) {side}: status {s['status']}")
             if s['status'] != 'ok':
-                check(bool(s.get('why')), f"{r['row']} {side}: unavailable without a reason")
+                check(bool(s.get('reason')), f"{r['row']} {side}: unavailable without a reason")
                 continue
             lat = s['latency_ns']
             check(s['ns_per_page'] > 0, f"{r['row']} {side}: ns_per_page {s['ns_per_page']}")
             check(0 <= lat['p50'] <= lat['p90'] <= lat['p99'] <= lat['max'],
                   f"{r['row']} {side}: latency percentiles out of order {lat}")
+            cdf = s['latency_cdf_ns']
+            check(len(cdf) == nq and cdf == sorted(cdf) and cdf[-1] == lat['max'],
+                  f"{r['row']} {side}: latency CDF not {nq} ascending points ending at max")
         if r['kernel']['status'] == 'ok' and r['lazymap']['status'] == 'ok':
             check(r.get('ratio', 0) > 0, f"{r['row']}: no ratio")
     failed = checks.count(False)

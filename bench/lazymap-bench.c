@@ -3,9 +3,11 @@
  * lazymap-bench: the cost of a first touch through liblazymap, side by side
  * with the kernel's own mmap doing the same work in the same run. Runs of
  * the two alternate, so that a noisy machine hits both alike; every figure
- * is printed with the ratio lazymap/kernel. Anonymous scenarios, then file
- * scenarios over a file generated once per run: read through the page cache
- * and with LAZYMAP_DIRECT, cold or hot, by one or several faulting threads.
+ * is printed with the ratio lazymap/kernel. Anonymous scenarios; the threads
+ * matrix (faulting threads x handler threads); file scenarios over a file
+ * generated once per run, read through the page cache and with
+ * LAZYMAP_DIRECT, cold or hot, by one or several faulting threads; and the
+ * same cold scans served by faultd against in-process handlers.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -104,25 +106,33 @@ static void catch_signals(void)
 enum access { SEQ, RAND };
 enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ };
 enum cache { NO_FILE, COLD, HOT };
+enum group { G_ANON, G_THREADS, G_FILE, G_DAEMON };
+
+static const char *const group_names[] = { "anon", "threads", "file", "daemon" };
 
 struct scenario {
 	const char *name;
+	enum group group;
 	enum kind kind;
 	enum access access;
 	enum cache cache;
-	const char *kernel_twin;
+	const char *kernel_twin; /* the daemon group's twin is lazymap in-process */
 };
 
 static const struct scenario scenarios[] = {
-	{ "anon-zero-write-seq", ZERO_WRITE, SEQ, NO_FILE, "mmap anonymous, write" },
-	{ "anon-zero-write-rand", ZERO_WRITE, RAND, NO_FILE, "mmap anonymous, write" },
-	{ "anon-zero-read-rand", ZERO_READ, RAND, NO_FILE, "mmap anonymous, read" },
-	{ "anon-fill-seq", FILL, SEQ, NO_FILE, "mmap anonymous + fill in the program" },
-	{ "anon-fill-rand", FILL, RAND, NO_FILE, "mmap anonymous + fill in the program" },
-	{ "file-seq-cold", FILE_READ, SEQ, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
-	{ "file-seq-hot", FILE_READ, SEQ, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
-	{ "file-rand-cold", FILE_READ, RAND, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
-	{ "file-rand-hot", FILE_READ, RAND, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	{ "anon-zero-write-seq", G_ANON, ZERO_WRITE, SEQ, NO_FILE, "mmap anonymous, write" },
+	{ "anon-zero-write-rand", G_ANON, ZERO_WRITE, RAND, NO_FILE, "mmap anonymous, write" },
+	{ "anon-zero-read-rand", G_ANON, ZERO_READ, RAND, NO_FILE, "mmap anonymous, read" },
+	{ "anon-fill-seq", G_ANON, FILL, SEQ, NO_FILE, "mmap anonymous + fill in the program" },
+	{ "anon-fill-rand", G_ANON, FILL, RAND, NO_FILE, "mmap anonymous + fill in the program" },
+	/* Random writes: every touch is a round trip, so handlers are what is measured. */
+	{ "threads", G_THREADS, ZERO_WRITE, RAND, NO_FILE, "mmap anonymous, write, same threads" },
+	{ "file-seq-cold", G_FILE, FILE_READ, SEQ, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-seq-hot", G_FILE, FILE_READ, SEQ, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	{ "file-rand-cold", G_FILE, FILE_READ, RAND, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-rand-hot", G_FILE, FILE_READ, RAND, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	{ "daemon-file-seq-cold", G_DAEMON, FILE_READ, SEQ, COLD, "lazymap in-process, cache dropped" },
+	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, "lazymap in-process, cache dropped" },
 };
 #define NSCENARIOS (sizeof(scenarios) / sizeof(scenarios[0]))
 
@@ -222,6 +232,19 @@ static void *touch_slice(void *arg)
 	return NULL;
 }
 
+/*
+ * The latency distribution kept of every run, for plots: quantiles 0, .01,
+ * ..., .99, then the tail.
+ */
+#define NQ 104
+
+static double quantile(int i)
+{
+	static const double tail[] = { 0.995, 0.999, 0.9999, 1 };
+
+	return i < 100 ? i / 100.0 : tail[i - 100];
+}
+
 /* One run of one twin. */
 struct run {
 	double ns_per_page;        /* wall time of the whole scan (all threads) / pages touched */
@@ -233,6 +256,7 @@ struct run {
 	                            * pages the run added to the page cache) */
 	double cached_before, cached_after; /* share of the file in the page cache */
 	uint64_t sum;              /* of the words touched */
+	uint32_t cdf[NQ];          /* per-touch latency, ns, at quantile(i) */
 };
 
 static int cmp_u32(const void *a, const void *b)
@@ -289,6 +313,8 @@ static struct run scan(char *base, const uint32_t *order, size_t n, enum kind ki
 	r.p90 = lat[n * 9 / 10];
 	r.p99 = lat[n * 99 / 100];
 	r.max = lat[n - 1];
+	for (int i = 0; i < NQ; i++)
+		r.cdf[i] = lat[(size_t)(quantile(i) * (double)(n - 1) + 0.5)];
 	return r;
 }
 
@@ -440,12 +466,16 @@ static double prepare_cache(enum cache cache)
 
 /* ---------------------------------------------------------------- the twins */
 
-/* What runs: one scenario, through the page cache or direct, by this many threads. */
+/*
+ * What runs: one scenario, through the page cache or direct, by this many
+ * threads; the threads group also says how many handler threads serve it.
+ */
 struct job {
 	const struct scenario *sc;
 	bool direct;
 	unsigned threads;
-	char name[64];     /* row name: scenario[+direct] */
+	unsigned handlers; /* threads group: handler threads of its own handle; else 0 */
+	char name[64];     /* row name: scenario[+direct], or threads-hN */
 	size_t npages;     /* of the mapping */
 	size_t touched;    /* entries of order */
 	const uint32_t *order;
@@ -652,19 +682,33 @@ static void make_order(uint32_t *order, size_t npages, enum access access, uint6
 	}
 }
 
-static const char *tw_name(bool kernel)
+/* The twins' names: the daemon group sets faultd against lazymap in-process. */
+static const char *tw_name(const struct job *j, bool kernel)
 {
+	if (j->sc->group == G_DAEMON)
+		return kernel ? "in-proc" : "faultd";
 	return kernel ? "kernel" : "lazymap";
 }
 
-/* Run one row: repeat runs of each twin, alternating which goes first. */
-static void run_row(struct lazymap *lm, struct row *rw, int repeat, uint32_t *lat)
+/*
+ * Run one row: repeat runs of each twin, alternating which goes first. The
+ * twin is the kernel's mmap, or, when twin is set, that lazymap handle. A
+ * side whose status the caller set already (unavailable) does not run.
+ */
+static void run_row(struct lazymap *twin, struct lazymap *lm, struct row *rw, int repeat,
+		    uint32_t *lat)
 {
 	const struct job *j = &rw->job;
 	enum cache c = j->sc->cache;
+	struct lazymap_stats twin_st = { 0 };
 
-	rw->k = (struct side){ .status = "ok", .runs = calloc((size_t)repeat, sizeof(struct run)) };
-	rw->l = (struct side){ .status = "ok", .runs = calloc((size_t)repeat, sizeof(struct run)) };
+	for (int t = 0; t < 2; t++) {
+		struct side *s = t ? &rw->l : &rw->k;
+
+		if (!s->status)
+			s->status = "ok";
+		s->runs = calloc((size_t)repeat, sizeof(struct run));
+	}
 	for (int i = 0; i < repeat; i++) {
 		for (int t = 0; t < 2; t++) {
 			bool kernel = (t == 0) == (i % 2 == 0);
@@ -675,16 +719,19 @@ static void run_row(struct lazymap *lm, struct row *rw, int repeat, uint32_t *la
 			if (strcmp(s->status, "ok"))
 				continue;
 			fprintf(stderr, "\r%s thr %u: run %d/%d %-8s", j->name, j->threads, i + 1, repeat,
-				tw_name(kernel));
+				tw_name(j, kernel));
 			snprintf(running, sizeof(running), "%s, %u thread(s), %s twin, run %d/%d",
-				 j->name, j->threads, tw_name(kernel), i + 1, repeat);
+				 j->name, j->threads, tw_name(j, kernel), i + 1, repeat);
 			alarm(run_timeout); /* the watchdog: a hang kills us with its name */
 			if (c != NO_FILE)
 				before = prepare_cache(c);
-			if (kernel) {
+			if (kernel && !twin) {
 				r = run_kernel(j, lat);
 			} else {
-				int ret = run_lazymap(lm, j, lat, &r, &rw->st, rw->bad, sizeof(rw->bad));
+				int ret = kernel ? run_lazymap(twin, j, lat, &r, &twin_st, rw->k.why,
+							       sizeof(rw->k.why))
+						 : run_lazymap(lm, j, lat, &r, &rw->st, rw->bad,
+							       sizeof(rw->bad));
 
 				if (ret) {
 					bool na = ret == -EOPNOTSUPP || (j->direct && ret == -EINVAL);
@@ -699,7 +746,7 @@ static void run_row(struct lazymap *lm, struct row *rw, int repeat, uint32_t *la
 			if (c != NO_FILE) {
 				r.cached_before = before;
 				r.cached_after = cached_share();
-				if (kernel)
+				if (kernel && !twin)
 					r.read_pages = (r.cached_after - before) * (double)j->npages /
 						       (double)j->touched;
 				if (r.sum != j->want_sum && !(kernel ? rw->k.why[0] : rw->bad[0])) {
@@ -748,6 +795,32 @@ static void print_anon_row(const struct row *rw)
 	       k.max / 1000, l.p50, l.p99, l.max / 1000);
 }
 
+static void print_threads_header(size_t mib)
+{
+	printf("\nthreads: random first-touch writes over %zu MiB of demand-zero memory by F faulting "
+	       "threads,\nserved by H unpinned handler threads; the kernel twin runs the same F threads\n",
+	       mib);
+	printf("%-12s %3s %3s %10s %10s %7s | %9s %9s | %8s %8s %8s\n", "row", "F", "H", "kernel",
+	       "lazymap", "ratio", "kernel", "lazymap", "lm p50", "lm p99", "lm max");
+	printf("%-12s %3s %3s %10s %10s %7s | %9s %9s | %8s %8s %8s\n", "", "", "", "ns/page",
+	       "ns/page", "", "Kfault/s", "Kfault/s", "us", "us", "us");
+}
+
+static void print_threads_row(const struct row *rw)
+{
+	if (strcmp(rw->l.status, "ok") || !rw->l.n) {
+		printf("%-12s %3u %3u %s: %s\n", rw->job.name, rw->job.threads, rw->job.handlers,
+		       rw->l.status, rw->l.why);
+		return;
+	}
+	struct run k = median(&rw->k), l = median(&rw->l);
+
+	printf("%-12s %3u %3u %10.0f %10.0f %6.2fx | %9.1f %9.1f | %8.1f %8.1f %8.0f\n",
+	       rw->job.name, rw->job.threads, rw->job.handlers, k.ns_per_page, l.ns_per_page,
+	       l.ns_per_page / k.ns_per_page, 1e6 / k.ns_per_page, 1e6 / l.ns_per_page,
+	       l.p50 / 1000, l.p99 / 1000, l.max / 1000);
+}
+
 static void print_file_header(const char *fs, int repeat)
 {
 	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random; "
@@ -756,7 +829,8 @@ static void print_file_header(const char *fs, int repeat)
 	printf("ratio = lazymap/kernel time per page: < 1 = lazymap faster. flt/pg: faults per page "
 	       "touched; rd/pg: pages read from the file per page touched;\n"
 	       "cache: share of the file in the page cache before the runs (cold: the most; hot: "
-	       "the least); +direct: LAZYMAP_DIRECT (same kernel twin)\n");
+	       "the least); +direct: LAZYMAP_DIRECT (same kernel twin);\n"
+	       "daemon-*: the scan served by faultd, with lazymap in-process as the twin\n");
 	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %6s | %6s %6s %6s\n", "scenario",
 	       "thr", "twin", "Kpages/s", "GB/s", "ns/page", "p50", "p90", "p99", "max", "ratio",
 	       "flt/pg", "rd/pg", "cache");
@@ -773,7 +847,7 @@ static void print_file_side(const struct row *rw, bool kernel)
 	if (kernel)
 		snprintf(thr, sizeof(thr), "%u", rw->job.threads);
 	if (strcmp(s->status, "ok") || !s->n) {
-		printf("%-21s %3s %-7s %s: %s\n", lead, thr, tw_name(kernel), s->status, s->why);
+		printf("%-21s %3s %-7s %s: %s\n", lead, thr, tw_name(&rw->job, kernel), s->status, s->why);
 		return;
 	}
 	struct run m = median(s);
@@ -783,7 +857,7 @@ static void print_file_side(const struct row *rw, bool kernel)
 	if (!kernel && !strcmp(rw->k.status, "ok") && rw->k.n)
 		snprintf(ratio, sizeof(ratio), "%5.2fx", m.ns_per_page / median(&rw->k).ns_per_page);
 	printf("%-21s %3s %-7s %9.1f %6.2f %8.0f | %8.1f %8.1f %8.1f %8.0f | %6s | %6.2f %6.2f %5.1f%%\n",
-	       lead, thr, tw_name(kernel), 1e6 / m.ns_per_page, (double)ps / m.ns_per_page,
+	       lead, thr, tw_name(&rw->job, kernel), 1e6 / m.ns_per_page, (double)ps / m.ns_per_page,
 	       m.ns_per_page, m.p50 / 1000, m.p90 / 1000, m.p99 / 1000, m.max / 1000, ratio,
 	       m.faults, m.read_pages, cache * 100);
 }
@@ -793,7 +867,7 @@ static void print_file_row(const struct row *rw)
 	print_file_side(rw, true);
 	print_file_side(rw, false);
 	if (rw->k.why[0] && !strcmp(rw->k.status, "ok"))
-		printf("  ! kernel twin data: %s\n", rw->k.why);
+		printf("  ! %s twin data: %s\n", tw_name(&rw->job, true), rw->k.why);
 	if (rw->bad[0])
 		printf("  ! WRONG DATA from lazymap: %s\n", rw->bad);
 }
@@ -851,13 +925,16 @@ static void json_side(FILE *f, const struct row *rw, bool kernel)
 	json_num(f, m.p99);
 	fputs(", \"max\": ", f);
 	json_num(f, m.max);
-	fputs("}, \"faults_per_page\": ", f);
+	fputs("}, \"latency_cdf_ns\": [", f);
+	for (int i = 0; i < NQ; i++)
+		fprintf(f, "%s%u", i ? ", " : "", (unsigned)m.cdf[i]);
+	fputs("], \"faults_per_page\": ", f);
 	json_num(f, m.faults);
-	if (kernel) {
+	if (kernel && rw->job.sc->group != G_DAEMON) {
 		fputs(", \"major_faults_per_page\": ", f);
 		json_num(f, m.majflt);
 	}
-	if (c != NO_FILE) {
+	if (c != NO_FILE && !(kernel && rw->job.sc->group == G_DAEMON)) {
 		fputs(", \"read_pages_per_page\": ", f);
 		json_num(f, m.read_pages);
 		fputs(", \"cached_before_worst\": ", f);
@@ -893,14 +970,18 @@ static void json_side(FILE *f, const struct row *rw, bool kernel)
 	fputs("}", f);
 }
 
-static int write_json(const char *path, const struct row *rows, size_t nrows, const char *head)
+static int write_json(const char *path, const struct row *rows, size_t nrows, const char *head,
+		      const char *handlers)
 {
 	FILE *f = fopen(path, "w");
 
 	if (!f)
 		return -errno;
-	fprintf(f, "{%s,\n \"ratio\": \"lazymap/kernel time per page; < 1 = lazymap faster\",\n"
-		" \"results\": [", head);
+	fprintf(f, "{%s,\n \"cdf_quantiles\": [", head);
+	for (int i = 0; i < NQ; i++)
+		fprintf(f, "%s%g", i ? ", " : "", quantile(i));
+	fprintf(f, "],\n \"ratio\": \"lazymap/kernel time per page (daemon group: faultd/in-process);"
+		" < 1 = lazymap faster\",\n \"results\": [");
 	for (size_t i = 0; i < nrows; i++) {
 		const struct row *rw = &rows[i];
 		const struct job *j = &rw->job;
@@ -910,10 +991,19 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 		json_str(f, j->sc->name);
 		fputs(", \"row\": ", f);
 		json_str(f, j->name);
+		fputs(", \"group\": ", f);
+		json_str(f, group_names[j->sc->group]);
 		fputs(", \"variant\": ", f);
 		json_str(f, j->sc->kind != FILE_READ ? "anon" : j->direct ? "direct" : "buffered");
-		fprintf(f, ", \"threads\": %u, \"pages_mapped\": %zu, \"pages_touched\": %zu, \"kernel_twin\": ",
-			j->threads, j->npages, j->touched);
+		fprintf(f, ", \"threads\": %u, \"handler_threads\": ", j->threads);
+		if (j->handlers)
+			fprintf(f, "\"%u\"", j->handlers);
+		else
+			json_str(f, handlers);
+		fputs(", \"twin\": ", f);
+		json_str(f, j->sc->group == G_DAEMON ? "in-process" : "kernel");
+		fprintf(f, ",\n   \"pages_mapped\": %zu, \"pages_touched\": %zu, \"kernel_twin\": ",
+			j->npages, j->touched);
 		json_str(f, j->sc->kernel_twin);
 		fputs(",\n   \"kernel\": ", f);
 		json_side(f, rw, true);
@@ -946,15 +1036,18 @@ static void usage(const char *argv0)
 	fprintf(stderr,
 		"usage: %s [--size MiB] [--repeat N] [--handlers N|percpu] [--spin US] [--readahead KiB]\n"
 		"          [--install copy|move] [--threads LIST] [--file-size MiB] [--dir DIR]\n"
-		"          [--scenario PATTERN[,PATTERN...]] [--scenario-set anon|file|all]\n"
+		"          [--scenario PATTERN[,PATTERN...]] [--scenario-set SET] [--daemon SOCKET]\n"
 		"          [--advise] [--timeout S] [--json FILE] [--quick] [--list]\n"
 		"  --size        anonymous scenarios: MiB per run (64)\n"
 		"  --file-size   file scenarios: size of the generated file, MiB (1024)\n"
 		"  --dir         where the file's temporary directory goes (/var/tmp; not tmpfs,\n"
 		"                or LAZYMAP_DIRECT is unavailable)\n"
-		"  --threads     faulting threads of the file scenarios, each on its own slice (1,2)\n"
-		"  --scenario    rows whose name (file-seq-cold, file-seq-cold+direct, ...) or\n"
-		"                scenario matches a pattern (fnmatch: 'file-*')\n"
+		"  --threads     faulting threads, each on its own slice: of the file and daemon\n"
+		"                scenarios (1,2) and of the threads matrix (1,2,4)\n"
+		"  --scenario    rows whose name (file-seq-cold, file-seq-cold+direct, threads-h2,\n"
+		"                ...) or scenario matches a pattern (fnmatch: 'file-*'); --list\n"
+		"  --scenario-set  anon, threads, file, daemon or all (the default)\n"
+		"  --daemon      faultd's socket for the daemon scenarios (/run/faultd.sock)\n"
 		"  --advise      madvise / lazymap_advise both twins of file scenarios with their\n"
 		"                access pattern (SEQUENTIAL, RANDOM); default: no advice\n"
 		"  --timeout     seconds one run may take before we call it a hang (600)\n"
@@ -993,9 +1086,18 @@ static bool selected(const char *patterns, const char *row, const char *scenario
 	return false;
 }
 
-static void row_name(char *buf, size_t len, const struct scenario *sc, bool direct)
+/* Rows per scenario: file ones through the page cache and direct; threads-h1, -h2. */
+static int variants(const struct scenario *sc)
 {
-	snprintf(buf, len, "%s%s", sc->name, direct ? "+direct" : "");
+	return sc->group == G_FILE || sc->group == G_THREADS ? 2 : 1;
+}
+
+static void row_name(char *buf, size_t len, const struct scenario *sc, int variant)
+{
+	if (sc->group == G_THREADS)
+		snprintf(buf, len, "%s-h%d", sc->name, variant + 1);
+	else
+		snprintf(buf, len, "%s%s", sc->name, variant ? "+direct" : "");
 }
 
 /* Open descriptors now, to see whether file mappings leak them. */
@@ -1022,6 +1124,7 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "file-size", required_argument, NULL, 'f' },
 		{ "dir", required_argument, NULL, 'd' },
+		{ "daemon", required_argument, NULL, 'D' },
 		{ "json", required_argument, NULL, 'j' },
 		{ "advise", no_argument, NULL, 'a' },
 		{ "timeout", required_argument, NULL, 'T' },
@@ -1032,13 +1135,13 @@ int main(int argc, char **argv)
 	};
 	struct lazymap_opts opts = { 0 };
 	size_t size_mib = 64, file_mib = 1024;
-	int repeat = 5, c, ret, status = 0, nthr = 2;
-	unsigned thr[MAX_THREAD_SETS] = { 1, 2 };
-	const char *only = NULL, *dir = "/var/tmp", *json = NULL;
+	int repeat = 5, c, ret, status = 0, nthr = 2, nmthr = 3;
+	unsigned thr[MAX_THREAD_SETS] = { 1, 2 }, mthr[MAX_THREAD_SETS] = { 1, 2, 4 }, one[] = { 1 };
+	const char *only = NULL, *dir = "/var/tmp", *json = NULL, *daemon = "/run/faultd.sock";
 	char hbuf[16], head[1024], fsdesc[PATH_MAX + 64] = "";
 	struct lazymap *lm;
 
-	while ((c = getopt_long(argc, argv, "s:r:H:S:R:I:c:C:t:f:d:j:aT:qlh", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:r:H:S:R:I:c:C:t:f:d:D:j:aT:qlh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's': size_mib = strtoul(optarg, NULL, 0); break;
 		case 'r': repeat = atoi(optarg); break;
@@ -1057,26 +1160,32 @@ int main(int argc, char **argv)
 				only = "anon-*";
 			else if (!strcmp(optarg, "file"))
 				only = "file-*";
+			else if (!strcmp(optarg, "threads"))
+				only = "threads";
+			else if (!strcmp(optarg, "daemon"))
+				only = "daemon-*";
 			else
 				usage(argv[0]);
 			break;
 		case 't':
-			nthr = parse_threads(optarg, thr);
+			nthr = nmthr = parse_threads(optarg, thr);
 			if (nthr < 0)
 				usage(argv[0]);
+			memcpy(mthr, thr, sizeof(thr));
 			break;
 		case 'f': file_mib = strtoul(optarg, NULL, 0); break;
 		case 'd': dir = optarg; break;
+		case 'D': daemon = optarg; break;
 		case 'j': json = optarg; break;
 		case 'a': use_advise = true; break;
 		case 'T': run_timeout = (unsigned)atoi(optarg); break;
 		case 'q': size_mib = 4; file_mib = 4; repeat = 1; run_timeout = 60; break;
 		case 'l':
 			for (size_t i = 0; i < NSCENARIOS; i++)
-				for (int d = 0; d < (scenarios[i].kind == FILE_READ ? 2 : 1); d++) {
+				for (int v = 0; v < variants(&scenarios[i]); v++) {
 					char n[64];
 
-					row_name(n, sizeof(n), &scenarios[i], d);
+					row_name(n, sizeof(n), &scenarios[i], v);
 					printf("%-24s %s\n", n, scenarios[i].kernel_twin);
 				}
 			return 0;
@@ -1089,7 +1198,10 @@ int main(int argc, char **argv)
 	ps = (size_t)sysconf(_SC_PAGESIZE);
 	catch_signals();
 
-	/* The rows: anonymous scenarios once; file ones x {page cache, direct} x threads. */
+	/*
+	 * The rows: anonymous scenarios once; file and daemon ones x threads, file
+	 * ones through the page cache and direct; the threads matrix.
+	 */
 	struct row *rows = calloc(NSCENARIOS * 2 * MAX_THREAD_SETS, sizeof(*rows));
 	size_t nrows = 0, anon_pages = (size_mib << 20) / ps, file_pages = (file_mib << 20) / ps;
 	bool any_file = false;
@@ -1097,15 +1209,18 @@ int main(int argc, char **argv)
 	for (size_t s = 0; s < NSCENARIOS; s++) {
 		const struct scenario *sc = &scenarios[s];
 		bool file = sc->kind == FILE_READ;
+		const unsigned *tl = file ? thr : sc->group == G_THREADS ? mthr : one;
+		int nt = file ? nthr : sc->group == G_THREADS ? nmthr : 1;
 
-		for (int d = 0; d < (file ? 2 : 1); d++)
-			for (int t = 0; t < (file ? nthr : 1); t++) {
+		for (int v = 0; v < variants(sc); v++)
+			for (int t = 0; t < nt; t++) {
 				struct job *j = &rows[nrows].job;
 
 				j->sc = sc;
-				j->direct = d;
-				j->threads = file ? thr[t] : 1;
-				row_name(j->name, sizeof(j->name), sc, d);
+				j->direct = sc->group == G_FILE && v;
+				j->handlers = sc->group == G_THREADS ? (unsigned)v + 1 : 0;
+				j->threads = tl[t];
+				row_name(j->name, sizeof(j->name), sc, v);
 				if (!selected(only, j->name, sc->name))
 					continue;
 				j->npages = file ? file_pages : anon_pages;
@@ -1170,8 +1285,10 @@ int main(int argc, char **argv)
 		 opts.install == LAZYMAP_INSTALL_MOVE ? "move" : "copy", use_advise ? "true" : "false",
 		 anon_pages * ps, any_file ? file_size : 0, RAND_PERCENT);
 
-	bool anon_head = false, file_head = false;
+	bool anon_head = false, threads_head = false, file_head = false;
 	double worst_cold = 0, worst_hot = 1, worst_hot_after = 1;
+	struct lazymap *lm_daemon = NULL;
+	char daemon_why[200] = "";
 
 	for (size_t i = 0; i < nrows; i++) {
 		struct row *rw = &rows[i];
@@ -1186,21 +1303,66 @@ int main(int argc, char **argv)
 		if (file)
 			for (size_t k = 0; k < j->touched; k++)
 				j->want_sum += data_word((uint64_t)order[k] * ps + touch_off(order[k]));
-		if (!file && !anon_head) {
+		if (j->sc->group == G_ANON && !anon_head) {
 			print_anon_header();
 			anon_head = true;
+		}
+		if (j->sc->group == G_THREADS && !threads_head) {
+			print_threads_header(size_mib);
+			threads_head = true;
 		}
 		if (file && !file_head) {
 			print_file_header(fsdesc, repeat);
 			file_head = true;
 		}
-		run_row(lm, rw, repeat, lat);
+		if (j->sc->group == G_THREADS) {
+			/* A handle of its own, with this row's number of handler threads. */
+			struct lazymap_opts o = opts;
+			struct lazymap *lh;
+
+			o.handler_threads = j->handlers;
+			ret = lazymap_open(&lh, &o);
+			if (ret) {
+				rw->l.status = "error";
+				snprintf(rw->l.why, sizeof(rw->l.why), "lazymap_open(%u handlers): %s",
+					 j->handlers, strerror(-ret));
+				lh = NULL;
+			}
+			run_row(NULL, lh, rw, repeat, lat);
+			if (lh)
+				lazymap_close(lh);
+		} else if (j->sc->group == G_DAEMON) {
+			/* faultd's handle, opened at the first daemon row: in-process is the twin. */
+			if (!lm_daemon && !daemon_why[0]) {
+				struct lazymap_opts o = opts;
+
+				o.daemon = daemon;
+				ret = lazymap_open(&lm_daemon, &o);
+				if (ret) {
+					snprintf(daemon_why, sizeof(daemon_why), "lazymap_open(daemon %s): %s",
+						 daemon, strerror(-ret));
+					lm_daemon = NULL;
+				}
+			}
+			if (!lm_daemon) {
+				rw->l.status = "unavailable";
+				snprintf(rw->l.why, sizeof(rw->l.why), "%s", daemon_why);
+				rw->k.status = "unavailable";
+				snprintf(rw->k.why, sizeof(rw->k.why), "not run: the faultd side is unavailable");
+			}
+			run_row(lm, lm_daemon, rw, repeat, lat);
+		} else {
+			run_row(NULL, lm, rw, repeat, lat);
+		}
 		if (file)
 			print_file_row(rw);
+		else if (j->sc->group == G_THREADS)
+			print_threads_row(rw);
 		else
 			print_anon_row(rw);
 		fflush(stdout);
-		if (rw->bad[0] || !strcmp(rw->l.status, "error") || (file && rw->k.why[0]))
+		if (rw->bad[0] || !strcmp(rw->l.status, "error") ||
+		    (file && rw->k.why[0] && strcmp(rw->k.status, "unavailable")))
 			status = 1;
 		if (file && !strcmp(rw->k.status, "ok")) {
 			for (int t = 0; t < 2; t++) {
@@ -1264,12 +1426,14 @@ int main(int argc, char **argv)
 		printf("! %d file descriptors open before the runs, %d after\n", fds_before, fds_after);
 	}
 	if (json) {
-		ret = write_json(json, rows, nrows, head);
+		ret = write_json(json, rows, nrows, head, handlers_name(&opts, hbuf, sizeof(hbuf)));
 		if (ret) {
 			fprintf(stderr, "%s: %s\n", json, strerror(-ret));
 			status = 1;
 		}
 	}
+	if (lm_daemon)
+		lazymap_close(lm_daemon);
 	lazymap_close(lm);
 	for (size_t i = 0; i < nrows; i++) {
 		free(rows[i].k.runs);
