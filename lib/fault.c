@@ -277,6 +277,43 @@ out:
 	release_run(mm, src, addr, idx, n, ret == 0);
 }
 
+/*
+ * Around a lone fault on a private demand-zero region, map the rest of its
+ * aligned block to the shared zero page: that costs no memory, a read there
+ * costs nothing more, and a write is the kernel's own copy-on-write fault
+ * instead of a round trip through us (the kernel's fault-around, for zeros).
+ * Shared regions are left alone: their "zero page" is a real shmem page.
+ * Lock held.
+ */
+#define ZERO_AROUND_PAGES 16
+
+static void zero_around(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr)
+{
+	const size_t block = (size_t)ZERO_AROUND_PAGES << page_shift;
+	uintptr_t at = addr & ~(block - 1), end = at + block;
+
+	if (at < v->start)
+		at = v->start;
+	if (end > v->end)
+		end = v->end;
+	for (uint64_t idx = v->pgoff + ((at - v->start) >> page_shift); at < end;) {
+		size_t n = claim_fresh(&v->src->state[idx], (end - at) >> page_shift);
+		int ret;
+
+		if (!n) {
+			at += page_size;
+			idx++;
+			continue;
+		}
+		stat_add(&h->stats.pages_filled, n);
+		stat_add(&h->stats.zero_pages, n);
+		ret = install(h, mm, INSTALL_ZEROPAGE, at, NULL, n << page_shift);
+		release_run(mm, v->src, at, idx, n, ret == 0);
+		at += n << page_shift;
+		idx += n;
+	}
+}
+
 /* ------------------------------------------------------------ async reads */
 
 /*
@@ -504,6 +541,9 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
 	if (!v->src->ops->read) {
 		fill_run(h, mm, v, addr, idx, n, write);
+		if (n == 1 && !v->src->ops->fill && !(v->flags & LAZYMAP_SHARED) &&
+		    v->advice != LAZYMAP_ADV_RANDOM)
+			zero_around(h, mm, v, addr);
 		goto out;
 	}
 	req = begin_read(h, mm, v, addr, idx, n, write, true);

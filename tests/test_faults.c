@@ -126,7 +126,8 @@ static void run_touchers(struct lazymap *lm, char *base, size_t npages, unsigned
 	struct toucher *t = calloc(nthreads, sizeof(*t));
 	uint8_t *written = calloc(npages, 1);
 	uint8_t *touched = calloc(npages, 1);
-	size_t ps = pgsz(), distinct = 0;
+	size_t ps = pgsz(), distinct = 0, blocks = 0, block = 16 * ps;
+	uint8_t *block_touched = calloc(npages / 16 + 2, 1);
 	struct lazymap_stats st;
 	uint64_t s = test_seed() ^ nthreads;
 
@@ -143,8 +144,12 @@ static void run_touchers(struct lazymap *lm, char *base, size_t npages, unsigned
 	for (size_t i = 0; i < touches; i++) {
 		size_t pg = rng_next(&s) % npages;
 
+		size_t b = (uintptr_t)(base + pg * ps) / block - (uintptr_t)base / block;
+
 		distinct += !touched[pg];
 		touched[pg] = 1;
+		blocks += !block_touched[b];
+		block_touched[b] = 1;
 	}
 	/* What stuck: written pages hold their mark, the rest their source data. */
 	for (size_t pg = 0; pg < npages; pg++) {
@@ -165,13 +170,18 @@ static void run_touchers(struct lazymap *lm, char *base, size_t npages, unsigned
 			cr_assert_leq(atomic_load(&fill->calls[pg]), 1, "page %zu produced twice", pg);
 	}
 	cr_assert_eq(lazymap_stats(lm, &st), 0);
-	/* Every page came through the handlers: random touches defeat fault-around. */
+	/*
+	 * Every page came through the handlers. Random touches defeat
+	 * fault-around, but for the zero-page blocks a demand-zero fault maps.
+	 */
 	cr_assert_geq(st.pages_filled, distinct, "filled %lu < %zu touched",
 		      (unsigned long)st.pages_filled, distinct);
-	cr_assert_geq(st.faults, distinct / 2, "only %lu faults for %zu pages",
-		      (unsigned long)st.faults, distinct);
+	cr_assert_geq(st.faults, (fill ? distinct : blocks) / 2,
+		      "only %lu faults for %zu pages in %zu blocks", (unsigned long)st.faults,
+		      distinct, blocks);
 	if (fill)
 		cr_assert_geq(st.fill_calls, distinct / 2);
+	free(block_touched);
 	free(touched);
 	free(written);
 	free(t);
@@ -255,6 +265,66 @@ Test(faults, read_faults_map_the_zero_page)
 	p[7 * ps] = 42;
 	cr_assert_eq(p[7 * ps], 42);
 	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/*
+ * A lone write fault on a private zero region maps the rest of its aligned
+ * 16-page block to the zero page: later touches there are the kernel's own
+ * faults. Shared regions and LAZYMAP_ADV_RANDOM get the one page only.
+ */
+static void zero_around_case(unsigned flags, int advice, size_t want_present)
+{
+	size_t ps = pgsz(), block = 16 * ps, npages = 64;
+	struct lazymap_stats st0, st1;
+	unsigned char vec[64];
+	struct lazymap *lm;
+	char *p, *b;
+	void *v;
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map(lm, &v, npages * ps, PROT_READ | PROT_WRITE, flags | LAZYMAP_ANON,
+				 -1, 0), 0);
+	p = v;
+	if (advice >= 0)
+		cr_assert_eq(lazymap_advise(lm, p, npages * ps, advice), 0);
+	b = (char *)(((uintptr_t)p + 2 * block - 1) & ~(block - 1)); /* a whole block inside */
+	cr_assert_eq(lazymap_stats(lm, &st0), 0);
+	b[5 * ps] = 7;
+	cr_assert_eq(mincore(p, npages * ps, vec), 0);
+	for (size_t i = 0; i < npages; i++) {
+		char *a = p + i * ps;
+		bool want = a == b + 5 * ps || (want_present > 1 && a >= b && a < b + block);
+
+		cr_assert_eq(vec[i] & 1, want, "page %zd from the block: present %d", (a - b) / (ssize_t)ps,
+			     vec[i] & 1);
+	}
+	/* Touching the rest of the block: zeros, writes stick, no more faults when mapped. */
+	for (size_t i = 0; i < 16; i++) {
+		cr_assert_eq(b[i * ps + 1], 0, "page %zu of the block", i);
+		b[i * ps + 2] = (char)(i + 1);
+	}
+	cr_assert_eq(lazymap_stats(lm, &st1), 0);
+	for (size_t i = 0; i < 16; i++)
+		cr_assert_eq(b[i * ps + 2], (char)(i + 1));
+	cr_assert_eq(b[5 * ps], 7);
+	/* Without zero-around, the scan of the block is a stream: fault-around fills runs. */
+	if (want_present > 1)
+		cr_assert_eq(st1.faults - st0.faults, 1, "%lu faults",
+			     (unsigned long)(st1.faults - st0.faults));
+	else
+		cr_assert_gt(st1.faults - st0.faults, 1);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(faults, zero_fault_maps_its_block_to_the_zero_page)
+{
+	zero_around_case(LAZYMAP_PRIVATE, -1, 16);
+}
+
+Test(faults, zero_around_not_for_shared_or_random_advice)
+{
+	zero_around_case(LAZYMAP_SHARED, -1, 1);
+	zero_around_case(LAZYMAP_PRIVATE, LAZYMAP_ADV_RANDOM, 1);
 }
 
 /* ---------------------------------------------------------- errors */
