@@ -102,7 +102,10 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * is LAZYMAP_PRIVATE or LAZYMAP_SHARED, optionally | LAZYMAP_ANON (then fd is
  * -1 and offset 0) or | LAZYMAP_DIRECT. The address is chosen by the kernel
  * and returned in *addrp. Nothing is populated up front: every page is filled
- * by a handler thread on first touch (zeros for LAZYMAP_ANON).
+ * by a handler thread on first touch (zeros for LAZYMAP_ANON). A lone fault
+ * on a private LAZYMAP_ANON region also maps the untouched rest of its
+ * aligned 64 KiB to the shared zero page, which costs no memory: later
+ * touches there are the kernel's own (copy-on-write) faults.
  *
  * A file mapping (no LAZYMAP_ANON) reads fd from offset with io_uring, as
  * mmap(MAP_PRIVATE) would show it: the part of the last page beyond the end
@@ -173,7 +176,7 @@ LAZYMAP_API int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int 
  * split from its neighbours if need be.
  *   LAZYMAP_ADV_NORMAL      the default: fill-around grows on sequential faults
  *   LAZYMAP_ADV_SEQUENTIAL  fill readahead_max from the first fault on
- *   LAZYMAP_ADV_RANDOM      fill only the page touched
+ *   LAZYMAP_ADV_RANDOM      fill only the page touched (no zero-page block either)
  *   LAZYMAP_ADV_WILLNEED    start filling the range now (lazymap_prefetch)
  * Errors: as lazymap_unmap; -EINVAL unknown advice.
  */
@@ -192,7 +195,8 @@ struct lazymap_stats {
 	uint64_t evictions;       /* pages evicted under resident_limit */
 	uint64_t io_errors;       /* pages poisoned because their fill failed */
 	/* by source and by way of installing */
-	uint64_t zero_pages;      /* pages mapped to the shared zero page (read faults) */
+	uint64_t zero_pages;      /* pages mapped to the shared zero page (read faults,
+				   * and the blocks around lone faults) */
 	uint64_t fill_calls;      /* calls of lazymap_fill_fn */
 	uint64_t copy_ioctls;     /* UFFDIO_COPY calls */
 	uint64_t move_ioctls;     /* UFFDIO_MOVE calls */
