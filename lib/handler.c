@@ -187,14 +187,17 @@ static void *handler_main(void *arg)
 		 * and waking for them costs as much as waking for a fault. */
 		if (spin_again(h, &sp, h->inflight ? INFLIGHT_SPIN_NS : spin_ns))
 			continue;
-		if (h->inflight) {
-			/* quiet the ring's eventfd, then look once more: a completion
-			 * between the two is either reaped now or signalled anew */
-			uring_quiet(h);
-			if (uring_reap(h, false) > 0) {
-				sp.since = 0;
-				continue;
-			}
+		/*
+		 * Quiet the ring's eventfd before every sleep, with reads in flight
+		 * or not: completions reaped while polling leave it readable, and
+		 * epoll_wait would return at once, for ever. Then look once more:
+		 * a completion between the two is either reaped now or signalled
+		 * anew.
+		 */
+		uring_quiet(h);
+		if (h->inflight && uring_reap(h, false) > 0) {
+			sp.since = 0;
+			continue;
 		}
 
 		struct epoll_event ev[4];

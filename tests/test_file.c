@@ -1249,6 +1249,41 @@ Test(file, readahead_stops_at_the_region_end, FIXTURE)
 	}
 }
 
+/*
+ * Once the reads are done, idle handlers sleep: a completion reaped while
+ * polling must not leave the ring's eventfd readable, or epoll_wait returns
+ * at once and the handlers burn both CPUs for ever.
+ */
+Test(file, handlers_sleep_once_reads_are_done, FIXTURE)
+{
+	size_t ps = pgsz(), len = 4 * MiB, npages = len / ps;
+	struct fspec a = { .name = "idle", .size = len, .key = 67 };
+	char path[PATH_MAX];
+
+	make_file(&a, path, sizeof(path));
+	for (int direct = 0; direct <= 1; direct++) {
+		const char *what = direct ? "direct" : "buffered";
+		struct lazymap *lm = open_lm(2, 0);
+		struct lazymap_stats st0, st1;
+		char *p = map_path(lm, path, len, PROT_READ, direct ? LAZYMAP_DIRECT : 0, 0);
+		volatile char sink = 0;
+
+		for (size_t pg = 0; pg < npages; pg++)
+			sink += p[pg * ps];
+		(void)sink;
+		wait_filled(lm, npages, 5);
+		usleep(20000); /* past the poll windows (at most 250 us) */
+		st0 = stats(lm);
+		usleep(300000);
+		st1 = stats(lm);
+		/* A handler may wake for a stray signal or two; not thousands of times. */
+		cr_assert_leq(st1.sleeps - st0.sleeps, 8,
+			      "%s: handlers went to sleep %lu times in 300 ms of idleness", what,
+			      (unsigned long)(st1.sleeps - st0.sleeps));
+		cr_assert_eq(lazymap_close(lm), 0);
+	}
+}
+
 Test(file, readahead_random_scan_reads_little_more_than_touched, FIXTURE)
 {
 	struct fspec s = big_sparse("ra_rand");
