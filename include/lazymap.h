@@ -103,9 +103,11 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * -1 and offset 0) or | LAZYMAP_DIRECT. The address is chosen by the kernel
  * and returned in *addrp. Nothing is populated up front: every page is filled
  * by a handler thread on first touch (zeros for LAZYMAP_ANON). A lone fault
- * on a private LAZYMAP_ANON region also maps the untouched rest of its
- * aligned 64 KiB to the shared zero page, which costs no memory: later
- * touches there are the kernel's own (copy-on-write) faults.
+ * on a private LAZYMAP_ANON region also fills the untouched rest of its
+ * aligned 64 KiB (at most readahead_max), so that later touches there are
+ * the kernel's own cheap faults: after a read with the shared zero page,
+ * which costs no memory; after a write with zeroed pages, like the kernel's
+ * 64 KiB anonymous folios (LAZYMAP_ADV_RANDOM turns this off).
  *
  * A file mapping (no LAZYMAP_ANON) reads fd from offset with io_uring, as
  * mmap(MAP_PRIVATE) would show it: the part of the last page beyond the end
@@ -195,8 +197,7 @@ struct lazymap_stats {
 	uint64_t evictions;       /* pages evicted under resident_limit */
 	uint64_t io_errors;       /* pages poisoned because their fill failed */
 	/* by source and by way of installing */
-	uint64_t zero_pages;      /* pages mapped to the shared zero page (read faults,
-				   * and the blocks around lone faults) */
+	uint64_t zero_pages;      /* pages mapped to the shared zero page (read faults) */
 	uint64_t fill_calls;      /* calls of lazymap_fill_fn */
 	uint64_t copy_ioctls;     /* UFFDIO_COPY calls */
 	uint64_t move_ioctls;     /* UFFDIO_MOVE calls */
