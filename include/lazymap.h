@@ -107,7 +107,8 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * aligned 64 KiB (at most readahead_max), so that later touches there are
  * the kernel's own cheap faults: after a read with the shared zero page,
  * which costs no memory; after a write with zeroed pages, like the kernel's
- * 64 KiB anonymous folios (LAZYMAP_ADV_RANDOM turns this off).
+ * 64 KiB anonymous folios (LAZYMAP_ADV_RANDOM turns this off). File
+ * mappings read only what is touched, and around it on sequential access.
  *
  * A file mapping (no LAZYMAP_ANON) reads fd from offset with io_uring, as
  * mmap(MAP_PRIVATE) would show it: the part of the last page beyond the end
@@ -130,9 +131,11 @@ LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int pr
 
 /*
  * Anonymous private region whose pages are produced by fill() on first touch.
- * fill writes len bytes (a multiple of the page size: the library fills runs
- * of pages at once on sequential access) for the region offset given, into a
- * staging buffer that is then installed. It returns 0, or a negative value to
+ * fill writes len bytes for the region offset given, into a staging buffer
+ * that is then installed; len is a multiple of the page size, since the
+ * library fills runs of pages at once: on sequential access, and around a
+ * lone fault the untouched rest of its aligned 64 KiB (unless the range is
+ * advised LAZYMAP_ADV_RANDOM). It returns 0, or a negative value to
  * poison those pages: the toucher gets SIGBUS, as for an I/O error of a file
  * mapping. fill runs on a handler thread. It produces each page once, and
  * again only when the page was dropped (madvise(MADV_DONTNEED): the next

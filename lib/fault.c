@@ -278,24 +278,26 @@ out:
 }
 
 /*
- * Around a lone fault on a private demand-zero region, fill the rest of its
- * aligned 64 KiB block, as the kernel's fault-around does for files (and its
- * 64 KiB anonymous folios do): later touches there are the kernel's own cheap
- * faults instead of round trips through us. After a read, with the shared
- * zero page, which costs no memory. After a write, with zeroed pages of their
- * own: a write to the zero page is a copy-on-write fault whose TLB flush
- * interrupts every other CPU the program runs on (≈ 12 µs per page in a VM
- * with two threads), so a written block costs up to 60 KiB more memory
- * instead. Shared regions are left alone: their "zero page" is a real shmem
- * page. Lock held.
+ * Around a lone fault on a private region of a synchronous source, fill the
+ * rest of its aligned 64 KiB block, as the kernel's fault-around does for
+ * files (and its 64 KiB anonymous folios do): later touches there are the
+ * kernel's own cheap faults instead of round trips through us, which cost
+ * ten times more here. A read of a zero region maps the shared zero page,
+ * which costs no memory; a write gets zeroed pages of their own, since a
+ * write to the zero page is a copy-on-write fault whose TLB flush interrupts
+ * every other CPU the program runs on (≈ 12 µs per page in a VM with two
+ * threads). So a block costs up to 60 KiB more memory, and fill callbacks
+ * run for pages nobody may touch: LAZYMAP_ADV_RANDOM turns this off. Shared
+ * regions are left alone (their zero page is a real shmem page), and so are
+ * files: they read only what is touched. Lock held.
  */
-#define ZERO_AROUND_PAGES 16
+#define AROUND_PAGES 16
 
-static void zero_around(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
-			bool write)
+static void fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
+			 bool write)
 {
-	size_t pages = h->lm->ra_pages < ZERO_AROUND_PAGES ? h->lm->ra_pages : ZERO_AROUND_PAGES;
-	const size_t block = pages << page_shift; /* pool->zero holds ra_pages pages */
+	size_t pages = h->lm->ra_pages < AROUND_PAGES ? h->lm->ra_pages : AROUND_PAGES;
+	const size_t block = pages << page_shift; /* the pool's runs hold ra_pages pages */
 	uintptr_t at = addr & ~(block - 1), end = at + block;
 
 	if (at < v->start)
@@ -304,21 +306,14 @@ static void zero_around(struct handler *h, struct mm *mm, struct vma *v, uintptr
 		end = v->end;
 	for (uint64_t idx = v->pgoff + ((at - v->start) >> page_shift); at < end;) {
 		size_t n = claim_fresh(&v->src->state[idx], (end - at) >> page_shift);
-		int ret;
 
 		if (!n) {
 			at += page_size;
 			idx++;
 			continue;
 		}
-		stat_add(&h->stats.pages_filled, n);
-		if (write) {
-			ret = install(h, mm, INSTALL_COPY, at, h->pool.zero, n << page_shift);
-		} else {
-			stat_add(&h->stats.zero_pages, n);
-			ret = install(h, mm, INSTALL_ZEROPAGE, at, NULL, n << page_shift);
-		}
-		release_run(mm, v->src, at, idx, n, ret == 0);
+		stat_add(&h->stats.readahead_pages, n);
+		fill_run(h, mm, v, at, idx, n, write);
 		at += n << page_shift;
 		idx += n;
 	}
@@ -551,9 +546,9 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
 	if (!v->src->ops->read) {
 		fill_run(h, mm, v, addr, idx, n, write);
-		if (n == 1 && !v->src->ops->fill && !(v->flags & LAZYMAP_SHARED) &&
-		    v->advice != LAZYMAP_ADV_RANDOM && h->lm->ra_pages > 1)
-			zero_around(h, mm, v, addr, write);
+		if (n == 1 && !(v->flags & LAZYMAP_SHARED) && v->advice != LAZYMAP_ADV_RANDOM &&
+		    h->lm->ra_pages > 1)
+			fault_around(h, mm, v, addr, write);
 		goto out;
 	}
 	req = begin_read(h, mm, v, addr, idx, n, write, true);
