@@ -367,6 +367,14 @@ static struct fill_req *begin_read(struct handler *h, struct mm *mm, struct vma 
 	return req;
 }
 
+void fault_abandon(struct fill_req *req)
+{
+	release_run(req->mm, req->src, req->addr, req->idx, req->n, false);
+	uffd_wake(req->mm->uffd, req->addr, req->n << page_shift);
+	source_put(req->src);
+	free(req);
+}
+
 static void req_free(struct handler *h, struct fill_req *req)
 {
 	if (req->buf)
@@ -376,7 +384,7 @@ static void req_free(struct handler *h, struct fill_req *req)
 }
 
 /* Start req's read; lock not held. Waits for completions while the pool is full. */
-static void start_read(struct handler *h, struct fill_req *req)
+void fault_start_read(struct handler *h, struct fill_req *req)
 {
 	int ret;
 
@@ -386,11 +394,8 @@ static void start_read(struct handler *h, struct fill_req *req)
 			break;
 	}
 	if (!req->buf) {
-		/* Cannot happen (a run is smaller than the pool), but never hang:
-		 * let go, and the toucher faults again. */
-		release_run(req->mm, req->src, req->addr, req->idx, req->n, false);
-		uffd_wake(req->mm->uffd, req->addr, req->n << page_shift);
-		req_free(h, req);
+		/* Cannot happen (a run is smaller than the pool), but never hang. */
+		fault_abandon(req);
 		return;
 	}
 	ret = req->src->ops->read(h, req);
@@ -514,6 +519,27 @@ static struct fill_req *begin_ahead(struct handler *h, struct mm *mm, struct vma
 /* Windows read ahead of a sequential stream of an asynchronous source. */
 #define AHEAD_WINDOWS 2
 
+/*
+ * Spread a stream's windows over the handlers, the i-th ahead window to the
+ * i+1-th handler after this one: copying a window into place costs more
+ * than reading it, and while the faulting thread waits for the first window
+ * the other CPUs can copy the next ones.
+ */
+static void start_ahead(struct handler *h, struct fill_req *req, int i)
+{
+	struct lazymap *lm = h->lm;
+	size_t self = (size_t)(h - lm->handlers);
+
+	if (self >= lm->nhandlers) /* not one of ours: cannot happen */
+		self = 0;
+	struct handler *to = &lm->handlers[(self + 1 + (size_t)i) % lm->nhandlers];
+
+	if (to == h)
+		fault_start_read(h, req);
+	else
+		handler_give(to, req);
+}
+
 void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 {
 	struct fill_req *req = NULL, *ahead[AHEAD_WINDOWS] = { NULL };
@@ -565,9 +591,9 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 out:
 	pthread_rwlock_unlock(&mm->lock);
 	if (req)
-		start_read(h, req);
+		fault_start_read(h, req);
 	for (int i = 0; i < AHEAD_WINDOWS && ahead[i]; i++)
-		start_read(h, ahead[i]);
+		start_ahead(h, ahead[i], i);
 }
 
 /* Pages a prefetch step may look at: bounds the time it holds the lock. */
@@ -614,7 +640,7 @@ uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uint
 		}
 		pthread_rwlock_unlock(&mm->lock);
 		if (req)
-			start_read(h, req);
+			fault_start_read(h, req);
 		addr += n << page_shift;
 		budget -= n;
 	}

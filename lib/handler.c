@@ -107,6 +107,42 @@ static bool serve_work(struct handler *h)
 	return true;
 }
 
+void handler_give(struct handler *to, struct fill_req *req)
+{
+	struct fill_req *head = atomic_load_explicit(&to->handoff, memory_order_relaxed);
+	uint64_t one = 1;
+
+	do
+		req->next = head;
+	while (!atomic_compare_exchange_weak_explicit(&to->handoff, &head, req, memory_order_release,
+						      memory_order_relaxed));
+	if (!head && write(to->handoff_efd, &one, sizeof(one)) < 0)
+		(void)0; /* only an overflowing counter fails, and it is readable then */
+}
+
+/* Start the reads other handlers gave us, oldest first; returns whether there were any. */
+static bool take_handoff(struct handler *h)
+{
+	struct fill_req *req, *rev = NULL;
+
+	if (!atomic_load_explicit(&h->handoff, memory_order_relaxed))
+		return false;
+	req = atomic_exchange_explicit(&h->handoff, NULL, memory_order_acquire);
+	while (req) {
+		struct fill_req *next = req->next;
+
+		req->next = rev;
+		rev = req;
+		req = next;
+	}
+	for (; rev; rev = req) {
+		req = rev->next;
+		fault_start_read(h, rev);
+	}
+	uring_flush(h);
+	return true;
+}
+
 /*
  * Whether an idle handler should keep polling. An unpinned handler polls for
  * the whole window: the scheduler may run it beside the faulting thread. A
@@ -162,6 +198,8 @@ static void *handler_main(void *arg)
 		/* Completions first: their pages are what faulting threads wait for. */
 		if (h->inflight && uring_reap(h, false) > 0)
 			sp.since = 0;
+		if (take_handoff(h))
+			sp.since = 0;
 		n = uffd_read(mm->uffd, msgs, BATCH);
 		if (n > 0) {
 			stat_add(&h->stats.reads, 1);
@@ -199,6 +237,13 @@ static void *handler_main(void *arg)
 			sp.since = 0;
 			continue;
 		}
+		/* The same for the handoff stack: drain, then look. */
+		uint64_t drain;
+
+		if (read(h->handoff_efd, &drain, sizeof(drain)) < 0)
+			(void)0; /* not signalled: fine */
+		if (atomic_load_explicit(&h->handoff, memory_order_acquire))
+			continue;
 
 		struct epoll_event ev[4];
 
@@ -243,8 +288,11 @@ static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 	h->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (h->epfd < 0)
 		return -errno;
+	h->handoff_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (h->handoff_efd < 0)
+		return -errno;
 
-	int fds[] = { lm->mm.uffd, lm->stop_efd, lm->work_efd, uring_eventfd(h) };
+	int fds[] = { lm->mm.uffd, lm->stop_efd, lm->work_efd, uring_eventfd(h), h->handoff_efd };
 
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
 		struct epoll_event ev = { .events = EPOLLIN, .data.fd = fds[i] };
@@ -264,7 +312,7 @@ int handlers_start(struct lazymap *lm)
 	if (!lm->handlers)
 		return -ENOMEM;
 	for (unsigned i = 0; i < lm->nhandlers; i++)
-		lm->handlers[i].epfd = -1;
+		lm->handlers[i].epfd = lm->handlers[i].handoff_efd = -1;
 	/* The program's signals are not for us: handlers start with all blocked. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -312,10 +360,22 @@ void handlers_stop(struct lazymap *lm)
 		if (h->started)
 			pthread_join(h->thread, NULL);
 		h->started = false;
+	}
+	/* Every handler has stopped: what one gave another and it never started. */
+	for (unsigned i = 0; i < lm->nhandlers; i++) {
+		struct handler *h = &lm->handlers[i];
+		struct fill_req *req = atomic_exchange(&h->handoff, NULL), *next;
+
+		for (; req; req = next) {
+			next = req->next;
+			fault_abandon(req);
+		}
 		uring_exit(h);
 		pool_destroy(&h->pool);
 		if (h->epfd >= 0)
 			close(h->epfd);
-		h->epfd = -1;
+		if (h->handoff_efd >= 0)
+			close(h->handoff_efd);
+		h->epfd = h->handoff_efd = -1;
 	}
 }

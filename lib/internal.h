@@ -296,6 +296,14 @@ struct handler {
 	struct pool pool;
 	struct uring *ring;      /* this handler's io_uring, for file reads */
 	unsigned inflight;       /* reads submitted and not yet completed */
+	/*
+	 * Reads other handlers claimed for this one to start: a lock-free
+	 * stack, pushed by anyone, taken whole by the owner; handoff_efd is
+	 * readable whenever it may be non-empty (written by the push that
+	 * finds it empty, drained by the owner before it sleeps).
+	 */
+	_Atomic(struct fill_req *) handoff;
+	int handoff_efd;
 	struct hstats stats;
 };
 
@@ -310,6 +318,8 @@ extern _Thread_local struct handler *current_handler;
 
 int handlers_start(struct lazymap *lm);
 void handlers_stop(struct lazymap *lm);
+/* Have handler to start req's read (fault_start_read). */
+void handler_give(struct handler *to, struct fill_req *req);
 
 /* -------------------------------------------------------------- fault.c */
 
@@ -326,8 +336,13 @@ struct fill_req {
 	size_t done;            /* bytes read so far */
 	char *buf;              /* n pool pages */
 	bool write;
+	struct fill_req *next;  /* on a handler's handoff stack */
 };
 
+/* Start req's read on h: its pool, its ring. Lock not held. */
+void fault_start_read(struct handler *h, struct fill_req *req);
+/* Let go of a req never started (the handlers have stopped): its toucher faults again. */
+void fault_abandon(struct fill_req *req);
 /* A read of req finished with res (bytes or -errno): continue it, or install. */
 void fault_read_done(struct handler *h, struct fill_req *req, int res);
 

@@ -52,7 +52,7 @@ int uffd_api(int fd, uint64_t features, uint64_t *got)
 /* The features the kernel offers (UFFDIO_API can be called once per fd, hence a probe fd). */
 int uffd_probe(uint64_t *features)
 {
-	int fd, ret = uffd_open(&fd);
+	int fd = -1, ret = uffd_open(&fd);
 
 	if (ret)
 		return ret;

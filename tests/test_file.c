@@ -590,7 +590,8 @@ static void data_test(enum fsize z, int var)
 			snprintf(what, sizeof(what), "%s file, %s, %s, %u threads, offset %zu pages, seed %#llx",
 				 s.name, va->name, order_names[o], nthreads, k, (unsigned long long)seed);
 			cache_prepare(path, &s, va->cold);
-			lm = open_lm(nthreads > 1 ? 2 : 1, 0);
+			/* Two handlers: a stream's ahead windows go to the other one. */
+			lm = open_lm(2, 0);
 			v.base = map_path(lm, path, s.size - v.off, PROT_READ, va->flags, k);
 			v.npages = (s.size - v.off + ps - 1) / ps;
 			v.vfd = open_check_fd(path);
@@ -1066,7 +1067,7 @@ static void io_error_scan(unsigned fsflags)
 	for (int direct = 0; direct <= 1; direct++) {
 		const char *what = direct ? "direct" : fsflags & FUSEFS_PAGE_CACHE ?
 				   "buffered, fusefs page cache" : "buffered";
-		struct lazymap *lm = open_lm(1, 0);
+		struct lazymap *lm = open_lm(2, 0); /* ahead windows are read by the other */
 		struct view v = { .npages = npages, .vfd = -1 };
 		struct bystander b = { 0 };
 		struct lazymap_stats st;
