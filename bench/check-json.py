@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 """The benchmark's smoke test: run lazymap-bench --quick --json and check that
 the JSON parses and holds every row --list names, each twin with a status and,
-when it ran, sane numbers. It times nothing: speed is the benchmark's job."""
+when it ran, sane numbers; then that bench/plot turns it into a PNG. It times
+nothing: speed is the benchmark's job. Usage: check-json.py BENCH PLOT"""
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import tempfile
 
 
 def main():
-    bench = sys.argv[1]
+    bench, plot = sys.argv[1], sys.argv[2]
     rows = [line.split()[0] for line in
             subprocess.run([bench, '--list'], capture_output=True, text=True,
                            check=True).stdout.splitlines() if line.strip()]
@@ -26,6 +27,10 @@ def main():
             return 1
         with open(out) as f:
             data = json.load(f)
+        png = os.path.join(d, 'bench.png')
+        drawn = subprocess.run([plot, out, '-o', png], capture_output=True, text=True)
+        with open(png, 'rb') if os.path.exists(png) else open(os.devnull, 'rb') as f:
+            magic = f.read(8)
 
     checks = []
 
@@ -33,6 +38,9 @@ def main():
         checks.append(ok)
         if not ok:
             print('FAIL:', what)
+
+    check(drawn.returncode == 0 and magic == b'\x89PNG\r\n\x1a\n',
+          f'bench/plot exited {drawn.returncode} without a PNG: {drawn.stderr.strip()}')
 
     seen = {r['row'] for r in data['results']}
     for row in rows:
