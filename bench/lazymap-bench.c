@@ -934,7 +934,7 @@ static void json_side(FILE *f, const struct row *rw, bool kernel)
 		fputs(", \"major_faults_per_page\": ", f);
 		json_num(f, m.majflt);
 	}
-	if (c != NO_FILE && !(kernel && rw->job.sc->group == G_DAEMON)) {
+	if (c != NO_FILE) {
 		fputs(", \"read_pages_per_page\": ", f);
 		json_num(f, m.read_pages);
 		fputs(", \"cached_before_worst\": ", f);

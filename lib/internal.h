@@ -341,7 +341,8 @@ struct fill_req {
 
 /* Start req's read on h: its pool, its ring. Lock not held. */
 void fault_start_read(struct handler *h, struct fill_req *req);
-/* Let go of a req never started (the handlers have stopped): its toucher faults again. */
+/* Let go of a req whose read never started: its pages go back to never-filled,
+ * their touchers are woken and fault again. */
 void fault_abandon(struct fill_req *req);
 /* A read of req finished with res (bytes or -errno): continue it, or install. */
 void fault_read_done(struct handler *h, struct fill_req *req, int res);
