@@ -100,6 +100,49 @@ static void *mapper(void *arg)
 	return NULL;
 }
 
+/*
+ * Maps the file afresh, scans part of it in order (a stream: its ahead
+ * windows go to the other handlers) and unmaps it, often with reads still
+ * in flight; buffered and direct in turn.
+ */
+static void *streamer(void *arg)
+{
+	uint64_t s = (uintptr_t)arg;
+
+	for (unsigned round = 0; !atomic_load(&stop); round++) {
+		size_t upto = file_pages / 4 + rng_next(&s) % (file_pages * 3 / 4);
+		char *p;
+
+		if (lazymap_map(lm, (void **)&p, file_pages * ps, PROT_READ,
+				LAZYMAP_PRIVATE | (round % 2 ? LAZYMAP_DIRECT : 0), file_fd, 0)) {
+			atomic_fetch_add(&bad, 1);
+			return NULL;
+		}
+		for (size_t pg = 0; pg < upto; pg++) {
+			const uint64_t *w = (const uint64_t *)(p + pg * ps);
+
+			if (w[7] != word(pg * ps + 56))
+				atomic_fetch_add(&bad, 1);
+		}
+		atomic_fetch_add(&touched, upto);
+		if (lazymap_unmap(lm, p, file_pages * ps))
+			atomic_fetch_add(&bad, 1);
+	}
+	return NULL;
+}
+
+/* Scans a file mapping in order until the lazymap is closed under it. */
+static void *close_streamer(void *arg)
+{
+	char *p = arg;
+
+	touch_install();
+	for (;;)
+		for (size_t pg = 0; pg < file_pages; pg++)
+			if (touch(p + pg * ps, -1, NULL).signo || atomic_load(&stop))
+				return NULL;
+}
+
 static void *observer(void *arg)
 {
 	FILE *null = fopen("/dev/null", "w");
@@ -137,8 +180,9 @@ static void *looper(void *arg)
 static void run(unsigned handlers, unsigned install)
 {
 	struct lazymap_opts o = { .handler_threads = handlers, .install = install };
-	pthread_t t[6], m, obs, loop[2];
+	pthread_t t[6], m, obs, loop[2], stream[2], close_stream;
 	struct lazymap_stats st;
+	char *p;
 
 	atomic_store(&stop, false);
 	atomic_store(&bad, 0);
@@ -158,26 +202,34 @@ static void run(unsigned handlers, unsigned install)
 		pthread_create(&t[i], NULL, toucher, (void *)(i + 1));
 	pthread_create(&m, NULL, mapper, NULL);
 	pthread_create(&obs, NULL, observer, NULL);
+	for (uintptr_t i = 0; i < 2; i++)
+		pthread_create(&stream[i], NULL, streamer, (void *)(i + 21));
 	for (int i = 0; i < 6; i++)
 		pthread_join(t[i], NULL);
 	pthread_join(m, NULL);
 	atomic_store(&stop, true);
 	pthread_join(obs, NULL);
+	for (int i = 0; i < 2; i++)
+		pthread_join(stream[i], NULL);
 	CHECK(atomic_load(&bad) == 0, "%zu wrong reads or failed calls (handlers %u, install %u)",
 	      atomic_load(&bad), handlers, install);
 	CHECK(lazymap_stats(lm, &st) == 0 && st.faults > 0 && st.pages_filled > 0, "stats");
 	CHECK(st.regions == 3, "%lu regions left, want 3", (unsigned long)st.regions);
 	CHECK(st.bytes_read > 0, "no file reads");
 
-	/* close while threads fault */
+	/* close while threads fault, one of them streaming through a file */
 	atomic_store(&stop, false);
+	CHECK(lazymap_map(lm, (void **)&p, file_pages * ps, PROT_READ, LAZYMAP_PRIVATE, file_fd,
+			  0) == 0, "map file for the close");
 	for (uintptr_t i = 0; i < 2; i++)
 		pthread_create(&loop[i], NULL, looper, (void *)(i + 11));
+	pthread_create(&close_stream, NULL, close_streamer, p);
 	usleep(20000);
 	CHECK(lazymap_close(lm) == 0, "close");
 	atomic_store(&stop, true);
 	for (int i = 0; i < 2; i++)
 		pthread_join(loop[i], NULL);
+	pthread_join(close_stream, NULL);
 	printf("handlers=%u install=%s: %zu touches checked\n", handlers, install ? "move" : "copy",
 	       atomic_load(&touched));
 }
