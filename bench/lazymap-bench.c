@@ -774,75 +774,47 @@ static const char *handlers_name(const struct lazymap_opts *o, char *buf, size_t
 	return buf;
 }
 
-static void print_anon_header(void)
+/* One layout for every group: a line per twin, the ratio on lazymap's line. */
+static void print_columns(void)
 {
-	printf("%-22s %10s %10s %7s | %8s %8s %8s | %8s %8s %8s\n", "scenario", "kernel", "lazymap",
-	       "ratio", "k p50", "k p99", "k max", "lm p50", "lm p99", "lm max");
-	printf("%-22s %10s %10s %7s | %8s %8s %8s | %8s %8s %8s\n", "", "ns/page", "ns/page", "",
-	       "ns", "ns", "us", "ns", "ns", "us");
+	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "scenario",
+	       "thr", "twin", "Kpages/s", "GB/s", "ns/page", "p50", "p90", "p99", "max", "ratio",
+	       "flt/pg", "rd/pg", "cache");
+	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "", "", "", "",
+	       "", "", "us", "us", "us", "us", "", "", "", "");
 }
 
-static void print_anon_row(const struct row *rw)
+static void print_anon_header(size_t mib)
 {
-	if (strcmp(rw->l.status, "ok")) {
-		printf("%-22s %s: %s\n", rw->job.name, rw->l.status, rw->l.why);
-		return;
-	}
-	struct run k = median(&rw->k), l = median(&rw->l);
-
-	printf("%-22s %10.0f %10.0f %6.2fx | %8.0f %8.0f %8.1f | %8.0f %8.0f %8.1f\n", rw->job.name,
-	       k.ns_per_page, l.ns_per_page, l.ns_per_page / k.ns_per_page, k.p50, k.p99,
-	       k.max / 1000, l.p50, l.p99, l.max / 1000);
+	printf("\nanonymous scenarios: %zu MiB per run; kernel twin: mmap(MAP_ANONYMOUS), "
+	       "MADV_NOHUGEPAGE (anon-fill: the program fills each page on first touch)\n", mib);
+	print_columns();
 }
 
 static void print_threads_header(size_t mib)
 {
-	printf("\nthreads: random first-touch writes over %zu MiB of demand-zero memory by F faulting "
-	       "threads,\nserved by H unpinned handler threads; the kernel twin runs the same F threads\n",
-	       mib);
-	printf("%-12s %3s %3s %10s %10s %7s | %9s %9s | %8s %8s %8s\n", "row", "F", "H", "kernel",
-	       "lazymap", "ratio", "kernel", "lazymap", "lm p50", "lm p99", "lm max");
-	printf("%-12s %3s %3s %10s %10s %7s | %9s %9s | %8s %8s %8s\n", "", "", "", "ns/page",
-	       "ns/page", "", "Kfault/s", "Kfault/s", "us", "us", "us");
+	printf("\nthreads: random first-touch writes over %zu MiB of demand-zero memory by thr "
+	       "faulting threads,\nserved by N unpinned handler threads (threads-hN); the kernel "
+	       "twin runs the same faulting threads\n", mib);
+	print_columns();
 }
 
-static void print_threads_row(const struct row *rw)
+static void print_file_header(const char *fs)
 {
-	if (strcmp(rw->l.status, "ok") || !rw->l.n) {
-		printf("%-12s %3u %3u %s: %s\n", rw->job.name, rw->job.threads, rw->job.handlers,
-		       rw->l.status, rw->l.why);
-		return;
-	}
-	struct run k = median(&rw->k), l = median(&rw->l);
-
-	printf("%-12s %3u %3u %10.0f %10.0f %6.2fx | %9.1f %9.1f | %8.1f %8.1f %8.0f\n",
-	       rw->job.name, rw->job.threads, rw->job.handlers, k.ns_per_page, l.ns_per_page,
-	       l.ns_per_page / k.ns_per_page, 1e6 / k.ns_per_page, 1e6 / l.ns_per_page,
-	       l.p50 / 1000, l.p99 / 1000, l.max / 1000);
+	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random\n"
+	       "rd/pg: pages read from the file per page touched; cache: share of the file in the "
+	       "page cache before\nthe runs (cold: the most; hot: the least); +direct: "
+	       "LAZYMAP_DIRECT (same kernel twin);\n"
+	       "daemon-*: the scan served by faultd, with lazymap in-process as the twin\n",
+	       file_size >> 20, fs, "file-rand-*", RAND_PERCENT);
+	print_columns();
 }
 
-static void print_file_header(const char *fs, int repeat)
-{
-	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random; "
-	       "median of %d run%s per twin\n",
-	       file_size >> 20, fs, "file-rand-*", RAND_PERCENT, repeat, repeat > 1 ? "s" : "");
-	printf("ratio = lazymap/kernel time per page: < 1 = lazymap faster. flt/pg: faults per page "
-	       "touched; rd/pg: pages read from the file per page touched;\n"
-	       "cache: share of the file in the page cache before the runs (cold: the most; hot: "
-	       "the least); +direct: LAZYMAP_DIRECT (same kernel twin);\n"
-	       "daemon-*: the scan served by faultd, with lazymap in-process as the twin\n");
-	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %6s | %6s %6s %6s\n", "scenario",
-	       "thr", "twin", "Kpages/s", "GB/s", "ns/page", "p50", "p90", "p99", "max", "ratio",
-	       "flt/pg", "rd/pg", "cache");
-	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %6s | %6s %6s %6s\n", "", "", "", "",
-	       "", "", "us", "us", "us", "us", "", "", "", "");
-}
-
-static void print_file_side(const struct row *rw, bool kernel)
+static void print_side(const struct row *rw, bool kernel)
 {
 	const struct side *s = kernel ? &rw->k : &rw->l;
 	const char *lead = kernel ? rw->job.name : "";
-	char thr[8] = "";
+	char thr[8] = "", ratio[16] = "", rd[16] = "-", cache[16] = "-";
 
 	if (kernel)
 		snprintf(thr, sizeof(thr), "%u", rw->job.threads);
@@ -851,21 +823,24 @@ static void print_file_side(const struct row *rw, bool kernel)
 		return;
 	}
 	struct run m = median(s);
-	double cache = cache_worst(s, rw->job.sc->cache, false);
-	char ratio[16] = "";
 
 	if (!kernel && !strcmp(rw->k.status, "ok") && rw->k.n)
-		snprintf(ratio, sizeof(ratio), "%5.2fx", m.ns_per_page / median(&rw->k).ns_per_page);
-	printf("%-21s %3s %-7s %9.1f %6.2f %8.0f | %8.1f %8.1f %8.1f %8.0f | %6s | %6.2f %6.2f %5.1f%%\n",
+		snprintf(ratio, sizeof(ratio), "%6.2fx", m.ns_per_page / median(&rw->k).ns_per_page);
+	if (rw->job.sc->cache != NO_FILE) {
+		snprintf(rd, sizeof(rd), "%6.2f", m.read_pages);
+		snprintf(cache, sizeof(cache), "%5.1f%%",
+			 cache_worst(s, rw->job.sc->cache, false) * 100);
+	}
+	printf("%-21s %3s %-7s %9.1f %6.2f %8.0f | %8.2f %8.2f %8.2f %8.1f | %7s | %6.2f %6s %6s\n",
 	       lead, thr, tw_name(&rw->job, kernel), 1e6 / m.ns_per_page, (double)ps / m.ns_per_page,
 	       m.ns_per_page, m.p50 / 1000, m.p90 / 1000, m.p99 / 1000, m.max / 1000, ratio,
-	       m.faults, m.read_pages, cache * 100);
+	       m.faults, rd, cache);
 }
 
-static void print_file_row(const struct row *rw)
+static void print_row(const struct row *rw)
 {
-	print_file_side(rw, true);
-	print_file_side(rw, false);
+	print_side(rw, true);
+	print_side(rw, false);
 	if (rw->k.why[0] && !strcmp(rw->k.status, "ok"))
 		printf("  ! %s twin data: %s\n", tw_name(&rw->job, true), rw->k.why);
 	if (rw->bad[0])
@@ -1271,8 +1246,10 @@ int main(int argc, char **argv)
 	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %z", localtime(&tnow));
 	printf("lazymap-bench, %s, Linux %s %s, %ld CPUs\n", date, un.release, un.machine,
 	       sysconf(_SC_NPROCESSORS_ONLN));
-	printf("%zu MiB per anonymous run, %d runs each (median), handlers %s%s%s, kernel twin in the "
-	       "same run%s\n", size_mib, repeat, handlers_name(&opts, hbuf, sizeof(hbuf)),
+	printf("%d runs per twin (median), handlers %s%s%s, kernel twin in the same run%s\n"
+	       "ratio = lazymap/kernel time per page: < 1 = lazymap faster; latencies per touch; "
+	       "flt/pg: faults per page touched\n(kernel: the thread's minor and major faults; "
+	       "lazymap: fault messages served)\n", repeat, handlers_name(&opts, hbuf, sizeof(hbuf)),
 	       opts.install == LAZYMAP_INSTALL_MOVE ? ", install move" : "",
 	       opts.readahead_max ? ", readahead set" : "", use_advise ? ", advise on" : "");
 	snprintf(head, sizeof(head),
@@ -1304,7 +1281,7 @@ int main(int argc, char **argv)
 			for (size_t k = 0; k < j->touched; k++)
 				j->want_sum += data_word((uint64_t)order[k] * ps + touch_off(order[k]));
 		if (j->sc->group == G_ANON && !anon_head) {
-			print_anon_header();
+			print_anon_header(size_mib);
 			anon_head = true;
 		}
 		if (j->sc->group == G_THREADS && !threads_head) {
@@ -1312,7 +1289,7 @@ int main(int argc, char **argv)
 			threads_head = true;
 		}
 		if (file && !file_head) {
-			print_file_header(fsdesc, repeat);
+			print_file_header(fsdesc);
 			file_head = true;
 		}
 		if (j->sc->group == G_THREADS) {
@@ -1354,12 +1331,7 @@ int main(int argc, char **argv)
 		} else {
 			run_row(NULL, lm, rw, repeat, lat);
 		}
-		if (file)
-			print_file_row(rw);
-		else if (j->sc->group == G_THREADS)
-			print_threads_row(rw);
-		else
-			print_anon_row(rw);
+		print_row(rw);
 		fflush(stdout);
 		if (rw->bad[0] || !strcmp(rw->l.status, "error") ||
 		    (file && rw->k.why[0] && strcmp(rw->k.status, "unavailable")))
