@@ -296,8 +296,13 @@ out:
 static void fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
 			 bool write)
 {
+	/* At most the pool's run (ra_pages), and a power of two: it aligns. */
 	size_t pages = h->lm->ra_pages < AROUND_PAGES ? h->lm->ra_pages : AROUND_PAGES;
-	const size_t block = pages << page_shift; /* the pool's runs hold ra_pages pages */
+
+	while (pages & (pages - 1))
+		pages &= pages - 1;
+
+	const size_t block = pages << page_shift;
 	uintptr_t at = addr & ~(block - 1), end = at + block;
 
 	if (at < v->start)

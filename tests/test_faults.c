@@ -352,6 +352,44 @@ Test(faults, lone_fault_fills_its_64k_block)
 	around_case(true, LAZYMAP_PRIVATE, -1, true, true);
 }
 
+/* readahead_max caps the block, rounded down to a power of two: 3 pages give 2. */
+Test(faults, readahead_max_caps_the_block)
+{
+	size_t ps = pgsz(), npages = 64;
+
+	for (size_t ra = 1; ra <= 3; ra++) {
+		struct lazymap_opts o = { .readahead_max = ra * ps };
+		size_t want = ra == 1 ? 1 : 2, in = 0;
+		unsigned char vec[64];
+		struct lazymap *lm;
+		char *p, *b;
+		void *v;
+
+		cr_assert_eq(lazymap_open(&lm, &o), 0);
+		cr_assert_eq(lazymap_map(lm, &v, npages * ps, PROT_READ | PROT_WRITE,
+					 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+		p = v;
+		b = (char *)(((uintptr_t)p + 32 * ps - 1) & ~(16 * ps - 1));
+		b[5 * ps] = 1;
+		for (double t0 = now_s(); in < want && now_s() - t0 < 10; usleep(1000)) {
+			cr_assert_eq(mincore(p, npages * ps, vec), 0);
+			in = 0;
+			for (size_t i = 0; i < npages; i++)
+				in += vec[i] & 1;
+		}
+		usleep(20000); /* nothing more may land */
+		cr_assert_eq(mincore(p, npages * ps, vec), 0);
+		for (size_t i = 0; i < npages; i++) {
+			char *a = p + i * ps;
+			bool in_block = want == 1 ? a == b + 5 * ps : a >= b + 4 * ps && a < b + 6 * ps;
+
+			cr_assert_eq(vec[i] & 1, in_block, "readahead_max %zu pages: page %zd present %d",
+				     ra, (a - b) / (ssize_t)ps, vec[i] & 1);
+		}
+		cr_assert_eq(lazymap_close(lm), 0);
+	}
+}
+
 Test(faults, no_block_for_shared_regions_or_random_advice)
 {
 	around_case(false, LAZYMAP_SHARED, -1, true, false);
