@@ -135,13 +135,15 @@ LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int pr
  * that is then installed; len is a multiple of the page size, since the
  * library fills runs of pages at once: on sequential access, and around a
  * lone fault the untouched rest of its aligned 64 KiB (unless the range is
- * advised LAZYMAP_ADV_RANDOM). It returns 0, or a negative value to
- * poison those pages: the toucher gets SIGBUS, as for an I/O error of a file
- * mapping. fill runs on a handler thread. It produces each page once, and
- * again only when the page was dropped (madvise(MADV_DONTNEED): the next
- * touch produces it anew) or after a multi-page call failed (the pages are
- * then asked for one by one, to poison only the bad ones). It must not touch
- * regions of its own lazymap: that fault would wait for the thread running it.
+ * advised LAZYMAP_ADV_RANDOM). It returns 0, or a negative value when it
+ * cannot: the page a fault asked for is then poisoned, and the toucher gets
+ * SIGBUS, as for an I/O error of a file mapping; pages only filled ahead are
+ * left unfilled, and asked for again when they are touched. fill runs on a
+ * handler thread. It produces each page once, and again only when the page
+ * was dropped (madvise(MADV_DONTNEED): the next touch produces it anew), was
+ * left unfilled, or after a multi-page call failed (the pages are then asked
+ * for one by one, to find the bad ones). It must not touch regions of its
+ * own lazymap: that fault would wait for the thread running it.
  */
 typedef int (*lazymap_fill_fn)(void *page, size_t len, uint64_t offset, void *arg);
 LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,

@@ -28,9 +28,12 @@ enum install_how { INSTALL_ZEROPAGE, INSTALL_COPY, INSTALL_MOVE, INSTALL_POISON 
  * and go on. Any other failure (the layout changed under us: ENOENT, or
  * EAGAIN with no progress while a non-cooperative event is pending) wakes the
  * rest, so that its touchers retry the access and fault again if need be.
+ * A failure that would come back (ENOMEM...) poisons the rest if may_poison
+ * (a fault asked for the range), else it is only returned: nobody touched
+ * those pages, and their own fault may fare better.
  */
 static int install(struct handler *h, struct mm *mm, enum install_how how, uintptr_t dst,
-		   const char *src, size_t len)
+		   const char *src, size_t len, bool may_poison)
 {
 	struct hstats *st = &h->stats;
 	size_t chunk = len; /* what one ioctl may cover */
@@ -83,7 +86,8 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 			how = INSTALL_COPY;
 			continue;
 		}
-		if (ret == -ENOENT || ret == -EAGAIN || ret == -ESRCH || how == INSTALL_POISON) {
+		if (ret == -ENOENT || ret == -EAGAIN || ret == -ESRCH || how == INSTALL_POISON ||
+		    !may_poison) {
 			uffd_wake(mm->uffd, dst, len);
 			return ret;
 		}
@@ -228,14 +232,18 @@ static size_t ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
  * Produce and install n claimed pages from addr (page idx of v's source), then
  * let go of them. Synchronous sources only; mm->lock held for reading.
  * Counters move before the install: the install wakes the toucher, who may
- * read them at once.
+ * read them at once. asked is the page a fault named (0: none, a prefetch or
+ * fault-around): only it is poisoned when it cannot be produced; the others
+ * go back to never-filled, for their own touch to ask again. Returns 0 when
+ * every page was installed.
  */
-static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
-		     uint64_t idx, size_t n, bool write)
+static int fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
+		    uint64_t idx, size_t n, bool write, uintptr_t asked)
 {
 	struct source *src = v->src;
 	struct pool *pool = &h->pool;
 	size_t len = n << page_shift;
+	bool has_asked = asked >= addr && asked - addr < len;
 	int ret;
 
 	if (!src->ops->fill) {
@@ -243,10 +251,10 @@ static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t 
 		 * at once instead of a second (copy-on-write) fault. */
 		stat_add(&h->stats.pages_filled, n);
 		if (write) {
-			ret = install(h, mm, INSTALL_COPY, addr, pool->zero, len);
+			ret = install(h, mm, INSTALL_COPY, addr, pool->zero, len, has_asked);
 		} else {
 			stat_add(&h->stats.zero_pages, n);
-			ret = install(h, mm, INSTALL_ZEROPAGE, addr, NULL, len);
+			ret = install(h, mm, INSTALL_ZEROPAGE, addr, NULL, len, has_asked);
 		}
 		goto out;
 	}
@@ -262,19 +270,27 @@ static void fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t 
 	ret = src->ops->fill(src, pool->run, idx, n);
 	if (ret < 0 && n > 1) {
 		/* Find the pages that fail: the others are good data. */
+		int err = 0;
+
 		for (size_t i = 0; i < n; i++)
-			fill_run(h, mm, v, addr + (i << page_shift), idx + i, 1, write);
-		return;
+			err |= fill_run(h, mm, v, addr + (i << page_shift), idx + i, 1, write, asked);
+		return err ? -EIO : 0;
+	}
+	if (ret < 0 && has_asked) {
+		stat_add(&h->stats.io_errors, n);
+		ret = install(h, mm, INSTALL_POISON, addr, NULL, len, true);
+		release_run(mm, src, addr, idx, n, ret == 0);
+		return -EIO;
 	}
 	if (ret < 0) {
-		stat_add(&h->stats.io_errors, n);
-		ret = install(h, mm, INSTALL_POISON, addr, NULL, len);
-	} else {
-		stat_add(&h->stats.pages_filled, n);
-		ret = install(h, mm, move ? INSTALL_MOVE : INSTALL_COPY, addr, pool->run, len);
+		release_run(mm, src, addr, idx, n, false);
+		return ret;
 	}
+	stat_add(&h->stats.pages_filled, n);
+	ret = install(h, mm, move ? INSTALL_MOVE : INSTALL_COPY, addr, pool->run, len, has_asked);
 out:
 	release_run(mm, src, addr, idx, n, ret == 0);
+	return ret;
 }
 
 /*
@@ -318,7 +334,8 @@ static void fault_around(struct handler *h, struct mm *mm, struct vma *v, uintpt
 			continue;
 		}
 		stat_add(&h->stats.readahead_pages, n);
-		fill_run(h, mm, v, at, idx, n, write);
+		if (fill_run(h, mm, v, at, idx, n, write, 0))
+			return; /* the source or the kernel balks: leave the rest alone */
 		at += n << page_shift;
 		idx += n;
 	}
@@ -346,7 +363,7 @@ static struct fill_req *begin_read(struct handler *h, struct mm *mm, struct vma 
 		int ret;
 
 		stat_add(&h->stats.io_errors, 1);
-		ret = install(h, mm, INSTALL_POISON, addr, NULL, page_size);
+		ret = install(h, mm, INSTALL_POISON, addr, NULL, page_size, true);
 		release_run(mm, src, addr, idx, 1, ret == 0);
 		addr += page_size;
 		idx++;
@@ -435,12 +452,12 @@ static void finish_read(struct handler *h, struct fill_req *req, size_t data_pag
 	good = data_pages < limit ? data_pages : limit;
 	if (good) {
 		stat_add(&h->stats.pages_filled, good);
-		ret = install(h, mm, INSTALL_COPY, req->addr, req->buf, good << page_shift);
+		ret = install(h, mm, INSTALL_COPY, req->addr, req->buf, good << page_shift, true);
 	}
 	if (ret == 0 && limit > good && poison_rest) {
 		stat_add(&h->stats.io_errors, limit - good);
 		ret = install(h, mm, INSTALL_POISON, req->addr + (good << page_shift), NULL,
-			      (limit - good) << page_shift);
+			      (limit - good) << page_shift, true);
 	}
 	if (!poison_rest) {
 		/* the rest will be faulted, and read, on its own */
@@ -576,7 +593,7 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 	stat_add(&h->stats.readahead_pages, n - 1);
 	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
 	if (!v->src->ops->read) {
-		fill_run(h, mm, v, addr, idx, n, write);
+		fill_run(h, mm, v, addr, idx, n, write, addr);
 		if (n == 1 && !(v->flags & LAZYMAP_SHARED) && v->advice != LAZYMAP_ADV_RANDOM &&
 		    h->lm->ra_pages > 1)
 			fault_around(h, mm, v, addr, write);
@@ -641,7 +658,7 @@ uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uint
 			if (v->src->ops->read)
 				req = begin_read(h, mm, v, addr, idx, n, false, false);
 			else
-				fill_run(h, mm, v, addr, idx, n, v->prot & PROT_WRITE);
+				fill_run(h, mm, v, addr, idx, n, v->prot & PROT_WRITE, 0);
 		}
 		pthread_rwlock_unlock(&mm->lock);
 		if (req)

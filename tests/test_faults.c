@@ -25,7 +25,7 @@ struct fill_ctx {
 	uint64_t key;
 	size_t npages;
 	_Atomic uint32_t *calls;     /* per page: how often fill produced it */
-	uint64_t fail_from, fail_to; /* pages in [from, to) fail with -EIO */
+	_Atomic uint64_t fail_from, fail_to; /* pages in [from, to) fail with -EIO */
 };
 
 static int fill_pattern(void *page, size_t len, uint64_t offset, void *arg)
@@ -431,6 +431,57 @@ Test(faults, fill_error_is_sigbus_at_the_address)
 	cr_assert_eq(f.signo, SIGBUS);
 	cr_assert_eq(lazymap_stats(lm, &st), 0);
 	cr_assert_eq(st.io_errors, 2);
+	cr_assert_eq(lazymap_close(lm), 0);
+	fill_ctx_free(fill);
+}
+
+/*
+ * Pages only filled ahead are not poisoned when fill fails for them: the
+ * failure may pass, and nobody asked for them yet. Their own touch asks.
+ */
+Test(faults, fill_error_ahead_of_the_fault_is_not_poison)
+{
+	size_t ps = pgsz(), npages = 64, bi;
+	struct fill_ctx *fill = fill_ctx_new(npages, 9);
+	struct lazymap_stats st;
+	unsigned char vec[64];
+	struct lazymap *lm;
+	struct touch_fault f;
+	char *p, *b, c;
+	size_t in = 0;
+
+	touch_install();
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, npages * ps, PROT_READ, fill_pattern, fill), 0);
+	b = (char *)(((uintptr_t)p + 32 * ps - 1) & ~(16 * ps - 1));
+	bi = (size_t)(b - p) / ps;
+	fill->fail_from = bi + 6; /* the block's pages after the one touched fail, for now */
+	fill->fail_to = bi + 16;
+	f = touch(b + 5 * ps, -1, &c);
+	cr_assert_eq(f.signo, 0);
+	cr_assert_eq(*(uint64_t *)(b + 5 * ps), pattern((bi + 5) * ps, 9));
+	/* The good part of the block lands: pages 0-5. */
+	for (double t0 = now_s(); in < 6; usleep(1000)) {
+		cr_assert_lt(now_s() - t0, 10.0, "%zu pages present", in);
+		cr_assert_eq(mincore(p, npages * ps, vec), 0);
+		in = 0;
+		for (size_t i = 0; i < npages; i++)
+			in += vec[i] & 1;
+	}
+	usleep(20000);
+	cr_assert_eq(mincore(p, npages * ps, vec), 0);
+	for (size_t i = 0; i < npages; i++)
+		cr_assert_eq(vec[i] & 1, i >= bi && i < bi + 6, "page %zd of the block present %d",
+			     (ssize_t)i - (ssize_t)bi, vec[i] & 1);
+	/* The source recovers: the rest of the block is produced at its touch. */
+	fill->fail_from = fill->fail_to = 0;
+	for (size_t i = 6; i < 16; i++) {
+		f = touch(b + i * ps, -1, &c);
+		cr_assert_eq(f.signo, 0, "page %zu of the block: signal %d", i, f.signo);
+		cr_assert_eq(*(uint64_t *)(b + i * ps), pattern((bi + i) * ps, 9));
+	}
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.io_errors, 0);
 	cr_assert_eq(lazymap_close(lm), 0);
 	fill_ctx_free(fill);
 }
