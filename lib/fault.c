@@ -543,9 +543,10 @@ static struct fill_req *begin_ahead(struct handler *h, struct mm *mm, struct vma
 
 /*
  * Spread a stream's windows over the handlers, the i-th ahead window to the
- * i+1-th handler after this one: copying a window into place costs more
- * than reading it, and while the faulting thread waits for the first window
- * the other CPUs can copy the next ones.
+ * i+1-th handler after this one if it is idle: copying a window into place
+ * costs more than reading it, and while the faulting thread waits for the
+ * first window the other CPUs can copy the next ones. A busy handler may be
+ * in a slow fill callback: its windows would wait behind it.
  */
 static void start_ahead(struct handler *h, struct fill_req *req, int i)
 {
@@ -556,10 +557,10 @@ static void start_ahead(struct handler *h, struct fill_req *req, int i)
 		self = 0;
 	struct handler *to = &lm->handlers[(self + 1 + (size_t)i) % lm->nhandlers];
 
-	if (to == h)
-		fault_start_read(h, req);
-	else
+	if (to != h && atomic_load_explicit(&to->idle, memory_order_relaxed))
 		handler_give(to, req);
+	else
+		fault_start_read(h, req);
 }
 
 void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)

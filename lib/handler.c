@@ -120,14 +120,17 @@ void handler_give(struct handler *to, struct fill_req *req)
 		(void)0; /* only an overflowing counter fails, and it is readable then */
 }
 
-/* Start the reads other handlers gave us, oldest first; returns whether there were any. */
-static bool take_handoff(struct handler *h)
+/*
+ * Start the reads given to handler from, oldest first, on h (from itself, or
+ * another handler while from is busy); returns whether there were any.
+ */
+static bool take_handoff(struct handler *h, struct handler *from)
 {
 	struct fill_req *req, *rev = NULL;
 
-	if (!atomic_load_explicit(&h->handoff, memory_order_relaxed))
+	if (!atomic_load_explicit(&from->handoff, memory_order_relaxed))
 		return false;
-	req = atomic_exchange_explicit(&h->handoff, NULL, memory_order_acquire);
+	req = atomic_exchange_explicit(&from->handoff, NULL, memory_order_acquire);
 	while (req) {
 		struct fill_req *next = req->next;
 
@@ -141,6 +144,21 @@ static bool take_handoff(struct handler *h)
 	}
 	uring_flush(h);
 	return true;
+}
+
+/* Idle: take what was given to a handler that has been busy since. */
+static bool steal_handoff(struct handler *h)
+{
+	struct lazymap *lm = h->lm;
+	bool any = false;
+
+	for (unsigned i = 0; i < lm->nhandlers; i++) {
+		struct handler *o = &lm->handlers[i];
+
+		if (o != h && !atomic_load_explicit(&o->idle, memory_order_relaxed))
+			any |= take_handoff(h, o);
+	}
+	return any;
 }
 
 /*
@@ -198,10 +216,13 @@ static void *handler_main(void *arg)
 		/* Completions first: their pages are what faulting threads wait for. */
 		if (h->inflight && uring_reap(h, false) > 0)
 			sp.since = 0;
-		if (take_handoff(h))
+		if (take_handoff(h, h)) {
+			atomic_store_explicit(&h->idle, false, memory_order_relaxed);
 			sp.since = 0;
+		}
 		n = uffd_read(mm->uffd, msgs, BATCH);
 		if (n > 0) {
+			atomic_store_explicit(&h->idle, false, memory_order_relaxed);
 			stat_add(&h->stats.reads, 1);
 			if ((uint64_t)n > atomic_load_explicit(&h->stats.max_batch, memory_order_relaxed))
 				atomic_store_explicit(&h->stats.max_batch, (uint64_t)n, memory_order_relaxed);
@@ -217,7 +238,13 @@ static void *handler_main(void *arg)
 		if (atomic_load_explicit(&lm->stopping, memory_order_acquire))
 			break;
 		if (atomic_load_explicit(&lm->work_pending, memory_order_relaxed) && serve_work(h)) {
+			atomic_store_explicit(&h->idle, false, memory_order_relaxed);
 			uring_flush(h);
+			sp.since = 0;
+			continue;
+		}
+		atomic_store_explicit(&h->idle, true, memory_order_relaxed);
+		if (steal_handoff(h)) {
 			sp.since = 0;
 			continue;
 		}
@@ -254,6 +281,9 @@ static void *handler_main(void *arg)
 		}
 		sp.since = 0;
 	}
+	/* Never idle again: nothing is given to us now, and what was is taken
+	 * by the others (or let go at close). */
+	atomic_store_explicit(&h->idle, false, memory_order_relaxed);
 	/* The kernel writes into pool pages until every read has completed. */
 	while (h->inflight && uring_reap(h, true) > 0)
 		;

@@ -298,12 +298,15 @@ struct handler {
 	unsigned inflight;       /* reads submitted and not yet completed */
 	/*
 	 * Reads other handlers claimed for this one to start: a lock-free
-	 * stack, pushed by anyone, taken whole by the owner; handoff_efd is
+	 * stack, pushed by anyone, taken whole (atomic exchange) by the owner,
+	 * or by an idle handler while the owner is busy; handoff_efd is
 	 * readable whenever it may be non-empty (written by the push that
-	 * finds it empty, drained by the owner before it sleeps).
+	 * finds it empty, drained by the owner before it sleeps). Only idle
+	 * handlers are given reads: a busy one may be stuck in a slow fill.
 	 */
 	_Atomic(struct fill_req *) handoff;
 	int handoff_efd;
+	atomic_bool idle;        /* polling or asleep with nothing in hand; a hint */
 	struct hstats stats;
 };
 

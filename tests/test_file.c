@@ -1285,6 +1285,61 @@ Test(file, handlers_sleep_once_reads_are_done, FIXTURE)
 	}
 }
 
+/* A fill callback that waits until the file stream is done (10 s at most). */
+static atomic_bool in_fill, stream_done, fill_timed_out;
+
+static int wait_for_stream(void *page, size_t len, uint64_t offset, void *arg)
+{
+	double t0 = now_s();
+
+	(void)arg;
+	(void)offset;
+	memset(page, 0x5a, len);
+	atomic_store(&in_fill, true);
+	while (!atomic_load(&stream_done)) {
+		if (now_s() - t0 > 10) {
+			atomic_store(&fill_timed_out, true);
+			break;
+		}
+		usleep(1000);
+	}
+	return 0;
+}
+
+static void *touch_slow_fill(void *arg)
+{
+	return (void *)(uintptr_t)*(volatile char *)arg;
+}
+
+/*
+ * A handler busy in a slow fill callback is not given a stream's read-ahead
+ * windows: the stream would wait for the callback, and here the callback
+ * waits for the stream.
+ */
+Test(file, stream_never_waits_behind_a_busy_handler, FIXTURE)
+{
+	size_t ps = pgsz(), len = 32 * MiB, npages = len / ps;
+	struct lazymap *lm = open_lm(2, 0);
+	char path[PATH_MAX], *p;
+	volatile char sink = 0;
+	pthread_t t;
+	void *slow;
+
+	make_plain("stream", len, 68, path, sizeof(path));
+	cr_assert_eq(lazymap_map_fill(lm, &slow, ps, PROT_READ, wait_for_stream, NULL), 0);
+	p = map_path(lm, path, len, PROT_READ, 0, 0);
+	cr_assert_eq(pthread_create(&t, NULL, touch_slow_fill, slow), 0);
+	while (!atomic_load(&in_fill))
+		usleep(1000);
+	for (size_t pg = 0; pg < npages; pg++)
+		sink += p[pg * ps];
+	(void)sink;
+	atomic_store(&stream_done, true);
+	pthread_join(t, NULL);
+	cr_assert(!atomic_load(&fill_timed_out), "the stream waited for the fill callback");
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
 Test(file, readahead_random_scan_reads_little_more_than_touched, FIXTURE)
 {
 	struct fspec s = big_sparse("ra_rand");
