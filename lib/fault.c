@@ -307,13 +307,16 @@ out:
  * regions are left alone (their zero page is a real shmem page), and so are
  * files: they read only what is touched. Lock held.
  */
-#define AROUND_PAGES 16
+#define AROUND_BYTES (64u << 10)
 
 static void fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
 			 bool write)
 {
 	/* At most the pool's run (ra_pages), and a power of two: it aligns. */
-	size_t pages = h->lm->ra_pages < AROUND_PAGES ? h->lm->ra_pages : AROUND_PAGES;
+	size_t pages = AROUND_BYTES >> page_shift;
+
+	if (pages > h->lm->ra_pages)
+		pages = h->lm->ra_pages;
 
 	while (pages & (pages - 1))
 		pages &= pages - 1;
