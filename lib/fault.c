@@ -320,6 +320,8 @@ static void fault_around(struct handler *h, struct mm *mm, struct vma *v, uintpt
 
 	while (pages & (pages - 1))
 		pages &= pages - 1;
+	if (pages < 2)
+		return; /* pages of 64 KiB or more: the fault filled the block */
 
 	const size_t block = pages << page_shift;
 	uintptr_t at = addr & ~(block - 1), end = at + block;
