@@ -600,8 +600,7 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
 	if (!v->src->ops->read) {
 		fill_run(h, mm, v, addr, idx, n, write, addr);
-		if (n == 1 && !(v->flags & LAZYMAP_SHARED) && v->advice != LAZYMAP_ADV_RANDOM &&
-		    h->lm->ra_pages > 1)
+		if (n == 1 && !(v->flags & LAZYMAP_SHARED) && v->advice != LAZYMAP_ADV_RANDOM)
 			fault_around(h, mm, v, addr, write);
 		goto out;
 	}
