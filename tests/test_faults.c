@@ -267,6 +267,28 @@ Test(faults, read_faults_map_the_zero_page)
 }
 
 /*
+ * Wait until at least want pages of [p, p + npages pages) are present (the
+ * toucher is woken before the rest of a block lands), then 20 ms more, for
+ * anything still on its way; mincore's answer is left in vec.
+ */
+static void settle_present(char *p, size_t npages, size_t want, unsigned char *vec)
+{
+	size_t ps = pgsz(), in = 0;
+
+	for (double t0 = now_s();; usleep(1000)) {
+		cr_assert_eq(mincore(p, npages * ps, vec), 0);
+		in = 0;
+		for (size_t i = 0; i < npages; i++)
+			in += vec[i] & 1;
+		if (in >= want)
+			break;
+		cr_assert_lt(now_s() - t0, 10.0, "%zu of %zu pages present", in, want);
+	}
+	usleep(20000);
+	cr_assert_eq(mincore(p, npages * ps, vec), 0);
+}
+
+/*
  * A lone fault on a private zero or fill region fills the rest of its
  * aligned 16-page block (for zeros: the zero page after a read, zeroed pages
  * after a write): later touches there are the kernel's own faults. Shared
@@ -300,18 +322,7 @@ static void around_case(bool use_fill, unsigned flags, int advice, bool write, b
 		w[3] = 7;
 	else
 		(void)*(volatile uint64_t *)w;
-	/* The toucher is woken first: the rest of the block lands just after. */
-	for (double t0 = now_s();;) {
-		size_t in = 0;
-
-		cr_assert_eq(mincore(p, npages * ps, vec), 0);
-		for (size_t i = 0; i < npages; i++)
-			in += vec[i] & 1;
-		if (in >= (around ? 16 : 1) && (around || now_s() - t0 > 0.02))
-			break;
-		cr_assert_lt(now_s() - t0, 10.0, "%zu pages present", in);
-		usleep(1000);
-	}
+	settle_present(p, npages, around ? 16 : 1, vec);
 	for (size_t i = 0; i < npages; i++) {
 		char *a = p + i * ps;
 		bool want = a == b + 5 * ps || (around && a >= b && a < b + block);
@@ -359,7 +370,7 @@ Test(faults, readahead_max_caps_the_block)
 
 	for (size_t ra = 1; ra <= 3; ra++) {
 		struct lazymap_opts o = { .readahead_max = ra * ps };
-		size_t want = ra == 1 ? 1 : 2, in = 0;
+		size_t want = ra == 1 ? 1 : 2;
 		unsigned char vec[64];
 		struct lazymap *lm;
 		char *p, *b;
@@ -371,14 +382,7 @@ Test(faults, readahead_max_caps_the_block)
 		p = v;
 		b = (char *)(((uintptr_t)p + 32 * ps - 1) & ~(16 * ps - 1));
 		b[5 * ps] = 1;
-		for (double t0 = now_s(); in < want && now_s() - t0 < 10; usleep(1000)) {
-			cr_assert_eq(mincore(p, npages * ps, vec), 0);
-			in = 0;
-			for (size_t i = 0; i < npages; i++)
-				in += vec[i] & 1;
-		}
-		usleep(20000); /* nothing more may land */
-		cr_assert_eq(mincore(p, npages * ps, vec), 0);
+		settle_present(p, npages, want, vec);
 		for (size_t i = 0; i < npages; i++) {
 			char *a = p + i * ps;
 			bool in_block = want == 1 ? a == b + 5 * ps : a >= b + 4 * ps && a < b + 6 * ps;
@@ -448,7 +452,6 @@ Test(faults, fill_error_ahead_of_the_fault_is_not_poison)
 	struct lazymap *lm;
 	struct touch_fault f;
 	char *p, *b, c;
-	size_t in = 0;
 
 	touch_install();
 	cr_assert_eq(lazymap_open(&lm, NULL), 0);
@@ -461,15 +464,7 @@ Test(faults, fill_error_ahead_of_the_fault_is_not_poison)
 	cr_assert_eq(f.signo, 0);
 	cr_assert_eq(*(uint64_t *)(b + 5 * ps), pattern((bi + 5) * ps, 9));
 	/* The good part of the block lands: pages 0-5. */
-	for (double t0 = now_s(); in < 6; usleep(1000)) {
-		cr_assert_lt(now_s() - t0, 10.0, "%zu pages present", in);
-		cr_assert_eq(mincore(p, npages * ps, vec), 0);
-		in = 0;
-		for (size_t i = 0; i < npages; i++)
-			in += vec[i] & 1;
-	}
-	usleep(20000);
-	cr_assert_eq(mincore(p, npages * ps, vec), 0);
+	settle_present(p, npages, 6, vec);
 	for (size_t i = 0; i < npages; i++)
 		cr_assert_eq(vec[i] & 1, i >= bi && i < bi + 6, "page %zd of the block present %d",
 			     (ssize_t)i - (ssize_t)bi, vec[i] & 1);
