@@ -78,15 +78,13 @@ static bool serve_work(struct handler *h)
 {
 	struct lazymap *lm = h->lm;
 	struct prefetch *pf;
-	uint64_t val = 1;
 
 	pthread_mutex_lock(&lm->work_lock);
 	pf = lm->work;
 	if (pf) {
 		lm->work = pf->next;
-		if (atomic_fetch_sub(&lm->work_pending, 1) == 1 &&
-		    read(lm->work_efd, &val, sizeof(val)) < 0)
-			(void)0; /* already drained */
+		if (atomic_fetch_sub(&lm->work_pending, 1) == 1)
+			efd_drain(lm->work_efd);
 	}
 	pthread_mutex_unlock(&lm->work_lock);
 	if (!pf)
@@ -97,27 +95,30 @@ static bool serve_work(struct handler *h)
 		free(pf);
 		return true;
 	}
+	handlers_queue(lm, pf);
+	return true;
+}
+
+void handlers_queue(struct lazymap *lm, struct prefetch *pf)
+{
 	pthread_mutex_lock(&lm->work_lock);
 	pf->next = lm->work;
 	lm->work = pf;
-	val = 1;
-	if (atomic_fetch_add(&lm->work_pending, 1) == 0 && write(lm->work_efd, &val, sizeof(val)) < 0)
-		(void)0; /* only an overflowing counter fails, and it is readable then */
+	if (atomic_fetch_add(&lm->work_pending, 1) == 0)
+		efd_signal(lm->work_efd);
 	pthread_mutex_unlock(&lm->work_lock);
-	return true;
 }
 
 void handler_give(struct handler *to, struct fill_req *req)
 {
 	struct fill_req *head = atomic_load_explicit(&to->handoff, memory_order_relaxed);
-	uint64_t one = 1;
 
 	do
 		req->next = head;
 	while (!atomic_compare_exchange_weak_explicit(&to->handoff, &head, req, memory_order_release,
 						      memory_order_relaxed));
-	if (!head && write(to->handoff_efd, &one, sizeof(one)) < 0)
-		(void)0; /* only an overflowing counter fails, and it is readable then */
+	if (!head)
+		efd_signal(to->handoff_efd);
 }
 
 /*
@@ -265,10 +266,7 @@ static void *handler_main(void *arg)
 			continue;
 		}
 		/* The same for the handoff stack: drain, then look. */
-		uint64_t drain;
-
-		if (read(h->handoff_efd, &drain, sizeof(drain)) < 0)
-			(void)0; /* not signalled: fine */
+		efd_drain(h->handoff_efd);
 		if (atomic_load_explicit(&h->handoff, memory_order_acquire))
 			continue;
 
@@ -377,13 +375,10 @@ int handlers_start(struct lazymap *lm)
 
 void handlers_stop(struct lazymap *lm)
 {
-	uint64_t one = 1;
-
 	if (!lm->handlers)
 		return;
 	atomic_store_explicit(&lm->stopping, true, memory_order_release);
-	if (write(lm->stop_efd, &one, sizeof(one)) < 0)
-		(void)0; /* an eventfd write of 1 cannot fail short of overflow */
+	efd_signal(lm->stop_efd);
 	for (unsigned i = 0; i < lm->nhandlers; i++) {
 		struct handler *h = &lm->handlers[i];
 

@@ -23,6 +23,10 @@
 extern size_t page_size;    /* set once, before main(), by a constructor */
 extern unsigned page_shift;
 
+/* Make a nonblocking eventfd readable; make it unreadable again. */
+void efd_signal(int fd);
+void efd_drain(int fd);
+
 /* Invariants. LAZYMAP_DEBUG >= 1 (debug and test builds): cheap asserts;
  * >= 2: expensive ones too (a full tree check after every change). */
 #ifndef LAZYMAP_DEBUG
@@ -321,6 +325,8 @@ extern _Thread_local struct handler *current_handler;
 
 int handlers_start(struct lazymap *lm);
 void handlers_stop(struct lazymap *lm);
+/* Queue a prefetch range for the handlers (lazymap_prefetch; the rest of one). */
+void handlers_queue(struct lazymap *lm, struct prefetch *pf);
 /* Have handler to start req's read (fault_start_read). */
 void handler_give(struct handler *to, struct fill_req *req);
 

@@ -380,9 +380,7 @@ int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 {
 	struct prefetch *pf;
 	uintptr_t start;
-	uint64_t one = 1;
 	int ret = range_begin(lm, addr, &len, &start);
-
 
 	if (ret)
 		return ret;
@@ -395,12 +393,7 @@ int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 		goto out;
 	pf->start = start;
 	pf->end = start + len;
-	pthread_mutex_lock(&lm->work_lock);
-	pf->next = lm->work;
-	lm->work = pf;
-	if (atomic_fetch_add(&lm->work_pending, 1) == 0 && write(lm->work_efd, &one, sizeof(one)) < 0)
-		(void)0; /* only an overflowing counter fails, and it is readable then */
-	pthread_mutex_unlock(&lm->work_lock);
+	handlers_queue(lm, pf);
 	ret = 0;
 out:
 	lazymap_put(lm);

@@ -104,10 +104,7 @@ int uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
  * reaps once more, so that no completion is left behind unsignalled. */
 void uring_quiet(struct handler *h)
 {
-	uint64_t drain;
-
-	if (read(h->ring->efd, &drain, sizeof(drain)) < 0)
-		(void)0; /* nothing signalled since: fine */
+	efd_drain(h->ring->efd);
 }
 
 int uring_reap(struct handler *h, bool wait)

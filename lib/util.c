@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /*
  * Small things every file needs: the page size, known before any lazymap
- * exists, and the assertion sink.
+ * exists, the assertion sink, and eventfd signals.
  */
 #include <unistd.h>
 
@@ -16,6 +16,22 @@ __attribute__((constructor)) static void util_init(void)
 
 	page_size = sz > 0 ? (size_t)sz : 4096;
 	page_shift = (unsigned)__builtin_ctzl(page_size);
+}
+
+void efd_signal(int fd)
+{
+	uint64_t one = 1;
+
+	if (write(fd, &one, sizeof(one)) < 0)
+		(void)0; /* only an overflowing counter fails, and it is readable then */
+}
+
+void efd_drain(int fd)
+{
+	uint64_t val;
+
+	if (read(fd, &val, sizeof(val)) < 0)
+		(void)0; /* nothing signalled since: fine */
 }
 
 _Noreturn void lazymap_assert_fail(const char *what, const char *file, int line)
