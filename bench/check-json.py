@@ -29,8 +29,10 @@ def main():
             data = json.load(f)
         png = os.path.join(d, 'bench.png')
         drawn = subprocess.run([plot, out, '-o', png], capture_output=True, text=True)
-        with open(png, 'rb') if os.path.exists(png) else open(os.devnull, 'rb') as f:
-            magic = f.read(8)
+        magic = b''
+        if os.path.exists(png):
+            with open(png, 'rb') as f:
+                magic = f.read(8)
 
     checks = []
 
