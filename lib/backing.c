@@ -12,7 +12,7 @@
 
 #include "internal.h"
 
-int backing_open(int fd, bool direct, struct backing **bp)
+int lzm_backing_open(int fd, bool direct, struct backing **bp)
 {
 	struct backing *b;
 	struct stat st;
@@ -47,7 +47,7 @@ int backing_open(int fd, bool direct, struct backing **bp)
 		if (b->dfd < 0) {
 			int err = errno;
 
-			backing_put(b);
+			lzm_backing_put(b);
 			/* tmpfs and friends refuse O_DIRECT with EINVAL */
 			return err == EINVAL ? -EINVAL : -err;
 		}
@@ -56,7 +56,7 @@ int backing_open(int fd, bool direct, struct backing **bp)
 	return 0;
 }
 
-void backing_put(struct backing *b)
+void lzm_backing_put(struct backing *b)
 {
 	if (!b || atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
 		return;
@@ -66,7 +66,7 @@ void backing_put(struct backing *b)
 	free(b);
 }
 
-uint64_t backing_refresh_size(struct backing *b)
+uint64_t lzm_backing_refresh_size(struct backing *b)
 {
 	struct stat st;
 

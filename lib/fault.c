@@ -45,18 +45,18 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 		switch (how) {
 		case INSTALL_ZEROPAGE:
 			stat_add(&st->zeropage_ioctls, 1);
-			ret = uffd_zeropage(mm->uffd, dst, n, &done);
+			ret = lzm_uffd_zeropage(mm->uffd, dst, n, &done);
 			break;
 		case INSTALL_COPY:
 			stat_add(&st->copy_ioctls, 1);
-			ret = uffd_copy(mm->uffd, dst, src, n, &done);
+			ret = lzm_uffd_copy(mm->uffd, dst, src, n, &done);
 			break;
 		case INSTALL_MOVE:
 			stat_add(&st->move_ioctls, 1);
-			ret = uffd_move(mm->uffd, dst, (uintptr_t)src, n, &done);
+			ret = lzm_uffd_move(mm->uffd, dst, (uintptr_t)src, n, &done);
 			break;
 		case INSTALL_POISON:
-			ret = uffd_poison(mm->uffd, dst, n, &done);
+			ret = lzm_uffd_poison(mm->uffd, dst, n, &done);
 			break;
 		}
 		dst += done;
@@ -64,20 +64,20 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 		len -= done;
 		if (ret == 0 || (ret == -EAGAIN && done))
 			continue;
-		if (ret == -ENOENT && chunk > page_size) {
+		if (ret == -ENOENT && chunk > lzm_page_size) {
 			/*
 			 * One ioctl fills within one kernel VMA. Ours can span
 			 * several: we merge neighbours the kernel keeps apart
 			 * (their anon_vmas differ). Go on a page at a time.
 			 */
-			chunk = page_size;
+			chunk = lzm_page_size;
 			continue;
 		}
 		if (ret == -EEXIST) {
-			uffd_wake(mm->uffd, dst, page_size);
-			dst += page_size;
-			src += page_size;
-			len -= page_size;
+			lzm_uffd_wake(mm->uffd, dst, lzm_page_size);
+			dst += lzm_page_size;
+			src += lzm_page_size;
+			len -= lzm_page_size;
 			continue;
 		}
 		if ((ret == -EBUSY || ret == -EINVAL) && how == INSTALL_MOVE) {
@@ -88,7 +88,7 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 		}
 		if (ret == -ENOENT || ret == -EAGAIN || ret == -ESRCH || how == INSTALL_POISON ||
 		    !may_poison) {
-			uffd_wake(mm->uffd, dst, len);
+			lzm_uffd_wake(mm->uffd, dst, len);
 			return ret;
 		}
 		/*
@@ -96,7 +96,7 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 		 * wake would only spin it through us forever. Give it SIGBUS,
 		 * as the kernel does when it cannot fill a page.
 		 */
-		stat_add(&st->io_errors, len >> page_shift);
+		stat_add(&st->io_errors, len >> lzm_page_shift);
 		fprintf(stderr, "liblazymap: cannot install %#lx+%zu: %s: poisoned\n",
 			(unsigned long)dst, len, strerror(-ret));
 		how = INSTALL_POISON;
@@ -108,7 +108,7 @@ static bool page_present(uintptr_t addr)
 {
 	unsigned char vec = 0;
 
-	return mincore((void *)addr, page_size, &vec) == 0 && (vec & 1);
+	return mincore((void *)addr, lzm_page_size, &vec) == 0 && (vec & 1);
 }
 
 enum claim { CLAIMED, COALESCED, PRESENT };
@@ -140,7 +140,7 @@ static enum claim claim_page(struct mm *mm, _Atomic uint8_t *state, uintptr_t ad
 	if ((old & PAGE_FILLED) && page_present(addr)) {
 		/* the wake covers any waiter that came meanwhile */
 		atomic_store_explicit(state, PAGE_FILLED, memory_order_release);
-		uffd_wake(mm->uffd, addr, page_size);
+		lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
 		return PRESENT;
 	}
 	return CLAIMED;
@@ -159,7 +159,7 @@ static void release_run(struct mm *mm, struct source *src, uintptr_t addr, uint6
 	for (size_t i = 0; i < n; i++)
 		seen |= atomic_exchange_explicit(&src->state[idx + i], to, memory_order_acq_rel);
 	if (seen & PAGE_WAITER)
-		uffd_wake(mm->uffd, addr, n << page_shift);
+		lzm_uffd_wake(mm->uffd, addr, n << lzm_page_shift);
 }
 
 /* Claim up to max never-filled pages from state on; returns how many (0: the
@@ -242,7 +242,7 @@ static int fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t a
 {
 	struct source *src = v->src;
 	struct pool *pool = &h->pool;
-	size_t len = n << page_shift;
+	size_t len = n << lzm_page_shift;
 	bool has_asked = asked >= addr && asked - addr < len;
 	int ret;
 
@@ -265,7 +265,7 @@ static int fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t a
 		    v->prot == (PROT_READ | PROT_WRITE);
 
 	if (move)
-		pool_refill(pool->run, n);
+		lzm_pool_refill(pool->run, n);
 	stat_add(&h->stats.fill_calls, 1);
 	ret = src->ops->fill(src, pool->run, idx, n);
 	if (ret < 0 && n > 1) {
@@ -273,7 +273,7 @@ static int fill_run(struct handler *h, struct mm *mm, struct vma *v, uintptr_t a
 		int err = 0;
 
 		for (size_t i = 0; i < n; i++)
-			err |= fill_run(h, mm, v, addr + (i << page_shift), idx + i, 1, write, asked);
+			err |= fill_run(h, mm, v, addr + (i << lzm_page_shift), idx + i, 1, write, asked);
 		return err ? -EIO : 0;
 	}
 	if (ret < 0 && has_asked) {
@@ -313,7 +313,7 @@ static void fault_around(struct handler *h, struct mm *mm, struct vma *v, uintpt
 			 bool write)
 {
 	/* At most the pool's run (ra_pages), and a power of two: it aligns. */
-	size_t pages = AROUND_BYTES >> page_shift;
+	size_t pages = AROUND_BYTES >> lzm_page_shift;
 
 	if (pages > h->lm->ra_pages)
 		pages = h->lm->ra_pages;
@@ -323,25 +323,25 @@ static void fault_around(struct handler *h, struct mm *mm, struct vma *v, uintpt
 	if (pages < 2)
 		return; /* pages of 64 KiB or more: the fault filled the block */
 
-	const size_t block = pages << page_shift;
+	const size_t block = pages << lzm_page_shift;
 	uintptr_t at = addr & ~(block - 1), end = at + block;
 
 	if (at < v->start)
 		at = v->start;
 	if (end > v->end)
 		end = v->end;
-	for (uint64_t idx = v->pgoff + ((at - v->start) >> page_shift); at < end;) {
-		size_t n = claim_fresh(&v->src->state[idx], (end - at) >> page_shift);
+	for (uint64_t idx = v->pgoff + ((at - v->start) >> lzm_page_shift); at < end;) {
+		size_t n = claim_fresh(&v->src->state[idx], (end - at) >> lzm_page_shift);
 
 		if (!n) {
-			at += page_size;
+			at += lzm_page_size;
 			idx++;
 			continue;
 		}
 		stat_add(&h->stats.readahead_pages, n);
 		if (fill_run(h, mm, v, at, idx, n, write, 0))
 			return; /* the source or the kernel balks: leave the rest alone */
-		at += n << page_shift;
+		at += n << lzm_page_shift;
 		idx += n;
 	}
 }
@@ -368,15 +368,15 @@ static struct fill_req *begin_read(struct handler *h, struct mm *mm, struct vma 
 		int ret;
 
 		stat_add(&h->stats.io_errors, 1);
-		ret = install(h, mm, INSTALL_POISON, addr, NULL, page_size, true);
+		ret = install(h, mm, INSTALL_POISON, addr, NULL, lzm_page_size, true);
 		release_run(mm, src, addr, idx, 1, ret == 0);
-		addr += page_size;
+		addr += lzm_page_size;
 		idx++;
 		n--;
 	}
 	if (have < n) {
 		/* nobody asked for these: a later touch decides (the file may grow) */
-		release_run(mm, src, addr + (have << page_shift), idx + have, n - have, false);
+		release_run(mm, src, addr + (have << lzm_page_shift), idx + have, n - have, false);
 		n = have;
 	}
 	if (!n)
@@ -385,49 +385,49 @@ static struct fill_req *begin_read(struct handler *h, struct mm *mm, struct vma 
 	if (!req) {
 		/* Let the toucher fault again: it is all we can do without memory. */
 		release_run(mm, src, addr, idx, n, false);
-		uffd_wake(mm->uffd, addr, n << page_shift);
+		lzm_uffd_wake(mm->uffd, addr, n << lzm_page_shift);
 		return NULL;
 	}
-	source_get(src);
+	lzm_source_get(src);
 	*req = (struct fill_req){ .mm = mm, .src = src, .addr = addr, .idx = idx, .n = n,
 				  .write = write };
 	return req;
 }
 
-void fault_abandon(struct fill_req *req)
+void lzm_fault_abandon(struct fill_req *req)
 {
 	release_run(req->mm, req->src, req->addr, req->idx, req->n, false);
-	uffd_wake(req->mm->uffd, req->addr, req->n << page_shift);
-	source_put(req->src);
+	lzm_uffd_wake(req->mm->uffd, req->addr, req->n << lzm_page_shift);
+	lzm_source_put(req->src);
 	free(req);
 }
 
 static void req_free(struct handler *h, struct fill_req *req)
 {
 	if (req->buf)
-		pool_free(&h->pool, req->buf, req->n);
-	source_put(req->src);
+		lzm_pool_free(&h->pool, req->buf, req->n);
+	lzm_source_put(req->src);
 	free(req);
 }
 
 /* Start req's read; lock not held. Waits for completions while the pool is full. */
-void fault_start_read(struct handler *h, struct fill_req *req)
+void lzm_fault_start_read(struct handler *h, struct fill_req *req)
 {
 	int ret;
 
-	while (!(req->buf = pool_alloc(&h->pool, req->n))) {
-		uring_flush(h);
-		if (!h->inflight || uring_reap(h, true) < 0)
+	while (!(req->buf = lzm_pool_alloc(&h->pool, req->n))) {
+		lzm_uring_flush(h);
+		if (!h->inflight || lzm_uring_reap(h, true) < 0)
 			break;
 	}
 	if (!req->buf) {
 		/* Cannot happen (a run is smaller than the pool), but never hang. */
-		fault_abandon(req);
+		lzm_fault_abandon(req);
 		return;
 	}
 	ret = req->src->ops->read(h, req);
 	if (ret)
-		fault_read_done(h, req, ret);
+		lzm_fault_read_done(h, req, ret);
 }
 
 /*
@@ -444,61 +444,61 @@ static void finish_read(struct handler *h, struct fill_req *req, size_t data_pag
 	struct vma *v;
 	int ret = 0;
 
-	if (bytes & (page_size - 1))
-		memset(req->buf + bytes, 0, page_size - (bytes & (page_size - 1)));
+	if (bytes & (lzm_page_size - 1))
+		memset(req->buf + bytes, 0, lzm_page_size - (bytes & (lzm_page_size - 1)));
 	pthread_rwlock_rdlock(&mm->lock);
-	v = vma_lookup(&mm->tree, req->addr);
+	v = lzm_vma_lookup(&mm->tree, req->addr);
 	if (v && v->src == req->src &&
-	    v->pgoff + ((req->addr - v->start) >> page_shift) == req->idx) {
-		limit = (v->end - req->addr) >> page_shift;
+	    v->pgoff + ((req->addr - v->start) >> lzm_page_shift) == req->idx) {
+		limit = (v->end - req->addr) >> lzm_page_shift;
 		if (limit > req->n)
 			limit = req->n;
 	}
 	good = data_pages < limit ? data_pages : limit;
 	if (good) {
 		stat_add(&h->stats.pages_filled, good);
-		ret = install(h, mm, INSTALL_COPY, req->addr, req->buf, good << page_shift, true);
+		ret = install(h, mm, INSTALL_COPY, req->addr, req->buf, good << lzm_page_shift, true);
 	}
 	if (ret == 0 && limit > good && poison_rest) {
 		stat_add(&h->stats.io_errors, limit - good);
-		ret = install(h, mm, INSTALL_POISON, req->addr + (good << page_shift), NULL,
-			      (limit - good) << page_shift, true);
+		ret = install(h, mm, INSTALL_POISON, req->addr + (good << lzm_page_shift), NULL,
+			      (limit - good) << lzm_page_shift, true);
 	}
 	if (!poison_rest) {
 		/* the rest will be faulted, and read, on its own */
-		release_run(mm, req->src, req->addr + (good << page_shift), req->idx + good,
+		release_run(mm, req->src, req->addr + (good << lzm_page_shift), req->idx + good,
 			    limit - good, false);
 		limit = good;
 	}
 	release_run(mm, req->src, req->addr, req->idx, limit, ret == 0);
 	pthread_rwlock_unlock(&mm->lock);
 	if (limit < req->n)
-		release_run(mm, req->src, req->addr + (limit << page_shift), req->idx + limit,
+		release_run(mm, req->src, req->addr + (limit << lzm_page_shift), req->idx + limit,
 			    req->n - limit, false);
 	req_free(h, req);
 }
 
-void fault_read_done(struct handler *h, struct fill_req *req, int res)
+void lzm_fault_read_done(struct handler *h, struct fill_req *req, int res)
 {
-	size_t len = req->n << page_shift;
+	size_t len = req->n << lzm_page_shift;
 
 	if (res == -EAGAIN || res == -EINTR) {
 		if (req->src->ops->read(h, req) == 0)
 			return;
 		res = -EIO;
 	}
-	if (res < 0 && req->done >= page_size) {
+	if (res < 0 && req->done >= lzm_page_size) {
 		/* Failed after good data: keep the whole pages read so far. */
-		finish_read(h, req, req->done >> page_shift, req->done & ~(page_size - 1), false);
+		finish_read(h, req, req->done >> lzm_page_shift, req->done & ~(lzm_page_size - 1), false);
 		return;
 	}
 	if (res < 0) {
 		if (req->n > 1) {
 			/* Which pages fail? Keep the first (a fault may wait on it) and
 			 * let the others be faulted, and read, one by one. */
-			release_run(req->mm, req->src, req->addr + page_size, req->idx + 1,
+			release_run(req->mm, req->src, req->addr + lzm_page_size, req->idx + 1,
 				    req->n - 1, false);
-			pool_free(&h->pool, req->buf + page_size, req->n - 1);
+			lzm_pool_free(&h->pool, req->buf + lzm_page_size, req->n - 1);
 			req->n = 1;
 			req->done = 0;
 			if (req->src->ops->read(h, req) == 0)
@@ -516,8 +516,8 @@ void fault_read_done(struct handler *h, struct fill_req *req, int res)
 			return;
 	}
 	if (req->done < len && req->src->backing)
-		backing_refresh_size(req->src->backing);
-	finish_read(h, req, (req->done + page_size - 1) >> page_shift, req->done, true);
+		lzm_backing_refresh_size(req->src->backing);
+	finish_read(h, req, (req->done + lzm_page_size - 1) >> lzm_page_shift, req->done, true);
 }
 
 /* ------------------------------------------------------------ entry points */
@@ -534,8 +534,8 @@ static struct fill_req *begin_ahead(struct handler *h, struct mm *mm, struct vma
 
 	if (addr >= v->end)
 		return NULL;
-	if (max > (v->end - addr) >> page_shift)
-		max = (v->end - addr) >> page_shift;
+	if (max > (v->end - addr) >> lzm_page_shift)
+		max = (v->end - addr) >> lzm_page_shift;
 	n = claim_fresh(&v->src->state[idx], max);
 	if (!n)
 		return NULL;
@@ -563,12 +563,12 @@ static void start_ahead(struct handler *h, struct fill_req *req, int i)
 	struct handler *to = &lm->handlers[(self + 1 + (size_t)i) % lm->nhandlers];
 
 	if (to != h && atomic_load_explicit(&to->idle, memory_order_relaxed))
-		handler_give(to, req);
+		lzm_handler_give(to, req);
 	else
-		fault_start_read(h, req);
+		lzm_fault_start_read(h, req);
 }
 
-void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
+void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 {
 	struct fill_req *req = NULL, *ahead[AHEAD_WINDOWS] = { NULL };
 	struct vma *v;
@@ -576,14 +576,14 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 	size_t max, n;
 
 	pthread_rwlock_rdlock(&mm->lock);
-	v = vma_lookup(&mm->tree, addr);
+	v = lzm_vma_lookup(&mm->tree, addr);
 	if (!v) {
 		/* Not ours (any more): let the toucher retry against the kernel. */
 		stat_add(&h->stats.unowned, 1);
-		uffd_wake(mm->uffd, addr, page_size);
+		lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
 		goto out;
 	}
-	idx = v->pgoff + ((addr - v->start) >> page_shift);
+	idx = v->pgoff + ((addr - v->start) >> lzm_page_shift);
 	switch (claim_page(mm, &v->src->state[idx], addr)) {
 	case COALESCED:
 	case PRESENT:
@@ -593,8 +593,8 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 		break;
 	}
 	max = ra_window(h->lm, v, idx);
-	if (max > (v->end - addr) >> page_shift)
-		max = (v->end - addr) >> page_shift;
+	if (max > (v->end - addr) >> lzm_page_shift)
+		max = (v->end - addr) >> lzm_page_shift;
 	n = claim_run(&v->src->state[idx], max);
 	stat_add(&h->stats.readahead_pages, n - 1);
 	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
@@ -610,7 +610,7 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 	for (int i = 0; req && n == h->lm->ra_pages && i < AHEAD_WINDOWS; i++) {
 		uint64_t at = idx + n * (size_t)(i + 1);
 
-		ahead[i] = begin_ahead(h, mm, v, addr + ((at - idx) << page_shift), at, n);
+		ahead[i] = begin_ahead(h, mm, v, addr + ((at - idx) << lzm_page_shift), at, n);
 		if (!ahead[i])
 			break;
 		atomic_store_explicit(&v->ra_next, at + ahead[i]->n, memory_order_relaxed);
@@ -618,7 +618,7 @@ void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
 out:
 	pthread_rwlock_unlock(&mm->lock);
 	if (req)
-		fault_start_read(h, req);
+		lzm_fault_start_read(h, req);
 	for (int i = 0; i < AHEAD_WINDOWS && ahead[i]; i++)
 		start_ahead(h, ahead[i], i);
 }
@@ -626,7 +626,7 @@ out:
 /* Pages a prefetch step may look at: bounds the time it holds the lock. */
 #define PREFETCH_SCAN 4096
 
-uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end)
+uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end)
 {
 	size_t budget = h->lm->ra_pages * 4, scan = PREFETCH_SCAN;
 	uintptr_t addr = start;
@@ -637,7 +637,7 @@ uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uint
 		size_t n = 0;
 
 		pthread_rwlock_rdlock(&mm->lock);
-		v = vma_find(&mm->tree, addr);
+		v = lzm_vma_find(&mm->tree, addr);
 		if (!v || v->start >= end) {
 			pthread_rwlock_unlock(&mm->lock);
 			return end;
@@ -646,11 +646,11 @@ uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uint
 			addr = v->start;
 
 		uintptr_t stop = end < v->end ? end : v->end;
-		uint64_t idx = v->pgoff + ((addr - v->start) >> page_shift);
+		uint64_t idx = v->pgoff + ((addr - v->start) >> lzm_page_shift);
 
 		/* Skip what is filled or being filled, under the one lock. */
-		for (; addr < stop && scan; addr += page_size, idx++, scan--) {
-			size_t max = (stop - addr) >> page_shift;
+		for (; addr < stop && scan; addr += lzm_page_size, idx++, scan--) {
+			size_t max = (stop - addr) >> lzm_page_shift;
 
 			if (max > h->lm->ra_pages)
 				max = h->lm->ra_pages;
@@ -667,8 +667,8 @@ uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uint
 		}
 		pthread_rwlock_unlock(&mm->lock);
 		if (req)
-			fault_start_read(h, req);
-		addr += n << page_shift;
+			lzm_fault_start_read(h, req);
+		addr += n << lzm_page_shift;
 		budget -= n;
 	}
 	return addr;

@@ -28,7 +28,7 @@
 
 #define BATCH 64
 
-_Thread_local struct handler *current_handler;
+_Thread_local struct handler *lzm_current_handler;
 
 static uint64_t now_ns(void)
 {
@@ -48,16 +48,16 @@ static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg 
 		switch (m->event) {
 		case UFFD_EVENT_PAGEFAULT:
 			stat_add(&h->stats.faults, 1);
-			addr = (uintptr_t)m->arg.pagefault.address & ~(uintptr_t)(page_size - 1);
+			addr = (uintptr_t)m->arg.pagefault.address & ~(uintptr_t)(lzm_page_size - 1);
 			/* Two threads faulting on one page queue two messages. */
 			for (int j = 0; j < i && !dup; j++)
 				dup = msgs[j].event == UFFD_EVENT_PAGEFAULT &&
-				      ((uintptr_t)msgs[j].arg.pagefault.address & ~(uintptr_t)(page_size - 1)) == addr;
+				      ((uintptr_t)msgs[j].arg.pagefault.address & ~(uintptr_t)(lzm_page_size - 1)) == addr;
 			if (dup) {
 				stat_add(&h->stats.coalesced, 1);
 				break;
 			}
-			fault_handle(h, mm, addr, m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE);
+			lzm_fault_handle(h, mm, addr, m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE);
 			break;
 		default:
 			/* We negotiate no event features yet: the kernel said something new. */
@@ -84,32 +84,32 @@ static bool serve_work(struct handler *h)
 	if (pf) {
 		lm->work = pf->next;
 		if (atomic_fetch_sub(&lm->work_pending, 1) == 1)
-			efd_drain(lm->work_efd);
+			lzm_efd_drain(lm->work_efd);
 	}
 	pthread_mutex_unlock(&lm->work_lock);
 	if (!pf)
 		return false;
 
-	pf->start = fault_prefetch(h, &lm->mm, pf->start, pf->end);
+	pf->start = lzm_fault_prefetch(h, &lm->mm, pf->start, pf->end);
 	if (pf->start >= pf->end) {
 		free(pf);
 		return true;
 	}
-	handlers_queue(lm, pf);
+	lzm_handlers_queue(lm, pf);
 	return true;
 }
 
-void handlers_queue(struct lazymap *lm, struct prefetch *pf)
+void lzm_handlers_queue(struct lazymap *lm, struct prefetch *pf)
 {
 	pthread_mutex_lock(&lm->work_lock);
 	pf->next = lm->work;
 	lm->work = pf;
 	if (atomic_fetch_add(&lm->work_pending, 1) == 0)
-		efd_signal(lm->work_efd);
+		lzm_efd_signal(lm->work_efd);
 	pthread_mutex_unlock(&lm->work_lock);
 }
 
-void handler_give(struct handler *to, struct fill_req *req)
+void lzm_handler_give(struct handler *to, struct fill_req *req)
 {
 	struct fill_req *head = atomic_load_explicit(&to->handoff, memory_order_relaxed);
 
@@ -118,7 +118,7 @@ void handler_give(struct handler *to, struct fill_req *req)
 	while (!atomic_compare_exchange_weak_explicit(&to->handoff, &head, req, memory_order_release,
 						      memory_order_relaxed));
 	if (!head)
-		efd_signal(to->handoff_efd);
+		lzm_efd_signal(to->handoff_efd);
 }
 
 /*
@@ -141,9 +141,9 @@ static bool take_handoff(struct handler *h, struct handler *from)
 	}
 	for (; rev; rev = req) {
 		req = rev->next;
-		fault_start_read(h, rev);
+		lzm_fault_start_read(h, rev);
 	}
-	uring_flush(h);
+	lzm_uring_flush(h);
 	return true;
 }
 
@@ -210,25 +210,25 @@ static void *handler_main(void *arg)
 	uint64_t spin_ns = lm->opts.spin_us == LAZYMAP_SPIN_NONE ? 0 : lm->opts.spin_us * 1000ull;
 	struct spin sp = { 0 };
 
-	current_handler = h;
+	lzm_current_handler = h;
 	for (;;) {
 		int n;
 
 		/* Completions first: their pages are what faulting threads wait for. */
-		if (h->inflight && uring_reap(h, false) > 0)
+		if (h->inflight && lzm_uring_reap(h, false) > 0)
 			sp.since = 0;
 		if (take_handoff(h, h)) {
 			atomic_store_explicit(&h->idle, false, memory_order_relaxed);
 			sp.since = 0;
 		}
-		n = uffd_read(mm->uffd, msgs, BATCH);
+		n = lzm_uffd_read(mm->uffd, msgs, BATCH);
 		if (n > 0) {
 			atomic_store_explicit(&h->idle, false, memory_order_relaxed);
 			stat_add(&h->stats.reads, 1);
 			if ((uint64_t)n > atomic_load_explicit(&h->stats.max_batch, memory_order_relaxed))
 				atomic_store_explicit(&h->stats.max_batch, (uint64_t)n, memory_order_relaxed);
 			serve_batch(h, mm, msgs, n);
-			uring_flush(h); /* the batch's reads go to the kernel together */
+			lzm_uring_flush(h); /* the batch's reads go to the kernel together */
 			sp.since = 0;
 			continue;
 		}
@@ -240,7 +240,7 @@ static void *handler_main(void *arg)
 			break;
 		if (atomic_load_explicit(&lm->work_pending, memory_order_relaxed) && serve_work(h)) {
 			atomic_store_explicit(&h->idle, false, memory_order_relaxed);
-			uring_flush(h);
+			lzm_uring_flush(h);
 			sp.since = 0;
 			continue;
 		}
@@ -260,13 +260,13 @@ static void *handler_main(void *arg)
 		 * a completion between the two is either reaped now or signalled
 		 * anew.
 		 */
-		uring_quiet(h);
-		if (h->inflight && uring_reap(h, false) > 0) {
+		lzm_uring_quiet(h);
+		if (h->inflight && lzm_uring_reap(h, false) > 0) {
 			sp.since = 0;
 			continue;
 		}
 		/* The same for the handoff stack: drain, then look. */
-		efd_drain(h->handoff_efd);
+		lzm_efd_drain(h->handoff_efd);
 		if (atomic_load_explicit(&h->handoff, memory_order_acquire))
 			continue;
 
@@ -283,7 +283,7 @@ static void *handler_main(void *arg)
 	 * by the others (or let go at close). */
 	atomic_store_explicit(&h->idle, false, memory_order_relaxed);
 	/* The kernel writes into pool pages until every read has completed. */
-	while (h->inflight && uring_reap(h, true) > 0)
+	while (h->inflight && lzm_uring_reap(h, true) > 0)
 		;
 	return NULL;
 }
@@ -307,10 +307,10 @@ static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 
 	h->lm = lm;
 	h->cpu = lm->pin ? nth_cpu(&lm->cpus, index) : -1;
-	ret = pool_init(&h->pool, lm->ra_pages, POOL_RUNS * lm->ra_pages);
+	ret = lzm_pool_init(&h->pool, lm->ra_pages, POOL_RUNS * lm->ra_pages);
 	if (ret)
 		return ret;
-	ret = uring_init(h, lm->opts.queue_depth);
+	ret = lzm_uring_init(h, lm->opts.queue_depth);
 	if (ret)
 		return ret;
 	h->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -320,7 +320,7 @@ static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 	if (h->handoff_efd < 0)
 		return -errno;
 
-	int fds[] = { lm->mm.uffd, lm->stop_efd, lm->work_efd, uring_eventfd(h), h->handoff_efd };
+	int fds[] = { lm->mm.uffd, lm->stop_efd, lm->work_efd, lzm_uring_eventfd(h), h->handoff_efd };
 
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
 		struct epoll_event ev = { .events = EPOLLIN, .data.fd = fds[i] };
@@ -331,7 +331,7 @@ static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 	return 0;
 }
 
-int handlers_start(struct lazymap *lm)
+int lzm_handlers_start(struct lazymap *lm)
 {
 	sigset_t all, old;
 	int ret = 0;
@@ -370,15 +370,15 @@ int handlers_start(struct lazymap *lm)
 		pthread_setname_np(h->thread, name);
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	return ret; /* on failure, the caller's handlers_stop() joins what started */
+	return ret; /* on failure, the caller's lzm_handlers_stop() joins what started */
 }
 
-void handlers_stop(struct lazymap *lm)
+void lzm_handlers_stop(struct lazymap *lm)
 {
 	if (!lm->handlers)
 		return;
 	atomic_store_explicit(&lm->stopping, true, memory_order_release);
-	efd_signal(lm->stop_efd);
+	lzm_efd_signal(lm->stop_efd);
 	for (unsigned i = 0; i < lm->nhandlers; i++) {
 		struct handler *h = &lm->handlers[i];
 
@@ -393,10 +393,10 @@ void handlers_stop(struct lazymap *lm)
 
 		for (; req; req = next) {
 			next = req->next;
-			fault_abandon(req);
+			lzm_fault_abandon(req);
 		}
-		uring_exit(h);
-		pool_destroy(&h->pool);
+		lzm_uring_exit(h);
+		lzm_pool_destroy(&h->pool);
 		if (h->epfd >= 0)
 			close(h->epfd);
 		if (h->handoff_efd >= 0)

@@ -3,6 +3,10 @@
  * What crosses files inside liblazymap, grouped by the file that defines it,
  * so this header doubles as a map of the library. Names follow the kernel's
  * mm/ (mm, vma, find_vma, pgoff ...) so that a reader of mm/ finds their way.
+ *
+ * Every name that crosses files carries the lzm_ prefix and hidden
+ * visibility (the pragma below): a program linking liblazymap sees only the
+ * lazymap_* API (lib/lazymap.map), never a bare page_size or vma_insert.
  */
 #ifndef LAZYMAP_INTERNAL_H
 #define LAZYMAP_INTERNAL_H
@@ -18,14 +22,16 @@
 
 #include "lazymap.h"
 
+#pragma GCC visibility push(hidden)
+
 /* ---------------------------------------------------------------- util.c */
 
-extern size_t page_size;    /* set once, before main(), by a constructor */
-extern unsigned page_shift;
+extern size_t lzm_page_size;    /* set once, before main(), by a constructor */
+extern unsigned lzm_page_shift;
 
 /* Make a nonblocking eventfd readable; make it unreadable again. */
-void efd_signal(int fd);
-void efd_drain(int fd);
+void lzm_efd_signal(int fd);
+void lzm_efd_drain(int fd);
 
 /* Invariants. LAZYMAP_DEBUG >= 1 (debug and test builds): cheap asserts;
  * >= 2: expensive ones too (a full tree check after every change). */
@@ -35,11 +41,11 @@ void efd_drain(int fd);
 #define LAZYMAP_ASSERT(cond)                                                   \
 	do {                                                                   \
 		if (LAZYMAP_DEBUG >= 1 && !(cond))                             \
-			lazymap_assert_fail(#cond, __FILE__, __LINE__);        \
+			lzm_assert_fail(#cond, __FILE__, __LINE__);        \
 	} while (0)
-_Noreturn void lazymap_assert_fail(const char *what, const char *file, int line);
+_Noreturn void lzm_assert_fail(const char *what, const char *file, int line);
 
-static inline bool page_aligned(uintptr_t x) { return (x & (page_size - 1)) == 0; }
+static inline bool page_aligned(uintptr_t x) { return (x & (lzm_page_size - 1)) == 0; }
 
 /* -------------------------------------------------------------- source.c */
 
@@ -63,7 +69,7 @@ struct source_ops {
 	int (*fill)(struct source *src, void *buf, uint64_t pgoff, size_t npages);
 	/*
 	 * Asynchronous producers: start reading req's pages into req->buf on
-	 * the handler's ring; the completion ends in fault_read_done().
+	 * the handler's ring; the completion ends in lzm_fault_read_done().
 	 * 0 or -errno (nothing was started).
 	 */
 	int (*read)(struct handler *h, struct fill_req *req);
@@ -89,13 +95,13 @@ struct source {
 	bool direct;                  /* read with O_DIRECT */
 };
 
-int source_new_zero(size_t npages, struct source **srcp);
-int source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct source **srcp);
+int lzm_source_new_zero(size_t npages, struct source **srcp);
+int lzm_source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct source **srcp);
 /* A file source: npages of b from page file_pgoff on; takes a reference to b. */
-int source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool direct,
+int lzm_source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool direct,
 		    struct source **srcp);
-void source_get(struct source *src); /* NULL is allowed and ignored */
-void source_put(struct source *src); /* NULL is allowed and ignored */
+void lzm_source_get(struct source *src); /* NULL is allowed and ignored */
+void lzm_source_put(struct source *src); /* NULL is allowed and ignored */
 static inline bool source_produces(const struct source *src)
 {
 	return src->ops->fill || src->ops->read;
@@ -115,10 +121,10 @@ struct backing {
 };
 
 /* Check fd as mmap would (-EBADF, -EACCES, -ENODEV) and take our own reference. */
-int backing_open(int fd, bool direct, struct backing **bp);
-void backing_put(struct backing *b);
+int lzm_backing_open(int fd, bool direct, struct backing **bp);
+void lzm_backing_put(struct backing *b);
 /* fstat the file again; returns the new size. */
-uint64_t backing_refresh_size(struct backing *b);
+uint64_t lzm_backing_refresh_size(struct backing *b);
 
 /* ----------------------------------------------------------------- vma.c */
 
@@ -150,58 +156,58 @@ struct vma_tree {
 	size_t count;
 };
 
-void vma_tree_init(struct vma_tree *t);
-struct vma *vma_alloc(void);           /* zeroed; NULL on ENOMEM */
-void vma_free(struct vma *v);          /* drops v->src's reference */
-struct vma *vma_first(const struct vma_tree *t);
-struct vma *vma_last(const struct vma_tree *t);
-struct vma *vma_next(const struct vma *v);
-struct vma *vma_prev(const struct vma *v);
+void lzm_vma_tree_init(struct vma_tree *t);
+struct vma *lzm_vma_alloc(void);           /* zeroed; NULL on ENOMEM */
+void lzm_vma_free(struct vma *v);          /* drops v->src's reference */
+struct vma *lzm_vma_first(const struct vma_tree *t);
+struct vma *lzm_vma_last(const struct vma_tree *t);
+struct vma *lzm_vma_next(const struct vma *v);
+struct vma *lzm_vma_prev(const struct vma *v);
 /* First VMA with end > addr, or NULL (the kernel's find_vma). */
-struct vma *vma_find(const struct vma_tree *t, uintptr_t addr);
+struct vma *lzm_vma_find(const struct vma_tree *t, uintptr_t addr);
 /* Same, and *pprev = the VMA before the result (the last VMA if none). */
-struct vma *vma_find_prev(const struct vma_tree *t, uintptr_t addr, struct vma **pprev);
+struct vma *lzm_vma_find_prev(const struct vma_tree *t, uintptr_t addr, struct vma **pprev);
 /* The VMA containing addr, or NULL. */
-struct vma *vma_lookup(const struct vma_tree *t, uintptr_t addr);
+struct vma *lzm_vma_lookup(const struct vma_tree *t, uintptr_t addr);
 /* Insert v; -EEXIST if it overlaps a VMA already there, -EINVAL if it is
  * empty or unaligned; the tree is unchanged on failure. */
-int vma_insert(struct vma_tree *t, struct vma *v);
-void vma_erase(struct vma_tree *t, struct vma *v);
+int lzm_vma_insert(struct vma_tree *t, struct vma *v);
+void lzm_vma_erase(struct vma_tree *t, struct vma *v);
 /* Split v at addr (start < addr < end, page aligned): v keeps [start, addr),
  * *newp gets [addr, end) with pgoff advanced and its own source reference.
  * -EINVAL bad addr, -ENOMEM. */
-int vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **newp);
-/* May a (ending where b starts) and b be one VMA? vma_merge's rule: adjacent,
+int lzm_vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **newp);
+/* May a (ending where b starts) and b be one VMA? lzm_vma_merge's rule: adjacent,
  * same prot, flags, advice and source, contiguous pgoff. */
-bool vma_can_merge(const struct vma *a, const struct vma *b);
-/* Merge v with its neighbours where vma_can_merge allows; merged-away VMAs are
+bool lzm_vma_can_merge(const struct vma *a, const struct vma *b);
+/* Merge v with its neighbours where lzm_vma_can_merge allows; merged-away VMAs are
  * erased and freed (v itself, if prev absorbs it: use the result). Returns the
  * VMA that now covers v's range; it keeps the lowest VMA's ra_* hint. */
-struct vma *vma_merge(struct vma_tree *t, struct vma *v);
+struct vma *lzm_vma_merge(struct vma_tree *t, struct vma *v);
 /* Lowest addr >= low (rounded up to a page) with [addr, addr+len) free and
  * addr+len <= high; -ENOMEM if none, -EINVAL for len 0. The space before the
  * first VMA counts from 0, so callers pass low >= one page. */
-int vma_find_gap(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t high,
+int lzm_vma_find_gap(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t high,
 		 uintptr_t *addrp);
 /* Check every invariant (order, no overlap, red-black rules, black height,
  * parent links, subtree_gap, count); 0 or -EUCLEAN with a message on stderr. */
-int vma_tree_check(const struct vma_tree *t);
+int lzm_vma_tree_check(const struct vma_tree *t);
 
 
 /* ---------------------------------------------------------------- uffd.c */
 
 struct uffd_msg;
-int uffd_open(int *fdp);
-int uffd_probe(uint64_t *features);
-int uffd_api(int fd, uint64_t features, uint64_t *got);
-int uffd_register(int fd, uintptr_t start, size_t len);
-int uffd_unregister(int fd, uintptr_t start, size_t len);
-int uffd_wake(int fd, uintptr_t start, size_t len);
-int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, size_t *done);
-int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done);
-int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
-int uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done);
-int uffd_read(int fd, struct uffd_msg *msgs, int max);
+int lzm_uffd_open(int *fdp);
+int lzm_uffd_probe(uint64_t *features);
+int lzm_uffd_api(int fd, uint64_t features, uint64_t *got);
+int lzm_uffd_register(int fd, uintptr_t start, size_t len);
+int lzm_uffd_unregister(int fd, uintptr_t start, size_t len);
+int lzm_uffd_wake(int fd, uintptr_t start, size_t len);
+int lzm_uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, size_t *done);
+int lzm_uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done);
+int lzm_uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
+int lzm_uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done);
+int lzm_uffd_read(int fd, struct uffd_msg *msgs, int max);
 
 /* ------------------------------------------------------------------ mm.c */
 
@@ -224,16 +230,16 @@ struct mm {
 	atomic_size_t nr_vmas;   /* tree.count, for readers that take no lock */
 };
 
-int mm_init(struct mm *mm, uint64_t features);
-void mm_unmap_all(struct mm *mm);
-void mm_destroy(struct mm *mm); /* unmaps every VMA, closes the userfaultfd */
-int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, uintptr_t *addrp);
-int mm_unmap(struct mm *mm, uintptr_t start, size_t len);
-int mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot);
-int mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice);
+int lzm_mm_init(struct mm *mm, uint64_t features);
+void lzm_mm_unmap_all(struct mm *mm);
+void lzm_mm_destroy(struct mm *mm); /* unmaps every VMA, closes the userfaultfd */
+int lzm_mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, uintptr_t *addrp);
+int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len);
+int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot);
+int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice);
 /* 0 if [start, start+len) lies wholly in VMAs of mm, else -EINVAL. Lock held. */
-int mm_check_range(struct mm *mm, uintptr_t start, size_t len);
-int mm_dump(struct mm *mm, FILE *out);
+int lzm_mm_check_range(struct mm *mm, uintptr_t start, size_t len);
+int lzm_mm_dump(struct mm *mm, FILE *out);
 
 /* ---------------------------------------------------------------- pool.c */
 
@@ -253,28 +259,28 @@ struct pool {
 	uint64_t *used;   /* one bit per staging page */
 };
 
-int pool_init(struct pool *pool, size_t run_pages, size_t npages);
-void pool_destroy(struct pool *pool);
+int lzm_pool_init(struct pool *pool, size_t run_pages, size_t npages);
+void lzm_pool_destroy(struct pool *pool);
 /* n contiguous staging pages, or NULL when none are free. */
-char *pool_alloc(struct pool *pool, size_t n);
-void pool_free(struct pool *pool, char *buf, size_t n);
+char *lzm_pool_alloc(struct pool *pool, size_t n);
+void lzm_pool_free(struct pool *pool, char *buf, size_t n);
 /* After UFFDIO_MOVE took pages of buf: fault them back in. */
-void pool_refill(char *buf, size_t n);
+void lzm_pool_refill(char *buf, size_t n);
 
 /* ---------------------------------------------------------------- uring.c */
 
 struct uring;
-int uring_init(struct handler *h, unsigned entries);
-void uring_exit(struct handler *h);
-/* Queue a read of len bytes at off into buf for req; submitted by uring_flush. */
-int uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
+int lzm_uring_init(struct handler *h, unsigned entries);
+void lzm_uring_exit(struct handler *h);
+/* Queue a read of len bytes at off into buf for req; submitted by lzm_uring_flush. */
+int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
 	       struct fill_req *req);
 /* Submit what is queued. */
-void uring_flush(struct handler *h);
+void lzm_uring_flush(struct handler *h);
 /* Complete what has finished (wait for one first if wait); returns how many. */
-int uring_reap(struct handler *h, bool wait);
-void uring_quiet(struct handler *h);
-int uring_eventfd(struct handler *h);
+int lzm_uring_reap(struct handler *h, bool wait);
+void lzm_uring_quiet(struct handler *h);
+int lzm_uring_eventfd(struct handler *h);
 
 /* ------------------------------------------------------------- handler.c */
 
@@ -321,14 +327,14 @@ struct prefetch {
 };
 
 /* The handler the calling thread is, or NULL for the program's threads. */
-extern _Thread_local struct handler *current_handler;
+extern _Thread_local struct handler *lzm_current_handler;
 
-int handlers_start(struct lazymap *lm);
-void handlers_stop(struct lazymap *lm);
+int lzm_handlers_start(struct lazymap *lm);
+void lzm_handlers_stop(struct lazymap *lm);
 /* Queue a prefetch range for the handlers (lazymap_prefetch; the rest of one). */
-void handlers_queue(struct lazymap *lm, struct prefetch *pf);
-/* Have handler to start req's read (fault_start_read). */
-void handler_give(struct handler *to, struct fill_req *req);
+void lzm_handlers_queue(struct lazymap *lm, struct prefetch *pf);
+/* Have handler to start req's read (lzm_fault_start_read). */
+void lzm_handler_give(struct handler *to, struct fill_req *req);
 
 /* -------------------------------------------------------------- fault.c */
 
@@ -349,18 +355,18 @@ struct fill_req {
 };
 
 /* Start req's read on h: its pool, its ring. Lock not held. */
-void fault_start_read(struct handler *h, struct fill_req *req);
+void lzm_fault_start_read(struct handler *h, struct fill_req *req);
 /* Let go of a req whose read never started: its pages go back to never-filled,
  * their touchers are woken and fault again. */
-void fault_abandon(struct fill_req *req);
+void lzm_fault_abandon(struct fill_req *req);
 /* A read of req finished with res (bytes or -errno): continue it, or install. */
-void fault_read_done(struct handler *h, struct fill_req *req, int res);
+void lzm_fault_read_done(struct handler *h, struct fill_req *req, int res);
 
 /* Serve one missing fault at addr of mm. */
-void fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write);
+void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write);
 /* Fill up to max missing pages from start on (prefetch); returns the address
  * where it stopped (end when done). */
-uintptr_t fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end);
+uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end);
 
 /* ------------------------------------------------------------ lazymap.c */
 
@@ -385,5 +391,7 @@ struct lazymap {
 	cpu_set_t cpus;
 	struct handler *handlers;
 };
+
+#pragma GCC visibility pop
 
 #endif /* LAZYMAP_INTERNAL_H */

@@ -66,7 +66,7 @@ static void lazymap_put(struct lazymap *lm)
  */
 static bool in_own_handler(struct lazymap *lm)
 {
-	return current_handler && current_handler->lm == lm;
+	return lzm_current_handler && lzm_current_handler->lm == lm;
 }
 
 /* ------------------------------------------------------- argument checks */
@@ -84,10 +84,10 @@ static int range_ok(void *addr, size_t len, uintptr_t *startp, size_t *lenp)
 {
 	uintptr_t start = (uintptr_t)addr;
 
-	if (!page_aligned(start) || len == 0 || len > UINTPTR_MAX - start - (page_size - 1))
+	if (!page_aligned(start) || len == 0 || len > UINTPTR_MAX - start - (lzm_page_size - 1))
 		return -EINVAL;
 	*startp = start;
-	*lenp = (len + page_size - 1) & ~(page_size - 1);
+	*lenp = (len + lzm_page_size - 1) & ~(lzm_page_size - 1);
 	return 0;
 }
 
@@ -95,10 +95,10 @@ static int range_ok(void *addr, size_t len, uintptr_t *startp, size_t *lenp)
 
 static void lazymap_free(struct lazymap *lm)
 {
-	handlers_stop(lm);
+	lzm_handlers_stop(lm);
 	free(lm->handlers);
 	if (lm->mm.uffd >= 0)
-		mm_destroy(&lm->mm);
+		lzm_mm_destroy(&lm->mm);
 	while (lm->work) {
 		struct prefetch *pf = lm->work;
 
@@ -146,7 +146,7 @@ int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts)
 	if (!o.queue_depth)
 		o.queue_depth = DEFAULT_QUEUE_DEPTH;
 
-	ret = uffd_probe(&features);
+	ret = lzm_uffd_probe(&features);
 	if (ret)
 		return ret;
 	if (!(features & UFFD_FEATURE_POISON))
@@ -158,7 +158,7 @@ int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts)
 	if (!lm)
 		return -ENOMEM;
 	lm->opts = o;
-	lm->ra_pages = (o.readahead_max + page_size - 1) >> page_shift;
+	lm->ra_pages = (o.readahead_max + lzm_page_size - 1) >> lzm_page_shift;
 	if (o.handler_threads == LAZYMAP_HANDLERS_PER_CPU) {
 		cpu_set_t cpus;
 
@@ -184,12 +184,12 @@ int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts)
 		ret = -errno;
 		goto fail;
 	}
-	ret = mm_init(&lm->mm, features & WANTED_FEATURES);
+	ret = lzm_mm_init(&lm->mm, features & WANTED_FEATURES);
 	if (ret) {
 		lm->mm.uffd = -1;
 		goto fail;
 	}
-	ret = handlers_start(lm);
+	ret = lzm_handlers_start(lm);
 	if (ret)
 		goto fail;
 
@@ -227,7 +227,7 @@ int lazymap_close(struct lazymap *lm)
 	 * Unmap first: unregistering wakes every thread still waiting on a
 	 * fault, so the handlers have nothing left to serve when they stop.
 	 */
-	mm_unmap_all(&lm->mm);
+	lzm_mm_unmap_all(&lm->mm);
 	lazymap_free(lm);
 	return 0;
 }
@@ -243,10 +243,10 @@ static int map_source(struct lazymap *lm, void **addrp, size_t len, int prot, in
 	int ret = in_own_handler(lm) ? -EDEADLK : lazymap_get(lm);
 
 	if (ret == 0) {
-		ret = mm_map(&lm->mm, len, prot, flags, src, &addr);
+		ret = lzm_mm_map(&lm->mm, len, prot, flags, src, &addr);
 		lazymap_put(lm);
 	}
-	source_put(src);
+	lzm_source_put(src);
 	if (ret == 0)
 		*addrp = (void *)addr;
 	return ret;
@@ -255,9 +255,9 @@ static int map_source(struct lazymap *lm, void **addrp, size_t len, int prot, in
 /* Length rounded up to pages, as mmap does; 0 and wrap-around are -EINVAL. */
 static int map_len(size_t len, size_t *out)
 {
-	if (len == 0 || len > SIZE_MAX - (page_size - 1))
+	if (len == 0 || len > SIZE_MAX - (lzm_page_size - 1))
 		return -EINVAL;
-	*out = (len + page_size - 1) & ~(page_size - 1);
+	*out = (len + lzm_page_size - 1) & ~(lzm_page_size - 1);
 	return 0;
 }
 
@@ -275,7 +275,7 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 	if (flags & LAZYMAP_ANON) {
 		if (fd != -1 || offset != 0 || (flags & LAZYMAP_DIRECT))
 			return -EINVAL;
-		ret = source_new_zero(len >> page_shift, &src);
+		ret = lzm_source_new_zero(len >> lzm_page_shift, &src);
 		return ret ? ret : map_source(lm, addrp, len, prot, flags, src);
 	}
 	if (offset < 0 || !page_aligned((uintptr_t)offset) || (uint64_t)offset > INT64_MAX - len)
@@ -287,12 +287,12 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 
 	struct backing *b;
 
-	ret = backing_open(fd, flags & LAZYMAP_DIRECT, &b);
+	ret = lzm_backing_open(fd, flags & LAZYMAP_DIRECT, &b);
 	if (ret)
 		return ret;
-	ret = source_new_file(len >> page_shift, b, (uint64_t)offset >> page_shift,
+	ret = lzm_source_new_file(len >> lzm_page_shift, b, (uint64_t)offset >> lzm_page_shift,
 			      flags & LAZYMAP_DIRECT, &src);
-	backing_put(b); /* the source holds its own reference */
+	lzm_backing_put(b); /* the source holds its own reference */
 	return ret ? ret : map_source(lm, addrp, len, prot, flags, src);
 }
 
@@ -304,7 +304,7 @@ int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
 
 	if (!addrp || !fill || !prot_ok(prot) || map_len(len, &len))
 		return -EINVAL;
-	ret = source_new_fill(len >> page_shift, fill, arg, &src);
+	ret = lzm_source_new_fill(len >> lzm_page_shift, fill, arg, &src);
 	return ret ? ret : map_source(lm, addrp, len, prot, LAZYMAP_PRIVATE | LAZYMAP_ANON, src);
 }
 
@@ -328,7 +328,7 @@ int lazymap_unmap(struct lazymap *lm, void *addr, size_t len)
 
 	if (ret)
 		return ret;
-	ret = mm_unmap(&lm->mm, start, len);
+	ret = lzm_mm_unmap(&lm->mm, start, len);
 	lazymap_put(lm);
 	return ret;
 }
@@ -343,7 +343,7 @@ int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot)
 	ret = range_begin(lm, addr, &len, &start);
 	if (ret)
 		return ret;
-	ret = mm_protect(&lm->mm, start, len, prot);
+	ret = lzm_mm_protect(&lm->mm, start, len, prot);
 	lazymap_put(lm);
 	return ret;
 }
@@ -360,7 +360,7 @@ int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice)
 	ret = range_begin(lm, addr, &len, &start);
 	if (ret)
 		return ret;
-	ret = mm_advise(&lm->mm, start, len, advice);
+	ret = lzm_mm_advise(&lm->mm, start, len, advice);
 	lazymap_put(lm);
 	return ret;
 }
@@ -371,7 +371,7 @@ static int owned(struct lazymap *lm, uintptr_t start, size_t len)
 	int ret;
 
 	pthread_rwlock_rdlock(&lm->mm.lock);
-	ret = mm_check_range(&lm->mm, start, len);
+	ret = lzm_mm_check_range(&lm->mm, start, len);
 	pthread_rwlock_unlock(&lm->mm.lock);
 	return ret;
 }
@@ -393,7 +393,7 @@ int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 		goto out;
 	pf->start = start;
 	pf->end = start + len;
-	handlers_queue(lm, pf);
+	lzm_handlers_queue(lm, pf);
 	ret = 0;
 out:
 	lazymap_put(lm);
@@ -471,7 +471,7 @@ int lazymap_dump(struct lazymap *lm, FILE *out)
 	ret = lazymap_get(lm);
 	if (ret)
 		return ret;
-	ret = mm_dump(&lm->mm, out);
+	ret = lzm_mm_dump(&lm->mm, out);
 	lazymap_put(lm);
 	return ret;
 }

@@ -11,22 +11,22 @@
 
 #include "internal.h"
 
-int mm_init(struct mm *mm, uint64_t features)
+int lzm_mm_init(struct mm *mm, uint64_t features)
 {
 	pthread_rwlockattr_t attr;
 	uint64_t got;
 	int ret;
 
-	ret = uffd_open(&mm->uffd);
+	ret = lzm_uffd_open(&mm->uffd);
 	if (ret)
 		return ret;
-	ret = uffd_api(mm->uffd, features, &got);
+	ret = lzm_uffd_api(mm->uffd, features, &got);
 	if (ret) {
 		close(mm->uffd);
 		return ret;
 	}
 	mm->features = got;
-	vma_tree_init(&mm->tree);
+	lzm_vma_tree_init(&mm->tree);
 	/* glibc's default rwlock lets a stream of faults starve map/unmap. */
 	pthread_rwlockattr_init(&attr);
 	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -46,26 +46,26 @@ static void write_unlock(struct mm *mm)
  * event that would wait for a handler. */
 static void release_range(struct mm *mm, uintptr_t start, uintptr_t end)
 {
-	uffd_unregister(mm->uffd, start, end - start);
+	lzm_uffd_unregister(mm->uffd, start, end - start);
 	munmap((void *)start, end - start);
 }
 
-void mm_unmap_all(struct mm *mm)
+void lzm_mm_unmap_all(struct mm *mm)
 {
 	struct vma *v;
 
 	pthread_rwlock_wrlock(&mm->lock);
-	while ((v = vma_first(&mm->tree))) {
+	while ((v = lzm_vma_first(&mm->tree))) {
 		release_range(mm, v->start, v->end);
-		vma_erase(&mm->tree, v);
-		vma_free(v);
+		lzm_vma_erase(&mm->tree, v);
+		lzm_vma_free(v);
 	}
 	write_unlock(mm);
 }
 
-void mm_destroy(struct mm *mm)
+void lzm_mm_destroy(struct mm *mm)
 {
-	mm_unmap_all(mm);
+	lzm_mm_unmap_all(mm);
 	pthread_rwlock_destroy(&mm->lock);
 	close(mm->uffd);
 }
@@ -77,24 +77,24 @@ void mm_destroy(struct mm *mm)
  */
 static void drop_stale(struct mm *mm, uintptr_t start, uintptr_t end)
 {
-	struct vma *v = vma_find(&mm->tree, start), *next;
+	struct vma *v = lzm_vma_find(&mm->tree, start), *next;
 
 	for (; v && v->start < end; v = next) {
-		if (v->start < start && vma_split(&mm->tree, v, start, &v))
+		if (v->start < start && lzm_vma_split(&mm->tree, v, start, &v))
 			break;
 		if (v->end > end)
-			vma_split(&mm->tree, v, end, &next);
-		next = vma_next(v);
-		vma_erase(&mm->tree, v);
-		vma_free(v);
+			lzm_vma_split(&mm->tree, v, end, &next);
+		next = lzm_vma_next(v);
+		lzm_vma_erase(&mm->tree, v);
+		lzm_vma_free(v);
 	}
 }
 
-int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, uintptr_t *addrp)
+int lzm_mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, uintptr_t *addrp)
 {
 	int mflags = MAP_ANONYMOUS | MAP_NORESERVE |
 		     (flags & LAZYMAP_SHARED ? MAP_SHARED : MAP_PRIVATE);
-	struct vma *v = vma_alloc();
+	struct vma *v = lzm_vma_alloc();
 	void *p;
 	int ret;
 
@@ -102,13 +102,13 @@ int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, u
 		return -ENOMEM;
 	p = mmap(NULL, len, prot, mflags, -1, 0);
 	if (p == MAP_FAILED) {
-		vma_free(v);
+		lzm_vma_free(v);
 		return -errno;
 	}
-	ret = uffd_register(mm->uffd, (uintptr_t)p, len);
+	ret = lzm_uffd_register(mm->uffd, (uintptr_t)p, len);
 	if (ret) {
 		munmap(p, len);
-		vma_free(v);
+		lzm_vma_free(v);
 		return ret;
 	}
 	/*
@@ -123,28 +123,28 @@ int mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, u
 	v->prot = prot;
 	v->flags = flags;
 	v->src = src;
-	source_get(src);
+	lzm_source_get(src);
 
 	pthread_rwlock_wrlock(&mm->lock);
 	drop_stale(mm, v->start, v->end);
-	ret = vma_insert(&mm->tree, v);
+	ret = lzm_vma_insert(&mm->tree, v);
 	write_unlock(mm);
 	if (ret) {
 		/* drop_stale could not split (ENOMEM): give the range back */
 		release_range(mm, (uintptr_t)p, len);
-		vma_free(v);
+		lzm_vma_free(v);
 		return -ENOMEM;
 	}
 	*addrp = (uintptr_t)p;
 	return 0;
 }
 
-int mm_check_range(struct mm *mm, uintptr_t start, size_t len)
+int lzm_mm_check_range(struct mm *mm, uintptr_t start, size_t len)
 {
 	uintptr_t end = start + len, at = start;
 	struct vma *v;
 
-	for (v = vma_lookup(&mm->tree, start); v && v->start <= at; v = vma_next(v)) {
+	for (v = lzm_vma_lookup(&mm->tree, start); v && v->start <= at; v = lzm_vma_next(v)) {
 		at = v->end;
 		if (at >= end)
 			return 0;
@@ -159,19 +159,19 @@ int mm_check_range(struct mm *mm, uintptr_t start, size_t len)
  */
 static int split_range(struct mm *mm, uintptr_t start, uintptr_t end, struct vma **firstp)
 {
-	struct vma *v = vma_lookup(&mm->tree, start), *tail;
+	struct vma *v = lzm_vma_lookup(&mm->tree, start), *tail;
 	int ret;
 
 	if (v->start < start) {
-		ret = vma_split(&mm->tree, v, start, &tail);
+		ret = lzm_vma_split(&mm->tree, v, start, &tail);
 		if (ret)
 			return ret;
 		v = tail;
 	}
 	*firstp = v;
-	v = vma_lookup(&mm->tree, end - 1);
+	v = lzm_vma_lookup(&mm->tree, end - 1);
 	if (v->end > end)
-		return vma_split(&mm->tree, v, end, &tail);
+		return lzm_vma_split(&mm->tree, v, end, &tail);
 	return 0;
 }
 
@@ -182,7 +182,7 @@ static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **f
 	int ret;
 
 	pthread_rwlock_wrlock(&mm->lock);
-	ret = mm_check_range(mm, start, len);
+	ret = lzm_mm_check_range(mm, start, len);
 	return ret ? ret : split_range(mm, start, start + len, firstp);
 }
 
@@ -193,15 +193,15 @@ static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **f
  */
 static void merge_range(struct mm *mm, struct vma *prev, uintptr_t end)
 {
-	struct vma *v = prev ? prev : vma_first(&mm->tree);
+	struct vma *v = prev ? prev : lzm_vma_first(&mm->tree);
 
 	while (v && v->start <= end) {
-		v = vma_merge(&mm->tree, v);
-		v = vma_next(v);
+		v = lzm_vma_merge(&mm->tree, v);
+		v = lzm_vma_next(v);
 	}
 }
 
-int mm_unmap(struct mm *mm, uintptr_t start, size_t len)
+int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 {
 	uintptr_t end = start + len;
 	struct vma *v, *next;
@@ -211,16 +211,16 @@ int mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 		goto out;
 	release_range(mm, start, end);
 	for (; v && v->start < end; v = next) {
-		next = vma_next(v);
-		vma_erase(&mm->tree, v);
-		vma_free(v);
+		next = lzm_vma_next(v);
+		lzm_vma_erase(&mm->tree, v);
+		lzm_vma_free(v);
 	}
 out:
 	write_unlock(mm);
 	return ret;
 }
 
-int mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
+int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 {
 	uintptr_t end = start + len;
 	struct vma *v, *prev;
@@ -232,8 +232,8 @@ int mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 		ret = -errno;
 		goto out;
 	}
-	prev = vma_prev(v);
-	for (; v && v->start < end; v = vma_next(v))
+	prev = lzm_vma_prev(v);
+	for (; v && v->start < end; v = lzm_vma_next(v))
 		v->prot = prot;
 	merge_range(mm, prev, end);
 out:
@@ -241,7 +241,7 @@ out:
 	return ret;
 }
 
-int mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice)
+int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice)
 {
 	uintptr_t end = start + len;
 	struct vma *v, *prev;
@@ -249,8 +249,8 @@ int mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice)
 
 	if (ret)
 		goto out;
-	prev = vma_prev(v);
-	for (; v && v->start < end; v = vma_next(v)) {
+	prev = lzm_vma_prev(v);
+	for (; v && v->start < end; v = lzm_vma_next(v)) {
 		v->advice = advice;
 		/* a new pattern: forget the stream seen so far */
 		atomic_store_explicit(&v->ra_window, 0, memory_order_relaxed);
@@ -261,18 +261,18 @@ out:
 	return ret;
 }
 
-int mm_dump(struct mm *mm, FILE *out)
+int lzm_mm_dump(struct mm *mm, FILE *out)
 {
 	struct vma *v;
 	int n = 0;
 
 	pthread_rwlock_rdlock(&mm->lock);
-	for (v = vma_first(&mm->tree); v; v = vma_next(v), n++)
+	for (v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v), n++)
 		fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",
 			(unsigned long)v->start, (unsigned long)v->end,
 			v->prot & PROT_READ ? 'r' : '-', v->prot & PROT_WRITE ? 'w' : '-',
 			v->flags & LAZYMAP_SHARED ? 's' : 'p',
-			(unsigned long long)((v->src->file_pgoff + v->pgoff) << page_shift),
+			(unsigned long long)((v->src->file_pgoff + v->pgoff) << lzm_page_shift),
 			v->src->ops->name);
 	pthread_rwlock_unlock(&mm->lock);
 	return n;

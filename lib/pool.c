@@ -13,9 +13,9 @@
 
 #define BITS 64
 
-int pool_init(struct pool *pool, size_t run_pages, size_t npages)
+int lzm_pool_init(struct pool *pool, size_t run_pages, size_t npages)
 {
-	size_t rlen = run_pages << page_shift, len = npages << page_shift;
+	size_t rlen = run_pages << lzm_page_shift, len = npages << lzm_page_shift;
 	size_t all = rlen + len + rlen;
 	char *p = mmap(NULL, all, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
@@ -39,10 +39,10 @@ int pool_init(struct pool *pool, size_t run_pages, size_t npages)
 	return 0;
 }
 
-void pool_destroy(struct pool *pool)
+void lzm_pool_destroy(struct pool *pool)
 {
 	if (pool->run)
-		munmap(pool->run, (2 * pool->run_pages + pool->npages) << page_shift);
+		munmap(pool->run, (2 * pool->run_pages + pool->npages) << lzm_page_shift);
 	free(pool->used);
 	pool->run = pool->pages = NULL;
 	pool->used = NULL;
@@ -65,7 +65,7 @@ static void bits_set(struct pool *pool, size_t i, size_t n, bool on)
 	}
 }
 
-char *pool_alloc(struct pool *pool, size_t n)
+char *lzm_pool_alloc(struct pool *pool, size_t n)
 {
 	size_t run = 0;
 
@@ -81,23 +81,23 @@ char *pool_alloc(struct pool *pool, size_t n)
 			size_t first = i + 1 - n;
 
 			bits_set(pool, first, n, true);
-			return pool->pages + (first << page_shift);
+			return pool->pages + (first << lzm_page_shift);
 		}
 	}
 	return NULL;
 }
 
-void pool_free(struct pool *pool, char *buf, size_t n)
+void lzm_pool_free(struct pool *pool, char *buf, size_t n)
 {
-	size_t first = (size_t)(buf - pool->pages) >> page_shift;
+	size_t first = (size_t)(buf - pool->pages) >> lzm_page_shift;
 
 	LAZYMAP_ASSERT(buf >= pool->pages && first + n <= pool->npages);
 	bits_set(pool, first, n, false);
 }
 
-void pool_refill(char *buf, size_t n)
+void lzm_pool_refill(char *buf, size_t n)
 {
 	/* A moved-out page reads as a hole: MOVE needs a present page. */
 	for (size_t i = 0; i < n; i++)
-		((volatile char *)buf)[i << page_shift] = 0;
+		((volatile char *)buf)[i << lzm_page_shift] = 0;
 }

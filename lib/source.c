@@ -34,14 +34,14 @@ static const struct source_ops zero_ops = {
 	.name = "zero",
 };
 
-int source_new_zero(size_t npages, struct source **srcp)
+int lzm_source_new_zero(size_t npages, struct source **srcp)
 {
 	return source_alloc(npages, &zero_ops, srcp);
 }
 
 static int fill_fill(struct source *src, void *buf, uint64_t pgoff, size_t npages)
 {
-	int ret = src->fill(buf, npages << page_shift, pgoff << page_shift, src->arg);
+	int ret = src->fill(buf, npages << lzm_page_shift, pgoff << lzm_page_shift, src->arg);
 
 	return ret < 0 ? ret : 0;
 }
@@ -51,7 +51,7 @@ static const struct source_ops fill_ops = {
 	.fill = fill_fill,
 };
 
-int source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct source **srcp)
+int lzm_source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct source **srcp)
 {
 	int ret = source_alloc(npages, &fill_ops, srcp);
 
@@ -68,13 +68,13 @@ static int file_read(struct handler *h, struct fill_req *req)
 {
 	struct source *src = req->src;
 	struct backing *b = src->backing;
-	uint64_t off = ((src->file_pgoff + req->idx) << page_shift) + req->done;
-	size_t len = (req->n << page_shift) - req->done;
+	uint64_t off = ((src->file_pgoff + req->idx) << lzm_page_shift) + req->done;
+	size_t len = (req->n << lzm_page_shift) - req->done;
 	/* O_DIRECT wants aligned offsets: a continuation that is not goes
 	 * through the page cache (it only happens next to the end of file). */
 	int fd = src->direct && page_aligned(req->done) ? b->dfd : b->fd;
 
-	return uring_read(h, fd, req->buf + req->done, len, off, req);
+	return lzm_uring_read(h, fd, req->buf + req->done, len, off, req);
 }
 
 /* Pages with data: up to and with the one holding the last byte. */
@@ -83,12 +83,12 @@ static size_t file_extent(struct source *src, uint64_t pgoff, size_t npages)
 	struct backing *b = src->backing;
 	uint64_t first = src->file_pgoff + pgoff;
 	uint64_t size = atomic_load_explicit(&b->size, memory_order_relaxed);
-	uint64_t end = (size + page_size - 1) >> page_shift;
+	uint64_t end = (size + lzm_page_size - 1) >> lzm_page_shift;
 
 	if (first >= end) {
 		/* beyond the end we knew: the file may have grown since */
-		size = backing_refresh_size(b);
-		end = (size + page_size - 1) >> page_shift;
+		size = lzm_backing_refresh_size(b);
+		end = (size + lzm_page_size - 1) >> lzm_page_shift;
 		if (first >= end)
 			return 0;
 	}
@@ -97,7 +97,7 @@ static size_t file_extent(struct source *src, uint64_t pgoff, size_t npages)
 
 static void file_release(struct source *src)
 {
-	backing_put(src->backing);
+	lzm_backing_put(src->backing);
 }
 
 static const struct source_ops file_ops = {
@@ -107,7 +107,7 @@ static const struct source_ops file_ops = {
 	.release = file_release,
 };
 
-int source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool direct,
+int lzm_source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool direct,
 		    struct source **srcp)
 {
 	int ret = source_alloc(npages, &file_ops, srcp);
@@ -123,13 +123,13 @@ int source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool 
 
 /* ------------------------------------------------------------ references */
 
-void source_get(struct source *src)
+void lzm_source_get(struct source *src)
 {
 	if (src)
 		atomic_fetch_add_explicit(&src->refs, 1, memory_order_relaxed);
 }
 
-void source_put(struct source *src)
+void lzm_source_put(struct source *src)
 {
 	if (!src || atomic_fetch_sub_explicit(&src->refs, 1, memory_order_acq_rel) != 1)
 		return;

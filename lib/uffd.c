@@ -13,7 +13,7 @@
 #include "compat.h"
 #include "internal.h"
 
-int uffd_open(int *fdp)
+int lzm_uffd_open(int *fdp)
 {
 	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 
@@ -39,7 +39,7 @@ int uffd_open(int *fdp)
 	return 0;
 }
 
-int uffd_api(int fd, uint64_t features, uint64_t *got)
+int lzm_uffd_api(int fd, uint64_t features, uint64_t *got)
 {
 	struct uffdio_api api = { .api = UFFD_API, .features = features };
 
@@ -50,18 +50,18 @@ int uffd_api(int fd, uint64_t features, uint64_t *got)
 }
 
 /* The features the kernel offers (UFFDIO_API can be called once per fd, hence a probe fd). */
-int uffd_probe(uint64_t *features)
+int lzm_uffd_probe(uint64_t *features)
 {
-	int fd = -1, ret = uffd_open(&fd);
+	int fd = -1, ret = lzm_uffd_open(&fd);
 
 	if (ret)
 		return ret;
-	ret = uffd_api(fd, 0, features);
+	ret = lzm_uffd_api(fd, 0, features);
 	close(fd);
 	return ret;
 }
 
-int uffd_register(int fd, uintptr_t start, size_t len)
+int lzm_uffd_register(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_register reg = {
 		.range = { .start = start, .len = len },
@@ -71,14 +71,14 @@ int uffd_register(int fd, uintptr_t start, size_t len)
 	return ioctl(fd, UFFDIO_REGISTER, &reg) ? -errno : 0;
 }
 
-int uffd_unregister(int fd, uintptr_t start, size_t len)
+int lzm_uffd_unregister(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_range range = { .start = start, .len = len };
 
 	return ioctl(fd, UFFDIO_UNREGISTER, &range) ? -errno : 0;
 }
 
-int uffd_wake(int fd, uintptr_t start, size_t len)
+int lzm_uffd_wake(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_range range = { .start = start, .len = len };
 
@@ -96,7 +96,7 @@ static int fill_result(int ret, int64_t progress, size_t *done)
 	return ret ? -errno : 0;
 }
 
-int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, size_t *done)
+int lzm_uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, size_t *done)
 {
 	struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len };
 	int ret = ioctl(fd, UFFDIO_COPY, &c);
@@ -104,7 +104,7 @@ int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, size_t *done)
 	return fill_result(ret, c.copy, done);
 }
 
-int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
+int lzm_uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
 {
 	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
 	int ret = ioctl(fd, UFFDIO_ZEROPAGE, &z);
@@ -112,7 +112,7 @@ int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
 	return fill_result(ret, z.zeropage, done);
 }
 
-int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
+int lzm_uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
 {
 	struct uffdio_move m = { .dst = dst, .src = src, .len = len };
 	int ret = ioctl(fd, UFFDIO_MOVE, &m);
@@ -120,7 +120,7 @@ int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
 	return fill_result(ret, m.move, done);
 }
 
-int uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done)
+int lzm_uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done)
 {
 	struct uffdio_poison p = { .range = { .start = dst, .len = len } };
 	int ret = ioctl(fd, UFFDIO_POISON, &p);
@@ -129,7 +129,7 @@ int uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done)
 }
 
 /* Up to max messages; 0 when none is pending (the fd is non-blocking). */
-int uffd_read(int fd, struct uffd_msg *msgs, int max)
+int lzm_uffd_read(int fd, struct uffd_msg *msgs, int max)
 {
 	ssize_t n;
 

@@ -21,7 +21,7 @@ struct uring {
 	size_t fixed_len;
 };
 
-int uring_init(struct handler *h, unsigned entries)
+int lzm_uring_init(struct handler *h, unsigned entries)
 {
 	struct uring *u = calloc(1, sizeof(*u));
 	int ret;
@@ -47,7 +47,7 @@ int uring_init(struct handler *h, unsigned entries)
 	 * at every read (O_DIRECT reads gain most). Optional: pinned memory
 	 * counts against RLIMIT_MEMLOCK, and plain reads work without it.
 	 */
-	struct iovec iov = { .iov_base = h->pool.pages, .iov_len = h->pool.npages << page_shift };
+	struct iovec iov = { .iov_base = h->pool.pages, .iov_len = h->pool.npages << lzm_page_shift };
 
 	if (h->pool.pages && io_uring_register_buffers(&u->ring, &iov, 1) == 0) {
 		u->fixed = h->pool.pages;
@@ -57,12 +57,12 @@ int uring_init(struct handler *h, unsigned entries)
 	return 0;
 }
 
-int uring_eventfd(struct handler *h)
+int lzm_uring_eventfd(struct handler *h)
 {
 	return h->ring->efd;
 }
 
-void uring_flush(struct handler *h)
+void lzm_uring_flush(struct handler *h)
 {
 	struct uring *u = h->ring;
 
@@ -76,7 +76,7 @@ void uring_flush(struct handler *h)
 	}
 }
 
-int uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
+int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
 	       struct fill_req *req)
 {
 	struct uring *u = h->ring;
@@ -84,7 +84,7 @@ int uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
 
 	while (!sqe) {
 		/* Ring full: submit, and make room by completing what is done. */
-		if (uring_reap(h, true) <= 0 && !io_uring_sq_space_left(&u->ring))
+		if (lzm_uring_reap(h, true) <= 0 && !io_uring_sq_space_left(&u->ring))
 			return -EBUSY;
 		sqe = io_uring_get_sqe(&u->ring);
 	}
@@ -102,12 +102,12 @@ int uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
 
 /* Drain the completion eventfd; a handler does so before it sleeps, then
  * reaps once more, so that no completion is left behind unsignalled. */
-void uring_quiet(struct handler *h)
+void lzm_uring_quiet(struct handler *h)
 {
-	efd_drain(h->ring->efd);
+	lzm_efd_drain(h->ring->efd);
 }
 
-int uring_reap(struct handler *h, bool wait)
+int lzm_uring_reap(struct handler *h, bool wait)
 {
 	struct uring *u = h->ring;
 	struct io_uring_cqe *cqe;
@@ -115,7 +115,7 @@ int uring_reap(struct handler *h, bool wait)
 
 	if (!h->inflight)
 		return 0;
-	uring_flush(h);
+	lzm_uring_flush(h);
 	if (wait && h->inflight > u->queued) {
 		int ret;
 
@@ -132,21 +132,21 @@ int uring_reap(struct handler *h, bool wait)
 		io_uring_cqe_seen(&u->ring, cqe);
 		h->inflight--;
 		stat_add(&h->stats.file_reads, 1);
-		fault_read_done(h, req, res);
+		lzm_fault_read_done(h, req, res);
 		n++;
 	}
-	uring_flush(h);
+	lzm_uring_flush(h);
 	return n;
 }
 
-void uring_exit(struct handler *h)
+void lzm_uring_exit(struct handler *h)
 {
 	struct uring *u = h->ring;
 
 	if (!u)
 		return;
 	/* The kernel writes into pool pages until every read has completed. */
-	while (h->inflight && uring_reap(h, true) > 0)
+	while (h->inflight && lzm_uring_reap(h, true) > 0)
 		;
 	io_uring_queue_exit(&u->ring);
 	close(u->efd);

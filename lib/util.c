@@ -7,18 +7,18 @@
 
 #include "internal.h"
 
-size_t page_size;
-unsigned page_shift;
+size_t lzm_page_size;
+unsigned lzm_page_shift;
 
 __attribute__((constructor)) static void util_init(void)
 {
 	long sz = sysconf(_SC_PAGESIZE);
 
-	page_size = sz > 0 ? (size_t)sz : 4096;
-	page_shift = (unsigned)__builtin_ctzl(page_size);
+	lzm_page_size = sz > 0 ? (size_t)sz : 4096;
+	lzm_page_shift = (unsigned)__builtin_ctzl(lzm_page_size);
 }
 
-void efd_signal(int fd)
+void lzm_efd_signal(int fd)
 {
 	uint64_t one = 1;
 
@@ -26,7 +26,7 @@ void efd_signal(int fd)
 		(void)0; /* only an overflowing counter fails, and it is readable then */
 }
 
-void efd_drain(int fd)
+void lzm_efd_drain(int fd)
 {
 	uint64_t val;
 
@@ -34,7 +34,7 @@ void efd_drain(int fd)
 		(void)0; /* nothing signalled since: fine */
 }
 
-_Noreturn void lazymap_assert_fail(const char *what, const char *file, int line)
+_Noreturn void lzm_assert_fail(const char *what, const char *file, int line)
 {
 	fprintf(stderr, "liblazymap: assertion failed: %s (%s:%d)\n", what, file, line);
 	abort();

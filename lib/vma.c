@@ -14,27 +14,27 @@
 static void tree_debug_check(const struct vma_tree *t)
 {
 	if (LAZYMAP_DEBUG >= 2)
-		LAZYMAP_ASSERT(vma_tree_check(t) == 0);
+		LAZYMAP_ASSERT(lzm_vma_tree_check(t) == 0);
 }
 
 /* ------------------------------------------------------------ allocation */
 
-void vma_tree_init(struct vma_tree *t)
+void lzm_vma_tree_init(struct vma_tree *t)
 {
 	t->root = NULL;
 	t->count = 0;
 }
 
-struct vma *vma_alloc(void)
+struct vma *lzm_vma_alloc(void)
 {
 	return calloc(1, sizeof(struct vma));
 }
 
-void vma_free(struct vma *v)
+void lzm_vma_free(struct vma *v)
 {
 	if (!v)
 		return;
-	source_put(v->src);
+	lzm_source_put(v->src);
 	free(v);
 }
 
@@ -54,17 +54,17 @@ static struct vma *rightmost(struct vma *x)
 	return x;
 }
 
-struct vma *vma_first(const struct vma_tree *t)
+struct vma *lzm_vma_first(const struct vma_tree *t)
 {
 	return t->root ? leftmost(t->root) : NULL;
 }
 
-struct vma *vma_last(const struct vma_tree *t)
+struct vma *lzm_vma_last(const struct vma_tree *t)
 {
 	return t->root ? rightmost(t->root) : NULL;
 }
 
-struct vma *vma_next(const struct vma *v)
+struct vma *lzm_vma_next(const struct vma *v)
 {
 	struct vma *p;
 
@@ -76,7 +76,7 @@ struct vma *vma_next(const struct vma *v)
 	return p;
 }
 
-struct vma *vma_prev(const struct vma *v)
+struct vma *lzm_vma_prev(const struct vma *v)
 {
 	struct vma *p;
 
@@ -87,7 +87,7 @@ struct vma *vma_prev(const struct vma *v)
 	return p;
 }
 
-struct vma *vma_find(const struct vma_tree *t, uintptr_t addr)
+struct vma *lzm_vma_find(const struct vma_tree *t, uintptr_t addr)
 {
 	struct vma *x = t->root, *res = NULL;
 
@@ -104,7 +104,7 @@ struct vma *vma_find(const struct vma_tree *t, uintptr_t addr)
 	return res;
 }
 
-struct vma *vma_find_prev(const struct vma_tree *t, uintptr_t addr, struct vma **pprev)
+struct vma *lzm_vma_find_prev(const struct vma_tree *t, uintptr_t addr, struct vma **pprev)
 {
 	struct vma *x = t->root, *res = NULL, *prev = NULL;
 
@@ -124,9 +124,9 @@ struct vma *vma_find_prev(const struct vma_tree *t, uintptr_t addr, struct vma *
 	return res;
 }
 
-struct vma *vma_lookup(const struct vma_tree *t, uintptr_t addr)
+struct vma *lzm_vma_lookup(const struct vma_tree *t, uintptr_t addr)
 {
-	struct vma *v = vma_find(t, addr);
+	struct vma *v = lzm_vma_find(t, addr);
 
 	return v && v->start <= addr ? v : NULL;
 }
@@ -147,7 +147,7 @@ static uintptr_t subtree_gap_of(const struct vma *x)
  * predecessor: O(1) amortised over an in-order walk, O(log n) at worst. */
 static uintptr_t vma_gap(const struct vma *v)
 {
-	const struct vma *p = vma_prev(v);
+	const struct vma *p = lzm_vma_prev(v);
 
 	return v->start - (p ? p->end : 0);
 }
@@ -333,7 +333,7 @@ static void erase_fixup(struct vma_tree *t, struct vma *x, struct vma *xp)
 
 /* ------------------------------------------------------------ insert, erase */
 
-int vma_insert(struct vma_tree *t, struct vma *v)
+int lzm_vma_insert(struct vma_tree *t, struct vma *v)
 {
 	struct vma **link = &t->root, *parent = NULL;
 
@@ -368,9 +368,9 @@ int vma_insert(struct vma_tree *t, struct vma *v)
 	return 0;
 }
 
-void vma_erase(struct vma_tree *t, struct vma *v)
+void lzm_vma_erase(struct vma_tree *t, struct vma *v)
 {
-	struct vma *next = vma_next(v), *child, *x, *xp, *y;
+	struct vma *next = lzm_vma_next(v), *child, *x, *xp, *y;
 	bool removed_black;
 
 	LAZYMAP_ASSERT(t->count > 0);
@@ -424,14 +424,14 @@ void vma_erase(struct vma_tree *t, struct vma *v)
 
 /* ------------------------------------------------------------ split, merge */
 
-int vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **newp)
+int lzm_vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **newp)
 {
 	struct vma *new;
 	int ret;
 
 	if (!page_aligned(addr) || addr <= v->start || addr >= v->end)
 		return -EINVAL;
-	new = vma_alloc();
+	new = lzm_vma_alloc();
 	if (!new)
 		return -ENOMEM;
 	new->start = addr;
@@ -439,13 +439,13 @@ int vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **ne
 	new->prot = v->prot;
 	new->flags = v->flags;
 	new->src = v->src;
-	new->pgoff = v->pgoff + ((addr - v->start) >> page_shift);
-	source_get(new->src);
+	new->pgoff = v->pgoff + ((addr - v->start) >> lzm_page_shift);
+	lzm_source_get(new->src);
 
-	/* Shrinking v first leaves room for new; vma_insert's pass up from the
+	/* Shrinking v first leaves room for new; lzm_vma_insert's pass up from the
 	 * new leaf recomputes the gap of v's old successor (new's successor). */
 	v->end = addr;
-	ret = vma_insert(t, new);
+	ret = lzm_vma_insert(t, new);
 	LAZYMAP_ASSERT(ret == 0);
 	(void)ret;
 	if (newp)
@@ -453,18 +453,18 @@ int vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **ne
 	return 0;
 }
 
-bool vma_can_merge(const struct vma *a, const struct vma *b)
+bool lzm_vma_can_merge(const struct vma *a, const struct vma *b)
 {
 	return a->end == b->start && a->prot == b->prot && a->flags == b->flags &&
 	       a->advice == b->advice && a->src == b->src &&
-	       a->pgoff + ((a->end - a->start) >> page_shift) == b->pgoff;
+	       a->pgoff + ((a->end - a->start) >> lzm_page_shift) == b->pgoff;
 }
 
-struct vma *vma_merge(struct vma_tree *t, struct vma *v)
+struct vma *lzm_vma_merge(struct vma_tree *t, struct vma *v)
 {
-	struct vma *prev = vma_prev(v), *next = vma_next(v), *keep = v, *succ;
-	bool merge_prev = prev && vma_can_merge(prev, v);
-	bool merge_next = next && vma_can_merge(v, next);
+	struct vma *prev = lzm_vma_prev(v), *next = lzm_vma_next(v), *keep = v, *succ;
+	bool merge_prev = prev && lzm_vma_can_merge(prev, v);
+	bool merge_next = next && lzm_vma_can_merge(v, next);
 	uintptr_t end = merge_next ? next->end : v->end;
 
 	if (!merge_prev && !merge_next)
@@ -472,17 +472,17 @@ struct vma *vma_merge(struct vma_tree *t, struct vma *v)
 	/* The lowest VMA survives: its start, pgoff and own gap stay as they are.
 	 * Erase before extending, so that the tree never holds an overlap. */
 	if (merge_next) {
-		vma_erase(t, next);
-		vma_free(next);
+		lzm_vma_erase(t, next);
+		lzm_vma_free(next);
 	}
 	if (merge_prev) {
 		keep = prev;
-		vma_erase(t, v);
-		vma_free(v);
+		lzm_vma_erase(t, v);
+		lzm_vma_free(v);
 	}
 	keep->end = end;
 	/* A new end moves the gap of the VMA after it. */
-	succ = vma_next(keep);
+	succ = lzm_vma_next(keep);
 	if (succ)
 		gap_propagate(succ);
 	tree_debug_check(t);
@@ -532,7 +532,7 @@ static int gap_search(const struct vma *x, uintptr_t pe, const struct gap_req *r
 	return gap_search(x->rb_right, x->end, r, addrp);
 }
 
-int vma_find_gap(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t high,
+int lzm_vma_find_gap(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t high,
 		 uintptr_t *addrp)
 {
 	struct gap_req r;
@@ -542,10 +542,10 @@ int vma_find_gap(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t 
 
 	if (len == 0)
 		return -EINVAL;
-	if (low > UINTPTR_MAX - (page_size - 1))
+	if (low > UINTPTR_MAX - (lzm_page_size - 1))
 		return -ENOMEM;
 	r.len = len;
-	r.low = (low + page_size - 1) & ~(uintptr_t)(page_size - 1);
+	r.low = (low + lzm_page_size - 1) & ~(uintptr_t)(lzm_page_size - 1);
 	if (high < len || r.low > high - len)
 		return -ENOMEM;
 	r.low_end = r.low + len; /* <= high: no overflow */
@@ -559,7 +559,7 @@ int vma_find_gap(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t 
 		return 0;
 	}
 	/* No gap before a VMA fits: what is left is the space after the last. */
-	last = vma_last(t);
+	last = lzm_vma_last(t);
 	addr = last && last->end > r.low ? last->end : r.low;
 	if (addr > r.last)
 		return -ENOMEM;
@@ -637,7 +637,7 @@ static int check_subtree(const struct vma *x, const struct vma *parent, const st
 	return bl + !x->rb_red;
 }
 
-int vma_tree_check(const struct vma_tree *t)
+int lzm_vma_tree_check(const struct vma_tree *t)
 {
 	struct check_state st = { 0 };
 	uintptr_t gap;

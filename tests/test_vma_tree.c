@@ -18,7 +18,7 @@
 
 static uintptr_t pg(uintptr_t n)
 {
-	return n * page_size;
+	return n * lzm_page_size;
 }
 
 static unsigned refs(struct source *src)
@@ -30,7 +30,7 @@ static unsigned refs(struct source *src)
 static struct vma *add_flags(struct vma_tree *t, uintptr_t s, uintptr_t e, int prot, int flags,
 			     struct source *src, uint64_t pgoff)
 {
-	struct vma *v = vma_alloc();
+	struct vma *v = lzm_vma_alloc();
 	int ret;
 
 	cr_assert_not_null(v);
@@ -40,8 +40,8 @@ static struct vma *add_flags(struct vma_tree *t, uintptr_t s, uintptr_t e, int p
 	v->flags = flags;
 	v->src = src;
 	v->pgoff = pgoff;
-	source_get(src);
-	ret = vma_insert(t, v);
+	lzm_source_get(src);
+	ret = lzm_vma_insert(t, v);
 	cr_assert_eq(ret, 0, "insert [%lu, %lu) pages: %d", (unsigned long)s, (unsigned long)e, ret);
 	return v;
 }
@@ -56,9 +56,9 @@ static void destroy(struct vma_tree *t)
 {
 	struct vma *v;
 
-	while ((v = vma_first(t))) {
-		vma_erase(t, v);
-		vma_free(v);
+	while ((v = lzm_vma_first(t))) {
+		lzm_vma_erase(t, v);
+		lzm_vma_free(v);
 	}
 	cr_assert_eq(t->count, 0);
 	cr_assert_null(t->root);
@@ -89,7 +89,7 @@ static void take_snap(const struct vma_tree *t, struct snap *s)
 	const struct vma *v;
 
 	memset(s, 0, sizeof(*s));
-	for (v = vma_first(t); v; v = vma_next(v)) {
+	for (v = lzm_vma_first(t); v; v = lzm_vma_next(v)) {
 		cr_assert_lt(s->n, 16);
 		s->e[s->n].v = v;
 		s->e[s->n].start = v->start;
@@ -107,7 +107,7 @@ static void expect_snap(const struct vma_tree *t, const struct snap *want)
 	cr_assert_eq(now.n, want->n, "tree has %zu VMAs, had %zu", now.n, want->n);
 	cr_assert_eq(t->count, want->n);
 	cr_assert_arr_eq(&now, want, sizeof(now), "tree changed");
-	cr_assert_eq(vma_tree_check(t), 0);
+	cr_assert_eq(lzm_vma_tree_check(t), 0);
 }
 
 /* ------------------------------------------------------------ find */
@@ -118,18 +118,18 @@ Test(vma_tree, empty)
 	struct vma *prev = (struct vma *)1;
 	uintptr_t addr = 0;
 
-	vma_tree_init(&t);
-	cr_assert_eq(vma_tree_check(&t), 0);
-	cr_assert_null(vma_first(&t));
-	cr_assert_null(vma_last(&t));
-	cr_assert_null(vma_find(&t, 0));
-	cr_assert_null(vma_find(&t, UINTPTR_MAX));
-	cr_assert_null(vma_lookup(&t, pg(5)));
-	cr_assert_null(vma_find_prev(&t, pg(5), &prev));
+	lzm_vma_tree_init(&t);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
+	cr_assert_null(lzm_vma_first(&t));
+	cr_assert_null(lzm_vma_last(&t));
+	cr_assert_null(lzm_vma_find(&t, 0));
+	cr_assert_null(lzm_vma_find(&t, UINTPTR_MAX));
+	cr_assert_null(lzm_vma_lookup(&t, pg(5)));
+	cr_assert_null(lzm_vma_find_prev(&t, pg(5), &prev));
 	cr_assert_null(prev);
-	cr_assert_eq(vma_find_gap(&t, pg(2), pg(3), pg(10), &addr), 0);
+	cr_assert_eq(lzm_vma_find_gap(&t, pg(2), pg(3), pg(10), &addr), 0);
 	cr_assert_eq(addr, pg(3));
-	cr_assert_eq(vma_find_gap(&t, pg(2), 0, pg(10), &addr), 0);
+	cr_assert_eq(lzm_vma_find_gap(&t, pg(2), 0, pg(10), &addr), 0);
 	cr_assert_eq(addr, 0);
 }
 
@@ -138,53 +138,53 @@ Test(vma_tree, find_boundaries)
 	struct vma_tree t;
 	struct vma *a, *b, *prev;
 
-	vma_tree_init(&t);
+	lzm_vma_tree_init(&t);
 	a = add(&t, 2, 4, RW, NULL, 0);
 	b = add(&t, 6, 9, RW, NULL, 0);
 
-	cr_assert_eq(vma_first(&t), a);
-	cr_assert_eq(vma_last(&t), b);
-	cr_assert_eq(vma_next(a), b);
-	cr_assert_null(vma_next(b));
-	cr_assert_eq(vma_prev(b), a);
-	cr_assert_null(vma_prev(a));
+	cr_assert_eq(lzm_vma_first(&t), a);
+	cr_assert_eq(lzm_vma_last(&t), b);
+	cr_assert_eq(lzm_vma_next(a), b);
+	cr_assert_null(lzm_vma_next(b));
+	cr_assert_eq(lzm_vma_prev(b), a);
+	cr_assert_null(lzm_vma_prev(a));
 
-	/* vma_find: first VMA with end > addr */
-	cr_assert_eq(vma_find(&t, 0), a);           /* before the first */
-	cr_assert_eq(vma_find(&t, pg(2) - 1), a);
-	cr_assert_eq(vma_find(&t, pg(2)), a);       /* == start */
-	cr_assert_eq(vma_find(&t, pg(4) - 1), a);   /* == end - 1 */
-	cr_assert_eq(vma_find(&t, pg(4)), b);       /* == end: the next one */
-	cr_assert_eq(vma_find(&t, pg(5) + 7), b);   /* in the hole */
-	cr_assert_eq(vma_find(&t, pg(9) - 1), b);
-	cr_assert_null(vma_find(&t, pg(9)));        /* after the last */
-	cr_assert_null(vma_find(&t, UINTPTR_MAX));
+	/* lzm_vma_find: first VMA with end > addr */
+	cr_assert_eq(lzm_vma_find(&t, 0), a);           /* before the first */
+	cr_assert_eq(lzm_vma_find(&t, pg(2) - 1), a);
+	cr_assert_eq(lzm_vma_find(&t, pg(2)), a);       /* == start */
+	cr_assert_eq(lzm_vma_find(&t, pg(4) - 1), a);   /* == end - 1 */
+	cr_assert_eq(lzm_vma_find(&t, pg(4)), b);       /* == end: the next one */
+	cr_assert_eq(lzm_vma_find(&t, pg(5) + 7), b);   /* in the hole */
+	cr_assert_eq(lzm_vma_find(&t, pg(9) - 1), b);
+	cr_assert_null(lzm_vma_find(&t, pg(9)));        /* after the last */
+	cr_assert_null(lzm_vma_find(&t, UINTPTR_MAX));
 
-	cr_assert_null(vma_lookup(&t, 0));
-	cr_assert_null(vma_lookup(&t, pg(2) - 1));
-	cr_assert_eq(vma_lookup(&t, pg(2)), a);
-	cr_assert_eq(vma_lookup(&t, pg(4) - 1), a);
-	cr_assert_null(vma_lookup(&t, pg(4)));
-	cr_assert_null(vma_lookup(&t, pg(6) - 1));
-	cr_assert_eq(vma_lookup(&t, pg(6)), b);
-	cr_assert_eq(vma_lookup(&t, pg(9) - 1), b);
-	cr_assert_null(vma_lookup(&t, pg(9)));
+	cr_assert_null(lzm_vma_lookup(&t, 0));
+	cr_assert_null(lzm_vma_lookup(&t, pg(2) - 1));
+	cr_assert_eq(lzm_vma_lookup(&t, pg(2)), a);
+	cr_assert_eq(lzm_vma_lookup(&t, pg(4) - 1), a);
+	cr_assert_null(lzm_vma_lookup(&t, pg(4)));
+	cr_assert_null(lzm_vma_lookup(&t, pg(6) - 1));
+	cr_assert_eq(lzm_vma_lookup(&t, pg(6)), b);
+	cr_assert_eq(lzm_vma_lookup(&t, pg(9) - 1), b);
+	cr_assert_null(lzm_vma_lookup(&t, pg(9)));
 
-	cr_assert_eq(vma_find_prev(&t, 0, &prev), a);
+	cr_assert_eq(lzm_vma_find_prev(&t, 0, &prev), a);
 	cr_assert_null(prev);
-	cr_assert_eq(vma_find_prev(&t, pg(2), &prev), a);
+	cr_assert_eq(lzm_vma_find_prev(&t, pg(2), &prev), a);
 	cr_assert_null(prev);
-	cr_assert_eq(vma_find_prev(&t, pg(4) - 1, &prev), a);
+	cr_assert_eq(lzm_vma_find_prev(&t, pg(4) - 1, &prev), a);
 	cr_assert_null(prev);
-	cr_assert_eq(vma_find_prev(&t, pg(4), &prev), b);
+	cr_assert_eq(lzm_vma_find_prev(&t, pg(4), &prev), b);
 	cr_assert_eq(prev, a);
-	cr_assert_eq(vma_find_prev(&t, pg(6), &prev), b);
+	cr_assert_eq(lzm_vma_find_prev(&t, pg(6), &prev), b);
 	cr_assert_eq(prev, a);
-	cr_assert_eq(vma_find_prev(&t, pg(9) - 1, &prev), b);
+	cr_assert_eq(lzm_vma_find_prev(&t, pg(9) - 1, &prev), b);
 	cr_assert_eq(prev, a);
-	cr_assert_null(vma_find_prev(&t, pg(9), &prev));
+	cr_assert_null(lzm_vma_find_prev(&t, pg(9), &prev));
 	cr_assert_eq(prev, b);
-	cr_assert_null(vma_find_prev(&t, UINTPTR_MAX, &prev));
+	cr_assert_null(lzm_vma_find_prev(&t, UINTPTR_MAX, &prev));
 	cr_assert_eq(prev, b);
 
 	destroy(&t);
@@ -203,27 +203,27 @@ Test(vma_tree, insert_overlap)
 	struct snap before;
 	size_t i;
 
-	vma_tree_init(&t);
+	lzm_vma_tree_init(&t);
 	add(&t, 10, 20, RW, NULL, 0);
 	add(&t, 30, 40, RW, NULL, 0);
 	take_snap(&t, &before);
 
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		v = vma_alloc();
+		v = lzm_vma_alloc();
 		cr_assert_not_null(v);
 		v->start = pg(bad[i][0]);
 		v->end = pg(bad[i][1]);
-		cr_assert_eq(vma_insert(&t, v), -EEXIST, "[%lu, %lu) pages",
+		cr_assert_eq(lzm_vma_insert(&t, v), -EEXIST, "[%lu, %lu) pages",
 			     (unsigned long)bad[i][0], (unsigned long)bad[i][1]);
 		expect_snap(&t, &before);
-		vma_free(v);
+		lzm_vma_free(v);
 	}
 	/* Touching is not overlapping. */
 	add(&t, 20, 30, RW, NULL, 0);
 	add(&t, 0, 10, RW, NULL, 0);
 	add(&t, 40, 41, RW, NULL, 0);
 	cr_assert_eq(t.count, 5);
-	cr_assert_eq(vma_tree_check(&t), 0);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
 	destroy(&t);
 }
 
@@ -235,12 +235,12 @@ Test(vma_tree, balanced)
 	struct vma *v;
 	unsigned depth, maxdepth = 0, i;
 
-	vma_tree_init(&t);
+	lzm_vma_tree_init(&t);
 	for (i = 0; i < N; i++)
 		add(&t, 2 * i, 2 * i + 1, RW, NULL, i);
 	cr_assert_eq(t.count, N);
-	cr_assert_eq(vma_tree_check(&t), 0);
-	for (v = vma_first(&t); v; v = vma_next(v)) {
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
+	for (v = lzm_vma_first(&t); v; v = lzm_vma_next(v)) {
 		const struct vma *x;
 
 		for (depth = 0, x = v; x; x = x->rb_parent)
@@ -252,13 +252,13 @@ Test(vma_tree, balanced)
 	cr_assert_leq(maxdepth, 24, "height %u for %u nodes", maxdepth, N);
 	/* Every other VMA away, from the middle out: erase rebalances too. */
 	for (i = 0; i < N; i += 2) {
-		v = vma_lookup(&t, pg(2 * i));
+		v = lzm_vma_lookup(&t, pg(2 * i));
 		cr_assert_not_null(v);
-		vma_erase(&t, v);
-		vma_free(v);
+		lzm_vma_erase(&t, v);
+		lzm_vma_free(v);
 	}
 	cr_assert_eq(t.count, N / 2);
-	cr_assert_eq(vma_tree_check(&t), 0);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
 	destroy(&t);
 }
 
@@ -272,12 +272,12 @@ Test(vma_tree, split_bad_addr)
 	uintptr_t bad[] = { pg(10), pg(20), pg(5), pg(25), pg(15) + 1, pg(15) - 1, 0, UINTPTR_MAX };
 	size_t i;
 
-	vma_tree_init(&t);
+	lzm_vma_tree_init(&t);
 	v = add(&t, 10, 20, RW, NULL, 7);
 	add(&t, 30, 31, RW, NULL, 0);
 	take_snap(&t, &before);
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		cr_assert_eq(vma_split(&t, v, bad[i], &nv), -EINVAL, "addr %#lx",
+		cr_assert_eq(lzm_vma_split(&t, v, bad[i], &nv), -EINVAL, "addr %#lx",
 			     (unsigned long)bad[i]);
 		cr_assert_eq(nv, (struct vma *)1, "*newp written on failure");
 		expect_snap(&t, &before);
@@ -292,15 +292,15 @@ Test(vma_tree, split)
 	struct vma *v, *nv = NULL, *next;
 	unsigned r0;
 
-	cr_assert_eq(source_new_zero(64, &src), 0);
+	cr_assert_eq(lzm_source_new_zero(64, &src), 0);
 	r0 = refs(src);
-	vma_tree_init(&t);
+	lzm_vma_tree_init(&t);
 	v = add_flags(&t, 10, 20, RO, LAZYMAP_SHARED, src, 100);
 	next = add(&t, 25, 26, RW, NULL, 0);
 	atomic_store(&v->ra_next, 42);
 	atomic_store(&v->ra_window, 8);
 
-	cr_assert_eq(vma_split(&t, v, pg(13), &nv), 0);
+	cr_assert_eq(lzm_vma_split(&t, v, pg(13), &nv), 0);
 	cr_assert_neq(nv, v);
 	expect_range(v, 10, 13, 100);
 	expect_range(nv, 13, 20, 103);
@@ -312,20 +312,20 @@ Test(vma_tree, split)
 	cr_assert_eq(atomic_load(&v->ra_next), 42, "the split-off part keeps its stream");
 	cr_assert_eq(refs(src), r0 + 2);
 	cr_assert_eq(t.count, 3);
-	cr_assert_eq(vma_next(v), nv);
-	cr_assert_eq(vma_next(nv), next);
-	cr_assert_eq(vma_lookup(&t, pg(13)), nv);
-	cr_assert_eq(vma_lookup(&t, pg(13) - 1), v);
-	cr_assert_eq(vma_tree_check(&t), 0);
+	cr_assert_eq(lzm_vma_next(v), nv);
+	cr_assert_eq(lzm_vma_next(nv), next);
+	cr_assert_eq(lzm_vma_lookup(&t, pg(13)), nv);
+	cr_assert_eq(lzm_vma_lookup(&t, pg(13) - 1), v);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
 
 	/* The last page. */
-	cr_assert_eq(vma_split(&t, nv, pg(19), &nv), 0);
+	cr_assert_eq(lzm_vma_split(&t, nv, pg(19), &nv), 0);
 	expect_range(nv, 19, 20, 109);
 	cr_assert_eq(refs(src), r0 + 3);
 
 	destroy(&t);
 	cr_assert_eq(refs(src), r0);
-	source_put(src);
+	lzm_source_put(src);
 }
 
 /* ------------------------------------------------------------ merge */
@@ -336,69 +336,69 @@ Test(vma_tree, merge_refused)
 	struct source *s1, *s2;
 	struct vma *a, *b;
 
-	cr_assert_eq(source_new_zero(64, &s1), 0);
-	cr_assert_eq(source_new_zero(64, &s2), 0);
-	vma_tree_init(&t);
+	cr_assert_eq(lzm_source_new_zero(64, &s1), 0);
+	cr_assert_eq(lzm_source_new_zero(64, &s2), 0);
+	lzm_vma_tree_init(&t);
 
 	/* prot */
 	a = add(&t, 0, 4, RW, s1, 0);
 	b = add(&t, 4, 8, RO, s1, 4);
-	cr_assert_not(vma_can_merge(a, b));
-	cr_assert_eq(vma_merge(&t, b), b);
-	cr_assert_eq(vma_merge(&t, a), a);
+	cr_assert_not(lzm_vma_can_merge(a, b));
+	cr_assert_eq(lzm_vma_merge(&t, b), b);
+	cr_assert_eq(lzm_vma_merge(&t, a), a);
 	cr_assert_eq(t.count, 2);
 	destroy(&t);
 
 	/* source */
 	a = add(&t, 0, 4, RW, s1, 0);
 	b = add(&t, 4, 8, RW, s2, 4);
-	cr_assert_not(vma_can_merge(a, b));
-	cr_assert_eq(vma_merge(&t, b), b);
+	cr_assert_not(lzm_vma_can_merge(a, b));
+	cr_assert_eq(lzm_vma_merge(&t, b), b);
 	cr_assert_eq(t.count, 2);
 	destroy(&t);
 
 	/* one with a source, one without */
 	a = add(&t, 0, 4, RW, NULL, 0);
 	b = add(&t, 4, 8, RW, s2, 4);
-	cr_assert_eq(vma_merge(&t, a), a);
+	cr_assert_eq(lzm_vma_merge(&t, a), a);
 	cr_assert_eq(t.count, 2);
 	destroy(&t);
 
 	/* flags */
 	a = add_flags(&t, 0, 4, RW, LAZYMAP_PRIVATE, s1, 0);
 	b = add_flags(&t, 4, 8, RW, LAZYMAP_SHARED, s1, 4);
-	cr_assert_eq(vma_merge(&t, b), b);
+	cr_assert_eq(lzm_vma_merge(&t, b), b);
 	cr_assert_eq(t.count, 2);
 	destroy(&t);
 
 	/* pgoff not contiguous, either way */
 	a = add(&t, 0, 4, RW, s1, 0);
 	b = add(&t, 4, 8, RW, s1, 5);
-	cr_assert_eq(vma_merge(&t, b), b);
+	cr_assert_eq(lzm_vma_merge(&t, b), b);
 	cr_assert_eq(t.count, 2);
 	destroy(&t);
 	a = add(&t, 0, 4, RW, s1, 10);
 	b = add(&t, 4, 8, RW, s1, 4);
-	cr_assert_eq(vma_merge(&t, a), a);
+	cr_assert_eq(lzm_vma_merge(&t, a), a);
 	cr_assert_eq(t.count, 2);
 	destroy(&t);
 
 	/* not adjacent, though pgoff would be */
 	a = add(&t, 0, 4, RW, s1, 0);
 	b = add(&t, 5, 9, RW, s1, 4);
-	cr_assert_not(vma_can_merge(a, b));
-	cr_assert_eq(vma_merge(&t, b), b);
-	cr_assert_eq(vma_merge(&t, a), a);
+	cr_assert_not(lzm_vma_can_merge(a, b));
+	cr_assert_eq(lzm_vma_merge(&t, b), b);
+	cr_assert_eq(lzm_vma_merge(&t, a), a);
 	cr_assert_eq(t.count, 2);
 	expect_range(a, 0, 4, 0);
 	expect_range(b, 5, 9, 4);
-	cr_assert_eq(vma_tree_check(&t), 0);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
 	destroy(&t);
 
 	cr_assert_eq(refs(s1), 1);
 	cr_assert_eq(refs(s2), 1);
-	source_put(s1);
-	source_put(s2);
+	lzm_source_put(s1);
+	lzm_source_put(s2);
 }
 
 Test(vma_tree, merge_both_sides)
@@ -408,28 +408,28 @@ Test(vma_tree, merge_both_sides)
 	struct vma *a, *b, *c, *d, *m;
 	uintptr_t addr;
 
-	cr_assert_eq(source_new_zero(64, &src), 0);
-	vma_tree_init(&t);
+	cr_assert_eq(lzm_source_new_zero(64, &src), 0);
+	lzm_vma_tree_init(&t);
 	a = add(&t, 2, 4, RW, src, 10);
 	b = add(&t, 4, 6, RW, src, 12);
 	c = add(&t, 6, 10, RW, src, 14);
 	d = add(&t, 12, 13, RW, src, 20); /* a hole before it: stays */
-	cr_assert(vma_can_merge(a, b));
-	cr_assert(vma_can_merge(b, c));
+	cr_assert(lzm_vma_can_merge(a, b));
+	cr_assert(lzm_vma_can_merge(b, c));
 	cr_assert_eq(refs(src), 5);
 
-	m = vma_merge(&t, b);
+	m = lzm_vma_merge(&t, b);
 	cr_assert_eq(m, a, "the lowest VMA survives");
 	expect_range(m, 2, 10, 10);
 	cr_assert_eq(t.count, 2);
-	cr_assert_eq(vma_next(m), d);
-	cr_assert_eq(vma_lookup(&t, pg(9)), m);
+	cr_assert_eq(lzm_vma_next(m), d);
+	cr_assert_eq(lzm_vma_lookup(&t, pg(9)), m);
 	cr_assert_eq(refs(src), 3);
-	cr_assert_eq(vma_tree_check(&t), 0);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
 	/* The gaps moved with the ends. */
-	cr_assert_eq(vma_find_gap(&t, pg(2), 0, UINTPTR_MAX, &addr), 0);
+	cr_assert_eq(lzm_vma_find_gap(&t, pg(2), 0, UINTPTR_MAX, &addr), 0);
 	cr_assert_eq(addr, 0);
-	cr_assert_eq(vma_find_gap(&t, pg(3), 0, UINTPTR_MAX, &addr), 0);
+	cr_assert_eq(lzm_vma_find_gap(&t, pg(3), 0, UINTPTR_MAX, &addr), 0);
 	cr_assert_eq(addr, pg(13));
 	destroy(&t);
 
@@ -437,10 +437,10 @@ Test(vma_tree, merge_both_sides)
 	a = add(&t, 0, 4, RO, src, 0);
 	b = add(&t, 4, 6, RW, src, 4);
 	c = add(&t, 6, 10, RW, src, 6);
-	m = vma_merge(&t, b);
+	m = lzm_vma_merge(&t, b);
 	cr_assert_eq(m, b);
 	expect_range(m, 4, 10, 4);
-	cr_assert_eq(vma_prev(m), a);
+	cr_assert_eq(lzm_vma_prev(m), a);
 	cr_assert_eq(t.count, 2);
 	destroy(&t);
 
@@ -448,16 +448,16 @@ Test(vma_tree, merge_both_sides)
 	a = add(&t, 0, 4, RW, src, 0);
 	b = add(&t, 4, 6, RW, src, 4);
 	c = add(&t, 6, 10, RW, NULL, 6);
-	m = vma_merge(&t, b);
+	m = lzm_vma_merge(&t, b);
 	cr_assert_eq(m, a);
 	expect_range(m, 0, 6, 0);
-	cr_assert_eq(vma_next(m), c);
+	cr_assert_eq(lzm_vma_next(m), c);
 	cr_assert_eq(t.count, 2);
-	cr_assert_eq(vma_tree_check(&t), 0);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
 	destroy(&t);
 
 	cr_assert_eq(refs(src), 1);
-	source_put(src);
+	lzm_source_put(src);
 }
 
 Test(vma_tree, split_merge_refs)
@@ -468,13 +468,13 @@ Test(vma_tree, split_merge_refs)
 	unsigned r0;
 	uintptr_t i;
 
-	cr_assert_eq(source_new_zero(64, &src), 0);
+	cr_assert_eq(lzm_source_new_zero(64, &src), 0);
 	r0 = refs(src);
-	vma_tree_init(&t);
+	lzm_vma_tree_init(&t);
 	v = add(&t, 8, 24, RW, src, 3);
 	cr_assert_eq(refs(src), r0 + 1);
 	for (i = 12; i < 24; i += 4) {
-		cr_assert_eq(vma_split(&t, vma_lookup(&t, pg(i)), pg(i), &nv), 0);
+		cr_assert_eq(lzm_vma_split(&t, lzm_vma_lookup(&t, pg(i)), pg(i), &nv), 0);
 		cr_assert_eq(nv->pgoff, 3 + i - 8);
 	}
 	cr_assert_eq(t.count, 4);
@@ -483,22 +483,22 @@ Test(vma_tree, split_merge_refs)
 	/* Give the middle ones another prot, then back: merge must refuse, then
 	 * rejoin all four into the first. */
 	for (i = 12; i < 20; i += 4)
-		vma_lookup(&t, pg(i))->prot = RO;
-	for (v = vma_first(&t); v; v = vma_next(v))
-		v = vma_merge(&t, v);
+		lzm_vma_lookup(&t, pg(i))->prot = RO;
+	for (v = lzm_vma_first(&t); v; v = lzm_vma_next(v))
+		v = lzm_vma_merge(&t, v);
 	cr_assert_eq(t.count, 3);
 	cr_assert_eq(refs(src), r0 + 3);
-	expect_range(vma_lookup(&t, pg(12)), 12, 20, 7);
-	vma_lookup(&t, pg(12))->prot = RW;
-	m = vma_merge(&t, vma_lookup(&t, pg(12)));
+	expect_range(lzm_vma_lookup(&t, pg(12)), 12, 20, 7);
+	lzm_vma_lookup(&t, pg(12))->prot = RW;
+	m = lzm_vma_merge(&t, lzm_vma_lookup(&t, pg(12)));
 	expect_range(m, 8, 24, 3);
 	cr_assert_eq(t.count, 1);
 	cr_assert_eq(refs(src), r0 + 1);
-	cr_assert_eq(vma_tree_check(&t), 0);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
 
 	destroy(&t);
 	cr_assert_eq(refs(src), r0);
-	source_put(src);
+	lzm_source_put(src);
 }
 
 /* ------------------------------------------------------------ gap search */
@@ -506,7 +506,7 @@ Test(vma_tree, split_merge_refs)
 static uintptr_t gap_at(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t high)
 {
 	uintptr_t addr = 0xdead;
-	int ret = vma_find_gap(t, len, low, high, &addr);
+	int ret = lzm_vma_find_gap(t, len, low, high, &addr);
 
 	cr_assert_eq(ret, 0, "gap len %#zx low %#lx high %#lx: %d", len, (unsigned long)low,
 		     (unsigned long)high, ret);
@@ -516,7 +516,7 @@ static uintptr_t gap_at(const struct vma_tree *t, size_t len, uintptr_t low, uin
 static void no_gap(const struct vma_tree *t, size_t len, uintptr_t low, uintptr_t high, int err)
 {
 	uintptr_t addr = 0xdead;
-	int ret = vma_find_gap(t, len, low, high, &addr);
+	int ret = lzm_vma_find_gap(t, len, low, high, &addr);
 
 	cr_assert_eq(ret, err, "gap len %#zx low %#lx high %#lx: %d, addr %#lx", len,
 		     (unsigned long)low, (unsigned long)high, ret, (unsigned long)addr);
@@ -528,7 +528,7 @@ Test(vma_tree, find_gap)
 	const uintptr_t top = UINTPTR_MAX;
 	struct vma_tree t;
 
-	vma_tree_init(&t);
+	lzm_vma_tree_init(&t);
 	add(&t, 4, 8, RW, NULL, 0);
 	add(&t, 10, 12, RW, NULL, 0);
 	add(&t, 20, 30, RW, NULL, 0);
@@ -585,53 +585,53 @@ Test(vma_tree, check_catches)
 	struct vma *v, *r;
 	uintptr_t i, saved;
 
-	vma_tree_init(&t);
+	lzm_vma_tree_init(&t);
 	for (i = 0; i < 40; i++)
 		add(&t, 3 * i + (i % 2), 3 * i + 2, RW, NULL, 0);
-	cr_assert_eq(vma_tree_check(&t), 0);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
 	r = t.root;
-	v = vma_lookup(&t, pg(3 * 16));
+	v = lzm_vma_lookup(&t, pg(3 * 16));
 	cr_assert_not_null(v);
 
 	saved = v->subtree_gap;
-	v->subtree_gap += page_size;
-	cr_assert_eq(vma_tree_check(&t), -EUCLEAN, "wrong subtree_gap");
+	v->subtree_gap += lzm_page_size;
+	cr_assert_eq(lzm_vma_tree_check(&t), -EUCLEAN, "wrong subtree_gap");
 	v->subtree_gap = saved;
 
 	r->rb_red = true;
-	cr_assert_eq(vma_tree_check(&t), -EUCLEAN, "red root");
+	cr_assert_eq(lzm_vma_tree_check(&t), -EUCLEAN, "red root");
 	r->rb_red = false;
 
 	t.count++;
-	cr_assert_eq(vma_tree_check(&t), -EUCLEAN, "count");
+	cr_assert_eq(lzm_vma_tree_check(&t), -EUCLEAN, "count");
 	t.count -= 2;
-	cr_assert_eq(vma_tree_check(&t), -EUCLEAN, "count");
+	cr_assert_eq(lzm_vma_tree_check(&t), -EUCLEAN, "count");
 	t.count++;
 
 	saved = v->end;
 	v->end = v->start;
-	cr_assert_eq(vma_tree_check(&t), -EUCLEAN, "empty VMA");
-	v->end = saved + page_size * 3; /* overlaps the next one */
-	cr_assert_eq(vma_tree_check(&t), -EUCLEAN, "overlap");
+	cr_assert_eq(lzm_vma_tree_check(&t), -EUCLEAN, "empty VMA");
+	v->end = saved + lzm_page_size * 3; /* overlaps the next one */
+	cr_assert_eq(lzm_vma_tree_check(&t), -EUCLEAN, "overlap");
 	v->end = saved + 1;
-	cr_assert_eq(vma_tree_check(&t), -EUCLEAN, "unaligned");
+	cr_assert_eq(lzm_vma_tree_check(&t), -EUCLEAN, "unaligned");
 	v->end = saved;
 
 	/* Recolouring a black non-root node breaks the black height or makes red-red. */
-	v = vma_first(&t);
+	v = lzm_vma_first(&t);
 	while (v->rb_red)
-		v = vma_next(v);
+		v = lzm_vma_next(v);
 	v->rb_red = true;
-	cr_assert_eq(vma_tree_check(&t), -EUCLEAN, "black height / red-red");
+	cr_assert_eq(lzm_vma_tree_check(&t), -EUCLEAN, "black height / red-red");
 	v->rb_red = false;
 
-	v = vma_last(&t);
+	v = lzm_vma_last(&t);
 	r = v->rb_parent;
 	v->rb_parent = NULL;
-	cr_assert_eq(vma_tree_check(&t), -EUCLEAN, "parent link");
+	cr_assert_eq(lzm_vma_tree_check(&t), -EUCLEAN, "parent link");
 	v->rb_parent = r;
 
-	cr_assert_eq(vma_tree_check(&t), 0);
+	cr_assert_eq(lzm_vma_tree_check(&t), 0);
 	destroy(&t);
 }
 
@@ -710,7 +710,7 @@ static void m_remove(struct model *m, size_t i)
 static bool m_can_merge(const struct mvma *x, const struct mvma *y)
 {
 	return x->end == y->start && x->prot == y->prot && x->flags == y->flags &&
-	       x->src == y->src && x->pgoff + (x->end - x->start) / page_size == y->pgoff;
+	       x->src == y->src && x->pgoff + (x->end - x->start) / lzm_page_size == y->pgoff;
 }
 
 /* Merge entry i with its neighbours; the index of the survivor. */
@@ -737,7 +737,7 @@ static int m_gap(const struct model *m, size_t len, uintptr_t low, uintptr_t hig
 
 	if (len == 0)
 		return -EINVAL;
-	lo = low % page_size ? low - low % page_size + page_size : low;
+	lo = low % lzm_page_size ? low - low % lzm_page_size + lzm_page_size : low;
 	if (lo < low)
 		return -ENOMEM; /* wrapped */
 	for (i = 0; i <= m->n; i++) {
@@ -759,10 +759,10 @@ static void m_compare(struct model *m)
 	size_t i, users[NSRC] = { 0 };
 	int k, ret;
 
-	ret = vma_tree_check(&m->t);
-	CHECK(m, ret == 0, "vma_tree_check: %d", ret);
+	ret = lzm_vma_tree_check(&m->t);
+	CHECK(m, ret == 0, "lzm_vma_tree_check: %d", ret);
 	CHECK(m, m->t.count == m->n, "count %zu, model %zu", m->t.count, m->n);
-	for (i = 0, v = vma_first(&m->t); i < m->n; i++, v = vma_next(v)) {
+	for (i = 0, v = lzm_vma_first(&m->t); i < m->n; i++, v = lzm_vma_next(v)) {
 		const struct mvma *e = &m->a[i];
 
 		CHECK(m, v == e->v, "VMA %zu: node %p, model %p [%#lx, %#lx)", i, (void *)v,
@@ -780,8 +780,8 @@ static void m_compare(struct model *m)
 			users[k] += e->src == m->src[k];
 	}
 	CHECK(m, v == NULL, "tree has more VMAs than the model");
-	/* Backwards too: vma_prev is a separate path. */
-	for (i = m->n, v = vma_last(&m->t); i > 0; i--, v = vma_prev(v))
+	/* Backwards too: lzm_vma_prev is a separate path. */
+	for (i = m->n, v = lzm_vma_last(&m->t); i > 0; i--, v = lzm_vma_prev(v))
 		CHECK(m, v == m->a[i - 1].v, "backward walk differs at %zu", i - 1);
 	CHECK(m, v == NULL, "backward walk too long");
 	/* Each VMA holds one reference, the test one more. */
@@ -806,25 +806,25 @@ static struct mvma random_vma(struct model *m, uintptr_t s, uintptr_t e)
 /* Insert into both; the tree decides collisions and must agree with the model. */
 static void op_insert(struct model *m, struct mvma x, bool expect_fit)
 {
-	struct vma *v = vma_alloc();
+	struct vma *v = lzm_vma_alloc();
 	size_t i = m_find(m, x.start);
 	bool fits = i == m->n || m->a[i].start >= x.end;
 	int ret;
 
-	CHECK(m, v != NULL, "vma_alloc");
+	CHECK(m, v != NULL, "lzm_vma_alloc");
 	v->start = x.start;
 	v->end = x.end;
 	v->prot = x.prot;
 	v->flags = x.flags;
 	v->src = x.src;
 	v->pgoff = x.pgoff;
-	source_get(v->src);
-	ret = vma_insert(&m->t, v);
+	lzm_source_get(v->src);
+	ret = lzm_vma_insert(&m->t, v);
 	CHECK(m, ret == (fits ? 0 : -EEXIST), "insert [%#lx, %#lx): %d, model %s",
 	      (unsigned long)x.start, (unsigned long)x.end, ret, fits ? "fits" : "overlaps");
 	CHECK(m, fits || !expect_fit, "a gap found free was not");
 	if (ret) {
-		vma_free(v);
+		lzm_vma_free(v);
 		m->st_eexist++;
 		return;
 	}
@@ -838,18 +838,18 @@ static void op_erase(struct model *m)
 	size_t i = below(m, m->n);
 	struct mvma *e = &m->a[i];
 	uintptr_t inside = e->start + below(m, e->end - e->start);
-	struct vma *v = vma_lookup(&m->t, inside);
+	struct vma *v = lzm_vma_lookup(&m->t, inside);
 
 	CHECK(m, v == e->v, "lookup %#lx before erase", (unsigned long)inside);
-	vma_erase(&m->t, v);
-	vma_free(v);
+	lzm_vma_erase(&m->t, v);
+	lzm_vma_free(v);
 	m_remove(m, i);
 }
 
 /* Split whatever contains addr (page aligned) at addr, in both. */
 static void split_at(struct model *m, uintptr_t addr)
 {
-	struct vma *v = vma_lookup(&m->t, addr), *nv = NULL;
+	struct vma *v = lzm_vma_lookup(&m->t, addr), *nv = NULL;
 	size_t i = m_find(m, addr);
 	struct mvma x;
 	int ret;
@@ -861,12 +861,12 @@ static void split_at(struct model *m, uintptr_t addr)
 	CHECK(m, v == m->a[i].v, "lookup %#lx", (unsigned long)addr);
 	if (m->a[i].start == addr)
 		return;
-	ret = vma_split(&m->t, v, addr, &nv);
+	ret = lzm_vma_split(&m->t, v, addr, &nv);
 	CHECK(m, ret == 0, "split [%#lx, %#lx) at %#lx: %d", (unsigned long)v->start,
 	      (unsigned long)v->end, (unsigned long)addr, ret);
 	x = m->a[i];
 	x.start = addr;
-	x.pgoff += (addr - m->a[i].start) / page_size;
+	x.pgoff += (addr - m->a[i].start) / lzm_page_size;
 	x.v = nv;
 	m->a[i].end = addr;
 	m_insert_at(m, i + 1, &x);
@@ -877,7 +877,7 @@ static void op_split(struct model *m)
 {
 	size_t i = below(m, m->n);
 	struct mvma *e = &m->a[i];
-	uintptr_t pages = (e->end - e->start) / page_size, bad;
+	uintptr_t pages = (e->end - e->start) / lzm_page_size, bad;
 	struct vma *nv = (struct vma *)1;
 	int ret;
 
@@ -901,7 +901,7 @@ static void op_split(struct model *m)
 	}
 	if (page_aligned(bad) && bad > e->start && bad < e->end)
 		bad++; /* not a bad address after all */
-	ret = vma_split(&m->t, e->v, bad, &nv);
+	ret = lzm_vma_split(&m->t, e->v, bad, &nv);
 	CHECK(m, ret == -EINVAL && nv == (struct vma *)1, "split [%#lx, %#lx) at %#lx: %d",
 	      (unsigned long)e->start, (unsigned long)e->end, (unsigned long)bad, ret);
 }
@@ -909,7 +909,7 @@ static void op_split(struct model *m)
 static void op_merge(struct model *m)
 {
 	size_t i = below(m, m->n), n = m->n;
-	struct vma *v = vma_merge(&m->t, m->a[i].v);
+	struct vma *v = lzm_vma_merge(&m->t, m->a[i].v);
 
 	i = m_merge(m, i);
 	CHECK(m, v == m->a[i].v, "merge survivor %p, model %p", (void *)v, (void *)m->a[i].v);
@@ -934,11 +934,11 @@ static void op_find(struct model *m)
 	struct vma *want = i < m->n ? m->a[i].v : NULL;
 	struct vma *wprev = i > 0 ? m->a[i - 1].v : NULL, *prev = (struct vma *)1, *v;
 
-	v = vma_find(&m->t, addr);
+	v = lzm_vma_find(&m->t, addr);
 	CHECK(m, v == want, "find %#lx", (unsigned long)addr);
-	v = vma_find_prev(&m->t, addr, &prev);
+	v = lzm_vma_find_prev(&m->t, addr, &prev);
 	CHECK(m, v == want && prev == wprev, "find_prev %#lx", (unsigned long)addr);
-	v = vma_lookup(&m->t, addr);
+	v = lzm_vma_lookup(&m->t, addr);
 	CHECK(m, v == (want && m->a[i].start <= addr ? want : NULL), "lookup %#lx",
 	      (unsigned long)addr);
 }
@@ -973,7 +973,7 @@ static void op_gap(struct model *m, bool and_map)
 			break;
 		}
 	}
-	ret = vma_find_gap(&m->t, len, low, high, &got);
+	ret = lzm_vma_find_gap(&m->t, len, low, high, &got);
 	wret = m_gap(m, len, low, high, &want);
 	CHECK(m, ret == wret && (ret || got == want),
 	      "gap len %#zx low %#lx high %#lx: %d at %#lx, model %d at %#lx", len,
@@ -985,13 +985,13 @@ static void op_gap(struct model *m, bool and_map)
 	}
 	m->st_gap++;
 	if (and_map) {
-		struct mvma x = random_vma(m, got / page_size, (got + len) / page_size);
+		struct mvma x = random_vma(m, got / lzm_page_size, (got + len) / lzm_page_size);
 		size_t i;
 		struct vma *v;
 
 		op_insert(m, x, true);
 		i = m_find(m, got);
-		v = vma_merge(&m->t, m->a[i].v);
+		v = lzm_vma_merge(&m->t, m->a[i].v);
 		i = m_merge(m, i);
 		CHECK(m, v == m->a[i].v, "merge after map");
 	}
@@ -1009,18 +1009,18 @@ static void op_protect(struct model *m)
 	split_at(m, b);
 	for (i = m_find(m, a); i < m->n && m->a[i].start < b; i++)
 		m->a[i].prot = prot;
-	for (v = vma_find(&m->t, a); v && v->start < b; v = vma_next(v))
+	for (v = lzm_vma_find(&m->t, a); v && v->start < b; v = lzm_vma_next(v))
 		v->prot = prot;
 
 	n = m->n;
 	i = m_find(m, a);
-	v = vma_find(&m->t, a);
+	v = lzm_vma_find(&m->t, a);
 	while (i < m->n && m->a[i].start < b) {
 		CHECK(m, v == m->a[i].v, "protect walk");
-		v = vma_merge(&m->t, v);
+		v = lzm_vma_merge(&m->t, v);
 		i = m_merge(m, i);
 		CHECK(m, v == m->a[i].v, "protect merge survivor");
-		v = vma_next(v);
+		v = lzm_vma_next(v);
 		i++;
 	}
 	CHECK(m, v == (i < m->n ? m->a[i].v : NULL), "protect walk end");
@@ -1041,9 +1041,9 @@ Test(vma_tree, random_model, .timeout = 120)
 	m->what = "setup";
 	m->a = calloc(MAX_VMAS + 2, sizeof(*m->a));
 	cr_assert_not_null(m->a);
-	vma_tree_init(&m->t);
+	lzm_vma_tree_init(&m->t);
 	for (k = 0; k < NSRC - 1; k++)
-		cr_assert_eq(source_new_zero(2 * SPACE, &m->src[k]), 0);
+		cr_assert_eq(lzm_source_new_zero(2 * SPACE, &m->src[k]), 0);
 	m->src[NSRC - 1] = NULL;
 	cr_log_info("vma_tree random_model: LAZYMAP_SEED=%" PRIu64, m->seed);
 
@@ -1115,7 +1115,7 @@ Test(vma_tree, random_model, .timeout = 120)
 		if (!m->src[k])
 			continue;
 		cr_assert_eq(refs(m->src[k]), 1);
-		source_put(m->src[k]);
+		lzm_source_put(m->src[k]);
 	}
 	free(m->a);
 	free(m);
