@@ -389,6 +389,7 @@ static struct fill_req *begin_read(struct handler *h, struct mm *mm, struct vma 
 		return NULL;
 	}
 	lzm_source_get(src);
+	atomic_fetch_add(&mm->busy, 1);
 	*req = (struct fill_req){ .mm = mm, .src = src, .addr = addr, .idx = idx, .n = n,
 				  .write = write };
 	return req;
@@ -399,6 +400,7 @@ void lzm_fault_abandon(struct fill_req *req)
 	release_run(req->mm, req->src, req->addr, req->idx, req->n, false);
 	lzm_uffd_wake(req->mm->uffd, req->addr, req->n << lzm_page_shift);
 	lzm_source_put(req->src);
+	atomic_fetch_sub(&req->mm->busy, 1);
 	free(req);
 }
 
@@ -407,6 +409,7 @@ static void req_free(struct handler *h, struct fill_req *req)
 	if (req->buf)
 		lzm_pool_free(&h->pool, req->buf, req->n);
 	lzm_source_put(req->src);
+	atomic_fetch_sub(&req->mm->busy, 1);
 	free(req);
 }
 

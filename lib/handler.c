@@ -82,6 +82,8 @@ static bool serve_work(struct handler *h)
 	pthread_mutex_lock(&lm->work_lock);
 	pf = lm->work;
 	if (pf) {
+		/* busy first: lzm_quiesce never sees both at 0 meanwhile */
+		atomic_fetch_add(&lm->mm.busy, 1);
 		lm->work = pf->next;
 		if (atomic_fetch_sub(&lm->work_pending, 1) == 1)
 			lzm_efd_drain(lm->work_efd);
@@ -91,11 +93,11 @@ static bool serve_work(struct handler *h)
 		return false;
 
 	pf->start = lzm_fault_prefetch(h, &lm->mm, pf->start, pf->end);
-	if (pf->start >= pf->end) {
+	if (pf->start >= pf->end)
 		free(pf);
-		return true;
-	}
-	lzm_handlers_queue(lm, pf);
+	else
+		lzm_handlers_queue(lm, pf);
+	atomic_fetch_sub(&lm->mm.busy, 1);
 	return true;
 }
 
@@ -227,7 +229,9 @@ static void *handler_main(void *arg)
 			stat_add(&h->stats.reads, 1);
 			if ((uint64_t)n > atomic_load_explicit(&h->stats.max_batch, memory_order_relaxed))
 				atomic_store_explicit(&h->stats.max_batch, (uint64_t)n, memory_order_relaxed);
+			atomic_fetch_add(&mm->busy, 1);
 			serve_batch(h, mm, msgs, n);
+			atomic_fetch_sub(&mm->busy, 1);
 			lzm_uring_flush(h); /* the batch's reads go to the kernel together */
 			sp.since = 0;
 			continue;

@@ -228,6 +228,11 @@ struct mm {
 	pthread_rwlock_t lock;
 	struct vma_tree tree;
 	atomic_size_t nr_vmas;   /* tree.count, for readers that take no lock */
+	/*
+	 * Work in progress: fault batches being served, prefetch ranges being
+	 * worked on, fill requests alive. lzm_quiesce() waits for it to be 0.
+	 */
+	atomic_long busy;
 };
 
 int lzm_mm_init(struct mm *mm, uint64_t features);
@@ -369,6 +374,13 @@ void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool wri
 uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end);
 
 /* ------------------------------------------------------------ lazymap.c */
+
+/*
+ * Wait until lm has no work in progress: no fault being served, no read in
+ * flight, no prefetch queued. Tests call it to wait for a state instead of
+ * a quiet time window. 0, or -ETIMEDOUT after timeout_ms.
+ */
+int lzm_quiesce(struct lazymap *lm, unsigned timeout_ms);
 
 struct lazymap {
 	struct lazymap *next_open;  /* the registry of open handles (lazymap.c) */

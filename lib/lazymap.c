@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "compat.h"
@@ -414,6 +415,20 @@ int lazymap_sync(struct lazymap *lm, void *addr, size_t len)
 }
 
 /* ------------------------------------------------------------ reporting */
+
+int lzm_quiesce(struct lazymap *lm, unsigned timeout_ms)
+{
+	struct timespec tick = { .tv_nsec = 200000 };
+	uint64_t waited_us = 0;
+
+	while (atomic_load(&lm->mm.busy) || atomic_load(&lm->work_pending)) {
+		if (waited_us >= timeout_ms * 1000ull)
+			return -ETIMEDOUT;
+		nanosleep(&tick, NULL);
+		waited_us += 200;
+	}
+	return 0;
+}
 
 int lazymap_stats(struct lazymap *lm, struct lazymap_stats *st)
 {
