@@ -7,7 +7,16 @@
  * success and a negative errno on failure; errno is never used. Objects come
  * back through out-parameters. All functions are thread-safe. Any call on a
  * lazymap from its own fill callback that would wait for the handler running
- * it (all but lazymap_stats) returns -EDEADLK.
+ * it (all but lazymap_stats) returns -EDEADLK. The library never prints: it
+ * reports through return values and, if asked, a logging hook (opts.log).
+ *
+ * The structs that grow (lazymap_opts, lazymap_stats) are passed with their
+ * size, as the kernel's openat2(how, size) and clone3(args, size) do: the
+ * lazymap_open() and lazymap_stats() macros pass sizeof of the struct this
+ * header declares, so a program built against an older, smaller struct keeps
+ * working with a newer library (fields it does not know are zero: defaults),
+ * and one built against a newer header is told -E2BIG if it sets an option
+ * the library does not have. Fields are only ever added at the end.
  *
  * Not yet followed (a later release): the program's own munmap, mremap and
  * fork on lazymap ranges. Use lazymap_unmap. A forked child keeps demand-zero
@@ -56,7 +65,21 @@ struct lazymap_opts {
 	unsigned install;         /* LAZYMAP_INSTALL_*: how pool pages are installed; 0: COPY */
 	unsigned spin_us;         /* how long an idle handler polls before it sleeps;
 	                           * 0: default (50 us), LAZYMAP_SPIN_NONE: never spin */
+	/* -- end of version 0 (LAZYMAP_OPTS_SIZE_VER0) -- */
+	/*
+	 * Where the library's messages go: a page poisoned because it could
+	 * not be installed, a handler that had to stop. NULL: nowhere, unless
+	 * the environment variable LAZYMAP_LOG is set to a non-empty value
+	 * other than "0" (then stderr). level is a syslog level (LOG_ERR,
+	 * LOG_WARNING...); msg has no trailing newline. Called on the library's
+	 * threads, never while it holds a lock; it must not call into this
+	 * lazymap but for lazymap_stats.
+	 */
+	void (*log)(void *log_arg, int level, const char *msg);
+	void *log_arg;
 };
+/* The size of the first struct lazymap_opts, the smallest lazymap_open_sized() takes. */
+#define LAZYMAP_OPTS_SIZE_VER0 (offsetof(struct lazymap_opts, spin_us) + sizeof(unsigned))
 
 #define LAZYMAP_INSTALL_COPY 0u /* UFFDIO_COPY from the handler's pool (default; fastest here) */
 #define LAZYMAP_INSTALL_MOVE 1u /* UFFDIO_MOVE of the pool page itself (private anonymous only) */
@@ -77,8 +100,15 @@ struct lazymap_opts {
 
 /*
  * Open a lazymap: creates the userfaultfd and starts the handler threads.
- * opts may be NULL.
- * Errors: -EPERM userfaultfd is not available to this process (not root and
+ * opts may be NULL. Call it as lazymap_open(&lm, &opts); the function itself
+ * is lazymap_open_sized(lmp, opts, size), size being the caller's
+ * sizeof(struct lazymap_opts) (for bindings from other languages).
+ * Memory: a lazymap commits nothing up front beyond its threads, their
+ * io_uring rings and bookkeeping; staging pages are touched as fills use
+ * them (at most 9 x readahead_max per handler, see readahead_max).
+ * Errors: -EINVAL size below LAZYMAP_OPTS_SIZE_VER0; -E2BIG size larger
+ *         than this library's struct with non-zero bytes beyond it (an
+ *         option this library does not have); -EPERM userfaultfd is not available to this process (not root and
  *         vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd);
  *         -ENOSYS kernel without userfaultfd; -EINVAL bad option;
  *         -EOPNOTSUPP opts->daemon or opts->resident_limit set (not available
@@ -86,9 +116,18 @@ struct lazymap_opts {
  *         LAZYMAP_INSTALL_MOVE on a kernel before 6.8;
  *         -ENOMEM, -EMFILE, -EAGAIN (threads) as the system reports them.
  */
-LAZYMAP_API int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts);
+LAZYMAP_API int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts,
+				   size_t size);
+#define lazymap_open(lmp, opts) lazymap_open_sized((lmp), (opts), sizeof(struct lazymap_opts))
 
 /*
+ * A lazymap breaks when a handler thread meets an error it cannot go on
+ * from (its userfaultfd or its epoll set failing). It never leaves a thread
+ * hanging: from then on every fault on its regions, and every fault that was
+ * waiting, is answered with SIGBUS, as an I/O error would be; every call but
+ * lazymap_stats and lazymap_close returns -EIO; lazymap_stats' broken says
+ * which errno it was, and the log (opts.log) says what happened.
+ *
  * Stop the handler threads, unmap every region, free everything.
  * Pages of unmapped regions are gone, exactly as after munmap(). A thread still
  * touching a region while it is closed is woken and then sees what the kernel
@@ -193,35 +232,57 @@ LAZYMAP_API int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int 
 #define LAZYMAP_ADV_WILLNEED   3
 LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice);
 
+/*
+ * The counters, one list (the kernel's vm_event_item): X(name, how, what),
+ * how being SUM (added over the handler threads), MAX (the largest any
+ * handler saw) or NOW (a value of the moment). struct lazymap_stats holds
+ * them in this order; new ones are only ever added at the end. Programs may
+ * use the list too, e.g. to print every counter by name.
+ */
+#define LAZYMAP_COUNTERS(X)                                                                    \
+	X(faults, SUM, "missing-page fault messages served")                                   \
+	X(pages_filled, SUM, "pages installed (faults, fault-around and prefetch)")             \
+	X(bytes_read, SUM, "bytes read from backing files")                                     \
+	X(bytes_written, SUM, "bytes written back to backing files")                            \
+	X(evictions, SUM, "pages evicted under resident_limit")                                 \
+	X(io_errors, SUM, "pages poisoned because their fill failed")                           \
+	X(zero_pages, SUM, "pages mapped to the shared zero page (read faults)")                \
+	X(fill_calls, SUM, "calls of lazymap_fill_fn")                                          \
+	X(copy_ioctls, SUM, "UFFDIO_COPY calls")                                                \
+	X(move_ioctls, SUM, "UFFDIO_MOVE calls")                                                \
+	X(zeropage_ioctls, SUM, "UFFDIO_ZEROPAGE calls")                                        \
+	X(coalesced, SUM, "fault messages for a page another fill was serving")                 \
+	X(unowned, SUM, "fault messages outside every region (woken, not filled)")              \
+	X(reads, SUM, "read() calls on the userfaultfd that returned messages")                 \
+	X(sleeps, SUM, "times a handler slept because it found nothing to do")                  \
+	X(prefetched, SUM, "pages filled by lazymap_prefetch")                                  \
+	X(max_batch, MAX, "most messages one read() returned")                                  \
+	X(regions, NOW, "VMAs in the tree now")                                                 \
+	X(file_reads, SUM, "io_uring reads completed (continuations of short reads too)")       \
+	X(short_reads, SUM, "reads that returned less than asked and were continued")           \
+	X(readahead_pages, SUM, "pages filled beyond the one a fault asked for")                \
+	X(inflight_max, MAX, "most reads one handler had in flight at once")                    \
+	/* -- end of version 0 (LAZYMAP_STATS_SIZE_VER0) -- */                                  \
+	X(broken, NOW, "0, or the errno that stopped the handler threads (see lazymap_open)")   \
+	X(offloaded_fills, SUM, "fill calls run on a filler thread (the callback was slow)")
+
 /* Counters since lazymap_open. */
 struct lazymap_stats {
-	uint64_t faults;          /* missing-page fault messages served */
-	uint64_t pages_filled;    /* pages installed (faults, fault-around and prefetch) */
-	uint64_t bytes_read;      /* bytes read from backing files */
-	uint64_t bytes_written;   /* bytes written back to backing files */
-	uint64_t evictions;       /* pages evicted under resident_limit */
-	uint64_t io_errors;       /* pages poisoned because their fill failed */
-	/* by source and by way of installing */
-	uint64_t zero_pages;      /* pages mapped to the shared zero page (read faults) */
-	uint64_t fill_calls;      /* calls of lazymap_fill_fn */
-	uint64_t copy_ioctls;     /* UFFDIO_COPY calls */
-	uint64_t move_ioctls;     /* UFFDIO_MOVE calls */
-	uint64_t zeropage_ioctls; /* UFFDIO_ZEROPAGE calls */
-	/* the handlers' work */
-	uint64_t coalesced;       /* fault messages for a page another fill was serving */
-	uint64_t unowned;         /* fault messages outside every region (woken, not filled) */
-	uint64_t reads;           /* read() calls on the userfaultfd that returned messages */
-	uint64_t sleeps;          /* times a handler slept because it found nothing to do */
-	uint64_t prefetched;      /* pages filled by lazymap_prefetch */
-	uint64_t max_batch;       /* most messages one read() returned */
-	uint64_t regions;         /* VMAs in the tree now */
-	/* file backing */
-	uint64_t file_reads;      /* io_uring reads completed (continuations of short reads too) */
-	uint64_t short_reads;     /* reads that returned less than asked and were continued */
-	uint64_t readahead_pages; /* pages filled beyond the one a fault asked for */
-	uint64_t inflight_max;    /* most reads one handler had in flight at once */
+#define LAZYMAP_STAT_FIELD(name, how, what) uint64_t name;
+	LAZYMAP_COUNTERS(LAZYMAP_STAT_FIELD)
+#undef LAZYMAP_STAT_FIELD
 };
-LAZYMAP_API int lazymap_stats(struct lazymap *lm, struct lazymap_stats *st);
+/* The size of the first struct lazymap_stats, the smallest lazymap_stats_sized() takes. */
+#define LAZYMAP_STATS_SIZE_VER0 (offsetof(struct lazymap_stats, inflight_max) + sizeof(uint64_t))
+
+/*
+ * Fill *st. Call it as lazymap_stats(lm, &st); the function writes exactly
+ * size bytes (the caller's sizeof), zeroing any it has no counter for.
+ * Works on a broken lazymap too (st.broken says why it is).
+ * Errors: -EINVAL st NULL or size below LAZYMAP_STATS_SIZE_VER0; -EBADF.
+ */
+LAZYMAP_API int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t size);
+#define lazymap_stats(lm, st) lazymap_stats_sized((lm), (st), sizeof(struct lazymap_stats))
 
 /*
  * Print the VMA tree, one line per VMA, in /proc/self/maps style:

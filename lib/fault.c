@@ -97,8 +97,8 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 		 * as the kernel does when it cannot fill a page.
 		 */
 		stat_add(&st->io_errors, len >> lzm_page_shift);
-		fprintf(stderr, "liblazymap: cannot install %#lx+%zu: %s: poisoned\n",
-			(unsigned long)dst, len, strerror(-ret));
+		lzm_log(h->lm, LOG_ERR, "cannot install %#lx+%zu: %s: poisoned", (unsigned long)dst,
+			len, strerror(-ret));
 		how = INSTALL_POISON;
 	}
 	return 0;

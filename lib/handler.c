@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <linux/userfaultfd.h>
 #include <sched.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -61,7 +62,7 @@ static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg 
 			break;
 		default:
 			/* We negotiate no event features yet: the kernel said something new. */
-			fprintf(stderr, "liblazymap: unexpected userfaultfd event %u ignored\n",
+			lzm_log(h->lm, LOG_WARNING, "unexpected userfaultfd event %u ignored",
 				m->event);
 			break;
 		}
@@ -203,6 +204,68 @@ static bool spin_again(struct handler *h, struct spin *sp, uint64_t window_ns)
 	return true;
 }
 
+/* ------------------------------------------------------------ broken */
+
+/*
+ * A handler met an error it cannot go on from. Say so once, and make sure
+ * nobody hangs: the first handler to break answers every fault from now on
+ * with SIGBUS (serve_broken); the others leave their loops at once.
+ */
+static void handler_break(struct handler *h, int err, const char *what)
+{
+	struct lazymap *lm = h->lm;
+	int none = 0;
+
+	if (!atomic_compare_exchange_strong(&lm->broken, &none, err ? err : EIO))
+		return;
+	h->broke = true;
+	lzm_log(lm, LOG_ERR, "handler %u: %s: %s: the lazymap is broken, faults get SIGBUS now",
+		(unsigned)(h - lm->handlers), what, strerror(err));
+	for (unsigned i = 0; i < lm->nhandlers; i++)
+		if (&lm->handlers[i] != h)
+			lzm_efd_signal(lm->handlers[i].handoff_efd);
+}
+
+/* Every fault, and every fault that was waiting, becomes SIGBUS, until close. */
+static void serve_broken(struct handler *h)
+{
+	struct lazymap *lm = h->lm;
+	struct mm *mm = &lm->mm;
+	struct uffd_msg msgs[BATCH];
+	struct pollfd pfd[2] = { { .fd = mm->uffd, .events = POLLIN },
+				 { .fd = lm->stop_efd, .events = POLLIN } };
+
+	/* Faults whose messages were read but never answered: let them come again. */
+	pthread_rwlock_rdlock(&mm->lock);
+	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
+		lzm_uffd_wake(mm->uffd, v->start, v->end - v->start);
+	pthread_rwlock_unlock(&mm->lock);
+
+	while (!atomic_load_explicit(&lm->stopping, memory_order_acquire)) {
+		int n = lzm_uffd_read(mm->uffd, msgs, BATCH);
+
+		for (int i = 0; i < n; i++) {
+			uintptr_t addr = (uintptr_t)msgs[i].arg.pagefault.address &
+					 ~(uintptr_t)(lzm_page_size - 1);
+			size_t done;
+
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+				continue;
+			stat_add(&h->stats.io_errors, 1);
+			if (lzm_uffd_poison(mm->uffd, addr, lzm_page_size, &done) == -EEXIST)
+				lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
+		}
+		if (n > 0)
+			continue;
+		lzm_log_flush(lm);
+		if (n < 0 || (poll(pfd, 2, -1) < 0 && errno != EINTR)) {
+			lzm_log(lm, LOG_ERR, "the userfaultfd cannot be read (%s): faults can no "
+				"longer be answered", strerror(n < 0 ? -n : errno));
+			break;
+		}
+	}
+}
+
 static void *handler_main(void *arg)
 {
 	struct handler *h = arg;
@@ -213,8 +276,13 @@ static void *handler_main(void *arg)
 	struct spin sp = { 0 };
 
 	lzm_current_handler = h;
+	lzm_logq = &h->logq;
 	for (;;) {
 		int n;
+
+		lzm_log_flush(lm);
+		if (atomic_load_explicit(&lm->broken, memory_order_relaxed))
+			break;
 
 		/* Completions first: their pages are what faulting threads wait for. */
 		if (h->inflight && lzm_uring_reap(h, false) > 0)
@@ -227,8 +295,7 @@ static void *handler_main(void *arg)
 		if (n > 0) {
 			atomic_store_explicit(&h->idle, false, memory_order_relaxed);
 			stat_add(&h->stats.reads, 1);
-			if ((uint64_t)n > atomic_load_explicit(&h->stats.max_batch, memory_order_relaxed))
-				atomic_store_explicit(&h->stats.max_batch, (uint64_t)n, memory_order_relaxed);
+			stat_max(&h->stats.max_batch, (uint64_t)n);
 			atomic_fetch_add(&mm->busy, 1);
 			serve_batch(h, mm, msgs, n);
 			atomic_fetch_sub(&mm->busy, 1);
@@ -237,7 +304,7 @@ static void *handler_main(void *arg)
 			continue;
 		}
 		if (n < 0 && n != -EAGAIN) {
-			fprintf(stderr, "liblazymap: read(userfaultfd): %s\n", strerror(-n));
+			handler_break(h, -n, "read(userfaultfd)");
 			break;
 		}
 		if (atomic_load_explicit(&lm->stopping, memory_order_acquire))
@@ -278,7 +345,7 @@ static void *handler_main(void *arg)
 
 		stat_add(&h->stats.sleeps, 1);
 		if (epoll_wait(h->epfd, ev, 4, -1) < 0 && errno != EINTR) {
-			fprintf(stderr, "liblazymap: epoll_wait: %s\n", strerror(errno));
+			handler_break(h, errno, "epoll_wait");
 			break;
 		}
 		sp.since = 0;
@@ -289,6 +356,9 @@ static void *handler_main(void *arg)
 	/* The kernel writes into pool pages until every read has completed. */
 	while (h->inflight && lzm_uring_reap(h, true) > 0)
 		;
+	if (h->broke)
+		serve_broken(h);
+	lzm_log_flush(lm);
 	return NULL;
 }
 

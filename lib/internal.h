@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <syslog.h>
 
 #include "lazymap.h"
 
@@ -46,6 +47,28 @@ void lzm_efd_drain(int fd);
 _Noreturn void lzm_assert_fail(const char *what, const char *file, int line);
 
 static inline bool page_aligned(uintptr_t x) { return (x & (lzm_page_size - 1)) == 0; }
+
+/* ----------------------------------------------------------------- log.c */
+
+/*
+ * Messages for the program (opts.log, or stderr with LAZYMAP_LOG set). A
+ * library thread points lzm_logq at a queue of its own: its messages wait
+ * there until it calls lzm_log_flush() holding no lock, since the program's
+ * hook may touch lazymap memory. Other threads' are delivered at once.
+ */
+#define LOG_MSG_MAX 200
+#define LOG_QUEUE   4
+struct logq {
+	unsigned n, dropped;
+	int level[LOG_QUEUE];
+	char msg[LOG_QUEUE][LOG_MSG_MAX];
+};
+extern _Thread_local struct logq *lzm_logq;
+
+bool lzm_log_env(void); /* LAZYMAP_LOG asks for stderr */
+__attribute__((format(printf, 3, 4)))
+void lzm_log(struct lazymap *lm, int level, const char *fmt, ...);
+void lzm_log_flush(struct lazymap *lm);
 
 /* -------------------------------------------------------------- source.c */
 
@@ -177,6 +200,9 @@ void lzm_vma_erase(struct vma_tree *t, struct vma *v);
  * *newp gets [addr, end) with pgoff advanced and its own source reference.
  * -EINVAL bad addr, -ENOMEM. */
 int lzm_vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **newp);
+/* The same with new from lzm_vma_alloc(), so that it cannot fail: for a tree
+ * that follows a change the kernel has already made. */
+void lzm_vma_split_with(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma *new);
 /* May a (ending where b starts) and b be one VMA? lzm_vma_merge's rule: adjacent,
  * same prot, flags, advice and source, contiguous pgoff. */
 bool lzm_vma_can_merge(const struct vma *a, const struct vma *b);
@@ -289,17 +315,23 @@ int lzm_uring_eventfd(struct handler *h);
 
 /* ------------------------------------------------------------- handler.c */
 
-/* Per-handler counters: one writer (the handler), summed by lazymap_stats. */
+/* Per-handler counters (LAZYMAP_COUNTERS): one writer, summed by lazymap_stats. */
 struct hstats {
-	_Atomic uint64_t faults, pages_filled, io_errors, zero_pages, fill_calls, copy_ioctls,
-		move_ioctls, zeropage_ioctls, coalesced, unowned, reads, sleeps, prefetched,
-		max_batch, bytes_read, file_reads, short_reads, readahead_pages, inflight_max;
+#define HSTAT_FIELD(name, how, what) _Atomic uint64_t name;
+	LAZYMAP_COUNTERS(HSTAT_FIELD)
+#undef HSTAT_FIELD
 };
 
 static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
 {
 	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
 			      memory_order_relaxed);
+}
+
+static inline void stat_max(_Atomic uint64_t *c, uint64_t n)
+{
+	if (n > atomic_load_explicit(c, memory_order_relaxed))
+		atomic_store_explicit(c, n, memory_order_relaxed);
 }
 
 struct handler {
@@ -323,6 +355,8 @@ struct handler {
 	int handoff_efd;
 	atomic_bool idle;        /* polling or asleep with nothing in hand; a hint */
 	struct hstats stats;
+	struct logq logq;        /* this thread's messages, flushed between faults */
+	bool broke;              /* this handler broke the lazymap: it answers faults */
 };
 
 /* A range lazymap_prefetch() handed to the handlers. */
@@ -388,6 +422,12 @@ struct lazymap {
 	bool closing;
 
 	struct lazymap_opts opts;   /* with defaults filled in */
+	bool log_stderr;            /* no opts.log, and LAZYMAP_LOG asks for stderr */
+	/*
+	 * 0, or the errno that broke the handlers (lzm_break): API calls then
+	 * return -EIO and one handler answers every fault with SIGBUS.
+	 */
+	atomic_int broken;
 	size_t ra_pages;            /* readahead_max in pages: the longest run one fill makes */
 	struct mm mm;
 

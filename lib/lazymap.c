@@ -34,8 +34,10 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t registry_cond = PTHREAD_COND_INITIALIZER;
 static struct lazymap *registry;
 
-/* Pin lm for one API call; -EBADF if it is not open. */
-static int lazymap_get(struct lazymap *lm)
+static void lazymap_put(struct lazymap *lm);
+
+/* Pin lm for one API call; -EBADF if it is not open. Broken or not. */
+static int lazymap_get_any(struct lazymap *lm)
 {
 	struct lazymap *it;
 	int ret = -EBADF;
@@ -49,6 +51,18 @@ static int lazymap_get(struct lazymap *lm)
 		}
 	}
 	pthread_mutex_unlock(&registry_lock);
+	return ret;
+}
+
+/* Pin lm for a call that needs its handlers: -EIO once they have broken. */
+static int lazymap_get(struct lazymap *lm)
+{
+	int ret = lazymap_get_any(lm);
+
+	if (ret == 0 && atomic_load_explicit(&lm->broken, memory_order_acquire)) {
+		lazymap_put(lm);
+		ret = -EIO;
+	}
 	return ret;
 }
 
@@ -118,17 +132,37 @@ static void lazymap_free(struct lazymap *lm)
  * become SIGBUS, never zeros) and MOVE when LAZYMAP_INSTALL_MOVE is asked. */
 #define WANTED_FEATURES (UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE)
 
-int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts)
+/*
+ * The caller's options, whatever the size of the struct they were built
+ * with (the kernel's copy_struct_from_user): fields they do not have are
+ * zero, bytes we do not know must be zero.
+ */
+static int opts_copy(struct lazymap_opts *o, const struct lazymap_opts *opts, size_t size)
 {
-	struct lazymap_opts o = { 0 };
+	memset(o, 0, sizeof(*o));
+	if (!opts)
+		return 0;
+	if (size < LAZYMAP_OPTS_SIZE_VER0)
+		return -EINVAL;
+	for (size_t i = sizeof(*o); i < size; i++)
+		if (((const char *)opts)[i])
+			return -E2BIG;
+	memcpy(o, opts, size < sizeof(*o) ? size : sizeof(*o));
+	return 0;
+}
+
+int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, size_t size)
+{
+	struct lazymap_opts o;
 	struct lazymap *lm;
 	uint64_t features;
 	int ret;
 
 	if (!lmp)
 		return -EINVAL;
-	if (opts)
-		o = *opts;
+	ret = opts_copy(&o, opts, size);
+	if (ret)
+		return ret;
 	if (o.daemon)
 		return -EOPNOTSUPP; /* faultd comes with its own issue */
 	if (o.resident_limit)
@@ -159,6 +193,7 @@ int lazymap_open(struct lazymap **lmp, const struct lazymap_opts *opts)
 	if (!lm)
 		return -ENOMEM;
 	lm->opts = o;
+	lm->log_stderr = !o.log && lzm_log_env();
 	lm->ra_pages = (o.readahead_max + lzm_page_size - 1) >> lzm_page_shift;
 	if (o.handler_threads == LAZYMAP_HANDLERS_PER_CPU) {
 		cpu_set_t cpus;
@@ -430,48 +465,59 @@ int lzm_quiesce(struct lazymap *lm, unsigned timeout_ms)
 	return 0;
 }
 
-int lazymap_stats(struct lazymap *lm, struct lazymap_stats *st)
+static uint64_t max_u64(uint64_t a, uint64_t b)
 {
+	return a > b ? a : b;
+}
+
+/* Counters of the moment (NOW), kept outside the handlers; no lock: a
+ * fill callback may ask for stats. */
+static uint64_t stat_now(struct lazymap *lm, size_t field)
+{
+	if (field == offsetof(struct lazymap_stats, regions))
+		return atomic_load_explicit(&lm->mm.nr_vmas, memory_order_relaxed);
+	if (field == offsetof(struct lazymap_stats, broken))
+		return (uint64_t)atomic_load_explicit(&lm->broken, memory_order_relaxed);
+	return 0;
+}
+
+int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t size)
+{
+	struct lazymap_stats all = { 0 };
 	int ret;
 
-	if (!st)
+	if (!st || size < LAZYMAP_STATS_SIZE_VER0)
 		return -EINVAL;
-	ret = lazymap_get(lm);
+	ret = lazymap_get_any(lm);
 	if (ret)
 		return ret;
-	memset(st, 0, sizeof(*st));
 	for (unsigned i = 0; i < lm->nhandlers; i++) {
 		struct hstats *h = &lm->handlers[i].stats;
-#define SUM(f) st->f += atomic_load_explicit(&h->f, memory_order_relaxed)
-		SUM(faults);
-		SUM(pages_filled);
-		SUM(io_errors);
-		SUM(zero_pages);
-		SUM(fill_calls);
-		SUM(copy_ioctls);
-		SUM(move_ioctls);
-		SUM(zeropage_ioctls);
-		SUM(coalesced);
-		SUM(unowned);
-		SUM(reads);
-		SUM(sleeps);
-		SUM(prefetched);
-		SUM(bytes_read);
-		SUM(file_reads);
-		SUM(short_reads);
-		SUM(readahead_pages);
-#undef SUM
-		uint64_t b = atomic_load_explicit(&h->max_batch, memory_order_relaxed);
-		uint64_t f = atomic_load_explicit(&h->inflight_max, memory_order_relaxed);
 
-		if (b > st->max_batch)
-			st->max_batch = b;
-		if (f > st->inflight_max)
-			st->inflight_max = f;
+#define SUM(f) all.f += atomic_load_explicit(&h->f, memory_order_relaxed)
+#define MAX(f) all.f = max_u64(all.f, atomic_load_explicit(&h->f, memory_order_relaxed))
+#define NOW(f)
+#define STAT(name, how, what) how(name);
+		LAZYMAP_COUNTERS(STAT)
+#undef NOW
+#undef MAX
+#undef SUM
 	}
-	/* no lock: a fill callback may ask for stats */
-	st->regions = atomic_load_explicit(&lm->mm.nr_vmas, memory_order_relaxed);
+#define SUM(f)
+#define MAX(f)
+#define NOW(f) all.f = stat_now(lm, offsetof(struct lazymap_stats, f));
+	LAZYMAP_COUNTERS(STAT)
+#undef STAT
+#undef NOW
+#undef MAX
+#undef SUM
 	lazymap_put(lm);
+	/* Exactly the caller's size: a newer caller's extra counters read 0. */
+	if (size > sizeof(all)) {
+		memset((char *)st + sizeof(all), 0, size - sizeof(all));
+		size = sizeof(all);
+	}
+	memcpy(st, &all, size);
 	return 0;
 }
 

@@ -95,8 +95,7 @@ int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t of
 	io_uring_sqe_set_data(sqe, req);
 	u->queued++;
 	h->inflight++;
-	if (h->inflight > atomic_load_explicit(&h->stats.inflight_max, memory_order_relaxed))
-		atomic_store_explicit(&h->stats.inflight_max, h->inflight, memory_order_relaxed);
+	stat_max(&h->stats.inflight_max, h->inflight);
 	return 0;
 }
 
