@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,14 +19,25 @@ int lzm_backing_open(int fd, bool direct, struct backing **bp)
 	struct stat st;
 	int fl = fcntl(fd, F_GETFL);
 
-	if (fl < 0)
+	void *probe;
+
+	if (fl < 0 || (fl & O_PATH))
 		return -EBADF;
-	if ((fl & O_ACCMODE) == O_WRONLY || (fl & O_PATH))
+	if ((fl & O_ACCMODE) == O_WRONLY)
 		return -EACCES;
 	if (fstat(fd, &st))
 		return -errno;
 	if (!S_ISREG(st.st_mode))
 		return -ENODEV;
+	/*
+	 * Whether the file may be mapped at all is the file system's say (the
+	 * regular files of /proc and /sys may not: -ENODEV): ask mmap itself,
+	 * with one page that is never touched.
+	 */
+	probe = mmap(NULL, lzm_page_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	if (probe == MAP_FAILED)
+		return -errno;
+	munmap(probe, lzm_page_size);
 	b = calloc(1, sizeof(*b));
 	if (!b)
 		return -ENOMEM;
@@ -48,8 +60,9 @@ int lzm_backing_open(int fd, bool direct, struct backing **bp)
 			int err = errno;
 
 			lzm_backing_put(b);
-			/* tmpfs and friends refuse O_DIRECT with EINVAL */
-			return err == EINVAL ? -EINVAL : -err;
+			/* file systems without O_DIRECT refuse it with EINVAL (tmpfs
+			 * did before Linux 6.6; it accepts it since) */
+			return -err;
 		}
 	}
 	*bp = b;

@@ -314,7 +314,8 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 		ret = lzm_source_new_zero(len >> lzm_page_shift, &src);
 		return ret ? ret : map_source(lm, addrp, len, prot, flags, src);
 	}
-	if (offset < 0 || !page_aligned((uintptr_t)offset) || (uint64_t)offset > INT64_MAX - len)
+	if (offset < 0 || !page_aligned((uintptr_t)offset) || len > INT64_MAX ||
+	    (uint64_t)offset > INT64_MAX - len)
 		return -EINVAL;
 	if (fd < 0)
 		return -EBADF;
