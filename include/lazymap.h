@@ -104,8 +104,11 @@ struct lazymap_opts {
  * is lazymap_open_sized(lmp, opts, size), size being the caller's
  * sizeof(struct lazymap_opts) (for bindings from other languages).
  * Memory: a lazymap commits nothing up front beyond its threads, their
- * io_uring rings and bookkeeping; staging pages are touched as fills use
- * them (at most 9 x readahead_max per handler, see readahead_max).
+ * io_uring rings and bookkeeping (about 100 KiB per handler). Each handler
+ * reserves staging pages that cost memory once fills use them: one run of
+ * readahead_max, and up to eight more for file reads in flight (as many as
+ * fit in 16 MiB, but at least three); a handler pins its file-read area
+ * (RLIMIT_MEMLOCK permitting) at its first file read.
  * Errors: -EINVAL size below LAZYMAP_OPTS_SIZE_VER0; -E2BIG size larger
  *         than this library's struct with non-zero bytes beyond it (an
  *         option this library does not have); -EPERM userfaultfd is not available to this process (not root and

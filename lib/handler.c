@@ -371,9 +371,22 @@ static int nth_cpu(const cpu_set_t *cpus, unsigned index)
 	return -1;
 }
 
-/* The pool: one run for synchronous fills, eight for reads in flight (a
- * stream keeps three in flight: the window a fault waits for and two ahead). */
-#define POOL_RUNS 8
+/*
+ * The pool: one run for synchronous fills, and runs for reads in flight (a
+ * stream keeps three in flight: the window a fault waits for and two
+ * ahead): eight, fewer for large readahead_max so that a handler's read
+ * area stays under POOL_READ_MAX, but never fewer than three.
+ */
+#define POOL_RUNS     8
+#define POOL_RUNS_MIN 3
+#define POOL_READ_MAX (16u << 20)
+
+static size_t pool_runs(size_t ra_pages)
+{
+	size_t runs = (POOL_READ_MAX >> lzm_page_shift) / ra_pages;
+
+	return runs > POOL_RUNS ? POOL_RUNS : runs < POOL_RUNS_MIN ? POOL_RUNS_MIN : runs;
+}
 
 static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 {
@@ -381,7 +394,7 @@ static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 
 	h->lm = lm;
 	h->cpu = lm->pin ? nth_cpu(&lm->cpus, index) : -1;
-	ret = lzm_pool_init(&h->pool, lm->ra_pages, POOL_RUNS * lm->ra_pages);
+	ret = lzm_pool_init(&h->pool, lm->ra_pages, pool_runs(lm->ra_pages) * lm->ra_pages);
 	if (ret)
 		return ret;
 	ret = lzm_uring_init(h, lm->opts.queue_depth);

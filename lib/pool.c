@@ -17,7 +17,13 @@ int lzm_pool_init(struct pool *pool, size_t run_pages, size_t npages)
 {
 	size_t rlen = run_pages << lzm_page_shift, len = npages << lzm_page_shift;
 	size_t all = rlen + len + rlen;
-	char *p = mmap(NULL, all, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	/*
+	 * Reserved, not committed: a page costs memory from its first use on
+	 * (and then stays, reused), so that an idle lazymap costs nothing and
+	 * one that runs out of memory fails where it fills, not at open.
+	 */
+	char *p = mmap(NULL, all, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 
 	if (p == MAP_FAILED)
 		return -errno;
@@ -28,7 +34,6 @@ int lzm_pool_init(struct pool *pool, size_t run_pages, size_t npages)
 	}
 	/* Small pages: UFFDIO_MOVE takes single pages out of the pool. */
 	madvise(p, all, MADV_NOHUGEPAGE);
-	memset(p, 0, rlen + len);
 	pool->run = p;
 	pool->pages = p + rlen;
 	pool->run_pages = run_pages;

@@ -19,6 +19,7 @@ struct uring {
 	unsigned queued;  /* prepared, not yet submitted */
 	char *fixed;      /* the pool's read area, registered (pinned once), or NULL */
 	size_t fixed_len;
+	bool fixed_tried; /* registration was attempted (at the first read) */
 };
 
 int lzm_uring_init(struct handler *h, unsigned entries)
@@ -42,19 +43,27 @@ int lzm_uring_init(struct handler *h, unsigned entries)
 		free(u);
 		return ret;
 	}
-	/*
-	 * Register the pool's read area: the kernel pins it once instead of
-	 * at every read (O_DIRECT reads gain most). Optional: pinned memory
-	 * counts against RLIMIT_MEMLOCK, and plain reads work without it.
-	 */
+	h->ring = u;
+	return 0;
+}
+
+/*
+ * Register the pool's read area at the first read: the kernel pins it once
+ * instead of at every read (O_DIRECT reads gain most). Not at open: pinning
+ * commits the whole area, which a lazymap that never reads a file should not
+ * pay. Optional: pinned memory counts against RLIMIT_MEMLOCK, and plain reads
+ * work without it.
+ */
+static void register_pool(struct handler *h)
+{
+	struct uring *u = h->ring;
 	struct iovec iov = { .iov_base = h->pool.pages, .iov_len = h->pool.npages << lzm_page_shift };
 
+	u->fixed_tried = true;
 	if (h->pool.pages && io_uring_register_buffers(&u->ring, &iov, 1) == 0) {
 		u->fixed = h->pool.pages;
 		u->fixed_len = iov.iov_len;
 	}
-	h->ring = u;
-	return 0;
 }
 
 int lzm_uring_eventfd(struct handler *h)
@@ -80,8 +89,11 @@ int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t of
 	       struct fill_req *req)
 {
 	struct uring *u = h->ring;
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+	struct io_uring_sqe *sqe;
 
+	if (!u->fixed_tried)
+		register_pool(h);
+	sqe = io_uring_get_sqe(&u->ring);
 	while (!sqe) {
 		/* Ring full: submit, and make room by completing what is done. */
 		if (lzm_uring_reap(h, true) <= 0 && !io_uring_sq_space_left(&u->ring))
