@@ -134,7 +134,10 @@ LAZYMAP_API int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_op
  * Stop the handler threads, unmap every region, free everything.
  * Pages of unmapped regions are gone, exactly as after munmap(). A thread still
  * touching a region while it is closed is woken and then sees what the kernel
- * gives it (zeros, or SIGSEGV once the range is unmapped).
+ * gives it (zeros, or SIGSEGV once the range is unmapped). It waits for what
+ * is in progress: fill callbacks running, and file reads in flight, which the
+ * kernel cannot cancel (a read held up by a stuck file system, such as a
+ * stopped FUSE server, holds up lazymap_close as long).
  * Errors: -EBADF lm is not an open lazymap.
  */
 LAZYMAP_API int lazymap_close(struct lazymap *lm);
@@ -180,12 +183,27 @@ LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int pr
  * advised LAZYMAP_ADV_RANDOM). It returns 0, or a negative value when it
  * cannot: the page a fault asked for is then poisoned, and the toucher gets
  * SIGBUS, as for an I/O error of a file mapping; pages only filled ahead are
- * left unfilled, and asked for again when they are touched. fill runs on a
- * handler thread. It produces each page once, and again only when the page
- * was dropped (madvise(MADV_DONTNEED): the next touch produces it anew), was
- * left unfilled, or after a multi-page call failed (the pages are then asked
- * for one by one, to find the bad ones). It must not touch regions of its
- * own lazymap: that fault would wait for the thread running it.
+ * left unfilled, and asked for again when they are touched. It produces each
+ * page once, and again only when the page was dropped (madvise(MADV_DONTNEED):
+ * the next touch produces it anew), was left unfilled, or after a multi-page
+ * call failed (the pages are then asked for one by one, to find the bad ones).
+ *
+ * Where fill runs: on a handler thread while its calls are quick; once one
+ * call of a region has taken over a millisecond, that region's calls run on
+ * filler threads of the lazymap (up to 4, started when first needed), so
+ * that a slow producer holds up only the faults that wait for its pages
+ * (after that first slow call, which the handler running it does wait for:
+ * use handler_threads >= 2 if even one such wait matters). No lock of the
+ * library is held while fill runs: lazymap_map and lazymap_unmap never wait
+ * for it.
+ *
+ * What fill must not do: touch regions of its own lazymap (that fault would
+ * wait for the thread running it); call its own lazymap's API but for
+ * lazymap_stats (-EDEADLK); call another lazymap whose own fill callbacks
+ * call back into this one (two handlers waiting for each other: a deadlock
+ * the library cannot see); leave its thread (pthread_exit, longjmp out of
+ * it): the pages it was producing then wait for ever, and so does
+ * lazymap_close. lazymap_close waits for calls in progress to return.
  */
 typedef int (*lazymap_fill_fn)(void *page, size_t len, uint64_t offset, void *arg);
 LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,

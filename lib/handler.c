@@ -112,7 +112,8 @@ void lzm_handlers_queue(struct lazymap *lm, struct prefetch *pf)
 	pthread_mutex_unlock(&lm->work_lock);
 }
 
-void lzm_handler_give(struct handler *to, struct fill_req *req)
+/* Have handler to start req's read. */
+static void handler_give(struct handler *to, struct fill_req *req)
 {
 	struct fill_req *head = atomic_load_explicit(&to->handoff, memory_order_relaxed);
 
@@ -144,10 +145,30 @@ static bool take_handoff(struct handler *h, struct handler *from)
 	}
 	for (; rev; rev = req) {
 		req = rev->next;
-		lzm_fault_start_read(h, rev);
+		lzm_fault_start(h, rev);
 	}
 	lzm_uring_flush(h);
 	return true;
+}
+
+/*
+ * Spread a stream's windows over the handlers, the i-th ahead window to the
+ * i+1-th handler after this one if it is idle: copying a window into place
+ * costs more than reading it, and while the faulting thread waits for the
+ * first window the other CPUs can copy the next ones. A busy handler may be
+ * in a slow fill: its windows would wait behind it.
+ */
+void lzm_handlers_start_ahead(struct handler *h, struct fill_req *req, unsigned i)
+{
+	struct lazymap *lm = h->lm;
+	size_t self = (size_t)(h - lm->handlers);
+	struct handler *to = &lm->handlers[(self + 1 + i) % lm->nhandlers];
+
+	LAZYMAP_ASSERT(self < lm->nhandlers);
+	if (to != h && atomic_load_explicit(&to->idle, memory_order_relaxed))
+		handler_give(to, req);
+	else
+		lzm_fault_start(h, req);
 }
 
 /* Idle: take what was given to a handler that has been busy since. */

@@ -86,22 +86,23 @@ struct backing;
 struct source_ops {
 	const char *name; /* for lazymap_dump */
 	/*
-	 * Synchronous producers: write npages pages from pgoff into buf; 0 or
-	 * -errno (the pages are poisoned). Neither fill nor read: zeros.
+	 * Producers that run code of their own: write npages pages from pgoff
+	 * into buf; 0 or -errno (the pages are poisoned). Called without a
+	 * lock. Neither fill nor read: zeros.
 	 */
 	int (*fill)(struct source *src, void *buf, uint64_t pgoff, size_t npages);
 	/*
-	 * Asynchronous producers: start reading req's pages into req->buf on
-	 * the handler's ring; the completion ends in lzm_fault_read_done().
-	 * 0 or -errno (nothing was started).
+	 * Producers that are read: where the bytes of the run at pgoff are,
+	 * from its byte done on (*fd, *off); the fault path reads them on a
+	 * handler's io_uring. 0 or -errno.
 	 */
-	int (*read)(struct handler *h, struct fill_req *req);
+	int (*read)(struct source *src, uint64_t pgoff, size_t done, int *fd, uint64_t *off);
 	/* How many of npages from pgoff exist (a file ends); NULL: all. */
 	size_t (*extent)(struct source *src, uint64_t pgoff, size_t npages);
 	void (*release)(struct source *src);
 };
 
-/* Per-page state bits (source.state[pgoff]). */
+/* Per-page state bits (source.state[pgoff]), taken and let go in claim.c. */
 #define PAGE_BUSY   0x01 /* a handler is filling this page now: others leave it */
 #define PAGE_FILLED 0x02 /* installed once; a later fault re-checks with mincore() */
 #define PAGE_WAITER 0x04 /* a fault came while BUSY: the owner wakes the page when done */
@@ -116,6 +117,7 @@ struct source {
 	struct backing *backing;      /* file sources: the file, read from file_pgoff on */
 	uint64_t file_pgoff;          /* file page of state[0] */
 	bool direct;                  /* read with O_DIRECT */
+	atomic_bool slow;             /* a fill call took over 1 ms: fills go to filler threads */
 };
 
 int lzm_source_new_zero(size_t npages, struct source **srcp);
@@ -372,40 +374,111 @@ int lzm_handlers_start(struct lazymap *lm);
 void lzm_handlers_stop(struct lazymap *lm);
 /* Queue a prefetch range for the handlers (lazymap_prefetch; the rest of one). */
 void lzm_handlers_queue(struct lazymap *lm, struct prefetch *pf);
-/* Have handler to start req's read (lzm_fault_start_read). */
-void lzm_handler_give(struct handler *to, struct fill_req *req);
+/* Start the i-th window read ahead of a stream h took the fault of: on an
+ * idle handler if there is one, else on h. */
+void lzm_handlers_start_ahead(struct handler *h, struct fill_req *req, unsigned i);
+
+/* --------------------------------------------------------------- claim.c */
+
+enum claim { CLAIM_OWNED, CLAIM_COALESCED, CLAIM_PRESENT };
+/*
+ * Claim the page a fault names: OWNED (fill it), COALESCED (another fill
+ * has it: it wakes us), PRESENT (filled already: woken).
+ */
+enum claim lzm_claim_page(struct mm *mm, _Atomic uint8_t *state, uintptr_t addr);
+/* Claim up to max never-filled pages from state on; returns how many (0: the
+ * first one is filled or busy). */
+size_t lzm_claim_fresh(_Atomic uint8_t *state, size_t max);
+/*
+ * Let go of n claimed pages from idx: FILLED if they were installed, else
+ * back to never-filled so that fault-around and prefetch may take them again.
+ * Wakes them if a fault came for one while we held it.
+ */
+void lzm_release_run(struct mm *mm, struct source *src, uintptr_t addr, uint64_t idx, size_t n,
+		     bool installed);
 
 /* -------------------------------------------------------------- fault.c */
 
 /*
- * A run of pages being filled asynchronously: claimed (PAGE_BUSY) in src,
- * read into buf, installed at addr once the read is complete.
+ * A run of pages being produced: claimed (PAGE_BUSY) in src, produced into
+ * buf (a read, or a fill callback), installed at addr by its end.
  */
 struct fill_req {
 	struct mm *mm;
-	struct source *src;     /* holds a reference while the read is in flight */
+	struct source *src;     /* holds a reference while the request lives */
 	uintptr_t addr;         /* where the run is mapped (checked again at install) */
 	uint64_t idx;           /* src page of the run's first page */
 	size_t n;               /* pages */
 	size_t done;            /* bytes read so far */
-	char *buf;              /* n pool pages */
+	char *buf;              /* reads: n pool pages of the handler that reads */
+	uintptr_t asked;        /* the page a fault named (poisoned if it cannot be had), or 0 */
 	bool write;
-	struct fill_req *next;  /* on a handler's handoff stack */
+	bool move;              /* install with UFFDIO_MOVE */
+	/* A read completed with res (bytes or -errno): continue it, or install
+	 * and free req. Called on the handler whose ring read it (bio's bi_end_io). */
+	void (*end_io)(struct handler *h, struct fill_req *req, int res);
+	struct fill_req *next;  /* on a handler's handoff stack, or the fillers' queue */
 };
 
-/* Start req's read on h: its pool, its ring. Lock not held. */
-void lzm_fault_start_read(struct handler *h, struct fill_req *req);
-/* Let go of a req whose read never started: its pages go back to never-filled,
+/* Install n claimed zero pages at addr (lock held); 0 when all were. */
+int lzm_fill_zero(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr, uint64_t idx,
+		  size_t n, bool write, uintptr_t asked);
+/* Make n claimed pages from addr a request (lock held); NULL: nothing to produce. */
+struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
+				 uint64_t idx, size_t n, bool write, uintptr_t asked);
+/* Start req on h, lock not held: a read on h's ring, or its fill callback,
+ * here or on a filler thread. */
+void lzm_fault_start(struct handler *h, struct fill_req *req);
+/* Run req's fill callback into buf (ra_pages staging pages) and install. */
+void lzm_fill_req_run(struct handler *h, struct fill_req *req, char *buf);
+/* Let go of a req that never started: its pages go back to never-filled,
  * their touchers are woken and fault again. */
 void lzm_fault_abandon(struct fill_req *req);
-/* A read of req finished with res (bytes or -errno): continue it, or install. */
-void lzm_fault_read_done(struct handler *h, struct fill_req *req, int res);
 
 /* Serve one missing fault at addr of mm. */
 void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write);
 /* Fill up to max missing pages from start on (prefetch); returns the address
  * where it stopped (end when done). */
 uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end);
+
+/* ----------------------------------------------------------- readahead.c */
+
+/* Windows read ahead of a sequential stream of an asynchronous source. */
+#define AHEAD_WINDOWS 2
+
+/* Pages to fill for a fault at page idx of v (lock held). */
+size_t lzm_ra_window(struct lazymap *lm, struct vma *v, uint64_t idx);
+/* Claim the rest of the aligned block around a lone fault at addr: zero
+ * pages are installed, other runs become requests (at most max). */
+size_t lzm_fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
+			bool write, struct fill_req **reqs, size_t max);
+/* Claim and begin up to AHEAD_WINDOWS windows of n pages from page idx on. */
+size_t lzm_readahead_ahead(struct handler *h, struct mm *mm, struct vma *v, uint64_t idx,
+			   size_t n, struct fill_req **ahead);
+
+/* -------------------------------------------------------------- filler.c */
+
+/*
+ * Filler threads: they run the fill callbacks of slow sources, so that a
+ * slow producer stalls only the faults that need its pages. Started on
+ * demand (none until a source is slow), at most MAX_FILLERS.
+ */
+#define MAX_FILLERS 4
+
+struct fillers {
+	pthread_mutex_t lock;        /* protects all below but the insides of f[] */
+	pthread_cond_t cond;         /* work queued, or stop */
+	struct fill_req *head, *tail;
+	unsigned started, idle;
+	bool stop;
+	struct handler *f;           /* MAX_FILLERS: stats, staging run, log queue */
+};
+
+int lzm_fillers_init(struct lazymap *lm);
+/* Queue req for a filler; 0, or -errno (then the caller runs it). */
+int lzm_fillers_queue(struct lazymap *lm, struct fill_req *req);
+/* Stop and join the fillers; requests still queued are abandoned. */
+void lzm_fillers_stop(struct lazymap *lm);
 
 /* ------------------------------------------------------------ lazymap.c */
 
@@ -442,6 +515,7 @@ struct lazymap {
 	bool pin;                   /* handler i runs on the i-th CPU of cpus only */
 	cpu_set_t cpus;
 	struct handler *handlers;
+	struct fillers fillers;
 };
 
 #pragma GCC visibility pop

@@ -111,7 +111,13 @@ static int range_ok(void *addr, size_t len, uintptr_t *startp, size_t *lenp)
 static void lazymap_free(struct lazymap *lm)
 {
 	lzm_handlers_stop(lm);
+	lzm_fillers_stop(lm);
 	free(lm->handlers);
+	if (lm->fillers.f) {
+		free(lm->fillers.f);
+		pthread_mutex_destroy(&lm->fillers.lock);
+		pthread_cond_destroy(&lm->fillers.cond);
+	}
 	if (lm->mm.uffd >= 0)
 		lzm_mm_destroy(&lm->mm);
 	while (lm->work) {
@@ -225,6 +231,9 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 		lm->mm.uffd = -1;
 		goto fail;
 	}
+	ret = lzm_fillers_init(lm);
+	if (ret)
+		goto fail;
 	ret = lzm_handlers_start(lm);
 	if (ret)
 		goto fail;
@@ -492,8 +501,10 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 	ret = lazymap_get_any(lm);
 	if (ret)
 		return ret;
-	for (unsigned i = 0; i < lm->nhandlers; i++) {
-		struct hstats *h = &lm->handlers[i].stats;
+	/* The handlers' counters and the fillers' */
+	for (unsigned i = 0; i < lm->nhandlers + MAX_FILLERS; i++) {
+		struct hstats *h = i < lm->nhandlers ? &lm->handlers[i].stats
+						     : &lm->fillers.f[i - lm->nhandlers].stats;
 
 #define SUM(f) all.f += atomic_load_explicit(&h->f, memory_order_relaxed)
 #define MAX(f) all.f = max_u64(all.f, atomic_load_explicit(&h->f, memory_order_relaxed))

@@ -27,7 +27,7 @@ int lzm_pool_init(struct pool *pool, size_t run_pages, size_t npages)
 
 	if (p == MAP_FAILED)
 		return -errno;
-	pool->used = calloc((npages + BITS - 1) / BITS, sizeof(*pool->used));
+	pool->used = calloc((npages + BITS - 1) / BITS + 1, sizeof(*pool->used));
 	if (!pool->used) {
 		munmap(p, all);
 		return -ENOMEM;

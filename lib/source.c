@@ -64,17 +64,15 @@ int lzm_source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct s
 
 /* ------------------------------------------------------------ files */
 
-static int file_read(struct handler *h, struct fill_req *req)
+static int file_read(struct source *src, uint64_t pgoff, size_t done, int *fd, uint64_t *off)
 {
-	struct source *src = req->src;
 	struct backing *b = src->backing;
-	uint64_t off = ((src->file_pgoff + req->idx) << lzm_page_shift) + req->done;
-	size_t len = (req->n << lzm_page_shift) - req->done;
+
+	*off = ((src->file_pgoff + pgoff) << lzm_page_shift) + done;
 	/* O_DIRECT wants aligned offsets: a continuation that is not goes
 	 * through the page cache (it only happens next to the end of file). */
-	int fd = src->direct && page_aligned(req->done) ? b->dfd : b->fd;
-
-	return lzm_uring_read(h, fd, req->buf + req->done, len, off, req);
+	*fd = src->direct && page_aligned(done) ? b->dfd : b->fd;
+	return 0;
 }
 
 /* Pages with data: up to and with the one holding the last byte. */

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /*
  * Each handler's io_uring: reads of backing files into pool pages, many in
- * flight, submitted in batches and completed into the fault path. The ring's
+ * flight, submitted in batches and completed through each request's end_io.
+ * The ring's
  * eventfd sits in the handler's epoll set, so a sleeping handler wakes for
  * completions as it does for faults.
  */
@@ -143,7 +144,7 @@ int lzm_uring_reap(struct handler *h, bool wait)
 		io_uring_cqe_seen(&u->ring, cqe);
 		h->inflight--;
 		stat_add(&h->stats.file_reads, 1);
-		lzm_fault_read_done(h, req, res);
+		req->end_io(h, req, res);
 		n++;
 	}
 	lzm_uring_flush(h);

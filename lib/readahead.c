@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: MIT
+/*
+ * How much to fill around a fault (the kernel's mm/readahead.c and its
+ * fault-around): the window of a sequential stream, the aligned block around
+ * a lone fault, and the windows read ahead of a stream at full speed. Called
+ * by the fault path with the mm lock held for reading; the pages chosen are
+ * claimed here and produced by the caller's requests.
+ */
+#include "internal.h"
+
+/*
+ * How many pages to fill for a fault at idx: the kernel's on-demand readahead
+ * in miniature. A fault where the last run ended doubles the window, up to
+ * readahead_max; any other fault grows from the filled pages just before it
+ * (another stream) or starts again at one page, so random access fills only
+ * what it touches. Advice overrides both. Racy by design: it is a hint.
+ */
+size_t lzm_ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
+{
+	uint64_t next = atomic_load_explicit(&v->ra_next, memory_order_relaxed);
+	uint32_t win = atomic_load_explicit(&v->ra_window, memory_order_relaxed);
+
+	switch (v->advice) {
+	case LAZYMAP_ADV_RANDOM:
+		return 1;
+	case LAZYMAP_ADV_SEQUENTIAL:
+		return lm->ra_pages;
+	}
+	if (idx == next) {
+		win = win ? win * 2 : 2;
+	} else {
+		/*
+		 * Not where the last run ended: random access, or another
+		 * stream (two threads scanning halves of a file). The pages
+		 * just before idx tell which: a stream has filled them, so grow
+		 * from their number, as the kernel's readahead does for
+		 * interleaved streams. No history is kept per stream.
+		 */
+		uint64_t lim = idx - v->pgoff, k = 0;
+
+		if (lim > lm->ra_pages)
+			lim = lm->ra_pages;
+		while (k < lim && (atomic_load_explicit(&v->src->state[idx - 1 - k],
+							memory_order_relaxed) & PAGE_FILLED))
+			k++;
+		win = k ? (uint32_t)(2 * k) : 1;
+	}
+	if (win > lm->ra_pages)
+		win = (uint32_t)lm->ra_pages;
+	atomic_store_explicit(&v->ra_window, win, memory_order_relaxed);
+	return win;
+}
+
+/*
+ * Around a lone fault on a private region of a synchronous source, fill the
+ * rest of its aligned 64 KiB block, as the kernel's fault-around does for
+ * files (and its 64 KiB anonymous folios do): later touches there are the
+ * kernel's own cheap faults instead of round trips through us, which cost
+ * ten times more here. A read of a zero region maps the shared zero page,
+ * which costs no memory; a write gets zeroed pages of their own, since a
+ * write to the zero page is a copy-on-write fault whose TLB flush interrupts
+ * every other CPU the program runs on (≈ 12 µs per page in a VM with two
+ * threads). So a block costs up to 60 KiB more memory, and fill callbacks
+ * run for pages nobody may touch: LAZYMAP_ADV_RANDOM turns this off. Shared
+ * regions are left alone (their zero page is a real shmem page), and so are
+ * files: they read only what is touched.
+ *
+ * Zero runs are installed at once; the runs of a fill callback come back as
+ * requests (at most max of them) for the caller to start. Returns how many.
+ */
+#define AROUND_BYTES (64u << 10)
+
+size_t lzm_fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
+			bool write, struct fill_req **reqs, size_t max)
+{
+	/* At most the pool's run (ra_pages), and a power of two: it aligns. */
+	size_t pages = AROUND_BYTES >> lzm_page_shift, nreqs = 0;
+	bool zero = !source_produces(v->src);
+
+	if (pages > h->lm->ra_pages)
+		pages = h->lm->ra_pages;
+	while (pages & (pages - 1))
+		pages &= pages - 1;
+	if (pages < 2)
+		return 0; /* pages of 64 KiB or more: the fault filled the block */
+
+	const size_t block = pages << lzm_page_shift;
+	uintptr_t at = addr & ~(block - 1), end = at + block;
+
+	if (at < v->start)
+		at = v->start;
+	if (end > v->end)
+		end = v->end;
+	for (uint64_t idx = v->pgoff + ((at - v->start) >> lzm_page_shift);
+	     at < end && (zero || nreqs < max);) {
+		size_t n = lzm_claim_fresh(&v->src->state[idx], (end - at) >> lzm_page_shift);
+
+		if (!n) {
+			at += lzm_page_size;
+			idx++;
+			continue;
+		}
+		stat_add(&h->stats.readahead_pages, n);
+		if (zero) {
+			if (lzm_fill_zero(h, mm, v, at, idx, n, write, 0))
+				break; /* the kernel balks: leave the rest alone */
+		} else {
+			reqs[nreqs] = lzm_fault_begin(h, mm, v, at, idx, n, write, 0);
+			nreqs += reqs[nreqs] != NULL;
+		}
+		at += n << lzm_page_shift;
+		idx += n;
+	}
+	return nreqs;
+}
+
+/*
+ * A stream of an asynchronous source at full speed: claim the windows after
+ * the one just claimed (from page idx on, n pages each) and make them
+ * requests, so that the disk works while the program does. Returns how many
+ * (at most AHEAD_WINDOWS), in stream order.
+ */
+size_t lzm_readahead_ahead(struct handler *h, struct mm *mm, struct vma *v, uint64_t idx,
+			   size_t n, struct fill_req **ahead)
+{
+	size_t i;
+
+	for (i = 0; i < AHEAD_WINDOWS; i++, idx += n) {
+		uintptr_t at = v->start + ((idx - v->pgoff) << lzm_page_shift);
+		size_t max = n, got;
+
+		if (at >= v->end)
+			break;
+		if (max > (v->end - at) >> lzm_page_shift)
+			max = (v->end - at) >> lzm_page_shift;
+		got = lzm_claim_fresh(&v->src->state[idx], max);
+		if (!got)
+			break;
+		stat_add(&h->stats.readahead_pages, got);
+		ahead[i] = lzm_fault_begin(h, mm, v, at, idx, got, false, 0);
+		if (!ahead[i])
+			break;
+		atomic_store_explicit(&v->ra_next, idx + ahead[i]->n, memory_order_relaxed);
+	}
+	return i;
+}
