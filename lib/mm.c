@@ -42,23 +42,84 @@ static void write_unlock(struct mm *mm)
 	pthread_rwlock_unlock(&mm->lock);
 }
 
-/* Give [start, end) back to the kernel: unregister first, so munmap raises no
- * event that would wait for a handler. */
-static void release_range(struct mm *mm, uintptr_t start, uintptr_t end)
+/*
+ * The kernel splits a VMA before it changes a part of it, and keeps the split
+ * when a later step fails: at the mapping limit (vm.max_map_count) it may
+ * split at the start of a range and then find no room to split at its end.
+ * Two halves alike in everything are merged again only by a change that
+ * makes them alike: set and clear an advice that nothing here relies on
+ * (VM_RAND_READ only steers swap read-ahead of anonymous memory; a program's
+ * own MADV_RANDOM or MADV_SEQUENTIAL there is lost), over the whole run of
+ * our VMAs around the range. The run's ends are the kernel's VMA boundaries
+ * too (a neighbour that is not ours has no userfaultfd, so it is never
+ * merged with ours), so this needs no split of its own. Lock held; the range
+ * is wholly ours.
+ */
+static void rejoin(struct mm *mm, uintptr_t start, uintptr_t end)
 {
-	lzm_uffd_unregister(mm->uffd, start, end - start);
-	munmap((void *)start, end - start);
+	struct vma *first = lzm_vma_lookup(&mm->tree, start);
+	struct vma *last = lzm_vma_lookup(&mm->tree, end - 1), *v;
+	size_t len;
+
+	while ((v = lzm_vma_prev(first)) && v->end == first->start)
+		first = v;
+	while ((v = lzm_vma_next(last)) && v->start == last->end)
+		last = v;
+	len = last->end - first->start;
+	madvise((void *)first->start, len, MADV_RANDOM);
+	madvise((void *)first->start, len, MADV_NORMAL);
+}
+
+/*
+ * Give [start, end) back to the kernel: all of it, or with -errno nothing.
+ * Unregister first, so that munmap raises no event that would wait for a
+ * handler. At the mapping limit the unregister fails when it would need new
+ * VMAs (a range in the middle of one needs two, though the unmap in the end
+ * needs only one): a range left registered but dropped from the tree would
+ * make every touch there bounce between the kernel and the handlers for
+ * ever, so the failure is reported and the tree kept. Lock held.
+ */
+static int release_range(struct mm *mm, uintptr_t start, uintptr_t end)
+{
+	int ret = lzm_uffd_unregister(mm->uffd, start, end - start);
+
+	if (ret == 0 && munmap((void *)start, end - start))
+		ret = -errno;
+	if (ret) {
+		/*
+		 * An unregister spanning several VMAs may have done the first
+		 * ones before it failed: registering again merges them back
+		 * (the parts still registered are left as they are).
+		 */
+		lzm_uffd_register(mm->uffd, start, end - start);
+		rejoin(mm, start, end);
+	}
+	return ret;
 }
 
 void lzm_mm_unmap_all(struct mm *mm)
 {
-	struct vma *v;
+	struct vma *v, *last, *next;
+	uintptr_t end;
 
 	pthread_rwlock_wrlock(&mm->lock);
 	while ((v = lzm_vma_first(&mm->tree))) {
-		release_range(mm, v->start, v->end);
-		lzm_vma_erase(&mm->tree, v);
-		lzm_vma_free(v);
+		/*
+		 * A run of adjacent VMAs at once: the kernel may hold it as one
+		 * VMA, and its ends are the kernel's boundaries, so releasing it
+		 * needs no split even at the mapping limit. If it fails all the
+		 * same (out of memory), nothing is left to try: the range stays
+		 * mapped, and is unregistered when the userfaultfd is closed.
+		 */
+		for (last = v; (next = lzm_vma_next(last)) && next->start == last->end; last = next)
+			;
+		end = last->end;
+		(void)release_range(mm, v->start, end);
+		for (; v && v->start < end; v = next) {
+			next = lzm_vma_next(v);
+			lzm_vma_erase(&mm->tree, v);
+			lzm_vma_free(v);
+		}
 	}
 	write_unlock(mm);
 }
@@ -70,20 +131,47 @@ void lzm_mm_destroy(struct mm *mm)
 	close(mm->uffd);
 }
 
+/* Two VMAs for the splits at the ends of a range, allocated before the lock
+ * is taken and the kernel asked, so that the tree can then follow whatever
+ * the kernel did without failing. */
+static int spares_get(struct vma **spare)
+{
+	spare[0] = lzm_vma_alloc();
+	spare[1] = lzm_vma_alloc();
+	return spare[0] && spare[1] ? 0 : -ENOMEM;
+}
+
+/* Those not used. */
+static void spares_put(struct vma **spare)
+{
+	lzm_vma_free(spare[0]);
+	lzm_vma_free(spare[1]);
+}
+
+/* Split v at addr with a spare, which is used up. */
+static struct vma *split_spare(struct mm *mm, struct vma *v, uintptr_t addr, struct vma **spare)
+{
+	struct vma *new = *spare;
+
+	*spare = NULL;
+	lzm_vma_split_with(&mm->tree, v, addr, new);
+	return new;
+}
+
 /*
  * VMAs overlapping a range the kernel just handed out are stale: the program
  * unmapped that part behind our back (the events that tell us so come later).
  * The kernel's word wins; the parts outside the range may still be real.
  */
-static void drop_stale(struct mm *mm, uintptr_t start, uintptr_t end)
+static void drop_stale(struct mm *mm, uintptr_t start, uintptr_t end, struct vma **spare)
 {
 	struct vma *v = lzm_vma_find(&mm->tree, start), *next;
 
 	for (; v && v->start < end; v = next) {
-		if (v->start < start && lzm_vma_split(&mm->tree, v, start, &v))
-			break;
+		if (v->start < start)
+			v = split_spare(mm, v, start, &spare[0]);
 		if (v->end > end)
-			lzm_vma_split(&mm->tree, v, end, &next);
+			split_spare(mm, v, end, &spare[1]);
 		next = lzm_vma_next(v);
 		lzm_vma_erase(&mm->tree, v);
 		lzm_vma_free(v);
@@ -94,22 +182,23 @@ int lzm_mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *sr
 {
 	int mflags = MAP_ANONYMOUS | MAP_NORESERVE |
 		     (flags & LAZYMAP_SHARED ? MAP_SHARED : MAP_PRIVATE);
-	struct vma *v = lzm_vma_alloc();
+	struct vma *v = lzm_vma_alloc(), *spare[2];
 	void *p;
-	int ret;
+	int ret = spares_get(spare);
 
-	if (!v)
-		return -ENOMEM;
+	if (!v || ret) {
+		ret = -ENOMEM;
+		goto out;
+	}
 	p = mmap(NULL, len, prot, mflags, -1, 0);
 	if (p == MAP_FAILED) {
-		lzm_vma_free(v);
-		return -errno;
+		ret = -errno;
+		goto out;
 	}
 	ret = lzm_uffd_register(mm->uffd, (uintptr_t)p, len);
 	if (ret) {
 		munmap(p, len);
-		lzm_vma_free(v);
-		return ret;
+		goto out;
 	}
 	/*
 	 * Without fork events a child's copy of the range is not registered:
@@ -126,17 +215,16 @@ int lzm_mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *sr
 	lzm_source_get(src);
 
 	pthread_rwlock_wrlock(&mm->lock);
-	drop_stale(mm, v->start, v->end);
+	drop_stale(mm, v->start, v->end, spare);
 	ret = lzm_vma_insert(&mm->tree, v);
+	LAZYMAP_ASSERT(ret == 0);
 	write_unlock(mm);
-	if (ret) {
-		/* drop_stale could not split (ENOMEM): give the range back */
-		release_range(mm, (uintptr_t)p, len);
-		lzm_vma_free(v);
-		return -ENOMEM;
-	}
+	v = NULL;
 	*addrp = (uintptr_t)p;
-	return 0;
+out:
+	lzm_vma_free(v);
+	spares_put(spare);
+	return ret;
 }
 
 int lzm_mm_check_range(struct mm *mm, uintptr_t start, size_t len)
@@ -152,38 +240,34 @@ int lzm_mm_check_range(struct mm *mm, uintptr_t start, size_t len)
 	return -EINVAL;
 }
 
-/*
- * Split so that [start, end) is covered by whole VMAs; returns the first. On
- * failure the tree may keep an extra split, which is harmless (and merged
- * back by the next protect).
- */
-static int split_range(struct mm *mm, uintptr_t start, uintptr_t end, struct vma **firstp)
+/* Split with the spares so that [start, end), wholly ours, is covered by
+ * whole VMAs; returns the first. */
+static struct vma *split_range(struct mm *mm, uintptr_t start, uintptr_t end, struct vma **spare)
 {
-	struct vma *v = lzm_vma_lookup(&mm->tree, start), *tail;
-	int ret;
+	struct vma *first = lzm_vma_lookup(&mm->tree, start), *last;
 
-	if (v->start < start) {
-		ret = lzm_vma_split(&mm->tree, v, start, &tail);
-		if (ret)
-			return ret;
-		v = tail;
-	}
-	*firstp = v;
-	v = lzm_vma_lookup(&mm->tree, end - 1);
-	if (v->end > end)
-		return lzm_vma_split(&mm->tree, v, end, &tail);
-	return 0;
+	if (first->start < start)
+		first = split_spare(mm, first, start, &spare[0]);
+	last = lzm_vma_lookup(&mm->tree, end - 1);
+	if (last->end > end)
+		split_spare(mm, last, end, &spare[1]);
+	return first;
 }
 
-/* Take the write lock and make [start, start+len) whole VMAs of ours; *firstp
- * is the first. The lock is held on return, whatever the result. */
-static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **firstp)
+/* Get the spares, take the write lock and check that [start, start+len) is
+ * ours. The lock is held on return, whatever the result: unlock_range(). */
+static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **spare)
 {
-	int ret;
+	int ret = spares_get(spare);
 
 	pthread_rwlock_wrlock(&mm->lock);
-	ret = lzm_mm_check_range(mm, start, len);
-	return ret ? ret : split_range(mm, start, start + len, firstp);
+	return ret ? ret : lzm_mm_check_range(mm, start, len);
+}
+
+static void unlock_range(struct mm *mm, struct vma **spare)
+{
+	write_unlock(mm);
+	spares_put(spare);
 }
 
 /*
@@ -204,30 +288,33 @@ static void merge_range(struct mm *mm, struct vma *prev, uintptr_t end)
 int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 {
 	uintptr_t end = start + len;
-	struct vma *v, *next;
-	int ret = lock_range(mm, start, len, &v);
+	struct vma *spare[2], *v, *next;
+	int ret = lock_range(mm, start, len, spare);
 
 	if (ret)
 		goto out;
-	release_range(mm, start, end);
-	for (; v && v->start < end; v = next) {
+	ret = release_range(mm, start, end);
+	if (ret)
+		goto out;
+	for (v = split_range(mm, start, end, spare); v && v->start < end; v = next) {
 		next = lzm_vma_next(v);
 		lzm_vma_erase(&mm->tree, v);
 		lzm_vma_free(v);
 	}
 out:
-	write_unlock(mm);
+	unlock_range(mm, spare);
 	return ret;
 }
 
 int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 {
 	uintptr_t end = start + len;
-	struct vma *v, *prev;
-	int ret = lock_range(mm, start, len, &v);
+	struct vma *spare[2], *v, *prev;
+	int ret = lock_range(mm, start, len, spare);
 
 	if (ret)
 		goto out;
+	v = split_range(mm, start, end, spare);
 	if (mprotect((void *)start, len, prot)) {
 		ret = -errno;
 		goto out;
@@ -237,18 +324,19 @@ int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 		v->prot = prot;
 	merge_range(mm, prev, end);
 out:
-	write_unlock(mm);
+	unlock_range(mm, spare);
 	return ret;
 }
 
 int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice)
 {
 	uintptr_t end = start + len;
-	struct vma *v, *prev;
-	int ret = lock_range(mm, start, len, &v);
+	struct vma *spare[2], *v, *prev;
+	int ret = lock_range(mm, start, len, spare);
 
 	if (ret)
 		goto out;
+	v = split_range(mm, start, end, spare);
 	prev = lzm_vma_prev(v);
 	for (; v && v->start < end; v = lzm_vma_next(v)) {
 		v->advice = advice;
@@ -257,7 +345,7 @@ int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice)
 	}
 	merge_range(mm, prev, end);
 out:
-	write_unlock(mm);
+	unlock_range(mm, spare);
 	return ret;
 }
 

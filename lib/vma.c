@@ -427,13 +427,23 @@ void lzm_vma_erase(struct vma_tree *t, struct vma *v)
 int lzm_vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma **newp)
 {
 	struct vma *new;
-	int ret;
 
 	if (!page_aligned(addr) || addr <= v->start || addr >= v->end)
 		return -EINVAL;
 	new = lzm_vma_alloc();
 	if (!new)
 		return -ENOMEM;
+	lzm_vma_split_with(t, v, addr, new);
+	if (newp)
+		*newp = new;
+	return 0;
+}
+
+void lzm_vma_split_with(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma *new)
+{
+	int ret;
+
+	LAZYMAP_ASSERT(page_aligned(addr) && addr > v->start && addr < v->end);
 	new->start = addr;
 	new->end = v->end;
 	new->prot = v->prot;
@@ -448,9 +458,6 @@ int lzm_vma_split(struct vma_tree *t, struct vma *v, uintptr_t addr, struct vma 
 	ret = lzm_vma_insert(t, new);
 	LAZYMAP_ASSERT(ret == 0);
 	(void)ret;
-	if (newp)
-		*newp = new;
-	return 0;
 }
 
 bool lzm_vma_can_merge(const struct vma *a, const struct vma *b)

@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Calls that fail half-way in the kernel: an unmap or protect at the
+ * process's mapping limit (vm.max_map_count) fails with -ENOMEM and leaves
+ * everything as it was, the kernel's VMAs, the tree and the data alike.
+ */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "common.h"
+
+#define MAXE  64
+#define NPAGE 64 /* pages of the region under test */
+
+/* ---------------------------------------------------------- the limit */
+
+static long max_map_count(void)
+{
+	FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+	long max = -1;
+
+	if (f) {
+		if (fscanf(f, "%ld", &max) != 1)
+			max = -1;
+		fclose(f);
+	}
+	return max;
+}
+
+/* Lines of /proc/self/maps: a split left anywhere shows here. */
+static int maps_count(void)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	int n = 0;
+
+	cr_assert_not_null(f);
+	while (fgets(line, sizeof(line), f))
+		n += strchr(line, '\n') != NULL;
+	fclose(f);
+	return n;
+}
+
+/*
+ * The process's VMAs used up to the limit, without touching the sysctl: a
+ * PROT_NONE reservation whose odd pages are made readable one by one (two
+ * more VMAs each) until the kernel refuses. Then the process holds as many
+ * VMAs as it may, and giving back one readable page frees exactly one.
+ */
+struct mapfill {
+	char *base;
+	size_t npages; /* of the reservation */
+	size_t taken;  /* readable pages: page i is at base + (2i + 1) pages */
+};
+
+static void mapfill_take(struct mapfill *mf)
+{
+	size_t ps = pgsz();
+	long max = max_map_count();
+	int err = 0;
+
+	cr_assert_gt(max, 0, "cannot read /proc/sys/vm/max_map_count");
+	mf->npages = 2 * (size_t)max + 4;
+	mf->base = mmap(NULL, mf->npages * ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+			-1, 0);
+	cr_assert_neq(mf->base, MAP_FAILED);
+	for (mf->taken = 0; 2 * mf->taken + 2 < mf->npages; mf->taken++) {
+		if (mprotect(mf->base + (2 * mf->taken + 1) * ps, ps, PROT_READ)) {
+			err = errno;
+			break;
+		}
+	}
+	cr_assert_eq(err, ENOMEM, "%zu pages made readable, then %s", mf->taken, strerror(err));
+}
+
+/* Give n VMAs back. */
+static void mapfill_give(struct mapfill *mf, size_t n)
+{
+	size_t ps = pgsz();
+
+	for (; n; n--) {
+		cr_assert_gt(mf->taken, 0);
+		mf->taken--;
+		cr_assert_eq(munmap(mf->base + (2 * mf->taken + 1) * ps, ps), 0);
+	}
+}
+
+static void mapfill_release(struct mapfill *mf)
+{
+	if (mf->base)
+		cr_assert_eq(munmap(mf->base, mf->npages * pgsz()), 0);
+	mf->base = NULL;
+}
+
+/* ---------------------------------------------------------- the region */
+
+static uint8_t pattern(size_t page)
+{
+	return (uint8_t)(page * 7 + 1);
+}
+
+static int fill_pattern(void *page, size_t len, uint64_t offset, void *arg)
+{
+	(void)arg;
+	for (size_t i = 0; i < len; i += pgsz())
+		memset((char *)page + i, pattern((offset + i) / pgsz()), pgsz());
+	return 0;
+}
+
+/*
+ * A fill region of NPAGE pages, advised RANDOM so that a touch fills only its
+ * own page: every even page read, pages 20 and 40 written; the odd pages are
+ * left for the handler to serve later.
+ */
+struct fixture {
+	struct lazymap *lm;
+	char *p;
+	uint8_t want[NPAGE]; /* what each touched page holds; 0: not touched yet */
+	struct maps_entry tree[MAXE], kern[MAXE];
+	int ntree, nkern, nall;
+};
+
+static void region_setup(struct fixture *fx)
+{
+	size_t ps = pgsz();
+
+	cr_assert_eq(lazymap_open(&fx->lm, NULL), 0);
+	cr_assert_eq(lazymap_map_fill(fx->lm, (void **)&fx->p, NPAGE * ps, PROT_READ | PROT_WRITE,
+				      fill_pattern, NULL), 0);
+	cr_assert_eq(lazymap_advise(fx->lm, fx->p, NPAGE * ps, LAZYMAP_ADV_RANDOM), 0);
+	for (size_t i = 0; i < NPAGE; i += 2) {
+		cr_assert_eq(fx->p[i * ps + 5], (char)pattern(i));
+		fx->want[i] = pattern(i);
+	}
+	memset(fx->p + 20 * ps, 0xa0, 64);
+	memset(fx->p + 40 * ps, 0xa1, 64);
+	fx->want[20] = 0xa0;
+	fx->want[40] = 0xa1;
+}
+
+/* Remember what the tree and the kernel hold now. */
+static void snapshot(struct fixture *fx)
+{
+	size_t ps = pgsz();
+
+	fx->ntree = tree_read(fx->lm, fx->tree, MAXE);
+	fx->nkern = maps_read((uintptr_t)fx->p, (uintptr_t)fx->p + NPAGE * ps, fx->kern, MAXE);
+	fx->nall = maps_count();
+	cr_assert_gt(fx->ntree, 0);
+	cr_assert_gt(fx->nkern, 0);
+}
+
+static void expect_same(const struct maps_entry *a, int na, const struct maps_entry *b, int nb,
+			const char *what, const char *when)
+{
+	cr_assert_eq(na, nb, "%s: %s has %d VMAs, had %d", when, what, na, nb);
+	for (int i = 0; i < na; i++)
+		cr_assert(a[i].start == b[i].start && a[i].end == b[i].end &&
+			  !strcmp(a[i].perms, b[i].perms),
+			  "%s: %s VMA %d is %#lx-%#lx %s, was %#lx-%#lx %s", when, what, i,
+			  (unsigned long)a[i].start, (unsigned long)a[i].end, a[i].perms,
+			  (unsigned long)b[i].start, (unsigned long)b[i].end, b[i].perms);
+}
+
+/*
+ * Nothing changed since the snapshot: the tree, the kernel's VMAs (ours and
+ * their number in all), the data; and page `untouched`, never touched, is
+ * still served by the handler.
+ */
+static void expect_unchanged(struct fixture *fx, size_t untouched, const char *when)
+{
+	struct maps_entry tree[MAXE], kern[MAXE];
+	size_t ps = pgsz();
+	int nt = tree_read(fx->lm, tree, MAXE);
+	int nk = maps_read((uintptr_t)fx->p, (uintptr_t)fx->p + NPAGE * ps, kern, MAXE);
+
+	expect_same(tree, nt, fx->tree, fx->ntree, "the tree", when);
+	expect_same(kern, nk, fx->kern, fx->nkern, "/proc/self/maps", when);
+	cr_assert_eq(maps_count(), fx->nall, "%s: the process has %d VMAs, had %d", when,
+		     maps_count(), fx->nall);
+	for (size_t i = 0; i < NPAGE; i++)
+		if (fx->want[i])
+			cr_assert_eq((uint8_t)fx->p[i * ps + 9], fx->want[i], "%s: page %zu", when, i);
+	/* A touch of a page the tree had lost would bounce between the kernel
+	 * and the handler for ever: the test's timeout says so. */
+	cr_assert_eq(fx->want[untouched], 0);
+	cr_assert_eq((uint8_t)fx->p[untouched * ps + 3], pattern(untouched), "%s: page %zu", when,
+		     untouched);
+	fx->want[untouched] = pattern(untouched);
+}
+
+/* ---------------------------------------------------------- unmap */
+
+Test(failed_calls, unmap_at_the_map_count_limit_changes_nothing, .timeout = 120)
+{
+	struct fixture fx = { 0 };
+	struct mapfill mf = { 0 };
+	struct maps_entry tree[MAXE], kern[MAXE];
+	size_t ps = pgsz();
+	char *hole;
+	int ret, nt, nk;
+
+	region_setup(&fx);
+	hole = fx.p + 16 * ps;
+	snapshot(&fx); /* once before, so that reading allocates nothing new at the limit */
+	cr_assert_eq(fx.ntree, 1);
+	mapfill_take(&mf);
+	snapshot(&fx);
+	/* The middle of a region: the kernel would need one VMA more. */
+	cr_assert_eq(lazymap_unmap(fx.lm, hole, 16 * ps), -ENOMEM);
+	expect_unchanged(&fx, 17, "at the limit");
+
+	/*
+	 * One VMA free: enough for munmap alone, not for the unregister that
+	 * must come first (it splits twice before the unmap merges once). Fail
+	 * as above, or succeed; never half-way.
+	 */
+	mapfill_give(&mf, 1);
+	snapshot(&fx);
+	ret = lazymap_unmap(fx.lm, hole, 16 * ps);
+	cr_assert(ret == -ENOMEM || ret == 0, "%d", ret);
+	cr_log_info("one VMA below the limit, unmap of a region's middle: %d", ret);
+	if (ret == -ENOMEM) {
+		expect_unchanged(&fx, 19, "one below the limit");
+		/* Room to work: it goes through. */
+		mapfill_give(&mf, 2);
+		cr_assert_eq(lazymap_unmap(fx.lm, hole, 16 * ps), 0);
+	}
+	mapfill_release(&mf);
+
+	/* The hole is gone in the tree and in the kernel, the rest intact. */
+	nt = tree_read(fx.lm, tree, MAXE);
+	nk = maps_read((uintptr_t)fx.p, (uintptr_t)fx.p + NPAGE * ps, kern, MAXE);
+	cr_assert_eq(nt, 2);
+	cr_assert_eq(nk, 2);
+	cr_assert(tree[0].start == (uintptr_t)fx.p && tree[0].end == (uintptr_t)hole);
+	cr_assert(tree[1].start == (uintptr_t)hole + 16 * ps &&
+		  tree[1].end == (uintptr_t)fx.p + NPAGE * ps);
+	for (int i = 0; i < 2; i++)
+		cr_assert(kern[i].start == tree[i].start && kern[i].end == tree[i].end);
+	cr_assert_eq(msync(hole, 16 * ps, MS_ASYNC), -1);
+	for (size_t i = 0; i < NPAGE; i++)
+		if (fx.want[i] && (i < 16 || i >= 32))
+			cr_assert_eq((uint8_t)fx.p[i * ps], fx.want[i], "page %zu", i);
+	cr_assert_eq((uint8_t)fx.p[33 * ps], pattern(33));
+	cr_assert_eq(lazymap_close(fx.lm), 0);
+}
