@@ -448,6 +448,7 @@ void lzm_vma_split_with(struct vma_tree *t, struct vma *v, uintptr_t addr, struc
 	new->end = v->end;
 	new->prot = v->prot;
 	new->flags = v->flags;
+	new->advice = v->advice;
 	new->src = v->src;
 	new->pgoff = v->pgoff + ((addr - v->start) >> lzm_page_shift);
 	lzm_source_get(new->src);

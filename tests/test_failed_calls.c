@@ -246,3 +246,33 @@ Test(failed_calls, unmap_at_the_map_count_limit_changes_nothing, .timeout = 120)
 	cr_assert_eq((uint8_t)fx.p[33 * ps], pattern(33));
 	cr_assert_eq(lazymap_close(fx.lm), 0);
 }
+
+/* ---------------------------------------------------------- advice */
+
+/*
+ * A split keeps the advice of the VMA it came from: a protect and its way
+ * back leave one VMA, not pieces that differ in advice alone and never merge.
+ */
+Test(failed_calls, split_keeps_the_advice)
+{
+	struct maps_entry tree[MAXE];
+	struct lazymap *lm;
+	size_t ps = pgsz();
+	unsigned char vec[16];
+	char *p;
+
+	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&p, 16 * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	cr_assert_eq(lazymap_advise(lm, p, 16 * ps, LAZYMAP_ADV_RANDOM), 0);
+	cr_assert_eq(lazymap_protect(lm, p + 4 * ps, 4 * ps, PROT_READ), 0);
+	cr_assert_eq(tree_read(lm, tree, MAXE), 3);
+	/* The tail is still RANDOM: a touch there fills its page alone. */
+	cr_assert_eq(p[12 * ps], 0);
+	cr_assert_eq(mincore(p, 16 * ps, vec), 0);
+	for (int i = 8; i < 16; i++)
+		cr_assert_eq(vec[i] & 1, i == 12, "page %d", i);
+	cr_assert_eq(lazymap_protect(lm, p + 4 * ps, 4 * ps, PROT_READ | PROT_WRITE), 0);
+	cr_assert_eq(tree_read(lm, tree, MAXE), 1);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
