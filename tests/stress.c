@@ -34,7 +34,7 @@ static char *zero_region, *fill_region, *file_region;
 static size_t zero_pages, fill_pages, file_pages;
 static int file_fd = -1;
 static atomic_bool stop;
-static atomic_size_t bad, touched;
+static atomic_size_t bad, touched, closers_going;
 
 static uint64_t word(uint64_t off)
 {
@@ -137,10 +137,14 @@ static void *close_streamer(void *arg)
 	char *p = arg;
 
 	touch_install();
-	for (;;)
-		for (size_t pg = 0; pg < file_pages; pg++)
-			if (touch(p + pg * ps, -1, NULL).signo || atomic_load(&stop))
-				return NULL;
+	for (size_t n = 0;; n++) {
+		size_t pg = n % file_pages;
+
+		if (touch(p + pg * ps, -1, NULL).signo || atomic_load(&stop))
+			return NULL;
+		if (n == 0)
+			atomic_fetch_add(&closers_going, 1);
+	}
 }
 
 static void *observer(void *arg)
@@ -154,7 +158,7 @@ static void *observer(void *arg)
 		if (lazymap_stats(lm, &st) || lazymap_dump(lm, null) < 2)
 			atomic_fetch_add(&bad, 1);
 		lazymap_prefetch(lm, fill_region + (st.faults % fill_pages) * ps, 64 * ps);
-		usleep(100);
+		usleep(100); /* a pace, not a wait: nothing is assumed done after it */
 	}
 	fclose(null);
 	return NULL;
@@ -165,7 +169,7 @@ static void *looper(void *arg)
 	uint64_t s = (uintptr_t)arg;
 
 	touch_install();
-	for (;;) {
+	for (bool first = true;; first = false) {
 		/* each looper its own pages: the bytes they write do not race */
 		size_t pg = (rng_next(&s) % (zero_pages / 2)) * 2 + (uintptr_t)arg % 2;
 		struct touch_fault f = touch(zero_region + pg * ps, 1, NULL);
@@ -174,6 +178,8 @@ static void *looper(void *arg)
 			return NULL; /* the region went away under us: expected */
 		if (atomic_load(&stop))
 			return NULL;
+		if (first)
+			atomic_fetch_add(&closers_going, 1);
 	}
 }
 
@@ -219,12 +225,17 @@ static void run(unsigned handlers, unsigned install)
 
 	/* close while threads fault, one of them streaming through a file */
 	atomic_store(&stop, false);
+	atomic_store(&closers_going, 0);
 	CHECK(lazymap_map(lm, (void **)&p, file_pages * ps, PROT_READ, LAZYMAP_PRIVATE, file_fd,
 			  0) == 0, "map file for the close");
 	for (uintptr_t i = 0; i < 2; i++)
 		pthread_create(&loop[i], NULL, looper, (void *)(i + 11));
 	pthread_create(&close_stream, NULL, close_streamer, p);
-	usleep(20000);
+	/* Close once all three have been served: they are faulting now. */
+	for (double t0 = now_s(); atomic_load(&closers_going) < 3 && now_s() - t0 < 30;)
+		usleep(1000);
+	CHECK(atomic_load(&closers_going) == 3, "only %zu of 3 threads served before the close",
+	      atomic_load(&closers_going));
 	CHECK(lazymap_close(lm) == 0, "close");
 	atomic_store(&stop, true);
 	for (int i = 0; i < 2; i++)

@@ -267,25 +267,14 @@ Test(faults, read_faults_map_the_zero_page)
 }
 
 /*
- * Wait until at least want pages of [p, p + npages pages) are present (the
- * toucher is woken before the rest of a block lands), then 20 ms more, for
- * anything still on its way; mincore's answer is left in vec.
+ * Which pages of [p, p + npages pages) are present once lm is quiet (the
+ * toucher is woken before the rest of its block lands): mincore's answer,
+ * in vec.
  */
-static void settle_present(char *p, size_t npages, size_t want, unsigned char *vec)
+static void settle_present(struct lazymap *lm, char *p, size_t npages, unsigned char *vec)
 {
-	size_t ps = pgsz(), in = 0;
-
-	for (double t0 = now_s();; usleep(1000)) {
-		cr_assert_eq(mincore(p, npages * ps, vec), 0);
-		in = 0;
-		for (size_t i = 0; i < npages; i++)
-			in += vec[i] & 1;
-		if (in >= want)
-			break;
-		cr_assert_lt(now_s() - t0, 10.0, "%zu of %zu pages present", in, want);
-	}
-	usleep(20000);
-	cr_assert_eq(mincore(p, npages * ps, vec), 0);
+	quiesce(lm);
+	cr_assert_eq(mincore(p, npages * pgsz(), vec), 0);
 }
 
 /*
@@ -322,7 +311,7 @@ static void around_case(bool use_fill, unsigned flags, int advice, bool write, b
 		w[3] = 7;
 	else
 		(void)*(volatile uint64_t *)w;
-	settle_present(p, npages, around ? 16 : 1, vec);
+	settle_present(lm, p, npages, vec);
 	for (size_t i = 0; i < npages; i++) {
 		char *a = p + i * ps;
 		bool want = a == b + 5 * ps || (around && a >= b && a < b + block);
@@ -382,7 +371,7 @@ Test(faults, readahead_max_caps_the_block)
 		p = v;
 		b = (char *)(((uintptr_t)p + 32 * ps - 1) & ~(16 * ps - 1));
 		b[5 * ps] = 1;
-		settle_present(p, npages, want, vec);
+		settle_present(lm, p, npages, vec);
 		for (size_t i = 0; i < npages; i++) {
 			char *a = p + i * ps;
 			bool in_block = want == 1 ? a == b + 5 * ps : a >= b + 4 * ps && a < b + 6 * ps;
@@ -464,7 +453,7 @@ Test(faults, fill_error_ahead_of_the_fault_is_not_poison)
 	cr_assert_eq(f.signo, 0);
 	cr_assert_eq(*(uint64_t *)(b + 5 * ps), pattern((bi + 5) * ps, 9));
 	/* The good part of the block lands: pages 0-5. */
-	settle_present(p, npages, 6, vec);
+	settle_present(lm, p, npages, vec);
 	for (size_t i = 0; i < npages; i++)
 		cr_assert_eq(vec[i] & 1, i >= bi && i < bi + 6, "page %zd of the block present %d",
 			     (ssize_t)i - (ssize_t)bi, vec[i] & 1);
@@ -490,20 +479,16 @@ Test(faults, prefetch_fills_in_the_background)
 	struct lazymap_stats st;
 	struct lazymap *lm;
 	uint64_t faults;
-	double t0;
 	char *p;
 
 	cr_assert_eq(lazymap_open(&lm, NULL), 0);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, npages * ps, PROT_READ, fill_pattern, fill), 0);
 	cr_assert_eq(lazymap_prefetch(lm, p + ps, (npages - 2) * ps), 0);
-	t0 = now_s();
-	do {
-		cr_assert_eq(lazymap_stats(lm, &st), 0);
-		cr_assert_lt(now_s() - t0, 30.0, "prefetch did not finish: %lu pages",
-			     (unsigned long)st.prefetched);
-		usleep(1000);
-	} while (st.prefetched < npages - 2);
-	cr_assert_eq(st.prefetched, npages - 2);
+	/* prefetched counts a run as it starts: done is when nothing is queued or filling */
+	quiesce(lm);
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.prefetched, npages - 2, "prefetched %lu pages of %zu",
+		     (unsigned long)st.prefetched, npages - 2);
 	faults = st.faults;
 	for (size_t pg = 1; pg < npages - 1; pg++)
 		cr_assert_eq(*(uint64_t *)(p + pg * ps), pattern(pg * ps, 99));
@@ -648,7 +633,6 @@ Test(faults, close_while_threads_fault)
 			break;
 		cr_assert_lt(now_s() - t0, 30.0, "the threads' first faults were not served");
 	}
-	usleep(20000);
 	cr_assert_eq(lazymap_close(lm), 0);
 	/* The region is gone: every thread either got SIGSEGV or is told to stop. */
 	atomic_store(&go, false);
@@ -784,72 +768,52 @@ Test(faults, refault_while_filler_holds_page_is_woken)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
-/* The state ('R', 'S', ...) of every handler thread but the caller. */
-static int handler_states(char *states, int max)
+/* A fill callback that holds its first call until the test lets it go (30 s at most). */
+struct held_fill {
+	atomic_int calls;
+	atomic_bool release;
+};
+
+static int held_fill(void *page, size_t len, uint64_t offset, void *arg)
 {
-	char path[128], buf[512];
-	int n = 0;
+	struct held_fill *h = arg;
 
-	for (int tid = getpid(); tid < getpid() + 4096 && n < max; tid++) {
-		FILE *f;
-
-		snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
-		f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fgets(buf, sizeof(buf), f) && strstr(buf, "(lazymap-h") && tid != gettid()) {
-			char *close = strrchr(buf, ')');
-
-			states[n++] = close ? close[2] : '?';
-		}
-		fclose(f);
-	}
-	return n;
-}
-
-static atomic_int sleeping_samples, running_samples;
-
-static int slow_fill(void *page, size_t len, uint64_t offset, void *arg)
-{
 	(void)offset;
-	(void)arg;
-	/* While this handler works, the other has nothing to do: it must sleep. */
-	for (int i = 0; i < 20; i++) {
-		char st[8];
-		int n = handler_states(st, 8);
-
-		usleep(5000);
-		for (int k = 0; k < n; k++)
-			atomic_fetch_add(st[k] == 'S' ? &sleeping_samples : &running_samples, 1);
+	if (atomic_fetch_add(&h->calls, 1) == 0) {
+		for (double t0 = now_s(); !atomic_load(&h->release) && now_s() - t0 < 30.0;)
+			usleep(1000);
 	}
 	memset(page, 3, len);
 	return 0;
 }
 
+/*
+ * While one handler works on the last prefetch range, the other has nothing
+ * to do and must sleep: the work eventfd is readable only while ranges are
+ * queued, or the idle one's epoll_wait would return at once, for ever.
+ */
 Test(faults, idle_handler_sleeps_while_another_prefetches)
 {
 	struct lazymap_opts o = { .handler_threads = 2 };
+	struct held_fill h = { 0 };
 	size_t ps = pgsz();
 	struct lazymap_stats st;
 	struct lazymap *lm;
 	char *p;
-	double t0;
 
 	cr_assert_eq(lazymap_open(&lm, &o), 0);
-	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, 4 * ps, PROT_READ, slow_fill, NULL), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, 4 * ps, PROT_READ, held_fill, &h), 0);
 	cr_assert_eq(lazymap_prefetch(lm, p, 4 * ps), 0);
-	t0 = now_s();
-	do {
-		usleep(10000);
-		cr_assert_eq(lazymap_stats(lm, &st), 0);
-		cr_assert_lt(now_s() - t0, 30.0);
-	} while (st.prefetched < 4 || st.fill_calls < 1 || atomic_load(&sleeping_samples) +
-		 atomic_load(&running_samples) < 20);
+	for (double t0 = now_s(); !atomic_load(&h.calls); usleep(1000))
+		cr_assert_lt(now_s() - t0, 10.0, "the prefetch never called fill");
+	/* The handler in the fill sleeps in it, not in epoll_wait: only the idle one counts. */
+	wait_handlers_asleep(lm, 1, "one handler in a held fill");
+	atomic_store(&h.release, true);
+	quiesce(lm);
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.prefetched, 4);
 	cr_assert_eq(p[ps], 3);
-	/* The idle handler may be caught running now and then; not all along. */
-	cr_assert_gt(atomic_load(&sleeping_samples), 3 * atomic_load(&running_samples),
-		     "idle handler asleep in %d samples, running in %d",
-		     atomic_load(&sleeping_samples), atomic_load(&running_samples));
+	cr_assert_eq(st.faults, 0, "%lu faults on prefetched pages", (unsigned long)st.faults);
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 

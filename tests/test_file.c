@@ -271,26 +271,14 @@ static void expect_regions(struct lazymap *lm, uint64_t n, const char *after)
 }
 
 /*
- * Background fills may still be landing: wait until pages_filled reaches
- * want (or secs pass), then until it stays put for 50 ms, so that an
- * overshoot shows.
+ * The stats once what the handlers were given has landed (reads ahead and
+ * prefetch go on after the touch that started them), so that an overshoot
+ * shows as surely as a shortfall.
  */
-static struct lazymap_stats wait_filled(struct lazymap *lm, uint64_t want, double secs)
+static struct lazymap_stats settled_stats(struct lazymap *lm)
 {
-	double t0 = now_s(), still = 0;
-	struct lazymap_stats st = stats(lm), prev;
-
-	while (st.pages_filled < want && now_s() - t0 < secs) {
-		usleep(1000);
-		st = stats(lm);
-	}
-	do {
-		prev = st;
-		usleep(5000);
-		st = stats(lm);
-		still = st.pages_filled == prev.pages_filled ? still + 0.005 : 0;
-	} while (still < 0.05 && now_s() - t0 < secs + 5);
-	return st;
+	quiesce(lm);
+	return stats(lm);
 }
 
 static struct lazymap *open_lm(unsigned handlers, size_t readahead_max)
@@ -876,8 +864,8 @@ static void bystander_start(struct bystander *b, struct lazymap *lm, const struc
 	cr_assert_eq(lazymap_map(lm, (void **)&b->anon, b->anon_pages * pgsz(), PROT_READ | PROT_WRITE,
 				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
 	cr_assert_eq(pthread_create(&b->thread, NULL, bystander_main, b), 0);
-	while (atomic_load(&b->rounds) < 10)
-		usleep(100);
+	for (double t0 = now_s(); atomic_load(&b->rounds) < 10; usleep(100))
+		cr_assert_lt(now_s() - t0, 10.0, "the other thread never got going");
 }
 
 /* Stop it after it went on a while; fail if it saw anything wrong. */
@@ -1229,7 +1217,7 @@ Test(file, readahead_stops_at_the_region_end, FIXTURE)
 		for (size_t pg = 0; pg < npages; pg++)
 			cr_assert_eq(touch(va.base + pg * ps, -1, NULL).signo, 0, "%s: page %zu", what, pg);
 		/* let any read still in flight land */
-		st = wait_filled(lm, npages, 5);
+		st = settled_stats(lm);
 		cr_assert_eq(st.pages_filled, npages, "%s: a scan of %zu pages filled %lu", what, npages,
 			     (unsigned long)st.pages_filled);
 		cr_assert_eq(st.io_errors, 0, "%s: %lu io_errors from a scan of a whole file", what,
@@ -1253,7 +1241,7 @@ Test(file, readahead_stops_at_the_region_end, FIXTURE)
 /*
  * Once the reads are done, idle handlers sleep: a completion reaped while
  * polling must not leave the ring's eventfd readable, or epoll_wait returns
- * at once and the handlers burn both CPUs for ever.
+ * at once and the handlers burn both CPUs for ever, never seen asleep.
  */
 Test(file, handlers_sleep_once_reads_are_done, FIXTURE)
 {
@@ -1265,22 +1253,14 @@ Test(file, handlers_sleep_once_reads_are_done, FIXTURE)
 	for (int direct = 0; direct <= 1; direct++) {
 		const char *what = direct ? "direct" : "buffered";
 		struct lazymap *lm = open_lm(2, 0);
-		struct lazymap_stats st0, st1;
 		char *p = map_path(lm, path, len, PROT_READ, direct ? LAZYMAP_DIRECT : 0, 0);
 		volatile char sink = 0;
 
 		for (size_t pg = 0; pg < npages; pg++)
 			sink += p[pg * ps];
 		(void)sink;
-		wait_filled(lm, npages, 5);
-		usleep(20000); /* past the poll windows (at most 250 us) */
-		st0 = stats(lm);
-		usleep(300000);
-		st1 = stats(lm);
-		/* A handler may wake for a stray signal or two; not thousands of times. */
-		cr_assert_leq(st1.sleeps - st0.sleeps, 8,
-			      "%s: handlers went to sleep %lu times in 300 ms of idleness", what,
-			      (unsigned long)(st1.sleeps - st0.sleeps));
+		quiesce(lm);
+		wait_handlers_asleep(lm, 2, what);
 		cr_assert_eq(lazymap_close(lm), 0);
 	}
 }
@@ -1329,8 +1309,8 @@ Test(file, stream_never_waits_behind_a_busy_handler, FIXTURE)
 	cr_assert_eq(lazymap_map_fill(lm, &slow, ps, PROT_READ, wait_for_stream, NULL), 0);
 	p = map_path(lm, path, len, PROT_READ, 0, 0);
 	cr_assert_eq(pthread_create(&t, NULL, touch_slow_fill, slow), 0);
-	while (!atomic_load(&in_fill))
-		usleep(1000);
+	for (double t0 = now_s(); !atomic_load(&in_fill); usleep(1000))
+		cr_assert_lt(now_s() - t0, 10.0, "the fill callback was never called");
 	for (size_t pg = 0; pg < npages; pg++)
 		sink += p[pg * ps];
 	(void)sink;
@@ -1447,7 +1427,7 @@ Test(file, advise_sequential_fills_readahead_max_from_the_first_fault, FIXTURE)
 	lm = open_lm(1, 1 * MiB);
 	v.base = map_path(lm, path, npages * ps, PROT_READ, 0, 0);
 	cr_assert_eq(touch(v.base + first * ps, -1, NULL).signo, 0);
-	st = wait_filled(lm, ra, 0.1);
+	st = settled_stats(lm);
 	cr_assert_lt(st.pages_filled, ra, "NORMAL: the first fault filled %lu pages already",
 		     (unsigned long)st.pages_filled);
 	cr_assert_eq(lazymap_close(lm), 0);
@@ -1457,7 +1437,7 @@ Test(file, advise_sequential_fills_readahead_max_from_the_first_fault, FIXTURE)
 	v.vfd = open_check_fd(path);
 	cr_assert_eq(lazymap_advise(lm, v.base, npages * ps, LAZYMAP_ADV_SEQUENTIAL), 0);
 	cr_assert_eq(touch(v.base + first * ps, -1, NULL).signo, 0);
-	st = wait_filled(lm, ra, 10);
+	st = settled_stats(lm);
 	/*
 	 * readahead_max from the fault on; a stream at full window also reads
 	 * the next two windows ahead (96e73a2), and no more than that.
@@ -1501,7 +1481,7 @@ Test(file, advise_willneed_fills_in_the_background, FIXTURE)
 	v.base = map_path(lm, path, npages * ps, PROT_READ, 0, 0);
 	v.vfd = open_check_fd(path);
 	cr_assert_eq(lazymap_advise(lm, v.base + ps, n * ps, LAZYMAP_ADV_WILLNEED), 0);
-	st = wait_filled(lm, n, 20);
+	st = settled_stats(lm);
 	cr_assert_eq(st.pages_filled, n, "WILLNEED: %lu pages filled, want %zu",
 		     (unsigned long)st.pages_filled, n);
 	cr_assert_eq(st.bytes_read, n * ps);
