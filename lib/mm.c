@@ -306,6 +306,25 @@ out:
 	return ret;
 }
 
+/*
+ * mprotect changes one kernel VMA after the other and stops at the first it
+ * cannot (at the mapping limit, one it would have to split), the ones before
+ * keeping the new protection: give them back the one the tree says, which
+ * merges them back, then rejoin a VMA split and left alike. Lock held.
+ */
+static void protect_undo(struct mm *mm, uintptr_t start, uintptr_t end)
+{
+	struct vma *v;
+
+	for (v = lzm_vma_lookup(&mm->tree, start); v && v->start < end; v = lzm_vma_next(v)) {
+		uintptr_t s = v->start > start ? v->start : start;
+		uintptr_t e = v->end < end ? v->end : end;
+
+		mprotect((void *)s, e - s, v->prot);
+	}
+	rejoin(mm, start, end);
+}
+
 int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 {
 	uintptr_t end = start + len;
@@ -314,11 +333,12 @@ int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 
 	if (ret)
 		goto out;
-	v = split_range(mm, start, end, spare);
 	if (mprotect((void *)start, len, prot)) {
 		ret = -errno;
+		protect_undo(mm, start, end);
 		goto out;
 	}
+	v = split_range(mm, start, end, spare);
 	prev = lzm_vma_prev(v);
 	for (; v && v->start < end; v = lzm_vma_next(v))
 		v->prot = prot;

@@ -276,3 +276,61 @@ Test(failed_calls, split_keeps_the_advice)
 	cr_assert_eq(tree_read(lm, tree, MAXE), 1);
 	cr_assert_eq(lazymap_close(lm), 0);
 }
+
+/* ---------------------------------------------------------- protect */
+
+Test(failed_calls, protect_at_the_map_count_limit_changes_nothing, .timeout = 120)
+{
+	struct fixture fx = { 0 };
+	struct mapfill mf = { 0 };
+	struct maps_entry tree[MAXE], kern[MAXE];
+	static const char *perms[] = { "rw-p", "r--p", "rw-p" };
+	size_t ps = pgsz();
+	char *mid;
+	int nt, nk;
+
+	touch_install();
+	region_setup(&fx);
+	mid = fx.p + 16 * ps;
+	snapshot(&fx);
+	cr_assert_eq(fx.ntree, 1);
+	mapfill_take(&mf);
+	snapshot(&fx);
+	/* The middle of a region: mprotect cannot split it. */
+	cr_assert_eq(lazymap_protect(fx.lm, mid, 16 * ps, PROT_READ), -ENOMEM);
+	expect_unchanged(&fx, 17, "at the limit");
+
+	/* One VMA free: the kernel splits at the start, cannot at the end, and
+	 * keeps the first split; it must not show. */
+	mapfill_give(&mf, 1);
+	snapshot(&fx);
+	cr_assert_eq(lazymap_protect(fx.lm, mid, 16 * ps, PROT_READ), -ENOMEM);
+	expect_unchanged(&fx, 19, "one below the limit");
+
+	/* Room to work: it goes through, in the tree as in the kernel. */
+	mapfill_give(&mf, 2);
+	cr_assert_eq(lazymap_protect(fx.lm, mid, 16 * ps, PROT_READ), 0);
+	mapfill_release(&mf);
+	nt = tree_read(fx.lm, tree, MAXE);
+	nk = maps_read((uintptr_t)fx.p, (uintptr_t)fx.p + NPAGE * ps, kern, MAXE);
+	cr_assert_eq(nt, 3);
+	cr_assert_eq(nk, 3);
+	for (int i = 0; i < 3; i++) {
+		cr_assert(kern[i].start == tree[i].start && kern[i].end == tree[i].end);
+		cr_assert_str_eq(tree[i].perms, perms[i]);
+		cr_assert_str_eq(kern[i].perms, perms[i]);
+	}
+	cr_assert_eq(tree[1].start, (uintptr_t)mid);
+	cr_assert_eq(tree[1].end, (uintptr_t)mid + 16 * ps);
+	cr_assert_eq(touch(mid + ps, 1, NULL).signo, SIGSEGV);
+	for (size_t i = 0; i < NPAGE; i++)
+		if (fx.want[i])
+			cr_assert_eq((uint8_t)fx.p[i * ps], fx.want[i], "page %zu", i);
+	cr_assert_eq((uint8_t)mid[5 * ps], pattern(21));
+
+	/* and back: one VMA again */
+	cr_assert_eq(lazymap_protect(fx.lm, mid, 16 * ps, PROT_READ | PROT_WRITE), 0);
+	cr_assert_eq(tree_read(fx.lm, tree, MAXE), 1);
+	cr_assert_eq(maps_read((uintptr_t)fx.p, (uintptr_t)fx.p + NPAGE * ps, kern, MAXE), 1);
+	cr_assert_eq(lazymap_close(fx.lm), 0);
+}
