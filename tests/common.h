@@ -1,14 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Helpers shared by the tests: catching the SIGBUS/SIGSEGV a touch raises,
- * reading /proc/self/maps, waiting for a state with a deadline (handler
- * threads asleep, a lazymap quiet).
+ * Helpers shared by the tests: what the kernel offers (userfaultfd access and
+ * features) and the skip when it lacks them, catching the SIGBUS/SIGSEGV a
+ * touch raises, reading /proc/self/maps, waiting for a state with a deadline.
  */
 #ifndef LAZYMAP_TESTS_COMMON_H
 #define LAZYMAP_TESTS_COMMON_H
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +43,103 @@ static inline double now_s(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- what the kernel offers */
+
+/* The kernel's values, for system headers older than the kernel. */
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+/*
+ * The features the kernel's userfaultfd offers this process, from
+ * UFFDIO_API on a probe descriptor (the handshake is once per descriptor),
+ * opened as the library opens its own: the system call, else
+ * /dev/userfaultfd. 0, or -EPERM without access, -ENOSYS without
+ * userfaultfd, another -errno if the probe itself failed.
+ */
+static inline int uffd_probe(uint64_t *features)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK), ret = 0;
+
+	if (fd < 0 && (errno == EPERM || errno == EACCES)) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+		if (dev < 0)
+			return -EPERM;
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+		if (fd < 0)
+			ret = errno == EACCES ? -EPERM : -errno;
+		close(dev);
+		if (fd < 0)
+			return ret;
+	}
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, UFFDIO_API, &api))
+		ret = -errno;
+	close(fd);
+	*features = api.features;
+	return ret;
+}
+
+/*
+ * Can this process use a userfaultfd with the features required? 0 if so;
+ * else why says why, and the return is -EPERM (no access), -ENOSYS (no
+ * userfaultfd), -EOPNOTSUPP (a feature missing: the kernel is too old),
+ * reasons to skip, or another -errno: the probe failed, a reason to fail.
+ */
+static inline int uffd_check(uint64_t required, char *why, size_t len)
+{
+	static const struct {
+		uint64_t bit;
+		const char *name;
+	} names[] = {
+		{ UFFD_FEATURE_POISON, "UFFD_FEATURE_POISON (Linux 6.6)" },
+		{ UFFD_FEATURE_MOVE, "UFFD_FEATURE_MOVE (Linux 6.8)" },
+	};
+	uint64_t have = 0, missing;
+	int ret = uffd_probe(&have);
+	size_t n;
+
+	if (ret == -EPERM) {
+		snprintf(why, len, "no userfaultfd for uid %d: needs CAP_SYS_PTRACE, "
+			 "vm.unprivileged_userfaultfd=1 or access to /dev/userfaultfd", (int)geteuid());
+		return ret;
+	}
+	if (ret) {
+		snprintf(why, len, "userfaultfd: %s", strerror(-ret));
+		return ret;
+	}
+	missing = required & ~have;
+	if (!missing)
+		return 0;
+	n = (size_t)snprintf(why, len, "the kernel lacks");
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if ((missing & names[i].bit) && n < len)
+			n += (size_t)snprintf(why + n, len - n, " %s", names[i].name);
+	if (missing & ~(uint64_t)(UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE) && n < len)
+		snprintf(why + n, len - n, " features %#llx",
+			 (unsigned long long)(missing & ~(uint64_t)(UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE)));
+	return -EOPNOTSUPP;
+}
+
+/* What a lazymap opened with opts needs from the kernel (lazymap_open's -EOPNOTSUPP). */
+static inline uint64_t uffd_needs(const struct lazymap_opts *opts)
+{
+	uint64_t need = UFFD_FEATURE_POISON;
+
+	if (opts && opts->install == LAZYMAP_INSTALL_MOVE)
+		need |= UFFD_FEATURE_MOVE;
+	return need;
 }
 
 /* ---- handler threads */
@@ -100,9 +200,59 @@ static inline int handlers_asleep(int *total)
 	return asleep;
 }
 
-/* ---- the Criterion fixtures (stress.c is plain C) */
+/* ---- skipping, and the Criterion fixtures (stress.c is plain C) */
 
 #ifdef cr_skip_test
+/*
+ * Skip the running test; the reason shows in the runner's output (--verbose).
+ * Criterion ends the test's process at once, without its .fini (the shim
+ * runs it): a test file whose .init leaves something behind defines
+ * skip_cleanup() before it includes this header.
+ */
+#ifndef skip_cleanup
+#define skip_cleanup() do { } while (0)
+#endif
+#define skip_test(...)                                                         \
+	do {                                                                   \
+		skip_cleanup();                                                \
+		cr_skip_test(__VA_ARGS__);                                     \
+	} while (0)
+
+/*
+ * Gate a test on what the kernel offers, as the kernel's selftests gate
+ * theirs (uffd_tests[].uffd_feature_required): skip, with the reason, where
+ * this process has no userfaultfd or the kernel lacks a feature required.
+ */
+static inline void require_uffd(uint64_t features)
+{
+	char why[256];
+	int ret = uffd_check(features, why, sizeof(why));
+
+	if (ret == -EPERM || ret == -ENOSYS || ret == -EOPNOTSUPP)
+		skip_test("%s", why);
+	cr_assert_eq(ret, 0, "probing userfaultfd: %s", why);
+}
+
+/*
+ * A lazymap for a test that uses one (tests of lazymap_open's own errors
+ * call it directly). Skips where the kernel cannot give one: no userfaultfd
+ * access, or a kernel without what opts need (UFFD_FEATURE_MOVE for
+ * LAZYMAP_INSTALL_MOVE). Any other failure fails the test.
+ */
+static inline struct lazymap *open_or_skip(const struct lazymap_opts *opts)
+{
+	struct lazymap *lm = NULL;
+	int ret;
+
+	require_uffd(uffd_needs(opts));
+	ret = lazymap_open(&lm, opts);
+	if (ret == -EPERM || ret == -ENOSYS)
+		skip_test("lazymap_open: %s", strerror(-ret));
+	cr_assert_eq(ret, 0, "lazymap_open: %s", strerror(-ret));
+	cr_assert_not_null(lm);
+	return lm;
+}
+
 /*
  * Wait until what lm's handlers were given has landed: no fault being
  * served, no read in flight, no prefetch queued. A touch returns before the

@@ -195,7 +195,7 @@ static void concurrent(unsigned nthreads, unsigned handlers, bool use_fill, unsi
 	unsigned char vec;
 	void *p;
 
-	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	lm = open_or_skip(&o);
 	if (use_fill)
 		cr_assert_eq(lazymap_map_fill(lm, &p, REGION, PROT_READ | PROT_WRITE, fill_pattern, fill), 0);
 	else
@@ -226,7 +226,7 @@ Test(faults, sequential_fault_around)
 	struct lazymap *lm;
 	char *p;
 
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	cr_assert_eq(lazymap_map(lm, (void **)&p, len, PROT_READ | PROT_WRITE,
 				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
 	for (size_t i = 0; i < npages; i++)
@@ -251,7 +251,7 @@ Test(faults, read_faults_map_the_zero_page)
 	volatile char *p;
 	void *v;
 
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	cr_assert_eq(lazymap_map(lm, &v, npages * ps, PROT_READ | PROT_WRITE,
 				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
 	p = v;
@@ -294,7 +294,7 @@ static void around_case(bool use_fill, unsigned flags, int advice, bool write, b
 	char *p, *b;
 	void *v;
 
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	if (use_fill)
 		cr_assert_eq(lazymap_map_fill(lm, &v, npages * ps, PROT_READ | PROT_WRITE, fill_pattern,
 					      fill), 0);
@@ -365,7 +365,7 @@ Test(faults, readahead_max_caps_the_block)
 		char *p, *b;
 		void *v;
 
-		cr_assert_eq(lazymap_open(&lm, &o), 0);
+		lm = open_or_skip(&o);
 		cr_assert_eq(lazymap_map(lm, &v, npages * ps, PROT_READ | PROT_WRITE,
 					 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
 		p = v;
@@ -405,7 +405,7 @@ Test(faults, fill_error_is_sigbus_at_the_address)
 	fill->fail_from = 10;
 	fill->fail_to = 12;
 	touch_install();
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, npages * ps, PROT_READ, fill_pattern, fill), 0);
 	/* Sequential touches so that a fault-around run covers the bad pages. */
 	for (size_t pg = 0; pg < npages; pg++) {
@@ -443,7 +443,7 @@ Test(faults, fill_error_ahead_of_the_fault_is_not_poison)
 	char *p, *b, c;
 
 	touch_install();
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, npages * ps, PROT_READ, fill_pattern, fill), 0);
 	b = (char *)(((uintptr_t)p + 32 * ps - 1) & ~(16 * ps - 1));
 	bi = (size_t)(b - p) / ps;
@@ -481,7 +481,7 @@ Test(faults, prefetch_fills_in_the_background)
 	uint64_t faults;
 	char *p;
 
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, npages * ps, PROT_READ, fill_pattern, fill), 0);
 	cr_assert_eq(lazymap_prefetch(lm, p + ps, (npages - 2) * ps), 0);
 	/* prefetched counts a run as it starts: done is when nothing is queued or filling */
@@ -510,7 +510,7 @@ Test(faults, shared_anonymous_region)
 	struct lazymap *lm;
 	char *p;
 
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	cr_assert_eq(lazymap_map(lm, (void **)&p, npages * ps, PROT_READ | PROT_WRITE,
 				 LAZYMAP_SHARED | LAZYMAP_ANON, -1, 0), 0);
 	for (size_t pg = 0; pg < npages; pg += 3) {
@@ -532,7 +532,7 @@ Test(faults, protect_read_only_then_back)
 	char *p, c;
 
 	touch_install();
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	cr_assert_eq(lazymap_map(lm, (void **)&p, npages * ps, PROT_READ | PROT_WRITE,
 				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
 	p[0] = 1;
@@ -560,7 +560,7 @@ Test(faults, thousands_of_regions)
 	struct lazymap *lm;
 	static char *r[N];
 
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	for (int i = 0; i < N; i++) {
 		cr_assert_eq(lazymap_map(lm, (void **)&r[i], 2 * ps, PROT_READ | PROT_WRITE,
 					 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0, "region %d", i);
@@ -616,7 +616,7 @@ Test(faults, close_while_threads_fault)
 	struct lazymap *lm;
 	char *p;
 
-	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	lm = open_or_skip(&o);
 	cr_assert_eq(lazymap_map(lm, (void **)&p, npages * ps, PROT_READ | PROT_WRITE,
 				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
 	for (int i = 0; i < 4; i++) {
@@ -656,7 +656,7 @@ Test(faults, move_mode_read_only_region)
 	struct lazymap *lm;
 	char *p, *q;
 
-	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	lm = open_or_skip(&o);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, npages * ps, PROT_READ, fill_pattern, fill), 0);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&q, npages * ps, PROT_READ | PROT_WRITE,
 				      fill_pattern, fill), 0);
@@ -681,7 +681,7 @@ Test(faults, dontneed_page_is_produced_again)
 	struct lazymap *lm;
 	uint64_t *f, *z;
 
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&f, npages * ps, PROT_READ | PROT_WRITE,
 				      fill_pattern, fill), 0);
 	cr_assert_eq(lazymap_map(lm, (void **)&z, npages * ps, PROT_READ | PROT_WRITE,
@@ -737,7 +737,7 @@ Test(faults, refault_while_filler_holds_page_is_woken)
 	char *p;
 	int idle = 0;
 
-	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	lm = open_or_skip(&o);
 	cr_assert_eq(lazymap_map(lm, (void **)&p, 4 * 64 * ps, PROT_READ | PROT_WRITE,
 				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
 	for (int i = 0; i < 4; i++) {
@@ -801,7 +801,7 @@ Test(faults, idle_handler_sleeps_while_another_prefetches)
 	struct lazymap *lm;
 	char *p;
 
-	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	lm = open_or_skip(&o);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, 4 * ps, PROT_READ, held_fill, &h), 0);
 	cr_assert_eq(lazymap_prefetch(lm, p, 4 * ps), 0);
 	for (double t0 = now_s(); !atomic_load(&h.calls); usleep(1000))
@@ -828,7 +828,7 @@ Test(faults, forked_child_never_reads_wrong_data)
 	int status;
 	pid_t pid;
 
-	cr_assert_eq(lazymap_open(&lm, NULL), 0);
+	lm = open_or_skip(NULL);
 	cr_assert_eq(lazymap_map_fill(lm, (void **)&f, npages * ps, PROT_READ, fill_pattern, fill), 0);
 	cr_assert_eq(lazymap_map(lm, (void **)&z, npages * ps, PROT_READ | PROT_WRITE,
 				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);

@@ -18,6 +18,10 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 
+/* Criterion runs no .fini after a skip: a skip removes the scratch files first. */
+static void dir_teardown(void);
+#define skip_cleanup() dir_teardown()
+
 #include "common.h"
 #include "fusefs.h"
 
@@ -78,13 +82,6 @@ static void dir_teardown(void)
 }
 
 #define FIXTURE .init = dir_setup, .fini = dir_teardown
-
-/* Criterion runs no .fini after a skip: clean up first. */
-#define skip_test(...)                                                         \
-	do {                                                                   \
-		dir_teardown();                                                \
-		cr_skip_test(__VA_ARGS__);                                     \
-	} while (0)
 
 static void fpath(char *out, size_t len, const char *name)
 {
@@ -284,13 +281,8 @@ static struct lazymap_stats settled_stats(struct lazymap *lm)
 static struct lazymap *open_lm(unsigned handlers, size_t readahead_max)
 {
 	struct lazymap_opts o = { .handler_threads = handlers, .readahead_max = readahead_max };
-	struct lazymap *lm;
-	int ret = lazymap_open(&lm, &o);
 
-	if (ret == -EPERM || ret == -ENOSYS || ret == -EOPNOTSUPP)
-		skip_test("lazymap_open: %s", strerror(-ret));
-	cr_assert_eq(ret, 0, "lazymap_open: %s", strerror(-ret));
-	return lm;
+	return open_or_skip(&o);
 }
 
 /* Map the file at path from page k on, to its end; the caller's fd is closed at once. */
@@ -983,6 +975,7 @@ Test(file, io_error_pages_are_sigbus_at_the_address_every_time, FIXTURE, .timeou
 	struct fusefs fs;
 	int err;
 
+	require_uffd(uffd_needs(NULL)); /* before a FUSE server is started for nothing */
 	err = fusefs_start(&fs, npages * ps, "10-12,100,200-203");
 	if (err < 0)
 		skip_test("fusefs: %s", fs.why);
@@ -1048,6 +1041,7 @@ static void io_error_scan(unsigned fsflags)
 	struct fusefs fs;
 	int err;
 
+	require_uffd(uffd_needs(NULL)); /* before a FUSE server is started for nothing */
 	err = fusefs_start_flags(&fs, npages * ps, "300-302,700,1500-1531", fsflags);
 	if (err < 0)
 		skip_test("fusefs: %s", fs.why);

@@ -247,9 +247,10 @@ static enum verdict run_test(const struct cr_shim_test *t, unsigned timeout, cha
 
 static void usage(FILE *f, const char *prog)
 {
-	fprintf(f, "usage: %s [--filter SUBSTRING] [--timeout SECONDS] [--jobs N]\n"
+	fprintf(f, "usage: %s [--filter SUBSTRING] [--timeout SECONDS] [--jobs N] [--verbose[=N]]\n"
 		"Runs the tests whose suite::name contains SUBSTRING, each in its own process.\n"
-		"--jobs is accepted for Criterion's sake; tests always run one at a time.\n",
+		"--jobs and --verbose are accepted for Criterion's sake; tests always run one\n"
+		"at a time, and every test's verdict (a skip with its reason) is printed.\n",
 		prog);
 }
 
@@ -269,6 +270,8 @@ int main(int argc, char **argv)
 			usage(stdout, argv[0]);
 			return 0;
 		}
+		if (!strcmp(arg, "--verbose") || !strncmp(arg, "--verbose=", 10))
+			continue;
 		if (!strcmp(arg, "--filter") || !strcmp(arg, "--timeout") ||
 		    !strcmp(arg, "--jobs") || !strcmp(arg, "-j")) {
 			if (a + 1 >= argc) {
