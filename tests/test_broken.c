@@ -59,13 +59,8 @@ static struct lazymap *open_one(struct logbook *lb)
 {
 	struct lazymap_opts o = { .handler_threads = 1, .log = lb ? log_hook : NULL,
 				  .log_arg = lb };
-	struct lazymap *lm;
-	int ret = lazymap_open(&lm, &o);
 
-	if (ret == -EPERM || ret == -ENOSYS)
-		cr_skip_test("no userfaultfd here: %s", strerror(-ret));
-	cr_assert_eq(ret, 0, "lazymap_open: %s", strerror(-ret));
-	return lm;
+	return open_or_skip(&o);
 }
 
 Test(broken, faults_get_sigbus_and_calls_eio_after_a_handler_breaks, .timeout = 60)

@@ -15,11 +15,7 @@ static struct lazymap *lm;
 
 static void setup(void)
 {
-	int ret = lazymap_open(&lm, NULL);
-
-	if (ret == -EPERM || ret == -ENOSYS)
-		cr_skip_test("no userfaultfd here: %s", strerror(-ret));
-	cr_assert_eq(ret, 0, "lazymap_open: %s", strerror(-ret));
+	lm = open_or_skip(NULL);
 }
 
 static void teardown(void)

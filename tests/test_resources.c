@@ -21,22 +21,11 @@ static long rss_kib(void)
 	return rss * (long)(pgsz() / 1024);
 }
 
-static struct lazymap *open_or_skip_opts(struct lazymap_opts *o)
-{
-	struct lazymap *lm;
-	int ret = lazymap_open(&lm, o);
-
-	if (ret == -EPERM || ret == -ENOSYS)
-		cr_skip_test("no userfaultfd here: %s", strerror(-ret));
-	cr_assert_eq(ret, 0, "lazymap_open: %s", strerror(-ret));
-	return lm;
-}
-
 Test(resources, a_large_readahead_commits_nothing_at_open)
 {
 	struct lazymap_opts o = { .handler_threads = 2, .readahead_max = 64 << 20 };
 	long before = rss_kib();
-	struct lazymap *lm = open_or_skip_opts(&o);
+	struct lazymap *lm = open_or_skip(&o);
 	long grew = rss_kib() - before;
 
 	/* Before: 9 x 64 MiB staging per handler, 1.18 GiB, touched at open. */
@@ -52,7 +41,7 @@ Test(resources, a_hundred_lazymaps_cost_their_bookkeeping)
 	long before = rss_kib(), grew;
 
 	for (int i = 0; i < 100; i++)
-		lm[i] = open_or_skip_opts(&o);
+		lm[i] = open_or_skip(&o);
 	grew = rss_kib() - before;
 	/* Less than half a readahead window each: the thread, its ring, and
 	 * what a sanitizer adds per thread (TSan: about 1 MiB), no staging. */

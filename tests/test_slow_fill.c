@@ -112,13 +112,8 @@ static void must_finish(const char *what, void *(*fn)(void *), struct op *op)
 static struct lazymap *open_one_handler(void)
 {
 	struct lazymap_opts o = { .handler_threads = 1 };
-	struct lazymap *lm;
-	int ret = lazymap_open(&lm, &o);
 
-	if (ret == -EPERM || ret == -ENOSYS)
-		cr_skip_test("no userfaultfd here: %s", strerror(-ret));
-	cr_assert_eq(ret, 0, "lazymap_open: %s", strerror(-ret));
-	return lm;
+	return open_or_skip(&o);
 }
 
 static void *touch_slow(void *arg)
