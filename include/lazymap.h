@@ -308,7 +308,10 @@ LAZYMAP_API int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st
 /*
  * Print the VMA tree, one line per VMA, in /proc/self/maps style:
  *   start-end perms offset source
+ * from a copy taken at once, with no lock held while writing: out may be
+ * any stream, even one whose buffer lies in a region of this lazymap.
  * Returns the number of VMAs printed.
+ * Errors: -EINVAL out is NULL; -ENOMEM no memory for the copy.
  */
 LAZYMAP_API int lazymap_dump(struct lazymap *lm, FILE *out);
 

@@ -369,19 +369,59 @@ out:
 	return ret;
 }
 
+/* A VMA as lazymap_dump prints it. */
+struct vma_line {
+	uintptr_t start, end;
+	uint64_t offset;
+	int prot, flags;
+	const char *source; /* its source_ops' name: static */
+};
+
 int lzm_mm_dump(struct mm *mm, FILE *out)
 {
+	size_t cap = atomic_load_explicit(&mm->nr_vmas, memory_order_relaxed), n = 0;
+	struct vma_line *lines = NULL, *more;
 	struct vma *v;
-	int n = 0;
 
-	pthread_rwlock_rdlock(&mm->lock);
-	for (v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v), n++)
-		fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",
-			(unsigned long)v->start, (unsigned long)v->end,
-			v->prot & PROT_READ ? 'r' : '-', v->prot & PROT_WRITE ? 'w' : '-',
-			v->flags & LAZYMAP_SHARED ? 's' : 'p',
-			(unsigned long long)((v->src->file_pgoff + v->pgoff) << lzm_page_shift),
-			v->src->ops->name);
+	/*
+	 * Copy the tree under the lock and print with none held: out is the
+	 * program's, and may have its buffer in one of our regions. Writing
+	 * there faults, the handler serving the fault needs the read lock,
+	 * and a writer waiting behind us (the lock prefers writers) would
+	 * keep it from the handler for ever. The copy is allocated outside
+	 * the lock too (the program may replace malloc), and grown with some
+	 * room until the tree fits.
+	 */
+	for (;;) {
+		more = realloc(lines, (cap ? cap : 1) * sizeof(*lines));
+		if (!more) {
+			free(lines);
+			return -ENOMEM;
+		}
+		lines = more;
+		pthread_rwlock_rdlock(&mm->lock);
+		if (mm->tree.count <= cap)
+			break;
+		cap = mm->tree.count + mm->tree.count / 4;
+		pthread_rwlock_unlock(&mm->lock);
+	}
+	for (v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
+		lines[n++] = (struct vma_line){
+			.start = v->start,
+			.end = v->end,
+			.offset = (v->src->file_pgoff + v->pgoff) << lzm_page_shift,
+			.prot = v->prot,
+			.flags = v->flags,
+			.source = v->src->ops->name,
+		};
 	pthread_rwlock_unlock(&mm->lock);
-	return n;
+
+	for (size_t i = 0; i < n; i++)
+		fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",
+			(unsigned long)lines[i].start, (unsigned long)lines[i].end,
+			lines[i].prot & PROT_READ ? 'r' : '-', lines[i].prot & PROT_WRITE ? 'w' : '-',
+			lines[i].flags & LAZYMAP_SHARED ? 's' : 'p',
+			(unsigned long long)lines[i].offset, lines[i].source);
+	free(lines);
+	return (int)n;
 }

@@ -3,8 +3,12 @@
  * Calls that fail half-way in the kernel: an unmap or protect at the
  * process's mapping limit (vm.max_map_count) fails with -ENOMEM and leaves
  * everything as it was, the kernel's VMAs, the tree and the data alike.
+ * Calls that must not hang: lazymap_dump into a stream whose buffer lies in
+ * the lazymap's own regions while other threads map and unmap.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
@@ -333,4 +337,103 @@ Test(failed_calls, protect_at_the_map_count_limit_changes_nothing, .timeout = 12
 	cr_assert_eq(tree_read(fx.lm, tree, MAXE), 1);
 	cr_assert_eq(maps_read((uintptr_t)fx.p, (uintptr_t)fx.p + NPAGE * ps, kern, MAXE), 1);
 	cr_assert_eq(lazymap_close(fx.lm), 0);
+}
+
+/* ---------------------------------------------------------- dump */
+
+#define NDUMP 1000
+
+/* Maps and unmaps a page in a loop: a writer on the lock, again and again. */
+struct churn {
+	struct lazymap *lm;
+	atomic_bool stop;
+	atomic_long rounds;
+	int err;
+};
+
+static void *churn_main(void *arg)
+{
+	struct churn *c = arg;
+	void *q;
+
+	while (!atomic_load(&c->stop)) {
+		c->err = lazymap_map(c->lm, &q, pgsz(), PROT_READ | PROT_WRITE,
+				     LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0);
+		if (!c->err)
+			c->err = lazymap_unmap(c->lm, q, pgsz());
+		if (c->err)
+			break;
+		atomic_fetch_add(&c->rounds, 1);
+	}
+	return NULL;
+}
+
+/* Dumps NDUMP times, each into a stream whose buffer is a page of buf never
+ * touched before: the first write to it faults. */
+struct dumper {
+	struct lazymap *lm;
+	char *buf;
+	atomic_long done;
+	int err;
+};
+
+static void *dump_main(void *arg)
+{
+	struct dumper *d = arg;
+	size_t ps = pgsz();
+
+	for (size_t i = 0; i < NDUMP; i++) {
+		FILE *f = fopen("/dev/null", "w");
+		int ret;
+
+		if (!f || setvbuf(f, d->buf + i * ps, _IOFBF, ps)) {
+			d->err = -errno;
+			break;
+		}
+		ret = lazymap_dump(d->lm, f);
+		fclose(f);
+		if (ret < 2) {
+			d->err = ret < 0 ? ret : -ENODATA;
+			break;
+		}
+		atomic_fetch_add(&d->done, 1);
+	}
+	return NULL;
+}
+
+Test(failed_calls, dump_into_its_own_region_while_others_map_does_not_hang, .timeout = 120)
+{
+	struct churn c = { 0 };
+	struct dumper d = { 0 };
+	pthread_t churner, dumper;
+	struct timespec deadline;
+	size_t ps = pgsz();
+	void *other;
+
+	cr_assert_eq(lazymap_open(&c.lm, NULL), 0);
+	d.lm = c.lm;
+	cr_assert_eq(lazymap_map(d.lm, (void **)&d.buf, NDUMP * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	/* a touch fills its own page only: each dump's buffer faults anew */
+	cr_assert_eq(lazymap_advise(d.lm, d.buf, NDUMP * ps, LAZYMAP_ADV_RANDOM), 0);
+	cr_assert_eq(lazymap_map_fill(d.lm, &other, 4 * ps, PROT_READ, fill_pattern, NULL), 0);
+
+	cr_assert_eq(pthread_create(&churner, NULL, churn_main, &c), 0);
+	cr_assert_eq(pthread_create(&dumper, NULL, dump_main, &d), 0);
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += 30;
+	/* On a deadlock the threads are left as they are: the test's process ends. */
+	cr_assert_eq(pthread_timedjoin_np(dumper, NULL, &deadline), 0,
+		     "lazymap_dump hangs: %ld dumps done, %ld maps and unmaps beside them",
+		     atomic_load(&d.done), atomic_load(&c.rounds));
+	atomic_store(&c.stop, true);
+	cr_assert_eq(pthread_join(churner, NULL), 0);
+	cr_assert_eq(d.err, 0, "dump %ld: %s", atomic_load(&d.done), strerror(-d.err));
+	cr_assert_eq(c.err, 0, "%s", strerror(-c.err));
+	cr_assert_eq(atomic_load(&d.done), NDUMP);
+	cr_log_info("%d dumps beside %ld maps and unmaps", NDUMP, atomic_load(&c.rounds));
+	/* every dump wrote into its buffer: the start of its first line */
+	for (size_t i = 0; i < NDUMP; i++)
+		cr_assert_neq(d.buf[i * ps], 0, "dump %zu", i);
+	cr_assert_eq(lazymap_close(d.lm), 0);
 }
