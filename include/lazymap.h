@@ -97,6 +97,9 @@ struct lazymap_opts {
 #define LAZYMAP_SHARED  0x02 /* like MAP_SHARED */
 #define LAZYMAP_ANON    0x04 /* no file: fd = -1, offset = 0; pages read as zeros */
 #define LAZYMAP_DIRECT  0x08 /* read the backing file with O_DIRECT */
+#define LAZYMAP_HINT    0x10 /* lazymap_map: *addrp is a hint, like mmap's addr */
+#define LAZYMAP_FIXED   0x20 /* lazymap_map: exactly at *addrp or fail, never replacing
+                              * (MAP_FIXED_NOREPLACE, not MAP_FIXED) */
 
 /*
  * Open a lazymap: creates the userfaultfd and starts the handler threads.
@@ -145,8 +148,17 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
 /*
  * Map len bytes, mmap-style: prot is a subset of PROT_READ|PROT_WRITE, flags
  * is LAZYMAP_PRIVATE or LAZYMAP_SHARED, optionally | LAZYMAP_ANON (then fd is
- * -1 and offset 0) or | LAZYMAP_DIRECT. The address is chosen by the kernel
- * and returned in *addrp. Nothing is populated up front: every page is filled
+ * -1 and offset 0) or | LAZYMAP_DIRECT, and at most one of LAZYMAP_HINT and
+ * LAZYMAP_FIXED. The address is returned in *addrp; where it is:
+ *   neither          where the kernel puts it (*addrp is not read)
+ *   LAZYMAP_HINT     at *addrp (NULL: no hint) if nothing is mapped there,
+ *                    else in the lowest free range above it between lazymap's
+ *                    regions that fits and that the kernel accepts (a few are
+ *                    tried: the program's own mappings may sit there), else
+ *                    where the kernel puts it, as mmap does with a hint
+ *   LAZYMAP_FIXED    exactly at *addrp (page aligned) or not at all: never
+ *                    over anything already mapped, lazymap's or not
+ * Nothing is populated up front: every page is filled
  * by a handler thread on first touch (zeros for LAZYMAP_ANON). A lone fault
  * on a private LAZYMAP_ANON region also fills the untouched rest of its
  * aligned 64 KiB (at most readahead_max), so that later touches there are
@@ -166,10 +178,14 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  *
  * Errors: -EINVAL zero or overflowing len, bad prot/flags, offset negative,
  *         unaligned or overflowing, LAZYMAP_DIRECT on a file system that
- *         refuses O_DIRECT; -EBADF bad fd; -EACCES fd not open for reading;
- *         -ENODEV fd is not a regular file; -EOPNOTSUPP LAZYMAP_SHARED file
- *         mappings (shared write-back is not available yet);
- *         -ENOMEM out of memory or address space.
+ *         refuses O_DIRECT, LAZYMAP_HINT with LAZYMAP_FIXED, a LAZYMAP_FIXED
+ *         address unaligned or too high for len; -EEXIST LAZYMAP_FIXED over
+ *         something already mapped (nothing is changed); -EPERM LAZYMAP_FIXED
+ *         below vm.mmap_min_addr without CAP_SYS_RAWIO; -EBADF bad fd;
+ *         -EACCES fd not open for reading; -ENODEV fd is not a regular file;
+ *         -EOPNOTSUPP LAZYMAP_SHARED file mappings (shared write-back is not
+ *         available yet); -ENOMEM out of memory or address space (a
+ *         LAZYMAP_FIXED range beyond it too).
  */
 LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
 			    int fd, off_t offset);

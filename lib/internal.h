@@ -266,7 +266,9 @@ struct mm {
 int lzm_mm_init(struct mm *mm, uint64_t features);
 void lzm_mm_unmap_all(struct mm *mm);
 void lzm_mm_destroy(struct mm *mm); /* unmaps every VMA, closes the userfaultfd */
-int lzm_mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, uintptr_t *addrp);
+/* A new region of src where flags say (LAZYMAP_HINT, LAZYMAP_FIXED: *addrp on
+ * input, checked by the caller; else anywhere); its address in *addrp. */
+int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags, struct source *src);
 int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len);
 int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot);
 int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice);

@@ -284,11 +284,12 @@ int lazymap_close(struct lazymap *lm)
 static int map_source(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
 		      struct source *src)
 {
-	uintptr_t addr;
+	/* *addrp is read only when it means something */
+	uintptr_t addr = flags & (LAZYMAP_HINT | LAZYMAP_FIXED) ? (uintptr_t)*addrp : 0;
 	int ret = in_own_handler(lm) ? -EDEADLK : lazymap_get(lm);
 
 	if (ret == 0) {
-		ret = lzm_mm_map(&lm->mm, len, prot, flags, src, &addr);
+		ret = lzm_mm_map(&lm->mm, &addr, len, prot, flags, src);
 		lazymap_put(lm);
 	}
 	lzm_source_put(src);
@@ -314,8 +315,14 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 	int ret;
 
 	if (!addrp || !prot_ok(prot) || map_len(len, &len) ||
-	    (flags & ~(LAZYMAP_PRIVATE | LAZYMAP_SHARED | LAZYMAP_ANON | LAZYMAP_DIRECT)) ||
+	    (flags & ~(LAZYMAP_PRIVATE | LAZYMAP_SHARED | LAZYMAP_ANON | LAZYMAP_DIRECT |
+		       LAZYMAP_HINT | LAZYMAP_FIXED)) ||
 	    (kind != LAZYMAP_PRIVATE && kind != LAZYMAP_SHARED))
+		return -EINVAL;
+	/* a fixed address: page aligned, room for len, no hint beside it */
+	if ((flags & LAZYMAP_FIXED) &&
+	    ((flags & LAZYMAP_HINT) || !page_aligned((uintptr_t)*addrp) ||
+	     (uintptr_t)*addrp > UINTPTR_MAX - len))
 		return -EINVAL;
 	if (flags & LAZYMAP_ANON) {
 		if (fd != -1 || offset != 0 || (flags & LAZYMAP_DIRECT))

@@ -178,23 +178,84 @@ static void drop_stale(struct mm *mm, uintptr_t start, uintptr_t end, struct vma
 	}
 }
 
-int lzm_mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *src, uintptr_t *addrp)
+/* Places LAZYMAP_HINT tries before it leaves the choice to the kernel. */
+#define HINT_TRIES 4
+
+/* mmap exactly at addr or not at all: MAP_FIXED_NOREPLACE never replaces a
+ * mapping (and a kernel before 4.17 takes it for a hint: hence the check). */
+static int mmap_at(uintptr_t addr, size_t len, int prot, int mflags, void **pp)
+{
+	void *p = mmap((void *)addr, len, prot, mflags | MAP_FIXED_NOREPLACE, -1, 0);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	if ((uintptr_t)p != addr) {
+		munmap(p, len);
+		return -EEXIST;
+	}
+	*pp = p;
+	return 0;
+}
+
+/*
+ * Where a new region goes, as the kernel's get_unmapped_area decides for
+ * mmap. LAZYMAP_FIXED: at addr or -EEXIST, over nothing, ours or the
+ * program's. LAZYMAP_HINT: at addr if the range is free, else in the lowest
+ * gap of our tree above it that fits and that the kernel accepts too: the
+ * program's own mappings are not in the tree, so when the kernel refuses, the
+ * search goes on past the range it refused (the rest of that gap, then the
+ * next ones), a few times, and then leaves the choice to the kernel, as mmap
+ * does with a hint. The tree is only read, under the lock, and let go before
+ * mmap: the kernel has the last word (MAP_FIXED_NOREPLACE), and a range it
+ * hands out is ours.
+ */
+static int place(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags, void **pp)
 {
 	int mflags = MAP_ANONYMOUS | MAP_NORESERVE |
 		     (flags & LAZYMAP_SHARED ? MAP_SHARED : MAP_PRIVATE);
-	struct vma *v = lzm_vma_alloc(), *spare[2];
+	uintptr_t low = addr, at;
+	struct vma *v;
 	void *p;
+	int ret;
+
+	if (flags & LAZYMAP_FIXED) {
+		pthread_rwlock_rdlock(&mm->lock);
+		v = lzm_vma_find(&mm->tree, addr);
+		ret = v && v->start < addr + len ? -EEXIST : 0;
+		pthread_rwlock_unlock(&mm->lock);
+		return ret ? ret : mmap_at(addr, len, prot, mflags, pp);
+	}
+	if (!(flags & LAZYMAP_HINT))
+		addr = 0;
+	for (int i = 0; addr && i < HINT_TRIES; i++, low = at + len) {
+		pthread_rwlock_rdlock(&mm->lock);
+		ret = lzm_vma_find_gap(&mm->tree, len, low, UINTPTR_MAX, &at);
+		pthread_rwlock_unlock(&mm->lock);
+		if (ret)
+			break;
+		if (mmap_at(at, len, prot, mflags, pp) == 0)
+			return 0;
+	}
+	p = mmap((void *)addr, len, prot, mflags, -1, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	*pp = p;
+	return 0;
+}
+
+int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags, struct source *src)
+{
+	struct vma *v = lzm_vma_alloc(), *spare[2];
+	void *p = NULL;
 	int ret = spares_get(spare);
 
 	if (!v || ret) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	p = mmap(NULL, len, prot, mflags, -1, 0);
-	if (p == MAP_FAILED) {
-		ret = -errno;
+	ret = place(mm, *addrp, len, prot, flags, &p);
+	if (ret)
 		goto out;
-	}
 	ret = lzm_uffd_register(mm->uffd, (uintptr_t)p, len);
 	if (ret) {
 		munmap(p, len);
@@ -210,7 +271,7 @@ int lzm_mm_map(struct mm *mm, size_t len, int prot, int flags, struct source *sr
 	v->start = (uintptr_t)p;
 	v->end = v->start + len;
 	v->prot = prot;
-	v->flags = flags;
+	v->flags = flags & ~(LAZYMAP_HINT | LAZYMAP_FIXED);
 	v->src = src;
 	lzm_source_get(src);
 

@@ -4,7 +4,8 @@
  * process's mapping limit (vm.max_map_count) fails with -ENOMEM and leaves
  * everything as it was, the kernel's VMAs, the tree and the data alike.
  * Calls that must not hang: lazymap_dump into a stream whose buffer lies in
- * the lazymap's own regions while other threads map and unmap.
+ * the lazymap's own regions while other threads map and unmap. Maps that must
+ * not land where they were not asked to: LAZYMAP_HINT and LAZYMAP_FIXED.
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -436,4 +437,213 @@ Test(failed_calls, dump_into_its_own_region_while_others_map_does_not_hang, .tim
 	for (size_t i = 0; i < NDUMP; i++)
 		cr_assert_neq(d.buf[i * ps], 0, "dump %zu", i);
 	cr_assert_eq(lazymap_close(d.lm), 0);
+}
+
+/* ---------------------------------------------------------- placement */
+
+#define RW   (PROT_READ | PROT_WRITE)
+#define ANON (LAZYMAP_PRIVATE | LAZYMAP_ANON)
+#define WIN  64 /* pages of a window */
+
+/*
+ * WIN free pages between two PROT_NONE guards of the test's own, so that
+ * nothing is mapped there but what a test asks for: far below where the
+ * kernel places mappings (top down from below the stack), above the heap and
+ * above AddressSanitizer's shadow, below its allocator. Released with
+ * window_close after the lazymap is closed (it unmaps all that is left).
+ */
+static char *window_open(void)
+{
+	size_t ps = pgsz();
+	char *g = MAP_FAILED;
+
+	for (uintptr_t at = 0x300000000000; g == MAP_FAILED && at < 0x380000000000; at += 1ul << 40)
+		g = mmap((void *)at, (WIN + 2) * ps, PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	cr_assert_neq(g, MAP_FAILED, "%s", strerror(errno));
+	cr_assert_eq(munmap(g + ps, WIN * ps), 0);
+	return g + ps;
+}
+
+static void window_close(char *w)
+{
+	cr_assert_eq(munmap(w - pgsz(), (WIN + 2) * pgsz()), 0);
+}
+
+/* Join neighbours with equal perms: the kernel merges regions of ours that
+ * the tree keeps apart, and keeps apart what it cannot merge. */
+static int coalesce(struct maps_entry *e, int n)
+{
+	int m = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (m && e[m - 1].end == e[i].start && !strcmp(e[m - 1].perms, e[i].perms))
+			e[m - 1].end = e[i].end;
+		else
+			e[m++] = e[i];
+	}
+	return m;
+}
+
+/* The tree says what /proc/self/maps says of our ranges. */
+static void expect_mirror(struct lazymap *lm)
+{
+	struct maps_entry t[MAXE], k[MAXE];
+	int nt = tree_read(lm, t, MAXE);
+
+	cr_assert_geq(nt, 0);
+	nt = coalesce(t, nt);
+	for (int i = 0; i < nt; i++) {
+		int nk = coalesce(k, maps_read(t[i].start, t[i].end, k, MAXE));
+
+		cr_assert(nk == 1 && k[0].start == t[i].start && k[0].end == t[i].end &&
+			  !strcmp(k[0].perms, t[i].perms),
+			  "tree %#lx-%#lx %s: the kernel has %d ranges there, the first %#lx-%#lx %s",
+			  (unsigned long)t[i].start, (unsigned long)t[i].end, t[i].perms, nk,
+			  nk > 0 ? (unsigned long)k[0].start : 0ul,
+			  nk > 0 ? (unsigned long)k[0].end : 0ul, nk > 0 ? k[0].perms : "");
+	}
+}
+
+/* len bytes at p read as zeros and are ours to write (served, not foreign). */
+static void expect_served(char *p, size_t len)
+{
+	for (size_t off = 0; off < len; off += pgsz()) {
+		cr_assert_eq(p[off], 0, "%p", (void *)(p + off));
+		p[off] = 1;
+	}
+}
+
+Test(failed_calls, map_hint_is_taken_when_free)
+{
+	size_t ps = pgsz();
+	struct lazymap *lm;
+	char *w = window_open(), *p = w + 8 * ps, *q;
+
+	lm = open_or_skip(NULL);
+	cr_assert_eq(lazymap_map(lm, (void **)&p, 8 * ps, RW, ANON | LAZYMAP_HINT, -1, 0), 0);
+	cr_assert_eq(p, w + 8 * ps);
+	/* an unaligned hint is rounded up, as mmap does */
+	q = w + 24 * ps + 100;
+	cr_assert_eq(lazymap_map(lm, (void **)&q, 4 * ps, RW, ANON | LAZYMAP_HINT, -1, 0), 0);
+	cr_assert_eq(q, w + 25 * ps);
+	/* NULL is no hint */
+	q = NULL;
+	cr_assert_eq(lazymap_map(lm, (void **)&q, ps, RW, ANON | LAZYMAP_HINT, -1, 0), 0);
+	cr_assert_not_null(q);
+	expect_served(p, 8 * ps);
+	expect_mirror(lm);
+	cr_assert_eq(lazymap_close(lm), 0);
+	window_close(w);
+}
+
+/*
+ * A hint inside a region of ours goes to the next gap after it that fits: the
+ * first gap above the hint; past a neighbour of ours; past a mapping of the
+ * program's that sits in the gap (the kernel refuses it).
+ */
+Test(failed_calls, map_hint_inside_a_region_goes_to_the_next_gap)
+{
+	size_t ps = pgsz();
+	struct lazymap *lm;
+	char *w = window_open(), *a = w + 8 * ps, *b = w + 10 * ps, *c = w + 10 * ps, *d, *e, *f;
+
+	lm = open_or_skip(NULL);
+	cr_assert_eq(lazymap_map(lm, (void **)&a, 8 * ps, RW, ANON | LAZYMAP_FIXED, -1, 0), 0);
+	cr_assert_eq(a, w + 8 * ps);
+	cr_assert_eq(lazymap_map(lm, (void **)&b, 8 * ps, RW, ANON | LAZYMAP_HINT, -1, 0), 0);
+	cr_assert_eq(b, a + 8 * ps, "%p, want the end of the region, %p", (void *)b,
+		     (void *)(a + 8 * ps));
+	cr_assert_eq(lazymap_map(lm, (void **)&c, 4 * ps, RW, ANON | LAZYMAP_HINT, -1, 0), 0);
+	cr_assert_eq(c, b + 8 * ps, "%p, want past the neighbour, %p", (void *)c,
+		     (void *)(b + 8 * ps));
+	/* the program's own page right after c: our tree does not know it */
+	d = mmap(c + 4 * ps, ps, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	cr_assert_eq(d, c + 4 * ps);
+	d[0] = 42;
+	e = c + ps;
+	cr_assert_eq(lazymap_map(lm, (void **)&e, 4 * ps, RW, ANON | LAZYMAP_HINT, -1, 0), 0);
+	cr_assert(e >= d + ps && e + 4 * ps <= w + WIN * ps,
+		  "%p: want above the program's page %p, in the window up to %p", (void *)e,
+		  (void *)d, (void *)(w + WIN * ps));
+	cr_assert_eq(d[0], 42);
+	/* lazymap_map_fill has no flags: the kernel places it, *addrp unread */
+	f = a;
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&f, ps, PROT_READ, fill_pattern, NULL), 0);
+	cr_assert(f < w || f >= w + WIN * ps, "%p", (void *)f);
+	expect_served(a, 8 * ps);
+	expect_served(b, 8 * ps);
+	expect_served(c, 4 * ps);
+	expect_served(e, 4 * ps);
+	expect_mirror(lm);
+	cr_assert_eq(lazymap_close(lm), 0);
+	window_close(w);
+}
+
+Test(failed_calls, map_fixed_is_exact_or_eexist_and_never_replaces)
+{
+	struct maps_entry t0[MAXE], t1[MAXE], k0[MAXE], k1[MAXE];
+	size_t ps = pgsz();
+	struct lazymap *lm;
+	char *w = window_open(), *a = w + 8 * ps, *p, *foreign;
+	int nt, nk;
+
+	lm = open_or_skip(NULL);
+	cr_assert_eq(lazymap_map(lm, (void **)&a, 8 * ps, RW, ANON | LAZYMAP_FIXED, -1, 0), 0);
+	cr_assert_eq(a, w + 8 * ps);
+	a[0] = 7;
+	foreign = mmap(w + 32 * ps, 4 * ps, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	cr_assert_eq(foreign, w + 32 * ps);
+	foreign[ps] = 9;
+	nt = tree_read(lm, t0, MAXE);
+	nk = maps_read((uintptr_t)w, (uintptr_t)w + WIN * ps, k0, MAXE);
+
+	/* over our region: wholly, its tail, from before it */
+	char *over[] = { a, a + 4 * ps, a - 2 * ps, a + 7 * ps };
+	for (size_t i = 0; i < sizeof(over) / sizeof(over[0]); i++) {
+		p = over[i];
+		cr_assert_eq(lazymap_map(lm, (void **)&p, 4 * ps, RW, ANON | LAZYMAP_FIXED, -1, 0),
+			     -EEXIST, "at %p", (void *)over[i]);
+		cr_assert_eq(p, over[i]);
+	}
+	/* over the program's mapping, or ending in it */
+	p = foreign + ps;
+	cr_assert_eq(lazymap_map(lm, (void **)&p, ps, RW, ANON | LAZYMAP_FIXED, -1, 0), -EEXIST);
+	p = foreign - 2 * ps;
+	cr_assert_eq(lazymap_map(lm, (void **)&p, 4 * ps, RW, ANON | LAZYMAP_FIXED, -1, 0), -EEXIST);
+	/* malformed */
+	p = w + 40 * ps + 1;
+	cr_assert_eq(lazymap_map(lm, (void **)&p, ps, RW, ANON | LAZYMAP_FIXED, -1, 0), -EINVAL);
+	p = w + 40 * ps;
+	cr_assert_eq(lazymap_map(lm, (void **)&p, ps, RW, ANON | LAZYMAP_FIXED | LAZYMAP_HINT, -1, 0),
+		     -EINVAL);
+	p = (char *)(UINTPTR_MAX & ~(uintptr_t)(ps - 1));
+	cr_assert_eq(lazymap_map(lm, (void **)&p, 2 * ps, RW, ANON | LAZYMAP_FIXED, -1, 0), -EINVAL);
+
+	/* nothing changed */
+	cr_assert_eq(tree_read(lm, t1, MAXE), nt);
+	cr_assert_eq(maps_read((uintptr_t)w, (uintptr_t)w + WIN * ps, k1, MAXE), nk);
+	for (int i = 0; i < nt; i++)
+		cr_assert(t1[i].start == t0[i].start && t1[i].end == t0[i].end);
+	for (int i = 0; i < nk; i++)
+		cr_assert(k1[i].start == k0[i].start && k1[i].end == k0[i].end &&
+			  !strcmp(k1[i].perms, k0[i].perms));
+	cr_assert_eq(a[0], 7);
+	cr_assert_eq(foreign[ps], 9);
+
+	/* a free place: exactly there, right between the two */
+	p = foreign - 4 * ps;
+	cr_assert_eq(lazymap_map(lm, (void **)&p, 4 * ps, RW, ANON | LAZYMAP_FIXED, -1, 0), 0);
+	cr_assert_eq(p, foreign - 4 * ps);
+	p = a + 8 * ps;
+	cr_assert_eq(lazymap_map(lm, (void **)&p, 4 * ps, PROT_READ, ANON | LAZYMAP_FIXED, -1, 0), 0);
+	cr_assert_eq(p, a + 8 * ps);
+	cr_assert_eq(p[ps], 0);
+	expect_served(foreign - 4 * ps, 4 * ps);
+	cr_assert_eq(foreign[ps], 9);
+	expect_mirror(lm);
+	cr_assert_eq(lazymap_close(lm), 0);
+	window_close(w);
 }
