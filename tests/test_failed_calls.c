@@ -65,6 +65,10 @@ static void mapfill_take(struct mapfill *mf)
 	long max = max_map_count();
 	int err = 0;
 
+#ifdef __SANITIZE_THREAD__
+	/* Its allocator maps and unmaps for itself, and aborts when it cannot. */
+	cr_skip_test("ThreadSanitizer cannot run at the mapping limit (vm.max_map_count)");
+#endif
 	cr_assert_gt(max, 0, "cannot read /proc/sys/vm/max_map_count");
 	mf->npages = 2 * (size_t)max + 4;
 	mf->base = mmap(NULL, mf->npages * ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
@@ -452,12 +456,24 @@ Test(failed_calls, dump_into_its_own_region_while_others_map_does_not_hang, .tim
  * above AddressSanitizer's shadow, below its allocator. Released with
  * window_close after the lazymap is closed (it unmaps all that is left).
  */
+#ifdef __SANITIZE_THREAD__
+/* ThreadSanitizer lets a program map only in its application ranges (it
+ * aborts on anything else): the one of position-independent binaries. */
+#define WINDOW_LO   0x560000000000ul
+#define WINDOW_HI   0x568000000000ul
+#define WINDOW_STEP (1ul << 36)
+#else
+#define WINDOW_LO   0x300000000000ul
+#define WINDOW_HI   0x380000000000ul
+#define WINDOW_STEP (1ul << 40)
+#endif
+
 static char *window_open(void)
 {
 	size_t ps = pgsz();
 	char *g = MAP_FAILED;
 
-	for (uintptr_t at = 0x300000000000; g == MAP_FAILED && at < 0x380000000000; at += 1ul << 40)
+	for (uintptr_t at = WINDOW_LO; g == MAP_FAILED && at < WINDOW_HI; at += WINDOW_STEP)
 		g = mmap((void *)at, (WIN + 2) * ps, PROT_NONE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 	cr_assert_neq(g, MAP_FAILED, "%s", strerror(errno));
