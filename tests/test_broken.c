@@ -47,9 +47,15 @@ static void break_handler(struct lazymap *lm, char *page)
 	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
 	cr_assert_geq(null, 0);
+	/*
+	 * Asleep first: its epoll_wait holds the real epoll set, and the touch
+	 * below is served. A handler not yet asleep (just started, or polling)
+	 * would sleep on /dev/null at once and break before the touch.
+	 */
+	wait_handlers_asleep(lm, 1, "before the break");
 	cr_assert_geq(dup2(null, lm->handlers[0].epfd), 0);
 	close(null);
-	/* A fault wakes the handler if it sleeps already; it then sleeps anew. */
+	/* The fault wakes the handler; it then sleeps anew, on /dev/null. */
 	cr_assert_eq(touch(page, -1, NULL).signo, 0, "a touch before the break must be served");
 	for (double t0 = now_s(); !broken_errno(lm); usleep(1000))
 		cr_assert_lt(now_s() - t0, 10, "the handler never noticed its broken epoll set");
@@ -78,8 +84,14 @@ Test(broken, faults_get_sigbus_and_calls_eio_after_a_handler_breaks, .timeout = 
 	break_handler(lm, p + ps);
 
 	cr_assert_eq(broken_errno(lm), EINVAL, "stats.broken = %lu", (unsigned long)broken_errno(lm));
-	pthread_mutex_lock(&lb.lock);
-	cr_assert_geq(lb.n, 1, "the log hook heard nothing");
+	/* The handler says so once it has marked the lazymap broken: wait for its word. */
+	for (double t0 = now_s();; usleep(1000)) {
+		pthread_mutex_lock(&lb.lock);
+		if (lb.n >= 1 || now_s() - t0 > 10)
+			break;
+		pthread_mutex_unlock(&lb.lock);
+	}
+	cr_assert_geq(lb.n, 1, "the log hook heard nothing in 10 s");
 	cr_assert_eq(lb.level, LOG_ERR);
 	cr_assert(strstr(lb.last, "epoll_wait"), "log: %s", lb.last);
 	pthread_mutex_unlock(&lb.lock);
