@@ -49,7 +49,13 @@ extern "C" {
  * One userfaultfd, its handler threads and its mirror of the VMAs it serves.
  * Opaque. A handle is like a file descriptor: after lazymap_close() every call
  * on it returns -EBADF (unless the allocator has handed the same address to a
- * newer lazymap, exactly as a closed fd number can be reused).
+ * newer lazymap, exactly as a closed fd number can be reused). A lazymap
+ * belongs to the process that opened it: in a child made by fork(), every
+ * call on an inherited handle returns -EBADF and leaves the parent's lazymap
+ * alone. Its descriptors are its own too: a program that closes or dup2()s
+ * over them (a loop closing every descriptor, say) breaks it; the library
+ * notices a userfaultfd that is no longer one and breaks loudly (see
+ * lazymap_close), but cannot always tell.
  */
 struct lazymap;
 
@@ -112,9 +118,13 @@ struct lazymap_opts {
  * readahead_max, and up to eight more for file reads in flight (as many as
  * fit in 16 MiB, but at least three); a handler pins its file-read area
  * (RLIMIT_MEMLOCK permitting) at its first file read.
- * Errors: -EINVAL size below LAZYMAP_OPTS_SIZE_VER0; -E2BIG size larger
- *         than this library's struct with non-zero bytes beyond it (an
- *         option this library does not have); -EPERM userfaultfd is not available to this process (not root and
+ * Errors: -EINVAL size below LAZYMAP_OPTS_SIZE_VER0 (size is not looked at
+ *         when opts is NULL); -E2BIG size larger than this library's struct
+ *         with non-zero bytes beyond it (an option this library does not
+ *         have), or larger than 4096; -EINVAL an option out of its range
+ *         (handler_threads <= 256, queue_depth <= 32768, readahead_max <=
+ *         64 MiB, spin_us <= 1000000, each but for its special values);
+ *         -EPERM userfaultfd is not available to this process (not root and
  *         vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd);
  *         -ENOSYS kernel without userfaultfd; -EINVAL bad option;
  *         -EOPNOTSUPP opts->daemon or opts->resident_limit set (not available
@@ -326,8 +336,9 @@ LAZYMAP_API int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st
  *   start-end perms offset source
  * from a copy taken at once, with no lock held while writing: out may be
  * any stream, even one whose buffer lies in a region of this lazymap.
- * Returns the number of VMAs printed.
- * Errors: -EINVAL out is NULL; -ENOMEM no memory for the copy.
+ * Returns the number of VMAs printed, after flushing out.
+ * Errors: -EINVAL out is NULL; -ENOMEM no memory for the copy; the errno of
+ *         a write to out that failed (-ENOSPC, -EPIPE...; -EIO if none).
  */
 LAZYMAP_API int lazymap_dump(struct lazymap *lm, FILE *out);
 

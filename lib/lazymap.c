@@ -36,6 +36,35 @@ static struct lazymap *registry;
 
 static void lazymap_put(struct lazymap *lm);
 
+/*
+ * A child made by fork has none of our threads, and the descriptors it
+ * inherited are the parent's lazymaps' own (a userfaultfd acts on the mm
+ * that opened it: an unregister from the child would drop the parent's
+ * regions). So the child forgets its copies of the handles: every call on
+ * one is -EBADF there and touches nothing (their memory stays, copied).
+ */
+static void registry_prefork(void)
+{
+	pthread_mutex_lock(&registry_lock);
+}
+
+static void registry_parent(void)
+{
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_child(void)
+{
+	registry = NULL;
+	pthread_mutex_init(&registry_lock, NULL);
+	pthread_cond_init(&registry_cond, NULL);
+}
+
+static void registry_atfork(void)
+{
+	pthread_atfork(registry_prefork, registry_parent, registry_child);
+}
+
 /* Pin lm for one API call; -EBADF if it is not open. Broken or not. */
 static int lazymap_get_any(struct lazymap *lm)
 {
@@ -150,6 +179,8 @@ static int opts_copy(struct lazymap_opts *o, const struct lazymap_opts *opts, si
 		return 0;
 	if (size < LAZYMAP_OPTS_SIZE_VER0)
 		return -EINVAL;
+	if (size > 4096)
+		return -E2BIG; /* as openat2: no struct of ours will be that large */
 	for (size_t i = sizeof(*o); i < size; i++)
 		if (((const char *)opts)[i])
 			return -E2BIG;
@@ -238,6 +269,9 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	if (ret)
 		goto fail;
 
+	static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&atfork_once, registry_atfork);
 	pthread_mutex_lock(&registry_lock);
 	lm->next_open = registry;
 	registry = lm;
@@ -335,14 +369,17 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 		return -EINVAL;
 	if (fd < 0)
 		return -EBADF;
-	if (kind == LAZYMAP_SHARED)
-		return -EOPNOTSUPP; /* shared write-back comes with its own issue */
 
 	struct backing *b;
 
+	/* The descriptor's own errors first, as mmap gives them. */
 	ret = lzm_backing_open(fd, flags & LAZYMAP_DIRECT, &b);
 	if (ret)
 		return ret;
+	if (kind == LAZYMAP_SHARED) {
+		lzm_backing_put(b);
+		return -EOPNOTSUPP; /* shared write-back comes with its own issue */
+	}
 	ret = lzm_source_new_file(len >> lzm_page_shift, b, (uint64_t)offset >> lzm_page_shift,
 			      flags & LAZYMAP_DIRECT, &src);
 	lzm_backing_put(b); /* the source holds its own reference */

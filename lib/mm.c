@@ -477,12 +477,19 @@ int lzm_mm_dump(struct mm *mm, FILE *out)
 		};
 	pthread_rwlock_unlock(&mm->lock);
 
-	for (size_t i = 0; i < n; i++)
-		fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",
-			(unsigned long)lines[i].start, (unsigned long)lines[i].end,
-			lines[i].prot & PROT_READ ? 'r' : '-', lines[i].prot & PROT_WRITE ? 'w' : '-',
-			lines[i].flags & LAZYMAP_SHARED ? 's' : 'p',
-			(unsigned long long)lines[i].offset, lines[i].source);
+	int err = 0;
+
+	for (size_t i = 0; i < n && !err; i++)
+		if (fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",
+			    (unsigned long)lines[i].start, (unsigned long)lines[i].end,
+			    lines[i].prot & PROT_READ ? 'r' : '-',
+			    lines[i].prot & PROT_WRITE ? 'w' : '-',
+			    lines[i].flags & LAZYMAP_SHARED ? 's' : 'p',
+			    (unsigned long long)lines[i].offset, lines[i].source) < 0)
+			err = errno ? -errno : -EIO;
+	/* What the stream could not write, now or at its flush, is the caller's to know. */
+	if (!err && fflush(out))
+		err = errno ? -errno : -EIO;
 	free(lines);
-	return (int)n;
+	return err ? err : (int)n;
 }

@@ -99,6 +99,9 @@ Test(abi, a_newer_caller_is_refused_only_for_what_it_sets)
 	/* Too small to be any version. */
 	cr_assert_eq(lazymap_open_sized(&lm, &newer.o, LAZYMAP_OPTS_SIZE_VER0 - 1), -EINVAL);
 	cr_assert_eq(lazymap_open_sized(&lm, &newer.o, 0), -EINVAL);
+	/* Larger than any struct of ours will be: refused before it is read. */
+	cr_assert_eq(lazymap_open_sized(&lm, &newer.o, 4097), -E2BIG);
+	cr_assert_eq(lazymap_open_sized(&lm, &newer.o, SIZE_MAX), -E2BIG);
 
 	/* Zero beyond our struct: nothing asked that we lack. */
 	newer.future[1] = 0;

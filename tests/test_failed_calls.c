@@ -663,3 +663,18 @@ Test(failed_calls, map_fixed_is_exact_or_eexist_and_never_replaces)
 	cr_assert_eq(lazymap_close(lm), 0);
 	window_close(w);
 }
+
+/* A stream that cannot take the dump: its errno, not a count. */
+Test(failed_calls, dump_to_a_full_device_is_enospc)
+{
+	struct lazymap *lm = open_or_skip(NULL);
+	FILE *full = fopen("/dev/full", "w");
+	void *p;
+
+	if (!full)
+		cr_skip_test("/dev/full: %s", strerror(errno));
+	cr_assert_eq(lazymap_map(lm, &p, 1 << 20, PROT_READ, LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	cr_assert_eq(lazymap_dump(lm, full), -ENOSPC);
+	fclose(full);
+	cr_assert_eq(lazymap_close(lm), 0);
+}

@@ -96,3 +96,19 @@ Test(mmap_errors, huge_length_with_a_valid_offset_is_einval, .init = setup, .fin
 		     -EINVAL);
 	close(fd);
 }
+
+/* Shared file mappings are not available yet, but a bad descriptor is told
+ * so first, as mmap would. */
+Test(mmap_errors, shared_mappings_check_the_descriptor_first, .init = setup, .fini = teardown)
+{
+	int pfd[2], fd = open_or_skip_file("/proc/self/exe", O_RDONLY);
+	void *q;
+
+	cr_assert_eq(pipe(pfd), 0);
+	cr_assert_eq(lazymap_map(lm, &q, pgsz(), PROT_READ, LAZYMAP_SHARED, pfd[0], 0), -ENODEV);
+	close(pfd[0]);
+	cr_assert_eq(lazymap_map(lm, &q, pgsz(), PROT_READ, LAZYMAP_SHARED, pfd[0], 0), -EBADF);
+	close(pfd[1]);
+	cr_assert_eq(lazymap_map(lm, &q, pgsz(), PROT_READ, LAZYMAP_SHARED, fd, 0), -EOPNOTSUPP);
+	close(fd);
+}
