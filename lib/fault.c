@@ -477,7 +477,9 @@ void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool wri
 
 	/* Around a lone fault of a synchronous source: the rest of its block. */
 	bool around = n == 1 && !v->src->ops->read && !(v->flags & LAZYMAP_SHARED) &&
-		      v->advice != LAZYMAP_ADV_RANDOM;
+		      v->advice != LAZYMAP_ADV_RANDOM &&
+		      /* a slow callback would only be kept busy for pages nobody asked for */
+		      !atomic_load_explicit(&v->src->slow, memory_order_relaxed);
 
 	if (!source_produces(v->src)) {
 		if (lzm_fill_zero(h, mm, v, addr, idx, n, write, addr) == 0 && around)

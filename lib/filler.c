@@ -4,9 +4,11 @@
  * themselves slow (one call over a millisecond), so that a slow producer
  * stalls only the faults that need its pages while the handlers serve the
  * rest. None runs until a source is slow; then up to MAX_FILLERS start, one
- * more whenever work is queued and none is idle. A filler is a struct
- * handler without a userfaultfd or a ring: its counters, staging run and log
- * queue are a handler's.
+ * more whenever work is queued and none is idle. Runs a fault waits for go
+ * first, and runs nobody waits for yet (prefetch) may take all fillers but
+ * one: a slow prefetch never holds up a fault for longer than one call. A
+ * filler is a struct handler without a userfaultfd or a ring: its counters,
+ * staging run and log queue are a handler's.
  */
 #include <errno.h>
 #include <signal.h>
@@ -26,6 +28,41 @@ int lzm_fillers_init(struct lazymap *lm)
 	return 0;
 }
 
+static void queue_push(struct fill_queue *q, struct fill_req *req)
+{
+	req->next = NULL;
+	if (q->tail)
+		q->tail->next = req;
+	else
+		q->head = req;
+	q->tail = req;
+}
+
+static struct fill_req *queue_pop(struct fill_queue *q)
+{
+	struct fill_req *req = q->head;
+
+	if (req) {
+		q->head = req->next;
+		if (!q->head)
+			q->tail = NULL;
+	}
+	return req;
+}
+
+/* The next run for a filler, or NULL; lock held. */
+static struct fill_req *next_run(struct fillers *fs, bool *ahead)
+{
+	struct fill_req *req = queue_pop(&fs->asked);
+
+	*ahead = false;
+	if (!req && fs->ahead_running < MAX_FILLERS - 1) {
+		req = queue_pop(&fs->ahead);
+		*ahead = req != NULL;
+	}
+	return req;
+}
+
 static void *filler_main(void *arg)
 {
 	struct handler *h = arg;
@@ -37,24 +74,24 @@ static void *filler_main(void *arg)
 	pthread_mutex_lock(&fs->lock);
 	for (;;) {
 		struct fill_req *req;
+		bool ahead;
 
-		while (!fs->head && !fs->stop) {
+		while (!fs->stop && !(req = next_run(fs, &ahead))) {
 			fs->idle++;
 			pthread_cond_wait(&fs->cond, &fs->lock);
 			fs->idle--;
 		}
 		if (fs->stop)
 			break;
-		req = fs->head;
-		fs->head = req->next;
-		if (!fs->head)
-			fs->tail = NULL;
+		fs->ahead_running += ahead;
 		pthread_mutex_unlock(&fs->lock);
 
 		stat_add(&h->stats.offloaded_fills, 1);
 		lzm_fill_req_run(h, req, h->pool.run);
 		lzm_log_flush(lm);
 		pthread_mutex_lock(&fs->lock);
+		if (ahead && fs->ahead_running-- == MAX_FILLERS - 1)
+			pthread_cond_signal(&fs->cond); /* an ahead run may start again */
 	}
 	pthread_mutex_unlock(&fs->lock);
 	return NULL;
@@ -107,12 +144,7 @@ int lzm_fillers_queue(struct lazymap *lm, struct fill_req *req)
 		if (ret)
 			goto out;
 	}
-	req->next = NULL;
-	if (fs->tail)
-		fs->tail->next = req;
-	else
-		fs->head = req;
-	fs->tail = req;
+	queue_push(req->asked ? &fs->asked : &fs->ahead, req);
 	pthread_cond_signal(&fs->cond);
 out:
 	pthread_mutex_unlock(&fs->lock);
@@ -129,15 +161,21 @@ void lzm_fillers_stop(struct lazymap *lm)
 	pthread_mutex_lock(&fs->lock);
 	fs->stop = true;
 	pthread_cond_broadcast(&fs->cond);
-	req = fs->head;
-	fs->head = fs->tail = NULL;
 	pthread_mutex_unlock(&fs->lock);
-	for (; req; req = next) {
-		next = req->next;
-		lzm_fault_abandon(req);
-	}
+	/* Joined first: none of them takes from the queues any more. */
 	for (unsigned i = 0; i < fs->started; i++) {
 		pthread_join(fs->f[i].thread, NULL);
 		lzm_pool_destroy(&fs->f[i].pool);
+	}
+	struct fill_queue *queues[] = { &fs->asked, &fs->ahead };
+
+	for (unsigned i = 0; i < 2; i++) {
+		struct fill_queue *q = queues[i];
+
+		for (req = q->head; req; req = next) {
+			next = req->next;
+			lzm_fault_abandon(req);
+		}
+		q->head = q->tail = NULL;
 	}
 }

@@ -467,11 +467,17 @@ size_t lzm_readahead_ahead(struct handler *h, struct mm *mm, struct vma *v, uint
  */
 #define MAX_FILLERS 4
 
+struct fill_queue {
+	struct fill_req *head, *tail;
+};
+
 struct fillers {
 	pthread_mutex_t lock;        /* protects all below but the insides of f[] */
 	pthread_cond_t cond;         /* work queued, or stop */
-	struct fill_req *head, *tail;
+	struct fill_queue asked;     /* runs a fault waits for: first */
+	struct fill_queue ahead;     /* runs nobody waits for yet (prefetch) */
 	unsigned started, idle;
+	unsigned ahead_running;      /* at most MAX_FILLERS - 1: one is kept for faults */
 	bool stop;
 	struct handler *f;           /* MAX_FILLERS: stats, staging run, log queue */
 };

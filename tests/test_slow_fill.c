@@ -198,3 +198,32 @@ Test(slow_fill, a_slow_callback_stalls_only_its_own_faults, .timeout = 120)
 		      (unsigned long)st.offloaded_fills);
 	cr_assert_eq(lazymap_close(lm), 0);
 }
+
+/* A prefetch of a slow region may keep fillers busy, never all of them. */
+Test(slow_fill, a_held_up_prefetch_leaves_a_filler_for_faults, .timeout = 120)
+{
+	struct lazymap *lm = open_one_handler();
+	size_t ps = pgsz(), npages = 1024;
+	struct op other;
+	char *a;
+
+	gate.hold = false;
+	gate.hold_from = 512 * ps;
+	gate.delay_us = 2000; /* over the 1 ms that marks a source slow */
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&a, npages * ps, PROT_READ, gated_fill, NULL), 0);
+	cr_assert_eq(a[ps], (char)ps); /* known slow from now on */
+
+	pthread_mutex_lock(&gate.lock);
+	gate.hold = true;
+	pthread_mutex_unlock(&gate.lock);
+	/* Far more runs than fillers, every one held at the gate. */
+	cr_assert_eq(lazymap_prefetch(lm, a + 512 * ps, 512 * ps), 0);
+	gate_wait_for_a_caller();
+
+	other = (struct op){ .p = a + 100 * ps };
+	must_finish("a fault while a prefetch holds the fillers", touch_page, &other);
+	cr_assert_eq(other.seen, (char)(100 * ps));
+
+	gate_open();
+	cr_assert_eq(lazymap_close(lm), 0);
+}
