@@ -61,10 +61,12 @@ static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg 
 			lzm_fault_handle(h, mm, addr, m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE);
 			break;
 		default:
-			/* We negotiate no event features yet: the kernel said something new. */
-			lzm_log(h->lm, LOG_WARNING, "unexpected userfaultfd event %u ignored",
-				m->event);
-			break;
+			/*
+			 * We negotiate no event features: this descriptor is no
+			 * longer our userfaultfd (the program dup2()'d over it).
+			 */
+			lzm_handler_break(h, EBADF, "a message that is no userfaultfd's");
+			return;
 		}
 	}
 }
@@ -232,7 +234,7 @@ static bool spin_again(struct handler *h, struct spin *sp, uint64_t window_ns)
  * nobody hangs: the first handler to break answers every fault from now on
  * with SIGBUS (serve_broken); the others leave their loops at once.
  */
-static void handler_break(struct handler *h, int err, const char *what)
+void lzm_handler_break(struct handler *h, int err, const char *what)
 {
 	struct lazymap *lm = h->lm;
 	int none = 0;
@@ -253,17 +255,17 @@ static void serve_broken(struct handler *h)
 	struct lazymap *lm = h->lm;
 	struct mm *mm = &lm->mm;
 	struct uffd_msg msgs[BATCH];
-	struct pollfd pfd[2] = { { .fd = mm->uffd, .events = POLLIN },
+	struct pollfd pfd[2] = { { .fd = mm->uffd_keep, .events = POLLIN },
 				 { .fd = lm->stop_efd, .events = POLLIN } };
 
 	/* Faults whose messages were read but never answered: let them come again. */
 	pthread_rwlock_rdlock(&mm->lock);
 	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
-		lzm_uffd_wake(mm->uffd, v->start, v->end - v->start);
+		lzm_uffd_wake(mm->uffd_keep, v->start, v->end - v->start);
 	pthread_rwlock_unlock(&mm->lock);
 
 	while (!atomic_load_explicit(&lm->stopping, memory_order_acquire)) {
-		int n = lzm_uffd_read(mm->uffd, msgs, BATCH);
+		int n = lzm_uffd_read(mm->uffd_keep, msgs, BATCH);
 
 		for (int i = 0; i < n; i++) {
 			uintptr_t addr = (uintptr_t)msgs[i].arg.pagefault.address &
@@ -273,8 +275,8 @@ static void serve_broken(struct handler *h)
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
 				continue;
 			stat_add(&h->stats.io_errors, 1);
-			if (lzm_uffd_poison(mm->uffd, addr, lzm_page_size, &done) == -EEXIST)
-				lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
+			if (lzm_uffd_poison(mm->uffd_keep, addr, lzm_page_size, &done) == -EEXIST)
+				lzm_uffd_wake(mm->uffd_keep, addr, lzm_page_size);
 		}
 		if (n > 0)
 			continue;
@@ -325,7 +327,7 @@ static void *handler_main(void *arg)
 			continue;
 		}
 		if (n < 0 && n != -EAGAIN) {
-			handler_break(h, -n, "read(userfaultfd)");
+			lzm_handler_break(h, -n, "read(userfaultfd)");
 			break;
 		}
 		if (atomic_load_explicit(&lm->stopping, memory_order_acquire))
@@ -366,7 +368,7 @@ static void *handler_main(void *arg)
 
 		stat_add(&h->stats.sleeps, 1);
 		if (epoll_wait(h->epfd, ev, 4, -1) < 0 && errno != EINTR) {
-			handler_break(h, errno, "epoll_wait");
+			lzm_handler_break(h, errno, "epoll_wait");
 			break;
 		}
 		sp.since = 0;
@@ -487,6 +489,11 @@ void lzm_handlers_stop(struct lazymap *lm)
 		return;
 	atomic_store_explicit(&lm->stopping, true, memory_order_release);
 	lzm_efd_signal(lm->stop_efd);
+	/* Each one's own eventfd too: one descriptor closed by mistake must not
+	 * leave a handler asleep for ever. */
+	for (unsigned i = 0; i < lm->nhandlers; i++)
+		if (lm->handlers[i].handoff_efd >= 0)
+			lzm_efd_signal(lm->handlers[i].handoff_efd);
 	for (unsigned i = 0; i < lm->nhandlers; i++) {
 		struct handler *h = &lm->handlers[i];
 

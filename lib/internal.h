@@ -246,6 +246,13 @@ int lzm_uffd_read(int fd, struct uffd_msg *msgs, int max);
  */
 struct mm {
 	int uffd;
+	/*
+	 * A second descriptor of the same userfaultfd, used only once the
+	 * lazymap is broken: a program that closes our uffd by mistake must not
+	 * release it, since the kernel would then unregister every region and
+	 * hand out zeros for pages we never produced.
+	 */
+	int uffd_keep;
 	uint64_t features;       /* negotiated with UFFDIO_API */
 	/*
 	 * lock protects tree and every VMA's fields but ra_*. Readers: the fault
@@ -376,6 +383,8 @@ int lzm_handlers_start(struct lazymap *lm);
 void lzm_handlers_stop(struct lazymap *lm);
 /* Queue a prefetch range for the handlers (lazymap_prefetch; the rest of one). */
 void lzm_handlers_queue(struct lazymap *lm, struct prefetch *pf);
+/* h met an error it cannot go on from: the lazymap is broken (handler.c). */
+void lzm_handler_break(struct handler *h, int err, const char *what);
 /* Start the i-th window read ahead of a stream h took the fault of: on an
  * idle handler if there is one, else on h. */
 void lzm_handlers_start_ahead(struct handler *h, struct fill_req *req, unsigned i);

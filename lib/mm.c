@@ -6,6 +6,7 @@
  * kernel first and to the tree only once the kernel agreed.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -22,6 +23,12 @@ int lzm_mm_init(struct mm *mm, uint64_t features)
 		return ret;
 	ret = lzm_uffd_api(mm->uffd, features, &got);
 	if (ret) {
+		close(mm->uffd);
+		return ret;
+	}
+	mm->uffd_keep = fcntl(mm->uffd, F_DUPFD_CLOEXEC, 3);
+	if (mm->uffd_keep < 0) {
+		ret = -errno;
 		close(mm->uffd);
 		return ret;
 	}
@@ -129,6 +136,7 @@ void lzm_mm_destroy(struct mm *mm)
 	lzm_mm_unmap_all(mm);
 	pthread_rwlock_destroy(&mm->lock);
 	close(mm->uffd);
+	close(mm->uffd_keep);
 }
 
 /* Two VMAs for the splits at the ends of a range, allocated before the lock

@@ -138,5 +138,8 @@ int lzm_uffd_read(int fd, struct uffd_msg *msgs, int max)
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return errno == EAGAIN ? 0 : -errno;
+	/* A userfaultfd never ends: end of file is some other file in its place. */
+	if (n == 0)
+		return -EBADF;
 	return (int)(n / (ssize_t)sizeof(*msgs));
 }

@@ -79,10 +79,16 @@ void lzm_uring_flush(struct handler *h)
 	while (u->queued) {
 		int ret = io_uring_submit(&u->ring);
 
-		if (ret > 0)
+		if (ret > 0) {
 			u->queued -= (unsigned)ret < u->queued ? (unsigned)ret : u->queued;
-		else if (ret != -EINTR)
-			break; /* EAGAIN/EBUSY: the next flush, after completions, retries */
+		} else if (ret == 0 || ret == -EAGAIN || ret == -EBUSY) {
+			break; /* the next flush, after completions, retries */
+		} else if (ret != -EINTR) {
+			/* The ring is gone (its descriptor closed under us): the
+			 * reads queued on it will never complete. */
+			lzm_handler_break(h, -ret, "io_uring_submit");
+			break;
+		}
 	}
 }
 

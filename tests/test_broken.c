@@ -156,3 +156,40 @@ Test(broken, silent_by_default_stderr_when_lazymap_log_asks, .timeout = 60)
 	cr_assert_eq(stderr_of_a_break("0"), 0, "LAZYMAP_LOG=0 printed");
 	cr_assert_gt(stderr_of_a_break("1"), 0, "LAZYMAP_LOG=1 printed nothing");
 }
+
+static int fill_5a(void *page, size_t len, uint64_t offset, void *arg)
+{
+	(void)offset;
+	(void)arg;
+	memset(page, 0x5a, len);
+	return 0;
+}
+
+/*
+ * The program closes the lazymap's userfaultfd by mistake. Were that the last
+ * reference, the kernel would unregister every region and hand out zeros for
+ * pages never produced: the library keeps one of its own, notices, and
+ * answers with SIGBUS.
+ */
+Test(broken, a_closed_userfaultfd_gives_sigbus_never_zeros, .timeout = 60)
+{
+	struct lazymap_opts o = { .handler_threads = 1 };
+	struct lazymap *lm = open_or_skip(&o);
+	size_t ps = pgsz(), len = 64 * ps;
+	char *p, c = 0;
+
+	touch_install();
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&p, len, PROT_READ, fill_5a, NULL), 0);
+	cr_assert_eq(lazymap_advise(lm, p, len, LAZYMAP_ADV_RANDOM), 0);
+	cr_assert_eq(touch(p, -1, &c).signo, 0);
+	cr_assert_eq(c, 0x5a);
+	cr_assert_eq(close(lm->mm.uffd), 0);
+	for (int i = 1; i < 8; i++) {
+		struct touch_fault f = touch(p + i * ps, -1, &c);
+
+		cr_assert_eq(f.signo, SIGBUS, "page %d after the close: signal %d, byte %#x", i,
+			     f.signo, (unsigned char)c);
+	}
+	cr_assert_eq(broken_errno(lm), EBADF);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
