@@ -384,6 +384,25 @@ static inline int maps_read(uintptr_t lo, uintptr_t hi, struct maps_entry *out, 
 	return n;
 }
 
+/*
+ * Join neighbours with equal perms, in place; returns how many are left. The
+ * kernel merges VMAs that the tree keeps apart (regions mapped separately)
+ * and keeps apart what the tree merges (anon_vma rules): compare both
+ * sides coalesced.
+ */
+static inline int maps_coalesce(struct maps_entry *e, int n)
+{
+	int m = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (m && e[m - 1].end == e[i].start && !strcmp(e[m - 1].perms, e[i].perms))
+			e[m - 1].end = e[i].end;
+		else
+			e[m++] = e[i];
+	}
+	return m;
+}
+
 /* lazymap_dump() parsed back: our tree's VMAs in order. */
 static inline int tree_read(struct lazymap *lm, struct maps_entry *out, int max)
 {

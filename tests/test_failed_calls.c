@@ -486,21 +486,6 @@ static void window_close(char *w)
 	cr_assert_eq(munmap(w - pgsz(), (WIN + 2) * pgsz()), 0);
 }
 
-/* Join neighbours with equal perms: the kernel merges regions of ours that
- * the tree keeps apart, and keeps apart what it cannot merge. */
-static int coalesce(struct maps_entry *e, int n)
-{
-	int m = 0;
-
-	for (int i = 0; i < n; i++) {
-		if (m && e[m - 1].end == e[i].start && !strcmp(e[m - 1].perms, e[i].perms))
-			e[m - 1].end = e[i].end;
-		else
-			e[m++] = e[i];
-	}
-	return m;
-}
-
 /* The tree says what /proc/self/maps says of our ranges. */
 static void expect_mirror(struct lazymap *lm)
 {
@@ -508,9 +493,9 @@ static void expect_mirror(struct lazymap *lm)
 	int nt = tree_read(lm, t, MAXE);
 
 	cr_assert_geq(nt, 0);
-	nt = coalesce(t, nt);
+	nt = maps_coalesce(t, nt);
 	for (int i = 0; i < nt; i++) {
-		int nk = coalesce(k, maps_read(t[i].start, t[i].end, k, MAXE));
+		int nk = maps_coalesce(k, maps_read(t[i].start, t[i].end, k, MAXE));
 
 		cr_assert(nk == 1 && k[0].start == t[i].start && k[0].end == t[i].end &&
 			  !strcmp(k[0].perms, t[i].perms),

@@ -16,21 +16,6 @@
 
 static struct maps_entry tree_e[MAXE], kern_e[MAXE];
 
-/* Join neighbours with equal perms: the kernel merges VMAs that we keep
- * apart (separately mapped regions) and vice versa (anon_vma rules). */
-static int coalesce(struct maps_entry *e, int n)
-{
-	int m = 0;
-
-	for (int i = 0; i < n; i++) {
-		if (m && e[m - 1].end == e[i].start && !strcmp(e[m - 1].perms, e[i].perms))
-			e[m - 1].end = e[i].end;
-		else
-			e[m++] = e[i];
-	}
-	return m;
-}
-
 /* Every page of every VMA of ours is mapped by the kernel with the same perms,
  * and no kernel VMA reaches outside our ranges. */
 static struct maps_entry all_e[MAXE];
@@ -41,7 +26,7 @@ static void check_against_kernel(struct lazymap *lm)
 
 	cr_assert_geq(nt, 0);
 	cr_assert_gt(na, 0);
-	nt = coalesce(tree_e, nt);
+	nt = maps_coalesce(tree_e, nt);
 	for (int i = 0; i < nt; i++) {
 		int nk = 0;
 
@@ -51,7 +36,7 @@ static void check_against_kernel(struct lazymap *lm)
 
 		cr_assert_gt(nk, 0, "%#lx-%#lx is in the tree, not in /proc/self/maps",
 			     (unsigned long)tree_e[i].start, (unsigned long)tree_e[i].end);
-		nk = coalesce(kern_e, nk);
+		nk = maps_coalesce(kern_e, nk);
 		cr_assert_eq(nk, 1, "%#lx-%#lx: the kernel has %d ranges there",
 			     (unsigned long)tree_e[i].start, (unsigned long)tree_e[i].end, nk);
 		cr_assert(kern_e[0].start <= tree_e[i].start && kern_e[0].end >= tree_e[i].end,
@@ -218,8 +203,8 @@ Test(mirror, random_map_unmap_protect_matches_maps_and_model)
 			strcpy(model[i].perms, perm_str(m[i].prot));
 		}
 		qsort(model, (size_t)np, sizeof(model[0]), cmp_entry);
-		nm = coalesce(model, np);
-		nt = coalesce(tree_e, nt);
+		nm = maps_coalesce(model, np);
+		nt = maps_coalesce(tree_e, nt);
 		cr_assert_eq(nt, nm, "seed %#lx op %d: tree has %d ranges, model %d",
 			     (unsigned long)seed, op, nt, nm);
 		for (int i = 0; i < nt; i++)
