@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
 #include "compat.h"
 #include "internal.h"
@@ -240,14 +239,6 @@ static void req_drop(struct fill_req *req, size_t first, size_t n)
 /* A call longer than this marks its source slow: its fills leave the handlers. */
 #define SLOW_FILL_NS 1000000ull
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /*
  * Install cnt produced pages of req from first on (ok), or give them up:
  * poisoned if a fault asked for one of them, else back to never-filled, to
@@ -287,19 +278,18 @@ static void fill_install(struct handler *h, struct fill_req *req, size_t first, 
 static int fill_call(struct handler *h, struct fill_req *req, char *buf, size_t first, size_t cnt)
 {
 	struct source *src = req->src;
-	uint64_t t0 = now_ns();
+	uint64_t t0 = lzm_now_ns(), took;
 	int ret;
 
 	if (req->move)
 		lzm_pool_refill(buf, cnt); /* MOVE took the pages the last fill installed */
 	stat_add(&h->stats.fill_calls, 1);
 	ret = src->ops->fill(src, buf, req->idx + first, cnt);
-	if (now_ns() - t0 > SLOW_FILL_NS &&
-	    !atomic_load_explicit(&src->slow, memory_order_relaxed)) {
+	took = lzm_now_ns() - t0;
+	if (took > SLOW_FILL_NS && !atomic_load_explicit(&src->slow, memory_order_relaxed)) {
 		atomic_store_explicit(&src->slow, true, memory_order_relaxed);
 		lzm_log(h->lm, LOG_INFO, "a fill callback took %llu us: its region's fills "
-			"run on filler threads from now on",
-			(unsigned long long)((now_ns() - t0) / 1000));
+			"run on filler threads from now on", (unsigned long long)(took / 1000));
 	}
 	return ret;
 }

@@ -22,7 +22,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -30,14 +29,6 @@
 #define BATCH 64
 
 _Thread_local struct handler *lzm_current_handler;
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg *msgs, int n)
 {
@@ -207,7 +198,7 @@ struct spin {
 
 static bool spin_again(struct handler *h, struct spin *sp, uint64_t window_ns)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = lzm_now_ns();
 
 	if (!sp->since) {
 		sp->since = t0;
@@ -217,7 +208,7 @@ static bool spin_again(struct handler *h, struct spin *sp, uint64_t window_ns)
 		return false;
 	sched_yield();
 	if (h->cpu >= 0 && !h->inflight) {
-		if (now_ns() - t0 < QUICK_YIELD_NS)
+		if (lzm_now_ns() - t0 < QUICK_YIELD_NS)
 			sp->quick++;
 		else
 			sp->quick = 0;

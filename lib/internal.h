@@ -30,6 +30,9 @@
 extern size_t lzm_page_size;    /* set once, before main(), by a constructor */
 extern unsigned lzm_page_shift;
 
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t lzm_now_ns(void);
+
 /* Make a nonblocking eventfd readable; make it unreadable again. */
 void lzm_efd_signal(int fd);
 void lzm_efd_drain(int fd);

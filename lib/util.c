@@ -3,6 +3,7 @@
  * Small things every file needs: the page size, known before any lazymap
  * exists, the assertion sink, and eventfd signals.
  */
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -16,6 +17,14 @@ __attribute__((constructor)) static void util_init(void)
 
 	lzm_page_size = sz > 0 ? (size_t)sz : 4096;
 	lzm_page_shift = (unsigned)__builtin_ctzl(lzm_page_size);
+}
+
+uint64_t lzm_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 void lzm_efd_signal(int fd)

@@ -351,6 +351,15 @@ static inline struct touch_fault touch(char *p, int value, char *out)
 	return touch_last;
 }
 
+/* A fill callback that writes 0x5a into every byte it is asked for. */
+static inline int fill_5a(void *page, size_t len, uint64_t offset, void *arg)
+{
+	(void)offset;
+	(void)arg;
+	memset(page, 0x5a, len);
+	return 0;
+}
+
 /* ---- /proc/self/maps */
 
 struct maps_entry {

@@ -157,14 +157,6 @@ Test(broken, silent_by_default_stderr_when_lazymap_log_asks, .timeout = 60)
 	cr_assert_gt(stderr_of_a_break("1"), 0, "LAZYMAP_LOG=1 printed nothing");
 }
 
-static int fill_5a(void *page, size_t len, uint64_t offset, void *arg)
-{
-	(void)offset;
-	(void)arg;
-	memset(page, 0x5a, len);
-	return 0;
-}
-
 /*
  * The program closes the lazymap's userfaultfd by mistake. Were that the last
  * reference, the kernel would unregister every region and hand out zeros for

@@ -9,14 +9,6 @@
 
 #include "common.h"
 
-static int fill_5a(void *page, size_t len, uint64_t offset, void *arg)
-{
-	(void)offset;
-	(void)arg;
-	memset(page, 0x5a, len);
-	return 0;
-}
-
 Test(fork, a_child_cannot_touch_its_parents_lazymap, .timeout = 60)
 {
 	struct lazymap *lm = open_or_skip(NULL);

@@ -116,14 +116,6 @@ static struct lazymap *open_one_handler(void)
 	return open_or_skip(&o);
 }
 
-static void *touch_slow(void *arg)
-{
-	struct op *op = arg;
-
-	op->seen = *(volatile char *)op->p;
-	return NULL;
-}
-
 Test(slow_fill, map_and_unmap_never_wait_for_a_fill_callback, .timeout = 120)
 {
 	struct lazymap *lm = open_one_handler();
@@ -139,7 +131,7 @@ Test(slow_fill, map_and_unmap_never_wait_for_a_fill_callback, .timeout = 120)
 	cr_assert_eq(lazymap_advise(lm, a, 64 * ps, LAZYMAP_ADV_RANDOM), 0);
 	/* The source's first call: on the handler itself, held at the gate. */
 	slow = (struct op){ .p = a + 3 * ps };
-	cr_assert_eq(pthread_create(&t, NULL, touch_slow, &slow), 0);
+	cr_assert_eq(pthread_create(&t, NULL, touch_page, &slow), 0);
 	gate_wait_for_a_caller();
 
 	mu.lm = lm;
@@ -176,7 +168,7 @@ Test(slow_fill, a_slow_callback_stalls_only_its_own_faults, .timeout = 120)
 	gate.hold = true;
 	pthread_mutex_unlock(&gate.lock);
 	slow = (struct op){ .p = a + 40 * ps };
-	cr_assert_eq(pthread_create(&t, NULL, touch_slow, &slow), 0);
+	cr_assert_eq(pthread_create(&t, NULL, touch_page, &slow), 0);
 	gate_wait_for_a_caller();
 
 	/* Meanwhile: a fault elsewhere, another page of the same region, map and unmap. */
