@@ -311,7 +311,10 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(inflight_max, MAX, "most reads one handler had in flight at once")                    \
 	/* -- end of version 0 (LAZYMAP_STATS_SIZE_VER0) -- */                                  \
 	X(broken, NOW, "0, or the errno that stopped the handler threads (see lazymap_open)")   \
-	X(offloaded_fills, SUM, "fill calls run on a filler thread (the callback was slow)")
+	X(offloaded_fills, SUM, "fill calls run on a filler thread (the callback was slow)")    \
+	X(events, SUM, "the program's munmap, mremap, madvise and fork, applied to the tree")   \
+	X(children, NOW, "forked children whose copies of the regions are served now")          \
+	X(fork_followed, NOW, "1: forked children are served; 0: not (see lazymap_open)")
 
 /* Counters since lazymap_open. */
 struct lazymap_stats {
@@ -332,11 +335,14 @@ LAZYMAP_API int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st
 #define lazymap_stats(lm, st) lazymap_stats_sized((lm), (st), sizeof(struct lazymap_stats))
 
 /*
- * Print the VMA tree, one line per VMA, in /proc/self/maps style:
- *   start-end perms offset source
+ * Print every address space lm serves, this process first, then each forked
+ * child it serves: a line "# pid N", then its VMAs, one line each, in
+ * /proc/PID/maps style:
+ *   start-end perms offset 00:00 0 [lazymap:source]
  * from a copy taken at once, with no lock held while writing: out may be
  * any stream, even one whose buffer lies in a region of this lazymap.
- * Returns the number of VMAs printed, after flushing out.
+ * Returns the number of VMA lines printed (all address spaces), after
+ * flushing out.
  * Errors: -EINVAL out is NULL; -ENOMEM no memory for the copy; the errno of
  *         a write to out that failed (-ENOSPC, -EPIPE...; -EIO if none).
  */

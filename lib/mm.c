@@ -487,6 +487,8 @@ int lzm_mm_dump(struct mm *mm, FILE *out)
 
 	int err = 0;
 
+	if (fprintf(out, "# pid %d\n", (int)getpid()) < 0)
+		err = errno ? -errno : -EIO;
 	for (size_t i = 0; i < n && !err; i++)
 		if (fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",
 			    (unsigned long)lines[i].start, (unsigned long)lines[i].end,

@@ -412,7 +412,8 @@ static inline int maps_coalesce(struct maps_entry *e, int n)
 	return m;
 }
 
-/* lazymap_dump() parsed back: our tree's VMAs in order. */
+/* lazymap_dump() parsed back: this process's VMAs in order (the first
+ * "# pid" section; forked children's sections follow it). */
 static inline int tree_read(struct lazymap *lm, struct maps_entry *out, int max)
 {
 	char *buf = NULL, *line, *save = NULL;
@@ -428,8 +429,13 @@ static inline int tree_read(struct lazymap *lm, struct maps_entry *out, int max)
 		free(buf);
 		return ret;
 	}
+	int sections = 0;
+
 	for (line = strtok_r(buf, "\n", &save); line && n < max; line = strtok_r(NULL, "\n", &save)) {
 		unsigned long s, e;
+
+		if (!strncmp(line, "# pid ", 6) && ++sections > 1)
+			break;
 
 		if (sscanf(line, "%lx-%lx %4s", &s, &e, out[n].perms) != 3)
 			continue;
