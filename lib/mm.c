@@ -524,7 +524,10 @@ int lzm_mm_dump(struct mm *mm, FILE *out)
 
 	int err = 0;
 
-	if (fprintf(out, "# pid %d\n", mm->self ? (int)getpid() : atomic_load(&mm->pid)) < 0)
+	if (fprintf(out, "# pid %d faults %llu events %llu\n",
+		    mm->self ? (int)getpid() : atomic_load(&mm->pid),
+		    (unsigned long long)atomic_load(&mm->faults),
+		    (unsigned long long)atomic_load(&mm->events)) < 0)
 		err = errno ? -errno : -EIO;
 	for (size_t i = 0; i < n && !err; i++)
 		if (fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",
