@@ -8,6 +8,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
 #include <linux/userfaultfd.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -19,10 +22,113 @@
 #include "compat.h"
 #include "internal.h"
 
+/* ------------------------------------------------------------ reading */
+
+#define RING MSGRING_SIZE
+
+/*
+ * A FORK event of our own mm takes the socket made for that fork (while
+ * read_lock is held: lzm_fork_parent takes it too, once fork() returns, and
+ * closes what is left): its number rides in the message.
+ */
+static void take_watch(struct mm *mm, struct uffd_msg *msgs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		if (msgs[i].event != UFFD_EVENT_FORK)
+			continue;
+		msgs[i].arg.reserved.reserved2 = 0;
+		if (mm->self) {
+			int fd = atomic_exchange(&mm->lm->fork_watch, -1);
+
+			msgs[i].arg.reserved.reserved2 = (uint64_t)(fd + 1);
+		}
+	}
+}
+
+int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max)
+{
+	struct msgring *r = mm->ring;
+	int n;
+
+	pthread_mutex_lock(&mm->read_lock);
+	if (r && r->n) {
+		n = (int)r->n < max ? (int)r->n : max;
+		memcpy(msgs, r->m, (size_t)n * sizeof(*msgs));
+		r->n -= (unsigned)n;
+		memmove(r->m, r->m + n, r->n * sizeof(*msgs));
+		atomic_store_explicit(&mm->ring_count, r->n, memory_order_release);
+	} else {
+		n = lzm_uffd_read(mm->uffd, msgs, max);
+		take_watch(mm, msgs, n);
+	}
+	pthread_mutex_unlock(&mm->read_lock);
+	return n;
+}
+
 void lzm_mm_sync_events(struct mm *mm)
 {
-	pthread_mutex_lock(&mm->event_lock);
-	pthread_mutex_unlock(&mm->event_lock);
+	for (;;) {
+		pthread_mutex_lock(&mm->event_lock);
+		pthread_mutex_unlock(&mm->event_lock);
+		/* What the fork reader read is applied once a handler takes it. */
+		if (!atomic_load_explicit(&mm->ring_count, memory_order_acquire))
+			return;
+		sched_yield();
+	}
+}
+
+/*
+ * glibc's fork() holds its malloc locks from before the fork system call
+ * until after it, and the kernel makes fork wait until a FORK event is
+ * read: a handler that calls malloc (a fill request, a fill callback of the
+ * program's) at that moment waits for the fork that waits for it. So while
+ * a fork is in progress, this thread, which allocates nothing, reads our
+ * userfaultfd into the ring, and the handlers take from there.
+ */
+static void *fork_reader_main(void *arg)
+{
+	struct lazymap *lm = arg;
+	struct mm *mm = &lm->mm;
+	struct pollfd pfd[2] = { { .fd = lm->fork_efd, .events = POLLIN },
+				 { .fd = mm->uffd, .events = POLLIN } };
+
+	while (!atomic_load_explicit(&lm->stopping, memory_order_acquire)) {
+		bool forking = atomic_load_explicit(&lm->forking, memory_order_acquire);
+		struct msgring *r = mm->ring;
+		int n = 0;
+
+		if (poll(pfd, forking ? 2 : 1, forking ? 10 : -1) < 0 && errno != EINTR)
+			break;
+		lzm_efd_drain(lm->fork_efd);
+		if (!forking)
+			continue;
+		pthread_mutex_lock(&mm->read_lock);
+		if (r->n < RING) {
+			n = lzm_uffd_read(mm->uffd, r->m + r->n, (int)(RING - r->n));
+			if (n > 0) {
+				take_watch(mm, r->m + r->n, n);
+				r->n += (unsigned)n;
+				atomic_store_explicit(&mm->ring_count, r->n, memory_order_release);
+			}
+		}
+		pthread_mutex_unlock(&mm->read_lock);
+		if (n > 0)
+			for (unsigned i = 0; i < lm->nhandlers; i++)
+				lzm_efd_signal(lm->handlers[i].handoff_efd);
+		else if (n < 0)
+			break; /* the handlers meet the same error and break */
+	}
+	return NULL;
+}
+
+void lzm_fork_reader_stop(struct lazymap *lm)
+{
+	if (!lm->fork_reader_started)
+		return;
+	atomic_store(&lm->stopping, true);
+	lzm_efd_signal(lm->fork_efd);
+	pthread_join(lm->fork_reader, NULL);
+	lm->fork_reader_started = false;
 }
 
 /*
@@ -165,7 +271,7 @@ static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
 	pthread_rwlock_unlock(&mm->lock);
 }
 
-static void child_new(struct handler *h, struct mm *parent, int ufd);
+static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t watch);
 
 int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 {
@@ -189,7 +295,7 @@ int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 		apply_remove(mm, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_FORK:
-		child_new(h, mm, (int)m->arg.fork.ufd);
+		child_new(h, mm, (int)m->arg.fork.ufd, m->arg.reserved.reserved2);
 		break;
 	}
 	return 0;
@@ -379,7 +485,7 @@ static int child_copy_tree(struct mm *child, struct mm *parent)
  * still there to take: its other end is the child's only, and tells us when
  * the child has gone.
  */
-static void child_new(struct handler *h, struct mm *parent, int ufd)
+static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t watch)
 {
 	struct lazymap *lm = h->lm;
 	struct mm *child = calloc(1, sizeof(*child));
@@ -388,7 +494,8 @@ static void child_new(struct handler *h, struct mm *parent, int ufd)
 	if (child) {
 		lzm_mm_init(child, lm, ufd, parent->features);
 		child->id = atomic_fetch_add(&lm->next_mm_id, 1);
-		child->watch_fd = atomic_exchange(&lm->fork_watch, -1);
+		/* taken when the event was read (take_watch); 0: none */
+		child->watch_fd = (int)(watch - 1);
 		pthread_rwlock_rdlock(&parent->lock);
 		ret = child_copy_tree(child, parent);
 		pthread_rwlock_unlock(&parent->lock);
@@ -397,10 +504,13 @@ static void child_new(struct handler *h, struct mm *parent, int ufd)
 		/* The child's regions become unregistered: zeros. Say so. */
 		lzm_log(lm, LOG_ERR, "cannot follow a fork (%s): the child's regions are not served",
 			strerror(-ret));
-		if (child)
+		if (child) {
 			child_free(child);
-		else
+		} else {
 			close(ufd);
+			if (watch)
+				close((int)(watch - 1));
+		}
 		return;
 	}
 	pthread_mutex_lock(&lm->children_lock);
@@ -486,18 +596,26 @@ void lzm_child_watch(struct handler *h, struct mm *mm)
 }
 
 /*
- * lazymap_close with children alive: nobody will serve them now. Closing
- * their userfaultfd would let the kernel fill their missing pages with
- * zeros, silently wrong for a fill or file region: poison those pages
- * first (SIGBUS), as a failed read does. Handlers are stopped.
+ * lazymap_close (or a broken lazymap) with children alive: nobody will serve
+ * them now. Closing their userfaultfd would let the kernel fill their
+ * missing pages with zeros, silently wrong for a fill or file region: poison
+ * those pages first (SIGBUS), as a failed read does.
  */
 void lzm_children_close(struct lazymap *lm)
 {
 	struct mm *mm;
 
-	while ((mm = lm->children)) {
-		lm->children = mm->next_child;
-		atomic_fetch_sub(&lm->nchildren, 1);
+	for (;;) {
+		pthread_mutex_lock(&lm->children_lock);
+		mm = lm->children;
+		if (mm) {
+			lm->children = mm->next_child;
+			atomic_fetch_sub(&lm->nchildren, 1);
+		}
+		pthread_mutex_unlock(&lm->children_lock);
+		if (!mm)
+			break;
+		epoll_children(lm, mm, EPOLL_CTL_DEL);
 		for (struct vma *v = lzm_vma_first(&mm->tree); v && !mm_gone(mm); v = lzm_vma_next(v)) {
 			uintptr_t at = v->start;
 			int tries = 0;
@@ -552,6 +670,20 @@ void lzm_fork_prepare(struct lazymap *lm)
 	lm->fork_peer = -1;
 	if (!(lm->mm.features & UFFD_FEATURE_EVENT_FORK) || lm->closing)
 		return;
+	/* Before glibc takes its locks: the reader starts here, once. */
+	if (!lm->fork_reader_started) {
+		sigset_t all, old;
+
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		lm->fork_reader_started =
+			pthread_create(&lm->fork_reader, NULL, fork_reader_main, lm) == 0;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (lm->fork_reader_started)
+			pthread_setname_np(lm->fork_reader, "lazymap-fork");
+	}
+	atomic_store(&lm->forking, true);
+	lzm_efd_signal(lm->fork_efd);
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
 		return; /* the child is served all the same, until lazymap_close */
 	atomic_store(&lm->fork_watch, sv[0]);
@@ -562,10 +694,13 @@ void lzm_fork_parent(struct lazymap *lm)
 {
 	int fd;
 
+	atomic_store(&lm->forking, false);
 	if (lm->fork_peer < 0)
 		return;
-	/* The FORK event was read before fork() returned; be sure it is applied. */
-	lzm_mm_sync_events(&lm->mm);
+	/* The FORK event was read before fork() returned: the reader took the
+	 * socket, or this waits until it has. */
+	pthread_mutex_lock(&lm->mm.read_lock);
+	pthread_mutex_unlock(&lm->mm.read_lock);
 	close(lm->fork_peer);
 	lm->fork_peer = -1;
 	fd = atomic_exchange(&lm->fork_watch, -1);

@@ -67,7 +67,7 @@ static int serve_mm(struct handler *h, struct mm *mm)
 	int n, bad = 0;
 
 	pthread_mutex_lock(&mm->event_lock);
-	n = lzm_uffd_read(mm->uffd, msgs, BATCH);
+	n = lzm_mm_read(mm, msgs, BATCH);
 	for (int i = 0; i < n; i++)
 		if (msgs[i].event != UFFD_EVENT_PAGEFAULT && lzm_event_apply(h, mm, &msgs[i]))
 			bad = -EBADMSG;
@@ -317,6 +317,8 @@ static void serve_broken(struct handler *h)
 	struct pollfd pfd[2] = { { .fd = mm->uffd_keep, .events = POLLIN },
 				 { .fd = lm->stop_efd, .events = POLLIN } };
 
+	/* Forked children: nobody will serve them; what they lack is SIGBUS. */
+	lzm_children_close(lm);
 	/* Faults whose messages were read but never answered: let them come again. */
 	pthread_rwlock_rdlock(&mm->lock);
 	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
@@ -419,9 +421,11 @@ static void *handler_main(void *arg)
 			sp.since = 0;
 			continue;
 		}
-		/* The same for the handoff stack: drain, then look. */
+		/* The same for the handoff stack (and the fork reader's ring,
+		 * which signals the same eventfd): drain, then look. */
 		lzm_efd_drain(h->handoff_efd);
-		if (atomic_load_explicit(&h->handoff, memory_order_acquire))
+		if (atomic_load_explicit(&h->handoff, memory_order_acquire) ||
+		    atomic_load_explicit(&mm->ring_count, memory_order_acquire))
 			continue;
 
 		struct epoll_event ev[8];

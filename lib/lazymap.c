@@ -146,6 +146,7 @@ static int range_ok(void *addr, size_t len, uintptr_t *startp, size_t *lenp)
 
 static void lazymap_free(struct lazymap *lm)
 {
+	lzm_fork_reader_stop(lm);
 	lzm_handlers_stop(lm);
 	lzm_fillers_stop(lm);
 	lzm_children_close(lm);
@@ -168,6 +169,8 @@ static void lazymap_free(struct lazymap *lm)
 		close(lm->stop_efd);
 	if (lm->work_efd >= 0)
 		close(lm->work_efd);
+	if (lm->fork_efd >= 0)
+		close(lm->fork_efd);
 	pthread_mutex_destroy(&lm->work_lock);
 	free(lm);
 }
@@ -263,7 +266,7 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	} else {
 		lm->nhandlers = o.handler_threads;
 	}
-	lm->mm.uffd = lm->stop_efd = lm->work_efd = -1;
+	lm->mm.uffd = lm->stop_efd = lm->work_efd = lm->fork_efd = -1;
 	lm->fork_peer = -1;
 	atomic_init(&lm->fork_watch, -1);
 	atomic_init(&lm->next_mm_id, 1);
@@ -273,7 +276,8 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	ret = -ENOMEM;
 	lm->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	lm->work_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (lm->stop_efd < 0 || lm->work_efd < 0) {
+	lm->fork_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (lm->stop_efd < 0 || lm->work_efd < 0 || lm->fork_efd < 0) {
 		ret = -errno;
 		goto fail;
 	}
