@@ -140,7 +140,7 @@ static struct vma *vma_alloc_or_break(struct handler *h)
 {
 	struct vma *v = lzm_vma_alloc();
 
-	if (!v)
+	if (!v && h)
 		lzm_handler_break(h, ENOMEM, "following the program's mapping change");
 	return v;
 }
@@ -272,6 +272,7 @@ static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
 }
 
 static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t watch);
+static void remap_grown(struct handler *h, struct mm *mm, uintptr_t to, size_t len);
 
 int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 {
@@ -289,6 +290,7 @@ int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 	case UFFD_EVENT_REMAP:
 		pthread_rwlock_wrlock(&mm->lock);
 		apply_remap(h, mm, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		remap_grown(h, mm, m->arg.remap.to, m->arg.remap.len);
 		lzm_mm_write_unlock(mm);
 		break;
 	case UFFD_EVENT_REMOVE:
@@ -338,48 +340,98 @@ static bool kernel_vma(int pid, uintptr_t addr, uintptr_t *ks, uintptr_t *ke)
  * offsets continuing past the old end, with a source of its own (a grown
  * tail never reuses pages of its VMA's source: internal.h).
  */
-bool lzm_mm_grown(struct handler *h, struct mm *mm, uintptr_t addr, uint32_t tid)
+/*
+ * [ks, ke) is the kernel's VMA holding addr, where the tree has nothing: if
+ * it holds the end of one of ours (the same kernel VMA, so ours: no other
+ * mapping merges with a registered one), the part past that end is a grown
+ * tail. Write lock held.
+ */
+static bool grow_locked(struct handler *h, struct mm *mm, uintptr_t addr, uintptr_t ks,
+			uintptr_t ke)
 {
-	int pid = mm->self ? 0 : atomic_load(&mm->pid) ? atomic_load(&mm->pid) : (int)tid;
 	struct vma *prev, *next, *nv;
-	uintptr_t ks, ke;
-	bool ok = false;
 
-	if (!mm->self && !pid)
-		return false;
-	if (!kernel_vma(pid, addr, &ks, &ke))
-		return false;
-	pthread_rwlock_wrlock(&mm->lock);
 	next = lzm_vma_find_prev(&mm->tree, addr, &prev);
-	if (next && next->start <= addr) {
-		ok = true; /* someone put it in the tree meanwhile */
-		goto out;
-	}
+	if (next && next->start <= addr)
+		return true; /* someone put it in the tree meanwhile */
 	if (next && next->start < ke)
 		ke = next->start;
-	/* Ours must end inside the kernel's VMA, at or below the fault. */
 	if (!prev || prev->end <= ks || prev->end > addr)
-		goto out;
+		return false;
 	nv = vma_alloc_or_break(h);
 	if (!nv)
-		goto out;
+		return false;
 	if (lzm_source_clone(prev->src, prev->src->base + prev->pgoff +
 				 ((prev->end - prev->start) >> lzm_page_shift),
 			     (ke - prev->end) >> lzm_page_shift, &nv->src)) {
 		lzm_vma_free(nv);
-		goto out;
+		return false;
 	}
 	nv->start = prev->end;
 	nv->end = ke;
 	nv->prot = prev->prot;
 	nv->flags = prev->flags;
 	nv->advice = prev->advice;
-	ok = lzm_vma_insert(&mm->tree, nv) == 0;
-	if (!ok)
-		lzm_vma_free(nv);
-out:
+	if (lzm_vma_insert(&mm->tree, nv) == 0)
+		return true;
+	lzm_vma_free(nv);
+	return false;
+}
+
+static int mm_pid(struct mm *mm)
+{
+	return mm->self ? 0 : atomic_load(&mm->pid);
+}
+
+bool lzm_mm_grown(struct handler *h, struct mm *mm, uintptr_t addr, uint32_t tid)
+{
+	int pid = mm->self ? 0 : mm_pid(mm) ? mm_pid(mm) : (int)tid;
+	uintptr_t ks, ke;
+	bool ok;
+
+	if (!mm->self && !pid)
+		return false;
+	if (!kernel_vma(pid, addr, &ks, &ke))
+		return false;
+	pthread_rwlock_wrlock(&mm->lock);
+	ok = grow_locked(h, mm, addr, ks, ke);
 	lzm_mm_write_unlock(mm);
 	return ok;
+}
+
+/* A REMAP of len bytes to to: the kernel's VMA there is longer when the
+ * mremap also grew it (the event gives the old length). Write lock held. */
+static void remap_grown(struct handler *h, struct mm *mm, uintptr_t to, size_t len)
+{
+	uintptr_t ks, ke;
+
+	if ((mm->self || mm_pid(mm)) && kernel_vma(mm_pid(mm), to, &ks, &ke) && ke > to + len)
+		grow_locked(h, mm, to + len, ks, ke);
+}
+
+void lzm_mm_adopt_growth(struct mm *mm)
+{
+	char path[64], line[512];
+	FILE *f;
+
+	if (!mm->self && !mm_pid(mm))
+		return;
+	if (mm->self)
+		snprintf(path, sizeof(path), "/proc/self/maps");
+	else
+		snprintf(path, sizeof(path), "/proc/%d/maps", mm_pid(mm));
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	pthread_rwlock_wrlock(&mm->lock);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long ks, ke;
+
+		if (sscanf(line, "%lx-%lx", &ks, &ke) == 2 && ke > ks)
+			grow_locked(NULL, mm, ke - lzm_page_size, ks, ke);
+	}
+	lzm_mm_write_unlock(mm);
+	fclose(f);
 }
 
 /* ------------------------------------------------------------ children */

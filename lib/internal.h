@@ -355,6 +355,9 @@ int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *msg
  * it (mremap in place raises no event), add the grown part to the tree and
  * return true; the fault is then served as any other. */
 bool lzm_mm_grown(struct handler *h, struct mm *mm, uintptr_t addr, uint32_t tid);
+/* The same for every VMA at once, from /proc/PID/maps: for the calls that
+ * read the tree (dump, close) or found a range not wholly ours. No lock held. */
+void lzm_mm_adopt_growth(struct mm *mm);
 void lzm_mm_get(struct mm *mm);
 void lzm_mm_put(struct mm *mm);
 /* The child mm with this id, with a reference; NULL if it is gone. */

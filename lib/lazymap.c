@@ -329,7 +329,10 @@ int lazymap_close(struct lazymap *lm)
 	/*
 	 * Unmap first: unregistering wakes every thread still waiting on a
 	 * fault, so the handlers have nothing left to serve when they stop.
+	 * Every part of ours: events applied, tails grown in place found.
 	 */
+	lzm_mm_sync_events(&lm->mm);
+	lzm_mm_adopt_growth(&lm->mm);
 	lzm_mm_unmap_all(&lm->mm);
 	lazymap_free(lm);
 	return 0;
@@ -488,6 +491,13 @@ static int owned(struct lazymap *lm, uintptr_t start, size_t len)
 	pthread_rwlock_rdlock(&lm->mm.lock);
 	ret = lzm_mm_check_range(&lm->mm, start, len);
 	pthread_rwlock_unlock(&lm->mm.lock);
+	if (ret) {
+		/* a part mremap grew in place, which raises no event? */
+		lzm_mm_adopt_growth(&lm->mm);
+		pthread_rwlock_rdlock(&lm->mm.lock);
+		ret = lzm_mm_check_range(&lm->mm, start, len);
+		pthread_rwlock_unlock(&lm->mm.lock);
+	}
 	return ret;
 }
 
@@ -618,6 +628,7 @@ int lazymap_dump(struct lazymap *lm, FILE *out)
 	if (ret)
 		return ret;
 	lzm_mm_sync_events(&lm->mm);
+	lzm_mm_adopt_growth(&lm->mm);
 	ret = lzm_mm_dump(&lm->mm, out);
 
 	/* Then each child, from a list taken at once (with references). */

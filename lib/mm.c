@@ -397,6 +397,12 @@ static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **s
 
 	lzm_mm_sync_events(mm);
 	pthread_rwlock_wrlock(&mm->lock);
+	if (ret == 0 && lzm_mm_check_range(mm, start, len)) {
+		/* Not wholly ours, or a part mremap grew in place (no event). */
+		write_unlock(mm);
+		lzm_mm_adopt_growth(mm);
+		pthread_rwlock_wrlock(&mm->lock);
+	}
 	return ret ? ret : lzm_mm_check_range(mm, start, len);
 }
 
