@@ -8,9 +8,10 @@
  * failure with LAZYMAP_SEED=<seed>; LAZYMAP_MODEL_OPS=<n> changes the length.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <sys/mman.h>
-#include <sched.h>
 #include <sys/stat.h>
 
 #include "common.h"
@@ -77,6 +78,7 @@ struct run {
 
 	struct mpage pg[MAXPG]; /* sorted by addr */
 	int np;
+	int region[MAXPG]; /* the first page of each region, from count_regions */
 	struct source src[MAXSRC];
 	int nsrc;
 
@@ -387,19 +389,23 @@ static const char *src_desc(struct run *r, const struct mpage *m)
 	return buf;
 }
 
-static int live_sources(struct run *r, int kind)
+/*
+ * Regions (as seg_around sees them) of each kind; returns all of them. Cuts,
+ * moves of a part and DONTUNMAP make more of them, ever smaller: the
+ * population is kept to a handful of each kind by count, not by source.
+ */
+static int count_regions(struct run *r, int *per_kind)
 {
-	static uint8_t seen[MAXSRC];
 	int n = 0;
 
-	memset(seen, 0, (size_t)r->nsrc);
+	memset(per_kind, 0, NKIND * sizeof(*per_kind));
 	for (int i = 0; i < r->np; i++) {
-		uint32_t s = r->pg[i].src;
+		const struct mpage *m = &r->pg[i], *p = i ? &r->pg[i - 1] : NULL;
 
-		if (r->src[s].kind == kind && !seen[s]) {
-			seen[s] = 1;
-			n++;
-		}
+		if (p && p->addr + r->ps == m->addr && p->src == m->src && p->off + r->ps == m->off)
+			continue;
+		per_kind[r->src[m->src].kind]++;
+		r->region[n++] = i;
 	}
 	return n;
 }
@@ -782,15 +788,19 @@ static void op_write(struct run *r)
 		check_page(r, i, "read after write");
 }
 
-static void op_munmap(struct run *r)
+static void op_munmap(struct run *r, int at, bool whole)
 {
 	int lo, hi, a, n;
 	const char *shape;
 	uintptr_t addr;
 	int ret;
 
-	seg_around(r, (int)rnd(r, (uint64_t)r->np), &lo, &hi);
-	shape = pick_part(r, lo, hi, &a, &n);
+	seg_around(r, at, &lo, &hi);
+	shape = whole ? "whole" : pick_part(r, lo, hi, &a, &n);
+	if (whole) {
+		a = lo;
+		n = hi - lo;
+	}
 	addr = r->pg[a].addr;
 	note(r, "munmap %s %#lx + %d of %d pages (%s)", shape, (unsigned long)addr, n, hi - lo,
 	     src_desc(r, &r->pg[a]));
@@ -914,6 +924,11 @@ static void op_grow(struct run *r)
 	}
 	note_more(r, " -> %p", q);
 	model_remap(r, lo, len, (uintptr_t)q, len + k, false);
+	/*
+	 * The tree has the grown tail before anything touches it: the program
+	 * may lazymap_protect or lazymap_unmap it first, or lazymap_close.
+	 */
+	check_all(r);
 	if ((uintptr_t)q == a) {
 		r->count[OP_GROW_INPLACE]++;
 	} else {
@@ -960,6 +975,7 @@ static void op_move(struct run *r, bool dontunmap)
 	model_remap(r, a, n, to, new_n, dontunmap);
 	if (!dontunmap)
 		hole_made(r, from, (size_t)n);
+	check_all(r); /* before a touch: as for op_grow */
 	r->count[dontunmap ? OP_DONTUNMAP : OP_MOVE]++;
 	check_some(r, to, (size_t)new_n, "the moved range");
 	if (dontunmap)
@@ -1008,14 +1024,18 @@ static void op_protect(struct run *r)
 	r->count[OP_PROTECT]++;
 }
 
-static void op_lunmap(struct run *r)
+static void op_lunmap(struct run *r, int at, bool whole)
 {
 	int lo, hi, a, n, ret;
 	const char *shape;
 	uintptr_t addr;
 
-	seg_around(r, (int)rnd(r, (uint64_t)r->np), &lo, &hi);
-	shape = pick_part(r, lo, hi, &a, &n);
+	seg_around(r, at, &lo, &hi);
+	shape = whole ? "whole" : pick_part(r, lo, hi, &a, &n);
+	if (whole) {
+		a = lo;
+		n = hi - lo;
+	}
 	addr = r->pg[a].addr;
 	note(r, "lazymap_unmap %s %#lx + %d pages (%s)", shape, (unsigned long)addr, n,
 	     src_desc(r, &r->pg[a]));
@@ -1030,14 +1050,33 @@ static void op_lunmap(struct run *r)
 
 static void step(struct run *r)
 {
-	int w;
+	int per_kind[NKIND], regions = count_regions(r, per_kind), w;
 
-	/* keep a handful of regions of each kind */
+	/* a handful of regions of each kind: 6 at least, about 9 at most */
 	for (int kind = 0; kind < NKIND; kind++)
-		if (r->np < SOFTPG && live_sources(r, kind) < 6) {
+		if (r->np < SOFTPG && per_kind[kind] < 6) {
 			op_map(r, kind);
 			return;
 		}
+	if (regions > 9 * NKIND) {
+		/* the smallest of three: cuts leave crumbs, which would crowd out the rest */
+		int best = -1, size = 0;
+
+		for (int k = 0; k < 3; k++) {
+			int j = (int)rnd(r, (uint64_t)regions), lo, hi;
+
+			seg_around(r, r->region[j], &lo, &hi);
+			if (best < 0 || hi - lo < size) {
+				best = lo;
+				size = hi - lo;
+			}
+		}
+		if (rnd(r, 2))
+			op_munmap(r, best, true);
+		else
+			op_lunmap(r, best, true);
+		return;
+	}
 	w = (int)rnd(r, 100);
 	if (r->np > SOFTPG && w >= 50 && w < 75)
 		w = 40; /* too big: unmap instead of growing */
@@ -1046,7 +1085,7 @@ static void step(struct run *r)
 	else if (w < 40)
 		op_write(r);
 	else if (w < 48)
-		op_munmap(r);
+		op_munmap(r, (int)rnd(r, (uint64_t)r->np), false);
 	else if (w < 53)
 		op_shrink(r);
 	else if (w < 59)
@@ -1060,11 +1099,11 @@ static void step(struct run *r)
 	else if (w < 84)
 		op_protect(r);
 	else if (w < 91)
-		op_lunmap(r);
+		op_lunmap(r, (int)rnd(r, (uint64_t)r->np), false);
 	else if (w < 94) {
 		int kind = (int)rnd(r, NKIND);
 
-		if (live_sources(r, kind) < 9)
+		if (per_kind[kind] < 9)
 			op_map(r, kind);
 	} else {
 		op_read(r);
@@ -1085,6 +1124,11 @@ static int count_dir(const char *path)
 		n += e->d_name[0] != '.';
 	closedir(d);
 	return n;
+}
+
+static void *nothing(void *arg)
+{
+	return arg;
 }
 
 static int make_file(struct run *r)
@@ -1108,6 +1152,7 @@ static void run_model(const struct lazymap_opts *opts, int ops, uint64_t salt)
 	struct run *r = calloc(1, sizeof(*r));
 	const char *e = getenv("LAZYMAP_MODEL_OPS");
 	int fds0, tasks0, nplant = 0, nt;
+	pthread_t t;
 	uintptr_t plant[4];
 	double t0 = now_s();
 	char why[512];
@@ -1127,6 +1172,9 @@ static void run_model(const struct lazymap_opts *opts, int ops, uint64_t salt)
 			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	cr_assert_neq(r->arena, MAP_FAILED);
 	memset(r->arena_free, 1, sizeof(r->arena_free));
+	/* ThreadSanitizer starts a thread of its own at the first pthread_create */
+	cr_assert_eq(pthread_create(&t, NULL, nothing, NULL), 0);
+	pthread_join(t, NULL);
 	fds0 = count_dir("/proc/self/fd");
 	tasks0 = count_dir("/proc/self/task");
 	r->lm = open_or_skip(opts);
