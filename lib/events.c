@@ -340,42 +340,52 @@ static bool kernel_vma(int pid, uintptr_t addr, uintptr_t *ks, uintptr_t *ke)
  * offsets continuing past the old end, with a source of its own (a grown
  * tail never reuses pages of its VMA's source: internal.h).
  */
-/*
- * [ks, ke) is the kernel's VMA holding addr, where the tree has nothing: if
- * it holds the end of one of ours (the same kernel VMA, so ours: no other
- * mapping merges with a registered one), the part past that end is a grown
- * tail. Write lock held.
- */
-static bool grow_locked(struct handler *h, struct mm *mm, uintptr_t addr, uintptr_t ks,
-			uintptr_t ke)
+/* A tail of len bytes grown past v's end: a source continuing v's offsets. */
+static bool grow_after(struct handler *h, struct mm *mm, struct vma *v, uintptr_t end)
 {
-	struct vma *prev, *next, *nv;
+	struct vma *nv = vma_alloc_or_break(h);
 
-	next = lzm_vma_find_prev(&mm->tree, addr, &prev);
-	if (next && next->start <= addr)
-		return true; /* someone put it in the tree meanwhile */
-	if (next && next->start < ke)
-		ke = next->start;
-	if (!prev || prev->end <= ks || prev->end > addr)
-		return false;
-	nv = vma_alloc_or_break(h);
 	if (!nv)
 		return false;
-	if (lzm_source_clone(prev->src, prev->src->base + prev->pgoff +
-				 ((prev->end - prev->start) >> lzm_page_shift),
-			     (ke - prev->end) >> lzm_page_shift, &nv->src)) {
+	if (lzm_source_clone(v->src, v->src->base + v->pgoff + ((v->end - v->start) >> lzm_page_shift),
+			     (end - v->end) >> lzm_page_shift, &nv->src)) {
 		lzm_vma_free(nv);
 		return false;
 	}
-	nv->start = prev->end;
-	nv->end = ke;
-	nv->prot = prev->prot;
-	nv->flags = prev->flags;
-	nv->advice = prev->advice;
+	nv->start = v->end;
+	nv->end = end;
+	nv->prot = v->prot;
+	nv->flags = v->flags;
+	nv->advice = v->advice;
 	if (lzm_vma_insert(&mm->tree, nv) == 0)
 		return true;
 	lzm_vma_free(nv);
 	return false;
+}
+
+/*
+ * [ks, ke) is one of the kernel's VMAs. If it holds any of ours, all of it
+ * is ours (no other mapping merges with a registered one), and every part
+ * of it the tree lacks past one of ours is a tail mremap grew (a VMA only
+ * grows at its end; the kernel may have merged it with our next region).
+ * Returns whether the tree changed. Write lock held.
+ */
+static bool grow_locked(struct handler *h, struct mm *mm, uintptr_t ks, uintptr_t ke)
+{
+	struct vma *v = lzm_vma_find(&mm->tree, ks), *next;
+	bool grew = false;
+
+	if (!v || v->start >= ke)
+		return false;
+	for (; v && v->start < ke; v = next) {
+		uintptr_t end;
+
+		next = lzm_vma_next(v);
+		end = next && next->start < ke ? next->start : ke;
+		if (end > v->end && grow_after(h, mm, v, end))
+			grew = true;
+	}
+	return grew;
 }
 
 static int mm_pid(struct mm *mm)
@@ -394,7 +404,7 @@ bool lzm_mm_grown(struct handler *h, struct mm *mm, uintptr_t addr, uint32_t tid
 	if (!kernel_vma(pid, addr, &ks, &ke))
 		return false;
 	pthread_rwlock_wrlock(&mm->lock);
-	ok = grow_locked(h, mm, addr, ks, ke);
+	ok = grow_locked(h, mm, ks, ke) || lzm_vma_lookup(&mm->tree, addr);
 	lzm_mm_write_unlock(mm);
 	return ok;
 }
@@ -406,7 +416,7 @@ static void remap_grown(struct handler *h, struct mm *mm, uintptr_t to, size_t l
 	uintptr_t ks, ke;
 
 	if ((mm->self || mm_pid(mm)) && kernel_vma(mm_pid(mm), to, &ks, &ke) && ke > to + len)
-		grow_locked(h, mm, to + len, ks, ke);
+		grow_locked(h, mm, ks, ke);
 }
 
 void lzm_mm_adopt_growth(struct mm *mm)
@@ -428,7 +438,7 @@ void lzm_mm_adopt_growth(struct mm *mm)
 		unsigned long ks, ke;
 
 		if (sscanf(line, "%lx-%lx", &ks, &ke) == 2 && ke > ks)
-			grow_locked(NULL, mm, ke - lzm_page_size, ks, ke);
+			grow_locked(NULL, mm, ks, ke);
 	}
 	lzm_mm_write_unlock(mm);
 	fclose(f);
