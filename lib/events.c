@@ -70,8 +70,10 @@ void lzm_mm_sync_events(struct mm *mm)
 	for (;;) {
 		pthread_mutex_lock(&mm->event_lock);
 		pthread_mutex_unlock(&mm->event_lock);
-		/* What the fork reader read is applied once a handler takes it. */
-		if (!atomic_load_explicit(&mm->ring_count, memory_order_acquire))
+		/* What the fork reader read is applied once a handler takes it
+		 * (a broken lazymap's handler only answers faults). */
+		if (!atomic_load_explicit(&mm->ring_count, memory_order_acquire) ||
+		    atomic_load_explicit(&mm->lm->broken, memory_order_relaxed))
 			return;
 		sched_yield();
 	}

@@ -326,15 +326,22 @@ static void serve_broken(struct handler *h)
 	pthread_rwlock_unlock(&mm->lock);
 
 	while (!atomic_load_explicit(&lm->stopping, memory_order_acquire)) {
-		int n = lzm_uffd_read(mm->uffd_keep, msgs, BATCH);
+		/* What the fork reader read first, then our own reference. */
+		int n = atomic_load_explicit(&mm->ring_count, memory_order_acquire)
+				? lzm_mm_read(mm, msgs, BATCH)
+				: lzm_uffd_read(mm->uffd_keep, msgs, BATCH);
 
 		for (int i = 0; i < n; i++) {
 			uintptr_t addr = (uintptr_t)msgs[i].arg.pagefault.address &
 					 ~(uintptr_t)(lzm_page_size - 1);
 			size_t done;
 
-			if (msgs[i].event == UFFD_EVENT_FORK)
-				close((int)msgs[i].arg.fork.ufd); /* read, so fork() returns */
+			if (msgs[i].event == UFFD_EVENT_FORK) {
+				/* read, so that fork() returns; nobody serves the child */
+				close((int)msgs[i].arg.fork.ufd);
+				if (msgs[i].arg.reserved.reserved2)
+					close((int)(msgs[i].arg.reserved.reserved2 - 1));
+			}
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
 				continue;
 			stat_add(&h->stats.io_errors, 1);
