@@ -493,6 +493,38 @@ static void epoll_children(struct lazymap *lm, struct mm *mm, int op)
 }
 
 /*
+ * Which pages of src are installed, into c: only the pages of the state
+ * array that were ever written are looked at (a 1 TiB region's state is
+ * 256 MiB, of which a program that touched little has written little).
+ */
+static void state_copy_filled(struct source *c, const struct source *src)
+{
+	const size_t chunk = 4096; /* state pages per mincore() */
+	unsigned char vec[4096];
+	uintptr_t base = (uintptr_t)src->state;
+
+	for (size_t off = 0; off < src->npages; off += chunk * lzm_page_size) {
+		size_t len = src->npages - off < chunk * lzm_page_size ? src->npages - off
+								     : chunk * lzm_page_size;
+
+		if (mincore((void *)(base + off), len, vec))
+			memset(vec, 1, sizeof(vec));
+		for (size_t p = 0; p * lzm_page_size < len; p++) {
+			size_t i = off + p * lzm_page_size;
+			size_t end = i + lzm_page_size < src->npages ? i + lzm_page_size : src->npages;
+
+			if (!(vec[p] & 1))
+				continue;
+			for (; i < end; i++)
+				if (atomic_load_explicit(&src->state[i], memory_order_relaxed) &
+				    PAGE_FILLED)
+					atomic_store_explicit(&c->state[i], PAGE_FILLED,
+							      memory_order_relaxed);
+		}
+	}
+}
+
+/*
  * The child's copy of the tree: every VMA, each source cloned once (the
  * child's page table is a copy of ours as of the fork: what we had
  * installed, it has, unless it was installed after the copy, which the
@@ -514,11 +546,7 @@ static int child_copy_tree(struct mm *child, struct mm *parent)
 				lzm_vma_free(nv);
 				return -ENOMEM;
 			}
-			for (size_t i = 0; i < v->src->npages; i++)
-				if (atomic_load_explicit(&v->src->state[i], memory_order_relaxed) &
-				    PAGE_FILLED)
-					atomic_store_explicit(&c->state[i], PAGE_FILLED,
-							      memory_order_relaxed);
+			state_copy_filled(c, v->src);
 			lzm_source_put(last_clone);
 			last_clone = c;
 			last_old = v->src;
