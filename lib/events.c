@@ -8,6 +8,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
 #include <linux/userfaultfd.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -19,10 +22,115 @@
 #include "compat.h"
 #include "internal.h"
 
+/* ------------------------------------------------------------ reading */
+
+#define RING MSGRING_SIZE
+
+/*
+ * A FORK event of our own mm takes the socket made for that fork (while
+ * read_lock is held: lzm_fork_parent takes it too, once fork() returns, and
+ * closes what is left): its number rides in the message.
+ */
+static void take_watch(struct mm *mm, struct uffd_msg *msgs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		if (msgs[i].event != UFFD_EVENT_FORK)
+			continue;
+		msgs[i].arg.reserved.reserved2 = 0;
+		if (mm->self) {
+			int fd = atomic_exchange(&mm->lm->fork_watch, -1);
+
+			msgs[i].arg.reserved.reserved2 = (uint64_t)(fd + 1);
+		}
+	}
+}
+
+int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max)
+{
+	struct msgring *r = mm->ring;
+	int n;
+
+	pthread_mutex_lock(&mm->read_lock);
+	if (r && r->n) {
+		n = (int)r->n < max ? (int)r->n : max;
+		memcpy(msgs, r->m, (size_t)n * sizeof(*msgs));
+		r->n -= (unsigned)n;
+		memmove(r->m, r->m + n, r->n * sizeof(*msgs));
+		atomic_store_explicit(&mm->ring_count, r->n, memory_order_release);
+	} else {
+		n = lzm_uffd_read(mm->uffd, msgs, max);
+		take_watch(mm, msgs, n);
+	}
+	pthread_mutex_unlock(&mm->read_lock);
+	return n;
+}
+
 void lzm_mm_sync_events(struct mm *mm)
 {
-	pthread_mutex_lock(&mm->event_lock);
-	pthread_mutex_unlock(&mm->event_lock);
+	for (;;) {
+		pthread_mutex_lock(&mm->event_lock);
+		pthread_mutex_unlock(&mm->event_lock);
+		/* What the fork reader read is applied once a handler takes it
+		 * (a broken lazymap's handler only answers faults). */
+		if (!atomic_load_explicit(&mm->ring_count, memory_order_acquire) ||
+		    atomic_load_explicit(&mm->lm->broken, memory_order_relaxed))
+			return;
+		sched_yield();
+	}
+}
+
+/*
+ * glibc's fork() holds its malloc locks from before the fork system call
+ * until after it, and the kernel makes fork wait until a FORK event is
+ * read: a handler that calls malloc (a fill request, a fill callback of the
+ * program's) at that moment waits for the fork that waits for it. So while
+ * a fork is in progress, this thread, which allocates nothing, reads our
+ * userfaultfd into the ring, and the handlers take from there.
+ */
+static void *fork_reader_main(void *arg)
+{
+	struct lazymap *lm = arg;
+	struct mm *mm = &lm->mm;
+	struct pollfd pfd[2] = { { .fd = lm->fork_efd, .events = POLLIN },
+				 { .fd = mm->uffd, .events = POLLIN } };
+
+	while (!atomic_load_explicit(&lm->stopping, memory_order_acquire)) {
+		bool forking = atomic_load_explicit(&lm->forking, memory_order_acquire);
+		struct msgring *r = mm->ring;
+		int n = 0;
+
+		if (poll(pfd, forking ? 2 : 1, forking ? 10 : -1) < 0 && errno != EINTR)
+			break;
+		lzm_efd_drain(lm->fork_efd);
+		if (!forking)
+			continue;
+		pthread_mutex_lock(&mm->read_lock);
+		if (r->n < RING) {
+			n = lzm_uffd_read(mm->uffd, r->m + r->n, (int)(RING - r->n));
+			if (n > 0) {
+				take_watch(mm, r->m + r->n, n);
+				r->n += (unsigned)n;
+				atomic_store_explicit(&mm->ring_count, r->n, memory_order_release);
+			}
+		}
+		pthread_mutex_unlock(&mm->read_lock);
+		if (n > 0)
+			for (unsigned i = 0; i < lm->nhandlers; i++)
+				lzm_efd_signal(lm->handlers[i].handoff_efd);
+		else if (n < 0)
+			break; /* the handlers meet the same error and break */
+	}
+	return NULL;
+}
+
+void lzm_fork_reader_stop(struct lazymap *lm)
+{
+	if (!lm->fork_reader_started)
+		return;
+	atomic_store(&lm->stopping, true);
+	lzm_efd_signal(lm->fork_efd);
+	pthread_join(lm->fork_reader, NULL);
+	lm->fork_reader_started = false;
 }
 
 /*
@@ -34,7 +142,7 @@ static struct vma *vma_alloc_or_break(struct handler *h)
 {
 	struct vma *v = lzm_vma_alloc();
 
-	if (!v)
+	if (!v && h)
 		lzm_handler_break(h, ENOMEM, "following the program's mapping change");
 	return v;
 }
@@ -165,7 +273,8 @@ static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
 	pthread_rwlock_unlock(&mm->lock);
 }
 
-static void child_new(struct handler *h, struct mm *parent, int ufd);
+static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t watch);
+static void remap_grown(struct handler *h, struct mm *mm, uintptr_t to, size_t len);
 
 int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 {
@@ -183,13 +292,14 @@ int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 	case UFFD_EVENT_REMAP:
 		pthread_rwlock_wrlock(&mm->lock);
 		apply_remap(h, mm, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		remap_grown(h, mm, m->arg.remap.to, m->arg.remap.len);
 		lzm_mm_write_unlock(mm);
 		break;
 	case UFFD_EVENT_REMOVE:
 		apply_remove(mm, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_FORK:
-		child_new(h, mm, (int)m->arg.fork.ufd);
+		child_new(h, mm, (int)m->arg.fork.ufd, m->arg.reserved.reserved2);
 		break;
 	}
 	return 0;
@@ -232,48 +342,108 @@ static bool kernel_vma(int pid, uintptr_t addr, uintptr_t *ks, uintptr_t *ke)
  * offsets continuing past the old end, with a source of its own (a grown
  * tail never reuses pages of its VMA's source: internal.h).
  */
+/* A tail of len bytes grown past v's end: a source continuing v's offsets. */
+static bool grow_after(struct handler *h, struct mm *mm, struct vma *v, uintptr_t end)
+{
+	struct vma *nv = vma_alloc_or_break(h);
+
+	if (!nv)
+		return false;
+	if (lzm_source_clone(v->src, v->src->base + v->pgoff + ((v->end - v->start) >> lzm_page_shift),
+			     (end - v->end) >> lzm_page_shift, &nv->src)) {
+		lzm_vma_free(nv);
+		return false;
+	}
+	nv->start = v->end;
+	nv->end = end;
+	nv->prot = v->prot;
+	nv->flags = v->flags;
+	nv->advice = v->advice;
+	if (lzm_vma_insert(&mm->tree, nv) == 0)
+		return true;
+	lzm_vma_free(nv);
+	return false;
+}
+
+/*
+ * [ks, ke) is one of the kernel's VMAs. If it holds any of ours, all of it
+ * is ours (no other mapping merges with a registered one), and every part
+ * of it the tree lacks past one of ours is a tail mremap grew (a VMA only
+ * grows at its end; the kernel may have merged it with our next region).
+ * Returns whether the tree changed. Write lock held.
+ */
+static bool grow_locked(struct handler *h, struct mm *mm, uintptr_t ks, uintptr_t ke)
+{
+	struct vma *v = lzm_vma_find(&mm->tree, ks), *next;
+	bool grew = false;
+
+	if (!v || v->start >= ke)
+		return false;
+	for (; v && v->start < ke; v = next) {
+		uintptr_t end;
+
+		next = lzm_vma_next(v);
+		end = next && next->start < ke ? next->start : ke;
+		if (end > v->end && grow_after(h, mm, v, end))
+			grew = true;
+	}
+	return grew;
+}
+
+static int mm_pid(struct mm *mm)
+{
+	return mm->self ? 0 : atomic_load(&mm->pid);
+}
+
 bool lzm_mm_grown(struct handler *h, struct mm *mm, uintptr_t addr, uint32_t tid)
 {
-	int pid = mm->self ? 0 : atomic_load(&mm->pid) ? atomic_load(&mm->pid) : (int)tid;
-	struct vma *prev, *next, *nv;
+	int pid = mm->self ? 0 : mm_pid(mm) ? mm_pid(mm) : (int)tid;
 	uintptr_t ks, ke;
-	bool ok = false;
+	bool ok;
 
 	if (!mm->self && !pid)
 		return false;
 	if (!kernel_vma(pid, addr, &ks, &ke))
 		return false;
 	pthread_rwlock_wrlock(&mm->lock);
-	next = lzm_vma_find_prev(&mm->tree, addr, &prev);
-	if (next && next->start <= addr) {
-		ok = true; /* someone put it in the tree meanwhile */
-		goto out;
-	}
-	if (next && next->start < ke)
-		ke = next->start;
-	/* Ours must end inside the kernel's VMA, at or below the fault. */
-	if (!prev || prev->end <= ks || prev->end > addr)
-		goto out;
-	nv = vma_alloc_or_break(h);
-	if (!nv)
-		goto out;
-	if (lzm_source_clone(prev->src, prev->src->base + prev->pgoff +
-				 ((prev->end - prev->start) >> lzm_page_shift),
-			     (ke - prev->end) >> lzm_page_shift, &nv->src)) {
-		lzm_vma_free(nv);
-		goto out;
-	}
-	nv->start = prev->end;
-	nv->end = ke;
-	nv->prot = prev->prot;
-	nv->flags = prev->flags;
-	nv->advice = prev->advice;
-	ok = lzm_vma_insert(&mm->tree, nv) == 0;
-	if (!ok)
-		lzm_vma_free(nv);
-out:
+	ok = grow_locked(h, mm, ks, ke) || lzm_vma_lookup(&mm->tree, addr);
 	lzm_mm_write_unlock(mm);
 	return ok;
+}
+
+/* A REMAP of len bytes to to: the kernel's VMA there is longer when the
+ * mremap also grew it (the event gives the old length). Write lock held. */
+static void remap_grown(struct handler *h, struct mm *mm, uintptr_t to, size_t len)
+{
+	uintptr_t ks, ke;
+
+	if ((mm->self || mm_pid(mm)) && kernel_vma(mm_pid(mm), to, &ks, &ke) && ke > to + len)
+		grow_locked(h, mm, ks, ke);
+}
+
+void lzm_mm_adopt_growth(struct mm *mm)
+{
+	char path[64], line[512];
+	FILE *f;
+
+	if (!mm->self && !mm_pid(mm))
+		return;
+	if (mm->self)
+		snprintf(path, sizeof(path), "/proc/self/maps");
+	else
+		snprintf(path, sizeof(path), "/proc/%d/maps", mm_pid(mm));
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	pthread_rwlock_wrlock(&mm->lock);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long ks, ke;
+
+		if (sscanf(line, "%lx-%lx", &ks, &ke) == 2 && ke > ks)
+			grow_locked(NULL, mm, ks, ke);
+	}
+	lzm_mm_write_unlock(mm);
+	fclose(f);
 }
 
 /* ------------------------------------------------------------ children */
@@ -323,6 +493,38 @@ static void epoll_children(struct lazymap *lm, struct mm *mm, int op)
 }
 
 /*
+ * Which pages of src are installed, into c: only the pages of the state
+ * array that were ever written are looked at (a 1 TiB region's state is
+ * 256 MiB, of which a program that touched little has written little).
+ */
+static void state_copy_filled(struct source *c, const struct source *src)
+{
+	const size_t chunk = 4096; /* state pages per mincore() */
+	unsigned char vec[4096];
+	uintptr_t base = (uintptr_t)src->state;
+
+	for (size_t off = 0; off < src->npages; off += chunk * lzm_page_size) {
+		size_t len = src->npages - off < chunk * lzm_page_size ? src->npages - off
+								     : chunk * lzm_page_size;
+
+		if (mincore((void *)(base + off), len, vec))
+			memset(vec, 1, sizeof(vec));
+		for (size_t p = 0; p * lzm_page_size < len; p++) {
+			size_t i = off + p * lzm_page_size;
+			size_t end = i + lzm_page_size < src->npages ? i + lzm_page_size : src->npages;
+
+			if (!(vec[p] & 1))
+				continue;
+			for (; i < end; i++)
+				if (atomic_load_explicit(&src->state[i], memory_order_relaxed) &
+				    PAGE_FILLED)
+					atomic_store_explicit(&c->state[i], PAGE_FILLED,
+							      memory_order_relaxed);
+		}
+	}
+}
+
+/*
  * The child's copy of the tree: every VMA, each source cloned once (the
  * child's page table is a copy of ours as of the fork: what we had
  * installed, it has, unless it was installed after the copy, which the
@@ -344,11 +546,7 @@ static int child_copy_tree(struct mm *child, struct mm *parent)
 				lzm_vma_free(nv);
 				return -ENOMEM;
 			}
-			for (size_t i = 0; i < v->src->npages; i++)
-				if (atomic_load_explicit(&v->src->state[i], memory_order_relaxed) &
-				    PAGE_FILLED)
-					atomic_store_explicit(&c->state[i], PAGE_FILLED,
-							      memory_order_relaxed);
+			state_copy_filled(c, v->src);
 			lzm_source_put(last_clone);
 			last_clone = c;
 			last_old = v->src;
@@ -379,7 +577,7 @@ static int child_copy_tree(struct mm *child, struct mm *parent)
  * still there to take: its other end is the child's only, and tells us when
  * the child has gone.
  */
-static void child_new(struct handler *h, struct mm *parent, int ufd)
+static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t watch)
 {
 	struct lazymap *lm = h->lm;
 	struct mm *child = calloc(1, sizeof(*child));
@@ -388,7 +586,8 @@ static void child_new(struct handler *h, struct mm *parent, int ufd)
 	if (child) {
 		lzm_mm_init(child, lm, ufd, parent->features);
 		child->id = atomic_fetch_add(&lm->next_mm_id, 1);
-		child->watch_fd = atomic_exchange(&lm->fork_watch, -1);
+		/* taken when the event was read (take_watch); 0: none */
+		child->watch_fd = (int)(watch - 1);
 		pthread_rwlock_rdlock(&parent->lock);
 		ret = child_copy_tree(child, parent);
 		pthread_rwlock_unlock(&parent->lock);
@@ -397,10 +596,13 @@ static void child_new(struct handler *h, struct mm *parent, int ufd)
 		/* The child's regions become unregistered: zeros. Say so. */
 		lzm_log(lm, LOG_ERR, "cannot follow a fork (%s): the child's regions are not served",
 			strerror(-ret));
-		if (child)
+		if (child) {
 			child_free(child);
-		else
+		} else {
 			close(ufd);
+			if (watch)
+				close((int)(watch - 1));
+		}
 		return;
 	}
 	pthread_mutex_lock(&lm->children_lock);
@@ -486,18 +688,26 @@ void lzm_child_watch(struct handler *h, struct mm *mm)
 }
 
 /*
- * lazymap_close with children alive: nobody will serve them now. Closing
- * their userfaultfd would let the kernel fill their missing pages with
- * zeros, silently wrong for a fill or file region: poison those pages
- * first (SIGBUS), as a failed read does. Handlers are stopped.
+ * lazymap_close (or a broken lazymap) with children alive: nobody will serve
+ * them now. Closing their userfaultfd would let the kernel fill their
+ * missing pages with zeros, silently wrong for a fill or file region: poison
+ * those pages first (SIGBUS), as a failed read does.
  */
 void lzm_children_close(struct lazymap *lm)
 {
 	struct mm *mm;
 
-	while ((mm = lm->children)) {
-		lm->children = mm->next_child;
-		atomic_fetch_sub(&lm->nchildren, 1);
+	for (;;) {
+		pthread_mutex_lock(&lm->children_lock);
+		mm = lm->children;
+		if (mm) {
+			lm->children = mm->next_child;
+			atomic_fetch_sub(&lm->nchildren, 1);
+		}
+		pthread_mutex_unlock(&lm->children_lock);
+		if (!mm)
+			break;
+		epoll_children(lm, mm, EPOLL_CTL_DEL);
 		for (struct vma *v = lzm_vma_first(&mm->tree); v && !mm_gone(mm); v = lzm_vma_next(v)) {
 			uintptr_t at = v->start;
 			int tries = 0;
@@ -552,6 +762,20 @@ void lzm_fork_prepare(struct lazymap *lm)
 	lm->fork_peer = -1;
 	if (!(lm->mm.features & UFFD_FEATURE_EVENT_FORK) || lm->closing)
 		return;
+	/* Before glibc takes its locks: the reader starts here, once. */
+	if (!lm->fork_reader_started) {
+		sigset_t all, old;
+
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		lm->fork_reader_started =
+			pthread_create(&lm->fork_reader, NULL, fork_reader_main, lm) == 0;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (lm->fork_reader_started)
+			pthread_setname_np(lm->fork_reader, "lazymap-fork");
+	}
+	atomic_store(&lm->forking, true);
+	lzm_efd_signal(lm->fork_efd);
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
 		return; /* the child is served all the same, until lazymap_close */
 	atomic_store(&lm->fork_watch, sv[0]);
@@ -562,10 +786,13 @@ void lzm_fork_parent(struct lazymap *lm)
 {
 	int fd;
 
+	atomic_store(&lm->forking, false);
 	if (lm->fork_peer < 0)
 		return;
-	/* The FORK event was read before fork() returned; be sure it is applied. */
-	lzm_mm_sync_events(&lm->mm);
+	/* The FORK event was read before fork() returned: the reader took the
+	 * socket, or this waits until it has. */
+	pthread_mutex_lock(&lm->mm.read_lock);
+	pthread_mutex_unlock(&lm->mm.read_lock);
 	close(lm->fork_peer);
 	lm->fork_peer = -1;
 	fd = atomic_exchange(&lm->fork_watch, -1);

@@ -67,7 +67,7 @@ static int serve_mm(struct handler *h, struct mm *mm)
 	int n, bad = 0;
 
 	pthread_mutex_lock(&mm->event_lock);
-	n = lzm_uffd_read(mm->uffd, msgs, BATCH);
+	n = lzm_mm_read(mm, msgs, BATCH);
 	for (int i = 0; i < n; i++)
 		if (msgs[i].event != UFFD_EVENT_PAGEFAULT && lzm_event_apply(h, mm, &msgs[i]))
 			bad = -EBADMSG;
@@ -317,6 +317,8 @@ static void serve_broken(struct handler *h)
 	struct pollfd pfd[2] = { { .fd = mm->uffd_keep, .events = POLLIN },
 				 { .fd = lm->stop_efd, .events = POLLIN } };
 
+	/* Forked children: nobody will serve them; what they lack is SIGBUS. */
+	lzm_children_close(lm);
 	/* Faults whose messages were read but never answered: let them come again. */
 	pthread_rwlock_rdlock(&mm->lock);
 	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
@@ -324,15 +326,22 @@ static void serve_broken(struct handler *h)
 	pthread_rwlock_unlock(&mm->lock);
 
 	while (!atomic_load_explicit(&lm->stopping, memory_order_acquire)) {
-		int n = lzm_uffd_read(mm->uffd_keep, msgs, BATCH);
+		/* What the fork reader read first, then our own reference. */
+		int n = atomic_load_explicit(&mm->ring_count, memory_order_acquire)
+				? lzm_mm_read(mm, msgs, BATCH)
+				: lzm_uffd_read(mm->uffd_keep, msgs, BATCH);
 
 		for (int i = 0; i < n; i++) {
 			uintptr_t addr = (uintptr_t)msgs[i].arg.pagefault.address &
 					 ~(uintptr_t)(lzm_page_size - 1);
 			size_t done;
 
-			if (msgs[i].event == UFFD_EVENT_FORK)
-				close((int)msgs[i].arg.fork.ufd); /* read, so fork() returns */
+			if (msgs[i].event == UFFD_EVENT_FORK) {
+				/* read, so that fork() returns; nobody serves the child */
+				close((int)msgs[i].arg.fork.ufd);
+				if (msgs[i].arg.reserved.reserved2)
+					close((int)(msgs[i].arg.reserved.reserved2 - 1));
+			}
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
 				continue;
 			stat_add(&h->stats.io_errors, 1);
@@ -419,9 +428,11 @@ static void *handler_main(void *arg)
 			sp.since = 0;
 			continue;
 		}
-		/* The same for the handoff stack: drain, then look. */
+		/* The same for the handoff stack (and the fork reader's ring,
+		 * which signals the same eventfd): drain, then look. */
 		lzm_efd_drain(h->handoff_efd);
-		if (atomic_load_explicit(&h->handoff, memory_order_acquire))
+		if (atomic_load_explicit(&h->handoff, memory_order_acquire) ||
+		    atomic_load_explicit(&mm->ring_count, memory_order_acquire))
 			continue;
 
 		struct epoll_event ev[8];

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <syslog.h>
+#include <linux/userfaultfd.h>
 
 #include "lazymap.h"
 
@@ -239,7 +240,6 @@ int lzm_vma_tree_check(const struct vma_tree *t);
 
 /* ---------------------------------------------------------------- uffd.c */
 
-struct uffd_msg;
 int lzm_uffd_open(int *fdp);
 int lzm_uffd_probe(uint64_t *features);
 int lzm_uffd_api(int fd, uint64_t features, uint64_t *got);
@@ -253,6 +253,14 @@ int lzm_uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done);
 int lzm_uffd_read(int fd, struct uffd_msg *msgs, int max);
 
 /* ------------------------------------------------------------------ mm.c */
+
+/* Messages the fork reader read (events.c), oldest first, until a handler
+ * takes them. */
+#define MSGRING_SIZE 256
+struct msgring {
+	unsigned n;
+	struct uffd_msg m[MSGRING_SIZE];
+};
 
 /*
  * One served address space (the kernel's mm_struct): its userfaultfd and the
@@ -279,12 +287,21 @@ struct mm {
 	/*
 	 * event_lock makes the order in which messages are read the order in
 	 * which events are applied (a moving mremap is REMAP then UNMAP): held
-	 * from read(uffd) until the events read are applied. Fault messages
-	 * are served after it is let go. Taken before lock, never after; API
-	 * calls take and drop it first so that events read before them (the
-	 * program's munmap has returned) are in the tree.
+	 * from taking a batch (from the ring, else from the userfaultfd) until
+	 * its events are applied. Fault messages are served after it is let go.
+	 * Taken before lock, never after; API calls wait until what was read
+	 * before them is applied (lzm_mm_sync_events).
 	 */
 	pthread_mutex_t event_lock;
+	/*
+	 * read_lock: reading the userfaultfd and the ring. Its holders never
+	 * block on anything but it (no malloc: see the fork reader, events.c),
+	 * so a fork() in progress, which holds glibc's malloc locks until its
+	 * FORK event is read, is never kept waiting by a holder that mallocs.
+	 */
+	pthread_mutex_t read_lock;
+	struct msgring *ring;    /* messages the fork reader read; our own mm only */
+	atomic_uint ring_count;  /* ring->n, for a look without the lock */
 	/*
 	 * lock protects tree and every VMA's fields but ra_*. Readers: the fault
 	 * path, for the whole of a fill. Writers: map, protect, advise, events.
@@ -324,8 +341,13 @@ void lzm_mm_write_unlock(struct mm *mm);
 
 /* -------------------------------------------------------------- events.c */
 
-/* Take and drop mm->event_lock: every event read so far is in the tree. */
+/* Wait until every event read so far is in the tree. */
 void lzm_mm_sync_events(struct mm *mm);
+/* Up to max messages of mm, oldest first: from the ring while it has some,
+ * else read from its userfaultfd; 0 if none, or -errno. event_lock held. */
+int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max);
+/* The fork reader: started at the first fork, stopped at close. */
+void lzm_fork_reader_stop(struct lazymap *lm);
 /* Apply one non-fault message read from mm's userfaultfd (event_lock held);
  * -EBADMSG for a message no userfaultfd sends. */
 int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *msg);
@@ -333,6 +355,9 @@ int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *msg
  * it (mremap in place raises no event), add the grown part to the tree and
  * return true; the fault is then served as any other. */
 bool lzm_mm_grown(struct handler *h, struct mm *mm, uintptr_t addr, uint32_t tid);
+/* The same for every VMA at once, from /proc/PID/maps: for the calls that
+ * read the tree (dump, close) or found a range not wholly ours. No lock held. */
+void lzm_mm_adopt_growth(struct mm *mm);
 void lzm_mm_get(struct mm *mm);
 void lzm_mm_put(struct mm *mm);
 /* The child mm with this id, with a reference; NULL if it is gone. */
@@ -613,6 +638,11 @@ struct lazymap {
 	/* This fork's socket: our end until a FORK event takes it; the child's. */
 	atomic_int fork_watch;
 	int fork_peer;
+	/* The thread that reads our userfaultfd while a fork is in progress. */
+	pthread_t fork_reader;
+	bool fork_reader_started;
+	atomic_bool forking;
+	int fork_efd;            /* wakes the fork reader */
 };
 
 #pragma GCC visibility pop

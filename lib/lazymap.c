@@ -146,6 +146,7 @@ static int range_ok(void *addr, size_t len, uintptr_t *startp, size_t *lenp)
 
 static void lazymap_free(struct lazymap *lm)
 {
+	lzm_fork_reader_stop(lm);
 	lzm_handlers_stop(lm);
 	lzm_fillers_stop(lm);
 	lzm_children_close(lm);
@@ -168,6 +169,8 @@ static void lazymap_free(struct lazymap *lm)
 		close(lm->stop_efd);
 	if (lm->work_efd >= 0)
 		close(lm->work_efd);
+	if (lm->fork_efd >= 0)
+		close(lm->fork_efd);
 	pthread_mutex_destroy(&lm->work_lock);
 	free(lm);
 }
@@ -263,7 +266,7 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	} else {
 		lm->nhandlers = o.handler_threads;
 	}
-	lm->mm.uffd = lm->stop_efd = lm->work_efd = -1;
+	lm->mm.uffd = lm->stop_efd = lm->work_efd = lm->fork_efd = -1;
 	lm->fork_peer = -1;
 	atomic_init(&lm->fork_watch, -1);
 	atomic_init(&lm->next_mm_id, 1);
@@ -273,7 +276,8 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	ret = -ENOMEM;
 	lm->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	lm->work_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (lm->stop_efd < 0 || lm->work_efd < 0) {
+	lm->fork_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (lm->stop_efd < 0 || lm->work_efd < 0 || lm->fork_efd < 0) {
 		ret = -errno;
 		goto fail;
 	}
@@ -325,7 +329,10 @@ int lazymap_close(struct lazymap *lm)
 	/*
 	 * Unmap first: unregistering wakes every thread still waiting on a
 	 * fault, so the handlers have nothing left to serve when they stop.
+	 * Every part of ours: events applied, tails grown in place found.
 	 */
+	lzm_mm_sync_events(&lm->mm);
+	lzm_mm_adopt_growth(&lm->mm);
 	lzm_mm_unmap_all(&lm->mm);
 	lazymap_free(lm);
 	return 0;
@@ -484,6 +491,13 @@ static int owned(struct lazymap *lm, uintptr_t start, size_t len)
 	pthread_rwlock_rdlock(&lm->mm.lock);
 	ret = lzm_mm_check_range(&lm->mm, start, len);
 	pthread_rwlock_unlock(&lm->mm.lock);
+	if (ret) {
+		/* a part mremap grew in place, which raises no event? */
+		lzm_mm_adopt_growth(&lm->mm);
+		pthread_rwlock_rdlock(&lm->mm.lock);
+		ret = lzm_mm_check_range(&lm->mm, start, len);
+		pthread_rwlock_unlock(&lm->mm.lock);
+	}
 	return ret;
 }
 
@@ -614,6 +628,7 @@ int lazymap_dump(struct lazymap *lm, FILE *out)
 	if (ret)
 		return ret;
 	lzm_mm_sync_events(&lm->mm);
+	lzm_mm_adopt_growth(&lm->mm);
 	ret = lzm_mm_dump(&lm->mm, out);
 
 	/* Then each child, from a list taken at once (with references). */

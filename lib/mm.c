@@ -24,6 +24,7 @@ int lzm_mm_init(struct mm *mm, struct lazymap *lm, int uffd, uint64_t features)
 	atomic_init(&mm->refs, 1);
 	lzm_vma_tree_init(&mm->tree);
 	pthread_mutex_init(&mm->event_lock, NULL);
+	pthread_mutex_init(&mm->read_lock, NULL);
 	/* glibc's default rwlock lets a stream of faults starve map/unmap. */
 	pthread_rwlockattr_init(&attr);
 	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -57,6 +58,14 @@ int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features)
 	}
 	lzm_mm_init(mm, lm, uffd, got);
 	mm->self = true;
+	if (got & UFFD_FEATURE_EVENT_FORK) {
+		mm->ring = calloc(1, sizeof(*mm->ring));
+		if (!mm->ring) {
+			close(uffd);
+			mm->uffd = -1;
+			return -ENOMEM;
+		}
+	}
 	mm->uffd_keep = fcntl(uffd, F_DUPFD_CLOEXEC, 3);
 	if (mm->uffd_keep < 0) {
 		ret = -errno;
@@ -189,6 +198,8 @@ void lzm_mm_destroy(struct mm *mm)
 	lzm_mm_unmap_all(mm);
 	pthread_rwlock_destroy(&mm->lock);
 	pthread_mutex_destroy(&mm->event_lock);
+	pthread_mutex_destroy(&mm->read_lock);
+	free(mm->ring);
 	close(mm->uffd);
 	close(mm->uffd_keep);
 }
@@ -386,6 +397,12 @@ static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **s
 
 	lzm_mm_sync_events(mm);
 	pthread_rwlock_wrlock(&mm->lock);
+	if (ret == 0 && lzm_mm_check_range(mm, start, len)) {
+		/* Not wholly ours, or a part mremap grew in place (no event). */
+		write_unlock(mm);
+		lzm_mm_adopt_growth(mm);
+		pthread_rwlock_wrlock(&mm->lock);
+	}
 	return ret ? ret : lzm_mm_check_range(mm, start, len);
 }
 
