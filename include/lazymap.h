@@ -18,11 +18,37 @@
  * and one built against a newer header is told -E2BIG if it sets an option
  * the library does not have. Fields are only ever added at the end.
  *
- * Not yet followed (a later release): the program's own munmap, mremap and
- * fork on lazymap ranges. Use lazymap_unmap. A forked child keeps demand-zero
- * regions (pages its parent had not filled read as zeros, as they should) but
- * gets no copy of fill-callback regions (MADV_DONTFORK): touching one is
- * SIGSEGV in the child, never wrong data.
+ * The program may change its lazymap ranges itself, and the library follows
+ * (userfaultfd's non-cooperative events), as the kernel's own mappings do:
+ *   munmap (whole, head, tail, middle)  that part is gone;
+ *   mremap  shrink; grow (in place or moving): the grown tail is served from
+ *           the source like the rest, its offsets continuing past the old end
+ *           (a fill callback is then called with offsets the region did not
+ *           have; a file region reads on, SIGBUS past the end of the file);
+ *           move: a page reads the same bytes at its new address, filled or
+ *           not; MREMAP_DONTUNMAP: the range left behind is emptied and
+ *           produces its pages again from the source, as after MADV_DONTNEED;
+ *   madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE)  the next touch produces
+ *           the page again (zeros, the callback, the file's bytes);
+ *   mmap(MAP_FIXED) over a range  that part is the program's from then on;
+ *   fork    with CAP_SYS_PTRACE (needed for userfaultfd's fork events;
+ *           lazymap_stats' fork_followed is 1): the child's copies of the
+ *           regions are served by this process's handler threads until the
+ *           child exits or execs: pages filled or written before the fork
+ *           read as they were (copy-on-write), untouched ones are produced
+ *           from the source (a fill callback runs in the parent), writes
+ *           stay in the process that made them. Without it (fork_followed 0):
+ *           a child gets no copy of fill or file regions (a touch there is
+ *           SIGSEGV, never wrong data) and keeps zero regions, whose
+ *           untouched pages read zeros.
+ * The call that causes such an event (munmap, mremap, madvise, fork) returns
+ * once a handler thread has read it: from a fill callback, it waits for the
+ * handlers like any fault. A child made with a raw clone() system call
+ * instead of fork() (no pthread_atfork handlers run) is served too, but the
+ * library does not learn when it exits: what it holds for it is let go at
+ * lazymap_close. A child alive at the parent's lazymap_close gets SIGBUS for
+ * the pages of fill and file regions it had not touched (nobody can produce
+ * them any more); its zero regions read zeros.
  */
 #ifndef LAZYMAP_H
 #define LAZYMAP_H
@@ -52,7 +78,8 @@ extern "C" {
  * newer lazymap, exactly as a closed fd number can be reused). A lazymap
  * belongs to the process that opened it: in a child made by fork(), every
  * call on an inherited handle returns -EBADF and leaves the parent's lazymap
- * alone. Its descriptors are its own too: a program that closes or dup2()s
+ * alone (lazymap_close too: the child's copies of the regions go at its
+ * exit or exec, and the parent serves them until then). Its descriptors are its own too: a program that closes or dup2()s
  * over them (a loop closing every descriptor, say) breaks it; the library
  * notices a userfaultfd that is no longer one and breaks loudly (see
  * lazymap_close), but cannot always tell.
@@ -336,7 +363,8 @@ LAZYMAP_API int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st
 
 /*
  * Print every address space lm serves, this process first, then each forked
- * child it serves: a line "# pid N", then its VMAs, one line each, in
+ * child it serves: a line "# pid N faults F events E" (fault messages and
+ * mapping events of that address space), then its VMAs, one line each, in
  * /proc/PID/maps style:
  *   start-end perms offset 00:00 0 [lazymap:source]
  * from a copy taken at once, with no lock held while writing: out may be

@@ -44,10 +44,13 @@ enum claim lzm_claim_page(struct mm *mm, _Atomic uint8_t *state, uintptr_t addr)
 	}
 	/*
 	 * Filled before: either a second message for a page we have served
-	 * (two threads faulted on it), or the program dropped the page
-	 * (MADV_DONTNEED) and it must be filled again. The kernel knows which.
+	 * (two threads faulted on it), or the page was dropped (MADV_DONTNEED
+	 * whose REMOVE a fill raced, or installed after a fork's copy) and
+	 * must be filled again. The kernel knows which; mincore() asks it for
+	 * our own process only. In a child's mm the fill is simply made: the
+	 * kernel refuses it (EEXIST, then a wake) if the page is there.
 	 */
-	if ((old & PAGE_FILLED) && page_present(addr)) {
+	if ((old & PAGE_FILLED) && mm->self && page_present(addr)) {
 		/* the wake covers any waiter that came meanwhile */
 		atomic_store_explicit(state, PAGE_FILLED, memory_order_release);
 		lzm_uffd_wake(mm->uffd, addr, lzm_page_size);

@@ -175,6 +175,7 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 		return NULL;
 	}
 	lzm_source_get(src);
+	lzm_mm_get(mm);
 	atomic_fetch_add(&mm->busy, 1);
 	*req = (struct fill_req){
 		.mm = mm, .src = src, .addr = addr, .idx = idx, .n = n, .write = write,
@@ -194,6 +195,7 @@ static void req_free(struct handler *h, struct fill_req *req)
 		lzm_pool_free(&h->pool, req->buf, req->n);
 	lzm_source_put(req->src);
 	atomic_fetch_sub(&req->mm->busy, 1);
+	lzm_mm_put(req->mm);
 	free(req);
 }
 
@@ -438,15 +440,27 @@ void lzm_fault_start(struct handler *h, struct fill_req *req)
 /* Requests one fault may begin: its run and the runs fault-around adds. */
 #define FAULT_REQS 4
 
-void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write)
+void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write, uint32_t tid)
 {
 	struct fill_req *reqs[FAULT_REQS] = { NULL }, *ahead[AHEAD_WINDOWS] = { NULL };
 	size_t nreqs = 0, nahead = 0, max, n;
+	bool grown = false;
 	struct vma *v;
 	uint64_t idx;
 
+	atomic_fetch_add_explicit(&mm->faults, 1, memory_order_relaxed);
+again:
 	pthread_rwlock_rdlock(&mm->lock);
 	v = lzm_vma_lookup(&mm->tree, addr);
+	if (!v && !grown) {
+		/* Past the end of a VMA that mremap grew in place? */
+		pthread_rwlock_unlock(&mm->lock);
+		grown = true;
+		if (lzm_mm_grown(h, mm, addr, tid))
+			goto again;
+		pthread_rwlock_rdlock(&mm->lock);
+		v = lzm_vma_lookup(&mm->tree, addr);
+	}
 	if (!v) {
 		/* Not ours (any more): let the toucher retry against the kernel. */
 		stat_add(&h->stats.unowned, 1);

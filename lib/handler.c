@@ -30,6 +30,7 @@
 
 _Thread_local struct handler *lzm_current_handler;
 
+/* The fault messages of a batch (its events were applied when it was read). */
 static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg *msgs, int n)
 {
 	for (int i = 0; i < n; i++) {
@@ -37,29 +38,98 @@ static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg 
 		uintptr_t addr;
 		bool dup = false;
 
-		switch (m->event) {
-		case UFFD_EVENT_PAGEFAULT:
-			stat_add(&h->stats.faults, 1);
-			addr = (uintptr_t)m->arg.pagefault.address & ~(uintptr_t)(lzm_page_size - 1);
-			/* Two threads faulting on one page queue two messages. */
-			for (int j = 0; j < i && !dup; j++)
-				dup = msgs[j].event == UFFD_EVENT_PAGEFAULT &&
-				      ((uintptr_t)msgs[j].arg.pagefault.address & ~(uintptr_t)(lzm_page_size - 1)) == addr;
-			if (dup) {
-				stat_add(&h->stats.coalesced, 1);
-				break;
-			}
-			lzm_fault_handle(h, mm, addr, m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE);
-			break;
-		default:
-			/*
-			 * We negotiate no event features: this descriptor is no
-			 * longer our userfaultfd (the program dup2()'d over it).
-			 */
-			lzm_handler_break(h, EBADF, "a message that is no userfaultfd's");
-			return;
+		if (m->event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		stat_add(&h->stats.faults, 1);
+		addr = (uintptr_t)m->arg.pagefault.address & ~(uintptr_t)(lzm_page_size - 1);
+		/* Two threads faulting on one page queue two messages. */
+		for (int j = 0; j < i && !dup; j++)
+			dup = msgs[j].event == UFFD_EVENT_PAGEFAULT &&
+			      ((uintptr_t)msgs[j].arg.pagefault.address & ~(uintptr_t)(lzm_page_size - 1)) == addr;
+		if (dup) {
+			stat_add(&h->stats.coalesced, 1);
+			continue;
 		}
+		lzm_fault_handle(h, mm, addr, m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE,
+				 m->arg.pagefault.feat.ptid);
 	}
+}
+
+/*
+ * Read what mm's userfaultfd holds, apply its events in the order read
+ * (event_lock: another handler reading the same descriptor applies its
+ * batch before or after ours, never between), then serve its faults with
+ * the lock let go. Returns how many messages, 0 if none, or -errno.
+ */
+static int serve_mm(struct handler *h, struct mm *mm)
+{
+	struct uffd_msg msgs[BATCH];
+	int n, bad = 0;
+
+	/* Busy: another handler is reading, and will read again if there is more. */
+	if (pthread_mutex_trylock(&mm->event_lock))
+		return 0;
+	n = lzm_mm_read(mm, msgs, BATCH);
+	for (int i = 0; i < n; i++)
+		if (msgs[i].event != UFFD_EVENT_PAGEFAULT && lzm_event_apply(h, mm, &msgs[i]))
+			bad = -EBADMSG;
+	pthread_mutex_unlock(&mm->event_lock);
+	if (n <= 0)
+		return n;
+	/* Busy from now: reads are no longer given to us (handler_give). */
+	atomic_store_explicit(&h->idle, false, memory_order_relaxed);
+	stat_add(&h->stats.reads, 1);
+	stat_max(&h->stats.max_batch, (uint64_t)n);
+	atomic_fetch_add(&mm->busy, 1);
+	serve_batch(h, mm, msgs, n);
+	atomic_fetch_sub(&mm->busy, 1);
+	lzm_uring_flush(h); /* the batch's reads go to the kernel together */
+	return bad ? bad : n;
+}
+
+/*
+ * What epoll_wait returned: children's userfaultfds to serve, children's
+ * watch sockets. Our own userfaultfd and the eventfds are looked at by the
+ * loop itself. Returns whether any child had work.
+ */
+static bool serve_events(struct handler *h, const struct epoll_event *ev, int n)
+{
+	bool any = false;
+
+	for (int i = 0; i < n; i++) {
+		unsigned kind = (unsigned)(ev[i].data.u64 & 3);
+		struct mm *mm;
+
+		if (kind == EPOLL_MISC)
+			continue;
+		mm = lzm_child_find(h->lm, ev[i].data.u64 >> 2);
+		if (!mm)
+			continue; /* released meanwhile */
+		if (kind == EPOLL_WATCH) {
+			lzm_child_watch(h, mm);
+		} else {
+			int ret = serve_mm(h, mm);
+
+			if (ret > 0)
+				any = true;
+			else if (ret < 0 && ret != -EBADMSG)
+				lzm_child_release(h->lm, mm);
+		}
+		lzm_mm_put(mm);
+	}
+	return any;
+}
+
+/* Children's work, without sleeping: one epoll_wait, whatever their number. */
+static bool serve_children(struct handler *h)
+{
+	struct epoll_event ev[8];
+	int n;
+
+	if (!atomic_load_explicit(&h->lm->nchildren, memory_order_relaxed))
+		return false;
+	n = epoll_wait(h->epfd, ev, 8, 0);
+	return n > 0 && serve_events(h, ev, n);
 }
 
 /*
@@ -249,6 +319,8 @@ static void serve_broken(struct handler *h)
 	struct pollfd pfd[2] = { { .fd = mm->uffd_keep, .events = POLLIN },
 				 { .fd = lm->stop_efd, .events = POLLIN } };
 
+	/* Forked children: nobody will serve them; what they lack is SIGBUS. */
+	lzm_children_close(lm);
 	/* Faults whose messages were read but never answered: let them come again. */
 	pthread_rwlock_rdlock(&mm->lock);
 	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
@@ -256,13 +328,22 @@ static void serve_broken(struct handler *h)
 	pthread_rwlock_unlock(&mm->lock);
 
 	while (!atomic_load_explicit(&lm->stopping, memory_order_acquire)) {
-		int n = lzm_uffd_read(mm->uffd_keep, msgs, BATCH);
+		/* What the fork reader read first, then our own reference. */
+		int n = atomic_load_explicit(&mm->ring_count, memory_order_acquire)
+				? lzm_mm_read(mm, msgs, BATCH)
+				: lzm_uffd_read(mm->uffd_keep, msgs, BATCH);
 
 		for (int i = 0; i < n; i++) {
 			uintptr_t addr = (uintptr_t)msgs[i].arg.pagefault.address &
 					 ~(uintptr_t)(lzm_page_size - 1);
 			size_t done;
 
+			if (msgs[i].event == UFFD_EVENT_FORK) {
+				/* read, so that fork() returns; nobody serves the child */
+				close((int)msgs[i].arg.fork.ufd);
+				if (msgs[i].arg.reserved.reserved2)
+					close((int)(msgs[i].arg.reserved.reserved2 - 1));
+			}
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
 				continue;
 			stat_add(&h->stats.io_errors, 1);
@@ -285,7 +366,6 @@ static void *handler_main(void *arg)
 	struct handler *h = arg;
 	struct lazymap *lm = h->lm;
 	struct mm *mm = &lm->mm;
-	struct uffd_msg msgs[BATCH];
 	uint64_t spin_ns = lm->opts.spin_us == LAZYMAP_SPIN_NONE ? 0 : lm->opts.spin_us * 1000ull;
 	struct spin sp = { 0 };
 
@@ -305,19 +385,19 @@ static void *handler_main(void *arg)
 			atomic_store_explicit(&h->idle, false, memory_order_relaxed);
 			sp.since = 0;
 		}
-		n = lzm_uffd_read(mm->uffd, msgs, BATCH);
-		if (n > 0) {
+		n = serve_mm(h, mm);
+		if (n > 0 || serve_children(h)) {
 			atomic_store_explicit(&h->idle, false, memory_order_relaxed);
-			stat_add(&h->stats.reads, 1);
-			stat_max(&h->stats.max_batch, (uint64_t)n);
-			atomic_fetch_add(&mm->busy, 1);
-			serve_batch(h, mm, msgs, n);
-			atomic_fetch_sub(&mm->busy, 1);
-			lzm_uring_flush(h); /* the batch's reads go to the kernel together */
 			sp.since = 0;
 			continue;
 		}
-		if (n < 0 && n != -EAGAIN) {
+		if (n == -EBADMSG) {
+			/* We negotiated the events: this descriptor is no longer our
+			 * userfaultfd (the program dup2()'d over it). */
+			lzm_handler_break(h, EBADF, "a message that is no userfaultfd's");
+			break;
+		}
+		if (n < 0) {
 			lzm_handler_break(h, -n, "read(userfaultfd)");
 			break;
 		}
@@ -350,18 +430,23 @@ static void *handler_main(void *arg)
 			sp.since = 0;
 			continue;
 		}
-		/* The same for the handoff stack: drain, then look. */
+		/* The same for the handoff stack (and the fork reader's ring,
+		 * which signals the same eventfd): drain, then look. */
 		lzm_efd_drain(h->handoff_efd);
-		if (atomic_load_explicit(&h->handoff, memory_order_acquire))
+		if (atomic_load_explicit(&h->handoff, memory_order_acquire) ||
+		    atomic_load_explicit(&mm->ring_count, memory_order_acquire))
 			continue;
 
-		struct epoll_event ev[4];
+		struct epoll_event ev[8];
 
 		stat_add(&h->stats.sleeps, 1);
-		if (epoll_wait(h->epfd, ev, 4, -1) < 0 && errno != EINTR) {
+		n = epoll_wait(h->epfd, ev, 8, -1);
+		if (n < 0 && errno != EINTR) {
 			lzm_handler_break(h, errno, "epoll_wait");
 			break;
 		}
+		if (n > 0)
+			serve_events(h, ev, n);
 		sp.since = 0;
 	}
 	/* Never idle again: nothing is given to us now, and what was is taken
@@ -424,7 +509,7 @@ static int handler_init(struct lazymap *lm, struct handler *h, unsigned index)
 	int fds[] = { lm->mm.uffd, lm->stop_efd, lm->work_efd, lzm_uring_eventfd(h), h->handoff_efd };
 
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
-		struct epoll_event ev = { .events = EPOLLIN, .data.fd = fds[i] };
+		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EPOLL_MISC };
 
 		if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, fds[i], &ev))
 			return -errno;

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <syslog.h>
+#include <linux/userfaultfd.h>
 
 #include "lazymap.h"
 
@@ -107,18 +108,27 @@ struct source_ops {
 
 /* Per-page state bits (source.state[pgoff]), taken and let go in claim.c. */
 #define PAGE_BUSY   0x01 /* a handler is filling this page now: others leave it */
-#define PAGE_FILLED 0x02 /* installed once; a later fault re-checks with mincore() */
+#define PAGE_FILLED 0x02 /* installed once; a fault that names it checks again */
 #define PAGE_WAITER 0x04 /* a fault came while BUSY: the owner wakes the page when done */
 
 struct source {
 	const struct source_ops *ops;
 	atomic_uint refs;
 	size_t npages;                /* pages covered by state */
+	/*
+	 * Whether each page is installed in the one address space whose VMAs
+	 * use this source (claim.c): what the bytes are belongs to the
+	 * producer below, shared by value with every clone. A source's page
+	 * is mapped by at most one VMA of one mm: mremap gives the range it
+	 * leaves a clone, a forked child gets clones of all, and a grown tail
+	 * gets a source of its own, so that a page's state is never another
+	 * address space's.
+	 */
 	_Atomic uint8_t *state;       /* npages bytes, MAP_NORESERVE: costs only what is touched */
 	lazymap_fill_fn fill;         /* fill-callback sources */
 	void *arg;
-	struct backing *backing;      /* file sources: the file, read from file_pgoff on */
-	uint64_t file_pgoff;          /* file page of state[0] */
+	struct backing *backing;      /* file sources: the file */
+	uint64_t base;                /* producer page of state[0]: file page, or callback page */
 	bool direct;                  /* read with O_DIRECT */
 	atomic_bool slow;             /* a fill call took over 1 ms: fills go to filler threads */
 };
@@ -128,6 +138,9 @@ int lzm_source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct s
 /* A file source: npages of b from page file_pgoff on; takes a reference to b. */
 int lzm_source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool direct,
 		    struct source **srcp);
+/* A source of npages with src's producer from producer page base on, and
+ * a state of its own with nothing installed. */
+int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, struct source **srcp);
 void lzm_source_get(struct source *src); /* NULL is allowed and ignored */
 void lzm_source_put(struct source *src); /* NULL is allowed and ignored */
 static inline bool source_produces(const struct source *src)
@@ -227,7 +240,6 @@ int lzm_vma_tree_check(const struct vma_tree *t);
 
 /* ---------------------------------------------------------------- uffd.c */
 
-struct uffd_msg;
 int lzm_uffd_open(int *fdp);
 int lzm_uffd_probe(uint64_t *features);
 int lzm_uffd_api(int fd, uint64_t features, uint64_t *got);
@@ -242,26 +254,60 @@ int lzm_uffd_read(int fd, struct uffd_msg *msgs, int max);
 
 /* ------------------------------------------------------------------ mm.c */
 
+/* Messages the fork reader read (events.c), oldest first, until a handler
+ * takes them. */
+#define MSGRING_SIZE 256
+struct msgring {
+	unsigned n;
+	struct uffd_msg m[MSGRING_SIZE];
+};
+
 /*
  * One served address space (the kernel's mm_struct): its userfaultfd and the
- * VMAs registered with it. The in-process library has one; forked children
- * and faultd's clients will each add one.
+ * VMAs registered with it. A lazymap serves its own process's (lm->mm) and
+ * one per forked child it follows (events.c), refcounted: a fault being
+ * served, a read in flight or a queued fill keeps a child's mm alive after
+ * the child has gone.
  */
 struct mm {
+	struct lazymap *lm;
+	atomic_uint refs;        /* children: freed at 0; lm->mm: never */
+	uint64_t id;             /* key in the handlers' epoll sets (events.c) */
+	bool self;               /* the handlers' own process: mincore() sees its pages */
+	_Atomic int pid;         /* 0 until known (a child tells it: events.c) */
 	int uffd;
 	/*
 	 * A second descriptor of the same userfaultfd, used only once the
 	 * lazymap is broken: a program that closes our uffd by mistake must not
 	 * release it, since the kernel would then unregister every region and
-	 * hand out zeros for pages we never produced.
+	 * hand out zeros for pages we never produced. -1 for children.
 	 */
 	int uffd_keep;
 	uint64_t features;       /* negotiated with UFFDIO_API */
 	/*
+	 * event_lock makes the order in which messages are read the order in
+	 * which events are applied (a moving mremap is REMAP then UNMAP): held
+	 * from taking a batch (from the ring, else from the userfaultfd) until
+	 * its events are applied. Fault messages are served after it is let go.
+	 * Taken before lock, never after; API calls wait until what was read
+	 * before them is applied (lzm_mm_sync_events).
+	 */
+	pthread_mutex_t event_lock;
+	/*
+	 * read_lock: reading the userfaultfd and the ring. Its holders never
+	 * block on anything but it (no malloc: see the fork reader, events.c),
+	 * so a fork() in progress, which holds glibc's malloc locks until its
+	 * FORK event is read, is never kept waiting by a holder that mallocs.
+	 */
+	pthread_mutex_t read_lock;
+	struct msgring *ring;    /* messages the fork reader read; our own mm only */
+	atomic_uint ring_count;  /* ring->n, for a look without the lock */
+	/*
 	 * lock protects tree and every VMA's fields but ra_*. Readers: the fault
-	 * path, for the whole of a fill. Writers: map, unmap, protect. A writer
-	 * never makes a call that waits for a handler while holding it: ranges
-	 * are unregistered before they are unmapped, so munmap raises no event.
+	 * path, for the whole of a fill. Writers: map, protect, advise, events.
+	 * Nobody holding it makes a call that raises a userfaultfd event (it
+	 * would wait for a handler that waits for the lock): lazymap_unmap
+	 * drops it before munmap, and close unregisters before it unmaps.
 	 */
 	pthread_rwlock_t lock;
 	struct vma_tree tree;
@@ -271,9 +317,14 @@ struct mm {
 	 * worked on, fill requests alive. lzm_quiesce() waits for it to be 0.
 	 */
 	atomic_long busy;
+	/* children only: the socket whose peer only the child holds (events.c) */
+	int watch_fd;
+	struct mm *next_child;   /* lm->children, under lm->children_lock */
+	_Atomic uint64_t faults, events; /* for lazymap_dump */
 };
 
-int lzm_mm_init(struct mm *mm, uint64_t features);
+int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features);
+int lzm_mm_init(struct mm *mm, struct lazymap *lm, int uffd, uint64_t features);
 void lzm_mm_unmap_all(struct mm *mm);
 void lzm_mm_destroy(struct mm *mm); /* unmaps every VMA, closes the userfaultfd */
 /* A new region of src where flags say (LAZYMAP_HINT, LAZYMAP_FIXED: *addrp on
@@ -285,6 +336,47 @@ int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice);
 /* 0 if [start, start+len) lies wholly in VMAs of mm, else -EINVAL. Lock held. */
 int lzm_mm_check_range(struct mm *mm, uintptr_t start, size_t len);
 int lzm_mm_dump(struct mm *mm, FILE *out);
+/* Leave a write section: publish the VMA count for lock-free readers. */
+void lzm_mm_write_unlock(struct mm *mm);
+
+/* -------------------------------------------------------------- events.c */
+
+/* Wait until every event read so far is in the tree. */
+void lzm_mm_sync_events(struct mm *mm);
+/* Up to max messages of mm, oldest first: from the ring while it has some,
+ * else read from its userfaultfd; 0 if none, or -errno. event_lock held. */
+int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max);
+/* The fork reader: started at the first fork, stopped at close. */
+void lzm_fork_reader_stop(struct lazymap *lm);
+/* Apply one non-fault message read from mm's userfaultfd (event_lock held);
+ * -EBADMSG for a message no userfaultfd sends. */
+int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *msg);
+/* A fault at addr outside every VMA of mm: if the kernel grew the VMA below
+ * it (mremap in place raises no event), add the grown part to the tree and
+ * return true; the fault is then served as any other. */
+bool lzm_mm_grown(struct handler *h, struct mm *mm, uintptr_t addr, uint32_t tid);
+/* The same for every VMA at once, from /proc/PID/maps: for the calls that
+ * read the tree (dump, close) or found a range not wholly ours. No lock held. */
+void lzm_mm_adopt_growth(struct mm *mm);
+void lzm_mm_get(struct mm *mm);
+void lzm_mm_put(struct mm *mm);
+/* The child mm with this id, with a reference; NULL if it is gone. */
+struct mm *lzm_child_find(struct lazymap *lm, uint64_t id);
+/* Stop serving a child mm (it has gone). */
+void lzm_child_release(struct lazymap *lm, struct mm *mm);
+/* Its watch socket is readable: the child told its pid, or has gone. */
+void lzm_child_watch(struct handler *h, struct mm *mm);
+/* lazymap_close: let go of every child, poisoning what they can no longer get. */
+void lzm_children_close(struct lazymap *lm);
+/* Around fork() (lazymap.c's pthread_atfork handlers, registry lock held). */
+void lzm_fork_prepare(struct lazymap *lm);
+void lzm_fork_parent(struct lazymap *lm);
+void lzm_fork_child(struct lazymap *lm);
+void lzm_fork_child_done(void);
+/* epoll keys of a handler's set: low bits say what, the rest is an mm id */
+#define EPOLL_MISC  0u  /* eventfds, the ring, our own userfaultfd */
+#define EPOLL_UFFD  1u  /* a child's userfaultfd */
+#define EPOLL_WATCH 2u  /* a child's watch socket */
 
 /* ---------------------------------------------------------------- pool.c */
 
@@ -450,7 +542,8 @@ void lzm_fill_req_run(struct handler *h, struct fill_req *req, char *buf);
 void lzm_fault_abandon(struct fill_req *req);
 
 /* Serve one missing fault at addr of mm. */
-void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write);
+/* Serve one missing fault at addr of mm, raised by thread tid (0: unknown). */
+void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write, uint32_t tid);
 /* Fill up to max missing pages from start on (prefetch); returns the address
  * where it stopped (end when done). */
 uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end);
@@ -536,6 +629,20 @@ struct lazymap {
 	cpu_set_t cpus;
 	struct handler *handlers;
 	struct fillers fillers;
+
+	/* Forked children served (events.c): children_lock protects the list. */
+	pthread_mutex_t children_lock;
+	struct mm *children;
+	atomic_uint nchildren;
+	_Atomic uint64_t next_mm_id;
+	/* This fork's socket: our end until a FORK event takes it; the child's. */
+	atomic_int fork_watch;
+	int fork_peer;
+	/* The thread that reads our userfaultfd while a fork is in progress. */
+	pthread_t fork_reader;
+	bool fork_reader_started;
+	atomic_bool forking;
+	int fork_efd;            /* wakes the fork reader */
 };
 
 #pragma GCC visibility pop

@@ -46,15 +46,22 @@ static void lazymap_put(struct lazymap *lm);
 static void registry_prefork(void)
 {
 	pthread_mutex_lock(&registry_lock);
+	for (struct lazymap *lm = registry; lm; lm = lm->next_open)
+		lzm_fork_prepare(lm);
 }
 
 static void registry_parent(void)
 {
+	for (struct lazymap *lm = registry; lm; lm = lm->next_open)
+		lzm_fork_parent(lm);
 	pthread_mutex_unlock(&registry_lock);
 }
 
 static void registry_child(void)
 {
+	for (struct lazymap *lm = registry; lm; lm = lm->next_open)
+		lzm_fork_child(lm);
+	lzm_fork_child_done();
 	registry = NULL;
 	pthread_mutex_init(&registry_lock, NULL);
 	pthread_cond_init(&registry_cond, NULL);
@@ -139,8 +146,11 @@ static int range_ok(void *addr, size_t len, uintptr_t *startp, size_t *lenp)
 
 static void lazymap_free(struct lazymap *lm)
 {
+	lzm_fork_reader_stop(lm);
 	lzm_handlers_stop(lm);
 	lzm_fillers_stop(lm);
+	lzm_children_close(lm);
+	pthread_mutex_destroy(&lm->children_lock);
 	free(lm->handlers);
 	if (lm->fillers.f) {
 		free(lm->fillers.f);
@@ -159,13 +169,22 @@ static void lazymap_free(struct lazymap *lm)
 		close(lm->stop_efd);
 	if (lm->work_efd >= 0)
 		close(lm->work_efd);
+	if (lm->fork_efd >= 0)
+		close(lm->fork_efd);
 	pthread_mutex_destroy(&lm->work_lock);
 	free(lm);
 }
 
-/* The features we ask for; all are optional but POISON (failed fills must
- * become SIGBUS, never zeros) and MOVE when LAZYMAP_INSTALL_MOVE is asked. */
-#define WANTED_FEATURES (UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE)
+/*
+ * The features we ask for; all are optional but POISON (failed fills must
+ * become SIGBUS, never zeros) and MOVE when LAZYMAP_INSTALL_MOVE is asked.
+ * The events keep the tree true when the program changes its mappings
+ * itself; FORK needs CAP_SYS_PTRACE and is dropped without it (mm.c).
+ */
+#define WANTED_FEATURES                                                                    \
+	(UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE |             \
+	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |  \
+	 UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_THREAD_ID)
 
 /*
  * The caller's options, whatever the size of the struct they were built
@@ -247,17 +266,22 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	} else {
 		lm->nhandlers = o.handler_threads;
 	}
-	lm->mm.uffd = lm->stop_efd = lm->work_efd = -1;
+	lm->mm.uffd = lm->stop_efd = lm->work_efd = lm->fork_efd = -1;
+	lm->fork_peer = -1;
+	atomic_init(&lm->fork_watch, -1);
+	atomic_init(&lm->next_mm_id, 1);
 	pthread_mutex_init(&lm->work_lock, NULL);
+	pthread_mutex_init(&lm->children_lock, NULL);
 
 	ret = -ENOMEM;
 	lm->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	lm->work_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (lm->stop_efd < 0 || lm->work_efd < 0) {
+	lm->fork_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (lm->stop_efd < 0 || lm->work_efd < 0 || lm->fork_efd < 0) {
 		ret = -errno;
 		goto fail;
 	}
-	ret = lzm_mm_init(&lm->mm, features & WANTED_FEATURES);
+	ret = lzm_mm_open(&lm->mm, lm, features & WANTED_FEATURES);
 	if (ret) {
 		lm->mm.uffd = -1;
 		goto fail;
@@ -305,7 +329,10 @@ int lazymap_close(struct lazymap *lm)
 	/*
 	 * Unmap first: unregistering wakes every thread still waiting on a
 	 * fault, so the handlers have nothing left to serve when they stop.
+	 * Every part of ours: events applied, tails grown in place found.
 	 */
+	lzm_mm_sync_events(&lm->mm);
+	lzm_mm_adopt_growth(&lm->mm);
 	lzm_mm_unmap_all(&lm->mm);
 	lazymap_free(lm);
 	return 0;
@@ -460,9 +487,17 @@ static int owned(struct lazymap *lm, uintptr_t start, size_t len)
 {
 	int ret;
 
+	lzm_mm_sync_events(&lm->mm);
 	pthread_rwlock_rdlock(&lm->mm.lock);
 	ret = lzm_mm_check_range(&lm->mm, start, len);
 	pthread_rwlock_unlock(&lm->mm.lock);
+	if (ret) {
+		/* a part mremap grew in place, which raises no event? */
+		lzm_mm_adopt_growth(&lm->mm);
+		pthread_rwlock_rdlock(&lm->mm.lock);
+		ret = lzm_mm_check_range(&lm->mm, start, len);
+		pthread_rwlock_unlock(&lm->mm.lock);
+	}
 	return ret;
 }
 
@@ -532,6 +567,10 @@ static uint64_t stat_now(struct lazymap *lm, size_t field)
 		return atomic_load_explicit(&lm->mm.nr_vmas, memory_order_relaxed);
 	if (field == offsetof(struct lazymap_stats, broken))
 		return (uint64_t)atomic_load_explicit(&lm->broken, memory_order_relaxed);
+	if (field == offsetof(struct lazymap_stats, children))
+		return atomic_load_explicit(&lm->nchildren, memory_order_relaxed);
+	if (field == offsetof(struct lazymap_stats, fork_followed))
+		return !!(lm->mm.features & UFFD_FEATURE_EVENT_FORK);
 	return 0;
 }
 
@@ -588,7 +627,34 @@ int lazymap_dump(struct lazymap *lm, FILE *out)
 	ret = lazymap_get(lm);
 	if (ret)
 		return ret;
+	lzm_mm_sync_events(&lm->mm);
+	lzm_mm_adopt_growth(&lm->mm);
 	ret = lzm_mm_dump(&lm->mm, out);
+
+	/* Then each child, from a list taken at once (with references). */
+	struct mm **kids = NULL;
+	size_t nkids = 0, cap = atomic_load(&lm->nchildren) + 4;
+
+	if (ret >= 0 && cap > 4) {
+		kids = calloc(cap, sizeof(*kids));
+		if (!kids)
+			ret = -ENOMEM;
+	}
+	if (kids) {
+		pthread_mutex_lock(&lm->children_lock);
+		for (struct mm *mm = lm->children; mm && nkids < cap; mm = mm->next_child) {
+			lzm_mm_get(mm);
+			kids[nkids++] = mm;
+		}
+		pthread_mutex_unlock(&lm->children_lock);
+	}
+	for (size_t i = 0; i < nkids; i++) {
+		int n = ret >= 0 ? lzm_mm_dump(kids[i], out) : 0;
+
+		ret = n < 0 ? n : ret + n;
+		lzm_mm_put(kids[i]);
+	}
+	free(kids);
 	lazymap_put(lm);
 	return ret;
 }

@@ -7,33 +7,24 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include "internal.h"
 
-int lzm_mm_init(struct mm *mm, uint64_t features)
+int lzm_mm_init(struct mm *mm, struct lazymap *lm, int uffd, uint64_t features)
 {
 	pthread_rwlockattr_t attr;
-	uint64_t got;
-	int ret;
 
-	ret = lzm_uffd_open(&mm->uffd);
-	if (ret)
-		return ret;
-	ret = lzm_uffd_api(mm->uffd, features, &got);
-	if (ret) {
-		close(mm->uffd);
-		return ret;
-	}
-	mm->uffd_keep = fcntl(mm->uffd, F_DUPFD_CLOEXEC, 3);
-	if (mm->uffd_keep < 0) {
-		ret = -errno;
-		close(mm->uffd);
-		return ret;
-	}
-	mm->features = got;
+	mm->lm = lm;
+	mm->uffd = uffd;
+	mm->uffd_keep = mm->watch_fd = -1;
+	mm->features = features;
+	atomic_init(&mm->refs, 1);
 	lzm_vma_tree_init(&mm->tree);
+	pthread_mutex_init(&mm->event_lock, NULL);
+	pthread_mutex_init(&mm->read_lock, NULL);
 	/* glibc's default rwlock lets a stream of faults starve map/unmap. */
 	pthread_rwlockattr_init(&attr);
 	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -42,12 +33,56 @@ int lzm_mm_init(struct mm *mm, uint64_t features)
 	return 0;
 }
 
-/* Leave a write section: publish the VMA count for lock-free readers. */
-static void write_unlock(struct mm *mm)
+/*
+ * The process's own mm: a userfaultfd with the features we want. Fork events
+ * need CAP_SYS_PTRACE: without it the handshake fails (EPERM), and the
+ * lazymap goes on without them (lazymap_open documents what a child gets).
+ */
+int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features)
+{
+	uint64_t got;
+	int uffd, ret;
+
+	for (;;) {
+		ret = lzm_uffd_open(&uffd);
+		if (ret)
+			return ret;
+		ret = lzm_uffd_api(uffd, features, &got);
+		if (ret == 0)
+			break;
+		close(uffd);
+		/* UFFDIO_API works once per descriptor: a new one without FORK. */
+		if (ret != -EPERM || !(features & UFFD_FEATURE_EVENT_FORK))
+			return ret;
+		features &= ~(uint64_t)UFFD_FEATURE_EVENT_FORK;
+	}
+	lzm_mm_init(mm, lm, uffd, got);
+	mm->self = true;
+	if (got & UFFD_FEATURE_EVENT_FORK) {
+		mm->ring = calloc(1, sizeof(*mm->ring));
+		if (!mm->ring) {
+			close(uffd);
+			mm->uffd = -1;
+			return -ENOMEM;
+		}
+	}
+	mm->uffd_keep = fcntl(uffd, F_DUPFD_CLOEXEC, 3);
+	if (mm->uffd_keep < 0) {
+		ret = -errno;
+		close(uffd);
+		mm->uffd = -1;
+		return ret;
+	}
+	return 0;
+}
+
+void lzm_mm_write_unlock(struct mm *mm)
 {
 	atomic_store_explicit(&mm->nr_vmas, mm->tree.count, memory_order_relaxed);
 	pthread_rwlock_unlock(&mm->lock);
 }
+
+#define write_unlock lzm_mm_write_unlock
 
 /*
  * The kernel splits a VMA before it changes a part of it, and keeps the split
@@ -78,18 +113,45 @@ static void rejoin(struct mm *mm, uintptr_t start, uintptr_t end)
 }
 
 /*
+ * mprotect changes one kernel VMA after the other and stops at the first it
+ * cannot (at the mapping limit, one it would have to split), the ones before
+ * keeping the new protection: give them back the one the tree says, which
+ * merges them back, then rejoin a VMA split and left alike. Lock held.
+ */
+static void protect_undo(struct mm *mm, uintptr_t start, uintptr_t end)
+{
+	struct vma *v;
+
+	for (v = lzm_vma_lookup(&mm->tree, start); v && v->start < end; v = lzm_vma_next(v)) {
+		uintptr_t s = v->start > start ? v->start : start;
+		uintptr_t e = v->end < end ? v->end : end;
+
+		mprotect((void *)s, e - s, v->prot);
+	}
+	rejoin(mm, start, end);
+}
+
+/*
  * Give [start, end) back to the kernel: all of it, or with -errno nothing.
- * Unregister first, so that munmap raises no event that would wait for a
- * handler. At the mapping limit the unregister fails when it would need new
- * VMAs (a range in the middle of one needs two, though the unmap in the end
- * needs only one): a range left registered but dropped from the tree would
- * make every touch there bounce between the kernel and the handlers for
- * ever, so the failure is reported and the tree kept. Lock held.
+ * It is made inaccessible first, then unregistered, then unmapped, all with
+ * the lock held: a touch from the first step on is SIGSEGV, as after the
+ * kernel's munmap (an unregistered range would read the zero page), and an
+ * unregistered munmap raises no event, which would wait for a handler to
+ * read it: a fill callback in progress must never hold up an unmap. At the
+ * mapping limit a step fails when it would need new VMAs (a range in the
+ * middle of one needs two, though the unmap in the end needs only one): a
+ * range left registered but dropped from the tree would make every touch
+ * there bounce between the kernel and the handlers for ever, so the failure
+ * is reported and the range given back as it was. Lock held.
  */
 static int release_range(struct mm *mm, uintptr_t start, uintptr_t end)
 {
-	int ret = lzm_uffd_unregister(mm->uffd, start, end - start);
+	int ret = 0;
 
+	if (mprotect((void *)start, end - start, PROT_NONE))
+		ret = -errno;
+	if (ret == 0)
+		ret = lzm_uffd_unregister(mm->uffd, start, end - start);
 	if (ret == 0 && munmap((void *)start, end - start))
 		ret = -errno;
 	if (ret) {
@@ -99,7 +161,7 @@ static int release_range(struct mm *mm, uintptr_t start, uintptr_t end)
 		 * (the parts still registered are left as they are).
 		 */
 		lzm_uffd_register(mm->uffd, start, end - start);
-		rejoin(mm, start, end);
+		protect_undo(mm, start, end);
 	}
 	return ret;
 }
@@ -135,6 +197,9 @@ void lzm_mm_destroy(struct mm *mm)
 {
 	lzm_mm_unmap_all(mm);
 	pthread_rwlock_destroy(&mm->lock);
+	pthread_mutex_destroy(&mm->event_lock);
+	pthread_mutex_destroy(&mm->read_lock);
+	free(mm->ring);
 	close(mm->uffd);
 	close(mm->uffd_keep);
 }
@@ -261,6 +326,7 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 		ret = -ENOMEM;
 		goto out;
 	}
+	lzm_mm_sync_events(mm);
 	ret = place(mm, *addrp, len, prot, flags, &p);
 	if (ret)
 		goto out;
@@ -274,7 +340,7 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 	 * its missing pages would read as zeros, which is right for a zero
 	 * source and silently wrong for any other. Such a child gets no copy.
 	 */
-	if (source_produces(src))
+	if (source_produces(src) && !(mm->features & UFFD_FEATURE_EVENT_FORK))
 		madvise(p, len, MADV_DONTFORK);
 	v->start = (uintptr_t)p;
 	v->end = v->start + len;
@@ -329,7 +395,14 @@ static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **s
 {
 	int ret = spares_get(spare);
 
+	lzm_mm_sync_events(mm);
 	pthread_rwlock_wrlock(&mm->lock);
+	if (ret == 0 && lzm_mm_check_range(mm, start, len)) {
+		/* Not wholly ours, or a part mremap grew in place (no event). */
+		write_unlock(mm);
+		lzm_mm_adopt_growth(mm);
+		pthread_rwlock_wrlock(&mm->lock);
+	}
 	return ret ? ret : lzm_mm_check_range(mm, start, len);
 }
 
@@ -373,25 +446,6 @@ int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 out:
 	unlock_range(mm, spare);
 	return ret;
-}
-
-/*
- * mprotect changes one kernel VMA after the other and stops at the first it
- * cannot (at the mapping limit, one it would have to split), the ones before
- * keeping the new protection: give them back the one the tree says, which
- * merges them back, then rejoin a VMA split and left alike. Lock held.
- */
-static void protect_undo(struct mm *mm, uintptr_t start, uintptr_t end)
-{
-	struct vma *v;
-
-	for (v = lzm_vma_lookup(&mm->tree, start); v && v->start < end; v = lzm_vma_next(v)) {
-		uintptr_t s = v->start > start ? v->start : start;
-		uintptr_t e = v->end < end ? v->end : end;
-
-		mprotect((void *)s, e - s, v->prot);
-	}
-	rejoin(mm, start, end);
 }
 
 int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
@@ -478,7 +532,7 @@ int lzm_mm_dump(struct mm *mm, FILE *out)
 		lines[n++] = (struct vma_line){
 			.start = v->start,
 			.end = v->end,
-			.offset = (v->src->file_pgoff + v->pgoff) << lzm_page_shift,
+			.offset = (v->src->base + v->pgoff) << lzm_page_shift,
 			.prot = v->prot,
 			.flags = v->flags,
 			.source = v->src->ops->name,
@@ -487,7 +541,10 @@ int lzm_mm_dump(struct mm *mm, FILE *out)
 
 	int err = 0;
 
-	if (fprintf(out, "# pid %d\n", (int)getpid()) < 0)
+	if (fprintf(out, "# pid %d faults %llu events %llu\n",
+		    mm->self ? (int)getpid() : atomic_load(&mm->pid),
+		    (unsigned long long)atomic_load(&mm->faults),
+		    (unsigned long long)atomic_load(&mm->events)) < 0)
 		err = errno ? -errno : -EIO;
 	for (size_t i = 0; i < n && !err; i++)
 		if (fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",

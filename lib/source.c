@@ -41,7 +41,8 @@ int lzm_source_new_zero(size_t npages, struct source **srcp)
 
 static int fill_fill(struct source *src, void *buf, uint64_t pgoff, size_t npages)
 {
-	int ret = src->fill(buf, npages << lzm_page_shift, pgoff << lzm_page_shift, src->arg);
+	int ret = src->fill(buf, npages << lzm_page_shift, (src->base + pgoff) << lzm_page_shift,
+			    src->arg);
 
 	return ret < 0 ? ret : 0;
 }
@@ -68,7 +69,7 @@ static int file_read(struct source *src, uint64_t pgoff, size_t done, int *fd, u
 {
 	struct backing *b = src->backing;
 
-	*off = ((src->file_pgoff + pgoff) << lzm_page_shift) + done;
+	*off = ((src->base + pgoff) << lzm_page_shift) + done;
 	/* O_DIRECT wants aligned offsets: a continuation that is not goes
 	 * through the page cache (it only happens next to the end of file). */
 	*fd = src->direct && page_aligned(done) ? b->dfd : b->fd;
@@ -79,7 +80,7 @@ static int file_read(struct source *src, uint64_t pgoff, size_t done, int *fd, u
 static size_t file_extent(struct source *src, uint64_t pgoff, size_t npages)
 {
 	struct backing *b = src->backing;
-	uint64_t first = src->file_pgoff + pgoff;
+	uint64_t first = src->base + pgoff;
 	uint64_t size = atomic_load_explicit(&b->size, memory_order_relaxed);
 	uint64_t end = (size + lzm_page_size - 1) >> lzm_page_shift;
 
@@ -113,10 +114,29 @@ int lzm_source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, b
 	if (ret == 0) {
 		atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
 		(*srcp)->backing = b;
-		(*srcp)->file_pgoff = file_pgoff;
+		(*srcp)->base = file_pgoff;
 		(*srcp)->direct = direct;
 	}
 	return ret;
+}
+
+int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, struct source **srcp)
+{
+	struct source *c;
+	int ret = source_alloc(npages, src->ops, &c);
+
+	if (ret)
+		return ret;
+	c->fill = src->fill;
+	c->arg = src->arg;
+	c->backing = src->backing;
+	if (c->backing)
+		atomic_fetch_add_explicit(&c->backing->refs, 1, memory_order_relaxed);
+	c->base = base;
+	c->direct = src->direct;
+	atomic_init(&c->slow, atomic_load_explicit(&src->slow, memory_order_relaxed));
+	*srcp = c;
+	return 0;
 }
 
 /* ------------------------------------------------------------ references */

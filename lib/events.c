@@ -1,0 +1,825 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The program's own changes to its mappings, as userfaultfd reports them
+ * (UNMAP, REMAP, REMOVE, FORK), applied to the tree of the mm they came
+ * from, in the order they were read; the growth of a VMA that raises no
+ * event; and the forked children whose mms the handlers serve: their birth,
+ * the socket that tells us of their end, and their release.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <linux/userfaultfd.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "internal.h"
+
+/* ------------------------------------------------------------ reading */
+
+#define RING MSGRING_SIZE
+
+/*
+ * A FORK event of our own mm takes the socket made for that fork (while
+ * read_lock is held: lzm_fork_parent takes it too, once fork() returns, and
+ * closes what is left): its number rides in the message.
+ */
+static void take_watch(struct mm *mm, struct uffd_msg *msgs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		if (msgs[i].event != UFFD_EVENT_FORK)
+			continue;
+		msgs[i].arg.reserved.reserved2 = 0;
+		if (mm->self) {
+			int fd = atomic_exchange(&mm->lm->fork_watch, -1);
+
+			msgs[i].arg.reserved.reserved2 = (uint64_t)(fd + 1);
+		}
+	}
+}
+
+int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max)
+{
+	struct msgring *r = mm->ring;
+	int n;
+
+	pthread_mutex_lock(&mm->read_lock);
+	if (r && r->n) {
+		n = (int)r->n < max ? (int)r->n : max;
+		memcpy(msgs, r->m, (size_t)n * sizeof(*msgs));
+		r->n -= (unsigned)n;
+		memmove(r->m, r->m + n, r->n * sizeof(*msgs));
+		atomic_store_explicit(&mm->ring_count, r->n, memory_order_release);
+	} else {
+		n = lzm_uffd_read(mm->uffd, msgs, max);
+		take_watch(mm, msgs, n);
+	}
+	pthread_mutex_unlock(&mm->read_lock);
+	return n;
+}
+
+void lzm_mm_sync_events(struct mm *mm)
+{
+	for (;;) {
+		pthread_mutex_lock(&mm->event_lock);
+		pthread_mutex_unlock(&mm->event_lock);
+		/* What the fork reader read is applied once a handler takes it
+		 * (a broken lazymap's handler only answers faults). */
+		if (!atomic_load_explicit(&mm->ring_count, memory_order_acquire) ||
+		    atomic_load_explicit(&mm->lm->broken, memory_order_relaxed))
+			return;
+		sched_yield();
+	}
+}
+
+/*
+ * glibc's fork() holds its malloc locks from before the fork system call
+ * until after it, and the kernel makes fork wait until a FORK event is
+ * read: a handler that calls malloc (a fill request, a fill callback of the
+ * program's) at that moment waits for the fork that waits for it. So while
+ * a fork is in progress, this thread, which allocates nothing, reads our
+ * userfaultfd into the ring, and the handlers take from there.
+ */
+static void *fork_reader_main(void *arg)
+{
+	struct lazymap *lm = arg;
+	struct mm *mm = &lm->mm;
+	struct pollfd pfd[2] = { { .fd = lm->fork_efd, .events = POLLIN },
+				 { .fd = mm->uffd, .events = POLLIN } };
+
+	while (!atomic_load_explicit(&lm->stopping, memory_order_acquire)) {
+		bool forking = atomic_load_explicit(&lm->forking, memory_order_acquire);
+		struct msgring *r = mm->ring;
+		int n = 0;
+
+		if (poll(pfd, forking ? 2 : 1, forking ? 10 : -1) < 0 && errno != EINTR)
+			break;
+		lzm_efd_drain(lm->fork_efd);
+		if (!forking)
+			continue;
+		pthread_mutex_lock(&mm->read_lock);
+		if (r->n < RING) {
+			n = lzm_uffd_read(mm->uffd, r->m + r->n, (int)(RING - r->n));
+			if (n > 0) {
+				take_watch(mm, r->m + r->n, n);
+				r->n += (unsigned)n;
+				atomic_store_explicit(&mm->ring_count, r->n, memory_order_release);
+			}
+		}
+		pthread_mutex_unlock(&mm->read_lock);
+		if (n > 0)
+			for (unsigned i = 0; i < lm->nhandlers; i++)
+				lzm_efd_signal(lm->handlers[i].handoff_efd);
+		else if (n < 0)
+			break; /* the handlers meet the same error and break */
+	}
+	return NULL;
+}
+
+void lzm_fork_reader_stop(struct lazymap *lm)
+{
+	if (!lm->fork_reader_started)
+		return;
+	atomic_store(&lm->stopping, true);
+	lzm_efd_signal(lm->fork_efd);
+	pthread_join(lm->fork_reader, NULL);
+	lm->fork_reader_started = false;
+}
+
+/*
+ * An event cannot be refused: the kernel has made the change. A VMA we
+ * cannot allocate to follow it would leave the tree false, so the lazymap
+ * breaks, loudly (faults get SIGBUS), instead.
+ */
+static struct vma *vma_alloc_or_break(struct handler *h)
+{
+	struct vma *v = lzm_vma_alloc();
+
+	if (!v && h)
+		lzm_handler_break(h, ENOMEM, "following the program's mapping change");
+	return v;
+}
+
+/* Make addr a VMA boundary if a VMA spans it. Write lock held. */
+static bool split_at(struct handler *h, struct mm *mm, uintptr_t addr)
+{
+	struct vma *v = lzm_vma_lookup(&mm->tree, addr), *new;
+
+	if (!v || v->start == addr)
+		return true;
+	new = vma_alloc_or_break(h);
+	if (!new)
+		return false;
+	lzm_vma_split_with(&mm->tree, v, addr, new);
+	return true;
+}
+
+/*
+ * The state of pages no VMA will map again (a source's pages are never
+ * mapped twice: internal.h): give back the whole pages of the array. Fills
+ * still in flight for them write their byte again on release; harmless.
+ */
+static void state_release(struct source *src, uint64_t pgoff, size_t n)
+{
+	uintptr_t a = (uintptr_t)&src->state[pgoff], e = a + n;
+
+	a = (a + lzm_page_size - 1) & ~(uintptr_t)(lzm_page_size - 1);
+	e &= ~(uintptr_t)(lzm_page_size - 1);
+	if (a < e)
+		madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* Erase [start, end) from the tree (the kernel's munmap). Write lock held. */
+static void erase_range(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end)
+{
+	struct vma *v, *next;
+
+	if (!split_at(h, mm, start) || !split_at(h, mm, end))
+		return;
+	for (v = lzm_vma_find(&mm->tree, start); v && v->start < end; v = next) {
+		next = lzm_vma_next(v);
+		lzm_vma_erase(&mm->tree, v);
+		state_release(v->src, v->pgoff, (v->end - v->start) >> lzm_page_shift);
+		lzm_vma_free(v);
+	}
+}
+
+/*
+ * mremap moved [from, from+len) to [to, to+len): the VMAs move with their
+ * sources and offsets, so a page reads the same bytes at its new address
+ * (pages filled before the move moved with it in the kernel, the others are
+ * produced as before). The range left behind gets fresh clones of the
+ * sources: with MREMAP_DONTUNMAP it stays mapped and registered, emptied,
+ * and reads its source again, as after MADV_DONTNEED; without, the UNMAP
+ * that follows erases it. A fill in flight for the old range finds another
+ * source there at its end and drops its pages. Write lock held.
+ */
+static void apply_remap(struct handler *h, struct mm *mm, uintptr_t from, uintptr_t to, size_t len)
+{
+	struct vma *v, *moved = NULL, **tail = &moved, *nv;
+	struct source *last_old = NULL, *last_clone = NULL;
+
+	/* The target was unmapped first (an UNMAP came before); be sure. */
+	erase_range(h, mm, to, to + len);
+	if (!split_at(h, mm, from) || !split_at(h, mm, from + len))
+		return;
+	for (v = lzm_vma_find(&mm->tree, from); v && v->start < from + len; v = lzm_vma_next(v)) {
+		nv = vma_alloc_or_break(h);
+		if (!nv)
+			break;
+		nv->start = v->start - from + to;
+		nv->end = v->end - from + to;
+		nv->prot = v->prot;
+		nv->flags = v->flags;
+		nv->advice = v->advice;
+		nv->pgoff = v->pgoff;
+		nv->src = v->src; /* v's reference moves to nv */
+		/* Pieces of one source keep sharing one clone. */
+		if (v->src != last_old) {
+			lzm_source_put(last_clone);
+			last_clone = NULL;
+			last_old = v->src;
+			if (lzm_source_clone(v->src, v->src->base, v->src->npages, &last_clone)) {
+				lzm_handler_break(h, ENOMEM, "following mremap");
+				lzm_vma_free(nv);
+				break;
+			}
+		}
+		lzm_source_get(last_clone);
+		v->src = last_clone;
+		/* Chain the new VMAs through rb_right until they are inserted. */
+		*tail = nv;
+		tail = &nv->rb_right;
+	}
+	lzm_source_put(last_clone);
+	while (moved) {
+		nv = moved;
+		moved = nv->rb_right;
+		nv->rb_right = NULL;
+		if (lzm_vma_insert(&mm->tree, nv) == 0)
+			lzm_vma_merge(&mm->tree, nv);
+		else
+			lzm_vma_free(nv); /* cannot be: the target was erased */
+	}
+}
+
+/*
+ * MADV_DONTNEED, MADV_FREE, MADV_REMOVE: the pages are dropped (or will be)
+ * and the next touch faults. Forget that they were installed, so that
+ * readahead and fault-around take them again; a fill that installs one
+ * after this is caught by the check a fault makes of an installed page.
+ */
+static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
+{
+	pthread_rwlock_rdlock(&mm->lock);
+	for (struct vma *v = lzm_vma_find(&mm->tree, start); v && v->start < end;
+	     v = lzm_vma_next(v)) {
+		uintptr_t s = v->start > start ? v->start : start;
+		uintptr_t e = v->end < end ? v->end : end;
+		uint64_t idx = v->pgoff + ((s - v->start) >> lzm_page_shift);
+
+		for (; s < e; s += lzm_page_size, idx++)
+			if (atomic_load_explicit(&v->src->state[idx], memory_order_relaxed) &
+			    PAGE_FILLED)
+				atomic_fetch_and(&v->src->state[idx], (uint8_t)~PAGE_FILLED);
+	}
+	pthread_rwlock_unlock(&mm->lock);
+}
+
+static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t watch);
+static void remap_grown(struct handler *h, struct mm *mm, uintptr_t to, size_t len);
+
+int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
+{
+	if (m->event != UFFD_EVENT_UNMAP && m->event != UFFD_EVENT_REMAP &&
+	    m->event != UFFD_EVENT_REMOVE && m->event != UFFD_EVENT_FORK)
+		return -EBADMSG;
+	stat_add(&h->stats.events, 1);
+	atomic_fetch_add_explicit(&mm->events, 1, memory_order_relaxed);
+	switch (m->event) {
+	case UFFD_EVENT_UNMAP:
+		pthread_rwlock_wrlock(&mm->lock);
+		erase_range(h, mm, m->arg.remove.start, m->arg.remove.end);
+		lzm_mm_write_unlock(mm);
+		break;
+	case UFFD_EVENT_REMAP:
+		pthread_rwlock_wrlock(&mm->lock);
+		apply_remap(h, mm, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		remap_grown(h, mm, m->arg.remap.to, m->arg.remap.len);
+		lzm_mm_write_unlock(mm);
+		break;
+	case UFFD_EVENT_REMOVE:
+		apply_remove(mm, m->arg.remove.start, m->arg.remove.end);
+		break;
+	case UFFD_EVENT_FORK:
+		child_new(h, mm, (int)m->arg.fork.ufd, m->arg.reserved.reserved2);
+		break;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ growth */
+
+/* The kernel's VMA holding addr, from /proc/PID/maps (pid 0: ours). */
+static bool kernel_vma(int pid, uintptr_t addr, uintptr_t *ks, uintptr_t *ke)
+{
+	char path[64], line[512];
+	bool found = false;
+	FILE *f;
+
+	if (pid)
+		snprintf(path, sizeof(path), "/proc/%d/maps", pid);
+	else
+		snprintf(path, sizeof(path), "/proc/self/maps");
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 && s <= addr && addr < e) {
+			*ks = s;
+			*ke = e;
+			found = true;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+/*
+ * mremap that grows a mapping in place raises no event (nor does the grown
+ * tail of a moving one, whose REMAP covers the old length): the first news
+ * of it is a fault past the end of one of our VMAs, inside the kernel's VMA
+ * that holds ours. The tail is served from the source like the rest, its
+ * offsets continuing past the old end, with a source of its own (a grown
+ * tail never reuses pages of its VMA's source: internal.h).
+ */
+/* A tail of len bytes grown past v's end: a source continuing v's offsets. */
+static bool grow_after(struct handler *h, struct mm *mm, struct vma *v, uintptr_t end)
+{
+	struct vma *nv = vma_alloc_or_break(h);
+
+	if (!nv)
+		return false;
+	if (lzm_source_clone(v->src, v->src->base + v->pgoff + ((v->end - v->start) >> lzm_page_shift),
+			     (end - v->end) >> lzm_page_shift, &nv->src)) {
+		lzm_vma_free(nv);
+		return false;
+	}
+	nv->start = v->end;
+	nv->end = end;
+	nv->prot = v->prot;
+	nv->flags = v->flags;
+	nv->advice = v->advice;
+	if (lzm_vma_insert(&mm->tree, nv) == 0)
+		return true;
+	lzm_vma_free(nv);
+	return false;
+}
+
+/*
+ * [ks, ke) is one of the kernel's VMAs. If it holds any of ours, all of it
+ * is ours (no other mapping merges with a registered one), and every part
+ * of it the tree lacks past one of ours is a tail mremap grew (a VMA only
+ * grows at its end; the kernel may have merged it with our next region).
+ * Returns whether the tree changed. Write lock held.
+ */
+static bool grow_locked(struct handler *h, struct mm *mm, uintptr_t ks, uintptr_t ke)
+{
+	struct vma *v = lzm_vma_find(&mm->tree, ks), *next;
+	bool grew = false;
+
+	if (!v || v->start >= ke)
+		return false;
+	for (; v && v->start < ke; v = next) {
+		uintptr_t end;
+
+		next = lzm_vma_next(v);
+		end = next && next->start < ke ? next->start : ke;
+		if (end > v->end && grow_after(h, mm, v, end))
+			grew = true;
+	}
+	return grew;
+}
+
+static int mm_pid(struct mm *mm)
+{
+	return mm->self ? 0 : atomic_load(&mm->pid);
+}
+
+bool lzm_mm_grown(struct handler *h, struct mm *mm, uintptr_t addr, uint32_t tid)
+{
+	int pid = mm->self ? 0 : mm_pid(mm) ? mm_pid(mm) : (int)tid;
+	uintptr_t ks, ke;
+	bool ok;
+
+	if (!mm->self && !pid)
+		return false;
+	if (!kernel_vma(pid, addr, &ks, &ke))
+		return false;
+	pthread_rwlock_wrlock(&mm->lock);
+	ok = grow_locked(h, mm, ks, ke) || lzm_vma_lookup(&mm->tree, addr);
+	lzm_mm_write_unlock(mm);
+	return ok;
+}
+
+/* A REMAP of len bytes to to: the kernel's VMA there is longer when the
+ * mremap also grew it (the event gives the old length). Write lock held. */
+static void remap_grown(struct handler *h, struct mm *mm, uintptr_t to, size_t len)
+{
+	uintptr_t ks, ke;
+
+	if ((mm->self || mm_pid(mm)) && kernel_vma(mm_pid(mm), to, &ks, &ke) && ke > to + len)
+		grow_locked(h, mm, ks, ke);
+}
+
+void lzm_mm_adopt_growth(struct mm *mm)
+{
+	char path[64], line[512];
+	FILE *f;
+
+	if (!mm->self && !mm_pid(mm))
+		return;
+	if (mm->self)
+		snprintf(path, sizeof(path), "/proc/self/maps");
+	else
+		snprintf(path, sizeof(path), "/proc/%d/maps", mm_pid(mm));
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	pthread_rwlock_wrlock(&mm->lock);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long ks, ke;
+
+		if (sscanf(line, "%lx-%lx", &ks, &ke) == 2 && ke > ks)
+			grow_locked(NULL, mm, ks, ke);
+	}
+	lzm_mm_write_unlock(mm);
+	fclose(f);
+}
+
+/* ------------------------------------------------------------ children */
+
+void lzm_mm_get(struct mm *mm)
+{
+	atomic_fetch_add_explicit(&mm->refs, 1, memory_order_relaxed);
+}
+
+static void child_free(struct mm *mm)
+{
+	struct vma *v;
+
+	while ((v = lzm_vma_first(&mm->tree))) {
+		lzm_vma_erase(&mm->tree, v);
+		lzm_vma_free(v);
+	}
+	close(mm->uffd);
+	if (mm->watch_fd >= 0)
+		close(mm->watch_fd);
+	pthread_rwlock_destroy(&mm->lock);
+	pthread_mutex_destroy(&mm->event_lock);
+	free(mm);
+}
+
+void lzm_mm_put(struct mm *mm)
+{
+	if (atomic_fetch_sub_explicit(&mm->refs, 1, memory_order_acq_rel) == 1 && !mm->self)
+		child_free(mm);
+}
+
+/* Add or remove a child's descriptors in every handler's epoll set. */
+static void epoll_children(struct lazymap *lm, struct mm *mm, int op)
+{
+	for (unsigned i = 0; i < lm->nhandlers; i++) {
+		struct handler *h = &lm->handlers[i];
+		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = mm->id << 2 | EPOLL_UFFD };
+
+		if (h->epfd < 0)
+			continue;
+		epoll_ctl(h->epfd, op, mm->uffd, &ev);
+		if (mm->watch_fd >= 0) {
+			ev.data.u64 = mm->id << 2 | EPOLL_WATCH;
+			epoll_ctl(h->epfd, op, mm->watch_fd, &ev);
+		}
+	}
+}
+
+/*
+ * Which pages of src are installed, into c: only the pages of the state
+ * array that were ever written are looked at (a 1 TiB region's state is
+ * 256 MiB, of which a program that touched little has written little).
+ */
+static void state_copy_filled(struct source *c, const struct source *src)
+{
+	const size_t chunk = 4096; /* state pages per mincore() */
+	unsigned char vec[4096];
+	uintptr_t base = (uintptr_t)src->state;
+
+	for (size_t off = 0; off < src->npages; off += chunk * lzm_page_size) {
+		size_t len = src->npages - off < chunk * lzm_page_size ? src->npages - off
+								     : chunk * lzm_page_size;
+
+		if (mincore((void *)(base + off), len, vec))
+			memset(vec, 1, sizeof(vec));
+		for (size_t p = 0; p * lzm_page_size < len; p++) {
+			size_t i = off + p * lzm_page_size;
+			size_t end = i + lzm_page_size < src->npages ? i + lzm_page_size : src->npages;
+
+			if (!(vec[p] & 1))
+				continue;
+			for (; i < end; i++)
+				if (atomic_load_explicit(&src->state[i], memory_order_relaxed) &
+				    PAGE_FILLED)
+					atomic_store_explicit(&c->state[i], PAGE_FILLED,
+							      memory_order_relaxed);
+		}
+	}
+}
+
+/*
+ * The child's copy of the tree: every VMA, each source cloned once (the
+ * child's page table is a copy of ours as of the fork: what we had
+ * installed, it has, unless it was installed after the copy, which the
+ * fault path's check of installed pages catches). Parent's lock held.
+ */
+static int child_copy_tree(struct mm *child, struct mm *parent)
+{
+	struct source *last_old = NULL, *last_clone = NULL;
+
+	for (struct vma *v = lzm_vma_first(&parent->tree); v; v = lzm_vma_next(v)) {
+		struct vma *nv = lzm_vma_alloc();
+
+		if (!nv)
+			return -ENOMEM;
+		if (v->src != last_old) {
+			struct source *c;
+
+			if (lzm_source_clone(v->src, v->src->base, v->src->npages, &c)) {
+				lzm_vma_free(nv);
+				return -ENOMEM;
+			}
+			state_copy_filled(c, v->src);
+			lzm_source_put(last_clone);
+			last_clone = c;
+			last_old = v->src;
+		}
+		nv->start = v->start;
+		nv->end = v->end;
+		nv->prot = v->prot;
+		nv->flags = v->flags;
+		nv->advice = v->advice;
+		nv->pgoff = v->pgoff;
+		nv->src = last_clone;
+		lzm_source_get(last_clone);
+		if (lzm_vma_insert(&child->tree, nv)) {
+			lzm_vma_free(nv);
+			lzm_source_put(last_clone);
+			return -EINVAL;
+		}
+	}
+	lzm_source_put(last_clone);
+	atomic_store_explicit(&child->nr_vmas, child->tree.count, memory_order_relaxed);
+	return 0;
+}
+
+/*
+ * FORK: ufd is the child's userfaultfd, already registered on its copies of
+ * our ranges. The parent is still inside fork() (it returns once we have
+ * read the event), so the socket made for this fork (lzm_fork_prepare) is
+ * still there to take: its other end is the child's only, and tells us when
+ * the child has gone.
+ */
+static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t watch)
+{
+	struct lazymap *lm = h->lm;
+	struct mm *child = calloc(1, sizeof(*child));
+	int ret = -ENOMEM;
+
+	if (child) {
+		lzm_mm_init(child, lm, ufd, parent->features);
+		child->id = atomic_fetch_add(&lm->next_mm_id, 1);
+		/* taken when the event was read (take_watch); 0: none */
+		child->watch_fd = (int)(watch - 1);
+		pthread_rwlock_rdlock(&parent->lock);
+		ret = child_copy_tree(child, parent);
+		pthread_rwlock_unlock(&parent->lock);
+	}
+	if (ret) {
+		/* The child's regions become unregistered: zeros. Say so. */
+		lzm_log(lm, LOG_ERR, "cannot follow a fork (%s): the child's regions are not served",
+			strerror(-ret));
+		if (child) {
+			child_free(child);
+		} else {
+			close(ufd);
+			if (watch)
+				close((int)(watch - 1));
+		}
+		return;
+	}
+	pthread_mutex_lock(&lm->children_lock);
+	child->next_child = lm->children;
+	lm->children = child;
+	atomic_fetch_add(&lm->nchildren, 1);
+	pthread_mutex_unlock(&lm->children_lock);
+	epoll_children(lm, child, EPOLL_CTL_ADD);
+}
+
+struct mm *lzm_child_find(struct lazymap *lm, uint64_t id)
+{
+	struct mm *mm;
+
+	pthread_mutex_lock(&lm->children_lock);
+	for (mm = lm->children; mm && mm->id != id; mm = mm->next_child)
+		;
+	if (mm)
+		lzm_mm_get(mm);
+	pthread_mutex_unlock(&lm->children_lock);
+	return mm;
+}
+
+/* Stop serving a child: out of the list and the epoll sets; freed when the
+ * last fill that holds it ends. */
+void lzm_child_release(struct lazymap *lm, struct mm *mm)
+{
+	struct mm **pp;
+	bool found;
+
+	pthread_mutex_lock(&lm->children_lock);
+	for (pp = &lm->children; *pp && *pp != mm; pp = &(*pp)->next_child)
+		;
+	found = *pp != NULL;
+	if (found) {
+		*pp = mm->next_child;
+		atomic_fetch_sub(&lm->nchildren, 1);
+	}
+	pthread_mutex_unlock(&lm->children_lock);
+	if (!found)
+		return; /* another handler saw it go first */
+	epoll_children(lm, mm, EPOLL_CTL_DEL);
+	lzm_mm_put(mm);
+}
+
+/*
+ * Whether the mm behind a userfaultfd is gone: every fill ioctl gives ESRCH
+ * then. UFFDIO_CONTINUE on a range we never register for minor faults fails
+ * without touching anything while the mm lives.
+ */
+static bool mm_gone(struct mm *mm)
+{
+	struct uffdio_continue c = { .range = { .start = 1u << 20, .len = lzm_page_size } };
+
+	return ioctl(mm->uffd, UFFDIO_CONTINUE, &c) < 0 && errno == ESRCH;
+}
+
+void lzm_child_watch(struct handler *h, struct mm *mm)
+{
+	int pid;
+	ssize_t n = recv(mm->watch_fd, &pid, sizeof(pid), MSG_DONTWAIT);
+
+	if (n == (ssize_t)sizeof(pid)) {
+		atomic_store(&mm->pid, pid);
+		return;
+	}
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	/* End of file: every copy of the child's end is closed. */
+	if (mm_gone(mm)) {
+		lzm_child_release(h->lm, mm);
+		return;
+	}
+	/* It lives, and closed its descriptors: we learn of its end no more. */
+	lzm_log(h->lm, LOG_INFO, "child %d closed the descriptor that tells us when it exits: "
+		"its address space is let go at lazymap_close", atomic_load(&mm->pid));
+	for (unsigned i = 0; i < h->lm->nhandlers; i++)
+		epoll_ctl(h->lm->handlers[i].epfd, EPOLL_CTL_DEL, mm->watch_fd, NULL);
+	pthread_mutex_lock(&h->lm->children_lock);
+	close(mm->watch_fd);
+	mm->watch_fd = -1;
+	pthread_mutex_unlock(&h->lm->children_lock);
+}
+
+/*
+ * lazymap_close (or a broken lazymap) with children alive: nobody will serve
+ * them now. Closing their userfaultfd would let the kernel fill their
+ * missing pages with zeros, silently wrong for a fill or file region: poison
+ * those pages first (SIGBUS), as a failed read does.
+ */
+void lzm_children_close(struct lazymap *lm)
+{
+	struct mm *mm;
+
+	for (;;) {
+		pthread_mutex_lock(&lm->children_lock);
+		mm = lm->children;
+		if (mm) {
+			lm->children = mm->next_child;
+			atomic_fetch_sub(&lm->nchildren, 1);
+		}
+		pthread_mutex_unlock(&lm->children_lock);
+		if (!mm)
+			break;
+		epoll_children(lm, mm, EPOLL_CTL_DEL);
+		for (struct vma *v = lzm_vma_first(&mm->tree); v && !mm_gone(mm); v = lzm_vma_next(v)) {
+			uintptr_t at = v->start;
+			int tries = 0;
+
+			if (!source_produces(v->src))
+				continue;
+			while (at < v->end && tries < 1000) {
+				size_t done = 0;
+				int ret = lzm_uffd_poison(mm->uffd, at, v->end - at, &done);
+				struct uffd_msg msgs[16];
+
+				at += done;
+				if (ret == 0 || ret == -EEXIST) {
+					at += ret ? lzm_page_size : 0;
+				} else if (ret == -EAGAIN) {
+					/* An event the child waits on: read it, so it can go on. */
+					int n = lzm_uffd_read(mm->uffd, msgs, 16);
+
+					for (int i = 0; i < n; i++)
+						if (msgs[i].event == UFFD_EVENT_FORK)
+							close((int)msgs[i].arg.fork.ufd);
+					tries++;
+				} else {
+					break;
+				}
+			}
+		}
+		lzm_mm_put(mm);
+	}
+}
+
+/* ------------------------------------------------------------ fork() */
+
+/*
+ * Each fork gets one socket pair per lazymap that follows forks: we keep one
+ * end (the FORK event takes it for the child's mm), the child keeps the
+ * other, and only the child: at its exit or exec the kernel closes it, and
+ * our end reads end-of-file. The child first writes its pid there. The
+ * parent's handler keeps the registry lock from prepare to parent/child.
+ */
+#define MAX_WATCH 64
+
+static int child_watch_fds[MAX_WATCH]; /* in a child: the ends it keeps */
+static unsigned child_nwatch;
+static int new_watch_fds[MAX_WATCH];
+static unsigned new_nwatch;
+
+void lzm_fork_prepare(struct lazymap *lm)
+{
+	int sv[2];
+
+	lm->fork_peer = -1;
+	if (!(lm->mm.features & UFFD_FEATURE_EVENT_FORK) || lm->closing)
+		return;
+	/* Before glibc takes its locks: the reader starts here, once. */
+	if (!lm->fork_reader_started) {
+		sigset_t all, old;
+
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		lm->fork_reader_started =
+			pthread_create(&lm->fork_reader, NULL, fork_reader_main, lm) == 0;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (lm->fork_reader_started)
+			pthread_setname_np(lm->fork_reader, "lazymap-fork");
+	}
+	atomic_store(&lm->forking, true);
+	lzm_efd_signal(lm->fork_efd);
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		return; /* the child is served all the same, until lazymap_close */
+	atomic_store(&lm->fork_watch, sv[0]);
+	lm->fork_peer = sv[1];
+}
+
+void lzm_fork_parent(struct lazymap *lm)
+{
+	int fd;
+
+	atomic_store(&lm->forking, false);
+	if (lm->fork_peer < 0)
+		return;
+	/* The FORK event was read before fork() returned: the reader took the
+	 * socket, or this waits until it has. */
+	pthread_mutex_lock(&lm->mm.read_lock);
+	pthread_mutex_unlock(&lm->mm.read_lock);
+	close(lm->fork_peer);
+	lm->fork_peer = -1;
+	fd = atomic_exchange(&lm->fork_watch, -1);
+	if (fd >= 0)
+		close(fd); /* no event came: nothing of ours was registered */
+}
+
+void lzm_fork_child(struct lazymap *lm)
+{
+	int fd = atomic_exchange(&lm->fork_watch, -1);
+
+	if (fd >= 0)
+		close(fd);
+	if (lm->fork_peer >= 0 && new_nwatch < MAX_WATCH)
+		new_watch_fds[new_nwatch++] = lm->fork_peer;
+}
+
+void lzm_fork_child_done(void)
+{
+	int pid = (int)getpid();
+
+	/* Our parent's ends tell our parent's parent about our parent, not us. */
+	for (unsigned i = 0; i < child_nwatch; i++)
+		close(child_watch_fds[i]);
+	memcpy(child_watch_fds, new_watch_fds, sizeof(child_watch_fds));
+	child_nwatch = new_nwatch;
+	new_nwatch = 0;
+	for (unsigned i = 0; i < child_nwatch; i++)
+		send(child_watch_fds[i], &pid, sizeof(pid), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
