@@ -66,7 +66,9 @@ static int serve_mm(struct handler *h, struct mm *mm)
 	struct uffd_msg msgs[BATCH];
 	int n, bad = 0;
 
-	pthread_mutex_lock(&mm->event_lock);
+	/* Busy: another handler is reading, and will read again if there is more. */
+	if (pthread_mutex_trylock(&mm->event_lock))
+		return 0;
 	n = lzm_mm_read(mm, msgs, BATCH);
 	for (int i = 0; i < n; i++)
 		if (msgs[i].event != UFFD_EVENT_PAGEFAULT && lzm_event_apply(h, mm, &msgs[i]))
