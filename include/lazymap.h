@@ -364,7 +364,9 @@ LAZYMAP_API int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st
 /*
  * Print every address space lm serves, this process first, then each forked
  * child it serves: a line "# pid N faults F events E" (fault messages and
- * mapping events of that address space), then its VMAs, one line each, in
+ * mapping events of that address space; N is 0 for a child made with a raw
+ * clone() instead of fork(), which never tells it), then its VMAs, one line
+ * each, in
  * /proc/PID/maps style:
  *   start-end perms offset 00:00 0 [lazymap:source]
  * from a copy taken at once, with no lock held while writing: out may be

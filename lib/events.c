@@ -660,6 +660,23 @@ static bool mm_gone(struct mm *mm)
 	return ioctl(mm->uffd, UFFDIO_CONTINUE, &c) < 0 && errno == ESRCH;
 }
 
+int lzm_child_pid(struct mm *mm)
+{
+	int pid = atomic_load(&mm->pid);
+
+	/* Told but not yet read by a handler: look without taking it. */
+	if (!pid && !mm->self) {
+		pthread_mutex_lock(&mm->lm->children_lock);
+		if (mm->watch_fd >= 0 &&
+		    recv(mm->watch_fd, &pid, sizeof(pid), MSG_PEEK | MSG_DONTWAIT) == sizeof(pid))
+			atomic_store(&mm->pid, pid);
+		else
+			pid = 0;
+		pthread_mutex_unlock(&mm->lm->children_lock);
+	}
+	return pid;
+}
+
 void lzm_child_watch(struct handler *h, struct mm *mm)
 {
 	int pid;

@@ -364,6 +364,8 @@ void lzm_mm_put(struct mm *mm);
 struct mm *lzm_child_find(struct lazymap *lm, uint64_t id);
 /* Stop serving a child mm (it has gone). */
 void lzm_child_release(struct lazymap *lm, struct mm *mm);
+/* A child's pid, 0 if it never told it (made without fork()). */
+int lzm_child_pid(struct mm *mm);
 /* Its watch socket is readable: the child told its pid, or has gone. */
 void lzm_child_watch(struct handler *h, struct mm *mm);
 /* lazymap_close: let go of every child, poisoning what they can no longer get. */

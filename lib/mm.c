@@ -56,6 +56,8 @@ int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features)
 			return ret;
 		features &= ~(uint64_t)UFFD_FEATURE_EVENT_FORK;
 	}
+	/* UFFDIO_API reports every feature the kernel has, not what it enabled. */
+	got &= features;
 	lzm_mm_init(mm, lm, uffd, got);
 	mm->self = true;
 	if (got & UFFD_FEATURE_EVENT_FORK) {
@@ -542,7 +544,7 @@ int lzm_mm_dump(struct mm *mm, FILE *out)
 	int err = 0;
 
 	if (fprintf(out, "# pid %d faults %llu events %llu\n",
-		    mm->self ? (int)getpid() : atomic_load(&mm->pid),
+		    mm->self ? (int)getpid() : lzm_child_pid(mm),
 		    (unsigned long long)atomic_load(&mm->faults),
 		    (unsigned long long)atomic_load(&mm->events)) < 0)
 		err = errno ? -errno : -EIO;
