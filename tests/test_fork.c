@@ -1407,3 +1407,90 @@ Test(fork, dump_shows_a_served_child_as_its_own_section, .timeout = 60)
 	free(lines[0]);
 	fixture_teardown(&fx);
 }
+
+/* ---------------------------------------------------------- without the privilege */
+
+/* Drop CAP_SYS_PTRACE from this process (EVENT_FORK needs it); 0 or -errno. */
+static int drop_ptrace_cap(void)
+{
+	struct {
+		uint32_t version;
+		int pid;
+	} hdr = { 0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0 };
+	struct {
+		uint32_t effective, permitted, inheritable;
+	} data[2];
+
+	if (syscall(SYS_capget, &hdr, data))
+		return -errno;
+	for (int i = 0; i < 2; i++) {
+		data[i].effective &= ~(i == 0 ? 1u << 19 : 0);   /* CAP_SYS_PTRACE is 19 */
+		data[i].permitted &= ~(i == 0 ? 1u << 19 : 0);
+	}
+	return syscall(SYS_capset, &hdr, data) ? -errno : 0;
+}
+
+/*
+ * A process without CAP_SYS_PTRACE (as root with it dropped): lazymap_open
+ * still works, says fork_followed 0, and a child gets what the header says:
+ * no copy of fill regions (SIGSEGV, never zeros), zero regions read zeros.
+ * Runs in a child of the test, which drops the capability for itself only.
+ */
+Test(fork, without_cap_sys_ptrace_a_child_never_reads_wrong_data, .timeout = 60)
+{
+	int status;
+	pid_t pid;
+
+	open_or_skip(NULL); /* skips without userfaultfd at all; leaked on purpose: */
+	pid = fork();        /* (the child below opens its own) */
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct lazymap_stats st;
+		struct lazymap *lm;
+		size_t ps = pgsz();
+		char *f, *z;
+		pid_t g;
+		int gs;
+
+		alarm(30);
+		if (drop_ptrace_cap())
+			_exit(10);
+		if (lazymap_open(&lm, NULL))
+			_exit(11);
+		if (lazymap_stats(lm, &st) || st.fork_followed != 0)
+			_exit(12);
+		if (lazymap_map_fill(lm, (void **)&f, 16 * ps, PROT_READ, fill_5a, NULL) ||
+		    lazymap_map(lm, (void **)&z, 16 * ps, PROT_READ | PROT_WRITE,
+				LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0))
+			_exit(13);
+		if (f[0] != 0x5a)
+			_exit(14);
+		z[0] = 7;
+		g = fork();
+		if (g == 0) {
+			char c = 0;
+
+			touch_install();
+			if (touch(f + 3 * ps, -1, &c).signo != SIGSEGV)
+				_exit(1);
+			if (z[0] != 7 || z[5 * ps] != 0)
+				_exit(2);
+			_exit(0);
+		}
+		if (g < 0 || waitpid(g, &gs, 0) != g || !WIFEXITED(gs))
+			_exit(15);
+		if (WEXITSTATUS(gs))
+			_exit(20 + WEXITSTATUS(gs));
+		/* The parent's own regions are untouched by all this. */
+		if (f[5 * ps] != 0x5a || lazymap_stats(lm, &st) || st.children != 0)
+			_exit(16);
+		_exit(lazymap_close(lm) ? 17 : 0);
+	}
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "status %#x", status);
+	cr_assert_eq(WEXITSTATUS(status), 0,
+		     "without CAP_SYS_PTRACE: exit %d (10 capset, 11 open, 12 fork_followed != 0, "
+		     "13 map, 14 fill, 21 the child's fill region did not fault with SIGSEGV, "
+		     "22 zero region wrong, 16 parent's region or children wrong)",
+		     WEXITSTATUS(status));
+}
