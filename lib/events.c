@@ -170,6 +170,8 @@ static void state_release(struct source *src, uint64_t pgoff, size_t n)
 {
 	uintptr_t a = (uintptr_t)&src->state[pgoff], e = a + n;
 
+	if (!src->state_mapped)
+		return; /* on the heap: small, and freed with the source */
 	a = (a + lzm_page_size - 1) & ~(uintptr_t)(lzm_page_size - 1);
 	e &= ~(uintptr_t)(lzm_page_size - 1);
 	if (a < e)
@@ -507,7 +509,7 @@ static void state_copy_filled(struct source *c, const struct source *src)
 		size_t len = src->npages - off < chunk * lzm_page_size ? src->npages - off
 								     : chunk * lzm_page_size;
 
-		if (mincore((void *)(base + off), len, vec))
+		if (!src->state_mapped || mincore((void *)(base + off), len, vec))
 			memset(vec, 1, sizeof(vec));
 		for (size_t p = 0; p * lzm_page_size < len; p++) {
 			size_t i = off + p * lzm_page_size;

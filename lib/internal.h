@@ -111,6 +111,8 @@ struct source_ops {
 #define PAGE_FILLED 0x02 /* installed once; a fault that names it checks again */
 #define PAGE_WAITER 0x04 /* a fault came while BUSY: the owner wakes the page when done */
 
+#define STATE_HEAP_MAX (64u << 10) /* pages (256 MiB of region) whose state is on the heap */
+
 struct source {
 	const struct source_ops *ops;
 	atomic_uint refs;
@@ -124,7 +126,8 @@ struct source {
 	 * gets a source of its own, so that a page's state is never another
 	 * address space's.
 	 */
-	_Atomic uint8_t *state;       /* npages bytes, MAP_NORESERVE: costs only what is touched */
+	_Atomic uint8_t *state;       /* npages bytes: heap, or MAP_NORESERVE if large */
+	bool state_mapped;            /* state is a mapping of its own (npages > STATE_HEAP_MAX) */
 	lazymap_fill_fn fill;         /* fill-callback sources */
 	void *arg;
 	struct backing *backing;      /* file sources: the file */

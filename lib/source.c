@@ -15,11 +15,24 @@ static int source_alloc(size_t npages, const struct source_ops *ops, struct sour
 
 	if (!src)
 		return -ENOMEM;
-	/* One byte per page, reserved but not committed: a 1 TiB region costs
-	 * a page of state per 4096 pages touched, not 256 MiB up front. */
-	src->state = mmap(NULL, npages, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (src->state == MAP_FAILED) {
+	/*
+	 * One byte per page. A large region's is reserved, not committed: a
+	 * 1 TiB region costs a page of state per 4096 pages touched, not 256
+	 * MiB up front. A small one's comes from the heap: a mapping of its
+	 * own would cost a VMA (vm.max_map_count) and land in the holes the
+	 * program's own munmap and mremap leave, where the program may map
+	 * again at once.
+	 */
+	if (npages <= STATE_HEAP_MAX) {
+		src->state = calloc(npages, 1);
+	} else {
+		src->state = mmap(NULL, npages, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		src->state_mapped = src->state != MAP_FAILED;
+		if (!src->state_mapped)
+			src->state = NULL;
+	}
+	if (!src->state) {
 		free(src);
 		return -ENOMEM;
 	}
@@ -153,6 +166,9 @@ void lzm_source_put(struct source *src)
 		return;
 	if (src->ops->release)
 		src->ops->release(src);
-	munmap((void *)src->state, src->npages);
+	if (src->state_mapped)
+		munmap((void *)src->state, src->npages);
+	else
+		free((void *)src->state);
 	free(src);
 }
