@@ -43,10 +43,12 @@
  *           untouched pages read zeros.
  * The call that causes such an event (munmap, mremap, madvise, fork) returns
  * once a handler thread has read it: from a fill callback, it waits for the
- * handlers like any fault. A child made with a raw clone() system call
- * instead of fork() (no pthread_atfork handlers run) is served too, but the
- * library does not learn when it exits: what it holds for it is let go at
- * lazymap_close. A child alive at the parent's lazymap_close gets SIGBUS for
+ * handlers like any fault. A child's own children are served too. The
+ * library learns at once that a child made by fork() has exited or exec'd;
+ * of a child's children, a child made with a raw clone() system call (no
+ * pthread_atfork handlers run) or one that closed the descriptors it
+ * inherited, it learns it when another child comes or goes, at the latest
+ * at lazymap_close: what it holds for them is let go then. A child alive at the parent's lazymap_close gets SIGBUS for
  * the pages of fill and file regions it had not touched (nobody can produce
  * them any more); its zero regions read zeros.
  */

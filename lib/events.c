@@ -277,6 +277,7 @@ static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
 
 static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t watch);
 static void remap_grown(struct handler *h, struct mm *mm, uintptr_t to, size_t len);
+static void sweep_unwatched(struct lazymap *lm);
 
 int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 {
@@ -613,6 +614,7 @@ static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t wa
 	atomic_fetch_add(&lm->nchildren, 1);
 	pthread_mutex_unlock(&lm->children_lock);
 	epoll_children(lm, child, EPOLL_CTL_ADD);
+	sweep_unwatched(lm);
 }
 
 struct mm *lzm_child_find(struct lazymap *lm, uint64_t id)
@@ -662,6 +664,31 @@ static bool mm_gone(struct mm *mm)
 	return ioctl(mm->uffd, UFFDIO_CONTINUE, &c) < 0 && errno == ESRCH;
 }
 
+/*
+ * Children we have no socket for (a child's own children, a child made by a
+ * raw clone(), one that closed its descriptors) tell us nothing when they
+ * end: look whether they have, whenever a child comes or goes.
+ */
+static void sweep_unwatched(struct lazymap *lm)
+{
+	struct mm *gone[16];
+	size_t n = 0;
+
+	pthread_mutex_lock(&lm->children_lock);
+	for (struct mm *mm = lm->children; mm && n < 16; mm = mm->next_child) {
+		if (mm->watch_fd < 0) {
+			lzm_mm_get(mm);
+			gone[n++] = mm;
+		}
+	}
+	pthread_mutex_unlock(&lm->children_lock);
+	for (size_t i = 0; i < n; i++) {
+		if (mm_gone(gone[i]))
+			lzm_child_release(lm, gone[i]);
+		lzm_mm_put(gone[i]);
+	}
+}
+
 int lzm_child_pid(struct mm *mm)
 {
 	int pid = atomic_load(&mm->pid);
@@ -693,6 +720,7 @@ void lzm_child_watch(struct handler *h, struct mm *mm)
 	/* End of file: every copy of the child's end is closed. */
 	if (mm_gone(mm)) {
 		lzm_child_release(h->lm, mm);
+		sweep_unwatched(h->lm);
 		return;
 	}
 	/* It lives, and closed its descriptors: we learn of its end no more. */
