@@ -16,7 +16,9 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "compat.h"
@@ -45,6 +47,39 @@ static void take_watch(struct mm *mm, struct uffd_msg *msgs, int n)
 	}
 }
 
+/*
+ * A FORK event is read only if the reader has a descriptor to spare for
+ * the child's userfaultfd: read() fails with EMFILE and leaves the event
+ * queued, and the fork waits for ever. A program at its descriptor limit
+ * must not hang in fork(): we keep one descriptor in reserve and give it up
+ * for this read (and take it back once descriptors are free again). Without
+ * it, EMFILE is no error of ours: the fork waits until one is free.
+ */
+static int read_fork_safe(struct mm *mm, struct uffd_msg *msgs, int max)
+{
+	struct lazymap *lm = mm->lm;
+	int n = lzm_uffd_read(mm->uffd, msgs, max);
+
+	if (n == -EMFILE || n == -ENFILE) {
+		int fd = atomic_exchange(&lm->reserve_fd, -1);
+
+		if (fd >= 0) {
+			close(fd);
+			n = lzm_uffd_read(mm->uffd, msgs, max);
+		}
+		if (n == -EMFILE || n == -ENFILE)
+			n = 0;
+	}
+	if (atomic_load_explicit(&lm->reserve_fd, memory_order_relaxed) < 0 && n >= 0) {
+		int fd = eventfd(0, EFD_CLOEXEC);
+		int none = -1;
+
+		if (fd >= 0 && !atomic_compare_exchange_strong(&lm->reserve_fd, &none, fd))
+			close(fd);
+	}
+	return n;
+}
+
 int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max)
 {
 	struct msgring *r = mm->ring;
@@ -58,7 +93,7 @@ int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max)
 		memmove(r->m, r->m + n, r->n * sizeof(*msgs));
 		atomic_store_explicit(&mm->ring_count, r->n, memory_order_release);
 	} else {
-		n = lzm_uffd_read(mm->uffd, msgs, max);
+		n = read_fork_safe(mm, msgs, max);
 		take_watch(mm, msgs, n);
 	}
 	pthread_mutex_unlock(&mm->read_lock);
@@ -68,7 +103,11 @@ int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max)
 void lzm_mm_sync_events(struct mm *mm)
 {
 	for (;;) {
+		/* read_lock too: the fork reader holds it from its read() (which
+		 * lets the program's munmap return) until the ring counts it. */
 		pthread_mutex_lock(&mm->event_lock);
+		pthread_mutex_lock(&mm->read_lock);
+		pthread_mutex_unlock(&mm->read_lock);
 		pthread_mutex_unlock(&mm->event_lock);
 		/* What the fork reader read is applied once a handler takes it
 		 * (a broken lazymap's handler only answers faults). */
@@ -77,6 +116,28 @@ void lzm_mm_sync_events(struct mm *mm)
 			return;
 		sched_yield();
 	}
+}
+
+/*
+ * A range the kernel has just handed us may be one another thread of the
+ * program is unmapping at this moment: the kernel unmaps first and raises
+ * the UNMAP after, so that event, applied once our region is in the tree,
+ * would take it out. Until such events are read, every fill ioctl fails
+ * with EAGAIN (the kernel's mmap_changing); a UFFDIO_COPY of no length
+ * asks just that, and does nothing else. Wait until none is pending, then
+ * until those read are applied.
+ */
+void lzm_mm_settle(struct mm *mm)
+{
+	struct uffdio_copy probe = { 0 };
+
+	for (int i = 0; i < 100000; i++) {
+		if (ioctl(mm->uffd, UFFDIO_COPY, &probe) == 0 || errno != EAGAIN)
+			break;
+		lzm_mm_sync_events(mm);
+		sched_yield();
+	}
+	lzm_mm_sync_events(mm);
 }
 
 /*
@@ -106,7 +167,7 @@ static void *fork_reader_main(void *arg)
 			continue;
 		pthread_mutex_lock(&mm->read_lock);
 		if (r->n < RING) {
-			n = lzm_uffd_read(mm->uffd, r->m + r->n, (int)(RING - r->n));
+			n = read_fork_safe(mm, r->m + r->n, (int)(RING - r->n));
 			if (n > 0) {
 				take_watch(mm, r->m + r->n, n);
 				r->n += (unsigned)n;
@@ -717,8 +778,20 @@ void lzm_child_watch(struct handler *h, struct mm *mm)
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
-	/* End of file: every copy of the child's end is closed. */
-	if (mm_gone(mm)) {
+	/*
+	 * End of file: every copy of the child's end is closed. Its mm goes
+	 * first as it exits, unless a call of ours holds it a moment longer
+	 * (an ioctl, a read of /proc/PID/maps): look a few times.
+	 */
+	bool gone = mm_gone(mm);
+
+	for (int i = 0; i < 20 && !gone; i++) {
+		struct timespec ts = { .tv_nsec = 250000 };
+
+		nanosleep(&ts, NULL);
+		gone = mm_gone(mm);
+	}
+	if (gone) {
 		lzm_child_release(h->lm, mm);
 		sweep_unwatched(h->lm);
 		return;

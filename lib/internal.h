@@ -346,6 +346,8 @@ void lzm_mm_write_unlock(struct mm *mm);
 
 /* Wait until every event read so far is in the tree. */
 void lzm_mm_sync_events(struct mm *mm);
+/* Wait until no event is pending (raised, not yet read), then the same. */
+void lzm_mm_settle(struct mm *mm);
 /* Up to max messages of mm, oldest first: from the ring while it has some,
  * else read from its userfaultfd; 0 if none, or -errno. event_lock held. */
 int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max);
@@ -648,6 +650,7 @@ struct lazymap {
 	bool fork_reader_started;
 	atomic_bool forking;
 	int fork_efd;            /* wakes the fork reader */
+	atomic_int reserve_fd;   /* given up to read a FORK at the descriptor limit (events.c) */
 };
 
 #pragma GCC visibility pop

@@ -171,6 +171,8 @@ static void lazymap_free(struct lazymap *lm)
 		close(lm->work_efd);
 	if (lm->fork_efd >= 0)
 		close(lm->fork_efd);
+	if (lm->reserve_fd >= 0)
+		close(lm->reserve_fd);
 	pthread_mutex_destroy(&lm->work_lock);
 	free(lm);
 }
@@ -267,6 +269,7 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 		lm->nhandlers = o.handler_threads;
 	}
 	lm->mm.uffd = lm->stop_efd = lm->work_efd = lm->fork_efd = -1;
+	atomic_init(&lm->reserve_fd, -1);
 	lm->fork_peer = -1;
 	atomic_init(&lm->fork_watch, -1);
 	atomic_init(&lm->next_mm_id, 1);
@@ -277,7 +280,8 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	lm->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	lm->work_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	lm->fork_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (lm->stop_efd < 0 || lm->work_efd < 0 || lm->fork_efd < 0) {
+	atomic_init(&lm->reserve_fd, eventfd(0, EFD_CLOEXEC));
+	if (lm->stop_efd < 0 || lm->work_efd < 0 || lm->fork_efd < 0 || lm->reserve_fd < 0) {
 		ret = -errno;
 		goto fail;
 	}
@@ -584,6 +588,13 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 	ret = lazymap_get_any(lm);
 	if (ret)
 		return ret;
+	/*
+	 * Events the program's calls raised are counted once applied: wait for
+	 * what was read. Not from a fill callback: the handler running it may
+	 * be the one that would apply them.
+	 */
+	if (!lzm_current_handler && !atomic_load_explicit(&lm->broken, memory_order_relaxed))
+		lzm_mm_sync_events(&lm->mm);
 	/* The handlers' counters and the fillers' */
 	for (unsigned i = 0; i < lm->nhandlers + MAX_FILLERS; i++) {
 		struct hstats *h = i < lm->nhandlers ? &lm->handlers[i].stats

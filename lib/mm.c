@@ -344,6 +344,8 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 	 */
 	if (source_produces(src) && !(mm->features & UFFD_FEATURE_EVENT_FORK))
 		madvise(p, len, MADV_DONTFORK);
+	/* An UNMAP of this range raised before our mmap must not land after us. */
+	lzm_mm_settle(mm);
 	v->start = (uintptr_t)p;
 	v->end = v->start + len;
 	v->prot = prot;
