@@ -894,6 +894,18 @@ void lzm_fork_prepare(struct lazymap *lm)
 		if (lm->fork_reader_started)
 			pthread_setname_np(lm->fork_reader, "lazymap-fork");
 	}
+	/*
+	 * Descriptors for the FORK to come: children gone unnoticed give theirs
+	 * back, and the reserve is taken again (both may allocate: here, before
+	 * glibc takes its locks, they may).
+	 */
+	sweep_unwatched(lm);
+	if (atomic_load(&lm->reserve_fd) < 0) {
+		int fd = eventfd(0, EFD_CLOEXEC), none = -1;
+
+		if (fd >= 0 && !atomic_compare_exchange_strong(&lm->reserve_fd, &none, fd))
+			close(fd);
+	}
 	atomic_store(&lm->forking, true);
 	lzm_efd_signal(lm->fork_efd);
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))

@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "common.h"
 
@@ -1858,4 +1859,69 @@ Test(events, cost_of_an_event_round_trip, .timeout = 120)
 		      (unsigned long)(stats(lm).events - ev));
 	check_mirror("after unmapping every page", lm, NULL, 0);
 	close_empty(lm);
+}
+
+/* ---------------------------------------------------------- munmap, map, fork */
+
+static atomic_bool forker_stop;
+
+static void *fork_loop(void *arg)
+{
+	atomic_long *forks = arg;
+
+	while (!atomic_load(&forker_stop)) {
+		pid_t pid = fork();
+
+		if (pid == 0)
+			_exit(0);
+		if (pid > 0)
+			waitpid(pid, NULL, 0);
+		atomic_fetch_add(forks, 1);
+	}
+	return NULL;
+}
+
+/*
+ * The program unmaps a region itself and maps a new one at the same address
+ * at once, while another thread forks: the old region's UNMAP, read while a
+ * fork was in progress, must never be applied after the new region is in
+ * the tree (regression: the region vanished from the tree and a touch there
+ * bounced between the kernel and the handlers for ever).
+ */
+Test(events, own_munmap_then_map_at_the_same_address_while_forking, .timeout = 120)
+{
+	struct lazymap *lm = open_or_skip(NULL);
+	struct lazymap_stats st;
+	size_t ps = pgsz(), len = 4 * ps;
+	atomic_long forks = 0;
+	pthread_t t;
+	void *u = NULL;
+	int rounds = 1500;
+
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	if (!st.fork_followed)
+		cr_skip_test("forks are not followed here (no CAP_SYS_PTRACE)");
+	cr_assert_eq(lazymap_map(lm, &u, len, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	atomic_store(&forker_stop, false);
+	cr_assert_eq(pthread_create(&t, NULL, fork_loop, &forks), 0);
+	alarm(100); /* a touch that bounces for ever is the failure: SIGALRM */
+	for (int i = 0; i < rounds; i++) {
+		void *was = u;
+
+		((volatile char *)u)[0] = 1;
+		cr_assert_eq(munmap(u, len), 0);
+		cr_assert_eq(lazymap_map(lm, &u, len, PROT_READ | PROT_WRITE,
+					 LAZYMAP_PRIVATE | LAZYMAP_ANON | LAZYMAP_HINT, -1, 0), 0);
+		cr_assert_eq(((volatile char *)u)[ps], 0, "round %d", i);
+		cr_assert_eq(lazymap_stats(lm, &st), 0);
+		cr_assert_eq(st.regions, 1, "round %d: %lu regions in the tree (at %p, was %p)", i,
+			     (unsigned long)st.regions, u, was);
+	}
+	alarm(0);
+	atomic_store(&forker_stop, true);
+	pthread_join(t, NULL);
+	cr_log_info("%d rounds beside %ld forks", rounds, atomic_load(&forks));
+	cr_assert_gt(atomic_load(&forks), 0);
+	cr_assert_eq(lazymap_close(lm), 0);
 }

@@ -15,6 +15,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include "common.h"
@@ -1495,4 +1496,67 @@ Test(fork, without_cap_sys_ptrace_a_child_never_reads_wrong_data, .timeout = 60)
 		     "13 map, 14 fill, 21 the child's fill region did not fault with SIGSEGV, "
 		     "22 zero region wrong, 16 parent's region or children wrong)",
 		     WEXITSTATUS(status));
+}
+
+/*
+ * A fork at the descriptor limit: reading a FORK event takes a descriptor
+ * for the child's userfaultfd, and the kernel makes fork() wait until the
+ * event is read. The library keeps one in reserve (regression: fork hung in
+ * uninterruptible sleep with no descriptor free). In a child of the test,
+ * whose limit it lowers for itself alone.
+ */
+Test(fork, a_fork_at_the_descriptor_limit_returns, .timeout = 60)
+{
+	int status;
+	pid_t pid;
+
+	require_uffd(0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct lazymap_stats st;
+		struct lazymap *lm;
+		struct rlimit rl;
+		size_t ps = pgsz();
+		int maxfd = 0;
+		char *f;
+
+		alarm(30);
+		if (lazymap_open(&lm, NULL))
+			_exit(11);
+		if (lazymap_stats(lm, &st) || !st.fork_followed)
+			_exit(0); /* nothing to read for a fork: nothing to test */
+		if (lazymap_map_fill(lm, (void **)&f, 16 * ps, PROT_READ, fill_5a, NULL) ||
+		    f[0] != 0x5a)
+			_exit(12);
+		/* No descriptor free: the limit is the highest one open plus one. */
+		for (int fd = 0; fd < 4096; fd++)
+			if (fcntl(fd, F_GETFD) >= 0)
+				maxfd = fd;
+		if (getrlimit(RLIMIT_NOFILE, &rl))
+			_exit(13);
+		for (int fd = 0; fd <= maxfd; fd++)
+			if (fcntl(fd, F_GETFD) < 0 && dup2(0, fd) < 0)
+				_exit(14); /* fill the holes below */
+		rl.rlim_cur = (rlim_t)maxfd + 1;
+		if (setrlimit(RLIMIT_NOFILE, &rl))
+			_exit(15);
+		for (int round = 0; round < 3; round++) {
+			pid_t g = fork();
+			int gs;
+
+			if (g == 0)
+				_exit(f[(size_t)(5 + round) * ps] != 0x5a);
+			if (g < 0 || waitpid(g, &gs, 0) != g)
+				_exit(16);
+			if (!WIFEXITED(gs) || WEXITSTATUS(gs))
+				_exit(17);
+		}
+		_exit(0);
+	}
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "status %#x (the watchdog: a fork hung?)", status);
+	cr_assert_eq(WEXITSTATUS(status), 0,
+		     "exit %d (11 open, 12 map, 13-15 limits, 16 fork or wait failed, 17 the child "
+		     "read wrong data)", WEXITSTATUS(status));
 }
