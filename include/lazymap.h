@@ -31,6 +31,9 @@
  *   madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE)  the next touch produces
  *           the page again (zeros, the callback, the file's bytes);
  *   mmap(MAP_FIXED) over a range  that part is the program's from then on;
+ *   mprotect  not seen (userfaultfd raises no event for it): the kernel
+ *           applies it, lazymap_dump keeps showing the protection that
+ *           lazymap_map or lazymap_protect gave. Use lazymap_protect;
  *   fork    with CAP_SYS_PTRACE (needed for userfaultfd's fork events;
  *           lazymap_stats' fork_followed is 1): the child's copies of the
  *           regions are served by this process's handler threads until the
@@ -258,7 +261,11 @@ LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int pr
  * call back into this one (two handlers waiting for each other: a deadlock
  * the library cannot see); leave its thread (pthread_exit, longjmp out of
  * it): the pages it was producing then wait for ever, and so does
- * lazymap_close. lazymap_close waits for calls in progress to return.
+ * lazymap_close; munmap, mremap or madvise(MADV_DONTNEED...) a range of its
+ * own lazymap, with a single handler thread: the call waits until a handler
+ * has read the event it raises, and the only handler is the one running
+ * fill (fork() is fine: a thread of its own reads fork events).
+ * lazymap_close waits for calls in progress to return.
  */
 typedef int (*lazymap_fill_fn)(void *page, size_t len, uint64_t offset, void *arg);
 LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
@@ -342,7 +349,7 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(broken, NOW, "0, or the errno that stopped the handler threads (see lazymap_open)")   \
 	X(offloaded_fills, SUM, "fill calls run on a filler thread (the callback was slow)")    \
 	X(events, SUM, "the program's munmap, mremap, madvise and fork, applied to the tree")   \
-	X(children, NOW, "forked children whose copies of the regions are served now")          \
+	X(children, NOW, "forked children served now (one that exited is let go shortly after)") \
 	X(fork_followed, NOW, "1: forked children are served; 0: not (see lazymap_open)")
 
 /* Counters since lazymap_open. */
