@@ -573,6 +573,12 @@ static const struct {
 	{ "middle", 12, 8, 2 },
 };
 
+/* The three tests of a check: one per region kind, named NAME_zero/_fill/_file. */
+#define TEST_EACH_KIND(name, fn, secs)                                         \
+	Test(events, name##_zero, .timeout = secs) { fn(ZERO); }               \
+	Test(events, name##_fill, .timeout = secs) { fn(FILL); }               \
+	Test(events, name##_file, .timeout = secs) { fn(FILE_); }
+
 /*
  * The program munmaps a whole region, its head, tail or middle: the tree
  * loses exactly that; what is left, and a second region beside it, still
@@ -633,20 +639,7 @@ static void munmap_cuts(enum kind kind)
 	}
 }
 
-Test(events, munmap_whole_head_tail_middle_zero, .timeout = 60)
-{
-	munmap_cuts(ZERO);
-}
-
-Test(events, munmap_whole_head_tail_middle_fill, .timeout = 60)
-{
-	munmap_cuts(FILL);
-}
-
-Test(events, munmap_whole_head_tail_middle_file, .timeout = 60)
-{
-	munmap_cuts(FILE_);
-}
+TEST_EACH_KIND(munmap_whole_head_tail_middle, munmap_cuts, 60)
 
 /* ------------------------------------------------------------ mremap */
 
@@ -691,20 +684,7 @@ static void shrink(enum kind kind)
 	one_close(&o);
 }
 
-Test(events, mremap_shrink_zero, .timeout = 30)
-{
-	shrink(ZERO);
-}
-
-Test(events, mremap_shrink_fill, .timeout = 30)
-{
-	shrink(FILL);
-}
-
-Test(events, mremap_shrink_file, .timeout = 30)
-{
-	shrink(FILE_);
-}
+TEST_EACH_KIND(mremap_shrink, shrink, 30)
 
 /*
  * A grown region [p, p+2n) after it was n pages: the first n as before, the
@@ -754,20 +734,7 @@ static void grow_after_munmap(enum kind kind)
 	one_close(&o);
 }
 
-Test(events, mremap_grow_in_place_after_own_munmap_zero, .timeout = 30)
-{
-	grow_after_munmap(ZERO);
-}
-
-Test(events, mremap_grow_in_place_after_own_munmap_fill, .timeout = 30)
-{
-	grow_after_munmap(FILL);
-}
-
-Test(events, mremap_grow_in_place_after_own_munmap_file, .timeout = 30)
-{
-	grow_after_munmap(FILE_);
-}
+TEST_EACH_KIND(mremap_grow_in_place_after_own_munmap, grow_after_munmap, 30)
 
 /*
  * Grow in place past the length the region was mapped with: the tail's
@@ -792,20 +759,7 @@ static void grow_past_length(enum kind kind)
 	one_close(&o);
 }
 
-Test(events, mremap_grow_in_place_past_mapped_length_zero, .timeout = 30)
-{
-	grow_past_length(ZERO);
-}
-
-Test(events, mremap_grow_in_place_past_mapped_length_fill, .timeout = 30)
-{
-	grow_past_length(FILL);
-}
-
-Test(events, mremap_grow_in_place_past_mapped_length_file, .timeout = 30)
-{
-	grow_past_length(FILE_);
-}
+TEST_EACH_KIND(mremap_grow_in_place_past_mapped_length, grow_past_length, 30)
 
 /*
  * A grow that has to move (MREMAP_MAYMOVE; the window's own page follows
@@ -836,20 +790,7 @@ static void grow_moving(enum kind kind)
 	one_close(&o);
 }
 
-Test(events, mremap_grow_moving_zero, .timeout = 30)
-{
-	grow_moving(ZERO);
-}
-
-Test(events, mremap_grow_moving_fill, .timeout = 30)
-{
-	grow_moving(FILL);
-}
-
-Test(events, mremap_grow_moving_file, .timeout = 30)
-{
-	grow_moving(FILE_);
-}
+TEST_EACH_KIND(mremap_grow_moving, grow_moving, 30)
 
 /*
  * mremap(MREMAP_MAYMOVE | MREMAP_FIXED) of a whole region, then of the
@@ -895,20 +836,7 @@ static void move(enum kind kind)
 	one_close(&o);
 }
 
-Test(events, mremap_move_fixed_zero, .timeout = 30)
-{
-	move(ZERO);
-}
-
-Test(events, mremap_move_fixed_fill, .timeout = 30)
-{
-	move(FILL);
-}
-
-Test(events, mremap_move_fixed_file, .timeout = 30)
-{
-	move(FILE_);
-}
+TEST_EACH_KIND(mremap_move_fixed, move, 30)
 
 /*
  * MREMAP_DONTUNMAP: the new range has the old content (never-filled pages
@@ -941,20 +869,7 @@ static void dontunmap(enum kind kind)
 	one_close(&o);
 }
 
-Test(events, mremap_dontunmap_zero, .timeout = 30)
-{
-	dontunmap(ZERO);
-}
-
-Test(events, mremap_dontunmap_fill, .timeout = 30)
-{
-	dontunmap(FILL);
-}
-
-Test(events, mremap_dontunmap_file, .timeout = 30)
-{
-	dontunmap(FILE_);
-}
+TEST_EACH_KIND(mremap_dontunmap, dontunmap, 30)
 
 /* ------------------------------------------------------------ madvise */
 
@@ -989,20 +904,7 @@ static void dontneed(enum kind kind)
 	one_close(&o);
 }
 
-Test(events, madvise_dontneed_zero, .timeout = 30)
-{
-	dontneed(ZERO);
-}
-
-Test(events, madvise_dontneed_fill, .timeout = 30)
-{
-	dontneed(FILL);
-}
-
-Test(events, madvise_dontneed_file, .timeout = 30)
-{
-	dontneed(FILE_);
-}
+TEST_EACH_KIND(madvise_dontneed, dontneed, 30)
 
 /*
  * The kernel keeps pages new to its LRU lists in per-CPU batches, and
@@ -1098,20 +1000,7 @@ static void madv_free(enum kind kind)
 			  "nothing checked of written data coming back from the source");
 }
 
-Test(events, madvise_free_zero, .timeout = 30)
-{
-	madv_free(ZERO);
-}
-
-Test(events, madvise_free_fill, .timeout = 30)
-{
-	madv_free(FILL);
-}
-
-Test(events, madvise_free_file, .timeout = 30)
-{
-	madv_free(FILE_);
-}
+TEST_EACH_KIND(madvise_free, madv_free, 30)
 
 /* ------------------------------------------------------------ address reuse */
 
