@@ -1432,6 +1432,71 @@ static int drop_ptrace_cap(void)
 }
 
 /*
+ * Run body in a child of the test (single-threaded when it forks: the body
+ * starts the threads, as ThreadSanitizer refuses new threads after a fork of
+ * a process that has some), under a watchdog; the child's exit code.
+ */
+static int child_exit_code(int (*body)(void))
+{
+	int status;
+	pid_t pid;
+
+	require_uffd(0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		alarm(30);
+		_exit(body());
+	}
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "status %#x (the watchdog: a fork hung?)", status);
+	return WEXITSTATUS(status);
+}
+
+static int without_ptrace_body(void)
+{
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	size_t ps = pgsz();
+	char *f, *z;
+	pid_t g;
+	int gs;
+
+	if (drop_ptrace_cap())
+		return 10;
+	if (lazymap_open(&lm, NULL))
+		return 11;
+	if (lazymap_stats(lm, &st) || st.fork_followed != 0)
+		return 12;
+	if (lazymap_map_fill(lm, (void **)&f, 16 * ps, PROT_READ, fill_5a, NULL) ||
+	    lazymap_map(lm, (void **)&z, 16 * ps, PROT_READ | PROT_WRITE,
+			LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0))
+		return 13;
+	if (f[0] != 0x5a)
+		return 14;
+	z[0] = 7;
+	g = fork();
+	if (g == 0) {
+		char c = 0;
+
+		touch_install();
+		if (touch(f + 3 * ps, -1, &c).signo != SIGSEGV)
+			_exit(1);
+		if (z[0] != 7 || z[5 * ps] != 0)
+			_exit(2);
+		_exit(0);
+	}
+	if (g < 0 || waitpid(g, &gs, 0) != g || !WIFEXITED(gs))
+		return 15;
+	if (WEXITSTATUS(gs))
+		return 20 + WEXITSTATUS(gs);
+	/* The parent's own regions are untouched by all this. */
+	if (f[5 * ps] != 0x5a || lazymap_stats(lm, &st) || st.children != 0)
+		return 16;
+	return lazymap_close(lm) ? 17 : 0;
+}
+
+/*
  * A process without CAP_SYS_PTRACE (as root with it dropped): lazymap_open
  * still works, says fork_followed 0, and a child gets what the header says:
  * no copy of fill regions (SIGSEGV, never zeros), zero regions read zeros.
@@ -1439,63 +1504,53 @@ static int drop_ptrace_cap(void)
  */
 Test(fork, without_cap_sys_ptrace_a_child_never_reads_wrong_data, .timeout = 60)
 {
-	int status;
-	pid_t pid;
+	int code = child_exit_code(without_ptrace_body);
 
-	/* No lazymap here: the child starts the threads (ThreadSanitizer
-	 * refuses new threads after a fork of a process that has some). */
-	require_uffd(0);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		struct lazymap_stats st;
-		struct lazymap *lm;
-		size_t ps = pgsz();
-		char *f, *z;
-		pid_t g;
-		int gs;
-
-		alarm(30);
-		if (drop_ptrace_cap())
-			_exit(10);
-		if (lazymap_open(&lm, NULL))
-			_exit(11);
-		if (lazymap_stats(lm, &st) || st.fork_followed != 0)
-			_exit(12);
-		if (lazymap_map_fill(lm, (void **)&f, 16 * ps, PROT_READ, fill_5a, NULL) ||
-		    lazymap_map(lm, (void **)&z, 16 * ps, PROT_READ | PROT_WRITE,
-				LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0))
-			_exit(13);
-		if (f[0] != 0x5a)
-			_exit(14);
-		z[0] = 7;
-		g = fork();
-		if (g == 0) {
-			char c = 0;
-
-			touch_install();
-			if (touch(f + 3 * ps, -1, &c).signo != SIGSEGV)
-				_exit(1);
-			if (z[0] != 7 || z[5 * ps] != 0)
-				_exit(2);
-			_exit(0);
-		}
-		if (g < 0 || waitpid(g, &gs, 0) != g || !WIFEXITED(gs))
-			_exit(15);
-		if (WEXITSTATUS(gs))
-			_exit(20 + WEXITSTATUS(gs));
-		/* The parent's own regions are untouched by all this. */
-		if (f[5 * ps] != 0x5a || lazymap_stats(lm, &st) || st.children != 0)
-			_exit(16);
-		_exit(lazymap_close(lm) ? 17 : 0);
-	}
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
-	cr_assert(WIFEXITED(status), "status %#x", status);
-	cr_assert_eq(WEXITSTATUS(status), 0,
+	cr_assert_eq(code, 0,
 		     "without CAP_SYS_PTRACE: exit %d (10 capset, 11 open, 12 fork_followed != 0, "
 		     "13 map, 14 fill, 21 the child's fill region did not fault with SIGSEGV, "
-		     "22 zero region wrong, 16 parent's region or children wrong)",
-		     WEXITSTATUS(status));
+		     "22 zero region wrong, 16 parent's region or children wrong)", code);
+}
+
+static int fd_limit_body(void)
+{
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	struct rlimit rl;
+	size_t ps = pgsz();
+	int maxfd = 0;
+	char *f;
+
+	if (lazymap_open(&lm, NULL))
+		return 11;
+	if (lazymap_stats(lm, &st) || !st.fork_followed)
+		return 0; /* nothing to read for a fork: nothing to test */
+	if (lazymap_map_fill(lm, (void **)&f, 16 * ps, PROT_READ, fill_5a, NULL) || f[0] != 0x5a)
+		return 12;
+	/* No descriptor free: the limit is the highest one open plus one. */
+	for (int fd = 0; fd < 4096; fd++)
+		if (fcntl(fd, F_GETFD) >= 0)
+			maxfd = fd;
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return 13;
+	for (int fd = 0; fd <= maxfd; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && dup2(0, fd) < 0)
+			return 14; /* fill the holes below */
+	rl.rlim_cur = (rlim_t)maxfd + 1;
+	if (setrlimit(RLIMIT_NOFILE, &rl))
+		return 15;
+	for (int round = 0; round < 3; round++) {
+		pid_t g = fork();
+		int gs;
+
+		if (g == 0)
+			_exit(f[(size_t)(5 + round) * ps] != 0x5a);
+		if (g < 0 || waitpid(g, &gs, 0) != g)
+			return 16;
+		if (!WIFEXITED(gs) || WEXITSTATUS(gs))
+			return 17;
+	}
+	return 0;
 }
 
 /*
@@ -1507,56 +1562,9 @@ Test(fork, without_cap_sys_ptrace_a_child_never_reads_wrong_data, .timeout = 60)
  */
 Test(fork, a_fork_at_the_descriptor_limit_returns, .timeout = 60)
 {
-	int status;
-	pid_t pid;
+	int code = child_exit_code(fd_limit_body);
 
-	require_uffd(0);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		struct lazymap_stats st;
-		struct lazymap *lm;
-		struct rlimit rl;
-		size_t ps = pgsz();
-		int maxfd = 0;
-		char *f;
-
-		alarm(30);
-		if (lazymap_open(&lm, NULL))
-			_exit(11);
-		if (lazymap_stats(lm, &st) || !st.fork_followed)
-			_exit(0); /* nothing to read for a fork: nothing to test */
-		if (lazymap_map_fill(lm, (void **)&f, 16 * ps, PROT_READ, fill_5a, NULL) ||
-		    f[0] != 0x5a)
-			_exit(12);
-		/* No descriptor free: the limit is the highest one open plus one. */
-		for (int fd = 0; fd < 4096; fd++)
-			if (fcntl(fd, F_GETFD) >= 0)
-				maxfd = fd;
-		if (getrlimit(RLIMIT_NOFILE, &rl))
-			_exit(13);
-		for (int fd = 0; fd <= maxfd; fd++)
-			if (fcntl(fd, F_GETFD) < 0 && dup2(0, fd) < 0)
-				_exit(14); /* fill the holes below */
-		rl.rlim_cur = (rlim_t)maxfd + 1;
-		if (setrlimit(RLIMIT_NOFILE, &rl))
-			_exit(15);
-		for (int round = 0; round < 3; round++) {
-			pid_t g = fork();
-			int gs;
-
-			if (g == 0)
-				_exit(f[(size_t)(5 + round) * ps] != 0x5a);
-			if (g < 0 || waitpid(g, &gs, 0) != g)
-				_exit(16);
-			if (!WIFEXITED(gs) || WEXITSTATUS(gs))
-				_exit(17);
-		}
-		_exit(0);
-	}
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
-	cr_assert(WIFEXITED(status), "status %#x (the watchdog: a fork hung?)", status);
-	cr_assert_eq(WEXITSTATUS(status), 0,
+	cr_assert_eq(code, 0,
 		     "exit %d (11 open, 12 map, 13-15 limits, 16 fork or wait failed, 17 the child "
-		     "read wrong data)", WEXITSTATUS(status));
+		     "read wrong data)", code);
 }
