@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -288,6 +289,50 @@ static inline void wait_handlers_asleep(struct lazymap *lm, int want, const char
 			     "want %d; %lu sleeps counted", what, asleep, total, want,
 			     (unsigned long)st1.sleeps);
 	}
+}
+/* ---- what this process holds (Criterion tests) */
+
+/* Entries of a /proc directory (/proc/self/fd, /proc/self/task). */
+static inline int count_dir(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *e;
+	int n = 0;
+
+	cr_assert_not_null(d, "%s: %s", path, strerror(errno));
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* Resident memory of this process, in KiB. */
+static inline long rss_kib(void)
+{
+	long pages = 0, rss = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	cr_assert_not_null(f);
+	cr_assert_eq(fscanf(f, "%ld %ld", &pages, &rss), 2);
+	fclose(f);
+	return rss * (long)(pgsz() / 1024);
+}
+
+static void *thread_that_returns(void *arg)
+{
+	return arg;
+}
+
+/*
+ * ThreadSanitizer starts a thread of its own at the first pthread_create,
+ * and keeps it: a test that counts threads starts one first.
+ */
+static inline void start_runtime_threads(void)
+{
+	pthread_t t;
+
+	cr_assert_eq(pthread_create(&t, NULL, thread_that_returns, NULL), 0);
+	cr_assert_eq(pthread_join(t, NULL), 0);
 }
 #endif /* cr_skip_test */
 

@@ -1112,25 +1112,6 @@ static void step(struct run *r)
 
 /* ------------------------------------------------------------ the run */
 
-static int count_dir(const char *path)
-{
-	DIR *d = opendir(path);
-	struct dirent *e;
-	int n = 0;
-
-	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n;
-}
-
-static void *nothing(void *arg)
-{
-	return arg;
-}
-
 static int make_file(struct run *r)
 {
 	char path[] = "/var/tmp/lazymap-events-model-XXXXXX";
@@ -1152,7 +1133,6 @@ static void run_model(const struct lazymap_opts *opts, int ops, uint64_t salt)
 	struct run *r = calloc(1, sizeof(*r));
 	const char *e = getenv("LAZYMAP_MODEL_OPS");
 	int fds0, tasks0, nplant = 0, nt;
-	pthread_t t;
 	uintptr_t plant[4];
 	double t0 = now_s();
 	char why[512];
@@ -1172,9 +1152,7 @@ static void run_model(const struct lazymap_opts *opts, int ops, uint64_t salt)
 			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	cr_assert_neq(r->arena, MAP_FAILED);
 	memset(r->arena_free, 1, sizeof(r->arena_free));
-	/* ThreadSanitizer starts a thread of its own at the first pthread_create */
-	cr_assert_eq(pthread_create(&t, NULL, nothing, NULL), 0);
-	pthread_join(t, NULL);
+	start_runtime_threads(); /* before the count */
 	fds0 = count_dir("/proc/self/fd");
 	tasks0 = count_dir("/proc/self/task");
 	r->lm = open_or_skip(opts);

@@ -814,19 +814,6 @@ static int threads(int *fillers, char *names, size_t len)
 	return n;
 }
 
-static int count_dir(const char *path)
-{
-	DIR *d = opendir(path);
-	struct dirent *e;
-	int n = 0;
-
-	cr_assert_not_null(d, "%s: %s", path, strerror(errno));
-	while ((e = readdir(d)))
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n;
-}
-
 /*
  * Wait (deadline) until this process has fds descriptors and tasks threads,
  * and, with lm, serves no child; assert it. Children are let go of after they
@@ -854,22 +841,6 @@ static void wait_counts(struct lazymap *lm, int fds, int tasks, int max_fillers,
 	cr_assert_eq(nt, tasks, "%s: %d threads but fillers (%s), want %d (%s)", when, nt, now,
 		     tasks, names);
 	cr_assert_leq(fillers, max_fillers, "%s: %d fillers (%s)", when, fillers, now);
-}
-
-static long rss_kib(void)
-{
-	long pages = 0, rss = 0;
-	FILE *f = fopen("/proc/self/statm", "r");
-
-	cr_assert_not_null(f);
-	cr_assert_eq(fscanf(f, "%ld %ld", &pages, &rss), 2);
-	fclose(f);
-	return rss * (long)(pgsz() / 1024);
-}
-
-static void *nothing(void *arg)
-{
-	return arg;
 }
 
 struct brief_arg {
@@ -906,14 +877,10 @@ Test(fork, two_hundred_children_leave_nothing_behind, .timeout = 180)
 	struct fixture fx;
 	char names_open[512], names0[512];
 	int fillers, fds_open, tasks_open, fds0, tasks0;
-	pthread_t t;
 	long rss0, rss;
 	double t0;
 
-	/* ThreadSanitizer starts a thread of its own at the first
-	 * pthread_create, and keeps it: started before the count. */
-	cr_assert_eq(pthread_create(&t, NULL, nothing, NULL), 0);
-	cr_assert_eq(pthread_join(t, NULL), 0);
+	start_runtime_threads(); /* before the count */
 	fds_open = count_dir("/proc/self/fd");
 	tasks_open = threads(&fillers, names_open, sizeof(names_open));
 	fixture_setup(&fx, NULL, 256, LAZYMAP_ADV_RANDOM, 0);

@@ -9,18 +9,6 @@
 
 #include "common.h"
 
-/* Resident memory of this process, in KiB. */
-static long rss_kib(void)
-{
-	long pages = 0, rss = 0;
-	FILE *f = fopen("/proc/self/statm", "r");
-
-	cr_assert(f);
-	cr_assert_eq(fscanf(f, "%ld %ld", &pages, &rss), 2);
-	fclose(f);
-	return rss * (long)(pgsz() / 1024);
-}
-
 Test(resources, a_large_readahead_commits_nothing_at_open)
 {
 	struct lazymap_opts o = { .handler_threads = 2, .readahead_max = 64 << 20 };
