@@ -47,6 +47,21 @@ static void take_watch(struct mm *mm, struct uffd_msg *msgs, int n)
 	}
 }
 
+/* Hold the reserve descriptor (read_fork_safe); whether we do. */
+static bool reserve_take(struct lazymap *lm)
+{
+	int fd, none = -1;
+
+	if (atomic_load_explicit(&lm->reserve_fd, memory_order_relaxed) >= 0)
+		return true;
+	fd = eventfd(0, EFD_CLOEXEC);
+	if (fd < 0)
+		return false;
+	if (!atomic_compare_exchange_strong(&lm->reserve_fd, &none, fd))
+		close(fd);
+	return true;
+}
+
 /*
  * A FORK event is read only if the reader has a descriptor to spare for
  * the child's userfaultfd: read() fails with EMFILE and leaves the event
@@ -70,13 +85,8 @@ static int read_fork_safe(struct mm *mm, struct uffd_msg *msgs, int max)
 		if (n == -EMFILE || n == -ENFILE)
 			n = 0;
 	}
-	if (atomic_load_explicit(&lm->reserve_fd, memory_order_relaxed) < 0 && n >= 0) {
-		int fd = eventfd(0, EFD_CLOEXEC);
-		int none = -1;
-
-		if (fd >= 0 && !atomic_compare_exchange_strong(&lm->reserve_fd, &none, fd))
-			close(fd);
-	}
+	if (n >= 0)
+		reserve_take(lm);
 	return n;
 }
 
@@ -900,11 +910,14 @@ void lzm_fork_prepare(struct lazymap *lm)
 	 * glibc takes its locks, they may).
 	 */
 	sweep_unwatched(lm);
-	if (atomic_load(&lm->reserve_fd) < 0) {
-		int fd = eventfd(0, EFD_CLOEXEC), none = -1;
+	/* At the limit, a child that has just gone may still be held for a
+	 * moment by a call of ours (its mm_gone() is not yet true): wait a
+	 * little for its descriptor rather than fork without a reserve. */
+	for (int i = 0; i < 20 && !reserve_take(lm); i++) {
+		struct timespec ts = { .tv_nsec = 250000 };
 
-		if (fd >= 0 && !atomic_compare_exchange_strong(&lm->reserve_fd, &none, fd))
-			close(fd);
+		nanosleep(&ts, NULL);
+		sweep_unwatched(lm);
 	}
 	atomic_store(&lm->forking, true);
 	lzm_efd_signal(lm->fork_efd);
