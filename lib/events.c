@@ -26,8 +26,6 @@
 
 /* ------------------------------------------------------------ reading */
 
-#define RING MSGRING_SIZE
-
 /*
  * A FORK event of our own mm takes the socket made for that fork (while
  * read_lock is held: lzm_fork_parent takes it too, once fork() returns, and
@@ -176,8 +174,8 @@ static void *fork_reader_main(void *arg)
 		if (!forking)
 			continue;
 		pthread_mutex_lock(&mm->read_lock);
-		if (r->n < RING) {
-			n = read_fork_safe(mm, r->m + r->n, (int)(RING - r->n));
+		if (r->n < MSGRING_SIZE) {
+			n = read_fork_safe(mm, r->m + r->n, (int)(MSGRING_SIZE - r->n));
 			if (n > 0) {
 				take_watch(mm, r->m + r->n, n);
 				r->n += (unsigned)n;
@@ -216,6 +214,42 @@ static struct vma *vma_alloc_or_break(struct handler *h)
 	if (!v && h)
 		lzm_handler_break(h, ENOMEM, "following the program's mapping change");
 	return v;
+}
+
+/* nv covers [start, end) with v's protection, flags and advice. */
+static void vma_like(struct vma *nv, const struct vma *v, uintptr_t start, uintptr_t end)
+{
+	nv->start = start;
+	nv->end = end;
+	nv->prot = v->prot;
+	nv->flags = v->flags;
+	nv->advice = v->advice;
+}
+
+/*
+ * Pieces of one source (split VMAs, met one after the other) share one
+ * clone: *last_old is the source the clone in *last_clone was made of,
+ * for the next piece to reuse. Returns the clone for v->src (a reference
+ * held by *last_clone), or NULL without memory. copy_filled: the clone
+ * starts with what v->src has installed (a forked child's page table).
+ */
+static void state_copy_filled(struct source *c, const struct source *src);
+
+static struct source *clone_once(struct vma *v, struct source **last_old,
+				 struct source **last_clone, bool copy_filled)
+{
+	struct source *c;
+
+	if (v->src == *last_old)
+		return *last_clone;
+	if (lzm_source_clone(v->src, v->src->base, v->src->npages, &c))
+		return NULL;
+	if (copy_filled)
+		state_copy_filled(c, v->src);
+	lzm_source_put(*last_clone);
+	*last_clone = c;
+	*last_old = v->src;
+	return c;
 }
 
 /* Make addr a VMA boundary if a VMA spans it. Write lock held. */
@@ -277,7 +311,7 @@ static void erase_range(struct handler *h, struct mm *mm, uintptr_t start, uintp
 static void apply_remap(struct handler *h, struct mm *mm, uintptr_t from, uintptr_t to, size_t len)
 {
 	struct vma *v, *moved = NULL, **tail = &moved, *nv;
-	struct source *last_old = NULL, *last_clone = NULL;
+	struct source *last_old = NULL, *last_clone = NULL, *clone;
 
 	/* The target was unmapped first (an UNMAP came before); be sure. */
 	erase_range(h, mm, to, to + len);
@@ -287,26 +321,17 @@ static void apply_remap(struct handler *h, struct mm *mm, uintptr_t from, uintpt
 		nv = vma_alloc_or_break(h);
 		if (!nv)
 			break;
-		nv->start = v->start - from + to;
-		nv->end = v->end - from + to;
-		nv->prot = v->prot;
-		nv->flags = v->flags;
-		nv->advice = v->advice;
+		clone = clone_once(v, &last_old, &last_clone, false);
+		if (!clone) {
+			lzm_handler_break(h, ENOMEM, "following mremap");
+			lzm_vma_free(nv);
+			break;
+		}
+		vma_like(nv, v, v->start - from + to, v->end - from + to);
 		nv->pgoff = v->pgoff;
 		nv->src = v->src; /* v's reference moves to nv */
-		/* Pieces of one source keep sharing one clone. */
-		if (v->src != last_old) {
-			lzm_source_put(last_clone);
-			last_clone = NULL;
-			last_old = v->src;
-			if (lzm_source_clone(v->src, v->src->base, v->src->npages, &last_clone)) {
-				lzm_handler_break(h, ENOMEM, "following mremap");
-				lzm_vma_free(nv);
-				break;
-			}
-		}
-		lzm_source_get(last_clone);
-		v->src = last_clone;
+		lzm_source_get(clone);
+		v->src = clone;
 		/* Chain the new VMAs through rb_right until they are inserted. */
 		*tail = nv;
 		tail = &nv->rb_right;
@@ -381,18 +406,25 @@ int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 
 /* ------------------------------------------------------------ growth */
 
-/* The kernel's VMA holding addr, from /proc/PID/maps (pid 0: ours). */
-static bool kernel_vma(int pid, uintptr_t addr, uintptr_t *ks, uintptr_t *ke)
+/* /proc/PID/maps (pid 0: ours), or NULL. */
+static FILE *maps_open(int pid)
 {
-	char path[64], line[512];
-	bool found = false;
-	FILE *f;
+	char path[64];
 
 	if (pid)
 		snprintf(path, sizeof(path), "/proc/%d/maps", pid);
 	else
 		snprintf(path, sizeof(path), "/proc/self/maps");
-	f = fopen(path, "re");
+	return fopen(path, "re");
+}
+
+/* The kernel's VMA holding addr, from /proc/PID/maps (pid 0: ours). */
+static bool kernel_vma(int pid, uintptr_t addr, uintptr_t *ks, uintptr_t *ke)
+{
+	char line[512];
+	bool found = false;
+	FILE *f = maps_open(pid);
+
 	if (!f)
 		return false;
 	while (!found && fgets(line, sizeof(line), f)) {
@@ -428,11 +460,7 @@ static bool grow_after(struct handler *h, struct mm *mm, struct vma *v, uintptr_
 		lzm_vma_free(nv);
 		return false;
 	}
-	nv->start = v->end;
-	nv->end = end;
-	nv->prot = v->prot;
-	nv->flags = v->flags;
-	nv->advice = v->advice;
+	vma_like(nv, v, v->end, end);
 	if (lzm_vma_insert(&mm->tree, nv) == 0)
 		return true;
 	lzm_vma_free(nv);
@@ -497,16 +525,12 @@ static void remap_grown(struct handler *h, struct mm *mm, uintptr_t to, size_t l
 
 void lzm_mm_adopt_growth(struct mm *mm)
 {
-	char path[64], line[512];
+	char line[512];
 	FILE *f;
 
 	if (!mm->self && !mm_pid(mm))
 		return;
-	if (mm->self)
-		snprintf(path, sizeof(path), "/proc/self/maps");
-	else
-		snprintf(path, sizeof(path), "/proc/%d/maps", mm_pid(mm));
-	f = fopen(path, "re");
+	f = maps_open(mm_pid(mm));
 	if (!f)
 		return;
 	pthread_rwlock_wrlock(&mm->lock);
@@ -535,11 +559,9 @@ static void child_free(struct mm *mm)
 		lzm_vma_erase(&mm->tree, v);
 		lzm_vma_free(v);
 	}
-	close(mm->uffd);
 	if (mm->watch_fd >= 0)
 		close(mm->watch_fd);
-	pthread_rwlock_destroy(&mm->lock);
-	pthread_mutex_destroy(&mm->event_lock);
+	lzm_mm_fini(mm);
 	free(mm);
 }
 
@@ -610,29 +632,17 @@ static int child_copy_tree(struct mm *child, struct mm *parent)
 
 	for (struct vma *v = lzm_vma_first(&parent->tree); v; v = lzm_vma_next(v)) {
 		struct vma *nv = lzm_vma_alloc();
+		struct source *c = nv ? clone_once(v, &last_old, &last_clone, true) : NULL;
 
-		if (!nv)
-			return -ENOMEM;
-		if (v->src != last_old) {
-			struct source *c;
-
-			if (lzm_source_clone(v->src, v->src->base, v->src->npages, &c)) {
-				lzm_vma_free(nv);
-				return -ENOMEM;
-			}
-			state_copy_filled(c, v->src);
+		if (!c) {
+			lzm_vma_free(nv);
 			lzm_source_put(last_clone);
-			last_clone = c;
-			last_old = v->src;
+			return -ENOMEM;
 		}
-		nv->start = v->start;
-		nv->end = v->end;
-		nv->prot = v->prot;
-		nv->flags = v->flags;
-		nv->advice = v->advice;
+		vma_like(nv, v, v->start, v->end);
 		nv->pgoff = v->pgoff;
-		nv->src = last_clone;
-		lzm_source_get(last_clone);
+		nv->src = c;
+		lzm_source_get(c);
 		if (lzm_vma_insert(&child->tree, nv)) {
 			lzm_vma_free(nv);
 			lzm_source_put(last_clone);

@@ -329,7 +329,9 @@ struct mm {
 int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features);
 int lzm_mm_init(struct mm *mm, struct lazymap *lm, int uffd, uint64_t features);
 void lzm_mm_unmap_all(struct mm *mm);
-void lzm_mm_destroy(struct mm *mm); /* unmaps every VMA, closes the userfaultfd */
+void lzm_mm_destroy(struct mm *mm); /* unmaps every VMA, then lzm_mm_fini() */
+/* Locks, ring and descriptors of an mm whose tree is empty or not ours to unmap. */
+void lzm_mm_fini(struct mm *mm);
 /* A new region of src where flags say (LAZYMAP_HINT, LAZYMAP_FIXED: *addrp on
  * input, checked by the caller; else anywhere); its address in *addrp. */
 int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags, struct source *src);
@@ -338,6 +340,8 @@ int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot);
 int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice);
 /* 0 if [start, start+len) lies wholly in VMAs of mm, else -EINVAL. Lock held. */
 int lzm_mm_check_range(struct mm *mm, uintptr_t start, size_t len);
+/* The same after the events read so far, and growth, are in the tree. No lock held. */
+int lzm_mm_owned(struct mm *mm, uintptr_t start, size_t len);
 int lzm_mm_dump(struct mm *mm, FILE *out);
 /* Leave a write section: publish the VMA count for lock-free readers. */
 void lzm_mm_write_unlock(struct mm *mm);

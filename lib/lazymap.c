@@ -486,25 +486,6 @@ int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice)
 	return ret;
 }
 
-/* Check that lazymap owns the whole range, under the read lock. */
-static int owned(struct lazymap *lm, uintptr_t start, size_t len)
-{
-	int ret;
-
-	lzm_mm_sync_events(&lm->mm);
-	pthread_rwlock_rdlock(&lm->mm.lock);
-	ret = lzm_mm_check_range(&lm->mm, start, len);
-	pthread_rwlock_unlock(&lm->mm.lock);
-	if (ret) {
-		/* a part mremap grew in place, which raises no event? */
-		lzm_mm_adopt_growth(&lm->mm);
-		pthread_rwlock_rdlock(&lm->mm.lock);
-		ret = lzm_mm_check_range(&lm->mm, start, len);
-		pthread_rwlock_unlock(&lm->mm.lock);
-	}
-	return ret;
-}
-
 int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 {
 	struct prefetch *pf;
@@ -513,7 +494,7 @@ int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 
 	if (ret)
 		return ret;
-	ret = owned(lm, start, len);
+	ret = lzm_mm_owned(&lm->mm, start, len);
 	if (ret)
 		goto out;
 	ret = -ENOMEM;
@@ -537,7 +518,7 @@ int lazymap_sync(struct lazymap *lm, void *addr, size_t len)
 	if (ret)
 		return ret;
 	/* Anonymous regions are all there is so far: nothing to write back. */
-	ret = owned(lm, start, len);
+	ret = lzm_mm_owned(&lm->mm, start, len);
 	lazymap_put(lm);
 	return ret;
 }

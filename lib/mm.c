@@ -84,8 +84,6 @@ void lzm_mm_write_unlock(struct mm *mm)
 	pthread_rwlock_unlock(&mm->lock);
 }
 
-#define write_unlock lzm_mm_write_unlock
-
 /*
  * The kernel splits a VMA before it changes a part of it, and keeps the split
  * when a later step fails: at the mapping limit (vm.max_map_count) it may
@@ -192,18 +190,24 @@ void lzm_mm_unmap_all(struct mm *mm)
 			lzm_vma_free(v);
 		}
 	}
-	write_unlock(mm);
+	lzm_mm_write_unlock(mm);
 }
 
-void lzm_mm_destroy(struct mm *mm)
+void lzm_mm_fini(struct mm *mm)
 {
-	lzm_mm_unmap_all(mm);
 	pthread_rwlock_destroy(&mm->lock);
 	pthread_mutex_destroy(&mm->event_lock);
 	pthread_mutex_destroy(&mm->read_lock);
 	free(mm->ring);
 	close(mm->uffd);
-	close(mm->uffd_keep);
+	if (mm->uffd_keep >= 0)
+		close(mm->uffd_keep);
+}
+
+void lzm_mm_destroy(struct mm *mm)
+{
+	lzm_mm_unmap_all(mm);
+	lzm_mm_fini(mm);
 }
 
 /* Two VMAs for the splits at the ends of a range, allocated before the lock
@@ -357,7 +361,7 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 	drop_stale(mm, v->start, v->end, spare);
 	ret = lzm_vma_insert(&mm->tree, v);
 	LAZYMAP_ASSERT(ret == 0);
-	write_unlock(mm);
+	lzm_mm_write_unlock(mm);
 	v = NULL;
 	*addrp = (uintptr_t)p;
 out:
@@ -377,6 +381,24 @@ int lzm_mm_check_range(struct mm *mm, uintptr_t start, size_t len)
 			return 0;
 	}
 	return -EINVAL;
+}
+
+int lzm_mm_owned(struct mm *mm, uintptr_t start, size_t len)
+{
+	int ret;
+
+	lzm_mm_sync_events(mm);
+	pthread_rwlock_rdlock(&mm->lock);
+	ret = lzm_mm_check_range(mm, start, len);
+	pthread_rwlock_unlock(&mm->lock);
+	if (ret) {
+		/* Not wholly ours, or a part mremap grew in place (no event)? */
+		lzm_mm_adopt_growth(mm);
+		pthread_rwlock_rdlock(&mm->lock);
+		ret = lzm_mm_check_range(mm, start, len);
+		pthread_rwlock_unlock(&mm->lock);
+	}
+	return ret;
 }
 
 /* Split with the spares so that [start, end), wholly ours, is covered by
@@ -399,20 +421,14 @@ static int lock_range(struct mm *mm, uintptr_t start, size_t len, struct vma **s
 {
 	int ret = spares_get(spare);
 
-	lzm_mm_sync_events(mm);
+	if (ret == 0)
+		ret = lzm_mm_owned(mm, start, len);
 	pthread_rwlock_wrlock(&mm->lock);
-	if (ret == 0 && lzm_mm_check_range(mm, start, len)) {
-		/* Not wholly ours, or a part mremap grew in place (no event). */
-		write_unlock(mm);
-		lzm_mm_adopt_growth(mm);
-		pthread_rwlock_wrlock(&mm->lock);
-	}
 	return ret ? ret : lzm_mm_check_range(mm, start, len);
 }
-
 static void unlock_range(struct mm *mm, struct vma **spare)
 {
-	write_unlock(mm);
+	lzm_mm_write_unlock(mm);
 	spares_put(spare);
 }
 
