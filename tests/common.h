@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -333,6 +334,34 @@ static inline void start_runtime_threads(void)
 
 	cr_assert_eq(pthread_create(&t, NULL, thread_that_returns, NULL), 0);
 	cr_assert_eq(pthread_join(t, NULL), 0);
+}
+/*
+ * A window of the test's own address space, PROT_NONE, far below where the
+ * kernel places mappings (top down from below the stack), above the heap
+ * and above AddressSanitizer's shadow. A hole left in it is never handed
+ * out to anybody else's mmap: what a test maps there is all there is.
+ */
+#ifdef __SANITIZE_THREAD__
+/* ThreadSanitizer lets a program map only in its application ranges (it
+ * aborts on anything else): the one of position-independent binaries. */
+#define WINDOW_LO   0x560000000000ul
+#define WINDOW_HI   0x568000000000ul
+#define WINDOW_STEP (1ul << 36)
+#else
+#define WINDOW_LO   0x300000000000ul
+#define WINDOW_HI   0x380000000000ul
+#define WINDOW_STEP (1ul << 40)
+#endif
+
+static inline char *test_window(size_t len)
+{
+	char *w = MAP_FAILED;
+
+	for (uintptr_t at = WINDOW_LO; w == MAP_FAILED && at < WINDOW_HI; at += WINDOW_STEP)
+		w = mmap((void *)at, len, PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+	cr_assert_neq(w, MAP_FAILED, "no window of %zu bytes: %s", len, strerror(errno));
+	return w;
 }
 #endif /* cr_skip_test */
 

@@ -464,36 +464,12 @@ static void close_empty(struct lazymap *lm)
 }
 
 /*
- * A window of the test's own address space, PROT_NONE, far below where the
- * kernel places mappings (top down from below the stack), above the heap
- * and above AddressSanitizer's shadow (as in test_failed_calls.c). A hole
- * left in it is never handed out to anybody else's mmap (the library's own
- * bookkeeping maps pages when it applies an event): where a test may touch
- * a range after it is gone, only what the test maps there can be there.
+ * The tests' regions live in a window of the test's own (test_window): the
+ * library's own bookkeeping maps pages when it applies an event, and where
+ * a test may touch a range after it is gone, only what the test maps there
+ * can be there. Closed after every lazymap using it is closed or has
+ * unmapped its regions.
  */
-#ifdef __SANITIZE_THREAD__
-/* ThreadSanitizer lets a program map only in its application ranges. */
-#define WINDOW_LO   0x560000000000ul
-#define WINDOW_HI   0x568000000000ul
-#define WINDOW_STEP (1ul << 36)
-#else
-#define WINDOW_LO   0x300000000000ul
-#define WINDOW_HI   0x380000000000ul
-#define WINDOW_STEP (1ul << 40)
-#endif
-
-static char *window_open(size_t len)
-{
-	char *w = MAP_FAILED;
-
-	for (uintptr_t at = WINDOW_LO; w == MAP_FAILED && at < WINDOW_HI; at += WINDOW_STEP)
-		w = mmap((void *)at, len, PROT_NONE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
-	cr_assert_neq(w, MAP_FAILED, "no window of %zu bytes: %s", len, strerror(errno));
-	return w;
-}
-
-/* After every lazymap using it is closed or has unmapped its regions. */
 static void window_close(char *w, size_t len)
 {
 	cr_assert_eq(munmap(w, len), 0);
@@ -551,7 +527,7 @@ static void one_open(struct one *o, enum kind kind, size_t file_pages)
 	touch_install();
 	o->lm = open_or_skip(NULL);
 	src_init(&o->s, kind, file_pages, 3);
-	o->w = window_open(NW * pgsz());
+	o->w = test_window(NW * pgsz());
 }
 
 /* After the test has unmapped its regions: none is left, nothing broke. */
@@ -1034,7 +1010,7 @@ static void reuse_setup(struct reuse *x)
 	src_init(&x->za, ZERO, 0, 0);
 	src_init(&x->fa, FILE_, RP + 2, 0);
 	src_init(&x->fb, FILE_, RP + 2, 2);
-	g = x->win = window_open(WIN * ps);
+	g = x->win = test_window(WIN * ps);
 	x->r1 = window_map(x->a, &x->za, RP * ps, true, g + ps);
 	x->r2 = window_map(x->a, &x->fa, RP * ps, true, g + (RP + 2) * ps);
 	x->r3 = window_map(x->a, &x->za, RP * ps, true, g + (2 * RP + 3) * ps);
@@ -1196,7 +1172,7 @@ static void race(enum kind kind)
 {
 	struct lazymap *lm = open_or_skip(NULL);
 	size_t ps = pgsz(), len = (size_t)RACE_CHUNKS * RACE_CP * ps;
-	char *w = window_open(len);
+	char *w = test_window(len);
 	struct race r;
 	struct src s;
 	double t0 = now_s();
@@ -1639,7 +1615,7 @@ Test(events, faults_while_the_program_munmaps_mremaps_madvises, .timeout = 180)
 	src_init(&cc.src[0], ZERO, 0, 0);
 	src_init(&cc.src[1], FILL, 0, 0);
 	src_init(&cc.src[2], FILE_, CC_FOFF + CC_PAGES, CC_FOFF);
-	cc.win = window_open(CC_WINDOW * ps);
+	cc.win = test_window(CC_WINDOW * ps);
 	cc.slots = cc.win + (size_t)CC_REGIONS * (CC_PAGES + 1) * ps;
 	for (int i = 0; i <= CC_READERS; i++)
 		since[i] = t0;

@@ -450,33 +450,16 @@ Test(failed_calls, dump_into_its_own_region_while_others_map_does_not_hang, .tim
 #define WIN  64 /* pages of a window */
 
 /*
- * WIN free pages between two PROT_NONE guards of the test's own, so that
- * nothing is mapped there but what a test asks for: far below where the
- * kernel places mappings (top down from below the stack), above the heap and
- * above AddressSanitizer's shadow, below its allocator. Released with
- * window_close after the lazymap is closed (it unmaps all that is left).
+ * WIN free pages between two PROT_NONE guards in a window of the test's own
+ * (test_window), so that nothing is mapped there but what a test asks for.
+ * Released with window_close after the lazymap is closed (it unmaps all
+ * that is left).
  */
-#ifdef __SANITIZE_THREAD__
-/* ThreadSanitizer lets a program map only in its application ranges (it
- * aborts on anything else): the one of position-independent binaries. */
-#define WINDOW_LO   0x560000000000ul
-#define WINDOW_HI   0x568000000000ul
-#define WINDOW_STEP (1ul << 36)
-#else
-#define WINDOW_LO   0x300000000000ul
-#define WINDOW_HI   0x380000000000ul
-#define WINDOW_STEP (1ul << 40)
-#endif
-
 static char *window_open(void)
 {
 	size_t ps = pgsz();
-	char *g = MAP_FAILED;
+	char *g = test_window((WIN + 2) * ps);
 
-	for (uintptr_t at = WINDOW_LO; g == MAP_FAILED && at < WINDOW_HI; at += WINDOW_STEP)
-		g = mmap((void *)at, (WIN + 2) * ps, PROT_NONE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-	cr_assert_neq(g, MAP_FAILED, "%s", strerror(errno));
 	cr_assert_eq(munmap(g + ps, WIN * ps), 0);
 	return g + ps;
 }
