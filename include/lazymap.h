@@ -160,7 +160,8 @@ struct lazymap_opts {
  *         vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd);
  *         -ENOSYS kernel without userfaultfd; -EINVAL bad option;
  *         -EOPNOTSUPP opts->daemon or opts->resident_limit set (not available
- *         yet), a kernel before 6.6 (no UFFDIO_POISON), or
+ *         yet), a kernel before 6.6 (no UFFDIO_POISON, or no minor faults
+ *         and write protection on shared memory), or
  *         LAZYMAP_INSTALL_MOVE on a kernel before 6.8;
  *         -ENOMEM, -EMFILE, -EAGAIN (threads) as the system reports them.
  */
@@ -182,8 +183,12 @@ LAZYMAP_API int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_op
  * gives it (zeros, or SIGSEGV once the range is unmapped). It waits for what
  * is in progress: fill callbacks running, and file reads in flight, which the
  * kernel cannot cancel (a read held up by a stuck file system, such as a
- * stopped FUSE server, holds up lazymap_close as long).
- * Errors: -EBADF lm is not an open lazymap.
+ * stopped FUSE server, holds up lazymap_close as long). The dirty pages of
+ * shared file regions are written back and their files fdatasync'ed first.
+ * Errors: -EBADF lm is not an open lazymap; a write-back error as
+ *         lazymap_sync gives it: the lazymap is closed all the same, and
+ *         the pages that could not be written are lost (call lazymap_sync
+ *         first, and retry it, to lose nothing).
  */
 LAZYMAP_API int lazymap_close(struct lazymap *lm);
 
@@ -209,25 +214,55 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * 64 KiB anonymous folios (LAZYMAP_ADV_RANDOM turns this off). File
  * mappings read only what is touched, and around it on sequential access.
  *
- * A file mapping (no LAZYMAP_ANON) reads fd from offset with io_uring, as
- * mmap(MAP_PRIVATE) would show it: the part of the last page beyond the end
- * of the file reads as zeros; a touch of a page wholly beyond the end, or of
- * a page whose read fails, raises SIGBUS in the touching thread (and counts
- * in io_errors). Private writes stay in memory. The library keeps its own
- * reference to the file: fd may be closed at once. LAZYMAP_DIRECT reads with
- * O_DIRECT (the library reopens the file through /proc/self/fd), so that the
- * data is not cached twice (page cache and mapping).
+ * A file mapping (no LAZYMAP_ANON) shows the file from offset as mmap
+ * would: the part of the last page beyond the end of the file reads as
+ * zeros; a touch of a page wholly beyond the end, or of a page whose read
+ * fails, raises SIGBUS in the touching thread (and counts in io_errors). The
+ * end is the file's size when the page is first touched: a file that grows
+ * shows its new pages, as with mmap. The library keeps its own reference to
+ * the file: fd may be closed at once.
+ *
+ * The page cache. Every file has one cache in the process (files are told
+ * apart by device and inode, so two descriptors or two lazymaps of one file
+ * share it): a memfd holding the pages read so far at the file's own
+ * offsets, which every region of the file maps. A page is read from the file
+ * once (with io_uring, with readahead on sequential access) and then mapped
+ * by the kernel with no copy and no round trip through the library: a second
+ * region of the file, a region mapped again, a private page dropped with
+ * MADV_DONTNEED find it there. The cache lives as long as a region maps the
+ * file. Its pages are shared memory: they count as Shmem in /proc/meminfo
+ * and against the memory cgroup, not as the file's page cache.
+ * LAZYMAP_DIRECT reads the file with O_DIRECT (the library reopens it
+ * through /proc/self/fd), so that the data is not held twice (the kernel's
+ * page cache and ours).
+ *
+ * LAZYMAP_PRIVATE: writes go to private copies of the pages (copy on
+ * write), never to the cache or the file; until it writes a page itself, a
+ * private region sees the writes of shared regions of the file, as with
+ * MAP_PRIVATE. LAZYMAP_SHARED: writes go to the cache page itself, which
+ * every region of the file shows at once, and reach the file when written
+ * back: by lazymap_sync (durably), by lazymap_unmap of the range and by
+ * lazymap_close. As mmap, a shared mapping with PROT_WRITE needs fd open
+ * for reading and writing, and not O_APPEND (-EACCES), and lazymap_protect
+ * may give PROT_WRITE to a shared region only if its fd was writable. The
+ * library tracks writes with userfaultfd's write protection: the first
+ * write to a page after it was written back costs one round trip through a
+ * handler thread. Writes the program makes through a range it changed
+ * itself are still found: after its own munmap or mremap of a shared range,
+ * the dirty pages are written back at the next lazymap_sync of the file's
+ * regions, or at lazymap_close.
  *
  * Errors: -EINVAL zero or overflowing len, bad prot/flags, offset negative,
- *         unaligned or overflowing, LAZYMAP_DIRECT on a file system that
+ *         unaligned or overflowing (offset + len beyond 2^47, the largest
+ *         file the cache holds), LAZYMAP_DIRECT on a file system that
  *         refuses O_DIRECT, LAZYMAP_HINT with LAZYMAP_FIXED, a LAZYMAP_FIXED
  *         address unaligned or too high for len; -EEXIST LAZYMAP_FIXED over
  *         something already mapped (nothing is changed); -EPERM LAZYMAP_FIXED
  *         below vm.mmap_min_addr without CAP_SYS_RAWIO; -EBADF bad fd;
- *         -EACCES fd not open for reading; -ENODEV fd is not a regular file;
- *         -EOPNOTSUPP LAZYMAP_SHARED file mappings (shared write-back is not
- *         available yet); -ENOMEM out of memory or address space (a
- *         LAZYMAP_FIXED range beyond it too).
+ *         -EACCES fd not open for reading, or LAZYMAP_SHARED with PROT_WRITE
+ *         and fd not open for writing (or O_APPEND); -ENODEV fd is not a
+ *         regular file; -ENOSYS no memfd_create (Linux < 3.17); -ENOMEM out
+ *         of memory or address space (a LAZYMAP_FIXED range beyond it too).
  */
 LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
 			    int fd, off_t offset);
@@ -273,10 +308,14 @@ LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, i
 
 /*
  * Unmap the whole or a part of one or several regions: [addr, addr+len) must
- * be page aligned and lie entirely inside regions of this lazymap.
+ * be page aligned and lie entirely inside regions of this lazymap. The dirty
+ * pages of shared file regions in the range are written back first (not
+ * fdatasync'ed: lazymap_sync for that); if that fails, nothing is unmapped.
  * Errors: -EINVAL unaligned, zero or overflowing range, or a part of the
  *         range that lazymap does not own (then nothing is unmapped);
- *         -ENOMEM no memory to split a region.
+ *         -ENOMEM no memory to split a region; a write-back error as
+ *         lazymap_sync gives it (then nothing is unmapped, the pages stay
+ *         dirty).
  */
 LAZYMAP_API int lazymap_unmap(struct lazymap *lm, void *addr, size_t len);
 
@@ -287,16 +326,26 @@ LAZYMAP_API int lazymap_unmap(struct lazymap *lm, void *addr, size_t len);
 LAZYMAP_API int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len);
 
 /*
- * Write back dirty pages of shared file mappings in the range and wait until
- * they are durable. Anonymous and private regions have nothing to write: 0.
- * Errors: as lazymap_unmap.
+ * Write back the dirty pages of the shared file regions in the range, with
+ * io_uring, and fdatasync their files: when it returns 0, every write made
+ * to those pages before the call is on the file, durably. A page written
+ * again while it is being written back stays dirty for the next sync. The
+ * range may span several regions and gaps between them only if every page
+ * of it is in a region (as lazymap_unmap). Private and anonymous regions
+ * have nothing to write: 0.
+ * Errors: as lazymap_unmap; a write or fdatasync that failed (-ENOSPC disk
+ *         full, -EFBIG RLIMIT_FSIZE or the file system's limit, -EIO,
+ *         -EDQUOT...): the first such errno; the pages that could not be
+ *         written stay dirty and are written by a later sync (nothing is
+ *         dropped); SIGXFSZ is never raised by the library's writes.
  */
 LAZYMAP_API int lazymap_sync(struct lazymap *lm, void *addr, size_t len);
 
 /*
  * Change the protection of a range, like mprotect(): prot is a subset of
  * PROT_READ|PROT_WRITE. Regions split and merge as the kernel's VMAs do.
- * Errors: as lazymap_unmap; -EINVAL bad prot.
+ * Errors: as lazymap_unmap; -EINVAL bad prot; -EACCES PROT_WRITE on a
+ *         LAZYMAP_SHARED file region whose fd was not open for writing.
  */
 LAZYMAP_API int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot);
 
@@ -350,7 +399,11 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(offloaded_fills, SUM, "fill calls run on a filler thread (the callback was slow)")    \
 	X(events, SUM, "the program's munmap, mremap, madvise and fork, applied to the tree")   \
 	X(children, NOW, "forked children served now (one that exited is let go shortly after)") \
-	X(fork_followed, NOW, "1: forked children are served; 0: not (see lazymap_open)")
+	X(fork_followed, NOW, "1: forked children are served; 0: not (see lazymap_open)")     \
+	X(wp_faults, SUM, "first writes to clean pages of shared file regions (write-protect faults)") \
+	X(writebacks, SUM, "writes of dirty runs of pages to backing files")                   \
+	X(dirty_pages, NOW, "pages of shared file regions written and not yet written back")    \
+	X(cache_pages, NOW, "pages in the page caches of the files this lazymap maps")
 
 /* Counters since lazymap_open. */
 struct lazymap_stats {
