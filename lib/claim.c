@@ -64,6 +64,11 @@ void lzm_release_run(struct mm *mm, struct source *src, uintptr_t addr, uint64_t
 {
 	uint8_t to = installed ? PAGE_FILLED : 0, seen = 0;
 
+	if (src->ops->cached) {
+		lzm_cache_release(src->cache, src->base + idx, n, installed);
+		return;
+	}
+
 	for (size_t i = 0; i < n; i++)
 		seen |= atomic_exchange_explicit(&src->state[idx + i], to, memory_order_acq_rel);
 	if (seen & PAGE_WAITER)
@@ -83,4 +88,26 @@ size_t lzm_claim_fresh(_Atomic uint8_t *state, size_t max)
 			break;
 	}
 	return n;
+}
+
+size_t lzm_claim_fresh_at(struct vma *v, uint64_t idx, size_t max)
+{
+	struct source *src = v->src;
+
+	if (src->ops->cached) {
+		uint64_t fp = src->base + idx;
+		_Atomic uint8_t *s = lzm_cache_state(src->cache, fp);
+
+		return s ? lzm_claim_fresh(s, cache_run_max(fp, max)) : 0;
+	}
+	return lzm_claim_fresh(&src->state[idx], max);
+}
+
+bool lzm_page_filled(const struct vma *v, uint64_t idx)
+{
+	const struct source *src = v->src;
+
+	if (src->ops->cached)
+		return lzm_cache_has(src->cache, src->base + idx);
+	return atomic_load_explicit(&src->state[idx], memory_order_relaxed) & PAGE_FILLED;
 }

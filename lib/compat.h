@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * userfaultfd uapi that distribution headers may lack (Debian 12 ships 6.1's):
- * UFFDIO_MOVE (6.8), UFFDIO_POISON (6.6) and their feature bits, with the
- * kernel's values. Defined only where the system header does not.
+ * UFFDIO_MOVE (6.8), UFFDIO_POISON (6.6), UFFDIO_CONTINUE_MODE_WP (6.3) and
+ * their feature bits, with the kernel's values. Defined only where the system header does not.
  */
 #ifndef LAZYMAP_COMPAT_H
 #define LAZYMAP_COMPAT_H
@@ -21,6 +21,10 @@
 #endif
 #ifndef UFFD_FEATURE_MOVE
 #define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+
+#ifndef UFFDIO_CONTINUE_MODE_WP
+#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1) /* 6.3 */
 #endif
 
 #ifndef UFFDIO_MOVE

@@ -273,10 +273,12 @@ static bool split_at(struct handler *h, struct mm *mm, uintptr_t addr)
  */
 static void state_release(struct source *src, uint64_t pgoff, size_t n)
 {
-	uintptr_t a = (uintptr_t)&src->state[pgoff], e = a + n;
+	uintptr_t a, e;
 
 	if (!src->state_mapped)
-		return; /* on the heap: small, and freed with the source */
+		return; /* on the heap: small, and freed with the source; or a cache's */
+	a = (uintptr_t)&src->state[pgoff];
+	e = a + n;
 	a = (a + lzm_page_size - 1) & ~(uintptr_t)(lzm_page_size - 1);
 	e &= ~(uintptr_t)(lzm_page_size - 1);
 	if (a < e)
@@ -363,6 +365,14 @@ static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
 		uintptr_t e = v->end < end ? v->end : end;
 		uint64_t idx = v->pgoff + ((s - v->start) >> lzm_page_shift);
 
+		if (v->src->ops->cached) {
+			/* The cache keeps its pages (a private copy is simply gone),
+			 * unless MADV_REMOVE punched them out of a shared region. */
+			if (vma_writeback(v))
+				lzm_cache_recheck(v->src->cache, v->src->base + idx,
+						  (e - s) >> lzm_page_shift);
+			continue;
+		}
 		for (; s < e; s += lzm_page_size, idx++)
 			if (atomic_load_explicit(&v->src->state[idx], memory_order_relaxed) &
 			    PAGE_FILLED)
@@ -599,6 +609,8 @@ static void state_copy_filled(struct source *c, const struct source *src)
 	unsigned char vec[4096];
 	uintptr_t base = (uintptr_t)src->state;
 
+	if (!src->state)
+		return; /* a file's: its cache is shared with the child */
 	for (size_t off = 0; off < src->npages; off += chunk * lzm_page_size) {
 		size_t len = src->npages - off < chunk * lzm_page_size ? src->npages - off
 								     : chunk * lzm_page_size;
@@ -647,6 +659,11 @@ static int child_copy_tree(struct mm *child, struct mm *parent)
 			lzm_vma_free(nv);
 			lzm_source_put(last_clone);
 			return -EINVAL;
+		}
+		/* the child's writes to a shared file region are protected at write-back too */
+		if (vma_writeback(nv) && lzm_cache_share(c->cache, child)) {
+			lzm_source_put(last_clone);
+			return -ENOMEM;
 		}
 	}
 	lzm_source_put(last_clone);

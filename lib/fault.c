@@ -154,7 +154,8 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 
 		stat_add(&h->stats.io_errors, 1);
 		ret = install(h, mm, INSTALL_POISON, addr, NULL, lzm_page_size, true);
-		lzm_release_run(mm, src, addr, idx, 1, ret == 0);
+		/* poisoned in this mm; in a cache it stays a hole (the file may grow) */
+		lzm_release_run(mm, src, addr, idx, 1, ret == 0 && !src->ops->cached);
 		addr += lzm_page_size;
 		idx++;
 		n--;
@@ -182,14 +183,14 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 		.asked = asked,
 		/* MOVE takes private anonymous pages between VMAs of equal
 		 * protection only; staging pages are read-write. */
-		.move = h->lm->opts.install == LAZYMAP_INSTALL_MOVE &&
+		.move = h->lm->opts.install == LAZYMAP_INSTALL_MOVE && !src->ops->cached &&
 			!(v->flags & LAZYMAP_SHARED) && v->prot == (PROT_READ | PROT_WRITE),
 		.end_io = src->ops->read ? read_done : NULL,
 	};
 	return req;
 }
 
-static void req_free(struct handler *h, struct fill_req *req)
+void lzm_req_free(struct handler *h, struct fill_req *req)
 {
 	if (req->buf)
 		lzm_pool_free(&h->pool, req->buf, req->n);
@@ -204,7 +205,7 @@ void lzm_fault_abandon(struct fill_req *req)
 	lzm_release_run(req->mm, req->src, req->addr, req->idx, req->n, false);
 	lzm_uffd_wake(req->mm->uffd, req->addr, req->n << lzm_page_shift);
 	req->buf = NULL;
-	req_free(NULL, req);
+	lzm_req_free(NULL, req);
 }
 
 /*
@@ -307,7 +308,7 @@ void lzm_fill_req_run(struct handler *h, struct fill_req *req, char *buf)
 	} else {
 		fill_install(h, req, 0, req->n, buf, ret >= 0);
 	}
-	req_free(h, req);
+	lzm_req_free(h, req);
 }
 
 /* ------------------------------------------------------------ file reads */
@@ -358,6 +359,10 @@ static void finish_read(struct handler *h, struct fill_req *req, size_t data_pag
 
 	if (bytes & (lzm_page_size - 1))
 		memset(req->buf + bytes, 0, lzm_page_size - (bytes & (lzm_page_size - 1)));
+	if (req->src->ops->cached) {
+		lzm_filemap_finish(h, req, data_pages, poison_rest);
+		return;
+	}
 	pthread_rwlock_rdlock(&mm->lock);
 	limit = req_mapped(req, 0);
 	good = data_pages < limit ? data_pages : limit;
@@ -379,7 +384,7 @@ static void finish_read(struct handler *h, struct fill_req *req, size_t data_pag
 	lzm_release_run(mm, req->src, req->addr, req->idx, limit, ret == 0);
 	pthread_rwlock_unlock(&mm->lock);
 	req_drop(req, limit, req->n - limit);
-	req_free(h, req);
+	lzm_req_free(h, req);
 }
 
 /* A read of req finished with res (bytes or -errno): continue it, or install. */
@@ -421,8 +426,8 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 		if (submit_read(h, req) == 0)
 			return;
 	}
-	if (req->done < len && req->src->backing)
-		lzm_backing_refresh_size(req->src->backing);
+	if (req->done < len && req->src->cache)
+		lzm_cache_refresh_size(req->src->cache);
 	finish_read(h, req, (req->done + lzm_page_size - 1) >> lzm_page_shift, req->done, true);
 }
 
@@ -440,8 +445,9 @@ void lzm_fault_start(struct handler *h, struct fill_req *req)
 /* Requests one fault may begin: its run and the runs fault-around adds. */
 #define FAULT_REQS 4
 
-void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write, uint32_t tid)
+void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, unsigned flags, uint32_t tid)
 {
+	bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	struct fill_req *reqs[FAULT_REQS] = { NULL }, *ahead[AHEAD_WINDOWS] = { NULL };
 	size_t nreqs = 0, nahead = 0, max, n;
 	bool grown = false;
@@ -465,6 +471,10 @@ again:
 		/* Not ours (any more): let the toucher retry against the kernel. */
 		stat_add(&h->stats.unowned, 1);
 		lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
+		goto out;
+	}
+	if (v->src->ops->cached) {
+		nreqs = lzm_filemap_fault(h, mm, v, addr, flags, reqs, ahead, &nahead);
 		goto out;
 	}
 	idx = v->pgoff + ((addr - v->start) >> lzm_page_shift);
@@ -535,7 +545,7 @@ uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, 
 
 			if (max > h->lm->ra_pages)
 				max = h->lm->ra_pages;
-			n = lzm_claim_fresh(&v->src->state[idx], max < budget ? max : budget);
+			n = lzm_claim_fresh_at(v, idx, max < budget ? max : budget);
 			if (n)
 				break;
 		}

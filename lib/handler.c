@@ -50,7 +50,7 @@ static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg 
 			stat_add(&h->stats.coalesced, 1);
 			continue;
 		}
-		lzm_fault_handle(h, mm, addr, m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE,
+		lzm_fault_handle(h, mm, addr, (unsigned)m->arg.pagefault.flags,
 				 m->arg.pagefault.feat.ptid);
 	}
 }

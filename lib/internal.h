@@ -85,7 +85,7 @@ void lzm_log_flush(struct lazymap *lm);
 struct source;
 struct handler;
 struct fill_req;
-struct backing;
+struct cache;
 
 struct source_ops {
 	const char *name; /* for lazymap_dump */
@@ -104,6 +104,9 @@ struct source_ops {
 	/* How many of npages from pgoff exist (a file ends); NULL: all. */
 	size_t (*extent)(struct source *src, uint64_t pgoff, size_t npages);
 	void (*release)(struct source *src);
+	/* Its pages live in a page cache (src->cache): their state is the
+	 * cache's, and the fault path is filemap.c's. */
+	bool cached;
 };
 
 /* Per-page state bits (source.state[pgoff]), taken and let go in claim.c. */
@@ -130,17 +133,18 @@ struct source {
 	bool state_mapped;            /* state is a mapping of its own (npages > STATE_HEAP_MAX) */
 	lazymap_fill_fn fill;         /* fill-callback sources */
 	void *arg;
-	struct backing *backing;      /* file sources: the file */
+	struct cache *cache;          /* file sources: the file and its pages (no state) */
 	uint64_t base;                /* producer page of state[0]: file page, or callback page */
 	bool direct;                  /* read with O_DIRECT */
+	bool maywrite;                /* a shared map may be writable (the fd was) */
 	atomic_bool slow;             /* a fill call took over 1 ms: fills go to filler threads */
 };
 
 int lzm_source_new_zero(size_t npages, struct source **srcp);
 int lzm_source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct source **srcp);
-/* A file source: npages of b from page file_pgoff on; takes a reference to b. */
-int lzm_source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool direct,
-		    struct source **srcp);
+/* A file source: npages of c's file from page file_pgoff on; takes a reference to c. */
+int lzm_source_new_file(size_t npages, struct cache *c, uint64_t file_pgoff, bool direct,
+			struct source **srcp);
 /* A source of npages with src's producer from producer page base on, and
  * a state of its own with nothing installed. */
 int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, struct source **srcp);
@@ -151,24 +155,102 @@ static inline bool source_produces(const struct source *src)
 	return src->ops->fill || src->ops->read;
 }
 
-/* ------------------------------------------------------------- backing.c */
+/* --------------------------------------------------------------- cache.c */
 
 /*
- * A backing file (the kernel's struct file and its address_space, in part):
- * our own descriptors for it, so the caller may close theirs, and its size.
+ * A file and its page cache (the kernel's struct file + address_space): one
+ * per file in the process, found by device and inode, refcounted by the
+ * sources that map it. Its pages live in a memfd at the file's own offsets,
+ * which every region of the file maps; one state byte per file page says
+ * what the cache holds (CP_*), in chunks allocated when first needed.
  */
-struct backing {
-	atomic_uint refs;
-	int fd;                      /* dup of the caller's descriptor */
-	int dfd;                     /* O_DIRECT descriptor, or -1 until asked for */
-	_Atomic uint64_t size;       /* last size seen: refreshed when a read ends short */
+#define CP_BUSY      0x01 /* a handler is reading this page into the cache */
+#define CP_CACHED    0x02 /* in the memfd: the kernel maps it without us */
+#define CP_WAITER    0x04 /* a fault came while BUSY: wake the waiters when done */
+#define CP_DIRTY     0x08 /* written through a shared region since its write-back */
+#define CP_WRITEBACK 0x10 /* being written back now */
+
+#define CACHE_MAX_SHIFT 47 /* the cache holds file offsets below 2^47 */
+#define CHUNK_SHIFT     16 /* pages of state per chunk */
+#define CHUNK_PAGES     ((size_t)1 << CHUNK_SHIFT)
+
+struct cache_chunk {
+	atomic_uint ncached, ndirty; /* pages CACHED, DIRTY|WRITEBACK: sums skip clean chunks */
+	_Atomic uint8_t s[CHUNK_PAGES];
 };
 
-/* Check fd as mmap would (-EBADF, -EACCES, -ENODEV) and take our own reference. */
-int lzm_backing_open(int fd, bool direct, struct backing **bp);
-void lzm_backing_put(struct backing *b);
+struct cache_waiter;
+
+struct cache {
+	struct cache *next;          /* the registry (cache.c), under its lock */
+	atomic_uint refs;
+	dev_t dev;
+	ino_t ino;
+	int fd;                      /* reads: our dup of the first caller's descriptor */
+	int dfd;                     /* O_DIRECT reads, or -1 until a region asks */
+	int wfd;                     /* write-back: a writable descriptor, or -1 until one is given */
+	int memfd;                   /* the pages */
+	int memfd_ro;                /* read-only reopen, for shared maps of read-only fds, or -1 */
+	_Atomic uint64_t size;       /* the file's size as last seen */
+	/*
+	 * lock: the descriptors opened late, the waiters, the sharers, and the
+	 * dirty transitions with the write-protection that goes with them (a
+	 * page is made writable only with CP_DIRTY set, and write-back protects
+	 * it everywhere before it reads it). Taken after an mm's lock, never
+	 * before; its holders wait for nothing but the kernel.
+	 */
+	pthread_mutex_t lock;
+	pthread_mutex_t wb_lock;     /* one write-back at a time; taken before lock */
+	struct cache_waiter *waiters;
+	struct mm **sharers;         /* mms that map it shared (write-back protects there) */
+	unsigned nsharers, sharers_cap;
+	_Atomic(struct cache_chunk *) *chunks; /* 1 << (CACHE_MAX_SHIFT - 12 - CHUNK_SHIFT) */
+	size_t nchunks;
+};
+
+/* The cache of fd's file (mmap's checks first: -EBADF, -EACCES, -ENODEV),
+ * with a reference; write: a shared writable mapping will write back
+ * through it (-EACCES unless fd is open for writing and not O_APPEND). */
+int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp);
+void lzm_cache_get(struct cache *c);
+/* The last reference writes the dirty pages back (errors are logged) and frees. */
+void lzm_cache_put(struct cache *c);
 /* fstat the file again; returns the new size. */
-uint64_t lzm_backing_refresh_size(struct backing *b);
+uint64_t lzm_cache_refresh_size(struct cache *c);
+/* The state byte of file page fp; NULL if it cannot be had (no memory). */
+_Atomic uint8_t *lzm_cache_state(struct cache *c, uint64_t fp);
+/* How many of n pages from fp have their state in one chunk. */
+static inline size_t cache_run_max(uint64_t fp, size_t n)
+{
+	size_t room = CHUNK_PAGES - (size_t)(fp & (CHUNK_PAGES - 1));
+
+	return n < room ? n : room;
+}
+/* Whether file page fp is in the cache. */
+bool lzm_cache_has(struct cache *c, uint64_t fp);
+/* Let go of n claimed pages from fp: CACHED if they were filled, else holes;
+ * wakes the faults that waited for them. */
+void lzm_cache_release(struct cache *c, uint64_t fp, size_t n, bool cached);
+/* A written page (c->lock held, with the page's write-protection lifted after). */
+void lzm_cache_dirty(struct cache *c, uint64_t fp);
+/* A read-only descriptor of the memfd (shared maps of read-only files), or -errno. */
+int lzm_cache_memfd_ro(struct cache *c);
+/* mm maps c shared: write-back protects pages there too. Until mm goes. */
+int lzm_cache_share(struct cache *c, struct mm *mm);
+/* mm is going: leave every cache's sharers. */
+void lzm_cache_unshare_all(struct mm *mm);
+/*
+ * Write back the dirty pages of [fp, fp + n), and fdatasync if durable: 0,
+ * or the first -errno (the pages that failed are dirty again). lm: the
+ * lazymap whose counters it adds to and whose regions may map the pages;
+ * NULL when no region does (the cache's last reference). No lock held.
+ */
+int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm,
+			bool durable);
+/* The pages a REMOVE dropped from a shared region may be holes now (MADV_REMOVE). */
+void lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n);
+/* Pages cached and dirty, over the caches mm's VMAs map. */
+void lzm_cache_count(struct mm *mm, uint64_t *cached, uint64_t *dirty);
 
 /* ----------------------------------------------------------------- vma.c */
 
@@ -246,13 +328,15 @@ int lzm_vma_tree_check(const struct vma_tree *t);
 int lzm_uffd_open(int *fdp);
 int lzm_uffd_probe(uint64_t *features);
 int lzm_uffd_api(int fd, uint64_t features, uint64_t *got);
-int lzm_uffd_register(int fd, uintptr_t start, size_t len);
+int lzm_uffd_register(int fd, uintptr_t start, size_t len, uint64_t mode);
 int lzm_uffd_unregister(int fd, uintptr_t start, size_t len);
 int lzm_uffd_wake(int fd, uintptr_t start, size_t len);
 int lzm_uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, size_t *done);
 int lzm_uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done);
 int lzm_uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
 int lzm_uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done);
+int lzm_uffd_continue(int fd, uintptr_t dst, size_t len, bool wp, size_t *done);
+int lzm_uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp);
 int lzm_uffd_read(int fd, struct uffd_msg *msgs, int max);
 
 /* ------------------------------------------------------------------ mm.c */
@@ -328,8 +412,17 @@ struct mm {
 
 int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features);
 int lzm_mm_init(struct mm *mm, struct lazymap *lm, int uffd, uint64_t features);
-void lzm_mm_unmap_all(struct mm *mm);
+/* Write back, then unmap every VMA; the first write-back error, or 0. */
+int lzm_mm_unmap_all(struct mm *mm);
+/* Write back the dirty pages of the shared file regions in [start, start+len),
+ * durably (fdatasync) if asked. No lock held. 0 or the first -errno. */
+int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable);
 void lzm_mm_destroy(struct mm *mm); /* unmaps every VMA, then lzm_mm_fini() */
+/* Whether v is a shared file region whose writes are tracked and written back. */
+static inline bool vma_writeback(const struct vma *v)
+{
+	return (v->flags & LAZYMAP_SHARED) && v->src->maywrite;
+}
 /* Locks, ring and descriptors of an mm whose tree is empty or not ours to unmap. */
 void lzm_mm_fini(struct mm *mm);
 /* A new region of src where flags say (LAZYMAP_HINT, LAZYMAP_FIXED: *addrp on
@@ -506,6 +599,15 @@ enum claim lzm_claim_page(struct mm *mm, _Atomic uint8_t *state, uintptr_t addr)
 /* Claim up to max never-filled pages from state on; returns how many (0: the
  * first one is filled or busy). */
 size_t lzm_claim_fresh(_Atomic uint8_t *state, size_t max);
+/* The same from page idx of v's source, whatever holds its state (a run
+ * of a cache stops at the end of a chunk). */
+size_t lzm_claim_fresh_at(struct vma *v, uint64_t idx, size_t max);
+/* Whether page idx of v's source is filled (in the cache, for a file). */
+bool lzm_page_filled(const struct vma *v, uint64_t idx);
+/* The same for file page fp of a cache, whose state is s: a fault that
+ * finds it BUSY waits on the cache's list until the fill lets go. */
+enum claim lzm_cache_claim(struct cache *c, _Atomic uint8_t *s, struct mm *mm, uintptr_t addr,
+			   uint64_t fp);
 /*
  * Let go of n claimed pages from idx: FILLED if they were installed, else
  * back to never-filled so that fault-around and prefetch may take them again.
@@ -552,9 +654,23 @@ void lzm_fill_req_run(struct handler *h, struct fill_req *req, char *buf);
  * their touchers are woken and fault again. */
 void lzm_fault_abandon(struct fill_req *req);
 
-/* Serve one missing fault at addr of mm. */
-/* Serve one missing fault at addr of mm, raised by thread tid (0: unknown). */
-void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, bool write, uint32_t tid);
+/* Serve one fault message at addr of mm (flags: UFFD_PAGEFAULT_FLAG_*),
+ * raised by thread tid (0: unknown). */
+void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, unsigned flags,
+		      uint32_t tid);
+/* Free a request that is done (its pages let go already). */
+void lzm_req_free(struct handler *h, struct fill_req *req);
+
+/* ------------------------------------------------------------- filemap.c */
+
+/* A fault message of a file region (v, mm->lock held): returns how many
+ * requests it began in reqs (0 or 1), and the windows read ahead. */
+size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
+			 unsigned flags, struct fill_req **reqs, struct fill_req **ahead,
+			 size_t *nahead);
+/* A read of req into the cache ended: good pages have data; the others are
+ * poisoned for the toucher if poison_rest, else holes again. Frees req. */
+void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bool poison_rest);
 /* Fill up to max missing pages from start on (prefetch); returns the address
  * where it stopped (end when done). */
 uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end);
@@ -655,6 +771,7 @@ struct lazymap {
 	atomic_bool forking;
 	int fork_efd;            /* wakes the fork reader */
 	atomic_int reserve_fd;   /* given up to read a FORK at the descriptor limit (events.c) */
+	struct hstats wstats;    /* write-back's counters: API threads, added atomically */
 };
 
 #pragma GCC visibility pop

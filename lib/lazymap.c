@@ -182,11 +182,14 @@ static void lazymap_free(struct lazymap *lm)
  * become SIGBUS, never zeros) and MOVE when LAZYMAP_INSTALL_MOVE is asked.
  * The events keep the tree true when the program changes its mappings
  * itself; FORK needs CAP_SYS_PTRACE and is dropped without it (mm.c).
+ * Shared file regions need minor faults and write protection on shmem
+ * (filemap.c); without them they are -EOPNOTSUPP.
  */
+#define SHARED_FEATURES (UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
 #define WANTED_FEATURES                                                                    \
 	(UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE |             \
 	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |  \
-	 UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_THREAD_ID)
+	 UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_THREAD_ID | SHARED_FEATURES)
 
 /*
  * The caller's options, whatever the size of the struct they were built
@@ -337,9 +340,10 @@ int lazymap_close(struct lazymap *lm)
 	 */
 	lzm_mm_sync_events(&lm->mm);
 	lzm_mm_adopt_growth(&lm->mm);
-	lzm_mm_unmap_all(&lm->mm);
+	int ret = lzm_mm_unmap_all(&lm->mm);
+
 	lazymap_free(lm);
-	return 0;
+	return ret;
 }
 
 /* ------------------------------------------------------------- mappings */
@@ -398,23 +402,36 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 	if (offset < 0 || !page_aligned((uintptr_t)offset) || len > INT64_MAX ||
 	    (uint64_t)offset > INT64_MAX - len)
 		return -EINVAL;
+	if ((uint64_t)offset + len > (uint64_t)1 << CACHE_MAX_SHIFT)
+		return -EINVAL; /* beyond the largest file a cache holds */
 	if (fd < 0)
 		return -EBADF;
 
-	struct backing *b;
+	/*
+	 * As mmap: a shared map may be made writable (now, or later by
+	 * lazymap_protect) only if fd was open for writing, and not for
+	 * appending. The descriptor's own errors come first.
+	 */
+	int fl = fcntl(fd, F_GETFL);
+	bool maywrite = kind == LAZYMAP_SHARED && fl >= 0 && (fl & O_ACCMODE) == O_RDWR &&
+			!(fl & O_APPEND);
+	struct cache *c;
 
-	/* The descriptor's own errors first, as mmap gives them. */
-	ret = lzm_backing_open(fd, flags & LAZYMAP_DIRECT, &b);
+	ret = lzm_cache_open(fd, flags & LAZYMAP_DIRECT, maywrite, &c);
 	if (ret)
 		return ret;
-	if (kind == LAZYMAP_SHARED) {
-		lzm_backing_put(b);
-		return -EOPNOTSUPP; /* shared write-back comes with its own issue */
-	}
-	ret = lzm_source_new_file(len >> lzm_page_shift, b, (uint64_t)offset >> lzm_page_shift,
-			      flags & LAZYMAP_DIRECT, &src);
-	lzm_backing_put(b); /* the source holds its own reference */
-	return ret ? ret : map_source(lm, addrp, len, prot, flags, src);
+	if (kind == LAZYMAP_SHARED && (prot & PROT_WRITE) && !maywrite)
+		ret = -EACCES;
+	else if (maywrite && (lm->mm.features & SHARED_FEATURES) != SHARED_FEATURES)
+		ret = -EOPNOTSUPP; /* Linux < 5.19 */
+	if (ret == 0)
+		ret = lzm_source_new_file(len >> lzm_page_shift, c, (uint64_t)offset >> lzm_page_shift,
+					  flags & LAZYMAP_DIRECT, &src);
+	lzm_cache_put(c); /* the source holds its own reference */
+	if (ret)
+		return ret;
+	src->maywrite = maywrite;
+	return map_source(lm, addrp, len, prot, flags, src);
 }
 
 int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
@@ -517,8 +534,9 @@ int lazymap_sync(struct lazymap *lm, void *addr, size_t len)
 
 	if (ret)
 		return ret;
-	/* Anonymous regions are all there is so far: nothing to write back. */
 	ret = lzm_mm_owned(&lm->mm, start, len);
+	if (ret == 0)
+		ret = lzm_mm_writeback(&lm->mm, start, len, true);
 	lazymap_put(lm);
 	return ret;
 }
@@ -556,6 +574,13 @@ static uint64_t stat_now(struct lazymap *lm, size_t field)
 		return atomic_load_explicit(&lm->nchildren, memory_order_relaxed);
 	if (field == offsetof(struct lazymap_stats, fork_followed))
 		return !!(lm->mm.features & UFFD_FEATURE_EVENT_FORK);
+	if (field == offsetof(struct lazymap_stats, cache_pages) ||
+	    field == offsetof(struct lazymap_stats, dirty_pages)) {
+		uint64_t cached, dirty;
+
+		lzm_cache_count(&lm->mm, &cached, &dirty);
+		return field == offsetof(struct lazymap_stats, cache_pages) ? cached : dirty;
+	}
 	return 0;
 }
 
@@ -576,10 +601,11 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 	 */
 	if (!lzm_current_handler && !atomic_load_explicit(&lm->broken, memory_order_relaxed))
 		lzm_mm_sync_events(&lm->mm);
-	/* The handlers' counters and the fillers' */
-	for (unsigned i = 0; i < lm->nhandlers + MAX_FILLERS; i++) {
-		struct hstats *h = i < lm->nhandlers ? &lm->handlers[i].stats
-						     : &lm->fillers.f[i - lm->nhandlers].stats;
+	/* The handlers' counters, the fillers', and the API threads' (write-back) */
+	for (unsigned i = 0; i <= lm->nhandlers + MAX_FILLERS; i++) {
+		struct hstats *h = i < lm->nhandlers		     ? &lm->handlers[i].stats
+				   : i < lm->nhandlers + MAX_FILLERS ? &lm->fillers.f[i - lm->nhandlers].stats
+								     : &lm->wstats;
 
 #define SUM(f) all.f += atomic_load_explicit(&h->f, memory_order_relaxed)
 #define MAX(f) all.f = max_u64(all.f, atomic_load_explicit(&h->f, memory_order_relaxed))

@@ -78,6 +78,14 @@ int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features)
 	return 0;
 }
 
+/* How a VMA is registered: missing faults; a tracked shared file region
+ * also minor and write-protect faults (filemap.c). */
+static uint64_t uffd_mode(const struct vma *v)
+{
+	return UFFDIO_REGISTER_MODE_MISSING |
+	       (vma_writeback(v) ? UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP : 0);
+}
+
 void lzm_mm_write_unlock(struct mm *mm)
 {
 	atomic_store_explicit(&mm->nr_vmas, mm->tree.count, memory_order_relaxed);
@@ -160,16 +168,64 @@ static int release_range(struct mm *mm, uintptr_t start, uintptr_t end)
 		 * ones before it failed: registering again merges them back
 		 * (the parts still registered are left as they are).
 		 */
-		lzm_uffd_register(mm->uffd, start, end - start);
+		for (struct vma *v = lzm_vma_lookup(&mm->tree, start); v && v->start < end;
+		     v = lzm_vma_next(v)) {
+			uintptr_t s = v->start > start ? v->start : start;
+			uintptr_t e = v->end < end ? v->end : end;
+
+			lzm_uffd_register(mm->uffd, s, e - s, uffd_mode(v));
+		}
 		protect_undo(mm, start, end);
 	}
 	return ret;
 }
 
-void lzm_mm_unmap_all(struct mm *mm)
+int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable)
+{
+	uintptr_t at = start, end = start + len;
+	int ret = 0;
+
+	/*
+	 * One tracked VMA at a time, the lock let go while it is written back:
+	 * write-back takes the locks of every mm that maps the file.
+	 */
+	while (at < end) {
+		struct cache *c = NULL;
+		uint64_t fp = 0, n = 0;
+		struct vma *v;
+
+		pthread_rwlock_rdlock(&mm->lock);
+		for (v = lzm_vma_find(&mm->tree, at); v && v->start < end; v = lzm_vma_next(v))
+			if (vma_writeback(v))
+				break;
+		if (v && v->start < end) {
+			uintptr_t s = v->start > at ? v->start : at;
+			uintptr_t e = v->end < end ? v->end : end;
+
+			c = v->src->cache;
+			lzm_cache_get(c);
+			fp = v->src->base + v->pgoff + ((s - v->start) >> lzm_page_shift);
+			n = (e - s) >> lzm_page_shift;
+			at = e;
+		} else {
+			at = end;
+		}
+		pthread_rwlock_unlock(&mm->lock);
+		if (c) {
+			int err = lzm_cache_writeback(c, fp, n, mm->lm, durable);
+
+			ret = ret ? ret : err;
+			lzm_cache_put(c);
+		}
+	}
+	return ret;
+}
+
+int lzm_mm_unmap_all(struct mm *mm)
 {
 	struct vma *v, *last, *next;
 	uintptr_t end;
+	int ret = lzm_mm_writeback(mm, lzm_page_size, UINTPTR_MAX - 2 * lzm_page_size + 1, true);
 
 	pthread_rwlock_wrlock(&mm->lock);
 	while ((v = lzm_vma_first(&mm->tree))) {
@@ -191,10 +247,15 @@ void lzm_mm_unmap_all(struct mm *mm)
 		}
 	}
 	lzm_mm_write_unlock(mm);
+	return ret;
 }
 
 void lzm_mm_fini(struct mm *mm)
 {
+	lzm_cache_unshare_all(mm);
+	/* a write-back of a cache this mm shared may still hold it */
+	while (mm->self && atomic_load(&mm->refs) > 1)
+		usleep(100);
 	pthread_rwlock_destroy(&mm->lock);
 	pthread_mutex_destroy(&mm->event_lock);
 	pthread_mutex_destroy(&mm->read_lock);
@@ -262,9 +323,9 @@ static void drop_stale(struct mm *mm, uintptr_t start, uintptr_t end, struct vma
 
 /* mmap exactly at addr or not at all: MAP_FIXED_NOREPLACE never replaces a
  * mapping (and a kernel before 4.17 takes it for a hint: hence the check). */
-static int mmap_at(uintptr_t addr, size_t len, int prot, int mflags, void **pp)
+static int mmap_at(uintptr_t addr, size_t len, int prot, int mflags, int fd, off_t off, void **pp)
 {
-	void *p = mmap((void *)addr, len, prot, mflags | MAP_FIXED_NOREPLACE, -1, 0);
+	void *p = mmap((void *)addr, len, prot, mflags | MAP_FIXED_NOREPLACE, fd, off);
 
 	if (p == MAP_FAILED)
 		return -errno;
@@ -288,9 +349,10 @@ static int mmap_at(uintptr_t addr, size_t len, int prot, int mflags, void **pp)
  * mmap: the kernel has the last word (MAP_FIXED_NOREPLACE), and a range it
  * hands out is ours.
  */
-static int place(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags, void **pp)
+static int place(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags, int fd, off_t off,
+		 void **pp)
 {
-	int mflags = MAP_ANONYMOUS | MAP_NORESERVE |
+	int mflags = (fd < 0 ? MAP_ANONYMOUS : 0) | MAP_NORESERVE |
 		     (flags & LAZYMAP_SHARED ? MAP_SHARED : MAP_PRIVATE);
 	uintptr_t low = addr, at;
 	struct vma *v;
@@ -302,7 +364,7 @@ static int place(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags,
 		v = lzm_vma_find(&mm->tree, addr);
 		ret = v && v->start < addr + len ? -EEXIST : 0;
 		pthread_rwlock_unlock(&mm->lock);
-		return ret ? ret : mmap_at(addr, len, prot, mflags, pp);
+		return ret ? ret : mmap_at(addr, len, prot, mflags, fd, off, pp);
 	}
 	if (!(flags & LAZYMAP_HINT))
 		addr = 0;
@@ -312,10 +374,10 @@ static int place(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags,
 		pthread_rwlock_unlock(&mm->lock);
 		if (ret)
 			break;
-		if (mmap_at(at, len, prot, mflags, pp) == 0)
+		if (mmap_at(at, len, prot, mflags, fd, off, pp) == 0)
 			return 0;
 	}
-	p = mmap((void *)addr, len, prot, mflags, -1, 0);
+	p = mmap((void *)addr, len, prot, mflags, fd, off);
 	if (p == MAP_FAILED)
 		return -errno;
 	*pp = p;
@@ -332,11 +394,33 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 		ret = -ENOMEM;
 		goto out;
 	}
+	v->flags = flags & ~(LAZYMAP_HINT | LAZYMAP_FIXED);
+	v->src = src;
+	lzm_source_get(src);
 	lzm_mm_sync_events(mm);
-	ret = place(mm, *addrp, len, prot, flags, &p);
+	if (src->ops->cached) {
+		/*
+		 * The file's cache, at the file's offsets: private regions see
+		 * it until they write (copy on write), shared ones write to it.
+		 * A shared map that may never write is mapped private, which
+		 * shows the same bytes (its fd may not write back anything).
+		 * Inaccessible until registered: a touch before would fill a
+		 * hole of the cache with zeros for every region of the file.
+		 */
+		if ((flags & LAZYMAP_SHARED) && !src->maywrite)
+			flags &= ~LAZYMAP_SHARED;
+		ret = place(mm, *addrp, len, PROT_NONE, flags, src->cache->memfd,
+			    (off_t)(src->base << lzm_page_shift), &p);
+	} else {
+		ret = place(mm, *addrp, len, prot, flags, -1, 0, &p);
+	}
 	if (ret)
 		goto out;
-	ret = lzm_uffd_register(mm->uffd, (uintptr_t)p, len);
+	ret = lzm_uffd_register(mm->uffd, (uintptr_t)p, len, uffd_mode(v));
+	if (ret == 0 && src->ops->cached && mprotect(p, len, prot))
+		ret = -errno;
+	if (ret == 0 && vma_writeback(v))
+		ret = lzm_cache_share(src->cache, mm);
 	if (ret) {
 		munmap(p, len);
 		goto out;
@@ -353,9 +437,6 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 	v->start = (uintptr_t)p;
 	v->end = v->start + len;
 	v->prot = prot;
-	v->flags = flags & ~(LAZYMAP_HINT | LAZYMAP_FIXED);
-	v->src = src;
-	lzm_source_get(src);
 
 	pthread_rwlock_wrlock(&mm->lock);
 	drop_stale(mm, v->start, v->end, spare);
@@ -451,7 +532,14 @@ int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 {
 	uintptr_t end = start + len;
 	struct vma *spare[2], *v, *next;
-	int ret = lock_range(mm, start, len, spare);
+	int ret = lzm_mm_owned(mm, start, len);
+
+	/* What was written to the file's cache goes to the file first, or nothing goes. */
+	if (ret == 0)
+		ret = lzm_mm_writeback(mm, start, len, false);
+	if (ret)
+		return ret;
+	ret = lock_range(mm, start, len, spare);
 
 	if (ret)
 		goto out;
@@ -476,6 +564,12 @@ int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 
 	if (ret)
 		goto out;
+	if (prot & PROT_WRITE)
+		for (v = lzm_vma_lookup(&mm->tree, start); v && v->start < end; v = lzm_vma_next(v))
+			if ((v->flags & LAZYMAP_SHARED) && v->src->ops->cached && !v->src->maywrite) {
+				ret = -EACCES; /* as mprotect on a file opened read-only */
+				goto out;
+			}
 	if (mprotect((void *)start, len, prot)) {
 		ret = -errno;
 		protect_undo(mm, start, end);

@@ -40,8 +40,7 @@ size_t lzm_ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
 
 		if (lim > lm->ra_pages)
 			lim = lm->ra_pages;
-		while (k < lim && (atomic_load_explicit(&v->src->state[idx - 1 - k],
-							memory_order_relaxed) & PAGE_FILLED))
+		while (k < lim && lzm_page_filled(v, idx - 1 - k))
 			k++;
 		win = k ? (uint32_t)(2 * k) : 1;
 	}
@@ -133,7 +132,7 @@ size_t lzm_readahead_ahead(struct handler *h, struct mm *mm, struct vma *v, uint
 			break;
 		if (max > (v->end - at) >> lzm_page_shift)
 			max = (v->end - at) >> lzm_page_shift;
-		got = lzm_claim_fresh(&v->src->state[idx], max);
+		got = lzm_claim_fresh_at(v, idx, max);
 		if (!got)
 			break;
 		stat_add(&h->stats.readahead_pages, got);

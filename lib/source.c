@@ -15,6 +15,12 @@ static int source_alloc(size_t npages, const struct source_ops *ops, struct sour
 
 	if (!src)
 		return -ENOMEM;
+	src->ops = ops;
+	src->npages = npages;
+	atomic_init(&src->refs, 1);
+	*srcp = src;
+	if (ops->cached)
+		return 0; /* a file's pages' state is its cache's */
 	/*
 	 * One byte per page. A large region's is reserved, not committed: a
 	 * 1 TiB region costs a page of state per 4096 pages touched, not 256
@@ -36,10 +42,6 @@ static int source_alloc(size_t npages, const struct source_ops *ops, struct sour
 		free(src);
 		return -ENOMEM;
 	}
-	src->ops = ops;
-	src->npages = npages;
-	atomic_init(&src->refs, 1);
-	*srcp = src;
 	return 0;
 }
 
@@ -80,26 +82,26 @@ int lzm_source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct s
 
 static int file_read(struct source *src, uint64_t pgoff, size_t done, int *fd, uint64_t *off)
 {
-	struct backing *b = src->backing;
+	struct cache *c = src->cache;
 
 	*off = ((src->base + pgoff) << lzm_page_shift) + done;
 	/* O_DIRECT wants aligned offsets: a continuation that is not goes
 	 * through the page cache (it only happens next to the end of file). */
-	*fd = src->direct && page_aligned(done) ? b->dfd : b->fd;
+	*fd = src->direct && page_aligned(done) ? c->dfd : c->fd;
 	return 0;
 }
 
 /* Pages with data: up to and with the one holding the last byte. */
 static size_t file_extent(struct source *src, uint64_t pgoff, size_t npages)
 {
-	struct backing *b = src->backing;
+	struct cache *c = src->cache;
 	uint64_t first = src->base + pgoff;
-	uint64_t size = atomic_load_explicit(&b->size, memory_order_relaxed);
+	uint64_t size = atomic_load_explicit(&c->size, memory_order_relaxed);
 	uint64_t end = (size + lzm_page_size - 1) >> lzm_page_shift;
 
 	if (first >= end) {
 		/* beyond the end we knew: the file may have grown since */
-		size = lzm_backing_refresh_size(b);
+		size = lzm_cache_refresh_size(c);
 		end = (size + lzm_page_size - 1) >> lzm_page_shift;
 		if (first >= end)
 			return 0;
@@ -109,7 +111,7 @@ static size_t file_extent(struct source *src, uint64_t pgoff, size_t npages)
 
 static void file_release(struct source *src)
 {
-	lzm_backing_put(src->backing);
+	lzm_cache_put(src->cache);
 }
 
 static const struct source_ops file_ops = {
@@ -117,16 +119,17 @@ static const struct source_ops file_ops = {
 	.read = file_read,
 	.extent = file_extent,
 	.release = file_release,
+	.cached = true,
 };
 
-int lzm_source_new_file(size_t npages, struct backing *b, uint64_t file_pgoff, bool direct,
-		    struct source **srcp)
+int lzm_source_new_file(size_t npages, struct cache *c, uint64_t file_pgoff, bool direct,
+			struct source **srcp)
 {
 	int ret = source_alloc(npages, &file_ops, srcp);
 
 	if (ret == 0) {
-		atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
-		(*srcp)->backing = b;
+		lzm_cache_get(c);
+		(*srcp)->cache = c;
 		(*srcp)->base = file_pgoff;
 		(*srcp)->direct = direct;
 	}
@@ -142,9 +145,10 @@ int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, str
 		return ret;
 	c->fill = src->fill;
 	c->arg = src->arg;
-	c->backing = src->backing;
-	if (c->backing)
-		atomic_fetch_add_explicit(&c->backing->refs, 1, memory_order_relaxed);
+	c->cache = src->cache;
+	if (c->cache)
+		lzm_cache_get(c->cache);
+	c->maywrite = src->maywrite;
 	c->base = base;
 	c->direct = src->direct;
 	atomic_init(&c->slow, atomic_load_explicit(&src->slow, memory_order_relaxed));

@@ -61,11 +61,11 @@ int lzm_uffd_probe(uint64_t *features)
 	return ret;
 }
 
-int lzm_uffd_register(int fd, uintptr_t start, size_t len)
+int lzm_uffd_register(int fd, uintptr_t start, size_t len, uint64_t mode)
 {
 	struct uffdio_register reg = {
 		.range = { .start = start, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
+		.mode = mode,
 	};
 
 	return ioctl(fd, UFFDIO_REGISTER, &reg) ? -errno : 0;
@@ -126,6 +126,27 @@ int lzm_uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done)
 	int ret = ioctl(fd, UFFDIO_POISON, &p);
 
 	return fill_result(ret, p.updated, done);
+}
+
+int lzm_uffd_continue(int fd, uintptr_t dst, size_t len, bool wp, size_t *done)
+{
+	struct uffdio_continue c = {
+		.range = { .start = dst, .len = len },
+		.mode = wp ? UFFDIO_CONTINUE_MODE_WP : 0,
+	};
+	int ret = ioctl(fd, UFFDIO_CONTINUE, &c);
+
+	return fill_result(ret, c.mapped, done);
+}
+
+int lzm_uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp)
+{
+	struct uffdio_writeprotect w = {
+		.range = { .start = start, .len = len },
+		.mode = wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+
+	return ioctl(fd, UFFDIO_WRITEPROTECT, &w) ? -errno : 0;
 }
 
 /* Up to max messages; 0 when none is pending (the fd is non-blocking). */

@@ -936,6 +936,17 @@ static void madv_free(enum kind kind)
 	write_page(p + 20 * ps, 20 * ps);
 	written[20] = true;
 	o.ev = stats(o.lm).events;
+	if (kind == FILE_) {
+		/* A file region maps the file's cache: MADV_FREE is refused, as on
+		 * any file mapping, and changes nothing. */
+		cr_assert_eq(madvise(p, 16 * ps, MADV_FREE), -1);
+		cr_assert_eq(errno, EINVAL);
+		check_pages("after a refused MADV_FREE", &o.s, p, 0, NP, written);
+		check_events("a refused madvise(MADV_FREE)", o.lm, o.ev);
+		cr_assert_eq(lazymap_unmap(o.lm, p, NP * ps), 0);
+		one_close(&o);
+		return;
+	}
 	lru_drain_and_pin(&was);
 	cr_assert_eq(madvise(p, 16 * ps, MADV_FREE), 0, "%s", strerror(errno));
 	for (size_t i = 0; i < 16; i++)
@@ -1544,8 +1555,11 @@ static void *cc_mutator_main(void *arg)
 			atomic_fetch_or(&r->st[c], ST_ADVISED);
 			first = (int)(rng_next(&rng) % (CC_CP / 2));
 			cnt = 1 + (int)(rng_next(&rng) % (uint64_t)(CC_CP - first));
+			/* MADV_FREE is for anonymous memory: a file region is a
+			 * file mapping (of its cache), where it is EINVAL */
 			ret = madvise(a + (size_t)first * ps, (size_t)cnt * ps,
-				      op == OP_FREE ? MADV_FREE : MADV_DONTNEED);
+				      op == OP_FREE && r->s->kind != FILE_ ? MADV_FREE
+									  : MADV_DONTNEED);
 			break;
 		case OP_DONTUNMAP:
 			atomic_fetch_or(&r->st[c], ST_ADVISED);

@@ -1,0 +1,720 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The page cache of a file (the kernel's struct file and address_space): the
+ * registry that gives one cache per file, the memfd that holds its pages, the
+ * state of each page (claimed, cached, dirty), the faults waiting for a page
+ * being read, and write-back. The fault path that fills it is filemap.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* A fault that found its page BUSY: woken when the fill lets go of it. */
+struct cache_waiter {
+	struct cache_waiter *next;
+	struct mm *mm; /* a reference */
+	uintptr_t addr;
+	uint64_t fp;
+};
+
+/* Every cache of the process, found by device and inode. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cache *registry;
+
+/* mmap's own checks of a descriptor, in its order. */
+static int check_fd(int fd, bool write, struct stat *st)
+{
+	int fl = fcntl(fd, F_GETFL);
+	void *probe;
+
+	if (fl < 0 || (fl & O_PATH))
+		return -EBADF;
+	if ((fl & O_ACCMODE) == O_WRONLY)
+		return -EACCES;
+	if (write && ((fl & O_ACCMODE) != O_RDWR || (fl & O_APPEND)))
+		return -EACCES;
+	if (fstat(fd, st))
+		return -errno;
+	if (!S_ISREG(st->st_mode))
+		return -ENODEV;
+	/*
+	 * Whether the file may be mapped at all is the file system's say (the
+	 * regular files of /proc and /sys may not: -ENODEV): ask mmap itself,
+	 * with one page that is never touched.
+	 */
+	probe = mmap(NULL, lzm_page_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	if (probe == MAP_FAILED)
+		return -errno;
+	munmap(probe, lzm_page_size);
+	return 0;
+}
+
+static void cache_free(struct cache *c)
+{
+	for (size_t i = 0; i < c->nchunks; i++)
+		free(atomic_load_explicit(&c->chunks[i], memory_order_relaxed));
+	if (c->chunks)
+		munmap(c->chunks, c->nchunks * sizeof(*c->chunks));
+	for (int *fd = &c->fd; fd <= &c->memfd_ro; fd++)
+		if (*fd >= 0)
+			close(*fd);
+	free(c->sharers);
+	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->wb_lock);
+	free(c);
+}
+
+static int cache_new(int fd, const struct stat *st, struct cache **cp)
+{
+	struct cache *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return -ENOMEM;
+	c->fd = c->dfd = c->wfd = c->memfd = c->memfd_ro = -1;
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->wb_lock, NULL);
+	atomic_init(&c->refs, 1);
+	atomic_init(&c->size, (uint64_t)st->st_size);
+	c->dev = st->st_dev;
+	c->ino = st->st_ino;
+	c->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	/*
+	 * The memfd is as large as any file the cache holds, sparse: a page
+	 * beyond the end of the file is then a hole like any other, whose
+	 * fault reaches us, and we decide as mmap does when it is touched
+	 * (SIGBUS, or the bytes of a file that has grown since).
+	 */
+	c->memfd = memfd_create("lazymap-cache", MFD_CLOEXEC);
+	if (c->fd < 0 || c->memfd < 0 || ftruncate(c->memfd, (off_t)1 << CACHE_MAX_SHIFT)) {
+		int err = errno;
+
+		cache_free(c);
+		return -err;
+	}
+	/* The chunk table is reserved, not committed: a page of it per 2 GiB of file touched. */
+	c->nchunks = (size_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift - CHUNK_SHIFT);
+	c->chunks = mmap(NULL, c->nchunks * sizeof(*c->chunks), PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (c->chunks == MAP_FAILED) {
+		c->chunks = NULL;
+		c->nchunks = 0;
+		cache_free(c);
+		return -ENOMEM;
+	}
+	*cp = c;
+	return 0;
+}
+
+/* A descriptor of the file, made once, under c->lock: O_DIRECT, or writable. */
+static int late_fd(struct cache *c, int *slot, int src_fd, int flags)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&c->lock);
+	if (*slot < 0) {
+		if (flags < 0) {
+			*slot = fcntl(src_fd, F_DUPFD_CLOEXEC, 3);
+		} else {
+			char path[64];
+
+			/* A new open file description: O_DIRECT on the caller's own
+			 * would change how their reads behave. */
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", src_fd);
+			*slot = open(path, flags | O_CLOEXEC);
+		}
+		/* file systems without O_DIRECT refuse it with EINVAL (tmpfs
+		 * did before Linux 6.6; it accepts it since) */
+		if (*slot < 0)
+			ret = -errno;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
+{
+	struct stat st;
+	struct cache *c;
+	int ret = check_fd(fd, write, &st);
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&registry_lock);
+	for (c = registry; c; c = c->next)
+		if (c->dev == st.st_dev && c->ino == st.st_ino)
+			break;
+	if (c) {
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	} else {
+		ret = cache_new(fd, &st, &c);
+		if (ret == 0) {
+			c->next = registry;
+			registry = c;
+		}
+	}
+	pthread_mutex_unlock(&registry_lock);
+	if (ret)
+		return ret;
+	if (direct)
+		ret = late_fd(c, &c->dfd, c->fd, O_RDONLY | O_DIRECT);
+	if (write && ret == 0)
+		ret = late_fd(c, &c->wfd, fd, -1);
+	if (ret) {
+		lzm_cache_put(c);
+		return ret;
+	}
+	*cp = c;
+	return 0;
+}
+
+int lzm_cache_memfd_ro(struct cache *c)
+{
+	int ret = late_fd(c, &c->memfd_ro, c->memfd, O_RDONLY);
+
+	return ret ? ret : c->memfd_ro;
+}
+
+void lzm_cache_get(struct cache *c)
+{
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void lzm_cache_put(struct cache *c)
+{
+	struct cache **pp;
+	int ret;
+
+	if (!c)
+		return;
+	pthread_mutex_lock(&registry_lock);
+	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) {
+		pthread_mutex_unlock(&registry_lock);
+		return;
+	}
+	for (pp = &registry; *pp != c; pp = &(*pp)->next)
+		;
+	*pp = c->next;
+	pthread_mutex_unlock(&registry_lock);
+	/*
+	 * No region maps the file any more, so no page table holds its pages:
+	 * what is dirty is written without protecting anything first.
+	 */
+	ret = lzm_cache_writeback(c, 0, (uint64_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift), NULL,
+				  true);
+	if (ret)
+		lzm_log(NULL, LOG_ERR, "write-back of a file no region maps any more failed: %s: "
+			"its unwritten pages are lost", strerror(-ret));
+	cache_free(c);
+}
+
+uint64_t lzm_cache_refresh_size(struct cache *c)
+{
+	struct stat st;
+
+	if (fstat(c->fd, &st) == 0)
+		atomic_store_explicit(&c->size, (uint64_t)st.st_size, memory_order_relaxed);
+	return atomic_load_explicit(&c->size, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------ page state */
+
+static struct cache_chunk *chunk_get(struct cache *c, uint64_t fp, bool alloc)
+{
+	size_t i = (size_t)(fp >> CHUNK_SHIFT);
+	struct cache_chunk *ch, *none = NULL;
+
+	if (i >= c->nchunks)
+		return NULL;
+	ch = atomic_load_explicit(&c->chunks[i], memory_order_acquire);
+	if (ch || !alloc)
+		return ch;
+	ch = calloc(1, sizeof(*ch));
+	if (ch && !atomic_compare_exchange_strong_explicit(&c->chunks[i], &none, ch,
+							   memory_order_acq_rel,
+							   memory_order_acquire)) {
+		free(ch);
+		ch = none;
+	}
+	return ch;
+}
+
+_Atomic uint8_t *lzm_cache_state(struct cache *c, uint64_t fp)
+{
+	struct cache_chunk *ch = chunk_get(c, fp, true);
+
+	return ch ? &ch->s[fp & (CHUNK_PAGES - 1)] : NULL;
+}
+
+bool lzm_cache_has(struct cache *c, uint64_t fp)
+{
+	struct cache_chunk *ch = chunk_get(c, fp, false);
+
+	return ch && (atomic_load_explicit(&ch->s[fp & (CHUNK_PAGES - 1)], memory_order_relaxed) &
+		      CP_CACHED);
+}
+
+enum claim lzm_cache_claim(struct cache *c, _Atomic uint8_t *s, struct mm *mm, uintptr_t addr,
+			   uint64_t fp)
+{
+	uint8_t old = atomic_load_explicit(s, memory_order_acquire);
+	struct cache_waiter *w = NULL;
+
+	for (;;) {
+		if (old & CP_CACHED)
+			break;
+		if (!(old & CP_BUSY)) {
+			if (atomic_compare_exchange_weak_explicit(s, &old, old | CP_BUSY,
+								  memory_order_acq_rel,
+								  memory_order_acquire)) {
+				free(w);
+				return CLAIM_OWNED;
+			}
+			continue;
+		}
+		/*
+		 * Busy: join the waiters. The note and the list change under
+		 * the lock, so that the owner, who looks at the list under it
+		 * once it sees the note, cannot miss us.
+		 */
+		if (!w && !(w = malloc(sizeof(*w)))) {
+			lzm_uffd_wake(mm->uffd, addr, lzm_page_size); /* no memory: fault again */
+			return CLAIM_COALESCED;
+		}
+		pthread_mutex_lock(&c->lock);
+		old = atomic_load_explicit(s, memory_order_acquire);
+		while ((old & CP_BUSY) &&
+		       !atomic_compare_exchange_weak_explicit(s, &old, old | CP_WAITER,
+							      memory_order_acq_rel,
+							      memory_order_acquire))
+			;
+		if (old & CP_BUSY) {
+			lzm_mm_get(mm);
+			*w = (struct cache_waiter){ .next = c->waiters, .mm = mm, .addr = addr,
+						    .fp = fp };
+			c->waiters = w;
+			pthread_mutex_unlock(&c->lock);
+			return CLAIM_COALESCED;
+		}
+		pthread_mutex_unlock(&c->lock); /* let go meanwhile: look again */
+	}
+	free(w);
+	return CLAIM_PRESENT;
+}
+
+void lzm_cache_release(struct cache *c, uint64_t fp, size_t n, bool cached)
+{
+	struct cache_chunk *ch = chunk_get(c, fp, false);
+	struct cache_waiter *w, **pp, *wake = NULL;
+	uint8_t seen = 0;
+
+	if (!ch || !n)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		_Atomic uint8_t *s = &ch->s[(fp + i) & (CHUNK_PAGES - 1)];
+
+		if (cached)
+			seen |= atomic_exchange_explicit(s, CP_CACHED, memory_order_acq_rel);
+		else
+			seen |= atomic_exchange_explicit(s, 0, memory_order_acq_rel);
+	}
+	if (cached)
+		atomic_fetch_add_explicit(&ch->ncached, (unsigned)n, memory_order_relaxed);
+	if (!(seen & CP_WAITER))
+		return;
+	pthread_mutex_lock(&c->lock);
+	for (pp = &c->waiters; (w = *pp);) {
+		if (w->fp >= fp && w->fp - fp < n) {
+			*pp = w->next;
+			w->next = wake;
+			wake = w;
+		} else {
+			pp = &w->next;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	/* They fault again and find the page (or the hole, and read it). */
+	while ((w = wake)) {
+		wake = w->next;
+		lzm_uffd_wake(w->mm->uffd, w->addr, lzm_page_size);
+		lzm_mm_put(w->mm);
+		free(w);
+	}
+}
+
+void lzm_cache_dirty(struct cache *c, uint64_t fp)
+{
+	struct cache_chunk *ch = chunk_get(c, fp, true);
+	_Atomic uint8_t *s;
+	uint8_t old;
+
+	if (!ch)
+		return; /* cannot be: a mapped page's chunk exists */
+	s = &ch->s[fp & (CHUNK_PAGES - 1)];
+	old = atomic_fetch_or_explicit(s, CP_DIRTY, memory_order_acq_rel);
+	if (!(old & (CP_DIRTY | CP_WRITEBACK)))
+		atomic_fetch_add_explicit(&ch->ndirty, 1, memory_order_relaxed);
+}
+
+void lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
+{
+	for (uint64_t end = fp + n; fp < end; fp++) {
+		struct cache_chunk *ch = chunk_get(c, fp, false);
+		_Atomic uint8_t *s;
+		uint8_t old;
+		off_t data;
+
+		if (!ch) {
+			fp |= CHUNK_PAGES - 1;
+			continue;
+		}
+		s = &ch->s[fp & (CHUNK_PAGES - 1)];
+		old = atomic_load_explicit(s, memory_order_acquire);
+		if (!(old & CP_CACHED) || (old & CP_BUSY))
+			continue;
+		data = lseek(c->memfd, (off_t)(fp << lzm_page_shift), SEEK_DATA);
+		if (data >= 0 && (uint64_t)data < (fp + 1) << lzm_page_shift)
+			continue;
+		/* MADV_REMOVE punched it: a hole again, its writes gone with it */
+		pthread_mutex_lock(&c->lock);
+		old = atomic_exchange_explicit(s, 0, memory_order_acq_rel);
+		if (old & (CP_DIRTY | CP_WRITEBACK))
+			atomic_fetch_sub_explicit(&ch->ndirty, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&ch->ncached, 1, memory_order_relaxed);
+		pthread_mutex_unlock(&c->lock);
+	}
+}
+
+/* ------------------------------------------------------------ sharers */
+
+int lzm_cache_share(struct cache *c, struct mm *mm)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&c->lock);
+	for (unsigned i = 0; i < c->nsharers; i++)
+		if (c->sharers[i] == mm)
+			goto out;
+	if (c->nsharers == c->sharers_cap) {
+		unsigned cap = c->sharers_cap ? 2 * c->sharers_cap : 4;
+		struct mm **more = realloc(c->sharers, cap * sizeof(*more));
+
+		if (!more) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		c->sharers = more;
+		c->sharers_cap = cap;
+	}
+	c->sharers[c->nsharers++] = mm;
+out:
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+void lzm_cache_unshare_all(struct mm *mm)
+{
+	pthread_mutex_lock(&registry_lock);
+	for (struct cache *c = registry; c; c = c->next) {
+		pthread_mutex_lock(&c->lock);
+		for (unsigned i = 0; i < c->nsharers; i++)
+			if (c->sharers[i] == mm)
+				c->sharers[i--] = c->sharers[--c->nsharers];
+		pthread_mutex_unlock(&c->lock);
+	}
+	pthread_mutex_unlock(&registry_lock);
+}
+
+void lzm_cache_count(struct mm *mm, uint64_t *cached, uint64_t *dirty)
+{
+	struct cache *seen[16];
+	unsigned nseen = 0;
+
+	*cached = *dirty = 0;
+	pthread_rwlock_rdlock(&mm->lock);
+	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v)) {
+		struct cache *c = v->src->cache;
+		unsigned i;
+
+		if (!c)
+			continue;
+		for (i = 0; i < nseen && seen[i] != c; i++)
+			;
+		if (i < nseen)
+			continue;
+		if (nseen < 16)
+			seen[nseen++] = c;
+		for (size_t k = 0; k < c->nchunks; k++) {
+			struct cache_chunk *ch = atomic_load_explicit(&c->chunks[k],
+								      memory_order_acquire);
+
+			if (ch) {
+				*cached += atomic_load_explicit(&ch->ncached, memory_order_relaxed);
+				*dirty += atomic_load_explicit(&ch->ndirty, memory_order_relaxed);
+			}
+		}
+	}
+	pthread_rwlock_unlock(&mm->lock);
+}
+
+/* ------------------------------------------------------------ write-back */
+
+struct wb_run {
+	uint64_t fp, n;
+	int err;
+};
+
+struct wb {
+	struct wb_run *runs;
+	size_t nruns, cap;
+};
+
+static int wb_add(struct wb *wb, uint64_t fp)
+{
+	struct wb_run *last = wb->nruns ? &wb->runs[wb->nruns - 1] : NULL;
+
+	if (last && last->fp + last->n == fp) {
+		last->n++;
+		return 0;
+	}
+	if (wb->nruns == wb->cap) {
+		size_t cap = wb->cap ? 2 * wb->cap : 64;
+		struct wb_run *more = realloc(wb->runs, cap * sizeof(*more));
+
+		if (!more)
+			return -ENOMEM;
+		wb->runs = more;
+		wb->cap = cap;
+	}
+	wb->runs[wb->nruns++] = (struct wb_run){ .fp = fp, .n = 1 };
+	return 0;
+}
+
+/* Phase 1, under c->lock: the dirty pages of [fp, end) become WRITEBACK. */
+static int wb_take(struct cache *c, uint64_t fp, uint64_t end, struct wb *wb)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&c->lock);
+	while (fp < end && ret == 0) {
+		struct cache_chunk *ch = chunk_get(c, fp, false);
+		uint64_t stop = (fp | (CHUNK_PAGES - 1)) + 1;
+
+		if (stop > end)
+			stop = end;
+		if (ch && atomic_load_explicit(&ch->ndirty, memory_order_relaxed)) {
+			for (; fp < stop && ret == 0; fp++) {
+				_Atomic uint8_t *s = &ch->s[fp & (CHUNK_PAGES - 1)];
+				uint8_t old = atomic_load_explicit(s, memory_order_relaxed);
+
+				if (!(old & CP_DIRTY))
+					continue;
+				ret = wb_add(wb, fp);
+				if (ret == 0)
+					atomic_store_explicit(s, (old & ~CP_DIRTY) | CP_WRITEBACK,
+							      memory_order_release);
+			}
+		}
+		fp = stop;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+/*
+ * Phase 2: write-protect the pages taken wherever a shared region maps them,
+ * so that a write from now on faults and marks its page dirty again: what
+ * phase 3 reads is then either written back now, or dirty for the next time.
+ * One mm at a time, its lock held for reading (never c->lock: a handler
+ * holding an mm's lock takes c->lock).
+ */
+static void wb_protect(struct cache *c, const struct wb *wb)
+{
+	struct mm *mms[32];
+	unsigned n = 0;
+
+	pthread_mutex_lock(&c->lock);
+	for (unsigned i = 0; i < c->nsharers && n < 32; i++) {
+		struct mm *mm = c->sharers[i];
+		unsigned refs = atomic_load(&mm->refs);
+
+		/* a child going away (refs 0) maps nothing any more */
+		while (refs && !atomic_compare_exchange_weak(&mm->refs, &refs, refs + 1))
+			;
+		if (refs)
+			mms[n++] = mm;
+	}
+	pthread_mutex_unlock(&c->lock);
+	for (unsigned i = 0; i < n; i++) {
+		struct mm *mm = mms[i];
+		int tries = 0;
+again:
+		pthread_rwlock_rdlock(&mm->lock);
+		for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v)) {
+			uint64_t v0 = v->src->base + v->pgoff;
+			uint64_t v1 = v0 + ((v->end - v->start) >> lzm_page_shift);
+
+			if (v->src->cache != c || !vma_writeback(v))
+				continue;
+			for (size_t r = 0; r < wb->nruns; r++) {
+				uint64_t a = wb->runs[r].fp, b = a + wb->runs[r].n;
+
+				if (a < v0)
+					a = v0;
+				if (b > v1)
+					b = v1;
+				if (a >= b)
+					continue;
+				if (lzm_uffd_writeprotect(mm->uffd,
+							  v->start + ((a - v0) << lzm_page_shift),
+							  (b - a) << lzm_page_shift, true) == -EAGAIN &&
+				    tries++ < 10000) {
+					/*
+					 * An event of this mm is pending: the handler
+					 * that applies it needs the lock for writing.
+					 */
+					pthread_rwlock_unlock(&mm->lock);
+					usleep(50);
+					goto again;
+				}
+			}
+		}
+		pthread_rwlock_unlock(&mm->lock);
+		lzm_mm_put(mm);
+	}
+}
+
+/* Copy [off, off + len) of the memfd to the file; 0 or -errno. */
+static int wb_copy(struct cache *c, char *buf, size_t bufsz, uint64_t off, uint64_t len,
+		   uint64_t *written)
+{
+	while (len) {
+		size_t n = len < bufsz ? (size_t)len : bufsz, got = 0;
+
+		while (got < n) {
+			ssize_t r = pread(c->memfd, buf + got, n - got, (off_t)(off + got));
+
+			if (r <= 0)
+				return r < 0 ? -errno : -EIO;
+			got += (size_t)r;
+		}
+		for (size_t put = 0; put < n;) {
+			ssize_t w = pwrite(c->wfd, buf + put, n - put, (off_t)(off + put));
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				return w < 0 ? -errno : -EIO;
+			put += (size_t)w;
+			*written += (uint64_t)w;
+		}
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/*
+ * Phase 3: the pages, up to the file's end (a page beyond it was truncated
+ * away: it is dropped, as the kernel drops it). SIGXFSZ is blocked meanwhile:
+ * a write past RLIMIT_FSIZE is an error we return, not a signal that kills
+ * the program; the one it raised is taken back.
+ */
+static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
+{
+	const size_t bufsz = 1u << 20;
+	char *buf = malloc(bufsz);
+	uint64_t size = lzm_cache_refresh_size(c), written = 0, nwrites = 0;
+	sigset_t xfsz, old, pending;
+	bool had_xfsz;
+
+	sigemptyset(&xfsz);
+	sigaddset(&xfsz, SIGXFSZ);
+	pthread_sigmask(SIG_BLOCK, &xfsz, &old);
+	sigpending(&pending);
+	had_xfsz = sigismember(&pending, SIGXFSZ);
+	for (size_t r = 0; r < wb->nruns; r++) {
+		uint64_t off = wb->runs[r].fp << lzm_page_shift;
+		uint64_t len = wb->runs[r].n << lzm_page_shift;
+
+		if (off >= size)
+			continue;
+		if (len > size - off)
+			len = size - off;
+		wb->runs[r].err = !buf ? -ENOMEM : c->wfd < 0 ? -EBADF
+				  : wb_copy(c, buf, bufsz, off, len, &written);
+		nwrites++;
+	}
+	if (!had_xfsz) {
+		struct timespec zero = { 0, 0 };
+
+		sigpending(&pending);
+		if (sigismember(&pending, SIGXFSZ))
+			sigtimedwait(&xfsz, NULL, &zero);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	free(buf);
+	if (lm) {
+		atomic_fetch_add(&lm->wstats.bytes_written, written);
+		atomic_fetch_add(&lm->wstats.writebacks, nwrites);
+	}
+}
+
+/* Phase 4: WRITEBACK is done; the pages that failed are dirty again. */
+static int wb_end(struct cache *c, struct wb *wb, int err)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&c->lock);
+	for (size_t r = 0; r < wb->nruns; r++) {
+		int e = err ? err : wb->runs[r].err;
+
+		if (e && !ret)
+			ret = e;
+		for (uint64_t fp = wb->runs[r].fp; fp < wb->runs[r].fp + wb->runs[r].n; fp++) {
+			struct cache_chunk *ch = chunk_get(c, fp, false);
+			_Atomic uint8_t *s = &ch->s[fp & (CHUNK_PAGES - 1)];
+			uint8_t old = atomic_load_explicit(s, memory_order_relaxed);
+			uint8_t new = (old & ~CP_WRITEBACK) | (e ? CP_DIRTY : 0);
+
+			atomic_store_explicit(s, new, memory_order_release);
+			if ((old & (CP_DIRTY | CP_WRITEBACK)) && !(new & (CP_DIRTY | CP_WRITEBACK)))
+				atomic_fetch_sub_explicit(&ch->ndirty, 1, memory_order_relaxed);
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, bool durable)
+{
+	struct wb wb = { 0 };
+	int ret;
+
+	pthread_mutex_lock(&c->wb_lock);
+	ret = wb_take(c, fp, fp + n, &wb);
+	if (wb.nruns) {
+		int err = 0;
+
+		if (lm)
+			wb_protect(c, &wb);
+		wb_write(c, &wb, lm);
+		/* If fdatasync fails, the kernel may have dropped what it could
+		 * not write: every page of this pass is dirty again. */
+		if (durable && c->wfd >= 0 && fdatasync(c->wfd))
+			err = -errno;
+		ret = wb_end(c, &wb, err) ?: ret;
+	} else if (durable && c->wfd >= 0 && fdatasync(c->wfd)) {
+		/* clean here, but an earlier pass (lazymap_unmap) may not be durable yet */
+		ret = -errno;
+	}
+	pthread_mutex_unlock(&c->wb_lock);
+	free(wb.runs);
+	return ret;
+}

@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The fault path of file regions (the kernel's filemap_fault): a hole in the
+ * file's cache is read into it, a page already there is mapped, and the first
+ * write to a clean page of a shared region is recorded (write-protect faults).
+ *
+ * Private regions are registered for missing faults only: a page in the
+ * cache is mapped by the kernel itself, with its fault-around, and no message
+ * reaches us; after a fill we only wake the toucher. Shared regions are
+ * registered for minor and write-protect faults too, so that every page is
+ * mapped write-protected (UFFDIO_CONTINUE_MODE_WP) and its first write is
+ * seen: minor faults cost a round trip where the kernel would map alone, but
+ * we map a whole run of cached pages per message where the kernel, with
+ * write protection on, maps one page per fault.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* Pages of the cache one minor fault of a shared region maps. */
+#define MINOR_RUN 16
+
+/*
+ * Map [addr, addr + len) of a shared region from the cache. EEXIST: another
+ * fault mapped that page first; go on past it. Any other failure wakes the
+ * rest, whose touchers fault again. Returns the bytes mapped or skipped.
+ */
+static size_t map_run(struct mm *mm, uintptr_t addr, size_t len, bool wp)
+{
+	size_t at = 0;
+
+	while (at < len) {
+		size_t done = 0;
+		int ret = lzm_uffd_continue(mm->uffd, addr + at, len - at, wp, &done);
+
+		at += done;
+		if (ret == 0 || (ret == -EAGAIN && done))
+			continue;
+		if (ret == -EEXIST) {
+			lzm_uffd_wake(mm->uffd, addr + at, lzm_page_size);
+			at += lzm_page_size;
+			continue;
+		}
+		lzm_uffd_wake(mm->uffd, addr + at, len - at);
+		break;
+	}
+	return at;
+}
+
+/*
+ * The page at addr (file page fp) is in the cache: have it mapped. Private:
+ * the kernel maps it when the toucher faults again. Shared: we map it and the
+ * cached pages after it, write-protected; for a write, the page is dirty and
+ * writable at once (under the cache's lock: a write-back in progress must
+ * see it dirty before it can be written to). mm->lock held.
+ */
+static void map_cached(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
+		       uint64_t fp, size_t n, bool write)
+{
+	struct cache *c = v->src->cache;
+
+	if (!vma_writeback(v)) {
+		lzm_uffd_wake(mm->uffd, addr, n << lzm_page_shift);
+		return;
+	}
+	if (write) {
+		pthread_mutex_lock(&c->lock);
+		lzm_cache_dirty(c, fp);
+		map_run(mm, addr, lzm_page_size, false);
+		pthread_mutex_unlock(&c->lock);
+		stat_add(&h->stats.wp_faults, 1);
+		addr += lzm_page_size;
+		n--;
+	}
+	if (n)
+		map_run(mm, addr, n << lzm_page_shift, true);
+}
+
+/* Cached pages from fp on, at most max (and within one chunk of state). */
+static size_t cached_run(struct cache *c, uint64_t fp, size_t max)
+{
+	size_t n = 0;
+
+	max = cache_run_max(fp, max);
+	while (n < max && lzm_cache_has(c, fp + n))
+		n++;
+	return n;
+}
+
+/* A write to a clean page of a shared region: it is dirty from now on. */
+static void wp_fault(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr, uint64_t fp)
+{
+	struct cache *c = v->src->cache;
+	int ret;
+
+	stat_add(&h->stats.wp_faults, 1);
+	pthread_mutex_lock(&c->lock);
+	lzm_cache_dirty(c, fp);
+	ret = lzm_uffd_writeprotect(mm->uffd, addr, lzm_page_size, false);
+	pthread_mutex_unlock(&c->lock);
+	if (ret)
+		lzm_uffd_wake(mm->uffd, addr, lzm_page_size); /* gone or changing: retry */
+}
+
+size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
+			 unsigned flags, struct fill_req **reqs, struct fill_req **ahead,
+			 size_t *nahead)
+{
+	struct source *src = v->src;
+	struct cache *c = src->cache;
+	uint64_t idx = v->pgoff + ((addr - v->start) >> lzm_page_shift), fp = src->base + idx;
+	size_t room = (v->end - addr) >> lzm_page_shift, max, n;
+	bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	_Atomic uint8_t *s;
+
+	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+		wp_fault(h, mm, v, addr, fp);
+		return 0;
+	}
+	s = lzm_cache_state(c, fp);
+	if (!s) {
+		lzm_uffd_wake(mm->uffd, addr, lzm_page_size); /* no memory: fault again */
+		return 0;
+	}
+	switch (lzm_cache_claim(c, s, mm, addr, fp)) {
+	case CLAIM_COALESCED:
+		stat_add(&h->stats.coalesced, 1);
+		return 0;
+	case CLAIM_PRESENT:
+		map_cached(h, mm, v, addr, fp, cached_run(c, fp, room < MINOR_RUN ? room : MINOR_RUN),
+			   write);
+		return 0;
+	case CLAIM_OWNED:
+		break;
+	}
+	if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+		/* In the memfd but not in our state: only a write we did not
+		 * make puts it there. Believe the kernel, never overwrite it. */
+		lzm_cache_release(c, fp, 1, true);
+		map_cached(h, mm, v, addr, fp, 1, write);
+		return 0;
+	}
+	/* A hole: read it, with the window the access pattern asks for. */
+	max = lzm_ra_window(h->lm, v, idx);
+	if (max > room)
+		max = room;
+	max = cache_run_max(fp, max);
+	n = 1 + (max > 1 ? lzm_claim_fresh(s + 1, max - 1) : 0);
+	stat_add(&h->stats.readahead_pages, n - 1);
+	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
+	reqs[0] = lzm_fault_begin(h, mm, v, addr, idx, n, write, addr);
+	if (reqs[0] && n == h->lm->ra_pages)
+		*nahead = lzm_readahead_ahead(h, mm, v, idx + n, n, ahead);
+	return reqs[0] != NULL;
+}
+
+/* Write what a read brought into the memfd; 0 or -errno. */
+static int cache_put(struct cache *c, const char *buf, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t w = pwrite(c->memfd, buf, len, (off_t)off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		buf += w;
+		len -= (size_t)w;
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
+void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bool poison_rest)
+{
+	struct mm *mm = req->mm;
+	struct cache *c = req->src->cache;
+	uint64_t fp = req->src->base + req->idx;
+	uintptr_t end;
+	struct vma *v;
+	int ret;
+
+	if (good && (ret = cache_put(c, req->buf, good << lzm_page_shift, fp << lzm_page_shift))) {
+		lzm_log(h->lm, LOG_ERR, "cannot add %zu pages to the page cache: %s", good,
+			strerror(-ret));
+		good = 0;
+	}
+	stat_add(&h->stats.pages_filled, good);
+	lzm_cache_release(c, fp, good, true);
+	lzm_cache_release(c, fp + good, req->n - good, false);
+
+	/* The toucher: map or wake it (nobody else has its page's address). */
+	pthread_rwlock_rdlock(&mm->lock);
+	v = lzm_vma_lookup(&mm->tree, req->addr);
+	if (v && (v->src->cache != c ||
+		  v->src->base + v->pgoff + ((req->addr - v->start) >> lzm_page_shift) != fp))
+		v = NULL; /* unmapped or replaced meanwhile */
+	end = req->addr + (req->n << lzm_page_shift);
+	if (v && end > v->end)
+		end = v->end;
+	if (!v) {
+		if (req->asked)
+			lzm_uffd_wake(mm->uffd, req->asked, lzm_page_size);
+	} else if (req->asked && req->asked - req->addr < (good << lzm_page_shift)) {
+		size_t n = (end - req->addr) >> lzm_page_shift;
+		size_t k = (req->asked - req->addr) >> lzm_page_shift;
+
+		if (n > good)
+			n = good;
+		/* the pages before the one asked for are only read */
+		if (k)
+			map_cached(h, mm, v, req->addr, fp, k, false);
+		map_cached(h, mm, v, req->asked, fp + k, n - k, req->write);
+	} else if (req->asked && poison_rest && req->asked < end) {
+		size_t done;
+
+		stat_add(&h->stats.io_errors, 1);
+		if (lzm_uffd_poison(mm->uffd, req->asked, lzm_page_size, &done))
+			lzm_uffd_wake(mm->uffd, req->asked, lzm_page_size);
+	} else if (req->asked) {
+		lzm_uffd_wake(mm->uffd, req->asked, lzm_page_size);
+	}
+	pthread_rwlock_unlock(&mm->lock);
+	lzm_req_free(h, req);
+}
