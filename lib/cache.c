@@ -324,8 +324,10 @@ void lzm_cache_release(struct cache *c, uint64_t fp, size_t n, bool cached)
 		else
 			seen |= atomic_exchange_explicit(s, 0, memory_order_acq_rel);
 	}
-	if (cached)
+	if (cached) {
 		atomic_fetch_add_explicit(&ch->ncached, (unsigned)n, memory_order_relaxed);
+		atomic_fetch_add_explicit(&c->ncached, n, memory_order_relaxed);
+	}
 	if (!(seen & CP_WAITER))
 		return;
 	pthread_mutex_lock(&c->lock);
@@ -358,8 +360,10 @@ void lzm_cache_dirty(struct cache *c, uint64_t fp)
 		return; /* cannot be: a mapped page's chunk exists */
 	s = &ch->s[fp & (CHUNK_PAGES - 1)];
 	old = atomic_fetch_or_explicit(s, CP_DIRTY, memory_order_acq_rel);
-	if (!(old & (CP_DIRTY | CP_WRITEBACK)))
+	if (!(old & (CP_DIRTY | CP_WRITEBACK))) {
 		atomic_fetch_add_explicit(&ch->ndirty, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&c->ndirty, 1, memory_order_relaxed);
+	}
 }
 
 void lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
@@ -384,9 +388,12 @@ void lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
 		/* MADV_REMOVE punched it: a hole again, its writes gone with it */
 		pthread_mutex_lock(&c->lock);
 		old = atomic_exchange_explicit(s, 0, memory_order_acq_rel);
-		if (old & (CP_DIRTY | CP_WRITEBACK))
+		if (old & (CP_DIRTY | CP_WRITEBACK)) {
 			atomic_fetch_sub_explicit(&ch->ndirty, 1, memory_order_relaxed);
+			atomic_fetch_sub_explicit(&c->ndirty, 1, memory_order_relaxed);
+		}
 		atomic_fetch_sub_explicit(&ch->ncached, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&c->ncached, 1, memory_order_relaxed);
 		pthread_mutex_unlock(&c->lock);
 	}
 }
@@ -450,15 +457,8 @@ void lzm_cache_count(struct mm *mm, uint64_t *cached, uint64_t *dirty)
 			continue;
 		if (nseen < 16)
 			seen[nseen++] = c;
-		for (size_t k = 0; k < c->nchunks; k++) {
-			struct cache_chunk *ch = atomic_load_explicit(&c->chunks[k],
-								      memory_order_acquire);
-
-			if (ch) {
-				*cached += atomic_load_explicit(&ch->ncached, memory_order_relaxed);
-				*dirty += atomic_load_explicit(&ch->ndirty, memory_order_relaxed);
-			}
-		}
+		*cached += atomic_load_explicit(&c->ncached, memory_order_relaxed);
+		*dirty += atomic_load_explicit(&c->ndirty, memory_order_relaxed);
 	}
 	pthread_rwlock_unlock(&mm->lock);
 }
@@ -501,6 +501,8 @@ static int wb_take(struct cache *c, uint64_t fp, uint64_t end, struct wb *wb)
 {
 	int ret = 0;
 
+	if (!atomic_load_explicit(&c->ndirty, memory_order_acquire))
+		return 0;
 	pthread_mutex_lock(&c->lock);
 	while (fp < end && ret == 0) {
 		struct cache_chunk *ch = chunk_get(c, fp, false);
@@ -684,8 +686,10 @@ static int wb_end(struct cache *c, struct wb *wb, int err)
 			uint8_t new = (old & ~CP_WRITEBACK) | (e ? CP_DIRTY : 0);
 
 			atomic_store_explicit(s, new, memory_order_release);
-			if ((old & (CP_DIRTY | CP_WRITEBACK)) && !(new & (CP_DIRTY | CP_WRITEBACK)))
+			if ((old & (CP_DIRTY | CP_WRITEBACK)) && !(new & (CP_DIRTY | CP_WRITEBACK))) {
 				atomic_fetch_sub_explicit(&ch->ndirty, 1, memory_order_relaxed);
+				atomic_fetch_sub_explicit(&c->ndirty, 1, memory_order_relaxed);
+			}
 		}
 	}
 	pthread_mutex_unlock(&c->lock);

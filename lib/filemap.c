@@ -90,8 +90,8 @@ static size_t cached_run(struct cache *c, uint64_t fp, size_t max)
 	return n;
 }
 
-/* A write to a clean page of a shared region: it is dirty from now on. */
-static void wp_fault(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr, uint64_t fp)
+/* A write to a clean page of a shared region (on uffd): dirty from now on. */
+static void wp_fault(struct handler *h, int uffd, struct vma *v, uintptr_t addr, uint64_t fp)
 {
 	struct cache *c = v->src->cache;
 	int ret;
@@ -99,10 +99,24 @@ static void wp_fault(struct handler *h, struct mm *mm, struct vma *v, uintptr_t 
 	stat_add(&h->stats.wp_faults, 1);
 	pthread_mutex_lock(&c->lock);
 	lzm_cache_dirty(c, fp);
-	ret = lzm_uffd_writeprotect(mm->uffd, addr, lzm_page_size, false);
+	ret = lzm_uffd_writeprotect(uffd, addr, lzm_page_size, false);
 	pthread_mutex_unlock(&c->lock);
 	if (ret)
-		lzm_uffd_wake(mm->uffd, addr, lzm_page_size); /* gone or changing: retry */
+		lzm_uffd_wake(uffd, addr, lzm_page_size); /* gone or changing: retry */
+}
+
+void lzm_filemap_wp_broken(struct handler *h, struct mm *mm, uintptr_t addr)
+{
+	struct vma *v;
+
+	pthread_rwlock_rdlock(&mm->lock);
+	v = lzm_vma_lookup(&mm->tree, addr);
+	if (v && v->src->ops->cached && vma_writeback(v))
+		wp_fault(h, mm->uffd_keep, v, addr,
+			 v->src->base + v->pgoff + ((addr - v->start) >> lzm_page_shift));
+	else
+		lzm_uffd_writeprotect(mm->uffd_keep, addr, lzm_page_size, false);
+	pthread_rwlock_unlock(&mm->lock);
 }
 
 size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
@@ -117,7 +131,7 @@ size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintpt
 	_Atomic uint8_t *s;
 
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-		wp_fault(h, mm, v, addr, fp);
+		wp_fault(h, mm->uffd, v, addr, fp);
 		return 0;
 	}
 	s = lzm_cache_state(c, fp);

@@ -346,6 +346,12 @@ static void serve_broken(struct handler *h)
 			}
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
 				continue;
+			if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+				/* a present page cannot be poisoned: let the write
+				 * in, dirty, so that close still writes it back */
+				lzm_filemap_wp_broken(h, mm, addr);
+				continue;
+			}
 			stat_add(&h->stats.io_errors, 1);
 			if (lzm_uffd_poison(mm->uffd_keep, addr, lzm_page_size, &done) == -EEXIST)
 				lzm_uffd_wake(mm->uffd_keep, addr, lzm_page_size);

@@ -206,6 +206,7 @@ struct cache {
 	unsigned nsharers, sharers_cap;
 	_Atomic(struct cache_chunk *) *chunks; /* 1 << (CACHE_MAX_SHIFT - 12 - CHUNK_SHIFT) */
 	size_t nchunks;
+	atomic_ulong ncached, ndirty; /* the sums of the chunks' counts */
 };
 
 /* The cache of fd's file (mmap's checks first: -EBADF, -EACCES, -ENODEV),
@@ -671,6 +672,8 @@ size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintpt
 /* A read of req into the cache ended: good pages have data; the others are
  * poisoned for the toucher if poison_rest, else holes again. Frees req. */
 void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bool poison_rest);
+/* A broken lazymap's answer to a write-protect fault: the write goes in, dirty. */
+void lzm_filemap_wp_broken(struct handler *h, struct mm *mm, uintptr_t addr);
 /* Fill up to max missing pages from start on (prefetch); returns the address
  * where it stopped (end when done). */
 uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, uintptr_t end);
