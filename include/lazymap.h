@@ -247,10 +247,10 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * may give PROT_WRITE to a shared region only if its fd was writable. The
  * library tracks writes with userfaultfd's write protection: the first
  * write to a page after it was written back costs one round trip through a
- * handler thread. Writes the program makes through a range it changed
- * itself are still found: after its own munmap or mremap of a shared range,
- * the dirty pages are written back at the next lazymap_sync of the file's
- * regions, or at lazymap_close.
+ * handler thread. Writes the program made through a range it unmapped or
+ * moved itself are not lost: those pages stay dirty in the cache and are
+ * written back by a later lazymap_sync of a range that maps them, or when
+ * the file's last region goes (lazymap_close at the latest).
  *
  * Errors: -EINVAL zero or overflowing len, bad prot/flags, offset negative,
  *         unaligned or overflowing (offset + len beyond 2^47, the largest
