@@ -62,9 +62,18 @@ static void cache_free(struct cache *c)
 		free(atomic_load_explicit(&c->chunks[i], memory_order_relaxed));
 	if (c->chunks)
 		munmap(c->chunks, c->nchunks * sizeof(*c->chunks));
-	for (int *fd = &c->fd; fd <= &c->memfd_ro; fd++)
-		if (*fd >= 0)
-			close(*fd);
+	int fds[] = { c->fd, c->dfd, c->wfd, c->memfd };
+
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	while (c->waiters) { /* none: every fill lets go before its source goes */
+		struct cache_waiter *w = c->waiters;
+
+		c->waiters = w->next;
+		lzm_mm_put(w->mm);
+		free(w);
+	}
 	free(c->sharers);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->wb_lock);
@@ -77,7 +86,7 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 
 	if (!c)
 		return -ENOMEM;
-	c->fd = c->dfd = c->wfd = c->memfd = c->memfd_ro = -1;
+	c->fd = c->dfd = c->wfd = c->memfd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->wb_lock, NULL);
 	atomic_init(&c->refs, 1);
@@ -172,13 +181,6 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
 	}
 	*cp = c;
 	return 0;
-}
-
-int lzm_cache_memfd_ro(struct cache *c)
-{
-	int ret = late_fd(c, &c->memfd_ro, c->memfd, O_RDONLY);
-
-	return ret ? ret : c->memfd_ro;
 }
 
 void lzm_cache_get(struct cache *c)
@@ -555,7 +557,6 @@ static void wb_protect(struct cache *c, const struct wb *wb)
 	pthread_mutex_unlock(&c->lock);
 	for (unsigned i = 0; i < n; i++) {
 		struct mm *mm = mms[i];
-		int tries = 0;
 again:
 		pthread_rwlock_rdlock(&mm->lock);
 		for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v)) {
@@ -576,10 +577,11 @@ again:
 				if (lzm_uffd_writeprotect(mm->uffd,
 							  v->start + ((a - v0) << lzm_page_shift),
 							  (b - a) << lzm_page_shift, true) == -EAGAIN &&
-				    tries++ < 10000) {
+				    !atomic_load(&mm->lm->broken)) {
 					/*
-					 * An event of this mm is pending: the handler
-					 * that applies it needs the lock for writing.
+					 * An event of this mm is pending: let the
+					 * handler that applies it have the lock. The
+					 * pages must be protected before they are read.
 					 */
 					pthread_rwlock_unlock(&mm->lock);
 					usleep(50);

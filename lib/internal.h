@@ -70,6 +70,7 @@ struct logq {
 extern _Thread_local struct logq *lzm_logq;
 
 bool lzm_log_env(void); /* LAZYMAP_LOG asks for stderr */
+/* lm may be NULL: a message of no lazymap goes to stderr if LAZYMAP_LOG asks. */
 __attribute__((format(printf, 3, 4)))
 void lzm_log(struct lazymap *lm, int level, const char *fmt, ...);
 void lzm_log_flush(struct lazymap *lm);
@@ -190,7 +191,6 @@ struct cache {
 	int dfd;                     /* O_DIRECT reads, or -1 until a region asks */
 	int wfd;                     /* write-back: a writable descriptor, or -1 until one is given */
 	int memfd;                   /* the pages */
-	int memfd_ro;                /* read-only reopen, for shared maps of read-only fds, or -1 */
 	_Atomic uint64_t size;       /* the file's size as last seen */
 	/*
 	 * lock: the descriptors opened late, the waiters, the sharers, and the
@@ -234,8 +234,6 @@ bool lzm_cache_has(struct cache *c, uint64_t fp);
 void lzm_cache_release(struct cache *c, uint64_t fp, size_t n, bool cached);
 /* A written page (c->lock held, with the page's write-protection lifted after). */
 void lzm_cache_dirty(struct cache *c, uint64_t fp);
-/* A read-only descriptor of the memfd (shared maps of read-only files), or -errno. */
-int lzm_cache_memfd_ro(struct cache *c);
 /* mm maps c shared: write-back protects pages there too. Until mm goes. */
 int lzm_cache_share(struct cache *c, struct mm *mm);
 /* mm is going: leave every cache's sharers. */

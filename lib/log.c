@@ -34,11 +34,17 @@ void lzm_log(struct lazymap *lm, int level, const char *fmt, ...)
 	char buf[LOG_MSG_MAX];
 	va_list ap;
 
-	if (!lm->opts.log && !lm->log_stderr)
+	/* lm NULL: a message of no lazymap (a cache outliving its regions'):
+	 * stderr if LAZYMAP_LOG asks, at once */
+	if (lm ? !lm->opts.log && !lm->log_stderr : !lzm_log_env())
 		return;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
+	if (!lm) {
+		fprintf(stderr, "liblazymap: %s\n", buf);
+		return;
+	}
 	if (!q) {
 		deliver(lm, level, buf);
 		return;
