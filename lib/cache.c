@@ -531,6 +531,8 @@ static int wb_take(struct cache *c, uint64_t fp, uint64_t end, struct wb *wb)
 	return ret;
 }
 
+#define PROTECT_GAP 512 /* pages: what one page table maps */
+
 /*
  * Phase 2: write-protect the pages taken wherever a shared region maps them,
  * so that a write from now on faults and marks its page dirty again: what
@@ -567,6 +569,17 @@ again:
 				continue;
 			for (size_t r = 0; r < wb->nruns; r++) {
 				uint64_t a = wb->runs[r].fp, b = a + wb->runs[r].n;
+
+				/*
+				 * One ioctl for runs close together: protecting a
+				 * clean page again changes nothing (only dirty pages
+				 * are writable), and a gap of less than a page table
+				 * costs no page table of its own.
+				 */
+				while (r + 1 < wb->nruns && wb->runs[r + 1].fp - b < PROTECT_GAP) {
+					r++;
+					b = wb->runs[r].fp + wb->runs[r].n;
+				}
 
 				if (a < v0)
 					a = v0;
