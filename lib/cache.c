@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -80,6 +81,64 @@ static void cache_free(struct cache *c)
 	free(c);
 }
 
+/*
+ * SIGXFSZ blocked around our own writes and truncations: past RLIMIT_FSIZE
+ * they are an error we handle (-EFBIG), not a signal that kills the program.
+ * The signal they raise is taken back, unless one was pending already.
+ */
+struct no_xfsz {
+	sigset_t set, old;
+	bool had;
+};
+
+static void no_xfsz_begin(struct no_xfsz *x)
+{
+	sigset_t pending;
+
+	sigemptyset(&x->set);
+	sigaddset(&x->set, SIGXFSZ);
+	pthread_sigmask(SIG_BLOCK, &x->set, &x->old);
+	sigpending(&pending);
+	x->had = sigismember(&pending, SIGXFSZ);
+}
+
+static void no_xfsz_end(struct no_xfsz *x)
+{
+	sigset_t pending;
+
+	if (!x->had) {
+		struct timespec zero = { 0, 0 };
+
+		sigpending(&pending);
+		if (sigismember(&pending, SIGXFSZ))
+			sigtimedwait(&x->set, NULL, &zero);
+	}
+	pthread_sigmask(SIG_SETMASK, &x->old, NULL);
+}
+
+/*
+ * The memfd is as large as any file the cache holds, sparse: a page beyond
+ * the end of the file is then a hole like any other, whose fault reaches us,
+ * and we decide as mmap does when it is touched (SIGBUS, or the bytes of a
+ * file that has grown since). Under an RLIMIT_FSIZE lower than that, it is
+ * as large as the limit allows: pages beyond are SIGBUS from the kernel.
+ */
+static int memfd_size(int memfd)
+{
+	off_t size = (off_t)1 << CACHE_MAX_SHIFT;
+	struct no_xfsz x;
+	struct rlimit rl;
+	int ret;
+
+	no_xfsz_begin(&x);
+	ret = ftruncate(memfd, size);
+	if (ret && errno == EFBIG && getrlimit(RLIMIT_FSIZE, &rl) == 0 &&
+	    rl.rlim_cur >= lzm_page_size && rl.rlim_cur < (rlim_t)size)
+		ret = ftruncate(memfd, (off_t)(rl.rlim_cur & ~(rlim_t)(lzm_page_size - 1)));
+	no_xfsz_end(&x);
+	return ret;
+}
+
 static int cache_new(int fd, const struct stat *st, struct cache **cp)
 {
 	struct cache *c = calloc(1, sizeof(*c));
@@ -94,14 +153,8 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 	c->dev = st->st_dev;
 	c->ino = st->st_ino;
 	c->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-	/*
-	 * The memfd is as large as any file the cache holds, sparse: a page
-	 * beyond the end of the file is then a hole like any other, whose
-	 * fault reaches us, and we decide as mmap does when it is touched
-	 * (SIGBUS, or the bytes of a file that has grown since).
-	 */
 	c->memfd = memfd_create("lazymap-cache", MFD_CLOEXEC);
-	if (c->fd < 0 || c->memfd < 0 || ftruncate(c->memfd, (off_t)1 << CACHE_MAX_SHIFT)) {
+	if (c->fd < 0 || c->memfd < 0 || memfd_size(c->memfd)) {
 		int err = errno;
 
 		cache_free(c);
@@ -639,23 +692,16 @@ static int wb_copy(struct cache *c, char *buf, size_t bufsz, uint64_t off, uint6
 
 /*
  * Phase 3: the pages, up to the file's end (a page beyond it was truncated
- * away: it is dropped, as the kernel drops it). SIGXFSZ is blocked meanwhile:
- * a write past RLIMIT_FSIZE is an error we return, not a signal that kills
- * the program; the one it raised is taken back.
+ * away: it is dropped, as the kernel drops it), SIGXFSZ blocked.
  */
 static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 {
 	const size_t bufsz = 1u << 20;
 	char *buf = malloc(bufsz);
 	uint64_t size = lzm_cache_refresh_size(c), written = 0, nwrites = 0;
-	sigset_t xfsz, old, pending;
-	bool had_xfsz;
+	struct no_xfsz x;
 
-	sigemptyset(&xfsz);
-	sigaddset(&xfsz, SIGXFSZ);
-	pthread_sigmask(SIG_BLOCK, &xfsz, &old);
-	sigpending(&pending);
-	had_xfsz = sigismember(&pending, SIGXFSZ);
+	no_xfsz_begin(&x);
 	for (size_t r = 0; r < wb->nruns; r++) {
 		uint64_t off = wb->runs[r].fp << lzm_page_shift;
 		uint64_t len = wb->runs[r].n << lzm_page_shift;
@@ -668,14 +714,7 @@ static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 				  : wb_copy(c, buf, bufsz, off, len, &written);
 		nwrites++;
 	}
-	if (!had_xfsz) {
-		struct timespec zero = { 0, 0 };
-
-		sigpending(&pending);
-		if (sigismember(&pending, SIGXFSZ))
-			sigtimedwait(&xfsz, NULL, &zero);
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	no_xfsz_end(&x);
 	free(buf);
 	if (lm) {
 		atomic_fetch_add(&lm->wstats.bytes_written, written);
