@@ -405,11 +405,23 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 	}
 	if (res < 0) {
 		if (req->n > 1) {
-			/* Which pages fail? Keep the first (a fault may wait on it) and
-			 * let the others be faulted, and read, one by one. */
-			lzm_release_run(req->mm, req->src, req->addr + lzm_page_size, req->idx + 1,
-					req->n - 1, false);
-			lzm_pool_free(&h->pool, req->buf + lzm_page_size, req->n - 1);
+			/* Which pages fail? Keep the one a fault waits on (the first,
+			 * but for a read around it) and let the others be faulted,
+			 * and read, one by one. */
+			size_t k = req->asked >= req->addr ? (req->asked - req->addr) >> lzm_page_shift
+							   : 0;
+
+			if (k >= req->n)
+				k = 0;
+			lzm_release_run(req->mm, req->src, req->addr, req->idx, k, false);
+			lzm_release_run(req->mm, req->src, req->addr + ((k + 1) << lzm_page_shift),
+					req->idx + k + 1, req->n - k - 1, false);
+			if (k)
+				lzm_pool_free(&h->pool, req->buf, k);
+			lzm_pool_free(&h->pool, req->buf + ((k + 1) << lzm_page_shift), req->n - k - 1);
+			req->buf += k << lzm_page_shift;
+			req->addr += k << lzm_page_shift;
+			req->idx += k;
 			req->n = 1;
 			req->done = 0;
 			if (submit_read(h, req) == 0)

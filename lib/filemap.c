@@ -128,6 +128,7 @@ size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintpt
 	uint64_t idx = v->pgoff + ((addr - v->start) >> lzm_page_shift), fp = src->base + idx;
 	size_t room = (v->end - addr) >> lzm_page_shift, max, n;
 	bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	const uintptr_t asked = addr;
 	_Atomic uint8_t *s;
 
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
@@ -163,9 +164,34 @@ size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintpt
 		max = room;
 	max = cache_run_max(fp, max);
 	n = 1 + (max > 1 ? lzm_claim_fresh(s + 1, max - 1) : 0);
-	stat_add(&h->stats.readahead_pages, n - 1);
 	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
-	reqs[0] = lzm_fault_begin(h, mm, v, addr, idx, n, write, addr);
+	if (max == 1) {
+		/* random: the holes of the block around it, while that pays */
+		uint64_t first;
+		size_t blk = lzm_read_around(h, mm, v, idx, &first);
+
+		/* within the file (past its end the fault alone decides), and one chunk */
+		if (blk > 1)
+			blk = src->ops->extent(src, first, blk);
+		if (blk > 1 && idx < first + blk &&
+		    ((src->base + first) >> CHUNK_SHIFT) == (fp >> CHUNK_SHIFT) &&
+		    ((src->base + first + blk - 1) >> CHUNK_SHIFT) == (fp >> CHUNK_SHIFT)) {
+			_Atomic uint8_t *s0 = s - (idx - first);
+			size_t back = 0;
+
+			while (idx - back > first &&
+			       lzm_claim_fresh(s0 + (idx - back - 1 - first), 1))
+				back++;
+			n += lzm_claim_fresh(s + 1, first + blk - idx - 1);
+			addr -= back << lzm_page_shift;
+			idx -= back;
+			n += back;
+		}
+	}
+	stat_add(&h->stats.readahead_pages, n - 1);
+	reqs[0] = lzm_fault_begin(h, mm, v, addr, idx, n, write, asked);
+	if (reqs[0])
+		reqs[0]->around = addr != asked || n > 1 + (max > 1 ? max - 1 : 0);
 	if (reqs[0] && n == h->lm->ra_pages)
 		*nahead = lzm_readahead_ahead(h, mm, v, idx + n, n, ahead);
 	return reqs[0] != NULL;
@@ -197,10 +223,13 @@ void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bo
 	struct vma *v;
 	int ret;
 
+	/* A page that cannot enter the cache (no memory for shmem) is an I/O
+	 * error for its toucher, as a failed read is. */
 	if (good && (ret = cache_put(c, req->buf, good << lzm_page_shift, fp << lzm_page_shift))) {
 		lzm_log(h->lm, LOG_ERR, "cannot add %zu pages to the page cache: %s", good,
 			strerror(-ret));
 		good = 0;
+		poison_rest = true;
 	}
 	stat_add(&h->stats.pages_filled, good);
 	lzm_cache_release(c, fp, good, true);
@@ -220,13 +249,24 @@ void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bo
 			lzm_uffd_wake(mm->uffd, req->asked, lzm_page_size);
 	} else if (req->asked && req->asked - req->addr < (good << lzm_page_shift)) {
 		size_t n = (end - req->addr) >> lzm_page_shift;
-		size_t k = (req->asked - req->addr) >> lzm_page_shift;
+		size_t k = (req->asked - req->addr) >> lzm_page_shift, k0 = 0;
 
 		if (n > good)
 			n = good;
+		/*
+		 * Read around a random fault, only the group the kernel's
+		 * fault-around would map: the rest is mapped when touched, so
+		 * that read-around sees whether it was (readahead.c).
+		 */
+		if (req->around) {
+			k0 = k & ~(size_t)(MINOR_RUN - 1);
+			if (n > k0 + MINOR_RUN)
+				n = k0 + MINOR_RUN;
+		}
 		/* the pages before the one asked for are only read */
-		if (k)
-			map_cached(h, mm, v, req->addr, fp, k, false);
+		if (k > k0)
+			map_cached(h, mm, v, req->addr + (k0 << lzm_page_shift), fp + k0, k - k0,
+				   false);
 		map_cached(h, mm, v, req->asked, fp + k, n - k, req->write);
 	} else if (req->asked && poison_rest && req->asked < end) {
 		size_t done;

@@ -274,6 +274,10 @@ struct vma {
 	/* Sequential-stream detection (a hint, updated racily by handlers). */
 	_Atomic uint64_t ra_next;   /* page index the stream is expected to touch next */
 	_Atomic uint32_t ra_window; /* pages to fill on the next sequential fault */
+	/* Read-around of random faults (readahead.c): misses, and the last faults. */
+	_Atomic int32_t ra_miss;
+	_Atomic uint32_t ra_cursor;
+	_Atomic uint64_t ra_ring[8];
 };
 
 struct vma_tree {
@@ -362,6 +366,7 @@ struct mm {
 	bool self;               /* the handlers' own process: mincore() sees its pages */
 	_Atomic int pid;         /* 0 until known (a child tells it: events.c) */
 	int uffd;
+	int pagemap_fd;          /* /proc/self/pagemap: our own mm only, else -1 */
 	/*
 	 * A second descriptor of the same userfaultfd, used only once the
 	 * lazymap is broken: a program that closes our uffd by mistake must not
@@ -632,6 +637,7 @@ struct fill_req {
 	uintptr_t asked;        /* the page a fault named (poisoned if it cannot be had), or 0 */
 	bool write;
 	bool move;              /* install with UFFDIO_MOVE */
+	bool around;            /* read around a random fault: its page goes first (filemap.c) */
 	/* A read completed with res (bytes or -errno): continue it, or install
 	 * and free req. Called on the handler whose ring read it (bio's bi_end_io). */
 	void (*end_io)(struct handler *h, struct fill_req *req, int res);
@@ -687,6 +693,10 @@ size_t lzm_ra_window(struct lazymap *lm, struct vma *v, uint64_t idx);
  * pages are installed, other runs become requests (at most max). */
 size_t lzm_fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
 			bool write, struct fill_req **reqs, size_t max);
+/* A random fault at page idx of a file region v: the block to read around
+ * it, [*first, *first + return), or 0 when the last read-arounds went unused. */
+size_t lzm_read_around(struct handler *h, struct mm *mm, struct vma *v, uint64_t idx,
+		       uint64_t *first);
 /* Claim and begin up to AHEAD_WINDOWS windows of n pages from page idx on. */
 size_t lzm_readahead_ahead(struct handler *h, struct mm *mm, struct vma *v, uint64_t idx,
 			   size_t n, struct fill_req **ahead);

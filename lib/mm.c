@@ -19,7 +19,7 @@ int lzm_mm_init(struct mm *mm, struct lazymap *lm, int uffd, uint64_t features)
 
 	mm->lm = lm;
 	mm->uffd = uffd;
-	mm->uffd_keep = mm->watch_fd = -1;
+	mm->uffd_keep = mm->watch_fd = mm->pagemap_fd = -1;
 	mm->features = features;
 	atomic_init(&mm->refs, 1);
 	lzm_vma_tree_init(&mm->tree);
@@ -60,6 +60,8 @@ int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features)
 	got &= features;
 	lzm_mm_init(mm, lm, uffd, got);
 	mm->self = true;
+	/* read-around's evidence (readahead.c); without it, no read-around */
+	mm->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (got & UFFD_FEATURE_EVENT_FORK) {
 		mm->ring = calloc(1, sizeof(*mm->ring));
 		if (!mm->ring) {
@@ -263,6 +265,8 @@ void lzm_mm_fini(struct mm *mm)
 	close(mm->uffd);
 	if (mm->uffd_keep >= 0)
 		close(mm->uffd_keep);
+	if (mm->pagemap_fd >= 0)
+		close(mm->pagemap_fd);
 }
 
 void lzm_mm_destroy(struct mm *mm)

@@ -6,6 +6,8 @@
  * by the fault path with the mm lock held for reading; the pages chosen are
  * claimed here and produced by the caller's requests.
  */
+#include <unistd.h>
+
 #include "internal.h"
 
 /*
@@ -111,6 +113,84 @@ size_t lzm_fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr
 		idx += n;
 	}
 	return nreqs;
+}
+
+/*
+ * Read-around of a random fault in a file region: the kernel reads the
+ * aligned block around such a fault (do_sync_mmap_readahead) and stops when
+ * the pages it read that way go unused (mmap_miss), so that dense access
+ * becomes large reads and sparse access stays one page per fault. Pages a
+ * private region finds in the cache are mapped by the kernel without a word
+ * to us, so their use is read off the page table: a few faults later, a
+ * block read around is sampled in /proc/self/pagemap, and a mapped page
+ * outside the faulting page's own fault-around group (the kernel maps 16
+ * pages around a touch) means the program went there. Misses count up,
+ * hits down; past AROUND_LOTSAMISS only the touched page is read. Blocks
+ * are sampled whether or not they were read around, so that access turning
+ * dense turns read-around back on.
+ */
+#define AROUND_PAGES     32 /* 128 KiB: the kernel's default ra_pages */
+#define AROUND_GROUP     16 /* what the kernel's fault-around maps */
+#define AROUND_LOTSAMISS 16
+#define AROUND_RING      8  /* faults between a read-around and its sample */
+
+/* Groups of the block around idx, but idx's own, with a page mapped in mm. */
+static unsigned around_hits(struct mm *mm, const struct vma *v, uint64_t idx, size_t pages)
+{
+	uint64_t first = idx & ~(uint64_t)(pages - 1), vfirst = v->pgoff;
+	uint64_t vend = v->pgoff + ((v->end - v->start) >> lzm_page_shift), pm[AROUND_PAGES];
+	unsigned hits = 0;
+	ssize_t got;
+
+	if (first < vfirst)
+		first = vfirst;
+	if (first + pages > vend)
+		pages = (size_t)(vend - first);
+	if (!pages)
+		return 0;
+	got = pread(mm->pagemap_fd, pm, pages * sizeof(pm[0]),
+		    (off_t)(((v->start >> lzm_page_shift) + (first - v->pgoff)) * sizeof(pm[0])));
+	if (got < 0)
+		return 0;
+	for (size_t g = 0; g < (size_t)got / sizeof(pm[0]); g += AROUND_GROUP) {
+		bool mapped = false;
+
+		if ((first + g) / AROUND_GROUP == idx / AROUND_GROUP)
+			continue;
+		for (size_t i = g; i < g + AROUND_GROUP && i < (size_t)got / sizeof(pm[0]); i++)
+			mapped |= pm[i] >> 63;
+		hits += mapped;
+	}
+	return hits;
+}
+
+size_t lzm_read_around(struct handler *h, struct mm *mm, struct vma *v, uint64_t idx,
+		       uint64_t *first)
+{
+	size_t pages = AROUND_PAGES < h->lm->ra_pages ? AROUND_PAGES : h->lm->ra_pages;
+	uint64_t vend = v->pgoff + ((v->end - v->start) >> lzm_page_shift), old, start;
+	unsigned slot;
+
+	while (pages & (pages - 1))
+		pages &= pages - 1;
+	if (pages < 2 * AROUND_GROUP || v->advice != LAZYMAP_ADV_NORMAL || mm->pagemap_fd < 0)
+		return 0;
+	slot = atomic_fetch_add_explicit(&v->ra_cursor, 1, memory_order_relaxed) % AROUND_RING;
+	old = atomic_exchange_explicit(&v->ra_ring[slot], idx + 1, memory_order_relaxed);
+	if (old && old - 1 >= v->pgoff && old - 1 < vend) {
+		unsigned hits = around_hits(mm, v, old - 1, pages);
+		int32_t miss = atomic_load_explicit(&v->ra_miss, memory_order_relaxed);
+
+		miss = hits ? (miss > (int32_t)hits ? miss - (int32_t)hits : 0) : miss + 1;
+		atomic_store_explicit(&v->ra_miss, miss, memory_order_relaxed);
+	}
+	if (atomic_load_explicit(&v->ra_miss, memory_order_relaxed) > AROUND_LOTSAMISS)
+		return 0;
+	start = idx & ~(uint64_t)(pages - 1);
+	if (start < v->pgoff)
+		start = v->pgoff;
+	*first = start;
+	return (size_t)((start + pages < vend ? start + pages : vend) - start);
 }
 
 /*
