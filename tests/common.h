@@ -2,7 +2,9 @@
 /*
  * Helpers shared by the tests: what the kernel offers (userfaultfd access and
  * features) and the skip when it lacks them, catching the SIGBUS/SIGSEGV a
- * touch raises, reading /proc/self/maps, waiting for a state with a deadline.
+ * touch raises, reading /proc/self/maps, waiting for a state with a deadline;
+ * scratch files with known bytes, a forked child that reports how it failed,
+ * and the kernel's twin: one test body run on lazymap and on mmap itself.
  */
 #ifndef LAZYMAP_TESTS_COMMON_H
 #define LAZYMAP_TESTS_COMMON_H
@@ -14,6 +16,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,7 +24,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -541,5 +546,536 @@ static inline uint64_t test_seed(void)
 
 	return e ? strtoull(e, NULL, 0) : 0x1a2b3c4d5e6f7788ULL;
 }
+
+/* ---- scratch directories and files with known bytes */
+
+/*
+ * A fresh directory under /var/tmp (a disk file system, and writable by the
+ * suite's run as nobody); dir gets its path. 0 or -errno.
+ */
+static inline int scratch_make(char *dir, size_t len, const char *tag)
+{
+	snprintf(dir, len, "/var/tmp/lazymap-%s.XXXXXX", tag);
+	return mkdtemp(dir) ? 0 : -errno;
+}
+
+/* Remove dir with what is in it: files and empty directories, one level. */
+static inline void scratch_remove(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	char path[4096];
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		if (unlink(path) < 0)
+			rmdir(path);
+	}
+	closedir(d);
+	rmdir(dir);
+}
+
+/* A file's bytes: a pure function of (key, offset), different for another page, offset or key. */
+static inline uint8_t pattern_byte(uint64_t key, uint64_t off)
+{
+	uint64_t x = (off + key) * 0x9E3779B97F4A7C15ULL;
+
+	return (uint8_t)((x >> 29) ^ (off >> 12) ^ key);
+}
+
+static inline void pattern_fill(uint8_t *buf, size_t len, uint64_t key, uint64_t off)
+{
+	for (size_t i = 0; i < len; i++)
+		buf[i] = pattern_byte(key, off + i);
+}
+
+/* Write len bytes of key's pattern at off; 0 or -errno. */
+static inline int pattern_write(int fd, uint64_t key, uint64_t off, uint64_t len)
+{
+	size_t chunk = 1 << 20;
+	uint8_t *buf = malloc(chunk);
+	int ret = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	while (len && !ret) {
+		size_t n = len < chunk ? (size_t)len : chunk;
+
+		pattern_fill(buf, n, key, off);
+		for (size_t done = 0; done < n && !ret;) {
+			ssize_t w = pwrite(fd, buf + done, n - done, (off_t)(off + done));
+
+			if (w > 0)
+				done += (size_t)w;
+			else
+				ret = w < 0 ? -errno : -EIO;
+		}
+		off += n;
+		len -= n;
+	}
+	free(buf);
+	return ret;
+}
+
+/*
+ * Compare the file's bytes [0, size) with what expect() says they are, in
+ * chunks of 1 MiB (expect fills buf with the bytes at off). -1 if equal, else
+ * the first differing offset (*got, *want: its bytes); -2 if pread failed
+ * or came back short (*got: the errno or 0).
+ */
+typedef void (*expect_fn)(uint8_t *buf, uint64_t off, size_t len, void *arg);
+
+static inline long long file_first_diff(int fd, uint64_t size, expect_fn expect, void *arg,
+					int *got, int *want)
+{
+	size_t chunk = 1 << 20;
+	uint8_t *have = malloc(chunk), *should = malloc(chunk);
+	long long at = -1;
+
+	if (!have || !should) {
+		free(have);
+		free(should);
+		*got = ENOMEM;
+		return -2;
+	}
+	for (uint64_t off = 0; off < size && at == -1; off += chunk) {
+		size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
+		ssize_t r = pread(fd, have, n, (off_t)off);
+
+		if (r != (ssize_t)n) {
+			*got = r < 0 ? errno : 0;
+			at = -2;
+			break;
+		}
+		expect(should, off, n, arg);
+		if (memcmp(have, should, n))
+			for (size_t i = 0; i < n; i++)
+				if (have[i] != should[i]) {
+					*got = have[i];
+					*want = should[i];
+					at = (long long)(off + i);
+					break;
+				}
+	}
+	free(have);
+	free(should);
+	return at;
+}
+
+/* ---- a forked child that says how it failed */
+
+/*
+ * A child's verdict, in memory shared with the parent so that it survives
+ * however the child ends: where a check failed and why, or why it skipped,
+ * and how far it got (stage: the body's own marks). The child uses no
+ * Criterion call (an assertion there would end the child, not the test):
+ * VCHECK() fails it with a message, verdict_skip() skips the test.
+ */
+struct verdict {
+	int line;
+	volatile int stage;
+	char msg[512];
+};
+
+#define VERDICT_FAILED 1
+#define VERDICT_SKIPPED 77
+
+static inline struct verdict *verdict_new(void)
+{
+	void *v = mmap(NULL, sizeof(struct verdict), PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	return v == MAP_FAILED ? NULL : (struct verdict *)v;
+}
+
+static inline void verdict_free(struct verdict *v)
+{
+	munmap(v, sizeof(*v));
+}
+
+__attribute__((noreturn, format(printf, 4, 0)))
+static inline void verdict_end(struct verdict *v, int code, int line, const char *fmt, va_list ap)
+{
+	v->line = line;
+	vsnprintf(v->msg, sizeof(v->msg), fmt, ap);
+	_exit(code);
+}
+
+__attribute__((noreturn, format(printf, 3, 4)))
+static inline void verdict_fail(struct verdict *v, int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	verdict_end(v, VERDICT_FAILED, line, fmt, ap);
+}
+
+__attribute__((noreturn, format(printf, 2, 3)))
+static inline void verdict_skip(struct verdict *v, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	verdict_end(v, VERDICT_SKIPPED, 0, fmt, ap);
+}
+
+#define VCHECK(v, cond, ...)                                                   \
+	do {                                                                   \
+		if (!(cond))                                                   \
+			verdict_fail((v), __LINE__, __VA_ARGS__);              \
+	} while (0)
+
+/*
+ * Run body(v, arg) in a child under a watchdog (alarm: a hang ends it with
+ * SIGALRM); it exits with what body returns. The parent's pid of it, or
+ * -errno. Fork before starting threads where the child starts its own
+ * (ThreadSanitizer refuses threads after a fork of a threaded process).
+ */
+static inline pid_t verdict_fork(struct verdict *v, int (*body)(struct verdict *, void *),
+				 void *arg, unsigned watchdog_s)
+{
+	pid_t pid;
+
+	memset(v, 0, sizeof(*v));
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		alarm(watchdog_s);
+		_exit(body(v, arg));
+	}
+	return pid;
+}
+
+#ifdef cr_skip_test
+/*
+ * Wait for the child and judge it: want_sig 0, it must exit with 0; else it
+ * must die by want_sig (a body that kills itself). Its skip skips the test,
+ * with its reason.
+ */
+static inline void verdict_expect(struct verdict *v, pid_t pid, int want_sig, const char *what)
+{
+	int status;
+
+	cr_assert_gt(pid, 0, "%s: fork: %s", what, strerror(-pid));
+	cr_assert_eq(waitpid(pid, &status, 0), pid, "%s: waitpid: %s", what, strerror(errno));
+	if (WIFEXITED(status) && WEXITSTATUS(status) == VERDICT_SKIPPED)
+		skip_test("%s: %s", what, v->msg);
+	cr_assert(!WIFEXITED(status) || WEXITSTATUS(status) != VERDICT_FAILED,
+		  "%s: the child failed at line %d (stage %d): %s", what, v->line, v->stage, v->msg);
+	cr_assert(!WIFSIGNALED(status) || WTERMSIG(status) != SIGALRM,
+		  "%s: the child's watchdog fired at stage %d: it hung", what, v->stage);
+	if (want_sig)
+		cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == want_sig,
+			  "%s: the child ended with status %#x at stage %d, want death by signal %d",
+			  what, status, v->stage, want_sig);
+	else
+		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+			  "%s: the child ended with status %#x at stage %d%s%s", what, status, v->stage,
+			  WIFSIGNALED(status) ? ", killed by " : "",
+			  WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "");
+}
+#endif
+
+/* ---- the kernel's twin: one test body, run on lazymap and on the kernel */
+
+/*
+ * A test of what a mapping shows is right for lazymap only if the kernel's
+ * own mapping passes it too: a body written against struct twin runs on
+ *   TWIN_LAZYMAP  lazymap_map, lazymap_sync... of a lazymap of its own;
+ *   TWIN_MMAP     the kernel's mmap (MAP_SHARED/MAP_PRIVATE), msync(MS_SYNC)
+ *                 for sync, munmap (the page cache keeps what was written);
+ *   TWIN_WRITE    the kernel's write(2) path, for write errors that a shared
+ *                 mmap cannot report (tmpfs out of space is SIGBUS at the
+ *                 write fault, RLIMIT_FSIZE does not apply to it): anonymous
+ *                 memory holding a pread() copy of the file (a fault on a
+ *                 tmpfs hole, even through MAP_PRIVATE, would allocate it),
+ *                 and a sync that pwrite()s every page differing from the
+ *                 file, then fdatasync()s; a failed page stays different,
+ *                 so dirty, for the next sync; SIGXFSZ is ignored while it
+ *                 writes, as lazymap promises. Shared regions do not see
+ *                 each other's writes there, nor is there SIGBUS past the
+ *                 file's end: one region per file, inside the file.
+ * Flags and prot are lazymap's. Every call returns 0 or -errno.
+ */
+enum twin_kind { TWIN_LAZYMAP, TWIN_MMAP, TWIN_WRITE };
+
+#define TWIN_MAX_REGIONS 16
+
+struct twin_region {
+	char *addr;
+	size_t len;
+	int fd;            /* a dup of the caller's (TWIN_WRITE writes through it) */
+	off_t off;
+	int flags;
+};
+
+struct twin {
+	enum twin_kind kind;
+	struct lazymap *lm;
+	int n;
+	struct twin_region r[TWIN_MAX_REGIONS];
+};
+
+static inline const char *twin_name(const struct twin *t)
+{
+	return t->kind == TWIN_LAZYMAP ? "lazymap" : t->kind == TWIN_MMAP ? "mmap" : "write(2)";
+}
+
+static inline int twin_open(struct twin *t, enum twin_kind kind, const struct lazymap_opts *opts)
+{
+	memset(t, 0, sizeof(*t));
+	t->kind = kind;
+	return kind == TWIN_LAZYMAP ? lazymap_open(&t->lm, opts) : 0;
+}
+
+static inline int twin_map(struct twin *t, void *addrp, size_t len, int prot, int flags, int fd,
+			   off_t off)
+{
+	void **out = (void **)addrp;
+	int mflags;
+	void *p;
+
+	*out = NULL;
+	if (t->kind == TWIN_LAZYMAP)
+		return lazymap_map(t->lm, out, len, prot, flags, fd, off);
+	if (t->n == TWIN_MAX_REGIONS)
+		return -ENOMEM;
+	mflags = (flags & LAZYMAP_SHARED) ? MAP_SHARED : MAP_PRIVATE;
+	if (flags & LAZYMAP_ANON)
+		mflags |= MAP_ANONYMOUS;
+	p = mmap(NULL, len, prot, mflags, fd, off); /* TWIN_WRITE too: the kernel's checks */
+	if (p == MAP_FAILED)
+		return -errno;
+	if (t->kind == TWIN_WRITE && !(flags & LAZYMAP_ANON)) {
+		ssize_t got = 0;
+
+		munmap(p, len);
+		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			return -errno;
+		for (size_t done = 0; done < len; done += (size_t)got) {
+			got = pread(fd, (char *)p + done, len - done, off + (off_t)done);
+			if (got <= 0)
+				break;
+		}
+		if (got < 0 || mprotect(p, len, prot) < 0) {
+			int err = -errno;
+
+			munmap(p, len);
+			return err;
+		}
+	}
+	t->r[t->n] = (struct twin_region){ .addr = p, .len = (len + pgsz() - 1) & ~(pgsz() - 1),
+					   .fd = fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0),
+					   .off = off, .flags = flags };
+	t->n++;
+	*out = p;
+	return 0;
+}
+
+/* TWIN_WRITE: the file's bytes of one page of a shared region, and whether they differ from it. */
+static inline int twin_page_dirty(const struct twin_region *r, size_t pg, uint64_t size,
+				  uint8_t *buf, size_t *n)
+{
+	size_t ps = pgsz();
+	uint64_t off = (uint64_t)r->off + pg * ps;
+	ssize_t got;
+
+	*n = off >= size ? 0 : size - off < ps ? (size_t)(size - off) : ps;
+	if (!*n)
+		return 0; /* wholly beyond the end: nothing of it is the file's */
+	got = pread(r->fd, buf, *n, (off_t)off);
+	if (got < 0)
+		return -errno;
+	if ((size_t)got < *n)
+		memset(buf + got, 0, *n - (size_t)got);
+	return memcmp(buf, r->addr + pg * ps, *n) != 0;
+}
+
+/* TWIN_WRITE: write back the pages of [lo, hi) that differ from the file. */
+static inline int twin_write_back(struct twin *t, uintptr_t lo, uintptr_t hi)
+{
+	size_t ps = pgsz();
+	uint8_t *buf = malloc(ps);
+	struct sigaction ign = { .sa_handler = SIG_IGN }, old;
+	int err = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	sigaction(SIGXFSZ, &ign, &old);
+	for (int i = 0; i < t->n; i++) {
+		struct twin_region *r = &t->r[i];
+		uintptr_t a = (uintptr_t)r->addr, b = a + r->len;
+		struct stat sb;
+		bool wrote = false;
+
+		if (!(r->flags & LAZYMAP_SHARED) || b <= lo || a >= hi)
+			continue;
+		if (fstat(r->fd, &sb) < 0) {
+			err = err ? err : -errno;
+			continue;
+		}
+		for (uintptr_t p = a > lo ? a : lo; p < b && p < hi; p += ps) {
+			size_t pg = (p - a) / ps, n, done = 0;
+			int d = twin_page_dirty(r, pg, (uint64_t)sb.st_size, buf, &n);
+
+			if (d < 0)
+				err = err ? err : d;
+			while (d > 0 && done < n) {
+				ssize_t w = pwrite(r->fd, (char *)p + done, n - done,
+						   (off_t)((uint64_t)r->off + pg * ps + done));
+
+				if (w <= 0) {
+					err = err ? err : w < 0 ? -errno : -EIO;
+					break;
+				}
+				done += (size_t)w;
+				wrote = true;
+			}
+		}
+		if (wrote && fdatasync(r->fd) < 0)
+			err = err ? err : -errno;
+	}
+	sigaction(SIGXFSZ, &old, NULL);
+	free(buf);
+	return err;
+}
+
+static inline int twin_sync(struct twin *t, void *addr, size_t len)
+{
+	if (t->kind == TWIN_LAZYMAP)
+		return lazymap_sync(t->lm, addr, len);
+	if (t->kind == TWIN_MMAP)
+		return msync(addr, len, MS_SYNC) < 0 ? -errno : 0;
+	return twin_write_back(t, (uintptr_t)addr, (uintptr_t)addr + len);
+}
+
+static inline int twin_unmap(struct twin *t, void *addr, size_t len)
+{
+	uintptr_t lo = (uintptr_t)addr, hi = lo + len;
+	int ret;
+
+	if (t->kind == TWIN_LAZYMAP)
+		return lazymap_unmap(t->lm, addr, len);
+	/* as lazymap_unmap: written back first, and nothing unmapped if that fails */
+	if (t->kind == TWIN_WRITE && (ret = twin_write_back(t, lo, hi)))
+		return ret;
+	if (munmap(addr, len) < 0)
+		return -errno;
+	for (int i = 0; i < t->n; i++) {
+		struct twin_region *r = &t->r[i];
+		uintptr_t a = (uintptr_t)r->addr, b = a + r->len;
+
+		if (b <= lo || a >= hi)
+			continue;
+		if (b > hi && t->n < TWIN_MAX_REGIONS) { /* the part above stays */
+			t->r[t->n] = *r;
+			t->r[t->n].addr = (char *)hi;
+			t->r[t->n].len = b - hi;
+			t->r[t->n].off += (off_t)(hi - a);
+			t->r[t->n].fd = r->fd < 0 ? -1 : fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
+			t->n++;
+		}
+		if (a < lo) { /* so does the part below */
+			r->len = lo - a;
+			continue;
+		}
+		if (r->fd >= 0)
+			close(r->fd);
+		t->r[i--] = t->r[--t->n];
+	}
+	return 0;
+}
+
+static inline int twin_protect(struct twin *t, void *addr, size_t len, int prot)
+{
+	if (t->kind == TWIN_LAZYMAP)
+		return lazymap_protect(t->lm, addr, len, prot);
+	return mprotect(addr, len, prot) < 0 ? -errno : 0;
+}
+
+/* Unmap everything, writing back first; the first error, as lazymap_close gives it. */
+static inline int twin_close(struct twin *t)
+{
+	int err = 0, ret;
+
+	if (t->kind == TWIN_LAZYMAP) {
+		ret = lazymap_close(t->lm);
+		t->lm = NULL;
+		return ret;
+	}
+	if (t->kind == TWIN_WRITE)
+		err = twin_write_back(t, 0, UINTPTR_MAX);
+	while (t->n) {
+		struct twin_region *r = &t->r[--t->n];
+
+		/* (ENOMEM: a range the program has unmapped itself) */
+		if (t->kind == TWIN_MMAP && (r->flags & LAZYMAP_SHARED) &&
+		    msync(r->addr, r->len, MS_SYNC) < 0 && errno != ENOMEM && !err)
+			err = -errno;
+		munmap(r->addr, r->len);
+		if (r->fd >= 0)
+			close(r->fd);
+	}
+	return err;
+}
+
+/* lazymap's counters; false for the kernel's twins, which have none. */
+static inline bool twin_stats(struct twin *t, struct lazymap_stats *st)
+{
+	return t->kind == TWIN_LAZYMAP && lazymap_stats(t->lm, st) == 0;
+}
+
+/*
+ * Pages written and not yet on the file: lazymap's dirty_pages, the pages
+ * that differ from the file for TWIN_WRITE; -1 for TWIN_MMAP (unknown).
+ */
+static inline long twin_dirty(struct twin *t)
+{
+	struct lazymap_stats st;
+	size_t ps = pgsz(), n;
+	uint8_t *buf;
+	long dirty = 0;
+
+	if (t->kind == TWIN_LAZYMAP)
+		return lazymap_stats(t->lm, &st) == 0 ? (long)st.dirty_pages : -1;
+	if (t->kind == TWIN_MMAP || !(buf = malloc(ps)))
+		return -1;
+	for (int i = 0; i < t->n; i++) {
+		struct twin_region *r = &t->r[i];
+		struct stat sb;
+
+		if (!(r->flags & LAZYMAP_SHARED) || fstat(r->fd, &sb) < 0)
+			continue;
+		for (size_t pg = 0; pg < r->len / ps; pg++)
+			dirty += twin_page_dirty(r, pg, (uint64_t)sb.st_size, buf, &n) > 0;
+	}
+	free(buf);
+	return dirty;
+}
+
+#ifdef cr_skip_test
+/* A twin for a test: a lazymap as open_or_skip() gives it, or the kernel. */
+static inline void twin_open_or_skip(struct twin *t, enum twin_kind kind,
+				     const struct lazymap_opts *opts)
+{
+	memset(t, 0, sizeof(*t));
+	t->kind = kind;
+	if (kind == TWIN_LAZYMAP)
+		t->lm = open_or_skip(opts);
+}
+
+/* Wait until lazymap's handlers are idle (quiesce()); nothing to wait for with the kernel. */
+static inline void twin_quiesce(struct twin *t)
+{
+	if (t->kind == TWIN_LAZYMAP)
+		quiesce(t->lm);
+}
+#endif
 
 #endif
