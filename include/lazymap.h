@@ -242,14 +242,17 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * MAP_PRIVATE. LAZYMAP_SHARED: writes go to the cache page itself, which
  * every region of the file shows at once, and reach the file when written
  * back: by lazymap_sync (durably), by lazymap_unmap of the range and by
- * lazymap_close. As mmap, a shared mapping with PROT_WRITE needs fd open
- * for reading and writing, and not O_APPEND (-EACCES), and lazymap_protect
+ * lazymap_close. Until then the file, and read(2) of it, show the old bytes
+ * (the kernel's page cache is not ours), and a write(2) to the file does
+ * not change pages already in our cache. As mmap, a shared mapping with
+ * PROT_WRITE needs fd open for reading and writing (-EACCES; O_APPEND is
+ * fine: pages are written back where they belong), and lazymap_protect
  * may give PROT_WRITE to a shared region only if its fd was writable. The
  * library tracks writes with userfaultfd's write protection: the first
  * write to a page after it was written back costs one round trip through a
  * handler thread. Writes the program made through a range it unmapped or
- * moved itself are not lost: those pages stay dirty in the cache and are
- * written back by a later lazymap_sync of a range that maps them, or when
+ * shrank itself are not lost: those pages stay dirty in the cache and are
+ * written back by the next lazymap_sync of any region of that file, or when
  * the file's last region goes (lazymap_close at the latest).
  *
  * Errors: -EINVAL zero or overflowing len, bad prot/flags, offset negative,
@@ -260,7 +263,7 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  *         something already mapped (nothing is changed); -EPERM LAZYMAP_FIXED
  *         below vm.mmap_min_addr without CAP_SYS_RAWIO; -EBADF bad fd;
  *         -EACCES fd not open for reading, or LAZYMAP_SHARED with PROT_WRITE
- *         and fd not open for writing (or O_APPEND); -ENODEV fd is not a
+ *         and fd not open for writing; -ENODEV fd is not a
  *         regular file; -ENOSYS no memfd_create (Linux < 3.17); -ENOMEM out
  *         of memory or address space (a LAZYMAP_FIXED range beyond it too).
  */

@@ -39,7 +39,7 @@ static int check_fd(int fd, bool write, struct stat *st)
 		return -EBADF;
 	if ((fl & O_ACCMODE) == O_WRONLY)
 		return -EACCES;
-	if (write && ((fl & O_ACCMODE) != O_RDWR || (fl & O_APPEND)))
+	if (write && (fl & O_ACCMODE) != O_RDWR)
 		return -EACCES;
 	if (fstat(fd, st))
 		return -errno;
@@ -226,8 +226,9 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
 		return ret;
 	if (direct)
 		ret = late_fd(c, &c->dfd, c->fd, O_RDONLY | O_DIRECT);
+	/* O_APPEND would make every write-back an append: reopen without it */
 	if (write && ret == 0)
-		ret = late_fd(c, &c->wfd, fd, -1);
+		ret = late_fd(c, &c->wfd, fd, fcntl(fd, F_GETFL) & O_APPEND ? O_RDWR : -1);
 	if (ret) {
 		lzm_cache_put(c);
 		return ret;
@@ -558,6 +559,8 @@ static int wb_take(struct cache *c, uint64_t fp, uint64_t end, struct wb *wb)
 
 	if (!atomic_load_explicit(&c->ndirty, memory_order_acquire))
 		return 0;
+	if (end > (uint64_t)c->nchunks << CHUNK_SHIFT)
+		end = (uint64_t)c->nchunks << CHUNK_SHIFT;
 	pthread_mutex_lock(&c->lock);
 	while (fp < end && ret == 0) {
 		struct cache_chunk *ch = chunk_get(c, fp, false);

@@ -296,6 +296,9 @@ static void erase_range(struct handler *h, struct mm *mm, uintptr_t start, uintp
 		next = lzm_vma_next(v);
 		lzm_vma_erase(&mm->tree, v);
 		state_release(v->src, v->pgoff, (v->end - v->start) >> lzm_page_shift);
+		/* its dirty pages go with the next sync of any region of the file */
+		if (vma_writeback(v))
+			atomic_store(&v->src->cache->orphans, true);
 		lzm_vma_free(v);
 	}
 }

@@ -207,6 +207,9 @@ struct cache {
 	_Atomic(struct cache_chunk *) *chunks; /* 1 << (CACHE_MAX_SHIFT - 12 - CHUNK_SHIFT) */
 	size_t nchunks;
 	atomic_ulong ncached, ndirty; /* the sums of the chunks' counts */
+	/* A shared region went by the program's own munmap or mremap: its
+	 * dirty pages may have no region left to sync them by range. */
+	atomic_bool orphans;
 };
 
 /* The cache of fd's file (mmap's checks first: -EBADF, -EACCES, -ENODEV),

@@ -409,12 +409,11 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 
 	/*
 	 * As mmap: a shared map may be made writable (now, or later by
-	 * lazymap_protect) only if fd was open for writing, and not for
-	 * appending. The descriptor's own errors come first.
+	 * lazymap_protect) only if fd was open for reading and writing. The
+	 * descriptor's own errors come first.
 	 */
 	int fl = fcntl(fd, F_GETFL);
-	bool maywrite = kind == LAZYMAP_SHARED && fl >= 0 && (fl & O_ACCMODE) == O_RDWR &&
-			!(fl & O_APPEND);
+	bool maywrite = kind == LAZYMAP_SHARED && fl >= 0 && (fl & O_ACCMODE) == O_RDWR;
 	struct cache *c;
 
 	ret = lzm_cache_open(fd, flags & LAZYMAP_DIRECT, maywrite, &c);

@@ -214,7 +214,17 @@ int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable)
 		}
 		pthread_rwlock_unlock(&mm->lock);
 		if (c) {
-			int err = lzm_cache_writeback(c, fp, n, mm->lm, durable);
+			int err;
+
+			/* dirty pages no region may name any more: the whole file's */
+			if (atomic_exchange(&c->orphans, false)) {
+				err = lzm_cache_writeback(c, 0, UINT64_MAX >> lzm_page_shift, mm->lm,
+							  false);
+				if (err)
+					atomic_store(&c->orphans, true);
+				ret = ret ? ret : err;
+			}
+			err = lzm_cache_writeback(c, fp, n, mm->lm, durable);
 
 			ret = ret ? ret : err;
 			lzm_cache_put(c);

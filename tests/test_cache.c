@@ -214,7 +214,15 @@ static void regions_of_one_file(enum twin_kind kind)
 	expect_mem("S1, first scan", s1, orig, len);
 	expect_mem("S2 (from page 2), first scan", s2, orig + 2 * ps, len - 2 * ps);
 	st1 = stats_now(&t);
-	expect_no_messages(&st0, &st1, "the shared regions' first scans");
+	/*
+	 * Shared writable regions are mapped by the library, write-protected,
+	 * so that their first writes are seen: one message per run of cached
+	 * pages (16), never a read.
+	 */
+	cr_assert_leq(st1.faults - st0.faults, 2 * (len / ps + 15) / 16,
+		      "the shared regions' first scans: %lu fault messages for %zu cached pages",
+		      (unsigned long)(st1.faults - st0.faults), 2 * len / ps);
+	cr_assert_eq(st1.bytes_read, st0.bytes_read, "the shared regions' first scans read the file");
 
 	/* The private regions write first: their copies are taken from the file's bytes. */
 	for (size_t i = 0; i < 2; i++) {
