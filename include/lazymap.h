@@ -186,9 +186,11 @@ LAZYMAP_API int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_op
  * stopped FUSE server, holds up lazymap_close as long). The dirty pages of
  * shared file regions are written back and their files fdatasync'ed first.
  * Errors: -EBADF lm is not an open lazymap; a write-back error as
- *         lazymap_sync gives it: the lazymap is closed all the same, and
- *         the pages that could not be written are lost (call lazymap_sync
- *         first, and retry it, to lose nothing).
+ *         lazymap_sync gives it: the lazymap is closed all the same; the
+ *         pages that could not be written stay in the process, and a later
+ *         lazymap_close (of any lazymap), or a region of the file mapped
+ *         again and synced, writes them; they are lost only if the process
+ *         exits first (call lazymap_sync first, and retry it, to be sure).
  */
 LAZYMAP_API int lazymap_close(struct lazymap *lm);
 
@@ -221,6 +223,9 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * end is the file's size when the page is first touched: a file that grows
  * shows its new pages, as with mmap. The library keeps its own reference to
  * the file: fd may be closed at once.
+ *
+ * Under an RLIMIT_FSIZE smaller than a file, the pages past the limit
+ * cannot enter the cache: a touch there is SIGBUS (io_errors).
  *
  * The page cache. Every file has one cache in the process (files are told
  * apart by device and inode, so two descriptors or two lazymaps of one file
@@ -264,8 +269,11 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  *         below vm.mmap_min_addr without CAP_SYS_RAWIO; -EBADF bad fd;
  *         -EACCES fd not open for reading, or LAZYMAP_SHARED with PROT_WRITE
  *         and fd not open for writing; -ENODEV fd is not a
- *         regular file; -ENOSYS no memfd_create (Linux < 3.17); -ENOMEM out
- *         of memory or address space (a LAZYMAP_FIXED range beyond it too).
+ *         regular file; -ENOSYS no memfd_create (Linux < 3.17); -EMFILE
+ *         the first region of a file costs two or three descriptors (ours
+ *         of the file, the cache's memfd, and one to write back through);
+ *         -ENOMEM out of memory or address space (a LAZYMAP_FIXED range
+ *         beyond it too).
  */
 LAZYMAP_API int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
 			    int fd, off_t offset);
@@ -310,8 +318,9 @@ LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, i
 				 lazymap_fill_fn fill, void *arg);
 
 /*
- * Unmap the whole or a part of one or several regions: [addr, addr+len) must
- * be page aligned and lie entirely inside regions of this lazymap. The dirty
+ * Unmap the whole or a part of one or several regions: addr must be page
+ * aligned (len is rounded up to pages, as munmap does), and [addr, addr+len)
+ * lie entirely inside regions of this lazymap. The dirty
  * pages of shared file regions in the range are written back first (not
  * fdatasync'ed: lazymap_sync for that); if that fails, nothing is unmapped.
  * Errors: -EINVAL unaligned, zero or overflowing range, or a part of the

@@ -213,7 +213,10 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
 		if (c->dev == st.st_dev && c->ino == st.st_ino)
 			break;
 	if (c) {
-		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+		/* an orphaned cache's dirty pages have no range to be synced by */
+		if (!atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed))
+			atomic_store(&c->orphans, true);
+		c->orphaned = false;
 	} else {
 		ret = cache_new(fd, &st, &c);
 		if (ret == 0) {
@@ -244,6 +247,7 @@ void lzm_cache_get(struct cache *c)
 
 void lzm_cache_put(struct cache *c)
 {
+	struct lazymap *lm = lzm_current_handler ? lzm_current_handler->lm : NULL;
 	struct cache **pp;
 	int ret;
 
@@ -254,29 +258,91 @@ void lzm_cache_put(struct cache *c)
 		pthread_mutex_unlock(&registry_lock);
 		return;
 	}
+	pthread_mutex_unlock(&registry_lock);
+	/*
+	 * No region maps the file any more, so no page table holds its pages:
+	 * what is dirty is written without protecting anything first. It stays
+	 * in the registry meanwhile: a region of the file mapped now takes it
+	 * back, dirty pages and all.
+	 */
+	ret = lzm_cache_writeback(c, 0, (uint64_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift), lm,
+				  WB_DURABLE);
+	pthread_mutex_lock(&registry_lock);
+	if (atomic_load(&c->refs)) {
+		pthread_mutex_unlock(&registry_lock); /* mapped again meanwhile */
+		return;
+	}
+	if (ret) {
+		/* Kept with its dirty pages: the next region of the file takes
+		 * them, and every lazymap_close tries again (orphaned caches). */
+		c->orphaned = true;
+		pthread_mutex_unlock(&registry_lock);
+		lzm_log(lm, LOG_ERR, "write-back of a file no region maps any more failed: %s: "
+			"kept for lazymap_close to try again", strerror(-ret));
+		return;
+	}
 	for (pp = &registry; *pp != c; pp = &(*pp)->next)
 		;
 	*pp = c->next;
 	pthread_mutex_unlock(&registry_lock);
-	/*
-	 * No region maps the file any more, so no page table holds its pages:
-	 * what is dirty is written without protecting anything first.
-	 */
-	ret = lzm_cache_writeback(c, 0, (uint64_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift), NULL,
-				  true);
-	if (ret)
-		lzm_log(NULL, LOG_ERR, "write-back of a file no region maps any more failed: %s: "
-			"its unwritten pages are lost", strerror(-ret));
 	cache_free(c);
+}
+
+int lzm_cache_retry_orphaned(struct lazymap *lm)
+{
+	struct cache *c;
+	int ret = 0;
+
+	for (;;) {
+		pthread_mutex_lock(&registry_lock);
+		for (c = registry; c && !(c->orphaned && !atomic_load(&c->refs)); c = c->next)
+			;
+		if (c) {
+			c->orphaned = false;
+			atomic_store(&c->refs, 1);
+		}
+		pthread_mutex_unlock(&registry_lock);
+		if (!c)
+			return ret;
+		if (!ret)
+			ret = lzm_cache_writeback(c, 0, (uint64_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift),
+						  lm, WB_DURABLE);
+		/* failed again: orphaned again, and left for the next close */
+		lzm_cache_put(c);
+		if (ret)
+			return ret;
+	}
 }
 
 uint64_t lzm_cache_refresh_size(struct cache *c)
 {
 	struct stat st;
+	uint64_t old, tail;
 
-	if (fstat(c->fd, &st) == 0)
-		atomic_store_explicit(&c->size, (uint64_t)st.st_size, memory_order_relaxed);
-	return atomic_load_explicit(&c->size, memory_order_relaxed);
+	if (fstat(c->fd, &st))
+		return atomic_load_explicit(&c->size, memory_order_relaxed);
+	old = atomic_exchange_explicit(&c->size, (uint64_t)st.st_size, memory_order_relaxed);
+	/*
+	 * Grown: what a shared region wrote past the old end in the old last
+	 * page was never the file's; the part of the file that page now
+	 * covers reads as zeros, as the kernel zeroes it (POSIX).
+	 */
+	tail = lzm_page_size - (old & (lzm_page_size - 1));
+	if ((uint64_t)st.st_size > old && tail != lzm_page_size && lzm_cache_has(c, old >> lzm_page_shift)) {
+		static const char zeros[4096];
+		size_t len = (uint64_t)st.st_size - old < tail ? (size_t)(st.st_size - old) : tail;
+
+		while (len) {
+			ssize_t w = pwrite(c->memfd, zeros, len < sizeof(zeros) ? len : sizeof(zeros),
+					   (off_t)old);
+
+			if (w <= 0)
+				break;
+			old += (uint64_t)w;
+			len -= (size_t)w;
+		}
+	}
+	return (uint64_t)st.st_size;
 }
 
 /* ------------------------------------------------------------ page state */
@@ -422,8 +488,10 @@ void lzm_cache_dirty(struct cache *c, uint64_t fp)
 	}
 }
 
-void lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
+size_t lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
 {
+	size_t dropped = 0;
+
 	for (uint64_t end = fp + n; fp < end; fp++) {
 		struct cache_chunk *ch = chunk_get(c, fp, false);
 		_Atomic uint8_t *s;
@@ -441,16 +509,60 @@ void lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
 		data = lseek(c->memfd, (off_t)(fp << lzm_page_shift), SEEK_DATA);
 		if (data >= 0 && (uint64_t)data < (fp + 1) << lzm_page_shift)
 			continue;
-		/* MADV_REMOVE punched it: a hole again, its writes gone with it */
+		/* punched: a hole again, its writes gone with it */
 		pthread_mutex_lock(&c->lock);
-		old = atomic_exchange_explicit(s, 0, memory_order_acq_rel);
-		if (old & (CP_DIRTY | CP_WRITEBACK)) {
-			atomic_fetch_sub_explicit(&ch->ndirty, 1, memory_order_relaxed);
-			atomic_fetch_sub_explicit(&c->ndirty, 1, memory_order_relaxed);
+		old = atomic_load_explicit(s, memory_order_acquire);
+		if ((old & CP_CACHED) && !(old & CP_BUSY)) {
+			atomic_store_explicit(s, 0, memory_order_release);
+			if (old & (CP_DIRTY | CP_WRITEBACK)) {
+				atomic_fetch_sub_explicit(&ch->ndirty, 1, memory_order_relaxed);
+				atomic_fetch_sub_explicit(&c->ndirty, 1, memory_order_relaxed);
+			}
+			atomic_fetch_sub_explicit(&ch->ncached, 1, memory_order_relaxed);
+			atomic_fetch_sub_explicit(&c->ncached, 1, memory_order_relaxed);
+			dropped++;
 		}
-		atomic_fetch_sub_explicit(&ch->ncached, 1, memory_order_relaxed);
-		atomic_fetch_sub_explicit(&c->ncached, 1, memory_order_relaxed);
 		pthread_mutex_unlock(&c->lock);
+	}
+	return dropped;
+}
+
+void lzm_cache_removed(struct cache *c, uint64_t fp, uint64_t n)
+{
+	pthread_mutex_lock(&c->lock);
+	if (c->nremoved < sizeof(c->removed) / sizeof(c->removed[0]))
+		c->removed[c->nremoved++] = (typeof(c->removed[0])){ fp, n };
+	else
+		c->removed_overflow = true;
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Before a write-back: the ranges REMOVE events named, looked at again. */
+static void removed_recheck(struct cache *c)
+{
+	typeof(c->removed[0]) r[sizeof(c->removed) / sizeof(c->removed[0])];
+	unsigned n;
+	bool all;
+
+	pthread_mutex_lock(&c->lock);
+	n = c->nremoved;
+	all = c->removed_overflow;
+	memcpy(r, c->removed, n * sizeof(r[0]));
+	c->nremoved = 0;
+	c->removed_overflow = false;
+	pthread_mutex_unlock(&c->lock);
+	for (unsigned i = 0; i < n && !all; i++)
+		lzm_cache_recheck(c, r[i].fp, r[i].n);
+	if (!all)
+		return;
+	for (size_t k = 0; k < c->nchunks; k++) {
+		struct cache_chunk *ch = atomic_load_explicit(&c->chunks[k], memory_order_acquire);
+
+		if (!ch || !atomic_load_explicit(&ch->ndirty, memory_order_relaxed))
+			continue;
+		for (size_t i = 0; i < CHUNK_PAGES; i++)
+			if (atomic_load_explicit(&ch->s[i], memory_order_relaxed) & CP_DIRTY)
+				lzm_cache_recheck(c, ((uint64_t)k << CHUNK_SHIFT) + i, 1);
 	}
 }
 
@@ -494,25 +606,37 @@ void lzm_cache_unshare_all(struct mm *mm)
 	pthread_mutex_unlock(&registry_lock);
 }
 
+/* Whether a VMA before v maps c (no memory is allocated under the lock). */
+static bool counted_before(const struct vma *v, const struct cache *c, struct cache *const *seen,
+			   size_t nseen, size_t max)
+{
+	if (nseen < max) {
+		for (size_t i = 0; i < nseen; i++)
+			if (seen[i] == c)
+				return true;
+		return false;
+	}
+	for (const struct vma *u = lzm_vma_prev(v); u; u = lzm_vma_prev(u))
+		if (u->src->cache == c)
+			return true;
+	return false;
+}
+
 void lzm_cache_count(struct mm *mm, uint64_t *cached, uint64_t *dirty)
 {
-	struct cache *seen[16];
-	unsigned nseen = 0;
+	struct cache *seen[64];
+	size_t nseen = 0;
 
 	*cached = *dirty = 0;
 	pthread_rwlock_rdlock(&mm->lock);
 	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v)) {
 		struct cache *c = v->src->cache;
-		unsigned i;
 
-		if (!c)
+		if (!c || counted_before(v, c, seen, nseen, 64))
 			continue;
-		for (i = 0; i < nseen && seen[i] != c; i++)
-			;
-		if (i < nseen)
-			continue;
-		if (nseen < 16)
-			seen[nseen++] = c;
+		if (nseen < 64)
+			seen[nseen] = c;
+		nseen++;
 		*cached += atomic_load_explicit(&c->ncached, memory_order_relaxed);
 		*dirty += atomic_load_explicit(&c->ndirty, memory_order_relaxed);
 	}
@@ -753,25 +877,26 @@ static int wb_end(struct cache *c, struct wb *wb, int err)
 	return ret;
 }
 
-int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, bool durable)
+int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, int how)
 {
 	struct wb wb = { 0 };
 	int ret;
 
 	pthread_mutex_lock(&c->wb_lock);
+	removed_recheck(c);
 	ret = wb_take(c, fp, fp + n, &wb);
 	if (wb.nruns) {
 		int err = 0;
 
-		if (lm)
+		if (how & WB_PROTECT)
 			wb_protect(c, &wb);
 		wb_write(c, &wb, lm);
 		/* If fdatasync fails, the kernel may have dropped what it could
 		 * not write: every page of this pass is dirty again. */
-		if (durable && c->wfd >= 0 && fdatasync(c->wfd))
+		if ((how & WB_DURABLE) && c->wfd >= 0 && fdatasync(c->wfd))
 			err = -errno;
 		ret = wb_end(c, &wb, err) ?: ret;
-	} else if (durable && c->wfd >= 0 && fdatasync(c->wfd)) {
+	} else if ((how & WB_DURABLE) && c->wfd >= 0 && fdatasync(c->wfd)) {
 		/* clean here, but an earlier pass (lazymap_unmap) may not be durable yet */
 		ret = -errno;
 	}

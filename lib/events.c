@@ -372,7 +372,7 @@ static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
 			/* The cache keeps its pages (a private copy is simply gone),
 			 * unless MADV_REMOVE punched them out of a shared region. */
 			if (vma_writeback(v))
-				lzm_cache_recheck(v->src->cache, v->src->base + idx,
+				lzm_cache_removed(v->src->cache, v->src->base + idx,
 						  (e - s) >> lzm_page_shift);
 			continue;
 		}

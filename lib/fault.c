@@ -317,11 +317,12 @@ void lzm_fill_req_run(struct handler *h, struct fill_req *req, char *buf)
 static int submit_read(struct handler *h, struct fill_req *req)
 {
 	size_t len = (req->n << lzm_page_shift) - req->done;
+	bool nowait;
 	uint64_t off;
 	int fd, ret;
 
-	ret = req->src->ops->read(req->src, req->idx, req->done, &fd, &off);
-	return ret ? ret : lzm_uring_read(h, fd, req->buf + req->done, len, off, req);
+	ret = req->src->ops->read(req->src, req->idx, req->done, req->buffered, &fd, &off, &nowait);
+	return ret ? ret : lzm_uring_read(h, fd, req->buf + req->done, len, off, nowait, req);
 }
 
 /* Start req's read; lock not held. Waits for completions while the pool is full. */
@@ -393,6 +394,13 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 	size_t len = req->n << lzm_page_shift;
 
 	if (res == -EAGAIN || res == -EINTR) {
+		/*
+		 * An O_DIRECT read is asked not to wait: it may need the file's
+		 * lock, which a write(2) from one of our regions to the same
+		 * file holds while it faults on that region (ext4). Such a read
+		 * goes through the page cache, which takes no such lock.
+		 */
+		req->buffered |= res == -EAGAIN;
 		if (submit_read(h, req) == 0)
 			return;
 		res = -EIO;

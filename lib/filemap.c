@@ -140,11 +140,18 @@ size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintpt
 		lzm_uffd_wake(mm->uffd, addr, lzm_page_size); /* no memory: fault again */
 		return 0;
 	}
+again:
 	switch (lzm_cache_claim(c, s, mm, addr, fp)) {
 	case CLAIM_COALESCED:
 		stat_add(&h->stats.coalesced, 1);
 		return 0;
 	case CLAIM_PRESENT:
+		/*
+		 * A missing fault means a hole in the memfd: if we think the
+		 * page is there, the program punched it (MADV_REMOVE).
+		 */
+		if (!(flags & UFFD_PAGEFAULT_FLAG_MINOR) && lzm_cache_recheck(c, fp, 1))
+			goto again;
 		map_cached(h, mm, v, addr, fp, cached_run(c, fp, room < MINOR_RUN ? room : MINOR_RUN),
 			   write);
 		return 0;

@@ -99,9 +99,11 @@ struct source_ops {
 	/*
 	 * Producers that are read: where the bytes of the run at pgoff are,
 	 * from its byte done on (*fd, *off); the fault path reads them on a
-	 * handler's io_uring. 0 or -errno.
+	 * handler's io_uring, without waiting for a lock if *nowait (O_DIRECT:
+	 * see fault.c), through the page cache if buffered. 0 or -errno.
 	 */
-	int (*read)(struct source *src, uint64_t pgoff, size_t done, int *fd, uint64_t *off);
+	int (*read)(struct source *src, uint64_t pgoff, size_t done, bool buffered, int *fd,
+		    uint64_t *off, bool *nowait);
 	/* How many of npages from pgoff exist (a file ends); NULL: all. */
 	size_t (*extent)(struct source *src, uint64_t pgoff, size_t npages);
 	void (*release)(struct source *src);
@@ -210,6 +212,12 @@ struct cache {
 	/* A shared region went by the program's own munmap or mremap: its
 	 * dirty pages may have no region left to sync them by range. */
 	atomic_bool orphans;
+	bool orphaned;               /* no region, write-back failed: kept (registry lock) */
+	/* Ranges a REMOVE event named (MADV_REMOVE punches them after the
+	 * event is read): looked at again before the next write-back. Lock. */
+	struct { uint64_t fp, n; } removed[8];
+	unsigned nremoved;
+	bool removed_overflow;       /* more than fit: every dirty page is looked at */
 };
 
 /* The cache of fd's file (mmap's checks first: -EBADF, -EACCES, -ENODEV),
@@ -242,15 +250,23 @@ int lzm_cache_share(struct cache *c, struct mm *mm);
 /* mm is going: leave every cache's sharers. */
 void lzm_cache_unshare_all(struct mm *mm);
 /*
- * Write back the dirty pages of [fp, fp + n), and fdatasync if durable: 0,
- * or the first -errno (the pages that failed are dirty again). lm: the
- * lazymap whose counters it adds to and whose regions may map the pages;
- * NULL when no region does (the cache's last reference). No lock held.
+ * Write back the dirty pages of [fp, fp + n): 0, or the first -errno (the
+ * pages that failed are dirty again). how: WB_PROTECT write-protects them
+ * first wherever regions map them (not needed once none does), WB_DURABLE
+ * fdatasyncs. lm: whose counters it adds to (NULL: none). No lock held.
  */
-int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm,
-			bool durable);
-/* The pages a REMOVE dropped from a shared region may be holes now (MADV_REMOVE). */
-void lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n);
+#define WB_DURABLE 1
+#define WB_PROTECT 2
+int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, int how);
+/* lazymap_close: write back the caches no region maps any more whose last
+ * write-back failed; 0 or the first -errno (they are kept for the next). */
+int lzm_cache_retry_orphaned(struct lazymap *lm);
+/* Pages the memfd no longer has (MADV_REMOVE punched them) become holes, their
+ * writes gone with them; returns how many. */
+size_t lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n);
+/* A REMOVE event named [fp, fp + n) of a shared region: recheck it before the
+ * next write-back (the punch, if any, comes after the event). */
+void lzm_cache_removed(struct cache *c, uint64_t fp, uint64_t n);
 /* Pages cached and dirty, over the caches mm's VMAs map. */
 void lzm_cache_count(struct mm *mm, uint64_t *cached, uint64_t *dirty);
 
@@ -521,8 +537,8 @@ struct uring;
 int lzm_uring_init(struct handler *h, unsigned entries);
 void lzm_uring_exit(struct handler *h);
 /* Queue a read of len bytes at off into buf for req; submitted by lzm_uring_flush. */
-int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
-	       struct fill_req *req);
+int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off, bool nowait,
+		   struct fill_req *req);
 /* Submit what is queued. */
 void lzm_uring_flush(struct handler *h);
 /* Complete what has finished (wait for one first if wait); returns how many. */
@@ -640,7 +656,8 @@ struct fill_req {
 	uintptr_t asked;        /* the page a fault named (poisoned if it cannot be had), or 0 */
 	bool write;
 	bool move;              /* install with UFFDIO_MOVE */
-	bool around;            /* read around a random fault: its page goes first (filemap.c) */
+	bool around;            /* read around a random fault (filemap.c) */
+	bool buffered;          /* read through the page cache even if the source is O_DIRECT */
 	/* A read completed with res (bytes or -errno): continue it, or install
 	 * and free req. Called on the handler whose ring read it (bio's bi_end_io). */
 	void (*end_io)(struct handler *h, struct fill_req *req, int res);

@@ -343,6 +343,8 @@ int lazymap_close(struct lazymap *lm)
 	int ret = lzm_mm_unmap_all(&lm->mm);
 
 	lazymap_free(lm);
+	/* files no region maps any more whose write-back failed: once more */
+	ret = lzm_cache_retry_orphaned(NULL) ?: ret;
 	return ret;
 }
 

@@ -219,12 +219,13 @@ int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable)
 			/* dirty pages no region may name any more: the whole file's */
 			if (atomic_exchange(&c->orphans, false)) {
 				err = lzm_cache_writeback(c, 0, UINT64_MAX >> lzm_page_shift, mm->lm,
-							  false);
+							  WB_PROTECT);
 				if (err)
 					atomic_store(&c->orphans, true);
 				ret = ret ? ret : err;
 			}
-			err = lzm_cache_writeback(c, fp, n, mm->lm, durable);
+			err = lzm_cache_writeback(c, fp, n, mm->lm,
+						  WB_PROTECT | (durable ? WB_DURABLE : 0));
 
 			ret = ret ? ret : err;
 			lzm_cache_put(c);

@@ -80,14 +80,16 @@ int lzm_source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct s
 
 /* ------------------------------------------------------------ files */
 
-static int file_read(struct source *src, uint64_t pgoff, size_t done, int *fd, uint64_t *off)
+static int file_read(struct source *src, uint64_t pgoff, size_t done, bool buffered, int *fd,
+		     uint64_t *off, bool *nowait)
 {
 	struct cache *c = src->cache;
 
 	*off = ((src->base + pgoff) << lzm_page_shift) + done;
 	/* O_DIRECT wants aligned offsets: a continuation that is not goes
 	 * through the page cache (it only happens next to the end of file). */
-	*fd = src->direct && page_aligned(done) ? c->dfd : c->fd;
+	*nowait = src->direct && !buffered && page_aligned(done);
+	*fd = *nowait ? c->dfd : c->fd;
 	return 0;
 }
 

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <liburing.h>
+#include <linux/fs.h>
 #include <sys/uio.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -92,8 +93,8 @@ void lzm_uring_flush(struct handler *h)
 	}
 }
 
-int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off,
-	       struct fill_req *req)
+int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t off, bool nowait,
+		   struct fill_req *req)
 {
 	struct uring *u = h->ring;
 	struct io_uring_sqe *sqe;
@@ -111,6 +112,8 @@ int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t of
 		io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)len, off, 0);
 	else
 		io_uring_prep_read(sqe, fd, buf, (unsigned)len, off);
+	if (nowait)
+		sqe->rw_flags = RWF_NOWAIT;
 	io_uring_sqe_set_data(sqe, req);
 	u->queued++;
 	h->inflight++;
