@@ -322,6 +322,7 @@ static int submit_read(struct handler *h, struct fill_req *req)
 	int fd, ret;
 
 	ret = req->src->ops->read(req->src, req->idx, req->done, req->buffered, &fd, &off, &nowait);
+	req->nowait = nowait;
 	return ret ? ret : lzm_uring_read(h, fd, req->buf + req->done, len, off, nowait, req);
 }
 
@@ -404,6 +405,12 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 		if (submit_read(h, req) == 0)
 			return;
 		res = -EIO;
+	}
+	if (res == -EOPNOTSUPP && req->nowait && req->src->cache) {
+		/* a file system whose O_DIRECT reads cannot be asked not to wait */
+		atomic_store(&req->src->cache->no_nowait, true);
+		if (submit_read(h, req) == 0)
+			return;
 	}
 	if (res < 0 && req->done >= lzm_page_size) {
 		/* Failed after good data: keep the whole pages read so far. */

@@ -212,6 +212,7 @@ struct cache {
 	/* A shared region went by the program's own munmap or mremap: its
 	 * dirty pages may have no region left to sync them by range. */
 	atomic_bool orphans;
+	atomic_bool no_nowait;       /* O_DIRECT reads here refuse RWF_NOWAIT (FUSE, tmpfs) */
 	bool orphaned;               /* no region, write-back failed: kept (registry lock) */
 	/* Ranges a REMOVE event named (MADV_REMOVE punches them after the
 	 * event is read): looked at again before the next write-back. Lock. */
@@ -658,6 +659,7 @@ struct fill_req {
 	bool move;              /* install with UFFDIO_MOVE */
 	bool around;            /* read around a random fault (filemap.c) */
 	bool buffered;          /* read through the page cache even if the source is O_DIRECT */
+	bool nowait;            /* the read in flight was asked not to wait (RWF_NOWAIT) */
 	/* A read completed with res (bytes or -errno): continue it, or install
 	 * and free req. Called on the handler whose ring read it (bio's bi_end_io). */
 	void (*end_io)(struct handler *h, struct fill_req *req, int res);
