@@ -7,25 +7,33 @@
  * matrix (faulting threads x handler threads); file scenarios over a file
  * generated once per run, read through the page cache and with
  * LAZYMAP_DIRECT, cold or hot, by one or several faulting threads; and the
- * same cold scans served by faultd against in-process handlers.
+ * same cold scans served by faultd against in-process handlers. The run
+ * opens with a machine line (what a system call, a kernel page fault, a
+ * same-CPU userfaultfd round trip and a 4 KiB disk read cost here), so that
+ * tables from different machines are never compared as if alike.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <getopt.h>
 #include <limits.h>
+#include <linux/userfaultfd.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/klog.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -462,6 +470,407 @@ static double prepare_cache(enum cache cache)
 		}
 	}
 	return in;
+}
+
+/* ---------------------------------------------------------------- the machine */
+
+/*
+ * What kind of machine the run is on, measured at start in a few ms each:
+ * tables from a KVM guest and from a paravirtualised one differ by 10x in
+ * what a kernel entry costs, and must never be compared as if alike.
+ */
+struct machine {
+	char line[800];   /* the "machine: ..." line, without its newline */
+	char hv[64];      /* the hypervisor dmesg names, or empty */
+	double syscall_ns, fault_ns;
+	double uffd_ns;   /* < 0: not measured, uffd_why says why */
+	char uffd_why[96];
+	double disk_ns;   /* p50 of a 4 KiB read; < 0: not measured */
+	char disk_how[160];
+	const char *disk_fs;
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median_of(double *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	return v[n / 2];
+}
+
+#define PROBE_BATCHES 9
+
+/* One getppid: the cheapest system call there is, so all of it is the entry and exit. */
+static double probe_syscall(void)
+{
+	double v[PROBE_BATCHES];
+
+	for (int b = 0; b < PROBE_BATCHES; b++) {
+		uint64_t t0 = now_ns();
+
+		for (int i = 0; i < 500; i++)
+			syscall(SYS_getppid);
+		v[b] = (double)(now_ns() - t0) / 500;
+	}
+	return median_of(v, PROBE_BATCHES);
+}
+
+/*
+ * The first write to a fresh anonymous page: the kernel's own fault, against
+ * which a userfaultfd round trip is judged. Timed in batches of 64 pages, so
+ * that a clock read that costs a system call on some guests does not count.
+ */
+static double probe_anon_fault(void)
+{
+	const size_t per = 64, n = per * PROBE_BATCHES;
+	double v[PROBE_BATCHES];
+	char *p = mmap(NULL, n * ps, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (p == MAP_FAILED)
+		return -1;
+	madvise(p, n * ps, MADV_NOHUGEPAGE);
+	for (int b = 0; b < PROBE_BATCHES; b++) {
+		uint64_t t0 = now_ns();
+
+		for (size_t i = 0; i < per; i++)
+			((volatile char *)p)[(b * per + i) * ps] = 1;
+		v[b] = (double)(now_ns() - t0) / (double)per;
+	}
+	munmap(p, n * ps);
+	return median_of(v, PROBE_BATCHES);
+}
+
+/*
+ * A bare userfaultfd round trip: a faulting thread and a handler thread
+ * pinned to one CPU (the cheapest placement: no cross-CPU wake-up), the
+ * handler in a blocking read() answering each read fault with one
+ * UFFDIO_ZEROPAGE. The last page of the area is the handler's signal to
+ * stop once it has served it, so that no flag can race with a fault.
+ */
+struct uffd_probe {
+	int uffd;
+	char *area;
+	size_t warm, per; /* untimed faults first, then PROBE_BATCHES batches of per */
+	int err;          /* the handler's, or 0 */
+	double v[PROBE_BATCHES];
+};
+
+static size_t uffd_probe_pages(const struct uffd_probe *u)
+{
+	return u->warm + u->per * PROBE_BATCHES + 1;
+}
+
+static void *uffd_probe_handler(void *arg)
+{
+	struct uffd_probe *u = arg;
+	uintptr_t last = (uintptr_t)u->area + (uffd_probe_pages(u) - 1) * ps;
+
+	for (;;) {
+		struct uffd_msg msg;
+		ssize_t n = read(u->uffd, &msg, sizeof(msg));
+
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (n != (ssize_t)sizeof(msg)) {
+			u->err = n < 0 ? -errno : -EIO;
+			break;
+		}
+		if (msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		uintptr_t addr = (uintptr_t)msg.arg.pagefault.address & ~(uintptr_t)(ps - 1);
+		struct uffdio_zeropage zp = { .range = { .start = addr, .len = ps } };
+
+		if (ioctl(u->uffd, UFFDIO_ZEROPAGE, &zp) && errno != EEXIST) {
+			u->err = -errno;
+			break;
+		}
+		if (zp.zeropage < 0) { /* EEXIST: someone filled it; its waiters need a wake */
+			struct uffdio_range r = { .start = addr, .len = ps };
+
+			ioctl(u->uffd, UFFDIO_WAKE, &r);
+		}
+		if (addr == last)
+			return NULL;
+	}
+	/* Give up without leaving the faulting thread asleep: unregistering wakes it. */
+	struct uffdio_range all = { .start = (uintptr_t)u->area, .len = uffd_probe_pages(u) * ps };
+
+	ioctl(u->uffd, UFFDIO_UNREGISTER, &all);
+	return NULL;
+}
+
+static void *uffd_probe_faulter(void *arg)
+{
+	struct uffd_probe *u = arg;
+	volatile char *p = u->area;
+	size_t pg = 0;
+
+	while (pg < u->warm)
+		(void)p[pg++ * ps];
+	for (int b = 0; b < PROBE_BATCHES; b++) {
+		uint64_t t0 = now_ns();
+
+		for (size_t i = 0; i < u->per; i++)
+			(void)p[pg++ * ps];
+		u->v[b] = (double)(now_ns() - t0) / (double)u->per;
+	}
+	(void)p[pg * ps]; /* the last page: the handler stops */
+	return NULL;
+}
+
+/* A userfaultfd as an unprivileged program gets one: user-mode faults only, else /dev/userfaultfd. */
+static int uffd_open(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+
+	if (fd < 0 && errno == EINVAL)
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+#ifdef USERFAULTFD_IOC_NEW
+	if (fd < 0 && errno == EPERM) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+		if (dev >= 0) {
+			fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
+			close(dev);
+		}
+		if (fd < 0)
+			errno = EPERM;
+	}
+#endif
+	return fd < 0 ? -errno : fd;
+}
+
+/* Start fn pinned to cpu. */
+static int start_pinned(pthread_t *t, int cpu, void *(*fn)(void *), void *arg)
+{
+	pthread_attr_t attr;
+	cpu_set_t set;
+	int err;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	pthread_attr_init(&attr);
+	err = pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+	if (!err)
+		err = pthread_create(t, &attr, fn, arg);
+	pthread_attr_destroy(&attr);
+	return -err;
+}
+
+/* The round trip's median per fault, ns, or -errno (why names the step). */
+static double probe_uffd(char *why, size_t whylen)
+{
+	struct uffd_probe u = { .warm = 16, .per = 32 };
+	size_t len = uffd_probe_pages(&u) * ps;
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+	pthread_t h, f;
+	cpu_set_t set;
+	int cpu = 0, err;
+	double ns = -1;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0)
+		while (cpu < CPU_SETSIZE - 1 && !CPU_ISSET(cpu, &set))
+			cpu++;
+	u.uffd = uffd_open();
+	if (u.uffd < 0) {
+		snprintf(why, whylen, "userfaultfd: %s", strerror(-u.uffd));
+		return -1;
+	}
+	u.area = mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (u.area == MAP_FAILED) {
+		snprintf(why, whylen, "mmap: %s", strerror(errno));
+		goto out_fd;
+	}
+	madvise(u.area, len, MADV_NOHUGEPAGE);
+	reg.range.start = (uintptr_t)u.area;
+	reg.range.len = len;
+	if (ioctl(u.uffd, UFFDIO_API, &api) || ioctl(u.uffd, UFFDIO_REGISTER, &reg)) {
+		snprintf(why, whylen, "UFFDIO_API/REGISTER: %s", strerror(errno));
+		goto out_map;
+	}
+	err = start_pinned(&h, cpu, uffd_probe_handler, &u);
+	if (err) {
+		snprintf(why, whylen, "handler thread: %s", strerror(-err));
+		goto out_map;
+	}
+	err = start_pinned(&f, cpu, uffd_probe_faulter, &u);
+	if (err) {
+		/* Nobody will touch the last page: wake the handler out of read() by doing it here. */
+		(void)((volatile char *)u.area)[(uffd_probe_pages(&u) - 1) * ps];
+		pthread_join(h, NULL);
+		snprintf(why, whylen, "faulting thread: %s", strerror(-err));
+		goto out_map;
+	}
+	pthread_join(f, NULL);
+	pthread_join(h, NULL);
+	if (u.err)
+		snprintf(why, whylen, "handler: %s", strerror(-u.err));
+	else
+		ns = median_of(u.v, PROBE_BATCHES);
+out_map:
+	munmap(u.area, len);
+out_fd:
+	close(u.uffd);
+	return ns;
+}
+
+/* All of n bytes at off, or -errno (-EIO at the end of the file). */
+static int read_at(int fd, void *buf, size_t n, off_t off)
+{
+	for (size_t done = 0; done < n;) {
+		ssize_t r = pread(fd, (char *)buf + done, n - done, off + (off_t)done);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+#define DISK_READS 64
+
+/*
+ * The disk's own latency for one 4 KiB read at a random place of the file:
+ * the floor under any cold fault. O_DIRECT, so the page cache is out of the
+ * way; where the file system refuses it, buffered reads of a file just
+ * dropped from the cache (with readahead off), and the line says so.
+ */
+static void probe_disk(const char *path, size_t size, struct machine *m)
+{
+	double v[DISK_READS];
+	uint64_t seed = 0x64697363ull;
+	void *buf = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT), err = 0;
+	bool direct = fd >= 0;
+
+	m->disk_ns = -1;
+	if (!direct)
+		err = errno;
+	if (posix_memalign(&buf, 4096, 4096)) {
+		snprintf(m->disk_how, sizeof(m->disk_how), "not measured: no memory");
+		goto out;
+	}
+	/* Some file systems take O_DIRECT at open and refuse the read. */
+	if (direct && read_at(fd, buf, 4096, 0) == -EINVAL) {
+		err = EINVAL;
+		close(fd);
+		direct = false;
+	}
+	if (!direct) {
+		int e;
+
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		e = fd < 0 ? errno : posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		if (!e)
+			e = posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+		if (e) {
+			snprintf(m->disk_how, sizeof(m->disk_how), "not measured: %s", strerror(e));
+			goto out;
+		}
+	}
+	for (int i = 0; i < DISK_READS; i++) {
+		seed ^= seed << 13;
+		seed ^= seed >> 7;
+		seed ^= seed << 17;
+		off_t off = (off_t)(seed % (size / 4096)) * 4096;
+		uint64_t t0 = now_ns();
+		int r = read_at(fd, buf, 4096, off);
+
+		if (r) {
+			snprintf(m->disk_how, sizeof(m->disk_how), "not measured: pread: %s", strerror(-r));
+			goto out;
+		}
+		v[i] = (double)(now_ns() - t0);
+	}
+	m->disk_ns = median_of(v, DISK_READS);
+	if (direct)
+		snprintf(m->disk_how, sizeof(m->disk_how), "O_DIRECT");
+	else
+		snprintf(m->disk_how, sizeof(m->disk_how),
+			 "buffered after POSIX_FADV_DONTNEED: O_DIRECT refused: %s", strerror(err));
+out:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+}
+
+/* "PVM" from dmesg's "Hypervisor detected: PVM", if the kernel log is readable and still has it. */
+static void hypervisor_name(char *buf, size_t len)
+{
+	int n = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+	char *text = n > 0 ? malloc((size_t)n + 1) : NULL;
+	const char *key = "Hypervisor detected: ";
+
+	buf[0] = 0;
+	if (text) {
+		n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, text, n);
+		text[n > 0 ? n : 0] = 0;
+		char *s = strstr(text, key);
+
+		if (s) {
+			s += strlen(key);
+			snprintf(buf, len, "%.*s", (int)strcspn(s, "\r\n"), s);
+		}
+		free(text);
+	}
+	if (!buf[0]) { /* Xen says it here */
+		FILE *f = fopen("/sys/hypervisor/type", "r");
+
+		if (f) {
+			if (fgets(buf, (int)len, f))
+				buf[strcspn(buf, "\n")] = 0;
+			fclose(f);
+		}
+	}
+}
+
+/* Measure and describe the machine; disk_path NULL: no file to read. */
+static void probe_machine(struct machine *m, const char *disk_path, size_t disk_size,
+			  const char *fs)
+{
+	struct utsname un;
+	char uffd[128], disk[256], hv[80] = "";
+
+	memset(m, 0, sizeof(*m));
+	snprintf(running, sizeof(running), "measuring the machine's costs");
+	alarm(60); /* a userfaultfd that never answers must not hang the run */
+	uname(&un);
+	hypervisor_name(m->hv, sizeof(m->hv));
+	m->syscall_ns = probe_syscall();
+	m->fault_ns = probe_anon_fault();
+	m->uffd_ns = probe_uffd(m->uffd_why, sizeof(m->uffd_why));
+	m->disk_ns = -1;
+	m->disk_fs = fs;
+	if (disk_path)
+		probe_disk(disk_path, disk_size, m);
+	else
+		snprintf(m->disk_how, sizeof(m->disk_how), "not measured: no file scenario");
+	alarm(0);
+	if (m->hv[0])
+		snprintf(hv, sizeof(hv), ", %s guest", m->hv);
+	if (m->uffd_ns >= 0)
+		snprintf(uffd, sizeof(uffd), "%.1f us", m->uffd_ns / 1000);
+	else
+		snprintf(uffd, sizeof(uffd), "n/a (%s)", m->uffd_why);
+	if (m->disk_ns >= 0)
+		snprintf(disk, sizeof(disk), "disk 4 KiB read p50 %.0f us (%s, %s)", m->disk_ns / 1000,
+			 m->disk_how, fs);
+	else
+		snprintf(disk, sizeof(disk), "disk 4 KiB read %s", m->disk_how);
+	snprintf(m->line, sizeof(m->line),
+		 "machine: Linux %s %s, %ld CPUs%s; syscall %.2f us, kernel page fault %.1f us, "
+		 "uffd round trip (same CPU, ZEROPAGE) %s; %s",
+		 un.release, un.machine, sysconf(_SC_NPROCESSORS_ONLN), hv, m->syscall_ns / 1000,
+		 m->fault_ns / 1000, uffd, disk);
 }
 
 /* ---------------------------------------------------------------- the twins */
@@ -945,14 +1354,48 @@ static void json_side(FILE *f, const struct row *rw, bool kernel)
 	fputs("}", f);
 }
 
+/* A measurement that may be missing (< 0): null then. */
+static void json_opt(FILE *f, double v)
+{
+	if (v < 0)
+		fputs("null", f);
+	else
+		json_num(f, v);
+}
+
+static void json_machine(FILE *f, const struct machine *m)
+{
+	fputs(",\n \"machine_line\": ", f);
+	json_str(f, m->line);
+	fputs(",\n \"machine_costs\": {\"hypervisor\": ", f);
+	json_str(f, m->hv);
+	fputs(", \"syscall_ns\": ", f);
+	json_num(f, m->syscall_ns);
+	fputs(", \"page_fault_ns\": ", f);
+	json_opt(f, m->fault_ns);
+	fputs(", \"uffd_round_trip_ns\": ", f);
+	json_opt(f, m->uffd_ns);
+	fputs(", \"uffd_round_trip\": ", f);
+	json_str(f, m->uffd_ns >= 0 ? "same CPU, UFFDIO_ZEROPAGE, median per fault" : m->uffd_why);
+	fputs(", \"disk_read_4k_p50_ns\": ", f);
+	json_opt(f, m->disk_ns);
+	fputs(", \"disk_read\": ", f);
+	json_str(f, m->disk_how);
+	fputs(", \"disk_fs\": ", f);
+	json_str(f, m->disk_fs ? m->disk_fs : "");
+	fputs("}", f);
+}
+
 static int write_json(const char *path, const struct row *rows, size_t nrows, const char *head,
-		      const char *handlers)
+		      const struct machine *m, const char *handlers)
 {
 	FILE *f = fopen(path, "w");
 
 	if (!f)
 		return -errno;
-	fprintf(f, "{%s,\n \"cdf_quantiles\": [", head);
+	fprintf(f, "{%s", head);
+	json_machine(f, m);
+	fputs(",\n \"cdf_quantiles\": [", f);
 	for (int i = 0; i < NQ; i++)
 		fprintf(f, "%s%g", i ? ", " : "", quantile(i));
 	fprintf(f, "],\n \"ratio\": \"lazymap/kernel time per page (daemon group: faultd/in-process);"
@@ -1114,6 +1557,8 @@ int main(int argc, char **argv)
 	unsigned thr[MAX_THREAD_SETS] = { 1, 2 }, mthr[MAX_THREAD_SETS] = { 1, 2, 4 }, one[] = { 1 };
 	const char *only = NULL, *dir = "/var/tmp", *json = NULL, *daemon = "/run/faultd.sock";
 	char hbuf[16], head[1024], fsdesc[PATH_MAX + 64] = "";
+	const char *fs = NULL;
+	struct machine machine;
 	struct lazymap *lm;
 
 	while ((c = getopt_long(argc, argv, "s:r:H:S:R:I:c:C:t:f:d:D:j:aT:qlh", longopts, NULL)) != -1) {
@@ -1229,7 +1674,8 @@ int main(int argc, char **argv)
 		}
 		mc_vec = malloc(file_pages);
 		fstatfs(file_fd, &sf);
-		snprintf(fsdesc, sizeof(fsdesc), "%s (%s)", tmp_path, fs_name((long)sf.f_type));
+		fs = fs_name((long)sf.f_type);
+		snprintf(fsdesc, sizeof(fsdesc), "%s (%s)", tmp_path, fs);
 		if (sf.f_type == 0x01021994)
 			fprintf(stderr, "warning: %s is tmpfs: the page cache is the file, cold runs cannot drop it\n",
 				dir);
@@ -1244,8 +1690,9 @@ int main(int argc, char **argv)
 
 	uname(&un);
 	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %z", localtime(&tnow));
-	printf("lazymap-bench, %s, Linux %s %s, %ld CPUs\n", date, un.release, un.machine,
-	       sysconf(_SC_NPROCESSORS_ONLN));
+	probe_machine(&machine, any_file ? tmp_path : NULL, file_size, fs);
+	printf("lazymap-bench, %s, Linux %s %s, %ld CPUs\n%s\n", date, un.release, un.machine,
+	       sysconf(_SC_NPROCESSORS_ONLN), machine.line);
 	printf("%d runs per twin (median), handlers %s%s%s, kernel twin in the same run%s\n"
 	       "ratio = lazymap/kernel time per page: < 1 = lazymap faster; latencies per touch; "
 	       "flt/pg: faults per page touched\n(kernel: the thread's minor and major faults; "
@@ -1398,7 +1845,8 @@ int main(int argc, char **argv)
 		printf("! %d file descriptors open before the runs, %d after\n", fds_before, fds_after);
 	}
 	if (json) {
-		ret = write_json(json, rows, nrows, head, handlers_name(&opts, hbuf, sizeof(hbuf)));
+		ret = write_json(json, rows, nrows, head, &machine,
+				 handlers_name(&opts, hbuf, sizeof(hbuf)));
 		if (ret) {
 			fprintf(stderr, "%s: %s\n", json, strerror(-ret));
 			status = 1;
