@@ -124,23 +124,34 @@ struct scenario {
 	enum kind kind;
 	enum access access;
 	enum cache cache;
+	unsigned one_in;         /* RAND: touch this share of the pages (one in N); 0: all */
+	int threads;             /* faulting threads: 0 the --threads list; N > 0: N, or
+	                          * the list when --threads is given */
 	const char *kernel_twin; /* the daemon group's twin is lazymap in-process */
 };
 
+#define ALL_THREADS 0
+
 static const struct scenario scenarios[] = {
-	{ "anon-zero-write-seq", G_ANON, ZERO_WRITE, SEQ, NO_FILE, "mmap anonymous, write" },
-	{ "anon-zero-write-rand", G_ANON, ZERO_WRITE, RAND, NO_FILE, "mmap anonymous, write" },
-	{ "anon-zero-read-rand", G_ANON, ZERO_READ, RAND, NO_FILE, "mmap anonymous, read" },
-	{ "anon-fill-seq", G_ANON, FILL, SEQ, NO_FILE, "mmap anonymous + fill in the program" },
-	{ "anon-fill-rand", G_ANON, FILL, RAND, NO_FILE, "mmap anonymous + fill in the program" },
+	{ "anon-zero-write-seq", G_ANON, ZERO_WRITE, SEQ, NO_FILE, 0, 1, "mmap anonymous, write" },
+	{ "anon-zero-write-rand", G_ANON, ZERO_WRITE, RAND, NO_FILE, 0, 1, "mmap anonymous, write" },
+	{ "anon-zero-read-rand", G_ANON, ZERO_READ, RAND, NO_FILE, 0, 1, "mmap anonymous, read" },
+	{ "anon-fill-seq", G_ANON, FILL, SEQ, NO_FILE, 0, 1, "mmap anonymous + fill in the program" },
+	{ "anon-fill-rand", G_ANON, FILL, RAND, NO_FILE, 0, 1, "mmap anonymous + fill in the program" },
 	/* Random writes: every touch is a round trip, so handlers are what is measured. */
-	{ "threads", G_THREADS, ZERO_WRITE, RAND, NO_FILE, "mmap anonymous, write, same threads" },
-	{ "file-seq-cold", G_FILE, FILE_READ, SEQ, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
-	{ "file-seq-hot", G_FILE, FILE_READ, SEQ, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
-	{ "file-rand-cold", G_FILE, FILE_READ, RAND, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
-	{ "file-rand-hot", G_FILE, FILE_READ, RAND, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
-	{ "daemon-file-seq-cold", G_DAEMON, FILE_READ, SEQ, COLD, "lazymap in-process, cache dropped" },
-	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, "lazymap in-process, cache dropped" },
+	{ "threads", G_THREADS, ZERO_WRITE, RAND, NO_FILE, 0, ALL_THREADS, "mmap anonymous, write, same threads" },
+	{ "file-seq-cold", G_FILE, FILE_READ, SEQ, COLD, 0, ALL_THREADS, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-seq-hot", G_FILE, FILE_READ, SEQ, HOT, 0, ALL_THREADS, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	{ "file-rand-cold", G_FILE, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, ALL_THREADS, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-rand-hot", G_FILE, FILE_READ, RAND, HOT, 100 / RAND_PERCENT, ALL_THREADS, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	/*
+	 * Every page once in shuffled order: where reading only the page touched
+	 * is ruinous and read-around pays; 2 faulting threads as in issue 10.
+	 */
+	{ "file-rand-dense-cold", G_FILE, FILE_READ, RAND, COLD, 0, 2, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-rand-dense-hot", G_FILE, FILE_READ, RAND, HOT, 0, 2, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	{ "daemon-file-seq-cold", G_DAEMON, FILE_READ, SEQ, COLD, 0, ALL_THREADS, "lazymap in-process, cache dropped" },
+	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, ALL_THREADS, "lazymap in-process, cache dropped" },
 };
 #define NSCENARIOS (sizeof(scenarios) / sizeof(scenarios[0]))
 
@@ -1186,10 +1197,10 @@ static const char *handlers_name(const struct lazymap_opts *o, char *buf, size_t
 /* One layout for every group: a line per twin, the ratio on lazymap's line. */
 static void print_columns(void)
 {
-	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "scenario",
+	printf("%-27s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "scenario",
 	       "thr", "twin", "Kpages/s", "GB/s", "ns/page", "p50", "p90", "p99", "max", "ratio",
 	       "flt/pg", "rd/pg", "cache");
-	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "", "", "", "",
+	printf("%-27s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "", "", "", "",
 	       "", "", "us", "us", "us", "us", "", "", "", "");
 }
 
@@ -1210,12 +1221,13 @@ static void print_threads_header(size_t mib)
 
 static void print_file_header(const char *fs)
 {
-	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random\n"
+	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random,\n"
+	       "file-rand-dense-* every page once in shuffled order\n"
 	       "rd/pg: pages read from the file per page touched; cache: share of the file in the "
 	       "page cache before\nthe runs (cold: the most; hot: the least); +direct: "
 	       "LAZYMAP_DIRECT (same kernel twin);\n"
 	       "daemon-*: the scan served by faultd, with lazymap in-process as the twin\n",
-	       file_size >> 20, fs, "file-rand-*", RAND_PERCENT);
+	       file_size >> 20, fs, "file-rand-{cold,hot}", RAND_PERCENT);
 	print_columns();
 }
 
@@ -1228,7 +1240,7 @@ static void print_side(const struct row *rw, bool kernel)
 	if (kernel)
 		snprintf(thr, sizeof(thr), "%u", rw->job.threads);
 	if (strcmp(s->status, "ok") || !s->n) {
-		printf("%-21s %3s %-7s %s: %s\n", lead, thr, tw_name(&rw->job, kernel), s->status, s->why);
+		printf("%-27s %3s %-7s %s: %s\n", lead, thr, tw_name(&rw->job, kernel), s->status, s->why);
 		return;
 	}
 	struct run m = median(s);
@@ -1240,7 +1252,7 @@ static void print_side(const struct row *rw, bool kernel)
 		snprintf(cache, sizeof(cache), "%5.1f%%",
 			 cache_worst(s, rw->job.sc->cache, false) * 100);
 	}
-	printf("%-21s %3s %-7s %9.1f %6.2f %8.0f | %8.2f %8.2f %8.2f %8.1f | %7s | %6.2f %6s %6s\n",
+	printf("%-27s %3s %-7s %9.1f %6.2f %8.0f | %8.2f %8.2f %8.2f %8.1f | %7s | %6.2f %6s %6s\n",
 	       lead, thr, tw_name(&rw->job, kernel), 1e6 / m.ns_per_page, (double)ps / m.ns_per_page,
 	       m.ns_per_page, m.p50 / 1000, m.p90 / 1000, m.p99 / 1000, m.max / 1000, ratio,
 	       m.faults, rd, cache);
@@ -1461,7 +1473,8 @@ static void usage(const char *argv0)
 		"  --dir         where the file's temporary directory goes (/var/tmp; not tmpfs,\n"
 		"                or LAZYMAP_DIRECT is unavailable)\n"
 		"  --threads     faulting threads, each on its own slice: of the file and daemon\n"
-		"                scenarios (1,2) and of the threads matrix (1,2,4)\n"
+		"                scenarios (1,2; file-rand-dense-*: 2) and of the threads matrix\n"
+		"                (1,2,4)\n"
 		"  --scenario    rows whose name (file-seq-cold, file-seq-cold+direct, threads-h2,\n"
 		"                ...) or scenario matches a pattern (fnmatch: 'file-*'); --list\n"
 		"  --scenario-set  anon, threads, file, daemon or all (the default)\n"
@@ -1554,7 +1567,8 @@ int main(int argc, char **argv)
 	struct lazymap_opts opts = { 0 };
 	size_t size_mib = 64, file_mib = 1024;
 	int repeat = 5, c, ret, status = 0, nthr = 2, nmthr = 3;
-	unsigned thr[MAX_THREAD_SETS] = { 1, 2 }, mthr[MAX_THREAD_SETS] = { 1, 2, 4 }, one[] = { 1 };
+	unsigned thr[MAX_THREAD_SETS] = { 1, 2 }, mthr[MAX_THREAD_SETS] = { 1, 2, 4 };
+	bool threads_given = false;
 	const char *only = NULL, *dir = "/var/tmp", *json = NULL, *daemon = "/run/faultd.sock";
 	char hbuf[16], head[1024], fsdesc[PATH_MAX + 64] = "";
 	const char *fs = NULL;
@@ -1592,6 +1606,7 @@ int main(int argc, char **argv)
 			if (nthr < 0)
 				usage(argv[0]);
 			memcpy(mthr, thr, sizeof(thr));
+			threads_given = true;
 			break;
 		case 'f': file_mib = strtoul(optarg, NULL, 0); break;
 		case 'd': dir = optarg; break;
@@ -1629,8 +1644,14 @@ int main(int argc, char **argv)
 	for (size_t s = 0; s < NSCENARIOS; s++) {
 		const struct scenario *sc = &scenarios[s];
 		bool file = sc->kind == FILE_READ;
-		const unsigned *tl = file ? thr : sc->group == G_THREADS ? mthr : one;
-		int nt = file ? nthr : sc->group == G_THREADS ? nmthr : 1;
+		unsigned fixed[1] = { sc->threads > 0 ? (unsigned)sc->threads : 1 };
+		const unsigned *tl = sc->group == G_THREADS ? mthr : thr;
+		int nt = sc->group == G_THREADS ? nmthr : nthr;
+
+		if (sc->threads > 0 && !(file && threads_given)) {
+			tl = fixed;
+			nt = 1;
+		}
 
 		for (int v = 0; v < variants(sc); v++)
 			for (int t = 0; t < nt; t++) {
@@ -1644,8 +1665,8 @@ int main(int argc, char **argv)
 				if (!selected(only, j->name, sc->name))
 					continue;
 				j->npages = file ? file_pages : anon_pages;
-				j->touched = file && sc->access == RAND ?
-						     (j->npages * RAND_PERCENT + 99) / 100 : j->npages;
+				j->touched = sc->one_in ? (j->npages + sc->one_in - 1) / sc->one_in
+							: j->npages;
 				any_file |= file;
 				nrows++;
 			}
@@ -1806,7 +1827,7 @@ int main(int argc, char **argv)
 		for (size_t i = 0; i < nrows; i++)
 			any |= rows[i].job.sc->kind == FILE_READ && !strcmp(rows[i].l.status, "ok");
 		if (any) {
-			printf("\nlazymap counters per run: %-12s %3s %9s %9s %9s %9s %8s %9s %6s\n", "",
+			printf("\nlazymap counters per run: %-2s %3s %9s %9s %9s %9s %8s %9s %6s\n", "",
 			       "thr", "faults", "filled", "readahd", "io reads", "short", "MiB read",
 			       "io err");
 			for (size_t i = 0; i < nrows; i++) {
@@ -1815,7 +1836,7 @@ int main(int argc, char **argv)
 
 				if (rw->job.sc->kind != FILE_READ || strcmp(rw->l.status, "ok") || !n)
 					continue;
-				printf("%-37s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f\n", rw->job.name,
+				printf("%-28s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f\n", rw->job.name,
 				       rw->job.threads, rw->st.faults / n, rw->st.pages_filled / n,
 				       rw->st.readahead_pages / n, rw->st.file_reads / n,
 				       rw->st.short_reads / n, rw->st.bytes_read / n / 1048576.0,
