@@ -111,7 +111,8 @@ static void catch_signals(void)
 
 /* ---------------------------------------------------------------- scenarios */
 
-enum access { SEQ, RAND };
+/* SPREAD: one page at random in each block of one_in pages, the blocks in shuffled order. */
+enum access { SEQ, RAND, SPREAD };
 enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ };
 enum cache { NO_FILE, COLD, HOT };
 enum group { G_ANON, G_THREADS, G_FILE, G_DAEMON };
@@ -124,13 +125,14 @@ struct scenario {
 	enum kind kind;
 	enum access access;
 	enum cache cache;
-	unsigned one_in;         /* RAND: touch this share of the pages (one in N); 0: all */
+	unsigned one_in;         /* RAND, SPREAD: touch one page in N; 0: all */
 	int threads;             /* faulting threads: 0 the --threads list; N > 0: N, or
-	                          * the list when --threads is given */
+	                          * the list when --threads is given; -1: one, always */
 	const char *kernel_twin; /* the daemon group's twin is lazymap in-process */
 };
 
 #define ALL_THREADS 0
+#define ONE_THREAD  (-1)
 
 static const struct scenario scenarios[] = {
 	{ "anon-zero-write-seq", G_ANON, ZERO_WRITE, SEQ, NO_FILE, 0, 1, "mmap anonymous, write" },
@@ -150,6 +152,13 @@ static const struct scenario scenarios[] = {
 	 */
 	{ "file-rand-dense-cold", G_FILE, FILE_READ, RAND, COLD, 0, 2, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
 	{ "file-rand-dense-hot", G_FILE, FILE_READ, RAND, HOT, 0, 2, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	/*
+	 * Lone cold touches 1 MiB apart on average, one faulting thread: the
+	 * cost of a fault that must wait for the disk, against the disk's own
+	 * 4 KiB read. The kernel's read-around (the device's read_ahead_kb, up
+	 * to its mmap_miss cut-off) may cover several blocks: rd/pg shows it.
+	 */
+	{ "file-sparse-touch", G_FILE, FILE_READ, SPREAD, COLD, 256, ONE_THREAD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
 	{ "daemon-file-seq-cold", G_DAEMON, FILE_READ, SEQ, COLD, 0, ALL_THREADS, "lazymap in-process, cache dropped" },
 	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, ALL_THREADS, "lazymap in-process, cache dropped" },
 };
@@ -161,6 +170,15 @@ static uint64_t now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* xorshift64: the same pages in the same order for both twins, run after run. */
+static uint64_t next_rand(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
 }
 
 /* The fill both sides do in anon-fill-*: a word pattern over the page. */
@@ -789,10 +807,7 @@ static void probe_disk(const char *path, size_t size, struct machine *m)
 		}
 	}
 	for (int i = 0; i < DISK_READS; i++) {
-		seed ^= seed << 13;
-		seed ^= seed >> 7;
-		seed ^= seed << 17;
-		off_t off = (off_t)(seed % (size / 4096)) * 4096;
+		off_t off = (off_t)(next_rand(&seed) % (size / 4096)) * 4096;
 		uint64_t t0 = now_ns();
 		int r = read_at(fd, buf, 4096, off);
 
@@ -883,6 +898,9 @@ static void probe_machine(struct machine *m, const char *disk_path, size_t disk_
 		 un.release, un.machine, sysconf(_SC_NPROCESSORS_ONLN), hv, m->syscall_ns / 1000,
 		 m->fault_ns / 1000, uffd, disk);
 }
+
+/* Measured once at start; file-sparse-touch compares its faults with the disk read. */
+static struct machine machine;
 
 /* ---------------------------------------------------------------- the twins */
 
@@ -1084,22 +1102,36 @@ static double cache_worst(const struct side *s, enum cache c, bool after)
 	return w;
 }
 
-static void make_order(uint32_t *order, size_t npages, enum access access, uint64_t seed)
+static void shuffle(uint32_t *v, size_t n, uint64_t *seed)
 {
+	for (size_t i = n ? n - 1 : 0; i > 0; i--) {
+		size_t j = next_rand(seed) % (i + 1);
+		uint32_t t = v[i];
+
+		v[i] = v[j];
+		v[j] = t;
+	}
+}
+
+/* The pages a scenario touches, in its order: the first touched entries are used. */
+static void make_order(uint32_t *order, size_t npages, const struct scenario *sc, uint64_t seed)
+{
+	if (sc->access == SPREAD) {
+		size_t nb = (npages + sc->one_in - 1) / sc->one_in;
+
+		for (size_t b = 0; b < nb; b++) {
+			size_t first = b * sc->one_in, span = npages - first;
+
+			span = span < sc->one_in ? span : sc->one_in;
+			order[b] = (uint32_t)(first + next_rand(&seed) % span);
+		}
+		shuffle(order, nb, &seed);
+		return;
+	}
 	for (size_t i = 0; i < npages; i++)
 		order[i] = (uint32_t)i;
-	if (access == RAND) {
-		for (size_t i = npages - 1; i > 0; i--) {
-			seed ^= seed << 13;
-			seed ^= seed >> 7;
-			seed ^= seed << 17;
-			size_t j = seed % (i + 1);
-			uint32_t t = order[i];
-
-			order[i] = order[j];
-			order[j] = t;
-		}
-	}
+	if (sc->access == RAND)
+		shuffle(order, npages, &seed);
 }
 
 /* The twins' names: the daemon group sets faultd against lazymap in-process. */
@@ -1222,7 +1254,8 @@ static void print_threads_header(size_t mib)
 static void print_file_header(const char *fs)
 {
 	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random,\n"
-	       "file-rand-dense-* every page once in shuffled order\n"
+	       "file-rand-dense-* every page once in shuffled order, file-sparse-touch one page at random\n"
+	       "in each 256 by one thread (p50 against the disk's raw 4 KiB read)\n"
 	       "rd/pg: pages read from the file per page touched; cache: share of the file in the "
 	       "page cache before\nthe runs (cold: the most; hot: the least); +direct: "
 	       "LAZYMAP_DIRECT (same kernel twin);\n"
@@ -1258,10 +1291,28 @@ static void print_side(const struct row *rw, bool kernel)
 	       m.faults, rd, cache);
 }
 
+/* file-sparse-touch: what a cold fault costs beyond the disk's own read, at p50. */
+static void print_sparse(const struct row *rw)
+{
+	printf("  raw 4 KiB read p50 %.1f us (%s); p50 - raw:", machine.disk_ns / 1000,
+	       machine.disk_how);
+	for (int t = 0; t < 2; t++) {
+		const struct side *s = t ? &rw->l : &rw->k;
+
+		if (strcmp(s->status, "ok") || !s->n)
+			continue;
+		printf(" %s %+.1f us%s", tw_name(&rw->job, !t), (median(s).p50 - machine.disk_ns) / 1000,
+		       t ? " (target <= 20 us)" : ",");
+	}
+	printf("\n");
+}
+
 static void print_row(const struct row *rw)
 {
 	print_side(rw, true);
 	print_side(rw, false);
+	if (rw->job.sc->access == SPREAD && machine.disk_ns >= 0)
+		print_sparse(rw);
 	if (rw->k.why[0] && !strcmp(rw->k.status, "ok"))
 		printf("  ! %s twin data: %s\n", tw_name(&rw->job, true), rw->k.why);
 	if (rw->bad[0])
@@ -1375,6 +1426,22 @@ static void json_opt(FILE *f, double v)
 		json_num(f, v);
 }
 
+/* file-sparse-touch: the disk's raw read p50 and each twin's p50 beyond it. */
+static void json_sparse(FILE *f, const struct row *rw)
+{
+	fputs(", \"raw_read_p50_ns\": ", f);
+	json_opt(f, machine.disk_ns);
+	for (int t = 0; t < 2; t++) {
+		const struct side *s = t ? &rw->l : &rw->k;
+
+		fprintf(f, ", \"%s_margin_p50_ns\": ", t ? "lazymap" : "kernel");
+		if (machine.disk_ns >= 0 && !strcmp(s->status, "ok") && s->n)
+			json_num(f, median(s).p50 - machine.disk_ns);
+		else
+			fputs("null", f);
+	}
+}
+
 static void json_machine(FILE *f, const struct machine *m)
 {
 	fputs(",\n \"machine_line\": ", f);
@@ -1444,6 +1511,8 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 			json_num(f, median(&rw->l).ns_per_page / median(&rw->k).ns_per_page);
 		else
 			fputs("null", f);
+		if (j->sc->access == SPREAD)
+			json_sparse(f, rw);
 		fputs(", \"data_ok\": ", f);
 		fputs(rw->bad[0] ? "false" : "true", f);
 		fputs(", \"data_error\": ", f);
@@ -1572,7 +1641,6 @@ int main(int argc, char **argv)
 	const char *only = NULL, *dir = "/var/tmp", *json = NULL, *daemon = "/run/faultd.sock";
 	char hbuf[16], head[1024], fsdesc[PATH_MAX + 64] = "";
 	const char *fs = NULL;
-	struct machine machine;
 	struct lazymap *lm;
 
 	while ((c = getopt_long(argc, argv, "s:r:H:S:R:I:c:C:t:f:d:D:j:aT:qlh", longopts, NULL)) != -1) {
@@ -1648,7 +1716,7 @@ int main(int argc, char **argv)
 		const unsigned *tl = sc->group == G_THREADS ? mthr : thr;
 		int nt = sc->group == G_THREADS ? nmthr : nthr;
 
-		if (sc->threads > 0 && !(file && threads_given)) {
+		if (sc->threads == ONE_THREAD || (sc->threads > 0 && !(file && threads_given))) {
 			tl = fixed;
 			nt = 1;
 		}
@@ -1741,7 +1809,7 @@ int main(int argc, char **argv)
 		bool file = j->sc->kind == FILE_READ;
 
 		/* The same pages in the same order for both twins; seeds as before for anon. */
-		make_order(order, j->npages, j->sc->access,
+		make_order(order, j->npages, j->sc,
 			   0x9e3779b97f4a7c15ull + (uint64_t)(j->sc - scenarios));
 		j->order = order;
 		j->want_sum = 0;
