@@ -113,7 +113,8 @@ static void catch_signals(void)
 
 /* SPREAD: one page at random in each block of one_in pages, the blocks in shuffled order. */
 enum access { SEQ, RAND, SPREAD };
-enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ };
+/* FILE_REMAP: FILE_READ through a second region of the file, after a first one read it all. */
+enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ, FILE_REMAP };
 enum cache { NO_FILE, COLD, HOT };
 enum group { G_ANON, G_THREADS, G_FILE, G_DAEMON };
 
@@ -158,11 +159,18 @@ static const struct scenario scenarios[] = {
 	 * 4 KiB read. The kernel's read-around (the device's read_ahead_kb, up
 	 * to its mmap_miss cut-off) may cover several blocks: rd/pg shows it.
 	 */
+	/* What a second region of a file costs once a first has read it all. */
+	{ "file-remap", G_FILE, FILE_REMAP, SEQ, HOT, 0, 1, "a second mmap(MAP_PRIVATE, PROT_READ) of the file, the first scanned and kept mapped" },
 	{ "file-sparse-touch", G_FILE, FILE_READ, SPREAD, COLD, 256, ONE_THREAD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
 	{ "daemon-file-seq-cold", G_DAEMON, FILE_READ, SEQ, COLD, 0, ALL_THREADS, "lazymap in-process, cache dropped" },
 	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, ALL_THREADS, "lazymap in-process, cache dropped" },
 };
 #define NSCENARIOS (sizeof(scenarios) / sizeof(scenarios[0]))
+
+static bool is_file(const struct scenario *sc)
+{
+	return sc->kind >= FILE_READ;
+}
 
 static uint64_t now_ns(void)
 {
@@ -254,6 +262,7 @@ static void *touch_slice(void *arg)
 			sum += *(volatile uint64_t *)(p + 8);
 			break;
 		case FILE_READ:
+		case FILE_REMAP:
 			sum += *(volatile uint64_t *)(p + touch_off(pg));
 			break;
 		}
@@ -293,6 +302,7 @@ struct run {
 	                            * pages the run added to the page cache) */
 	double cached_before, cached_after; /* share of the file in the page cache */
 	uint64_t sum;              /* of the words touched */
+	uint64_t msgs;             /* lazymap: fault messages served during the timed scan */
 	uint32_t cdf[NQ];          /* per-touch latency, ns, at quantile(i) */
 };
 
@@ -927,28 +937,50 @@ static int kernel_advice(enum access a)
 	return a == SEQ ? MADV_SEQUENTIAL : MADV_RANDOM;
 }
 
+/* A private read-only mapping of the bench file, advised as the scenario asks. */
+static char *kernel_map_file(const struct job *j)
+{
+	size_t len = j->npages * ps;
+	char *p = mmap(NULL, len, PROT_READ, MAP_PRIVATE, file_fd, 0);
+
+	if (p == MAP_FAILED) {
+		perror("mmap of the file");
+		exit(1);
+	}
+	if (use_advise)
+		madvise(p, len, kernel_advice(j->sc->access));
+	return p;
+}
+
 static struct run run_kernel(const struct job *j, uint32_t *lat)
 {
 	size_t len = j->npages * ps;
+	char *p, *first = NULL;
 	struct run r;
-	char *p;
 
-	if (j->sc->kind == FILE_READ) {
-		p = mmap(NULL, len, PROT_READ, MAP_PRIVATE, file_fd, 0);
-	} else {
+	switch (j->sc->kind) {
+	case FILE_REMAP:
+		/* The first mapping is read in full, untimed, and stays mapped. */
+		first = kernel_map_file(j);
+		scan(first, j->order, j->touched, FILE_READ, true, j->threads, lat);
+		/* fall through */
+	case FILE_READ:
+		p = kernel_map_file(j);
+		break;
+	default:
 		p = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		if (p != MAP_FAILED)
-			madvise(p, len, MADV_NOHUGEPAGE); /* per-4 KiB faults, like ours */
+		if (p == MAP_FAILED) {
+			perror("mmap");
+			exit(1);
+		}
+		madvise(p, len, MADV_NOHUGEPAGE); /* per-4 KiB faults, like ours */
+		break;
 	}
-	if (p == MAP_FAILED) {
-		perror("mmap");
-		exit(1);
-	}
-	if (use_advise && j->sc->kind == FILE_READ)
-		madvise(p, len, kernel_advice(j->sc->access));
 	r = scan(p, j->order, j->touched, j->sc->kind, true, j->threads, lat);
 	munmap(p, len);
+	if (first)
+		munmap(first, len);
 	return r;
 }
 
@@ -999,49 +1031,92 @@ static void stats_add_delta(struct lazymap_stats *acc, const struct lazymap_stat
 #undef X
 }
 
-/*
- * One lazymap run; 0 or the error of lazymap_map/advise. Wrong data of the
- * touched pages goes in bad (first error only).
- */
-static int run_lazymap(struct lazymap *lm, const struct job *j, uint32_t *lat, struct run *r,
-		       struct lazymap_stats *acc, char *bad, size_t badlen)
+/* A private read-only region of the bench file (direct if the job says), advised as it asks. */
+static int lazymap_map_file(struct lazymap *lm, const struct job *j, void **p, const char **what)
 {
 	size_t len = j->npages * ps;
-	struct lazymap_stats st0, st1;
-	void *p;
 	int ret;
 
-	if (j->sc->kind == FILL)
-		ret = lazymap_map_fill(lm, &p, len, PROT_READ | PROT_WRITE, fill_pattern, NULL);
-	else if (j->sc->kind == FILE_READ)
-		ret = lazymap_map(lm, &p, len, PROT_READ,
-				  LAZYMAP_PRIVATE | (j->direct ? LAZYMAP_DIRECT : 0), file_fd, 0);
-	else
-		ret = lazymap_map(lm, &p, len, PROT_READ | PROT_WRITE, LAZYMAP_PRIVATE | LAZYMAP_ANON,
-				  -1, 0);
-	if (ret)
+	*what = "lazymap_map";
+	ret = lazymap_map(lm, p, len, PROT_READ, LAZYMAP_PRIVATE | (j->direct ? LAZYMAP_DIRECT : 0),
+			  file_fd, 0);
+	if (ret || !use_advise)
 		return ret;
-	if (use_advise && j->sc->kind == FILE_READ) {
-		ret = lazymap_advise(lm, p, len,
-				     j->sc->access == SEQ ? LAZYMAP_ADV_SEQUENTIAL : LAZYMAP_ADV_RANDOM);
-		if (ret) {
-			lazymap_unmap(lm, p, len);
-			return ret;
-		}
-	}
+	*what = "lazymap_advise";
+	ret = lazymap_advise(lm, *p, len,
+			     j->sc->access == SEQ ? LAZYMAP_ADV_SEQUENTIAL : LAZYMAP_ADV_RANDOM);
+	if (ret)
+		lazymap_unmap(lm, *p, len);
+	return ret;
+}
+
+/* The timed scan of a lazymap region, with what the handlers did for it. */
+static struct run lazymap_scan(struct lazymap *lm, const struct job *j, char *p, enum kind kind,
+			       uint32_t *lat, struct lazymap_stats *acc)
+{
+	struct lazymap_stats st0, st1;
+	struct run r;
+
 	memset(&st0, 0, sizeof(st0));
 	memset(&st1, 0, sizeof(st1));
 	lazymap_stats(lm, &st0);
-	*r = scan(p, j->order, j->touched, j->sc->kind, false, j->threads, lat);
+	r = scan(p, j->order, j->touched, kind, false, j->threads, lat);
 	lazymap_stats(lm, &st1);
 	stats_add_delta(acc, &st0, &st1);
-	r->faults = (double)(st1.faults - st0.faults) / (double)j->touched;
-	r->majflt = 0;
-	r->read_pages = (double)(st1.bytes_read - st0.bytes_read) / (double)ps / (double)j->touched;
-	if (j->sc->kind == FILE_READ && !bad[0])
-		check_pages(p, j, bad, badlen);
-	lazymap_unmap(lm, p, len);
-	return 0;
+	r.msgs = st1.faults - st0.faults;
+	r.faults = (double)r.msgs / (double)j->touched;
+	r.majflt = 0;
+	r.read_pages = (double)(st1.bytes_read - st0.bytes_read) / (double)ps / (double)j->touched;
+	return r;
+}
+
+/*
+ * One lazymap run; 0, or the error of the call named in *what (the region
+ * is gone then). Wrong data of the touched pages goes in bad (first error
+ * only).
+ */
+static int run_lazymap(struct lazymap *lm, const struct job *j, uint32_t *lat, struct run *r,
+		       struct lazymap_stats *acc, char *bad, size_t badlen, const char **what)
+{
+	size_t len = j->npages * ps;
+	void *p, *first = NULL;
+	int ret;
+
+	switch (j->sc->kind) {
+	case FILL:
+		*what = "lazymap_map_fill";
+		ret = lazymap_map_fill(lm, &p, len, PROT_READ | PROT_WRITE, fill_pattern, NULL);
+		break;
+	case FILE_REMAP:
+		/*
+		 * The first region, read in full and untimed, stays mapped: the
+		 * second should find every page in the file's cache.
+		 */
+		ret = lazymap_map_file(lm, j, &first, what);
+		if (ret)
+			return ret;
+		if (scan(first, j->order, j->touched, FILE_READ, false, j->threads, lat).sum !=
+			    j->want_sum && !bad[0])
+			snprintf(bad, badlen, "first region: checksum of the touched words differs");
+		/* fall through */
+	case FILE_READ:
+		ret = lazymap_map_file(lm, j, &p, what);
+		break;
+	default:
+		*what = "lazymap_map";
+		ret = lazymap_map(lm, &p, len, PROT_READ | PROT_WRITE, LAZYMAP_PRIVATE | LAZYMAP_ANON,
+				  -1, 0);
+		break;
+	}
+	if (!ret) {
+		*r = lazymap_scan(lm, j, p, j->sc->kind, lat, acc);
+		if (is_file(j->sc) && !bad[0])
+			check_pages(p, j, bad, badlen);
+		lazymap_unmap(lm, p, len);
+	}
+	if (first)
+		lazymap_unmap(lm, first, len);
+	return ret;
 }
 
 /* ---------------------------------------------------------------- rows */
@@ -1180,18 +1255,19 @@ static void run_row(struct lazymap *twin, struct lazymap *lm, struct row *rw, in
 			if (kernel && !twin) {
 				r = run_kernel(j, lat);
 			} else {
+				const char *what = "lazymap";
 				int ret = kernel ? run_lazymap(twin, j, lat, &r, &twin_st, rw->k.why,
-							       sizeof(rw->k.why))
+							       sizeof(rw->k.why), &what)
 						 : run_lazymap(lm, j, lat, &r, &rw->st, rw->bad,
-							       sizeof(rw->bad));
+							       sizeof(rw->bad), &what);
 
 				if (ret) {
 					bool na = ret == -EOPNOTSUPP || (j->direct && ret == -EINVAL);
 
 					s->status = na && !s->n ? "unavailable" : "error";
-					snprintf(s->why, sizeof(s->why), "%s%s: %s", use_advise ?
-						 "lazymap_map/advise" : "lazymap_map",
-						 j->direct ? " (LAZYMAP_DIRECT)" : "", strerror(-ret));
+					snprintf(s->why, sizeof(s->why), "%s%s: -%s (%s)", what,
+						 j->direct ? " (LAZYMAP_DIRECT)" : "",
+						 strerrorname_np(-ret), strerror(-ret));
 					continue;
 				}
 			}
@@ -1255,7 +1331,8 @@ static void print_file_header(const char *fs)
 {
 	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random,\n"
 	       "file-rand-dense-* every page once in shuffled order, file-sparse-touch one page at random\n"
-	       "in each 256 by one thread (p50 against the disk's raw 4 KiB read)\n"
+	       "in each 256 by one thread (p50 against the disk's raw 4 KiB read), file-remap a second\n"
+	       "mapping of the file scanned while the first, already scanned, stays mapped\n"
 	       "rd/pg: pages read from the file per page touched; cache: share of the file in the "
 	       "page cache before\nthe runs (cold: the most; hot: the least); +direct: "
 	       "LAZYMAP_DIRECT (same kernel twin);\n"
@@ -1291,6 +1368,21 @@ static void print_side(const struct row *rw, bool kernel)
 	       m.faults, rd, cache);
 }
 
+/* file-remap: the second region's pages should all come from the cache, with no fault message. */
+static void print_remap(const struct row *rw)
+{
+	uint64_t lo = UINT64_MAX, hi = 0;
+
+	for (int i = 0; i < rw->l.n; i++) {
+		lo = rw->l.runs[i].msgs < lo ? rw->l.runs[i].msgs : lo;
+		hi = rw->l.runs[i].msgs > hi ? rw->l.runs[i].msgs : hi;
+	}
+	printf("  lazymap fault messages during the timed scan: %llu (median run; %llu..%llu over "
+	       "the runs); 0 once the second region maps the first one's cached pages\n",
+	       (unsigned long long)median(&rw->l).msgs, (unsigned long long)lo,
+	       (unsigned long long)hi);
+}
+
 /* file-sparse-touch: what a cold fault costs beyond the disk's own read, at p50. */
 static void print_sparse(const struct row *rw)
 {
@@ -1313,6 +1405,8 @@ static void print_row(const struct row *rw)
 	print_side(rw, false);
 	if (rw->job.sc->access == SPREAD && machine.disk_ns >= 0)
 		print_sparse(rw);
+	if (rw->job.sc->kind == FILE_REMAP && !strcmp(rw->l.status, "ok") && rw->l.n)
+		print_remap(rw);
 	if (rw->k.why[0] && !strcmp(rw->k.status, "ok"))
 		printf("  ! %s twin data: %s\n", tw_name(&rw->job, true), rw->k.why);
 	if (rw->bad[0])
@@ -1394,6 +1488,13 @@ static void json_side(FILE *f, const struct row *rw, bool kernel)
 		fputs("], \"checksum_ok\": ", f);
 		fputs(kernel ? (rw->k.why[0] ? "false" : "true") :
 			       (rw->bad[0] ? "false" : "true"), f);
+	}
+	if (!kernel && rw->job.sc->kind == FILE_REMAP) {
+		fprintf(f, ", \"fault_messages\": %llu, \"runs_fault_messages\": [",
+			(unsigned long long)m.msgs);
+		for (int i = 0; i < s->n; i++)
+			fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)s->runs[i].msgs);
+		fputs("]", f);
 	}
 	fputs(", \"runs_ns_per_page\": [", f);
 	for (int i = 0; i < s->n; i++) {
@@ -1491,7 +1592,7 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 		fputs(", \"group\": ", f);
 		json_str(f, group_names[j->sc->group]);
 		fputs(", \"variant\": ", f);
-		json_str(f, j->sc->kind != FILE_READ ? "anon" : j->direct ? "direct" : "buffered");
+		json_str(f, !is_file(j->sc) ? "anon" : j->direct ? "direct" : "buffered");
 		fprintf(f, ", \"threads\": %u, \"handler_threads\": ", j->threads);
 		if (j->handlers)
 			fprintf(f, "\"%u\"", j->handlers);
@@ -1711,7 +1812,7 @@ int main(int argc, char **argv)
 
 	for (size_t s = 0; s < NSCENARIOS; s++) {
 		const struct scenario *sc = &scenarios[s];
-		bool file = sc->kind == FILE_READ;
+		bool file = is_file(sc);
 		unsigned fixed[1] = { sc->threads > 0 ? (unsigned)sc->threads : 1 };
 		const unsigned *tl = sc->group == G_THREADS ? mthr : thr;
 		int nt = sc->group == G_THREADS ? nmthr : nthr;
@@ -1806,7 +1907,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < nrows; i++) {
 		struct row *rw = &rows[i];
 		struct job *j = &rw->job;
-		bool file = j->sc->kind == FILE_READ;
+		bool file = is_file(j->sc);
 
 		/* The same pages in the same order for both twins; seeds as before for anon. */
 		make_order(order, j->npages, j->sc,
@@ -1893,7 +1994,7 @@ int main(int argc, char **argv)
 		bool any = false;
 
 		for (size_t i = 0; i < nrows; i++)
-			any |= rows[i].job.sc->kind == FILE_READ && !strcmp(rows[i].l.status, "ok");
+			any |= is_file(rows[i].job.sc) && !strcmp(rows[i].l.status, "ok");
 		if (any) {
 			printf("\nlazymap counters per run: %-2s %3s %9s %9s %9s %9s %8s %9s %6s\n", "",
 			       "thr", "faults", "filled", "readahd", "io reads", "short", "MiB read",
@@ -1902,7 +2003,7 @@ int main(int argc, char **argv)
 				const struct row *rw = &rows[i];
 				double n = rw->l.n;
 
-				if (rw->job.sc->kind != FILE_READ || strcmp(rw->l.status, "ok") || !n)
+				if (!is_file(rw->job.sc) || strcmp(rw->l.status, "ok") || !n)
 					continue;
 				printf("%-28s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f\n", rw->job.name,
 				       rw->job.threads, rw->st.faults / n, rw->st.pages_filled / n,
