@@ -6,8 +6,10 @@
  * is printed with the ratio lazymap/kernel. Anonymous scenarios; the threads
  * matrix (faulting threads x handler threads); file scenarios over a file
  * generated once per run, read through the page cache and with
- * LAZYMAP_DIRECT, cold or hot, by one or several faulting threads; and the
- * same cold scans served by faultd against in-process handlers. The run
+ * LAZYMAP_DIRECT, cold or hot, by one or several faulting threads, a
+ * second region of a file already read, and writes to a shared mapping of a
+ * copy of it with their write-back; and the same cold scans served by
+ * faultd against in-process handlers. The run
  * opens with a machine line (what a system call, a kernel page fault, a
  * same-CPU userfaultfd round trip and a 4 KiB disk read cost here), so that
  * tables from different machines are never compared as if alike.
@@ -54,6 +56,7 @@ static size_t ps;
  * of a crash or a hang (the library's bugs show up as one or the other).
  */
 static char tmp_dir[PATH_MAX], tmp_path[PATH_MAX + 8];
+static char shared_path[2][PATH_MAX + 16]; /* file-shared-write: the kernel's copy, lazymap's */
 static char running[200];
 static unsigned run_timeout = 600; /* seconds one twin's run may take */
 
@@ -61,6 +64,9 @@ static void remove_file(void)
 {
 	if (tmp_path[0])
 		unlink(tmp_path);
+	for (int i = 0; i < 2; i++)
+		if (shared_path[i][0])
+			unlink(shared_path[i]);
 	if (tmp_dir[0])
 		rmdir(tmp_dir);
 }
@@ -113,8 +119,12 @@ static void catch_signals(void)
 
 /* SPREAD: one page at random in each block of one_in pages, the blocks in shuffled order. */
 enum access { SEQ, RAND, SPREAD };
-/* FILE_REMAP: FILE_READ through a second region of the file, after a first one read it all. */
-enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ, FILE_REMAP };
+/*
+ * FILE_REMAP: FILE_READ through a second region of the file, after a first
+ * one read it all. FILE_WRITE: a word written in each page touched of a
+ * shared mapping of a copy of the file, then the whole mapping synced.
+ */
+enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ, FILE_REMAP, FILE_WRITE };
 enum cache { NO_FILE, COLD, HOT };
 enum group { G_ANON, G_THREADS, G_FILE, G_DAEMON };
 
@@ -161,6 +171,11 @@ static const struct scenario scenarios[] = {
 	 */
 	/* What a second region of a file costs once a first has read it all. */
 	{ "file-remap", G_FILE, FILE_REMAP, SEQ, HOT, 0, 1, "a second mmap(MAP_PRIVATE, PROT_READ) of the file, the first scanned and kept mapped" },
+	/*
+	 * Write-back: 10% of the pages written, then the mapping synced; each
+	 * twin on a copy of its own, reset after every run.
+	 */
+	{ "file-shared-write", G_FILE, FILE_WRITE, RAND, HOT, 10, 1, "mmap(MAP_SHARED, PROT_READ|PROT_WRITE) of a copy of the file, msync(MS_SYNC)" },
 	{ "file-sparse-touch", G_FILE, FILE_READ, SPREAD, COLD, 256, ONE_THREAD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
 	{ "daemon-file-seq-cold", G_DAEMON, FILE_READ, SEQ, COLD, 0, ALL_THREADS, "lazymap in-process, cache dropped" },
 	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, ALL_THREADS, "lazymap in-process, cache dropped" },
@@ -220,6 +235,12 @@ static inline size_t touch_off(uint32_t pg)
 	return (size_t)pg * 0x9e3779b1u % (ps / 8) * 8;
 }
 
+/* The word file-shared-write puts where a touch of page pg reads: never the file's own. */
+static inline uint64_t written_word(uint32_t pg, uint64_t salt)
+{
+	return data_word((uint64_t)pg * ps + touch_off(pg)) ^ salt;
+}
+
 /* ---------------------------------------------------------------- the touch loop */
 
 struct slice {
@@ -229,6 +250,7 @@ struct slice {
 	size_t n;
 	enum kind kind;
 	bool kernel;
+	uint64_t salt; /* FILE_WRITE: see written_word() */
 	pthread_barrier_t *start;
 	uint64_t t0, t1, sum;
 	long minflt, majflt;
@@ -264,6 +286,9 @@ static void *touch_slice(void *arg)
 		case FILE_READ:
 		case FILE_REMAP:
 			sum += *(volatile uint64_t *)(p + touch_off(pg));
+			break;
+		case FILE_WRITE:
+			*(volatile uint64_t *)(p + touch_off(pg)) = written_word(pg, s->salt);
 			break;
 		}
 		uint64_t d = now_ns() - a;
@@ -303,6 +328,10 @@ struct run {
 	double cached_before, cached_after; /* share of the file in the page cache */
 	uint64_t sum;              /* of the words touched */
 	uint64_t msgs;             /* lazymap: fault messages served during the timed scan */
+	uint64_t sync_ns;          /* file-shared-write: msync or lazymap_sync of the mapping */
+	double written;            /* file-shared-write: bytes the writes made dirty (kernel:
+	                            * /proc/self/io write_bytes, whole folios; lazymap:
+	                            * bytes_written); < 0: not known */
 	uint32_t cdf[NQ];          /* per-touch latency, ns, at quantile(i) */
 };
 
@@ -319,7 +348,7 @@ static int cmp_u32(const void *a, const void *b)
  * thread's start to the last one's end.
  */
 static struct run scan(char *base, const uint32_t *order, size_t n, enum kind kind, bool kernel,
-		       unsigned nthreads, uint32_t *lat)
+		       unsigned nthreads, uint64_t salt, uint32_t *lat)
 {
 	struct slice sl[MAX_THREADS];
 	pthread_barrier_t start;
@@ -334,7 +363,7 @@ static struct run scan(char *base, const uint32_t *order, size_t n, enum kind ki
 		size_t a = n * t / nthreads, b = n * (t + 1) / nthreads;
 
 		sl[t] = (struct slice){ .base = base, .order = order + a, .lat = lat + a, .n = b - a,
-					.kind = kind, .kernel = kernel, .start = &start };
+					.kind = kind, .kernel = kernel, .salt = salt, .start = &start };
 		int err = pthread_create(&sl[t].tid, NULL, touch_slice, &sl[t]);
 
 		if (err) {
@@ -384,28 +413,37 @@ static const char *fs_name(long type)
 	}
 }
 
-/* Make tmp_dir under dir, write size bytes of data_word() with large pwrite()s, fsync. */
-static int make_file(const char *dir, size_t size)
+/* Make tmp_dir under dir, where the generated files go. */
+static int make_dir(const char *dir)
 {
-	const size_t chunk = 8u << 20;
-	uint64_t *buf = NULL;
-	int fd = -1, err;
-
 	if ((size_t)snprintf(tmp_dir, sizeof(tmp_dir), "%s/lazymap-bench.XXXXXX", dir) >= sizeof(tmp_dir)) {
 		tmp_dir[0] = 0;
 		return -ENAMETOOLONG;
 	}
 	if (!mkdtemp(tmp_dir)) {
-		err = -errno;
+		int err = -errno;
+
 		tmp_dir[0] = 0;
 		return err;
 	}
-	snprintf(tmp_path, sizeof(tmp_path), "%s/data", tmp_dir);
+	return 0;
+}
+
+/*
+ * Create path, write size bytes of data_word() with large pwrite()s, fsync;
+ * the descriptor (read-write) in *fdp.
+ */
+static int make_data_file(const char *path, size_t size, int *fdp)
+{
+	const size_t chunk = 8u << 20;
+	uint64_t *buf = NULL;
+	int fd = -1, err;
+
 	err = -ENOMEM;
 	buf = malloc(chunk);
 	if (!buf)
 		goto out;
-	fd = open(tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		err = -errno;
 		goto out;
@@ -427,20 +465,13 @@ static int make_file(const char *dir, size_t size)
 			done += (size_t)w;
 		}
 		if (size > (64u << 20))
-			fprintf(stderr, "\rgenerating %s: %zu/%zu MiB ", tmp_path, (off + len) >> 20, size >> 20);
+			fprintf(stderr, "\rgenerating %s: %zu/%zu MiB ", path, (off + len) >> 20, size >> 20);
 	}
 	if (fsync(fd)) {
 		err = -errno;
 		goto out;
 	}
-	close(fd);
-	/* The benchmark reads it like a reader would: read-only. */
-	fd = open(tmp_path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		err = -errno;
-		goto out;
-	}
-	file_fd = fd;
+	*fdp = fd;
 	fd = -1;
 	err = 0;
 out:
@@ -452,17 +483,50 @@ out:
 	return err;
 }
 
-/* Share of the file in the page cache now, from mincore on a mapping of it. */
-static double cached_share(void)
+/* The bench file, in tmp_dir: the benchmark reads it like a reader would, read-only. */
+static int make_file(size_t size)
 {
-	size_t n = (file_size + ps - 1) / ps, in = 0;
-	void *p = mmap(NULL, file_size, PROT_READ, MAP_SHARED, file_fd, 0);
+	int fd = -1, err;
 
-	if (p == MAP_FAILED || mincore(p, file_size, mc_vec)) {
+	snprintf(tmp_path, sizeof(tmp_path), "%s/data", tmp_dir);
+	err = make_data_file(tmp_path, size, &fd);
+	if (err)
+		return err;
+	close(fd);
+	file_fd = open(tmp_path, O_RDONLY | O_CLOEXEC);
+	return file_fd < 0 ? -errno : 0;
+}
+
+/* file-shared-write: the twins' copies, read-write, in tmp_dir. */
+static int shared_fd[2] = { -1, -1 };
+static size_t shared_size;
+
+static int make_shared_files(size_t size)
+{
+	static const char *const names[2] = { "shared-kernel", "shared-lazymap" };
+
+	shared_size = size;
+	for (int i = 0; i < 2; i++) {
+		snprintf(shared_path[i], sizeof(shared_path[i]), "%s/%s", tmp_dir, names[i]);
+		int err = make_data_file(shared_path[i], size, &shared_fd[i]);
+
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* Share of a file of size bytes in the page cache now, from mincore on a mapping of it. */
+static double cached_share(int fd, size_t size)
+{
+	size_t n = (size + ps - 1) / ps, in = 0;
+	void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+
+	if (p == MAP_FAILED || mincore(p, size, mc_vec)) {
 		perror("mmap/mincore of the file");
 		exit(1);
 	}
-	munmap(p, file_size);
+	munmap(p, size);
 	for (size_t i = 0; i < n; i++)
 		in += mc_vec[i] & 1;
 	return (double)in / (double)n;
@@ -474,28 +538,28 @@ static double cached_share(void)
  * all into the cache, and check, since the host may reclaim behind our back.
  * Returns the share cached now.
  */
-static double prepare_cache(enum cache cache)
+static double prepare_cache(int fd, size_t size, enum cache cache)
 {
-	double in = cached_share();
+	double in = cached_share(fd, size);
 
 	if (cache == COLD) {
 		for (int i = 0; i < 10 && in > 0; i++) {
 			if (i)
 				usleep(10000);
-			int err = posix_fadvise(file_fd, 0, 0, POSIX_FADV_DONTNEED);
+			int err = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 
 			if (err) {
 				fprintf(stderr, "posix_fadvise(DONTNEED): %s\n", strerror(err));
 				exit(1);
 			}
-			in = cached_share();
+			in = cached_share(fd, size);
 		}
 	} else if (cache == HOT) {
 		static char buf[1 << 20];
 
 		for (int i = 0; i < 3 && in < 1; i++) {
-			for (size_t off = 0; off < file_size;) {
-				ssize_t r = pread(file_fd, buf, sizeof(buf), (off_t)off);
+			for (size_t off = 0; off < size;) {
+				ssize_t r = pread(fd, buf, sizeof(buf), (off_t)off);
 
 				if (r < 0 && errno == EINTR)
 					continue;
@@ -505,7 +569,7 @@ static double prepare_cache(enum cache cache)
 				}
 				off += (size_t)r;
 			}
-			in = cached_share();
+			in = cached_share(fd, size);
 		}
 	}
 	return in;
@@ -928,6 +992,7 @@ struct job {
 	size_t touched;    /* entries of order */
 	const uint32_t *order;
 	uint64_t want_sum; /* file scenarios: what the touched words add up to */
+	uint64_t salt;     /* file-shared-write: this run's, so that a run's bytes differ from the last */
 };
 
 static bool use_advise;
@@ -952,17 +1017,144 @@ static char *kernel_map_file(const struct job *j)
 	return p;
 }
 
-static struct run run_kernel(const struct job *j, uint32_t *lat)
+/*
+ * file-shared-write: does the file hold exactly the written words (and the
+ * rest as generated)? Read back with pread, all of it, so that a write-back
+ * of a wrong page shows too. First difference in why; false if none.
+ */
+static bool check_written(int fd, const struct job *j, char *why, size_t whylen)
+{
+	const size_t chunk = 8u << 20;
+	size_t len = j->npages * ps, bad = 0;
+	unsigned char *hit = calloc(j->npages, 1);
+	uint64_t *buf = malloc(chunk);
+
+	if (!hit || !buf) {
+		fprintf(stderr, "check_written: out of memory\n");
+		exit(1);
+	}
+	for (size_t i = 0; i < j->touched; i++)
+		hit[j->order[i]] = 1;
+	for (size_t off = 0; off < len; off += chunk) {
+		size_t n = len - off < chunk ? len - off : chunk;
+		int err = read_at(fd, buf, n, (off_t)off);
+
+		if (err) {
+			snprintf(why, whylen, "pread of the file: %s", strerror(-err));
+			bad = 1;
+			break;
+		}
+		for (size_t k = 0; k < n / 8; k++) {
+			uint64_t at = off + k * 8;
+			uint32_t pg = (uint32_t)(at / ps);
+			uint64_t want = hit[pg] && at % ps == touch_off(pg) ? written_word(pg, j->salt)
+									    : data_word(at);
+
+			if (buf[k] == want)
+				continue;
+			if (!bad++)
+				snprintf(why, whylen, "after the sync, file page %u word %zu holds 0x%016llx, "
+					 "not the %s 0x%016llx", (unsigned)pg, (size_t)(at % ps / 8),
+					 (unsigned long long)buf[k], want == data_word(at) ?
+					 "file's own" : "word written", (unsigned long long)want);
+			k = ((size_t)pg + 1) * ps / 8 - off / 8 - 1; /* on to the next page */
+		}
+	}
+	if (bad > 1 || (bad && strncmp(why, "pread", 5))) {
+		size_t l = strlen(why);
+
+		snprintf(why + l, whylen - l, " (%zu of %zu pages wrong)", bad, j->npages);
+	}
+	free(hit);
+	free(buf);
+	return bad != 0;
+}
+
+/* Put the file's own words back where a run wrote, durably: the next run starts from the same file. */
+static void reset_written(int fd, const struct job *j)
+{
+	for (size_t i = 0; i < j->touched; i++) {
+		uint32_t pg = j->order[i];
+		uint64_t at = (uint64_t)pg * ps + touch_off(pg), w = data_word(at);
+
+		if (pwrite(fd, &w, sizeof(w), (off_t)at) != (ssize_t)sizeof(w)) {
+			perror("file-shared-write: resetting the file");
+			exit(1);
+		}
+	}
+	if (fdatasync(fd)) {
+		perror("file-shared-write: fdatasync");
+		exit(1);
+	}
+}
+
+/*
+ * The bytes this process has made dirty in the page cache so far
+ * (/proc/self/io write_bytes, counted as folios are dirtied); -1 if the
+ * kernel does not say.
+ */
+static double io_write_bytes(void)
+{
+	FILE *f = fopen("/proc/self/io", "r");
+	unsigned long long v;
+	char line[128];
+	double ret = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "write_bytes: %llu", &v) == 1)
+			ret = (double)v;
+	fclose(f);
+	return ret;
+}
+
+/*
+ * file-shared-write, kernel twin: the writes, msync(MS_SYNC) timed apart,
+ * the file checked. The kernel tracks dirt per folio: a word written in a
+ * large folio makes all of it dirty, and r.written says how much that was.
+ */
+static struct run kernel_write(const struct job *j, uint32_t *lat, char *why, size_t whylen)
+{
+	size_t len = j->npages * ps;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, shared_fd[0], 0);
+	double w0 = io_write_bytes(), w1;
+	struct run r;
+	uint64_t t0;
+
+	if (p == MAP_FAILED) {
+		perror("mmap(MAP_SHARED) of the kernel's copy");
+		exit(1);
+	}
+	if (use_advise)
+		madvise(p, len, kernel_advice(j->sc->access));
+	r = scan(p, j->order, j->touched, FILE_WRITE, true, j->threads, j->salt, lat);
+	t0 = now_ns();
+	if (msync(p, len, MS_SYNC))
+		snprintf(why, whylen, "msync: %s", strerror(errno));
+	r.sync_ns = now_ns() - t0;
+	w1 = io_write_bytes();
+	r.written = w0 < 0 || w1 < 0 ? -1 : w1 - w0;
+	if (!why[0])
+		check_written(shared_fd[0], j, why, whylen);
+	munmap(p, len);
+	reset_written(shared_fd[0], j);
+	return r;
+}
+
+static struct run run_kernel(const struct job *j, uint32_t *lat, char *why, size_t whylen)
 {
 	size_t len = j->npages * ps;
 	char *p, *first = NULL;
 	struct run r;
 
 	switch (j->sc->kind) {
+	case FILE_WRITE:
+		return kernel_write(j, lat, why, whylen);
 	case FILE_REMAP:
 		/* The first mapping is read in full, untimed, and stays mapped. */
 		first = kernel_map_file(j);
-		scan(first, j->order, j->touched, FILE_READ, true, j->threads, lat);
+		scan(first, j->order, j->touched, FILE_READ, true, j->threads, 0, lat);
 		/* fall through */
 	case FILE_READ:
 		p = kernel_map_file(j);
@@ -977,7 +1169,7 @@ static struct run run_kernel(const struct job *j, uint32_t *lat)
 		madvise(p, len, MADV_NOHUGEPAGE); /* per-4 KiB faults, like ours */
 		break;
 	}
-	r = scan(p, j->order, j->touched, j->sc->kind, true, j->threads, lat);
+	r = scan(p, j->order, j->touched, j->sc->kind, true, j->threads, 0, lat);
 	munmap(p, len);
 	if (first)
 		munmap(first, len);
@@ -1020,7 +1212,8 @@ static bool check_pages(const char *p, const struct job *j, char *why, size_t wh
 	X(io_errors, 0) X(zero_pages, 0) X(fill_calls, 0) X(copy_ioctls, 0) X(move_ioctls, 0)    \
 	X(zeropage_ioctls, 0) X(coalesced, 0) X(unowned, 0) X(reads, 0) X(sleeps, 0)              \
 	X(prefetched, 0) X(max_batch, 1) X(regions, 1) X(file_reads, 0) X(short_reads, 0)        \
-	X(readahead_pages, 0) X(inflight_max, 1)
+	X(readahead_pages, 0) X(inflight_max, 1) X(wp_faults, 0) X(writebacks, 0)             \
+	X(dirty_pages, 1) X(cache_pages, 1)
 
 /* acc += b - a for counts; acc = the larger for levels. */
 static void stats_add_delta(struct lazymap_stats *acc, const struct lazymap_stats *a,
@@ -1060,7 +1253,7 @@ static struct run lazymap_scan(struct lazymap *lm, const struct job *j, char *p,
 	memset(&st0, 0, sizeof(st0));
 	memset(&st1, 0, sizeof(st1));
 	lazymap_stats(lm, &st0);
-	r = scan(p, j->order, j->touched, kind, false, j->threads, lat);
+	r = scan(p, j->order, j->touched, kind, false, j->threads, j->salt, lat);
 	lazymap_stats(lm, &st1);
 	stats_add_delta(acc, &st0, &st1);
 	r.msgs = st1.faults - st0.faults;
@@ -1068,6 +1261,47 @@ static struct run lazymap_scan(struct lazymap *lm, const struct job *j, char *p,
 	r.majflt = 0;
 	r.read_pages = (double)(st1.bytes_read - st0.bytes_read) / (double)ps / (double)j->touched;
 	return r;
+}
+
+/*
+ * file-shared-write, lazymap twin: the writes, lazymap_sync timed apart, the
+ * file checked before the region goes (so that it is the sync that wrote
+ * it, not the unmap). 0, or the error of the call named in *what.
+ */
+static int lazymap_write(struct lazymap *lm, const struct job *j, uint32_t *lat, struct run *r,
+			 struct lazymap_stats *acc, char *bad, size_t badlen, const char **what)
+{
+	size_t len = j->npages * ps;
+	struct lazymap_stats st0, st1;
+	uint64_t t0;
+	void *p;
+	int ret;
+
+	*what = "lazymap_map(LAZYMAP_SHARED)";
+	ret = lazymap_map(lm, &p, len, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, shared_fd[1], 0);
+	if (ret)
+		return ret;
+	if (use_advise && (ret = lazymap_advise(lm, p, len, LAZYMAP_ADV_RANDOM))) {
+		*what = "lazymap_advise";
+		goto out;
+	}
+	*r = lazymap_scan(lm, j, p, FILE_WRITE, lat, acc);
+	memset(&st0, 0, sizeof(st0));
+	memset(&st1, 0, sizeof(st1));
+	lazymap_stats(lm, &st0);
+	t0 = now_ns();
+	*what = "lazymap_sync";
+	ret = lazymap_sync(lm, p, len);
+	r->sync_ns = now_ns() - t0;
+	lazymap_stats(lm, &st1);
+	stats_add_delta(acc, &st0, &st1);
+	r->written = (double)(st1.bytes_written - st0.bytes_written);
+	if (!ret && !bad[0])
+		check_written(shared_fd[1], j, bad, badlen);
+out:
+	lazymap_unmap(lm, p, len);
+	reset_written(shared_fd[1], j);
+	return ret;
 }
 
 /*
@@ -1083,6 +1317,8 @@ static int run_lazymap(struct lazymap *lm, const struct job *j, uint32_t *lat, s
 	int ret;
 
 	switch (j->sc->kind) {
+	case FILE_WRITE:
+		return lazymap_write(lm, j, lat, r, acc, bad, badlen, what);
 	case FILL:
 		*what = "lazymap_map_fill";
 		ret = lazymap_map_fill(lm, &p, len, PROT_READ | PROT_WRITE, fill_pattern, NULL);
@@ -1095,7 +1331,7 @@ static int run_lazymap(struct lazymap *lm, const struct job *j, uint32_t *lat, s
 		ret = lazymap_map_file(lm, j, &first, what);
 		if (ret)
 			return ret;
-		if (scan(first, j->order, j->touched, FILE_READ, false, j->threads, lat).sum !=
+		if (scan(first, j->order, j->touched, FILE_READ, false, j->threads, 0, lat).sum !=
 			    j->want_sum && !bad[0])
 			snprintf(bad, badlen, "first region: checksum of the touched words differs");
 		/* fall through */
@@ -1122,7 +1358,7 @@ static int run_lazymap(struct lazymap *lm, const struct job *j, uint32_t *lat, s
 /* ---------------------------------------------------------------- rows */
 
 struct side {
-	const char *status; /* "ok", "unavailable" or "error" */
+	const char *status; /* "ok", "unavailable", "error" or "failed" (wrong bytes in the file) */
 	char why[200];
 	struct run *runs;
 	int n;
@@ -1242,18 +1478,23 @@ static void run_row(struct lazymap *twin, struct lazymap *lm, struct row *rw, in
 			struct side *s = kernel ? &rw->k : &rw->l;
 			struct run r = { 0 };
 			double before = 0;
+			/* file-shared-write: each twin writes a copy of its own */
+			bool own = j->sc->kind == FILE_WRITE;
+			int fd = own ? shared_fd[!kernel] : file_fd;
+			size_t fsize = own ? shared_size : file_size;
 
 			if (strcmp(s->status, "ok"))
 				continue;
+			rw->job.salt = (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull | 1;
 			fprintf(stderr, "\r%s thr %u: run %d/%d %-8s", j->name, j->threads, i + 1, repeat,
 				tw_name(j, kernel));
 			snprintf(running, sizeof(running), "%s, %u thread(s), %s twin, run %d/%d",
 				 j->name, j->threads, tw_name(j, kernel), i + 1, repeat);
 			alarm(run_timeout); /* the watchdog: a hang kills us with its name */
 			if (c != NO_FILE)
-				before = prepare_cache(c);
+				before = prepare_cache(fd, fsize, c);
 			if (kernel && !twin) {
-				r = run_kernel(j, lat);
+				r = run_kernel(j, lat, rw->k.why, sizeof(rw->k.why));
 			} else {
 				const char *what = "lazymap";
 				int ret = kernel ? run_lazymap(twin, j, lat, &r, &twin_st, rw->k.why,
@@ -1271,9 +1512,16 @@ static void run_row(struct lazymap *twin, struct lazymap *lm, struct row *rw, in
 					continue;
 				}
 			}
+			if (own && (kernel ? rw->k.why[0] : rw->bad[0])) {
+				/* The file does not hold what was written: no figure of this twin stands. */
+				s->status = "failed";
+				if (!kernel)
+					snprintf(s->why, sizeof(s->why), "the file is wrong after the sync");
+				continue;
+			}
 			if (c != NO_FILE) {
 				r.cached_before = before;
-				r.cached_after = cached_share();
+				r.cached_after = cached_share(fd, fsize);
 				if (kernel && !twin)
 					r.read_pages = (r.cached_after - before) * (double)j->npages /
 						       (double)j->touched;
@@ -1327,17 +1575,25 @@ static void print_threads_header(size_t mib)
 	print_columns();
 }
 
-static void print_file_header(const char *fs)
+static void print_file_header(const char *fs, bool shared)
 {
-	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random,\n"
-	       "file-rand-dense-* every page once in shuffled order, file-sparse-touch one page at random\n"
-	       "in each 256 by one thread (p50 against the disk's raw 4 KiB read), file-remap a second\n"
-	       "mapping of the file scanned while the first, already scanned, stays mapped\n"
+	if (file_size) /* else file-shared-write alone: no bench file */
+		printf("\nfile scenarios: %zu MiB file on %s\n", file_size >> 20, fs);
+	else
+		printf("\nfile scenarios: files in %s\n", fs);
+	printf("file-rand-{cold,hot} touch %d%% of the pages at random, file-rand-dense-* every page "
+	       "once in shuffled order,\nfile-sparse-touch one page at random in each 256 by one "
+	       "thread (p50 against the disk's raw 4 KiB read),\nfile-remap a second mapping of the "
+	       "file scanned while the first, already scanned, stays mapped\n"
 	       "rd/pg: pages read from the file per page touched; cache: share of the file in the "
 	       "page cache before\nthe runs (cold: the most; hot: the least); +direct: "
 	       "LAZYMAP_DIRECT (same kernel twin);\n"
 	       "daemon-*: the scan served by faultd, with lazymap in-process as the twin\n",
-	       file_size >> 20, fs, "file-rand-{cold,hot}", RAND_PERCENT);
+	       RAND_PERCENT);
+	if (shared)
+		printf("file-shared-write: a word written in 10%% of the pages of a %zu MiB copy of the "
+		       "file (one copy per twin),\nall cached, then the whole mapping synced: the line "
+		       "times the writes, the line below it the sync\n", shared_size >> 20);
 	print_columns();
 }
 
@@ -1366,6 +1622,45 @@ static void print_side(const struct row *rw, bool kernel)
 	       lead, thr, tw_name(&rw->job, kernel), 1e6 / m.ns_per_page, (double)ps / m.ns_per_page,
 	       m.ns_per_page, m.p50 / 1000, m.p90 / 1000, m.p99 / 1000, m.max / 1000, ratio,
 	       m.faults, rd, cache);
+}
+
+static bool side_ok(const struct side *s)
+{
+	return !strcmp(s->status, "ok") && s->n;
+}
+
+/* Median of a side's sync times, ns. */
+static double median_sync(const struct side *s)
+{
+	double v[101]; /* --repeat is at most 101 */
+
+	for (int i = 0; i < s->n; i++)
+		v[i] = (double)s->runs[i].sync_ns;
+	return median_of(v, (size_t)s->n);
+}
+
+/* file-shared-write: the write-back, timed apart from the writes of the table's line. */
+static void print_sync(const struct row *rw)
+{
+	static const char *const call[2] = { "msync(MS_SYNC)", "lazymap_sync" };
+	double dirty = (double)rw->job.touched * (double)ps, t[2] = { -1, -1 };
+
+	printf("  sync of %zu dirty pages (%.1f MB):", rw->job.touched, dirty / 1e6);
+	for (int k = 0; k < 2; k++) {
+		const struct side *s = k ? &rw->l : &rw->k;
+
+		if (!side_ok(s)) {
+			printf("%s %s %s", k ? ";" : "", call[k], s->status);
+			continue;
+		}
+		t[k] = median_sync(s);
+		printf("%s %s %.1f ms, %.0f MB/s", k ? ";" : "", call[k], t[k] / 1e6, dirty / t[k] * 1e3);
+		if (median(s).written >= 0)
+			printf(" (%s %.1f MB)", k ? "wrote" : "dirtied", median(s).written / 1e6);
+	}
+	if (t[0] > 0 && t[1] > 0)
+		printf("; ratio %.2fx time, %.2fx throughput (target >= 0.8x)", t[1] / t[0], t[0] / t[1]);
+	printf("\n");
 }
 
 /* file-remap: the second region's pages should all come from the cache, with no fault message. */
@@ -1405,8 +1700,10 @@ static void print_row(const struct row *rw)
 	print_side(rw, false);
 	if (rw->job.sc->access == SPREAD && machine.disk_ns >= 0)
 		print_sparse(rw);
-	if (rw->job.sc->kind == FILE_REMAP && !strcmp(rw->l.status, "ok") && rw->l.n)
+	if (rw->job.sc->kind == FILE_REMAP && side_ok(&rw->l))
 		print_remap(rw);
+	if (rw->job.sc->kind == FILE_WRITE)
+		print_sync(rw);
 	if (rw->k.why[0] && !strcmp(rw->k.status, "ok"))
 		printf("  ! %s twin data: %s\n", tw_name(&rw->job, true), rw->k.why);
 	if (rw->bad[0])
@@ -1435,6 +1732,15 @@ static void json_num(FILE *f, double v)
 		fprintf(f, "%.12g", v);
 	else
 		fputs("null", f);
+}
+
+/* A measurement that may be missing (< 0): null then. */
+static void json_opt(FILE *f, double v)
+{
+	if (v < 0)
+		fputs("null", f);
+	else
+		json_num(f, v);
 }
 
 static void json_side(FILE *f, const struct row *rw, bool kernel)
@@ -1496,6 +1802,20 @@ static void json_side(FILE *f, const struct row *rw, bool kernel)
 			fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)s->runs[i].msgs);
 		fputs("]", f);
 	}
+	if (rw->job.sc->kind == FILE_WRITE) {
+		double t = median_sync(s);
+
+		fputs(", \"sync_ns\": ", f);
+		json_num(f, t);
+		fputs(", \"sync_mb_per_s\": ", f);
+		json_num(f, (double)rw->job.touched * (double)ps / t * 1e3);
+		fputs(", \"written_bytes\": ", f);
+		json_opt(f, m.written);
+		fputs(", \"runs_sync_ns\": [", f);
+		for (int i = 0; i < s->n; i++)
+			fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)s->runs[i].sync_ns);
+		fputs("]", f);
+	}
 	fputs(", \"runs_ns_per_page\": [", f);
 	for (int i = 0; i < s->n; i++) {
 		fputs(i ? ", " : "", f);
@@ -1516,15 +1836,6 @@ static void json_side(FILE *f, const struct row *rw, bool kernel)
 		fputs("}", f);
 	}
 	fputs("}", f);
-}
-
-/* A measurement that may be missing (< 0): null then. */
-static void json_opt(FILE *f, double v)
-{
-	if (v < 0)
-		fputs("null", f);
-	else
-		json_num(f, v);
 }
 
 /* file-sparse-touch: the disk's raw read p50 and each twin's p50 beyond it. */
@@ -1592,7 +1903,8 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 		fputs(", \"group\": ", f);
 		json_str(f, group_names[j->sc->group]);
 		fputs(", \"variant\": ", f);
-		json_str(f, !is_file(j->sc) ? "anon" : j->direct ? "direct" : "buffered");
+		json_str(f, !is_file(j->sc) ? "anon" : j->direct ? "direct" :
+			    j->sc->kind == FILE_WRITE ? "shared" : "buffered");
 		fprintf(f, ", \"threads\": %u, \"handler_threads\": ", j->threads);
 		if (j->handlers)
 			fprintf(f, "\"%u\"", j->handlers);
@@ -1614,6 +1926,13 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 			fputs("null", f);
 		if (j->sc->access == SPREAD)
 			json_sparse(f, rw);
+		if (j->sc->kind == FILE_WRITE) {
+			fprintf(f, ", \"dirty_bytes\": %zu, \"sync_ratio\": ", j->touched * ps);
+			if (side_ok(&rw->k) && side_ok(&rw->l))
+				json_num(f, median_sync(&rw->l) / median_sync(&rw->k));
+			else
+				fputs("null", f);
+		}
 		fputs(", \"data_ok\": ", f);
 		fputs(rw->bad[0] ? "false" : "true", f);
 		fputs(", \"data_error\": ", f);
@@ -1631,6 +1950,39 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 
 /* ---------------------------------------------------------------- main */
 
+/*
+ * The files the selected rows read: the bench file (main_size bytes, 0: not
+ * needed) and file-shared-write's two copies (shared_sz, 0: not needed), in
+ * a new directory under dir. Returns the file system's name; exits if it
+ * cannot make them.
+ */
+static const char *make_files(const char *dir, size_t main_size, size_t shared_sz, char *desc,
+			      size_t desclen)
+{
+	struct statfs sf;
+	int ret;
+
+	snprintf(running, sizeof(running), "generating the test files in %s", dir);
+	ret = make_dir(dir);
+	if (!ret && main_size) {
+		file_size = main_size;
+		ret = make_file(main_size);
+	}
+	if (!ret && shared_sz)
+		ret = make_shared_files(shared_sz);
+	if (ret) {
+		fprintf(stderr, "cannot make the test files in %s: %s\n", dir, strerror(-ret));
+		exit(1);
+	}
+	mc_vec = malloc((main_size > shared_sz ? main_size : shared_sz) / ps + 1);
+	fstatfs(main_size ? file_fd : shared_fd[0], &sf);
+	snprintf(desc, desclen, "%s (%s)", main_size ? tmp_path : tmp_dir, fs_name((long)sf.f_type));
+	if (sf.f_type == 0x01021994)
+		fprintf(stderr, "warning: %s is tmpfs: the page cache is the file, cold runs cannot drop it\n",
+			dir);
+	return fs_name((long)sf.f_type);
+}
+
 static void usage(const char *argv0)
 {
 	fprintf(stderr,
@@ -1639,7 +1991,8 @@ static void usage(const char *argv0)
 		"          [--scenario PATTERN[,PATTERN...]] [--scenario-set SET] [--daemon SOCKET]\n"
 		"          [--advise] [--timeout S] [--json FILE] [--quick] [--list]\n"
 		"  --size        anonymous scenarios: MiB per run (64)\n"
-		"  --file-size   file scenarios: size of the generated file, MiB (1024)\n"
+		"  --file-size   file scenarios: size of the generated file, MiB (1024), and of\n"
+		"                file-shared-write's two copies (256)\n"
 		"  --dir         where the file's temporary directory goes (/var/tmp; not tmpfs,\n"
 		"                or LAZYMAP_DIRECT is unavailable)\n"
 		"  --threads     faulting threads, each on its own slice: of the file and daemon\n"
@@ -1690,6 +2043,8 @@ static bool selected(const char *patterns, const char *row, const char *scenario
 /* Rows per scenario: file ones through the page cache and direct; threads-h1, -h2. */
 static int variants(const struct scenario *sc)
 {
+	if (sc->kind == FILE_WRITE)
+		return 1;
 	return sc->group == G_FILE || sc->group == G_THREADS ? 2 : 1;
 }
 
@@ -1735,7 +2090,7 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct lazymap_opts opts = { 0 };
-	size_t size_mib = 64, file_mib = 1024;
+	size_t size_mib = 64, file_mib = 1024, shared_mib = 256;
 	int repeat = 5, c, ret, status = 0, nthr = 2, nmthr = 3;
 	unsigned thr[MAX_THREAD_SETS] = { 1, 2 }, mthr[MAX_THREAD_SETS] = { 1, 2, 4 };
 	bool threads_given = false;
@@ -1777,13 +2132,13 @@ int main(int argc, char **argv)
 			memcpy(mthr, thr, sizeof(thr));
 			threads_given = true;
 			break;
-		case 'f': file_mib = strtoul(optarg, NULL, 0); break;
+		case 'f': file_mib = shared_mib = strtoul(optarg, NULL, 0); break;
 		case 'd': dir = optarg; break;
 		case 'D': daemon = optarg; break;
 		case 'j': json = optarg; break;
 		case 'a': use_advise = true; break;
 		case 'T': run_timeout = (unsigned)atoi(optarg); break;
-		case 'q': size_mib = 4; file_mib = 4; repeat = 1; run_timeout = 60; break;
+		case 'q': size_mib = file_mib = shared_mib = 4; repeat = 1; run_timeout = 60; break;
 		case 'l':
 			for (size_t i = 0; i < NSCENARIOS; i++)
 				for (int v = 0; v < variants(&scenarios[i]); v++) {
@@ -1808,7 +2163,8 @@ int main(int argc, char **argv)
 	 */
 	struct row *rows = calloc(NSCENARIOS * 2 * MAX_THREAD_SETS, sizeof(*rows));
 	size_t nrows = 0, anon_pages = (size_mib << 20) / ps, file_pages = (file_mib << 20) / ps;
-	bool any_file = false;
+	size_t shared_pages = (shared_mib << 20) / ps;
+	bool need_main = false, need_shared = false;
 
 	for (size_t s = 0; s < NSCENARIOS; s++) {
 		const struct scenario *sc = &scenarios[s];
@@ -1833,10 +2189,12 @@ int main(int argc, char **argv)
 				row_name(j->name, sizeof(j->name), sc, v);
 				if (!selected(only, j->name, sc->name))
 					continue;
-				j->npages = file ? file_pages : anon_pages;
+				j->npages = sc->kind == FILE_WRITE ? shared_pages : file ? file_pages
+											    : anon_pages;
 				j->touched = sc->one_in ? (j->npages + sc->one_in - 1) / sc->one_in
 							: j->npages;
-				any_file |= file;
+				need_main |= file && sc->kind != FILE_WRITE;
+				need_shared |= sc->kind == FILE_WRITE;
 				nrows++;
 			}
 	}
@@ -1852,27 +2210,15 @@ int main(int argc, char **argv)
 	}
 	int fds_before = count_fds();
 
-	if (any_file) {
-		struct statfs sf;
-
-		file_size = file_mib << 20;
-		snprintf(running, sizeof(running), "generating the test file in %s", dir);
-		ret = make_file(dir, file_size);
-		if (ret) {
-			fprintf(stderr, "cannot make the test file in %s: %s\n", dir, strerror(-ret));
-			return 1;
-		}
-		mc_vec = malloc(file_pages);
-		fstatfs(file_fd, &sf);
-		fs = fs_name((long)sf.f_type);
-		snprintf(fsdesc, sizeof(fsdesc), "%s (%s)", tmp_path, fs);
-		if (sf.f_type == 0x01021994)
-			fprintf(stderr, "warning: %s is tmpfs: the page cache is the file, cold runs cannot drop it\n",
-				dir);
+	if (need_main || need_shared) {
+		fs = make_files(dir, need_main ? file_mib << 20 : 0, need_shared ? shared_mib << 20 : 0,
+				fsdesc, sizeof(fsdesc));
 		fds_before = count_fds();
 	}
 
 	size_t maxpages = anon_pages > file_pages ? anon_pages : file_pages;
+
+	maxpages = maxpages > shared_pages ? maxpages : shared_pages;
 	uint32_t *order = malloc(maxpages * sizeof(*order)), *lat = malloc(maxpages * sizeof(*lat));
 	struct utsname un;
 	time_t tnow = time(NULL);
@@ -1880,7 +2226,8 @@ int main(int argc, char **argv)
 
 	uname(&un);
 	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %z", localtime(&tnow));
-	probe_machine(&machine, any_file ? tmp_path : NULL, file_size, fs);
+	probe_machine(&machine, need_main ? tmp_path : need_shared ? shared_path[0] : NULL,
+		      need_main ? file_size : shared_size, fs);
 	printf("lazymap-bench, %s, Linux %s %s, %ld CPUs\n%s\n", date, un.release, un.machine,
 	       sysconf(_SC_NPROCESSORS_ONLN), machine.line);
 	printf("%d runs per twin (median), handlers %s%s%s, kernel twin in the same run%s\n"
@@ -1893,11 +2240,11 @@ int main(int argc, char **argv)
 		 "\n \"tool\": \"lazymap-bench\", \"date\": \"%s\", \"kernel\": \"%s\", \"machine\": \"%s\","
 		 " \"cpus\": %ld, \"page_size\": %zu, \"repeat\": %d,\n \"handlers\": \"%s\", \"spin_us\": %u,"
 		 " \"readahead_kib\": %zu, \"install\": \"%s\", \"advise\": %s, \"anon_size_bytes\": %zu,"
-		 " \"file_size_bytes\": %zu, \"random_percent\": %d",
+		 " \"file_size_bytes\": %zu, \"shared_file_size_bytes\": %zu, \"random_percent\": %d",
 		 date, un.release, un.machine, sysconf(_SC_NPROCESSORS_ONLN), ps, repeat,
 		 handlers_name(&opts, hbuf, sizeof(hbuf)), opts.spin_us, opts.readahead_max >> 10,
 		 opts.install == LAZYMAP_INSTALL_MOVE ? "move" : "copy", use_advise ? "true" : "false",
-		 anon_pages * ps, any_file ? file_size : 0, RAND_PERCENT);
+		 anon_pages * ps, file_size, shared_size, RAND_PERCENT);
 
 	bool anon_head = false, threads_head = false, file_head = false;
 	double worst_cold = 0, worst_hot = 1, worst_hot_after = 1;
@@ -1914,7 +2261,7 @@ int main(int argc, char **argv)
 			   0x9e3779b97f4a7c15ull + (uint64_t)(j->sc - scenarios));
 		j->order = order;
 		j->want_sum = 0;
-		if (file)
+		if (file && j->sc->kind != FILE_WRITE)
 			for (size_t k = 0; k < j->touched; k++)
 				j->want_sum += data_word((uint64_t)order[k] * ps + touch_off(order[k]));
 		if (j->sc->group == G_ANON && !anon_head) {
@@ -1926,7 +2273,7 @@ int main(int argc, char **argv)
 			threads_head = true;
 		}
 		if (file && !file_head) {
-			print_file_header(fsdesc);
+			print_file_header(fsdesc, need_shared);
 			file_head = true;
 		}
 		if (j->sc->group == G_THREADS) {
@@ -1996,20 +2343,21 @@ int main(int argc, char **argv)
 		for (size_t i = 0; i < nrows; i++)
 			any |= is_file(rows[i].job.sc) && !strcmp(rows[i].l.status, "ok");
 		if (any) {
-			printf("\nlazymap counters per run: %-2s %3s %9s %9s %9s %9s %8s %9s %6s\n", "",
-			       "thr", "faults", "filled", "readahd", "io reads", "short", "MiB read",
-			       "io err");
+			printf("\nlazymap counters per run: %-2s %3s %9s %9s %9s %9s %8s %9s %6s %9s %8s\n",
+			       "", "thr", "faults", "filled", "readahd", "io reads", "short", "MiB read",
+			       "io err", "wp faults", "MiB wr");
 			for (size_t i = 0; i < nrows; i++) {
 				const struct row *rw = &rows[i];
 				double n = rw->l.n;
 
 				if (!is_file(rw->job.sc) || strcmp(rw->l.status, "ok") || !n)
 					continue;
-				printf("%-28s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f\n", rw->job.name,
-				       rw->job.threads, rw->st.faults / n, rw->st.pages_filled / n,
-				       rw->st.readahead_pages / n, rw->st.file_reads / n,
-				       rw->st.short_reads / n, rw->st.bytes_read / n / 1048576.0,
-				       rw->st.io_errors / n);
+				printf("%-28s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f %9.0f %8.1f\n",
+				       rw->job.name, rw->job.threads, rw->st.faults / n,
+				       rw->st.pages_filled / n, rw->st.readahead_pages / n,
+				       rw->st.file_reads / n, rw->st.short_reads / n,
+				       rw->st.bytes_read / n / 1048576.0, rw->st.io_errors / n,
+				       rw->st.wp_faults / n, rw->st.bytes_written / n / 1048576.0);
 			}
 		}
 		if (worst_cold > 0)
@@ -2055,6 +2403,9 @@ int main(int argc, char **argv)
 	free(mc_vec);
 	if (file_fd >= 0)
 		close(file_fd);
+	for (int k = 0; k < 2; k++)
+		if (shared_fd[k] >= 0)
+			close(shared_fd[k]);
 	remove_file();
 	return status;
 }
