@@ -6,26 +6,36 @@
  * is printed with the ratio lazymap/kernel. Anonymous scenarios; the threads
  * matrix (faulting threads x handler threads); file scenarios over a file
  * generated once per run, read through the page cache and with
- * LAZYMAP_DIRECT, cold or hot, by one or several faulting threads; and the
- * same cold scans served by faultd against in-process handlers.
+ * LAZYMAP_DIRECT, cold or hot, by one or several faulting threads, a
+ * second region of a file already read, and writes to a shared mapping of a
+ * copy of it with their write-back; and the same cold scans served by
+ * faultd against in-process handlers. The run
+ * opens with a machine line (what a system call, a kernel page fault, a
+ * same-CPU userfaultfd round trip and a 4 KiB disk read cost here), so that
+ * tables from different machines are never compared as if alike.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <getopt.h>
 #include <limits.h>
+#include <linux/userfaultfd.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/klog.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +56,7 @@ static size_t ps;
  * of a crash or a hang (the library's bugs show up as one or the other).
  */
 static char tmp_dir[PATH_MAX], tmp_path[PATH_MAX + 8];
+static char shared_path[2][PATH_MAX + 16]; /* file-shared-write: the kernel's copy, lazymap's */
 static char running[200];
 static unsigned run_timeout = 600; /* seconds one twin's run may take */
 
@@ -53,6 +64,9 @@ static void remove_file(void)
 {
 	if (tmp_path[0])
 		unlink(tmp_path);
+	for (int i = 0; i < 2; i++)
+		if (shared_path[i][0])
+			unlink(shared_path[i]);
 	if (tmp_dir[0])
 		rmdir(tmp_dir);
 }
@@ -88,7 +102,7 @@ static void on_signal(int sig)
 
 static void catch_signals(void)
 {
-	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM,
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM, SIGPIPE,
 				    SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL };
 	struct sigaction sa;
 
@@ -103,8 +117,14 @@ static void catch_signals(void)
 
 /* ---------------------------------------------------------------- scenarios */
 
-enum access { SEQ, RAND };
-enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ };
+/* SPREAD: one page at random in each block of one_in pages, the blocks in shuffled order. */
+enum access { SEQ, RAND, SPREAD };
+/*
+ * FILE_REMAP: FILE_READ through a second region of the file, after a first
+ * one read it all. FILE_WRITE: a word written in each page touched of a
+ * shared mapping of a copy of the file, then the whole mapping synced.
+ */
+enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ, FILE_REMAP, FILE_WRITE };
 enum cache { NO_FILE, COLD, HOT };
 enum group { G_ANON, G_THREADS, G_FILE, G_DAEMON };
 
@@ -116,25 +136,56 @@ struct scenario {
 	enum kind kind;
 	enum access access;
 	enum cache cache;
+	unsigned one_in;         /* RAND, SPREAD: touch one page in N; 0: all */
+	int threads;             /* faulting threads: 0 the --threads list; N > 0: N, or
+	                          * the list when --threads is given; -1: one, always */
 	const char *kernel_twin; /* the daemon group's twin is lazymap in-process */
 };
 
+#define ALL_THREADS 0
+#define ONE_THREAD  (-1)
+
 static const struct scenario scenarios[] = {
-	{ "anon-zero-write-seq", G_ANON, ZERO_WRITE, SEQ, NO_FILE, "mmap anonymous, write" },
-	{ "anon-zero-write-rand", G_ANON, ZERO_WRITE, RAND, NO_FILE, "mmap anonymous, write" },
-	{ "anon-zero-read-rand", G_ANON, ZERO_READ, RAND, NO_FILE, "mmap anonymous, read" },
-	{ "anon-fill-seq", G_ANON, FILL, SEQ, NO_FILE, "mmap anonymous + fill in the program" },
-	{ "anon-fill-rand", G_ANON, FILL, RAND, NO_FILE, "mmap anonymous + fill in the program" },
+	{ "anon-zero-write-seq", G_ANON, ZERO_WRITE, SEQ, NO_FILE, 0, 1, "mmap anonymous, write" },
+	{ "anon-zero-write-rand", G_ANON, ZERO_WRITE, RAND, NO_FILE, 0, 1, "mmap anonymous, write" },
+	{ "anon-zero-read-rand", G_ANON, ZERO_READ, RAND, NO_FILE, 0, 1, "mmap anonymous, read" },
+	{ "anon-fill-seq", G_ANON, FILL, SEQ, NO_FILE, 0, 1, "mmap anonymous + fill in the program" },
+	{ "anon-fill-rand", G_ANON, FILL, RAND, NO_FILE, 0, 1, "mmap anonymous + fill in the program" },
 	/* Random writes: every touch is a round trip, so handlers are what is measured. */
-	{ "threads", G_THREADS, ZERO_WRITE, RAND, NO_FILE, "mmap anonymous, write, same threads" },
-	{ "file-seq-cold", G_FILE, FILE_READ, SEQ, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
-	{ "file-seq-hot", G_FILE, FILE_READ, SEQ, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
-	{ "file-rand-cold", G_FILE, FILE_READ, RAND, COLD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
-	{ "file-rand-hot", G_FILE, FILE_READ, RAND, HOT, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
-	{ "daemon-file-seq-cold", G_DAEMON, FILE_READ, SEQ, COLD, "lazymap in-process, cache dropped" },
-	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, "lazymap in-process, cache dropped" },
+	{ "threads", G_THREADS, ZERO_WRITE, RAND, NO_FILE, 0, ALL_THREADS, "mmap anonymous, write, same threads" },
+	{ "file-seq-cold", G_FILE, FILE_READ, SEQ, COLD, 0, ALL_THREADS, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-seq-hot", G_FILE, FILE_READ, SEQ, HOT, 0, ALL_THREADS, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	{ "file-rand-cold", G_FILE, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, ALL_THREADS, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-rand-hot", G_FILE, FILE_READ, RAND, HOT, 100 / RAND_PERCENT, ALL_THREADS, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	/*
+	 * Every page once in shuffled order: where reading only the page touched
+	 * is ruinous and read-around pays; 2 faulting threads as in issue 10.
+	 */
+	{ "file-rand-dense-cold", G_FILE, FILE_READ, RAND, COLD, 0, 2, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "file-rand-dense-hot", G_FILE, FILE_READ, RAND, HOT, 0, 2, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
+	/*
+	 * Lone cold touches 1 MiB apart on average, one faulting thread: the
+	 * cost of a fault that must wait for the disk, against the disk's own
+	 * 4 KiB read. The kernel's read-around (the device's read_ahead_kb, up
+	 * to its mmap_miss cut-off) may cover several blocks: rd/pg shows it.
+	 */
+	/* What a second region of a file costs once a first has read it all. */
+	{ "file-remap", G_FILE, FILE_REMAP, SEQ, HOT, 0, 1, "a second mmap(MAP_PRIVATE, PROT_READ) of the file, the first scanned and kept mapped" },
+	/*
+	 * Write-back: 10% of the pages written, then the mapping synced; each
+	 * twin on a copy of its own, reset after every run.
+	 */
+	{ "file-shared-write", G_FILE, FILE_WRITE, RAND, HOT, 10, 1, "mmap(MAP_SHARED, PROT_READ|PROT_WRITE) of a copy of the file, msync(MS_SYNC)" },
+	{ "file-sparse-touch", G_FILE, FILE_READ, SPREAD, COLD, 256, ONE_THREAD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
+	{ "daemon-file-seq-cold", G_DAEMON, FILE_READ, SEQ, COLD, 0, ALL_THREADS, "lazymap in-process, cache dropped" },
+	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, ALL_THREADS, "lazymap in-process, cache dropped" },
 };
 #define NSCENARIOS (sizeof(scenarios) / sizeof(scenarios[0]))
+
+static bool is_file(const struct scenario *sc)
+{
+	return sc->kind >= FILE_READ;
+}
 
 static uint64_t now_ns(void)
 {
@@ -142,6 +193,15 @@ static uint64_t now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* xorshift64: the same pages in the same order for both twins, run after run. */
+static uint64_t next_rand(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
 }
 
 /* The fill both sides do in anon-fill-*: a word pattern over the page. */
@@ -175,6 +235,12 @@ static inline size_t touch_off(uint32_t pg)
 	return (size_t)pg * 0x9e3779b1u % (ps / 8) * 8;
 }
 
+/* The word file-shared-write puts where a touch of page pg reads: never the file's own. */
+static inline uint64_t written_word(uint32_t pg, uint64_t salt)
+{
+	return data_word((uint64_t)pg * ps + touch_off(pg)) ^ salt;
+}
+
 /* ---------------------------------------------------------------- the touch loop */
 
 struct slice {
@@ -184,6 +250,7 @@ struct slice {
 	size_t n;
 	enum kind kind;
 	bool kernel;
+	uint64_t salt; /* FILE_WRITE: see written_word() */
 	pthread_barrier_t *start;
 	uint64_t t0, t1, sum;
 	long minflt, majflt;
@@ -217,7 +284,11 @@ static void *touch_slice(void *arg)
 			sum += *(volatile uint64_t *)(p + 8);
 			break;
 		case FILE_READ:
+		case FILE_REMAP:
 			sum += *(volatile uint64_t *)(p + touch_off(pg));
+			break;
+		case FILE_WRITE:
+			*(volatile uint64_t *)(p + touch_off(pg)) = written_word(pg, s->salt);
 			break;
 		}
 		uint64_t d = now_ns() - a;
@@ -256,6 +327,11 @@ struct run {
 	                            * pages the run added to the page cache) */
 	double cached_before, cached_after; /* share of the file in the page cache */
 	uint64_t sum;              /* of the words touched */
+	uint64_t msgs;             /* lazymap: fault messages served during the timed scan */
+	uint64_t sync_ns;          /* file-shared-write: msync or lazymap_sync of the mapping */
+	double written;            /* file-shared-write: bytes the writes made dirty (kernel:
+	                            * /proc/self/io write_bytes, whole folios; lazymap:
+	                            * bytes_written); < 0: not known */
 	uint32_t cdf[NQ];          /* per-touch latency, ns, at quantile(i) */
 };
 
@@ -272,7 +348,7 @@ static int cmp_u32(const void *a, const void *b)
  * thread's start to the last one's end.
  */
 static struct run scan(char *base, const uint32_t *order, size_t n, enum kind kind, bool kernel,
-		       unsigned nthreads, uint32_t *lat)
+		       unsigned nthreads, uint64_t salt, uint32_t *lat)
 {
 	struct slice sl[MAX_THREADS];
 	pthread_barrier_t start;
@@ -287,7 +363,7 @@ static struct run scan(char *base, const uint32_t *order, size_t n, enum kind ki
 		size_t a = n * t / nthreads, b = n * (t + 1) / nthreads;
 
 		sl[t] = (struct slice){ .base = base, .order = order + a, .lat = lat + a, .n = b - a,
-					.kind = kind, .kernel = kernel, .start = &start };
+					.kind = kind, .kernel = kernel, .salt = salt, .start = &start };
 		int err = pthread_create(&sl[t].tid, NULL, touch_slice, &sl[t]);
 
 		if (err) {
@@ -337,28 +413,37 @@ static const char *fs_name(long type)
 	}
 }
 
-/* Make tmp_dir under dir, write size bytes of data_word() with large pwrite()s, fsync. */
-static int make_file(const char *dir, size_t size)
+/* Make tmp_dir under dir, where the generated files go. */
+static int make_dir(const char *dir)
 {
-	const size_t chunk = 8u << 20;
-	uint64_t *buf = NULL;
-	int fd = -1, err;
-
 	if ((size_t)snprintf(tmp_dir, sizeof(tmp_dir), "%s/lazymap-bench.XXXXXX", dir) >= sizeof(tmp_dir)) {
 		tmp_dir[0] = 0;
 		return -ENAMETOOLONG;
 	}
 	if (!mkdtemp(tmp_dir)) {
-		err = -errno;
+		int err = -errno;
+
 		tmp_dir[0] = 0;
 		return err;
 	}
-	snprintf(tmp_path, sizeof(tmp_path), "%s/data", tmp_dir);
+	return 0;
+}
+
+/*
+ * Create path, write size bytes of data_word() with large pwrite()s, fsync;
+ * the descriptor (read-write) in *fdp.
+ */
+static int make_data_file(const char *path, size_t size, int *fdp)
+{
+	const size_t chunk = 8u << 20;
+	uint64_t *buf = NULL;
+	int fd = -1, err;
+
 	err = -ENOMEM;
 	buf = malloc(chunk);
 	if (!buf)
 		goto out;
-	fd = open(tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		err = -errno;
 		goto out;
@@ -380,20 +465,13 @@ static int make_file(const char *dir, size_t size)
 			done += (size_t)w;
 		}
 		if (size > (64u << 20))
-			fprintf(stderr, "\rgenerating %s: %zu/%zu MiB ", tmp_path, (off + len) >> 20, size >> 20);
+			fprintf(stderr, "\rgenerating %s: %zu/%zu MiB ", path, (off + len) >> 20, size >> 20);
 	}
 	if (fsync(fd)) {
 		err = -errno;
 		goto out;
 	}
-	close(fd);
-	/* The benchmark reads it like a reader would: read-only. */
-	fd = open(tmp_path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		err = -errno;
-		goto out;
-	}
-	file_fd = fd;
+	*fdp = fd;
 	fd = -1;
 	err = 0;
 out:
@@ -405,17 +483,50 @@ out:
 	return err;
 }
 
-/* Share of the file in the page cache now, from mincore on a mapping of it. */
-static double cached_share(void)
+/* The bench file, in tmp_dir: the benchmark reads it like a reader would, read-only. */
+static int make_file(size_t size)
 {
-	size_t n = (file_size + ps - 1) / ps, in = 0;
-	void *p = mmap(NULL, file_size, PROT_READ, MAP_SHARED, file_fd, 0);
+	int fd = -1, err;
 
-	if (p == MAP_FAILED || mincore(p, file_size, mc_vec)) {
+	snprintf(tmp_path, sizeof(tmp_path), "%s/data", tmp_dir);
+	err = make_data_file(tmp_path, size, &fd);
+	if (err)
+		return err;
+	close(fd);
+	file_fd = open(tmp_path, O_RDONLY | O_CLOEXEC);
+	return file_fd < 0 ? -errno : 0;
+}
+
+/* file-shared-write: the twins' copies, read-write, in tmp_dir. */
+static int shared_fd[2] = { -1, -1 };
+static size_t shared_size;
+
+static int make_shared_files(size_t size)
+{
+	static const char *const names[2] = { "shared-kernel", "shared-lazymap" };
+
+	shared_size = size;
+	for (int i = 0; i < 2; i++) {
+		snprintf(shared_path[i], sizeof(shared_path[i]), "%s/%s", tmp_dir, names[i]);
+		int err = make_data_file(shared_path[i], size, &shared_fd[i]);
+
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* Share of a file of size bytes in the page cache now, from mincore on a mapping of it. */
+static double cached_share(int fd, size_t size)
+{
+	size_t n = (size + ps - 1) / ps, in = 0;
+	void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+
+	if (p == MAP_FAILED || mincore(p, size, mc_vec)) {
 		perror("mmap/mincore of the file");
 		exit(1);
 	}
-	munmap(p, file_size);
+	munmap(p, size);
 	for (size_t i = 0; i < n; i++)
 		in += mc_vec[i] & 1;
 	return (double)in / (double)n;
@@ -427,28 +538,28 @@ static double cached_share(void)
  * all into the cache, and check, since the host may reclaim behind our back.
  * Returns the share cached now.
  */
-static double prepare_cache(enum cache cache)
+static double prepare_cache(int fd, size_t size, enum cache cache)
 {
-	double in = cached_share();
+	double in = cached_share(fd, size);
 
 	if (cache == COLD) {
 		for (int i = 0; i < 10 && in > 0; i++) {
 			if (i)
 				usleep(10000);
-			int err = posix_fadvise(file_fd, 0, 0, POSIX_FADV_DONTNEED);
+			int err = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 
 			if (err) {
 				fprintf(stderr, "posix_fadvise(DONTNEED): %s\n", strerror(err));
 				exit(1);
 			}
-			in = cached_share();
+			in = cached_share(fd, size);
 		}
 	} else if (cache == HOT) {
 		static char buf[1 << 20];
 
 		for (int i = 0; i < 3 && in < 1; i++) {
-			for (size_t off = 0; off < file_size;) {
-				ssize_t r = pread(file_fd, buf, sizeof(buf), (off_t)off);
+			for (size_t off = 0; off < size;) {
+				ssize_t r = pread(fd, buf, sizeof(buf), (off_t)off);
 
 				if (r < 0 && errno == EINTR)
 					continue;
@@ -458,11 +569,412 @@ static double prepare_cache(enum cache cache)
 				}
 				off += (size_t)r;
 			}
-			in = cached_share();
+			in = cached_share(fd, size);
 		}
 	}
 	return in;
 }
+
+/* ---------------------------------------------------------------- the machine */
+
+/*
+ * What kind of machine the run is on, measured at start in a few ms each:
+ * tables from a KVM guest and from a paravirtualised one differ by 10x in
+ * what a kernel entry costs, and must never be compared as if alike.
+ */
+struct machine {
+	char line[800];   /* the "machine: ..." line, without its newline */
+	char hv[64];      /* the hypervisor dmesg names, or empty */
+	double syscall_ns, fault_ns;
+	double uffd_ns;   /* < 0: not measured, uffd_why says why */
+	char uffd_why[96];
+	double disk_ns;   /* p50 of a 4 KiB read; < 0: not measured */
+	char disk_how[160];
+	const char *disk_fs;
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median_of(double *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	return v[n / 2];
+}
+
+#define PROBE_BATCHES 9
+
+/* One getppid: the cheapest system call there is, so all of it is the entry and exit. */
+static double probe_syscall(void)
+{
+	double v[PROBE_BATCHES];
+
+	for (int b = 0; b < PROBE_BATCHES; b++) {
+		uint64_t t0 = now_ns();
+
+		for (int i = 0; i < 500; i++)
+			syscall(SYS_getppid);
+		v[b] = (double)(now_ns() - t0) / 500;
+	}
+	return median_of(v, PROBE_BATCHES);
+}
+
+/*
+ * The first write to a fresh anonymous page: the kernel's own fault, against
+ * which a userfaultfd round trip is judged. Timed in batches of 64 pages, so
+ * that a clock read that costs a system call on some guests does not count.
+ */
+static double probe_anon_fault(void)
+{
+	const size_t per = 64, n = per * PROBE_BATCHES;
+	double v[PROBE_BATCHES];
+	char *p = mmap(NULL, n * ps, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (p == MAP_FAILED)
+		return -1;
+	madvise(p, n * ps, MADV_NOHUGEPAGE);
+	for (int b = 0; b < PROBE_BATCHES; b++) {
+		uint64_t t0 = now_ns();
+
+		for (size_t i = 0; i < per; i++)
+			((volatile char *)p)[(b * per + i) * ps] = 1;
+		v[b] = (double)(now_ns() - t0) / (double)per;
+	}
+	munmap(p, n * ps);
+	return median_of(v, PROBE_BATCHES);
+}
+
+/*
+ * A bare userfaultfd round trip: a faulting thread and a handler thread
+ * pinned to one CPU (the cheapest placement: no cross-CPU wake-up), the
+ * handler in a blocking read() answering each read fault with one
+ * UFFDIO_ZEROPAGE. The last page of the area is the handler's signal to
+ * stop once it has served it, so that no flag can race with a fault.
+ */
+struct uffd_probe {
+	int uffd;
+	char *area;
+	size_t warm, per; /* untimed faults first, then PROBE_BATCHES batches of per */
+	int err;          /* the handler's, or 0 */
+	double v[PROBE_BATCHES];
+};
+
+static size_t uffd_probe_pages(const struct uffd_probe *u)
+{
+	return u->warm + u->per * PROBE_BATCHES + 1;
+}
+
+static void *uffd_probe_handler(void *arg)
+{
+	struct uffd_probe *u = arg;
+	uintptr_t last = (uintptr_t)u->area + (uffd_probe_pages(u) - 1) * ps;
+
+	for (;;) {
+		struct uffd_msg msg;
+		ssize_t n = read(u->uffd, &msg, sizeof(msg));
+
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (n != (ssize_t)sizeof(msg)) {
+			u->err = n < 0 ? -errno : -EIO;
+			break;
+		}
+		if (msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		uintptr_t addr = (uintptr_t)msg.arg.pagefault.address & ~(uintptr_t)(ps - 1);
+		struct uffdio_zeropage zp = { .range = { .start = addr, .len = ps } };
+
+		if (ioctl(u->uffd, UFFDIO_ZEROPAGE, &zp) && errno != EEXIST) {
+			u->err = -errno;
+			break;
+		}
+		if (zp.zeropage < 0) { /* EEXIST: someone filled it; its waiters need a wake */
+			struct uffdio_range r = { .start = addr, .len = ps };
+
+			ioctl(u->uffd, UFFDIO_WAKE, &r);
+		}
+		if (addr == last)
+			return NULL;
+	}
+	/* Give up without leaving the faulting thread asleep: unregistering wakes it. */
+	struct uffdio_range all = { .start = (uintptr_t)u->area, .len = uffd_probe_pages(u) * ps };
+
+	ioctl(u->uffd, UFFDIO_UNREGISTER, &all);
+	return NULL;
+}
+
+static void *uffd_probe_faulter(void *arg)
+{
+	struct uffd_probe *u = arg;
+	volatile char *p = u->area;
+	size_t pg = 0;
+
+	while (pg < u->warm)
+		(void)p[pg++ * ps];
+	for (int b = 0; b < PROBE_BATCHES; b++) {
+		uint64_t t0 = now_ns();
+
+		for (size_t i = 0; i < u->per; i++)
+			(void)p[pg++ * ps];
+		u->v[b] = (double)(now_ns() - t0) / (double)u->per;
+	}
+	(void)p[pg * ps]; /* the last page: the handler stops */
+	return NULL;
+}
+
+/* A userfaultfd as an unprivileged program gets one: user-mode faults only, else /dev/userfaultfd. */
+static int uffd_open(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+
+	if (fd < 0 && errno == EINVAL)
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+#ifdef USERFAULTFD_IOC_NEW
+	if (fd < 0 && errno == EPERM) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+		if (dev >= 0) {
+			fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
+			close(dev);
+		}
+		if (fd < 0)
+			errno = EPERM;
+	}
+#endif
+	return fd < 0 ? -errno : fd;
+}
+
+/* Start fn pinned to cpu. */
+static int start_pinned(pthread_t *t, int cpu, void *(*fn)(void *), void *arg)
+{
+	pthread_attr_t attr;
+	cpu_set_t set;
+	int err;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	pthread_attr_init(&attr);
+	err = pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+	if (!err)
+		err = pthread_create(t, &attr, fn, arg);
+	pthread_attr_destroy(&attr);
+	return -err;
+}
+
+/* The round trip's median per fault, ns, or -errno (why names the step). */
+static double probe_uffd(char *why, size_t whylen)
+{
+	struct uffd_probe u = { .warm = 16, .per = 32 };
+	size_t len = uffd_probe_pages(&u) * ps;
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+	pthread_t h, f;
+	cpu_set_t set;
+	int cpu = 0, err;
+	double ns = -1;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0)
+		while (cpu < CPU_SETSIZE - 1 && !CPU_ISSET(cpu, &set))
+			cpu++;
+	u.uffd = uffd_open();
+	if (u.uffd < 0) {
+		snprintf(why, whylen, "userfaultfd: %s", strerror(-u.uffd));
+		return -1;
+	}
+	u.area = mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (u.area == MAP_FAILED) {
+		snprintf(why, whylen, "mmap: %s", strerror(errno));
+		goto out_fd;
+	}
+	madvise(u.area, len, MADV_NOHUGEPAGE);
+	reg.range.start = (uintptr_t)u.area;
+	reg.range.len = len;
+	if (ioctl(u.uffd, UFFDIO_API, &api) || ioctl(u.uffd, UFFDIO_REGISTER, &reg)) {
+		snprintf(why, whylen, "UFFDIO_API/REGISTER: %s", strerror(errno));
+		goto out_map;
+	}
+	err = start_pinned(&h, cpu, uffd_probe_handler, &u);
+	if (err) {
+		snprintf(why, whylen, "handler thread: %s", strerror(-err));
+		goto out_map;
+	}
+	err = start_pinned(&f, cpu, uffd_probe_faulter, &u);
+	if (err) {
+		/* Nobody will touch the last page: wake the handler out of read() by doing it here. */
+		(void)((volatile char *)u.area)[(uffd_probe_pages(&u) - 1) * ps];
+		pthread_join(h, NULL);
+		snprintf(why, whylen, "faulting thread: %s", strerror(-err));
+		goto out_map;
+	}
+	pthread_join(f, NULL);
+	pthread_join(h, NULL);
+	if (u.err)
+		snprintf(why, whylen, "handler: %s", strerror(-u.err));
+	else
+		ns = median_of(u.v, PROBE_BATCHES);
+out_map:
+	munmap(u.area, len);
+out_fd:
+	close(u.uffd);
+	return ns;
+}
+
+/* All of n bytes at off, or -errno (-EIO at the end of the file). */
+static int read_at(int fd, void *buf, size_t n, off_t off)
+{
+	for (size_t done = 0; done < n;) {
+		ssize_t r = pread(fd, (char *)buf + done, n - done, off + (off_t)done);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+#define DISK_READS 64
+
+/*
+ * The disk's own latency for one 4 KiB read at a random place of the file:
+ * the floor under any cold fault. O_DIRECT, so the page cache is out of the
+ * way; where the file system refuses it, buffered reads of a file just
+ * dropped from the cache (with readahead off), and the line says so.
+ */
+static void probe_disk(const char *path, size_t size, struct machine *m)
+{
+	double v[DISK_READS];
+	uint64_t seed = 0x64697363ull;
+	void *buf = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT), err = 0;
+	bool direct = fd >= 0;
+
+	m->disk_ns = -1;
+	if (!direct)
+		err = errno;
+	if (posix_memalign(&buf, 4096, 4096)) {
+		snprintf(m->disk_how, sizeof(m->disk_how), "not measured: no memory");
+		goto out;
+	}
+	/* Some file systems take O_DIRECT at open and refuse the read. */
+	if (direct && read_at(fd, buf, 4096, 0) == -EINVAL) {
+		err = EINVAL;
+		close(fd);
+		direct = false;
+	}
+	if (!direct) {
+		int e;
+
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		e = fd < 0 ? errno : posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		if (!e)
+			e = posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+		if (e) {
+			snprintf(m->disk_how, sizeof(m->disk_how), "not measured: %s", strerror(e));
+			goto out;
+		}
+	}
+	for (int i = 0; i < DISK_READS; i++) {
+		off_t off = (off_t)(next_rand(&seed) % (size / 4096)) * 4096;
+		uint64_t t0 = now_ns();
+		int r = read_at(fd, buf, 4096, off);
+
+		if (r) {
+			snprintf(m->disk_how, sizeof(m->disk_how), "not measured: pread: %s", strerror(-r));
+			goto out;
+		}
+		v[i] = (double)(now_ns() - t0);
+	}
+	m->disk_ns = median_of(v, DISK_READS);
+	if (direct)
+		snprintf(m->disk_how, sizeof(m->disk_how), "O_DIRECT");
+	else
+		snprintf(m->disk_how, sizeof(m->disk_how),
+			 "buffered after POSIX_FADV_DONTNEED: O_DIRECT refused: %s", strerror(err));
+out:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+}
+
+/* "PVM" from dmesg's "Hypervisor detected: PVM", if the kernel log is readable and still has it. */
+static void hypervisor_name(char *buf, size_t len)
+{
+	int n = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+	char *text = n > 0 ? malloc((size_t)n + 1) : NULL;
+	const char *key = "Hypervisor detected: ";
+
+	buf[0] = 0;
+	if (text) {
+		n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, text, n);
+		text[n > 0 ? n : 0] = 0;
+		char *s = strstr(text, key);
+
+		if (s) {
+			s += strlen(key);
+			snprintf(buf, len, "%.*s", (int)strcspn(s, "\r\n"), s);
+		}
+		free(text);
+	}
+	if (!buf[0]) { /* Xen says it here */
+		FILE *f = fopen("/sys/hypervisor/type", "r");
+
+		if (f) {
+			if (fgets(buf, (int)len, f))
+				buf[strcspn(buf, "\n")] = 0;
+			fclose(f);
+		}
+	}
+}
+
+/* Measure and describe the machine; disk_path NULL: no file to read. */
+static void probe_machine(struct machine *m, const char *disk_path, size_t disk_size,
+			  const char *fs)
+{
+	struct utsname un;
+	char uffd[128], disk[256], hv[80] = "";
+
+	memset(m, 0, sizeof(*m));
+	snprintf(running, sizeof(running), "measuring the machine's costs");
+	alarm(60); /* a userfaultfd that never answers must not hang the run */
+	uname(&un);
+	hypervisor_name(m->hv, sizeof(m->hv));
+	m->syscall_ns = probe_syscall();
+	m->fault_ns = probe_anon_fault();
+	m->uffd_ns = probe_uffd(m->uffd_why, sizeof(m->uffd_why));
+	m->disk_ns = -1;
+	m->disk_fs = fs;
+	if (disk_path)
+		probe_disk(disk_path, disk_size, m);
+	else
+		snprintf(m->disk_how, sizeof(m->disk_how), "not measured: no file scenario");
+	alarm(0);
+	if (m->hv[0])
+		snprintf(hv, sizeof(hv), ", %s guest", m->hv);
+	if (m->uffd_ns >= 0)
+		snprintf(uffd, sizeof(uffd), "%.1f us", m->uffd_ns / 1000);
+	else
+		snprintf(uffd, sizeof(uffd), "n/a (%s)", m->uffd_why);
+	if (m->disk_ns >= 0)
+		snprintf(disk, sizeof(disk), "disk 4 KiB read p50 %.0f us (%s, %s)", m->disk_ns / 1000,
+			 m->disk_how, fs);
+	else
+		snprintf(disk, sizeof(disk), "disk 4 KiB read %s", m->disk_how);
+	snprintf(m->line, sizeof(m->line),
+		 "machine: Linux %s %s, %ld CPUs%s; syscall %.2f us, kernel page fault %.1f us, "
+		 "uffd round trip (same CPU, ZEROPAGE) %s; %s",
+		 un.release, un.machine, sysconf(_SC_NPROCESSORS_ONLN), hv, m->syscall_ns / 1000,
+		 m->fault_ns / 1000, uffd, disk);
+}
+
+/* Measured once at start; file-sparse-touch compares its faults with the disk read. */
+static struct machine machine;
 
 /* ---------------------------------------------------------------- the twins */
 
@@ -480,6 +992,7 @@ struct job {
 	size_t touched;    /* entries of order */
 	const uint32_t *order;
 	uint64_t want_sum; /* file scenarios: what the touched words add up to */
+	uint64_t salt;     /* file-shared-write: this run's, so that a run's bytes differ from the last */
 };
 
 static bool use_advise;
@@ -489,28 +1002,177 @@ static int kernel_advice(enum access a)
 	return a == SEQ ? MADV_SEQUENTIAL : MADV_RANDOM;
 }
 
-static struct run run_kernel(const struct job *j, uint32_t *lat)
+/* A private read-only mapping of the bench file, advised as the scenario asks. */
+static char *kernel_map_file(const struct job *j)
 {
 	size_t len = j->npages * ps;
-	struct run r;
-	char *p;
+	char *p = mmap(NULL, len, PROT_READ, MAP_PRIVATE, file_fd, 0);
 
-	if (j->sc->kind == FILE_READ) {
-		p = mmap(NULL, len, PROT_READ, MAP_PRIVATE, file_fd, 0);
-	} else {
-		p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		if (p != MAP_FAILED)
-			madvise(p, len, MADV_NOHUGEPAGE); /* per-4 KiB faults, like ours */
-	}
 	if (p == MAP_FAILED) {
-		perror("mmap");
+		perror("mmap of the file");
 		exit(1);
 	}
-	if (use_advise && j->sc->kind == FILE_READ)
+	if (use_advise)
 		madvise(p, len, kernel_advice(j->sc->access));
-	r = scan(p, j->order, j->touched, j->sc->kind, true, j->threads, lat);
+	return p;
+}
+
+/*
+ * file-shared-write: does the file hold exactly the written words (and the
+ * rest as generated)? Read back with pread, all of it, so that a write-back
+ * of a wrong page shows too. First difference in why; false if none.
+ */
+static bool check_written(int fd, const struct job *j, char *why, size_t whylen)
+{
+	const size_t chunk = 8u << 20;
+	size_t len = j->npages * ps, bad = 0;
+	unsigned char *hit = calloc(j->npages, 1);
+	uint64_t *buf = malloc(chunk);
+
+	if (!hit || !buf) {
+		fprintf(stderr, "check_written: out of memory\n");
+		exit(1);
+	}
+	for (size_t i = 0; i < j->touched; i++)
+		hit[j->order[i]] = 1;
+	for (size_t off = 0; off < len; off += chunk) {
+		size_t n = len - off < chunk ? len - off : chunk;
+		int err = read_at(fd, buf, n, (off_t)off);
+
+		if (err) {
+			snprintf(why, whylen, "pread of the file: %s", strerror(-err));
+			bad = 1;
+			break;
+		}
+		for (size_t k = 0; k < n / 8; k++) {
+			uint64_t at = off + k * 8;
+			uint32_t pg = (uint32_t)(at / ps);
+			uint64_t want = hit[pg] && at % ps == touch_off(pg) ? written_word(pg, j->salt)
+									    : data_word(at);
+
+			if (buf[k] == want)
+				continue;
+			if (!bad++)
+				snprintf(why, whylen, "after the sync, file page %u word %zu holds 0x%016llx, "
+					 "not the %s 0x%016llx", (unsigned)pg, (size_t)(at % ps / 8),
+					 (unsigned long long)buf[k], want == data_word(at) ?
+					 "file's own" : "word written", (unsigned long long)want);
+			k = ((size_t)pg + 1) * ps / 8 - off / 8 - 1; /* on to the next page */
+		}
+	}
+	if (bad > 1 || (bad && strncmp(why, "pread", 5))) {
+		size_t l = strlen(why);
+
+		snprintf(why + l, whylen - l, " (%zu of %zu pages wrong)", bad, j->npages);
+	}
+	free(hit);
+	free(buf);
+	return bad != 0;
+}
+
+/* Put the file's own words back where a run wrote, durably: the next run starts from the same file. */
+static void reset_written(int fd, const struct job *j)
+{
+	for (size_t i = 0; i < j->touched; i++) {
+		uint32_t pg = j->order[i];
+		uint64_t at = (uint64_t)pg * ps + touch_off(pg), w = data_word(at);
+
+		if (pwrite(fd, &w, sizeof(w), (off_t)at) != (ssize_t)sizeof(w)) {
+			perror("file-shared-write: resetting the file");
+			exit(1);
+		}
+	}
+	if (fdatasync(fd)) {
+		perror("file-shared-write: fdatasync");
+		exit(1);
+	}
+}
+
+/*
+ * The bytes this process has made dirty in the page cache so far
+ * (/proc/self/io write_bytes, counted as folios are dirtied); -1 if the
+ * kernel does not say.
+ */
+static double io_write_bytes(void)
+{
+	FILE *f = fopen("/proc/self/io", "r");
+	unsigned long long v;
+	char line[128];
+	double ret = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "write_bytes: %llu", &v) == 1)
+			ret = (double)v;
+	fclose(f);
+	return ret;
+}
+
+/*
+ * file-shared-write, kernel twin: the writes, msync(MS_SYNC) timed apart,
+ * the file checked. The kernel tracks dirt per folio: a word written in a
+ * large folio makes all of it dirty, and r.written says how much that was.
+ */
+static struct run kernel_write(const struct job *j, uint32_t *lat, char *why, size_t whylen)
+{
+	size_t len = j->npages * ps;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, shared_fd[0], 0);
+	double w0 = io_write_bytes(), w1;
+	struct run r;
+	uint64_t t0;
+
+	if (p == MAP_FAILED) {
+		perror("mmap(MAP_SHARED) of the kernel's copy");
+		exit(1);
+	}
+	if (use_advise)
+		madvise(p, len, kernel_advice(j->sc->access));
+	r = scan(p, j->order, j->touched, FILE_WRITE, true, j->threads, j->salt, lat);
+	t0 = now_ns();
+	if (msync(p, len, MS_SYNC))
+		snprintf(why, whylen, "msync: %s", strerror(errno));
+	r.sync_ns = now_ns() - t0;
+	w1 = io_write_bytes();
+	r.written = w0 < 0 || w1 < 0 ? -1 : w1 - w0;
+	if (!why[0])
+		check_written(shared_fd[0], j, why, whylen);
 	munmap(p, len);
+	reset_written(shared_fd[0], j);
+	return r;
+}
+
+static struct run run_kernel(const struct job *j, uint32_t *lat, char *why, size_t whylen)
+{
+	size_t len = j->npages * ps;
+	char *p, *first = NULL;
+	struct run r;
+
+	switch (j->sc->kind) {
+	case FILE_WRITE:
+		return kernel_write(j, lat, why, whylen);
+	case FILE_REMAP:
+		/* The first mapping is read in full, untimed, and stays mapped. */
+		first = kernel_map_file(j);
+		scan(first, j->order, j->touched, FILE_READ, true, j->threads, 0, lat);
+		/* fall through */
+	case FILE_READ:
+		p = kernel_map_file(j);
+		break;
+	default:
+		p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (p == MAP_FAILED) {
+			perror("mmap");
+			exit(1);
+		}
+		madvise(p, len, MADV_NOHUGEPAGE); /* per-4 KiB faults, like ours */
+		break;
+	}
+	r = scan(p, j->order, j->touched, j->sc->kind, true, j->threads, 0, lat);
+	munmap(p, len);
+	if (first)
+		munmap(first, len);
 	return r;
 }
 
@@ -550,7 +1212,8 @@ static bool check_pages(const char *p, const struct job *j, char *why, size_t wh
 	X(io_errors, 0) X(zero_pages, 0) X(fill_calls, 0) X(copy_ioctls, 0) X(move_ioctls, 0)    \
 	X(zeropage_ioctls, 0) X(coalesced, 0) X(unowned, 0) X(reads, 0) X(sleeps, 0)              \
 	X(prefetched, 0) X(max_batch, 1) X(regions, 1) X(file_reads, 0) X(short_reads, 0)        \
-	X(readahead_pages, 0) X(inflight_max, 1)
+	X(readahead_pages, 0) X(inflight_max, 1) X(wp_faults, 0) X(writebacks, 0)             \
+	X(dirty_pages, 1) X(cache_pages, 1)
 
 /* acc += b - a for counts; acc = the larger for levels. */
 static void stats_add_delta(struct lazymap_stats *acc, const struct lazymap_stats *a,
@@ -561,55 +1224,141 @@ static void stats_add_delta(struct lazymap_stats *acc, const struct lazymap_stat
 #undef X
 }
 
-/*
- * One lazymap run; 0 or the error of lazymap_map/advise. Wrong data of the
- * touched pages goes in bad (first error only).
- */
-static int run_lazymap(struct lazymap *lm, const struct job *j, uint32_t *lat, struct run *r,
-		       struct lazymap_stats *acc, char *bad, size_t badlen)
+/* A private read-only region of the bench file (direct if the job says), advised as it asks. */
+static int lazymap_map_file(struct lazymap *lm, const struct job *j, void **p, const char **what)
 {
 	size_t len = j->npages * ps;
-	struct lazymap_stats st0, st1;
-	void *p;
 	int ret;
 
-	if (j->sc->kind == FILL)
-		ret = lazymap_map_fill(lm, &p, len, PROT_READ | PROT_WRITE, fill_pattern, NULL);
-	else if (j->sc->kind == FILE_READ)
-		ret = lazymap_map(lm, &p, len, PROT_READ,
-				  LAZYMAP_PRIVATE | (j->direct ? LAZYMAP_DIRECT : 0), file_fd, 0);
-	else
-		ret = lazymap_map(lm, &p, len, PROT_READ | PROT_WRITE, LAZYMAP_PRIVATE | LAZYMAP_ANON,
-				  -1, 0);
-	if (ret)
+	*what = "lazymap_map";
+	ret = lazymap_map(lm, p, len, PROT_READ, LAZYMAP_PRIVATE | (j->direct ? LAZYMAP_DIRECT : 0),
+			  file_fd, 0);
+	if (ret || !use_advise)
 		return ret;
-	if (use_advise && j->sc->kind == FILE_READ) {
-		ret = lazymap_advise(lm, p, len,
-				     j->sc->access == SEQ ? LAZYMAP_ADV_SEQUENTIAL : LAZYMAP_ADV_RANDOM);
-		if (ret) {
-			lazymap_unmap(lm, p, len);
-			return ret;
-		}
-	}
+	*what = "lazymap_advise";
+	ret = lazymap_advise(lm, *p, len,
+			     j->sc->access == SEQ ? LAZYMAP_ADV_SEQUENTIAL : LAZYMAP_ADV_RANDOM);
+	if (ret)
+		lazymap_unmap(lm, *p, len);
+	return ret;
+}
+
+/* The timed scan of a lazymap region, with what the handlers did for it. */
+static struct run lazymap_scan(struct lazymap *lm, const struct job *j, char *p, enum kind kind,
+			       uint32_t *lat, struct lazymap_stats *acc)
+{
+	struct lazymap_stats st0, st1;
+	struct run r;
+
 	memset(&st0, 0, sizeof(st0));
 	memset(&st1, 0, sizeof(st1));
 	lazymap_stats(lm, &st0);
-	*r = scan(p, j->order, j->touched, j->sc->kind, false, j->threads, lat);
+	r = scan(p, j->order, j->touched, kind, false, j->threads, j->salt, lat);
 	lazymap_stats(lm, &st1);
 	stats_add_delta(acc, &st0, &st1);
-	r->faults = (double)(st1.faults - st0.faults) / (double)j->touched;
-	r->majflt = 0;
-	r->read_pages = (double)(st1.bytes_read - st0.bytes_read) / (double)ps / (double)j->touched;
-	if (j->sc->kind == FILE_READ && !bad[0])
-		check_pages(p, j, bad, badlen);
+	r.msgs = st1.faults - st0.faults;
+	r.faults = (double)r.msgs / (double)j->touched;
+	r.majflt = 0;
+	r.read_pages = (double)(st1.bytes_read - st0.bytes_read) / (double)ps / (double)j->touched;
+	return r;
+}
+
+/*
+ * file-shared-write, lazymap twin: the writes, lazymap_sync timed apart, the
+ * file checked before the region goes (so that it is the sync that wrote
+ * it, not the unmap). 0, or the error of the call named in *what.
+ */
+static int lazymap_write(struct lazymap *lm, const struct job *j, uint32_t *lat, struct run *r,
+			 struct lazymap_stats *acc, char *bad, size_t badlen, const char **what)
+{
+	size_t len = j->npages * ps;
+	struct lazymap_stats st0, st1;
+	uint64_t t0;
+	void *p;
+	int ret;
+
+	*what = "lazymap_map(LAZYMAP_SHARED)";
+	ret = lazymap_map(lm, &p, len, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, shared_fd[1], 0);
+	if (ret)
+		return ret;
+	if (use_advise && (ret = lazymap_advise(lm, p, len, LAZYMAP_ADV_RANDOM))) {
+		*what = "lazymap_advise";
+		goto out;
+	}
+	*r = lazymap_scan(lm, j, p, FILE_WRITE, lat, acc);
+	memset(&st0, 0, sizeof(st0));
+	memset(&st1, 0, sizeof(st1));
+	lazymap_stats(lm, &st0);
+	t0 = now_ns();
+	*what = "lazymap_sync";
+	ret = lazymap_sync(lm, p, len);
+	r->sync_ns = now_ns() - t0;
+	lazymap_stats(lm, &st1);
+	stats_add_delta(acc, &st0, &st1);
+	r->written = (double)(st1.bytes_written - st0.bytes_written);
+	if (!ret && !bad[0])
+		check_written(shared_fd[1], j, bad, badlen);
+out:
 	lazymap_unmap(lm, p, len);
-	return 0;
+	reset_written(shared_fd[1], j);
+	return ret;
+}
+
+/*
+ * One lazymap run; 0, or the error of the call named in *what (the region
+ * is gone then). Wrong data of the touched pages goes in bad (first error
+ * only).
+ */
+static int run_lazymap(struct lazymap *lm, const struct job *j, uint32_t *lat, struct run *r,
+		       struct lazymap_stats *acc, char *bad, size_t badlen, const char **what)
+{
+	size_t len = j->npages * ps;
+	void *p, *first = NULL;
+	int ret;
+
+	switch (j->sc->kind) {
+	case FILE_WRITE:
+		return lazymap_write(lm, j, lat, r, acc, bad, badlen, what);
+	case FILL:
+		*what = "lazymap_map_fill";
+		ret = lazymap_map_fill(lm, &p, len, PROT_READ | PROT_WRITE, fill_pattern, NULL);
+		break;
+	case FILE_REMAP:
+		/*
+		 * The first region, read in full and untimed, stays mapped: the
+		 * second should find every page in the file's cache.
+		 */
+		ret = lazymap_map_file(lm, j, &first, what);
+		if (ret)
+			return ret;
+		if (scan(first, j->order, j->touched, FILE_READ, false, j->threads, 0, lat).sum !=
+			    j->want_sum && !bad[0])
+			snprintf(bad, badlen, "first region: checksum of the touched words differs");
+		/* fall through */
+	case FILE_READ:
+		ret = lazymap_map_file(lm, j, &p, what);
+		break;
+	default:
+		*what = "lazymap_map";
+		ret = lazymap_map(lm, &p, len, PROT_READ | PROT_WRITE, LAZYMAP_PRIVATE | LAZYMAP_ANON,
+				  -1, 0);
+		break;
+	}
+	if (!ret) {
+		*r = lazymap_scan(lm, j, p, j->sc->kind, lat, acc);
+		if (is_file(j->sc) && !bad[0])
+			check_pages(p, j, bad, badlen);
+		lazymap_unmap(lm, p, len);
+	}
+	if (first)
+		lazymap_unmap(lm, first, len);
+	return ret;
 }
 
 /* ---------------------------------------------------------------- rows */
 
 struct side {
-	const char *status; /* "ok", "unavailable" or "error" */
+	const char *status; /* "ok", "unavailable", "error" or "failed" (wrong bytes in the file) */
 	char why[200];
 	struct run *runs;
 	int n;
@@ -664,22 +1413,36 @@ static double cache_worst(const struct side *s, enum cache c, bool after)
 	return w;
 }
 
-static void make_order(uint32_t *order, size_t npages, enum access access, uint64_t seed)
+static void shuffle(uint32_t *v, size_t n, uint64_t *seed)
 {
+	for (size_t i = n ? n - 1 : 0; i > 0; i--) {
+		size_t j = next_rand(seed) % (i + 1);
+		uint32_t t = v[i];
+
+		v[i] = v[j];
+		v[j] = t;
+	}
+}
+
+/* The pages a scenario touches, in its order: the first touched entries are used. */
+static void make_order(uint32_t *order, size_t npages, const struct scenario *sc, uint64_t seed)
+{
+	if (sc->access == SPREAD) {
+		size_t nb = (npages + sc->one_in - 1) / sc->one_in;
+
+		for (size_t b = 0; b < nb; b++) {
+			size_t first = b * sc->one_in, span = npages - first;
+
+			span = span < sc->one_in ? span : sc->one_in;
+			order[b] = (uint32_t)(first + next_rand(&seed) % span);
+		}
+		shuffle(order, nb, &seed);
+		return;
+	}
 	for (size_t i = 0; i < npages; i++)
 		order[i] = (uint32_t)i;
-	if (access == RAND) {
-		for (size_t i = npages - 1; i > 0; i--) {
-			seed ^= seed << 13;
-			seed ^= seed >> 7;
-			seed ^= seed << 17;
-			size_t j = seed % (i + 1);
-			uint32_t t = order[i];
-
-			order[i] = order[j];
-			order[j] = t;
-		}
-	}
+	if (sc->access == RAND)
+		shuffle(order, npages, &seed);
 }
 
 /* The twins' names: the daemon group sets faultd against lazymap in-process. */
@@ -715,37 +1478,50 @@ static void run_row(struct lazymap *twin, struct lazymap *lm, struct row *rw, in
 			struct side *s = kernel ? &rw->k : &rw->l;
 			struct run r = { 0 };
 			double before = 0;
+			/* file-shared-write: each twin writes a copy of its own */
+			bool own = j->sc->kind == FILE_WRITE;
+			int fd = own ? shared_fd[!kernel] : file_fd;
+			size_t fsize = own ? shared_size : file_size;
 
 			if (strcmp(s->status, "ok"))
 				continue;
+			rw->job.salt = (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull | 1;
 			fprintf(stderr, "\r%s thr %u: run %d/%d %-8s", j->name, j->threads, i + 1, repeat,
 				tw_name(j, kernel));
 			snprintf(running, sizeof(running), "%s, %u thread(s), %s twin, run %d/%d",
 				 j->name, j->threads, tw_name(j, kernel), i + 1, repeat);
 			alarm(run_timeout); /* the watchdog: a hang kills us with its name */
 			if (c != NO_FILE)
-				before = prepare_cache(c);
+				before = prepare_cache(fd, fsize, c);
 			if (kernel && !twin) {
-				r = run_kernel(j, lat);
+				r = run_kernel(j, lat, rw->k.why, sizeof(rw->k.why));
 			} else {
+				const char *what = "lazymap";
 				int ret = kernel ? run_lazymap(twin, j, lat, &r, &twin_st, rw->k.why,
-							       sizeof(rw->k.why))
+							       sizeof(rw->k.why), &what)
 						 : run_lazymap(lm, j, lat, &r, &rw->st, rw->bad,
-							       sizeof(rw->bad));
+							       sizeof(rw->bad), &what);
 
 				if (ret) {
 					bool na = ret == -EOPNOTSUPP || (j->direct && ret == -EINVAL);
 
 					s->status = na && !s->n ? "unavailable" : "error";
-					snprintf(s->why, sizeof(s->why), "%s%s: %s", use_advise ?
-						 "lazymap_map/advise" : "lazymap_map",
-						 j->direct ? " (LAZYMAP_DIRECT)" : "", strerror(-ret));
+					snprintf(s->why, sizeof(s->why), "%s%s: -%s (%s)", what,
+						 j->direct ? " (LAZYMAP_DIRECT)" : "",
+						 strerrorname_np(-ret), strerror(-ret));
 					continue;
 				}
 			}
+			if (own && (kernel ? rw->k.why[0] : rw->bad[0])) {
+				/* The file does not hold what was written: no figure of this twin stands. */
+				s->status = "failed";
+				if (!kernel)
+					snprintf(s->why, sizeof(s->why), "the file is wrong after the sync");
+				continue;
+			}
 			if (c != NO_FILE) {
 				r.cached_before = before;
-				r.cached_after = cached_share();
+				r.cached_after = cached_share(fd, fsize);
 				if (kernel && !twin)
 					r.read_pages = (r.cached_after - before) * (double)j->npages /
 						       (double)j->touched;
@@ -777,10 +1553,10 @@ static const char *handlers_name(const struct lazymap_opts *o, char *buf, size_t
 /* One layout for every group: a line per twin, the ratio on lazymap's line. */
 static void print_columns(void)
 {
-	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "scenario",
+	printf("%-27s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "scenario",
 	       "thr", "twin", "Kpages/s", "GB/s", "ns/page", "p50", "p90", "p99", "max", "ratio",
 	       "flt/pg", "rd/pg", "cache");
-	printf("%-21s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "", "", "", "",
+	printf("%-27s %3s %-7s %9s %6s %8s | %8s %8s %8s %8s | %7s | %6s %6s %6s\n", "", "", "", "",
 	       "", "", "us", "us", "us", "us", "", "", "", "");
 }
 
@@ -799,14 +1575,25 @@ static void print_threads_header(size_t mib)
 	print_columns();
 }
 
-static void print_file_header(const char *fs)
+static void print_file_header(const char *fs, bool shared)
 {
-	printf("\nfile scenarios: %zu MiB file on %s, %s touches %d%% of the pages at random\n"
+	if (file_size) /* else file-shared-write alone: no bench file */
+		printf("\nfile scenarios: %zu MiB file on %s\n", file_size >> 20, fs);
+	else
+		printf("\nfile scenarios: files in %s\n", fs);
+	printf("file-rand-{cold,hot} touch %d%% of the pages at random, file-rand-dense-* every page "
+	       "once in shuffled order,\nfile-sparse-touch one page at random in each 256 by one "
+	       "thread (p50 against the disk's raw 4 KiB read),\nfile-remap a second mapping of the "
+	       "file scanned while the first, already scanned, stays mapped\n"
 	       "rd/pg: pages read from the file per page touched; cache: share of the file in the "
 	       "page cache before\nthe runs (cold: the most; hot: the least); +direct: "
 	       "LAZYMAP_DIRECT (same kernel twin);\n"
 	       "daemon-*: the scan served by faultd, with lazymap in-process as the twin\n",
-	       file_size >> 20, fs, "file-rand-*", RAND_PERCENT);
+	       RAND_PERCENT);
+	if (shared)
+		printf("file-shared-write: a word written in 10%% of the pages of a %zu MiB copy of the "
+		       "file (one copy per twin),\nall cached, then the whole mapping synced: the line "
+		       "times the writes, the line below it the sync\n", shared_size >> 20);
 	print_columns();
 }
 
@@ -819,7 +1606,7 @@ static void print_side(const struct row *rw, bool kernel)
 	if (kernel)
 		snprintf(thr, sizeof(thr), "%u", rw->job.threads);
 	if (strcmp(s->status, "ok") || !s->n) {
-		printf("%-21s %3s %-7s %s: %s\n", lead, thr, tw_name(&rw->job, kernel), s->status, s->why);
+		printf("%-27s %3s %-7s %s: %s\n", lead, thr, tw_name(&rw->job, kernel), s->status, s->why);
 		return;
 	}
 	struct run m = median(s);
@@ -831,16 +1618,92 @@ static void print_side(const struct row *rw, bool kernel)
 		snprintf(cache, sizeof(cache), "%5.1f%%",
 			 cache_worst(s, rw->job.sc->cache, false) * 100);
 	}
-	printf("%-21s %3s %-7s %9.1f %6.2f %8.0f | %8.2f %8.2f %8.2f %8.1f | %7s | %6.2f %6s %6s\n",
+	printf("%-27s %3s %-7s %9.1f %6.2f %8.0f | %8.2f %8.2f %8.2f %8.1f | %7s | %6.2f %6s %6s\n",
 	       lead, thr, tw_name(&rw->job, kernel), 1e6 / m.ns_per_page, (double)ps / m.ns_per_page,
 	       m.ns_per_page, m.p50 / 1000, m.p90 / 1000, m.p99 / 1000, m.max / 1000, ratio,
 	       m.faults, rd, cache);
+}
+
+static bool side_ok(const struct side *s)
+{
+	return !strcmp(s->status, "ok") && s->n;
+}
+
+/* Median of a side's sync times, ns. */
+static double median_sync(const struct side *s)
+{
+	double v[101]; /* --repeat is at most 101 */
+
+	for (int i = 0; i < s->n; i++)
+		v[i] = (double)s->runs[i].sync_ns;
+	return median_of(v, (size_t)s->n);
+}
+
+/* file-shared-write: the write-back, timed apart from the writes of the table's line. */
+static void print_sync(const struct row *rw)
+{
+	static const char *const call[2] = { "msync(MS_SYNC)", "lazymap_sync" };
+	double dirty = (double)rw->job.touched * (double)ps, t[2] = { -1, -1 };
+
+	printf("  sync of %zu dirty pages (%.1f MB):", rw->job.touched, dirty / 1e6);
+	for (int k = 0; k < 2; k++) {
+		const struct side *s = k ? &rw->l : &rw->k;
+
+		if (!side_ok(s)) {
+			printf("%s %s %s", k ? ";" : "", call[k], s->status);
+			continue;
+		}
+		t[k] = median_sync(s);
+		printf("%s %s %.1f ms, %.0f MB/s", k ? ";" : "", call[k], t[k] / 1e6, dirty / t[k] * 1e3);
+		if (median(s).written >= 0)
+			printf(" (%s %.1f MB)", k ? "wrote" : "dirtied", median(s).written / 1e6);
+	}
+	if (t[0] > 0 && t[1] > 0)
+		printf("; ratio %.2fx time, %.2fx throughput (target >= 0.8x)", t[1] / t[0], t[0] / t[1]);
+	printf("\n");
+}
+
+/* file-remap: the second region's pages should all come from the cache, with no fault message. */
+static void print_remap(const struct row *rw)
+{
+	uint64_t lo = UINT64_MAX, hi = 0;
+
+	for (int i = 0; i < rw->l.n; i++) {
+		lo = rw->l.runs[i].msgs < lo ? rw->l.runs[i].msgs : lo;
+		hi = rw->l.runs[i].msgs > hi ? rw->l.runs[i].msgs : hi;
+	}
+	printf("  lazymap fault messages during the timed scan: %llu (median run; %llu..%llu over "
+	       "the runs); 0 once the second region maps the first one's cached pages\n",
+	       (unsigned long long)median(&rw->l).msgs, (unsigned long long)lo,
+	       (unsigned long long)hi);
+}
+
+/* file-sparse-touch: what a cold fault costs beyond the disk's own read, at p50. */
+static void print_sparse(const struct row *rw)
+{
+	printf("  raw 4 KiB read p50 %.1f us (%s); p50 - raw:", machine.disk_ns / 1000,
+	       machine.disk_how);
+	for (int t = 0; t < 2; t++) {
+		const struct side *s = t ? &rw->l : &rw->k;
+
+		if (strcmp(s->status, "ok") || !s->n)
+			continue;
+		printf(" %s %+.1f us%s", tw_name(&rw->job, !t), (median(s).p50 - machine.disk_ns) / 1000,
+		       t ? " (target <= 20 us)" : ",");
+	}
+	printf("\n");
 }
 
 static void print_row(const struct row *rw)
 {
 	print_side(rw, true);
 	print_side(rw, false);
+	if (rw->job.sc->access == SPREAD && machine.disk_ns >= 0)
+		print_sparse(rw);
+	if (rw->job.sc->kind == FILE_REMAP && side_ok(&rw->l))
+		print_remap(rw);
+	if (rw->job.sc->kind == FILE_WRITE)
+		print_sync(rw);
 	if (rw->k.why[0] && !strcmp(rw->k.status, "ok"))
 		printf("  ! %s twin data: %s\n", tw_name(&rw->job, true), rw->k.why);
 	if (rw->bad[0])
@@ -869,6 +1732,15 @@ static void json_num(FILE *f, double v)
 		fprintf(f, "%.12g", v);
 	else
 		fputs("null", f);
+}
+
+/* A measurement that may be missing (< 0): null then. */
+static void json_opt(FILE *f, double v)
+{
+	if (v < 0)
+		fputs("null", f);
+	else
+		json_num(f, v);
 }
 
 static void json_side(FILE *f, const struct row *rw, bool kernel)
@@ -923,6 +1795,27 @@ static void json_side(FILE *f, const struct row *rw, bool kernel)
 		fputs(kernel ? (rw->k.why[0] ? "false" : "true") :
 			       (rw->bad[0] ? "false" : "true"), f);
 	}
+	if (!kernel && rw->job.sc->kind == FILE_REMAP) {
+		fprintf(f, ", \"fault_messages\": %llu, \"runs_fault_messages\": [",
+			(unsigned long long)m.msgs);
+		for (int i = 0; i < s->n; i++)
+			fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)s->runs[i].msgs);
+		fputs("]", f);
+	}
+	if (rw->job.sc->kind == FILE_WRITE) {
+		double t = median_sync(s);
+
+		fputs(", \"sync_ns\": ", f);
+		json_num(f, t);
+		fputs(", \"sync_mb_per_s\": ", f);
+		json_num(f, (double)rw->job.touched * (double)ps / t * 1e3);
+		fputs(", \"written_bytes\": ", f);
+		json_opt(f, m.written);
+		fputs(", \"runs_sync_ns\": [", f);
+		for (int i = 0; i < s->n; i++)
+			fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)s->runs[i].sync_ns);
+		fputs("]", f);
+	}
 	fputs(", \"runs_ns_per_page\": [", f);
 	for (int i = 0; i < s->n; i++) {
 		fputs(i ? ", " : "", f);
@@ -945,14 +1838,55 @@ static void json_side(FILE *f, const struct row *rw, bool kernel)
 	fputs("}", f);
 }
 
+/* file-sparse-touch: the disk's raw read p50 and each twin's p50 beyond it. */
+static void json_sparse(FILE *f, const struct row *rw)
+{
+	fputs(", \"raw_read_p50_ns\": ", f);
+	json_opt(f, machine.disk_ns);
+	for (int t = 0; t < 2; t++) {
+		const struct side *s = t ? &rw->l : &rw->k;
+
+		fprintf(f, ", \"%s_margin_p50_ns\": ", t ? "lazymap" : "kernel");
+		if (machine.disk_ns >= 0 && !strcmp(s->status, "ok") && s->n)
+			json_num(f, median(s).p50 - machine.disk_ns);
+		else
+			fputs("null", f);
+	}
+}
+
+static void json_machine(FILE *f, const struct machine *m)
+{
+	fputs(",\n \"machine_line\": ", f);
+	json_str(f, m->line);
+	fputs(",\n \"machine_costs\": {\"hypervisor\": ", f);
+	json_str(f, m->hv);
+	fputs(", \"syscall_ns\": ", f);
+	json_num(f, m->syscall_ns);
+	fputs(", \"page_fault_ns\": ", f);
+	json_opt(f, m->fault_ns);
+	fputs(", \"uffd_round_trip_ns\": ", f);
+	json_opt(f, m->uffd_ns);
+	fputs(", \"uffd_round_trip\": ", f);
+	json_str(f, m->uffd_ns >= 0 ? "same CPU, UFFDIO_ZEROPAGE, median per fault" : m->uffd_why);
+	fputs(", \"disk_read_4k_p50_ns\": ", f);
+	json_opt(f, m->disk_ns);
+	fputs(", \"disk_read\": ", f);
+	json_str(f, m->disk_how);
+	fputs(", \"disk_fs\": ", f);
+	json_str(f, m->disk_fs ? m->disk_fs : "");
+	fputs("}", f);
+}
+
 static int write_json(const char *path, const struct row *rows, size_t nrows, const char *head,
-		      const char *handlers)
+		      const struct machine *m, const char *handlers)
 {
 	FILE *f = fopen(path, "w");
 
 	if (!f)
 		return -errno;
-	fprintf(f, "{%s,\n \"cdf_quantiles\": [", head);
+	fprintf(f, "{%s", head);
+	json_machine(f, m);
+	fputs(",\n \"cdf_quantiles\": [", f);
 	for (int i = 0; i < NQ; i++)
 		fprintf(f, "%s%g", i ? ", " : "", quantile(i));
 	fprintf(f, "],\n \"ratio\": \"lazymap/kernel time per page (daemon group: faultd/in-process);"
@@ -969,7 +1903,8 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 		fputs(", \"group\": ", f);
 		json_str(f, group_names[j->sc->group]);
 		fputs(", \"variant\": ", f);
-		json_str(f, j->sc->kind != FILE_READ ? "anon" : j->direct ? "direct" : "buffered");
+		json_str(f, !is_file(j->sc) ? "anon" : j->direct ? "direct" :
+			    j->sc->kind == FILE_WRITE ? "shared" : "buffered");
 		fprintf(f, ", \"threads\": %u, \"handler_threads\": ", j->threads);
 		if (j->handlers)
 			fprintf(f, "\"%u\"", j->handlers);
@@ -989,6 +1924,15 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 			json_num(f, median(&rw->l).ns_per_page / median(&rw->k).ns_per_page);
 		else
 			fputs("null", f);
+		if (j->sc->access == SPREAD)
+			json_sparse(f, rw);
+		if (j->sc->kind == FILE_WRITE) {
+			fprintf(f, ", \"dirty_bytes\": %zu, \"sync_ratio\": ", j->touched * ps);
+			if (side_ok(&rw->k) && side_ok(&rw->l))
+				json_num(f, median_sync(&rw->l) / median_sync(&rw->k));
+			else
+				fputs("null", f);
+		}
 		fputs(", \"data_ok\": ", f);
 		fputs(rw->bad[0] ? "false" : "true", f);
 		fputs(", \"data_error\": ", f);
@@ -1006,6 +1950,39 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 
 /* ---------------------------------------------------------------- main */
 
+/*
+ * The files the selected rows read: the bench file (main_size bytes, 0: not
+ * needed) and file-shared-write's two copies (shared_sz, 0: not needed), in
+ * a new directory under dir. Returns the file system's name; exits if it
+ * cannot make them.
+ */
+static const char *make_files(const char *dir, size_t main_size, size_t shared_sz, char *desc,
+			      size_t desclen)
+{
+	struct statfs sf;
+	int ret;
+
+	snprintf(running, sizeof(running), "generating the test files in %s", dir);
+	ret = make_dir(dir);
+	if (!ret && main_size) {
+		file_size = main_size;
+		ret = make_file(main_size);
+	}
+	if (!ret && shared_sz)
+		ret = make_shared_files(shared_sz);
+	if (ret) {
+		fprintf(stderr, "cannot make the test files in %s: %s\n", dir, strerror(-ret));
+		exit(1);
+	}
+	mc_vec = malloc((main_size > shared_sz ? main_size : shared_sz) / ps + 1);
+	fstatfs(main_size ? file_fd : shared_fd[0], &sf);
+	snprintf(desc, desclen, "%s (%s)", main_size ? tmp_path : tmp_dir, fs_name((long)sf.f_type));
+	if (sf.f_type == 0x01021994)
+		fprintf(stderr, "warning: %s is tmpfs: the page cache is the file, cold runs cannot drop it\n",
+			dir);
+	return fs_name((long)sf.f_type);
+}
+
 static void usage(const char *argv0)
 {
 	fprintf(stderr,
@@ -1014,11 +1991,13 @@ static void usage(const char *argv0)
 		"          [--scenario PATTERN[,PATTERN...]] [--scenario-set SET] [--daemon SOCKET]\n"
 		"          [--advise] [--timeout S] [--json FILE] [--quick] [--list]\n"
 		"  --size        anonymous scenarios: MiB per run (64)\n"
-		"  --file-size   file scenarios: size of the generated file, MiB (1024)\n"
+		"  --file-size   file scenarios: size of the generated file, MiB (1024), and of\n"
+		"                file-shared-write's two copies (256)\n"
 		"  --dir         where the file's temporary directory goes (/var/tmp; not tmpfs,\n"
 		"                or LAZYMAP_DIRECT is unavailable)\n"
 		"  --threads     faulting threads, each on its own slice: of the file and daemon\n"
-		"                scenarios (1,2) and of the threads matrix (1,2,4)\n"
+		"                scenarios (1,2; file-rand-dense-*: 2) and of the threads matrix\n"
+		"                (1,2,4)\n"
 		"  --scenario    rows whose name (file-seq-cold, file-seq-cold+direct, threads-h2,\n"
 		"                ...) or scenario matches a pattern (fnmatch: 'file-*'); --list\n"
 		"  --scenario-set  anon, threads, file, daemon or all (the default)\n"
@@ -1064,6 +2043,8 @@ static bool selected(const char *patterns, const char *row, const char *scenario
 /* Rows per scenario: file ones through the page cache and direct; threads-h1, -h2. */
 static int variants(const struct scenario *sc)
 {
+	if (sc->kind == FILE_WRITE)
+		return 1;
 	return sc->group == G_FILE || sc->group == G_THREADS ? 2 : 1;
 }
 
@@ -1109,11 +2090,13 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct lazymap_opts opts = { 0 };
-	size_t size_mib = 64, file_mib = 1024;
+	size_t size_mib = 64, file_mib = 1024, shared_mib = 256;
 	int repeat = 5, c, ret, status = 0, nthr = 2, nmthr = 3;
-	unsigned thr[MAX_THREAD_SETS] = { 1, 2 }, mthr[MAX_THREAD_SETS] = { 1, 2, 4 }, one[] = { 1 };
+	unsigned thr[MAX_THREAD_SETS] = { 1, 2 }, mthr[MAX_THREAD_SETS] = { 1, 2, 4 };
+	bool threads_given = false;
 	const char *only = NULL, *dir = "/var/tmp", *json = NULL, *daemon = "/run/faultd.sock";
 	char hbuf[16], head[1024], fsdesc[PATH_MAX + 64] = "";
+	const char *fs = NULL;
 	struct lazymap *lm;
 
 	while ((c = getopt_long(argc, argv, "s:r:H:S:R:I:c:C:t:f:d:D:j:aT:qlh", longopts, NULL)) != -1) {
@@ -1147,14 +2130,15 @@ int main(int argc, char **argv)
 			if (nthr < 0)
 				usage(argv[0]);
 			memcpy(mthr, thr, sizeof(thr));
+			threads_given = true;
 			break;
-		case 'f': file_mib = strtoul(optarg, NULL, 0); break;
+		case 'f': file_mib = shared_mib = strtoul(optarg, NULL, 0); break;
 		case 'd': dir = optarg; break;
 		case 'D': daemon = optarg; break;
 		case 'j': json = optarg; break;
 		case 'a': use_advise = true; break;
 		case 'T': run_timeout = (unsigned)atoi(optarg); break;
-		case 'q': size_mib = 4; file_mib = 4; repeat = 1; run_timeout = 60; break;
+		case 'q': size_mib = file_mib = shared_mib = 4; repeat = 1; run_timeout = 60; break;
 		case 'l':
 			for (size_t i = 0; i < NSCENARIOS; i++)
 				for (int v = 0; v < variants(&scenarios[i]); v++) {
@@ -1179,13 +2163,20 @@ int main(int argc, char **argv)
 	 */
 	struct row *rows = calloc(NSCENARIOS * 2 * MAX_THREAD_SETS, sizeof(*rows));
 	size_t nrows = 0, anon_pages = (size_mib << 20) / ps, file_pages = (file_mib << 20) / ps;
-	bool any_file = false;
+	size_t shared_pages = (shared_mib << 20) / ps;
+	bool need_main = false, need_shared = false;
 
 	for (size_t s = 0; s < NSCENARIOS; s++) {
 		const struct scenario *sc = &scenarios[s];
-		bool file = sc->kind == FILE_READ;
-		const unsigned *tl = file ? thr : sc->group == G_THREADS ? mthr : one;
-		int nt = file ? nthr : sc->group == G_THREADS ? nmthr : 1;
+		bool file = is_file(sc);
+		unsigned fixed[1] = { sc->threads > 0 ? (unsigned)sc->threads : 1 };
+		const unsigned *tl = sc->group == G_THREADS ? mthr : thr;
+		int nt = sc->group == G_THREADS ? nmthr : nthr;
+
+		if (sc->threads == ONE_THREAD || (sc->threads > 0 && !(file && threads_given))) {
+			tl = fixed;
+			nt = 1;
+		}
 
 		for (int v = 0; v < variants(sc); v++)
 			for (int t = 0; t < nt; t++) {
@@ -1198,10 +2189,12 @@ int main(int argc, char **argv)
 				row_name(j->name, sizeof(j->name), sc, v);
 				if (!selected(only, j->name, sc->name))
 					continue;
-				j->npages = file ? file_pages : anon_pages;
-				j->touched = file && sc->access == RAND ?
-						     (j->npages * RAND_PERCENT + 99) / 100 : j->npages;
-				any_file |= file;
+				j->npages = sc->kind == FILE_WRITE ? shared_pages : file ? file_pages
+											    : anon_pages;
+				j->touched = sc->one_in ? (j->npages + sc->one_in - 1) / sc->one_in
+							: j->npages;
+				need_main |= file && sc->kind != FILE_WRITE;
+				need_shared |= sc->kind == FILE_WRITE;
 				nrows++;
 			}
 	}
@@ -1217,26 +2210,15 @@ int main(int argc, char **argv)
 	}
 	int fds_before = count_fds();
 
-	if (any_file) {
-		struct statfs sf;
-
-		file_size = file_mib << 20;
-		snprintf(running, sizeof(running), "generating the test file in %s", dir);
-		ret = make_file(dir, file_size);
-		if (ret) {
-			fprintf(stderr, "cannot make the test file in %s: %s\n", dir, strerror(-ret));
-			return 1;
-		}
-		mc_vec = malloc(file_pages);
-		fstatfs(file_fd, &sf);
-		snprintf(fsdesc, sizeof(fsdesc), "%s (%s)", tmp_path, fs_name((long)sf.f_type));
-		if (sf.f_type == 0x01021994)
-			fprintf(stderr, "warning: %s is tmpfs: the page cache is the file, cold runs cannot drop it\n",
-				dir);
+	if (need_main || need_shared) {
+		fs = make_files(dir, need_main ? file_mib << 20 : 0, need_shared ? shared_mib << 20 : 0,
+				fsdesc, sizeof(fsdesc));
 		fds_before = count_fds();
 	}
 
 	size_t maxpages = anon_pages > file_pages ? anon_pages : file_pages;
+
+	maxpages = maxpages > shared_pages ? maxpages : shared_pages;
 	uint32_t *order = malloc(maxpages * sizeof(*order)), *lat = malloc(maxpages * sizeof(*lat));
 	struct utsname un;
 	time_t tnow = time(NULL);
@@ -1244,8 +2226,10 @@ int main(int argc, char **argv)
 
 	uname(&un);
 	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %z", localtime(&tnow));
-	printf("lazymap-bench, %s, Linux %s %s, %ld CPUs\n", date, un.release, un.machine,
-	       sysconf(_SC_NPROCESSORS_ONLN));
+	probe_machine(&machine, need_main ? tmp_path : need_shared ? shared_path[0] : NULL,
+		      need_main ? file_size : shared_size, fs);
+	printf("lazymap-bench, %s, Linux %s %s, %ld CPUs\n%s\n", date, un.release, un.machine,
+	       sysconf(_SC_NPROCESSORS_ONLN), machine.line);
 	printf("%d runs per twin (median), handlers %s%s%s, kernel twin in the same run%s\n"
 	       "ratio = lazymap/kernel time per page: < 1 = lazymap faster; latencies per touch; "
 	       "flt/pg: faults per page touched\n(kernel: the thread's minor and major faults; "
@@ -1256,11 +2240,11 @@ int main(int argc, char **argv)
 		 "\n \"tool\": \"lazymap-bench\", \"date\": \"%s\", \"kernel\": \"%s\", \"machine\": \"%s\","
 		 " \"cpus\": %ld, \"page_size\": %zu, \"repeat\": %d,\n \"handlers\": \"%s\", \"spin_us\": %u,"
 		 " \"readahead_kib\": %zu, \"install\": \"%s\", \"advise\": %s, \"anon_size_bytes\": %zu,"
-		 " \"file_size_bytes\": %zu, \"random_percent\": %d",
+		 " \"file_size_bytes\": %zu, \"shared_file_size_bytes\": %zu, \"random_percent\": %d",
 		 date, un.release, un.machine, sysconf(_SC_NPROCESSORS_ONLN), ps, repeat,
 		 handlers_name(&opts, hbuf, sizeof(hbuf)), opts.spin_us, opts.readahead_max >> 10,
 		 opts.install == LAZYMAP_INSTALL_MOVE ? "move" : "copy", use_advise ? "true" : "false",
-		 anon_pages * ps, any_file ? file_size : 0, RAND_PERCENT);
+		 anon_pages * ps, file_size, shared_size, RAND_PERCENT);
 
 	bool anon_head = false, threads_head = false, file_head = false;
 	double worst_cold = 0, worst_hot = 1, worst_hot_after = 1;
@@ -1270,14 +2254,14 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < nrows; i++) {
 		struct row *rw = &rows[i];
 		struct job *j = &rw->job;
-		bool file = j->sc->kind == FILE_READ;
+		bool file = is_file(j->sc);
 
 		/* The same pages in the same order for both twins; seeds as before for anon. */
-		make_order(order, j->npages, j->sc->access,
+		make_order(order, j->npages, j->sc,
 			   0x9e3779b97f4a7c15ull + (uint64_t)(j->sc - scenarios));
 		j->order = order;
 		j->want_sum = 0;
-		if (file)
+		if (file && j->sc->kind != FILE_WRITE)
 			for (size_t k = 0; k < j->touched; k++)
 				j->want_sum += data_word((uint64_t)order[k] * ps + touch_off(order[k]));
 		if (j->sc->group == G_ANON && !anon_head) {
@@ -1289,7 +2273,7 @@ int main(int argc, char **argv)
 			threads_head = true;
 		}
 		if (file && !file_head) {
-			print_file_header(fsdesc);
+			print_file_header(fsdesc, need_shared);
 			file_head = true;
 		}
 		if (j->sc->group == G_THREADS) {
@@ -1357,22 +2341,23 @@ int main(int argc, char **argv)
 		bool any = false;
 
 		for (size_t i = 0; i < nrows; i++)
-			any |= rows[i].job.sc->kind == FILE_READ && !strcmp(rows[i].l.status, "ok");
+			any |= is_file(rows[i].job.sc) && !strcmp(rows[i].l.status, "ok");
 		if (any) {
-			printf("\nlazymap counters per run: %-12s %3s %9s %9s %9s %9s %8s %9s %6s\n", "",
-			       "thr", "faults", "filled", "readahd", "io reads", "short", "MiB read",
-			       "io err");
+			printf("\nlazymap counters per run: %-2s %3s %9s %9s %9s %9s %8s %9s %6s %9s %8s\n",
+			       "", "thr", "faults", "filled", "readahd", "io reads", "short", "MiB read",
+			       "io err", "wp faults", "MiB wr");
 			for (size_t i = 0; i < nrows; i++) {
 				const struct row *rw = &rows[i];
 				double n = rw->l.n;
 
-				if (rw->job.sc->kind != FILE_READ || strcmp(rw->l.status, "ok") || !n)
+				if (!is_file(rw->job.sc) || strcmp(rw->l.status, "ok") || !n)
 					continue;
-				printf("%-37s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f\n", rw->job.name,
-				       rw->job.threads, rw->st.faults / n, rw->st.pages_filled / n,
-				       rw->st.readahead_pages / n, rw->st.file_reads / n,
-				       rw->st.short_reads / n, rw->st.bytes_read / n / 1048576.0,
-				       rw->st.io_errors / n);
+				printf("%-28s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f %9.0f %8.1f\n",
+				       rw->job.name, rw->job.threads, rw->st.faults / n,
+				       rw->st.pages_filled / n, rw->st.readahead_pages / n,
+				       rw->st.file_reads / n, rw->st.short_reads / n,
+				       rw->st.bytes_read / n / 1048576.0, rw->st.io_errors / n,
+				       rw->st.wp_faults / n, rw->st.bytes_written / n / 1048576.0);
 			}
 		}
 		if (worst_cold > 0)
@@ -1398,7 +2383,8 @@ int main(int argc, char **argv)
 		printf("! %d file descriptors open before the runs, %d after\n", fds_before, fds_after);
 	}
 	if (json) {
-		ret = write_json(json, rows, nrows, head, handlers_name(&opts, hbuf, sizeof(hbuf)));
+		ret = write_json(json, rows, nrows, head, &machine,
+				 handlers_name(&opts, hbuf, sizeof(hbuf)));
 		if (ret) {
 			fprintf(stderr, "%s: %s\n", json, strerror(-ret));
 			status = 1;
@@ -1417,6 +2403,9 @@ int main(int argc, char **argv)
 	free(mc_vec);
 	if (file_fd >= 0)
 		close(file_fd);
+	for (int k = 0; k < 2; k++)
+		if (shared_fd[k] >= 0)
+			close(shared_fd[k]);
 	remove_file();
 	return status;
 }
