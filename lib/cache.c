@@ -212,6 +212,16 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
 	for (c = registry; c; c = c->next)
 		if (c->dev == st.st_dev && c->ino == st.st_ino)
 			break;
+	while (c && c->closing) {
+		/* its last region went and its dirty pages are being written:
+		 * take it back once that is done */
+		pthread_mutex_unlock(&registry_lock);
+		usleep(100);
+		pthread_mutex_lock(&registry_lock);
+		for (c = registry; c; c = c->next)
+			if (c->dev == st.st_dev && c->ino == st.st_ino)
+				break;
+	}
 	if (c) {
 		/* an orphaned cache's dirty pages have no range to be synced by */
 		if (!atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed))
@@ -245,6 +255,8 @@ void lzm_cache_get(struct cache *c)
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 }
 
+static int writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, int how);
+
 void lzm_cache_put(struct cache *c)
 {
 	struct lazymap *lm = lzm_current_handler ? lzm_current_handler->lm : NULL;
@@ -258,16 +270,18 @@ void lzm_cache_put(struct cache *c)
 		pthread_mutex_unlock(&registry_lock);
 		return;
 	}
+	c->closing = true;
 	pthread_mutex_unlock(&registry_lock);
 	/*
 	 * No region maps the file any more, so no page table holds its pages:
-	 * what is dirty is written without protecting anything first. It stays
-	 * in the registry meanwhile: a region of the file mapped now takes it
-	 * back, dirty pages and all.
+	 * what is dirty is written without protecting anything first, and
+	 * without wb_lock: nobody else can write back a cache nobody holds (a
+	 * region of the file mapped now waits for closing to end), and our
+	 * caller may hold an mm's lock, which a write-back takes after wb_lock.
 	 */
-	ret = lzm_cache_writeback(c, 0, (uint64_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift), lm,
-				  WB_DURABLE);
+	ret = writeback(c, 0, (uint64_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift), lm, WB_DURABLE);
 	pthread_mutex_lock(&registry_lock);
+	c->closing = false;
 	if (atomic_load(&c->refs)) {
 		pthread_mutex_unlock(&registry_lock); /* mapped again meanwhile */
 		return;
@@ -295,7 +309,8 @@ int lzm_cache_retry_orphaned(struct lazymap *lm)
 
 	for (;;) {
 		pthread_mutex_lock(&registry_lock);
-		for (c = registry; c && !(c->orphaned && !atomic_load(&c->refs)); c = c->next)
+		for (c = registry; c && !(c->orphaned && !c->closing && !atomic_load(&c->refs));
+		     c = c->next)
 			;
 		if (c) {
 			c->orphaned = false;
@@ -787,6 +802,24 @@ again:
 	}
 }
 
+/* [off, off + len) of the file from buf; 0 or -errno. */
+static int wb_put(struct cache *c, const char *buf, uint64_t off, uint64_t len, uint64_t *written)
+{
+	while (len) {
+		ssize_t w = pwrite(c->wfd, buf, (size_t)len, (off_t)off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		buf += w;
+		off += (uint64_t)w;
+		len -= (uint64_t)w;
+		*written += (uint64_t)w;
+	}
+	return 0;
+}
+
 /* Copy [off, off + len) of the memfd to the file; 0 or -errno. */
 static int wb_copy(struct cache *c, char *buf, size_t bufsz, uint64_t off, uint64_t len,
 		   uint64_t *written)
@@ -801,16 +834,10 @@ static int wb_copy(struct cache *c, char *buf, size_t bufsz, uint64_t off, uint6
 				return r < 0 ? -errno : -EIO;
 			got += (size_t)r;
 		}
-		for (size_t put = 0; put < n;) {
-			ssize_t w = pwrite(c->wfd, buf + put, n - put, (off_t)(off + put));
+		int ret = wb_put(c, buf, off, n, written);
 
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0)
-				return w < 0 ? -errno : -EIO;
-			put += (size_t)w;
-			*written += (uint64_t)w;
-		}
+		if (ret)
+			return ret;
 		off += n;
 		len -= n;
 	}
@@ -824,10 +851,26 @@ static int wb_copy(struct cache *c, char *buf, size_t bufsz, uint64_t off, uint6
 static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 {
 	const size_t bufsz = 1u << 20;
-	char *buf = malloc(bufsz);
 	uint64_t size = lzm_cache_refresh_size(c), written = 0, nwrites = 0;
+	uint64_t first = wb->runs[0].fp, last = wb->runs[wb->nruns - 1].fp + wb->runs[wb->nruns - 1].n;
+	size_t winlen = (size_t)(last - first) << lzm_page_shift;
+	char *buf = NULL, *win;
 	struct no_xfsz x;
 
+	/*
+	 * The pages are written straight from a mapping of the memfd: no copy
+	 * of ours. Only the pages taken are read through it, and they are in
+	 * the cache (a hole read through it would become a page of zeros in
+	 * the cache, for every region to see); no child inherits it.
+	 */
+	win = mmap(NULL, winlen, PROT_READ, MAP_SHARED | MAP_NORESERVE, c->memfd,
+		   (off_t)(first << lzm_page_shift));
+	if (win == MAP_FAILED || madvise(win, winlen, MADV_DONTFORK)) {
+		if (win != MAP_FAILED)
+			munmap(win, winlen);
+		win = NULL;
+		buf = malloc(bufsz);
+	}
 	no_xfsz_begin(&x);
 	for (size_t r = 0; r < wb->nruns; r++) {
 		uint64_t off = wb->runs[r].fp << lzm_page_shift;
@@ -837,11 +880,18 @@ static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 			continue;
 		if (len > size - off)
 			len = size - off;
-		wb->runs[r].err = !buf ? -ENOMEM : c->wfd < 0 ? -EBADF
-				  : wb_copy(c, buf, bufsz, off, len, &written);
+		if (c->wfd < 0)
+			wb->runs[r].err = -EBADF;
+		else if (win)
+			wb->runs[r].err = wb_put(c, win + (off - (first << lzm_page_shift)), off, len,
+						 &written);
+		else
+			wb->runs[r].err = !buf ? -ENOMEM : wb_copy(c, buf, bufsz, off, len, &written);
 		nwrites++;
 	}
 	no_xfsz_end(&x);
+	if (win)
+		munmap(win, winlen);
 	free(buf);
 	if (lm) {
 		atomic_fetch_add(&lm->wstats.bytes_written, written);
@@ -877,12 +927,12 @@ static int wb_end(struct cache *c, struct wb *wb, int err)
 	return ret;
 }
 
-int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, int how)
+/* The four phases; wb_lock held, or the cache closing (lzm_cache_put). */
+static int writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, int how)
 {
 	struct wb wb = { 0 };
 	int ret;
 
-	pthread_mutex_lock(&c->wb_lock);
 	removed_recheck(c);
 	ret = wb_take(c, fp, fp + n, &wb);
 	if (wb.nruns) {
@@ -900,7 +950,16 @@ int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap
 		/* clean here, but an earlier pass (lazymap_unmap) may not be durable yet */
 		ret = -errno;
 	}
-	pthread_mutex_unlock(&c->wb_lock);
 	free(wb.runs);
+	return ret;
+}
+
+int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, int how)
+{
+	int ret;
+
+	pthread_mutex_lock(&c->wb_lock);
+	ret = writeback(c, fp, n, lm, how);
+	pthread_mutex_unlock(&c->wb_lock);
 	return ret;
 }

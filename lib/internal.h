@@ -202,7 +202,8 @@ struct cache {
 	 * before; its holders wait for nothing but the kernel.
 	 */
 	pthread_mutex_t lock;
-	pthread_mutex_t wb_lock;     /* one write-back at a time; taken before lock */
+	pthread_mutex_t wb_lock;     /* one write-back at a time; taken before lock and before
+	                              * any mm's lock (write-back protects there) */
 	struct cache_waiter *waiters;
 	struct mm **sharers;         /* mms that map it shared (write-back protects there) */
 	unsigned nsharers, sharers_cap;
@@ -214,6 +215,7 @@ struct cache {
 	atomic_bool orphans;
 	atomic_bool no_nowait;       /* O_DIRECT reads here refuse RWF_NOWAIT (FUSE, tmpfs) */
 	bool orphaned;               /* no region, write-back failed: kept (registry lock) */
+	bool closing;                /* its last reference is writing it back (registry lock) */
 	/* Ranges a REMOVE event named (MADV_REMOVE punches them after the
 	 * event is read): looked at again before the next write-back. Lock. */
 	struct { uint64_t fp, n; } removed[8];
