@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <liburing.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -663,6 +664,7 @@ void lzm_cache_count(struct mm *mm, uint64_t *cached, uint64_t *dirty)
 struct wb_run {
 	uint64_t fp, n;
 	int err;
+	bool done; /* written whole by the ring */
 };
 
 struct wb {
@@ -848,6 +850,89 @@ static int wb_copy(struct cache *c, char *buf, size_t bufsz, uint64_t off, uint6
  * Phase 3: the pages, up to the file's end (a page beyond it was truncated
  * away: it is dropped, as the kernel drops it), SIGXFSZ blocked.
  */
+/*
+ * Many runs: written with io_uring, up to WB_RING_DEPTH at once (one system
+ * call for many writes, which the file system may then run side by side).
+ * A run it could not finish (short write, error, no ring) is left to the
+ * synchronous loop, which says why.
+ */
+#define WB_RING_MIN   8
+#define WB_RING_DEPTH 64
+
+static void wb_write_ring(struct cache *c, struct wb *wb, const char *win, uint64_t first,
+			  uint64_t size, uint64_t *written, uint64_t *nwrites)
+{
+	struct io_uring ring;
+	size_t next = 0, inflight = 0;
+
+	char path[64];
+	int dfd;
+
+	/*
+	 * Whole pages go with O_DIRECT: no read-modify-write of the file's own
+	 * page cache, and nothing left for fdatasync to write but metadata
+	 * (the kernel's cached copies of those pages are dropped). A file
+	 * system that refuses it gets buffered writes.
+	 */
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", c->wfd);
+	dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
+	if (io_uring_queue_init(WB_RING_DEPTH, &ring, 0)) {
+		if (dfd >= 0)
+			close(dfd);
+		return;
+	}
+	while (next < wb->nruns || inflight) {
+		struct io_uring_cqe *cqe;
+
+		for (; next < wb->nruns && inflight < WB_RING_DEPTH; next++) {
+			uint64_t off = wb->runs[next].fp << lzm_page_shift;
+			uint64_t len = wb->runs[next].n << lzm_page_shift;
+			struct io_uring_sqe *sqe;
+
+			if (off >= size)
+				continue;
+			if (len > size - off)
+				len = size - off;
+			sqe = io_uring_get_sqe(&ring);
+			if (!sqe)
+				break;
+			io_uring_prep_write(sqe, dfd >= 0 && page_aligned(len) ? dfd : c->wfd,
+					    win + (off - (first << lzm_page_shift)), (unsigned)len, off);
+			io_uring_sqe_set_data64(sqe, next);
+			inflight++;
+		}
+		if (io_uring_submit_and_wait(&ring, 1) < 0)
+			break;
+		while (io_uring_peek_cqe(&ring, &cqe) == 0) {
+			struct wb_run *run = &wb->runs[io_uring_cqe_get_data64(cqe)];
+			uint64_t want = run->n << lzm_page_shift, off = run->fp << lzm_page_shift;
+
+			if (want > size - off)
+				want = size - off;
+			if (cqe->res > 0)
+				*written += (uint64_t)cqe->res;
+			/* whole: done; else the synchronous loop writes it again and tells */
+			run->done = cqe->res >= 0 && (uint64_t)cqe->res == want;
+			*nwrites += run->done;
+			inflight--;
+			io_uring_cqe_seen(&ring, cqe);
+		}
+	}
+	/* an error out of submit with writes in flight: wait for them (their
+	 * buffers are the window, unmapped after us) */
+	while (inflight) {
+		struct io_uring_cqe *cqe;
+
+		if (io_uring_wait_cqe(&ring, &cqe))
+			break;
+		inflight--;
+		io_uring_cqe_seen(&ring, cqe);
+	}
+	io_uring_queue_exit(&ring);
+	if (dfd >= 0)
+		close(dfd);
+}
+
 static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 {
 	const size_t bufsz = 1u << 20;
@@ -872,11 +957,13 @@ static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 		buf = malloc(bufsz);
 	}
 	no_xfsz_begin(&x);
+	if (win && c->wfd >= 0 && wb->nruns >= WB_RING_MIN)
+		wb_write_ring(c, wb, win, first, size, &written, &nwrites);
 	for (size_t r = 0; r < wb->nruns; r++) {
 		uint64_t off = wb->runs[r].fp << lzm_page_shift;
 		uint64_t len = wb->runs[r].n << lzm_page_shift;
 
-		if (off >= size)
+		if (off >= size || wb->runs[r].done)
 			continue;
 		if (len > size - off)
 			len = size - off;
