@@ -270,11 +270,15 @@ void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bo
 			if (n > k0 + MINOR_RUN)
 				n = k0 + MINOR_RUN;
 		}
-		/* the pages before the one asked for are only read */
-		if (k > k0)
+		/* the pages before the one asked for are only read (a private
+		 * region's are woken with it: one wake) */
+		if (k > k0 && vma_writeback(v))
 			map_cached(h, mm, v, req->addr + (k0 << lzm_page_shift), fp + k0, k - k0,
 				   false);
-		map_cached(h, mm, v, req->asked, fp + k, n - k, req->write);
+		else
+			k = k0;
+		map_cached(h, mm, v, req->addr + (k << lzm_page_shift), fp + k, n - k,
+			   req->write && k == (req->asked - req->addr) >> lzm_page_shift);
 	} else if (req->asked && poison_rest && req->asked < end) {
 		size_t done;
 
