@@ -29,7 +29,11 @@
  *           not; MREMAP_DONTUNMAP: the range left behind is emptied and
  *           produces its pages again from the source, as after MADV_DONTNEED;
  *   madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE)  the next touch produces
- *           the page again (zeros, the callback, the file's bytes);
+ *           the page again (zeros, the callback, the file's bytes; MADV_FREE
+ *           is EINVAL on a file region, as on any file mapping; MADV_REMOVE
+ *           on a shared file region drops the page from the cache with its
+ *           unsynced writes, and leaves the file alone, where the kernel's
+ *           mapping would punch a hole in the file);
  *   mmap(MAP_FIXED) over a range  that part is the program's from then on;
  *   mprotect  not seen (userfaultfd raises no event for it): the kernel
  *           applies it, lazymap_dump keeps showing the protection that

@@ -586,3 +586,39 @@ Test(cache, cache_pages_counts_each_file_until_its_last_region_goes, FIXTURE, .t
 	free(a);
 	free(b);
 }
+
+/*
+ * Twenty files, each mapped by two regions: cache_pages counts each file's
+ * cache once (a review found the count doubling past sixteen files).
+ */
+Test(cache, cache_pages_counts_many_files_once, FIXTURE, .timeout = 60)
+{
+	enum { NFILES = 20, NPG = 4 };
+	size_t ps = pgsz();
+	struct lazymap_stats st;
+	struct twin t;
+	int fds[NFILES];
+
+	twin_open_or_skip(&t, TWIN_LAZYMAP, NULL);
+	for (int i = 0; i < NFILES; i++) {
+		char path[PATH_MAX], name[16];
+		uint8_t *bytes;
+		char *r1, *r2;
+
+		snprintf(name, sizeof(name), "f%d", i);
+		bytes = make_file(name, NPG * ps, 40 + (uint64_t)i, NPG, path, sizeof(path));
+		fds[i] = open_file(path, O_RDONLY);
+		r1 = map_or_fail(&t, NPG * ps, PROT_READ, LAZYMAP_PRIVATE, fds[i], 0, "first region");
+		r2 = map_or_fail(&t, NPG * ps, PROT_READ, LAZYMAP_PRIVATE, fds[i], 0, "second region");
+		expect_mem("first region", r1, bytes, NPG * ps);
+		expect_mem("second region", r2, bytes, NPG * ps);
+		free(bytes);
+	}
+	quiesce(t.lm);
+	st = stats_now(&t);
+	cr_assert_eq(st.cache_pages, NFILES * NPG, "%d files of %d pages, two regions each: "
+		     "cache_pages %lu", NFILES, NPG, (unsigned long)st.cache_pages);
+	cr_assert_eq(twin_close(&t), 0);
+	for (int i = 0; i < NFILES; i++)
+		close(fds[i]);
+}

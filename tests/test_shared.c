@@ -1000,6 +1000,9 @@ static void shared_eof(enum twin_kind kind)
 	expect_file_range("the grown pages after a sync", fd, model + 6 * ps, 6 * ps, 2 * ps);
 	cr_assert_eq(twin_close(&t), 0);
 	expect_file_range("the first pages after close", fd, model, 0, 3 * ps + 100);
+	/* what was written past the old end never was the file's: zeros once it grew */
+	expect_file_range("the old last page's tail after the file grew", fd, model + size, size,
+			  4 * ps - size);
 	expect_file_range("the grown pages after close", fd, model + 6 * ps, 6 * ps, 2 * ps);
 	close(fd);
 	free(model);
@@ -1211,5 +1214,94 @@ Test(shared, writeback_counters, FIXTURE, .timeout = 60)
 	cr_assert_eq(twin_close(&t), 0);
 	expect_file("after close", fd, model, len);
 	close(fd);
+	free(model);
+}
+
+/* ------------------------------------------------------------ found by review */
+
+/*
+ * MADV_REMOVE on a shared region punches the page out of the cache, after
+ * the event that announces it: the next touch must read the file's bytes
+ * (not loop for ever on a page we think cached), and write-back must not
+ * write the hole's zeros. The unsynced write is gone with the page. (The
+ * kernel's own mapping would punch the file itself; ours leaves it.)
+ */
+Test(shared, madv_remove_reads_the_file_again_and_writes_no_zeros, FIXTURE, .timeout = 60)
+{
+	size_t ps = pgsz(), npg = 8, len = npg * ps;
+	char path[PATH_MAX];
+	uint8_t *model = make_file("remove", len, 0xe1, npg, path, sizeof(path));
+	struct twin t;
+	char *p;
+	int fd;
+
+	twin_open_or_skip(&t, TWIN_LAZYMAP, NULL);
+	fd = open_file(path, O_RDWR);
+	p = map_or_fail(&t, len, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, fd, 0, "the region");
+	for (int round = 0; round < 20; round++) {
+		size_t pg = 1 + (size_t)round % (npg - 1);
+
+		memset(p + pg * ps + 100, 0x5e, 10);
+		cr_assert_eq(madvise(p + pg * ps, ps, MADV_REMOVE), 0, "MADV_REMOVE: %s",
+			     strerror(errno));
+		expect_mem("the page after MADV_REMOVE", p + pg * ps, model + pg * ps, ps);
+		cr_assert_eq(twin_sync(&t, p, len), 0);
+		expect_file("after MADV_REMOVE and a sync", fd, model, len);
+	}
+	cr_assert_eq(twin_close(&t), 0);
+	expect_file("after close", fd, model, len);
+	close(fd);
+	free(model);
+}
+
+/*
+ * write(2) of a LAZYMAP_DIRECT region's untouched pages to the same file:
+ * ext4 holds the file's lock while the write faults on our region, and an
+ * O_DIRECT read of the file waits for that lock. The fill must not wait:
+ * the copy completes (it deadlocked once).
+ */
+static int self_write_body(struct verdict *v, void *arg)
+{
+	const char *path = arg;
+	size_t ps = pgsz(), npg = 64, len = npg * ps;
+	uint8_t *want = malloc(4 * ps), *have = malloc(4 * ps);
+	struct lazymap *lm;
+	char *p = NULL;
+	ssize_t w;
+	int fd, ret;
+
+	VCHECK(v, want && have, "malloc");
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	VCHECK(v, fd >= 0, "open: %s", strerror(errno));
+	VCHECK(v, pread(fd, want, 4 * ps, (off_t)(8 * ps)) == (ssize_t)(4 * ps), "pread");
+	ret = lazymap_open(&lm, NULL);
+	VCHECK(v, ret == 0, "lazymap_open: %s", strerror(-ret));
+	ret = lazymap_map(lm, (void **)&p, len, PROT_READ, LAZYMAP_PRIVATE | LAZYMAP_DIRECT, fd, 0);
+	if (ret == -EINVAL)
+		verdict_skip(v, "this file system refuses O_DIRECT");
+	VCHECK(v, ret == 0, "map: %s", strerror(-ret));
+	w = pwrite(fd, p + 8 * ps, 4 * ps, (off_t)(40 * ps)); /* the watchdog ends a hang */
+	VCHECK(v, w == (ssize_t)(4 * ps), "pwrite from the region: %zd (%s)", w, strerror(errno));
+	VCHECK(v, pread(fd, have, 4 * ps, (off_t)(40 * ps)) == (ssize_t)(4 * ps), "pread back");
+	VCHECK(v, !memcmp(have, want, 4 * ps), "pages 40-43 are not pages 8-11");
+	VCHECK(v, lazymap_close(lm) == 0, "close");
+	close(fd);
+	free(want);
+	free(have);
+	return 0;
+}
+
+Test(shared, write2_from_a_direct_region_to_its_own_file_completes, FIXTURE, .timeout = 60)
+{
+	size_t npg = 64;
+	char path[PATH_MAX];
+	uint8_t *model = make_file("selfwrite", npg * pgsz(), 0xe2, npg, path, sizeof(path));
+	struct verdict *v = verdict_new();
+
+	cr_assert_not_null(v);
+	require_uffd(uffd_needs(NULL));
+	verdict_expect(v, verdict_fork(v, self_write_body, path, 30), 0,
+		       "write(2) from a LAZYMAP_DIRECT region to its own file");
+	verdict_free(v);
 	free(model);
 }
