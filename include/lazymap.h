@@ -253,7 +253,10 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * back: by lazymap_sync (durably), by lazymap_unmap of the range and by
  * lazymap_close. Until then the file, and read(2) of it, show the old bytes
  * (the kernel's page cache is not ours), and a write(2) to the file does
- * not change pages already in our cache. As mmap, a shared mapping with
+ * not change pages already in our cache, which write back whole pages: on
+ * one range of a file, use write(2) or shared regions, not both. Pages
+ * wholly past the file's end at write-back are dropped, as the kernel drops
+ * them. As mmap, a shared mapping with
  * PROT_WRITE needs fd open for reading and writing (-EACCES; O_APPEND is
  * fine: pages are written back where they belong), and lazymap_protect
  * may give PROT_WRITE to a shared region only if its fd was writable. The

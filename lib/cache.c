@@ -333,32 +333,29 @@ int lzm_cache_retry_orphaned(struct lazymap *lm)
 uint64_t lzm_cache_refresh_size(struct cache *c)
 {
 	struct stat st;
-	uint64_t old, tail;
 
-	if (fstat(c->fd, &st))
-		return atomic_load_explicit(&c->size, memory_order_relaxed);
-	old = atomic_exchange_explicit(&c->size, (uint64_t)st.st_size, memory_order_relaxed);
-	/*
-	 * Grown: what a shared region wrote past the old end in the old last
-	 * page was never the file's; the part of the file that page now
-	 * covers reads as zeros, as the kernel zeroes it (POSIX).
-	 */
-	tail = lzm_page_size - (old & (lzm_page_size - 1));
-	if ((uint64_t)st.st_size > old && tail != lzm_page_size && lzm_cache_has(c, old >> lzm_page_shift)) {
-		static const char zeros[4096];
-		size_t len = (uint64_t)st.st_size - old < tail ? (size_t)(st.st_size - old) : tail;
+	if (fstat(c->fd, &st) == 0)
+		atomic_store_explicit(&c->size, (uint64_t)st.st_size, memory_order_relaxed);
+	return atomic_load_explicit(&c->size, memory_order_relaxed);
+}
 
-		while (len) {
-			ssize_t w = pwrite(c->memfd, zeros, len < sizeof(zeros) ? len : sizeof(zeros),
-					   (off_t)old);
+/*
+ * The page holding the file's end was written back up to the end: what a
+ * shared region wrote past it is not the file's, and the kernel zeroes it in
+ * its own page at write-back (so that a later growth shows zeros there); so
+ * do we, in the cache. (Zeroing when the file is seen to grow instead would
+ * also zero what the program wrote after the growth, which we cannot tell
+ * from what it wrote before.)
+ */
+static void zero_past_end(struct cache *c, uint64_t size)
+{
+	static const char zeros[4096];
+	uint64_t tail = lzm_page_size - (size & (lzm_page_size - 1));
 
-			if (w <= 0)
-				break;
-			old += (uint64_t)w;
-			len -= (size_t)w;
-		}
-	}
-	return (uint64_t)st.st_size;
+	if (tail == lzm_page_size || tail > sizeof(zeros))
+		return;
+	if (pwrite(c->memfd, zeros, (size_t)tail, (off_t)size) < 0)
+		return; /* best effort: the bytes past the end are never written back */
 }
 
 /* ------------------------------------------------------------ page state */
@@ -891,8 +888,10 @@ static void wb_write_ring(struct cache *c, struct wb *wb, const char *win, uint6
 
 			if (off >= size)
 				continue;
-			if (len > size - off)
+			if (len > size - off) {
 				len = size - off;
+				zero_past_end(c, size);
+			}
 			sqe = io_uring_get_sqe(&ring);
 			if (!sqe)
 				break;
@@ -965,8 +964,10 @@ static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 
 		if (off >= size || wb->runs[r].done)
 			continue;
-		if (len > size - off)
+		if (len > size - off) {
 			len = size - off;
+			zero_past_end(c, size);
+		}
 		if (c->wfd < 0)
 			wb->runs[r].err = -EBADF;
 		else if (win)
