@@ -1305,3 +1305,50 @@ Test(shared, write2_from_a_direct_region_to_its_own_file_completes, FIXTURE, .ti
 	verdict_free(v);
 	free(model);
 }
+
+/*
+ * A file that grows under a shared region whose last page was partial:
+ * what the program writes there after the growth, and what write(2) put
+ * there before the page was touched, are the file's (a review found both
+ * zeroed at the next sync).
+ */
+static void grow_under(enum twin_kind kind)
+{
+	size_t ps = pgsz(), len = 2 * ps;
+	uint64_t size = ps + 904;
+	char path[PATH_MAX];
+	uint8_t *model = make_file("grow", size, 0xe3, 2, path, sizeof(path));
+	struct twin t;
+	char *p;
+	int fd;
+
+	twin_open_or_skip(&t, kind, NULL);
+	fd = open_file(path, O_RDWR);
+	p = map_or_fail(&t, len, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, fd, 0, "two pages");
+	expect_mem("the last page before the growth", p + ps, model + ps, ps); /* filled now */
+	cr_assert_eq(ftruncate(fd, (off_t)len), 0);
+	write_both(p, model, ps + 1500, 10, 0x54);     /* past the old end, after the growth */
+	write_both(p, model, len - 1, 1, 0x45);
+	cr_assert_eq(twin_sync(&t, p, len), 0);
+	expect_file("after the growth and a sync", fd, model, len);
+	cr_assert_eq(twin_close(&t), 0);
+	expect_file("after close", fd, model, len);
+	close(fd);
+	free(model);
+
+	/* grown by write(2) before the page is first touched: its bytes are the file's */
+	model = make_file("grow2", size, 0xe4, 2, path, sizeof(path));
+	fd = open_file(path, O_RDWR);
+	cr_assert_eq(pattern_write(fd, 0xe5, size, len - size), 0);
+	pattern_fill(model + size, len - size, 0xe5, size);
+	twin_open_or_skip(&t, kind, NULL);
+	p = map_or_fail(&t, len, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, fd, 0, "two pages");
+	write_both(p, model, ps + 4, 1, 0x57);
+	cr_assert_eq(twin_sync(&t, p, len), 0);
+	expect_file("grown by write(2), then a write through the region and a sync", fd, model, len);
+	cr_assert_eq(twin_close(&t), 0);
+	close(fd);
+	free(model);
+}
+
+TEST_WITH_REFERENCE(writes_after_the_file_grew_are_the_files, grow_under, TWIN_MMAP, .timeout = 60)
