@@ -88,8 +88,11 @@ static int file_read(struct source *src, uint64_t pgoff, size_t done, bool buffe
 	*off = ((src->base + pgoff) << lzm_page_shift) + done;
 	/* O_DIRECT wants aligned offsets: a continuation that is not goes
 	 * through the page cache (it only happens next to the end of file). */
-	*fd = src->direct && !buffered && page_aligned(done) ? c->dfd : c->fd;
-	*nowait = *fd == c->dfd && !atomic_load_explicit(&c->no_nowait, memory_order_relaxed);
+	bool direct = src->direct && !buffered && page_aligned(done);
+
+	/* c->dfd is set before a direct source exists: only they read it */
+	*fd = direct ? c->dfd : c->fd;
+	*nowait = direct && !atomic_load_explicit(&c->no_nowait, memory_order_relaxed);
 	return 0;
 }
 
