@@ -1071,6 +1071,87 @@ static inline void twin_open_or_skip(struct twin *t, enum twin_kind kind,
 }
 
 /* Wait until lazymap's handlers are idle (quiesce()); nothing to wait for with the kernel. */
+/*
+ * dir/name, size bytes of key's pattern; path gets its name. The bytes the
+ * file holds, zeros up to the end of its last page, come back in a buffer
+ * of npages pages (free() it).
+ */
+static inline uint8_t *pattern_file(const char *dir, const char *name, uint64_t size, uint64_t key,
+				    size_t npages, char *path, size_t pathlen)
+{
+	uint8_t *bytes = calloc(npages, pgsz());
+	int fd, ret;
+
+	cr_assert_not_null(bytes);
+	cr_assert_geq(npages * pgsz(), size);
+	snprintf(path, pathlen, "%s/%s", dir, name);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0, "open %s: %s", path, strerror(errno));
+	cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+	ret = pattern_write(fd, key, 0, size);
+	cr_assert_eq(ret, 0, "writing %s: %s", path, strerror(-ret));
+	close(fd);
+	pattern_fill(bytes, size, key, 0);
+	return bytes;
+}
+
+static inline int open_file(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC);
+
+	cr_assert_geq(fd, 0, "open %s: %s", path, strerror(errno));
+	return fd;
+}
+
+/* Memory (a mapping) against what it must hold: fails with the first differing byte. */
+static inline void expect_mem(const char *what, const char *mem, const uint8_t *want, size_t len)
+{
+	if (!memcmp(mem, want, len))
+		return;
+	for (size_t i = 0; i < len; i++)
+		cr_assert_eq((uint8_t)mem[i], want[i], "%s: byte %#zx (page %zu) is %#x, want %#x",
+			     what, i, i / pgsz(), (uint8_t)mem[i], want[i]);
+}
+
+/* The file's bytes [off, off + len), read with pread, against want (indexed from off). */
+static inline void expect_file_range(const char *what, int fd, const uint8_t *want, uint64_t off,
+				     size_t len)
+{
+	uint8_t *have = malloc(len);
+	ssize_t r;
+
+	cr_assert_not_null(have);
+	r = pread(fd, have, len, (off_t)off);
+	cr_assert_eq(r, (ssize_t)len, "%s: pread: %zd (%s)", what, r, strerror(errno));
+	for (size_t i = 0; i < len; i++)
+		cr_assert_eq(have[i], want[i], "%s: the file's byte %#llx (page %llu) is %#x, want %#x",
+			     what, (unsigned long long)(off + i), (unsigned long long)((off + i) / pgsz()),
+			     have[i], want[i]);
+	free(have);
+}
+
+/* The whole file, and its size. */
+static inline void expect_file(const char *what, int fd, const uint8_t *want, uint64_t size)
+{
+	struct stat sb;
+
+	cr_assert_eq(fstat(fd, &sb), 0);
+	cr_assert_eq((uint64_t)sb.st_size, size, "%s: the file's size is %lld, want %llu", what,
+		     (long long)sb.st_size, (unsigned long long)size);
+	expect_file_range(what, fd, want, 0, size);
+}
+
+static inline void *map_or_fail(struct twin *t, size_t len, int prot, int flags, int fd, off_t off,
+				const char *what)
+{
+	void *p = NULL;
+	int ret = twin_map(t, &p, len, prot, flags, fd, off);
+
+	cr_assert_eq(ret, 0, "%s: map (flags %#x, offset %lld) on %s: %s", what, flags,
+		     (long long)off, twin_name(t), strerror(-ret));
+	return p;
+}
+
 static inline void twin_quiesce(struct twin *t)
 {
 	if (t->kind == TWIN_LAZYMAP)

@@ -51,78 +51,6 @@ static void fx_teardown(void)
 
 /* ------------------------------------------------------------ files and checks */
 
-/*
- * fx.dir/name, size bytes of key's pattern; path gets its name. The bytes
- * the file holds, zeros up to the end of its last page, come back in a
- * buffer of npages pages (free() it).
- */
-static uint8_t *make_file(const char *name, uint64_t size, uint64_t key, size_t npages,
-			  char *path, size_t pathlen)
-{
-	uint8_t *bytes = calloc(npages, pgsz());
-	int fd, ret;
-
-	cr_assert_not_null(bytes);
-	cr_assert_geq(npages * pgsz(), size);
-	snprintf(path, pathlen, "%s/%s", fx.dir, name);
-	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	cr_assert_geq(fd, 0, "open %s: %s", path, strerror(errno));
-	cr_assert_eq(ftruncate(fd, (off_t)size), 0);
-	ret = pattern_write(fd, key, 0, size);
-	cr_assert_eq(ret, 0, "writing %s: %s", path, strerror(-ret));
-	close(fd);
-	pattern_fill(bytes, size, key, 0);
-	return bytes;
-}
-
-static int open_file(const char *path, int flags)
-{
-	int fd = open(path, flags | O_CLOEXEC);
-
-	cr_assert_geq(fd, 0, "open %s: %s", path, strerror(errno));
-	return fd;
-}
-
-/* Memory (a mapping) against what it must hold: fails with the first differing byte. */
-static void expect_mem(const char *what, const char *mem, const uint8_t *want, size_t len)
-{
-	if (!memcmp(mem, want, len))
-		return;
-	for (size_t i = 0; i < len; i++)
-		cr_assert_eq((uint8_t)mem[i], want[i], "%s: byte %#zx (page %zu) is %#x, want %#x",
-			     what, i, i / pgsz(), (uint8_t)mem[i], want[i]);
-}
-
-/* The file, read with pread, against what it must hold, and its size. */
-static void expect_file(const char *what, int fd, const uint8_t *want, uint64_t size)
-{
-	uint8_t *have = malloc(size);
-	struct stat sb;
-	ssize_t r;
-
-	cr_assert_not_null(have);
-	cr_assert_eq(fstat(fd, &sb), 0);
-	cr_assert_eq((uint64_t)sb.st_size, size, "%s: the file's size is %lld, want %llu", what,
-		     (long long)sb.st_size, (unsigned long long)size);
-	r = pread(fd, have, size, 0);
-	cr_assert_eq(r, (ssize_t)size, "%s: pread: %zd (%s)", what, r, strerror(errno));
-	for (size_t i = 0; i < size; i++)
-		cr_assert_eq(have[i], want[i], "%s: the file's byte %#zx (page %zu) is %#x, want %#x",
-			     what, i, i / pgsz(), have[i], want[i]);
-	free(have);
-}
-
-static void *map_or_fail(struct twin *t, size_t len, int prot, int flags, int fd, off_t off,
-			 const char *what)
-{
-	void *p = NULL;
-	int ret = twin_map(t, &p, len, prot, flags, fd, off);
-
-	cr_assert_eq(ret, 0, "%s: map (flags %#x, offset %lld) on %s: %s", what, flags,
-		     (long long)off, twin_name(t), strerror(-ret));
-	return p;
-}
-
 static struct lazymap_stats stats_now(struct twin *t)
 {
 	struct lazymap_stats st = { 0 };
@@ -182,7 +110,7 @@ static void regions_of_one_file(enum twin_kind kind)
 	struct lazymap_stats st0, st1;
 	char path[PATH_MAX];
 	uint8_t *file_now, *v1, *v2;
-	uint8_t *orig = make_file("one", size, 11, npg, path, sizeof(path));
+	uint8_t *orig = pattern_file(fx.dir, "one", size, 11, npg, path, sizeof(path));
 	char *p1, *p2, *p3, *p4, *s1, *s2;
 	struct twin t;
 	int fd;
@@ -285,7 +213,7 @@ static void two_lazymaps(enum twin_kind kind)
 	size_t ps = pgsz(), npg = 16, len = npg * ps;
 	static const size_t a_pages[] = { 0, 3, 12 };
 	char path[PATH_MAX];
-	uint8_t *model = make_file("two", len, 12, npg, path, sizeof(path));
+	uint8_t *model = pattern_file(fx.dir, "two", len, 12, npg, path, sizeof(path));
 	struct twin a, b;
 	char *sa, *sb, *pb;
 	int fd;
@@ -341,7 +269,7 @@ static void mapped_again(enum twin_kind kind)
 	size_t ps = pgsz(), npg = 64, len = npg * ps;
 	struct lazymap_stats st0, st1;
 	char path[PATH_MAX];
-	uint8_t *orig = make_file("again", len, 13, npg, path, sizeof(path)), *want;
+	uint8_t *orig = pattern_file(fx.dir, "again", len, 13, npg, path, sizeof(path)), *want;
 	char *keep, *r1, *r2;
 	struct twin t;
 	int fd;
@@ -398,7 +326,7 @@ static void end_of_file(enum twin_kind kind)
 	size_t ps = pgsz(), npg = 8, len = npg * ps;
 	uint64_t size = 3 * ps + 100;
 	char path[PATH_MAX];
-	uint8_t *orig = make_file("eof", size, 14, npg, path, sizeof(path));
+	uint8_t *orig = pattern_file(fx.dir, "eof", size, 14, npg, path, sizeof(path));
 	uint8_t *grown = malloc(len);
 	struct touch_fault f;
 	struct twin t;
@@ -489,7 +417,7 @@ static void child_touches(enum twin_kind kind)
 	static const size_t pages[] = { 3, 17, 40 };
 	static const int kinds[] = { LAZYMAP_PRIVATE, LAZYMAP_SHARED };
 	char path[PATH_MAX];
-	uint8_t *orig = make_file("fork", len, 16, npg, path, sizeof(path));
+	uint8_t *orig = pattern_file(fx.dir, "fork", len, 16, npg, path, sizeof(path));
 	struct verdict *v = verdict_new();
 	struct lazymap_stats st = { .fork_followed = 1 };
 	struct twin t;
@@ -538,8 +466,8 @@ Test(cache, cache_pages_counts_each_file_until_its_last_region_goes, FIXTURE, .t
 {
 	size_t ps = pgsz(), na = 64, nb = 16;
 	char apath[PATH_MAX], bpath[PATH_MAX];
-	uint8_t *a = make_file("a", na * ps, 17, na, apath, sizeof(apath));
-	uint8_t *b = make_file("b", nb * ps, 18, nb, bpath, sizeof(bpath));
+	uint8_t *a = pattern_file(fx.dir, "a", na * ps, 17, na, apath, sizeof(apath));
+	uint8_t *b = pattern_file(fx.dir, "b", nb * ps, 18, nb, bpath, sizeof(bpath));
 	struct lazymap_stats st;
 	char *ra1, *ra2, *rb;
 	struct twin t;
@@ -606,7 +534,7 @@ Test(cache, cache_pages_counts_many_files_once, FIXTURE, .timeout = 60)
 		char *r1, *r2;
 
 		snprintf(name, sizeof(name), "f%d", i);
-		bytes = make_file(name, NPG * ps, 40 + (uint64_t)i, NPG, path, sizeof(path));
+		bytes = pattern_file(fx.dir, name, NPG * ps, 40 + (uint64_t)i, NPG, path, sizeof(path));
 		fds[i] = open_file(path, O_RDONLY);
 		r1 = map_or_fail(&t, NPG * ps, PROT_READ, LAZYMAP_PRIVATE, fds[i], 0, "first region");
 		r2 = map_or_fail(&t, NPG * ps, PROT_READ, LAZYMAP_PRIVATE, fds[i], 0, "second region");

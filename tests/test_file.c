@@ -42,24 +42,6 @@ static struct {
 	char shm[PATH_MAX];
 } fx;
 
-static void rm_tree(const char *dir)
-{
-	char path[PATH_MAX];
-	struct dirent *e;
-	DIR *d = opendir(dir);
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		unlink(path);
-	}
-	closedir(d);
-	rmdir(dir);
-}
-
 static void dir_setup(void)
 {
 	memset(&fx, 0, sizeof(fx));
@@ -72,12 +54,12 @@ static void dir_teardown(void)
 	if (fx.shm[0])
 		unlink(fx.shm);
 	if (fx.mnt[0]) {
-		rm_tree(fx.mnt); /* the files; rmdir fails while mounted */
+		scratch_remove(fx.mnt); /* the files; rmdir fails while mounted */
 		umount2(fx.mnt, MNT_DETACH);
 		rmdir(fx.mnt);
 	}
 	if (fx.dir[0])
-		rm_tree(fx.dir);
+		scratch_remove(fx.dir);
 	memset(&fx, 0, sizeof(fx));
 }
 

@@ -62,83 +62,6 @@ static void fx_teardown(void)
 
 /* ------------------------------------------------------------ files and checks */
 
-/*
- * fx.dir/name of size bytes, key's pattern in it; path gets its name; the
- * bytes it holds come back in a buffer of npages pages, zeros past its end.
- */
-static uint8_t *make_file(const char *name, uint64_t size, uint64_t key, size_t npages,
-			  char *path, size_t pathlen)
-{
-	uint8_t *bytes = calloc(npages, pgsz());
-	int fd, ret;
-
-	cr_assert_not_null(bytes);
-	snprintf(path, pathlen, "%s/%s", fx.dir, name);
-	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	cr_assert_geq(fd, 0, "open %s: %s", path, strerror(errno));
-	cr_assert_eq(ftruncate(fd, (off_t)size), 0);
-	ret = pattern_write(fd, key, 0, size);
-	cr_assert_eq(ret, 0, "writing %s: %s", path, strerror(-ret));
-	close(fd);
-	pattern_fill(bytes, size, key, 0);
-	return bytes;
-}
-
-static int open_file(const char *path, int flags)
-{
-	int fd = open(path, flags | O_CLOEXEC);
-
-	cr_assert_geq(fd, 0, "open %s: %s", path, strerror(errno));
-	return fd;
-}
-
-/* The file's bytes [off, off + len), read with pread, against want (indexed from off). */
-static void expect_file_range(const char *what, int fd, const uint8_t *want, uint64_t off, size_t len)
-{
-	uint8_t *have = malloc(len);
-	ssize_t r;
-
-	cr_assert_not_null(have);
-	r = pread(fd, have, len, (off_t)off);
-	cr_assert_eq(r, (ssize_t)len, "%s: pread: %zd (%s)", what, r, strerror(errno));
-	for (size_t i = 0; i < len; i++)
-		cr_assert_eq(have[i], want[i], "%s: the file's byte %#llx (page %llu) is %#x, want %#x",
-			     what, (unsigned long long)(off + i), (unsigned long long)((off + i) / pgsz()),
-			     have[i], want[i]);
-	free(have);
-}
-
-/* The whole file, and its size. */
-static void expect_file(const char *what, int fd, const uint8_t *want, uint64_t size)
-{
-	struct stat sb;
-
-	cr_assert_eq(fstat(fd, &sb), 0);
-	cr_assert_eq((uint64_t)sb.st_size, size, "%s: the file's size is %lld, want %llu", what,
-		     (long long)sb.st_size, (unsigned long long)size);
-	expect_file_range(what, fd, want, 0, size);
-}
-
-static void expect_mem(const char *what, const char *mem, const uint8_t *want, size_t len)
-{
-	if (!memcmp(mem, want, len))
-		return;
-	for (size_t i = 0; i < len; i++)
-		cr_assert_eq((uint8_t)mem[i], want[i], "%s: byte %#zx (page %zu) is %#x, want %#x",
-			     what, i, i / pgsz(), (uint8_t)mem[i], want[i]);
-}
-
-static void *map_or_fail(struct twin *t, size_t len, int prot, int flags, int fd, off_t off,
-			 const char *what)
-{
-	void *p = NULL;
-	int ret = twin_map(t, &p, len, prot, flags, fd, off);
-
-	cr_assert_eq(ret, 0, "%s: map (flags %#x, offset %lld) on %s: %s", what, flags,
-		     (long long)off, twin_name(t), strerror(-ret));
-	return p;
-}
-
 /* Write len bytes of value at mem + off and at model + off. */
 static void write_both(char *mem, uint8_t *model, size_t off, size_t len, uint8_t value)
 {
@@ -639,7 +562,7 @@ static void durable(enum twin_kind kind)
 {
 	size_t ps = pgsz(), len = DUR_PAGES * ps;
 	char path[PATH_MAX];
-	uint8_t *model = make_file("durable", len, 0x71, DUR_PAGES, path, sizeof(path));
+	uint8_t *model = pattern_file(fx.dir, "durable", len, 0x71, DUR_PAGES, path, sizeof(path));
 	uint8_t *odd = calloc(DUR_PAGES, 1);
 	struct durable d = { .kind = kind, .path = path, .seed = test_seed() };
 	struct verdict *v = verdict_new();
@@ -868,7 +791,7 @@ static int fsize_body(struct verdict *v, void *arg)
 static void fsize(enum twin_kind kind)
 {
 	char path[PATH_MAX];
-	uint8_t *orig = make_file("fsize", FS_PAGES * pgsz(), 0x91, FS_PAGES, path, sizeof(path));
+	uint8_t *orig = pattern_file(fx.dir, "fsize", FS_PAGES * pgsz(), 0x91, FS_PAGES, path, sizeof(path));
 	struct fsize f = { .kind = kind, .path = path };
 	struct verdict *v = verdict_new();
 
@@ -892,7 +815,7 @@ static void unmap_and_close(enum twin_kind kind)
 	size_t ps = pgsz(), npg = 32, len = npg * ps;
 	static const size_t pages[] = { 2, 10, 11, 20, 30 };
 	char path[PATH_MAX];
-	uint8_t *model = make_file("unmap", len, 0xa1, npg, path, sizeof(path));
+	uint8_t *model = pattern_file(fx.dir, "unmap", len, 0xa1, npg, path, sizeof(path));
 	struct twin t;
 	char *p;
 	int fd;
@@ -923,7 +846,7 @@ static void own_munmap(enum twin_kind kind)
 {
 	size_t ps = pgsz(), npg = 32, len = npg * ps;
 	char path[PATH_MAX];
-	uint8_t *model = make_file("own", len, 0xb1, npg, path, sizeof(path));
+	uint8_t *model = pattern_file(fx.dir, "own", len, 0xb1, npg, path, sizeof(path));
 	struct twin t;
 	char *s, *b;
 	int fd;
@@ -964,7 +887,7 @@ static void shared_eof(enum twin_kind kind)
 	size_t ps = pgsz(), npg = 8, len = npg * ps;
 	uint64_t size = 3 * ps + 100;
 	char path[PATH_MAX];
-	uint8_t *model = make_file("eof", size, 0xc1, npg, path, sizeof(path));
+	uint8_t *model = pattern_file(fx.dir, "eof", size, 0xc1, npg, path, sizeof(path));
 	struct touch_fault f;
 	struct twin t;
 	char *p;
@@ -1024,7 +947,7 @@ Test(shared, descriptor_checks_as_mmap, FIXTURE, .timeout = 60)
 {
 	size_t ps = pgsz(), len = 8 * ps;
 	char path[PATH_MAX];
-	uint8_t *orig = make_file("modes", len, 0xd1, 8, path, sizeof(path));
+	uint8_t *orig = pattern_file(fx.dir, "modes", len, 0xd1, 8, path, sizeof(path));
 	int ro = open_file(path, O_RDONLY), wo = open_file(path, O_WRONLY);
 	int app = open_file(path, O_RDWR | O_APPEND);
 	const struct {
@@ -1102,7 +1025,7 @@ Test(shared, sync_of_ranges_not_ours_and_of_private_ones, FIXTURE, .timeout = 60
 {
 	size_t ps = pgsz(), len = 4 * ps;
 	char path[PATH_MAX];
-	uint8_t *orig = make_file("sync", len, 0xe1, 4, path, sizeof(path));
+	uint8_t *orig = pattern_file(fx.dir, "sync", len, 0xe1, 4, path, sizeof(path));
 	char *w = test_window(16 * ps), *priv, *anon, *plain;
 	struct lazymap_stats st0, st1;
 	struct lazymap *lm;
@@ -1169,7 +1092,7 @@ Test(shared, writeback_counters, FIXTURE, .timeout = 60)
 {
 	size_t ps = pgsz(), npg = 256, len = npg * ps, k = 8;
 	char path[PATH_MAX];
-	uint8_t *model = make_file("counters", len, 0xf1, npg, path, sizeof(path));
+	uint8_t *model = pattern_file(fx.dir, "counters", len, 0xf1, npg, path, sizeof(path));
 	struct lazymap_stats st0, st1, st2;
 	struct twin t;
 	char *p;
@@ -1230,7 +1153,7 @@ Test(shared, madv_remove_reads_the_file_again_and_writes_no_zeros, FIXTURE, .tim
 {
 	size_t ps = pgsz(), npg = 8, len = npg * ps;
 	char path[PATH_MAX];
-	uint8_t *model = make_file("remove", len, 0xe1, npg, path, sizeof(path));
+	uint8_t *model = pattern_file(fx.dir, "remove", len, 0xe1, npg, path, sizeof(path));
 	struct twin t;
 	char *p;
 	int fd;
@@ -1295,7 +1218,7 @@ Test(shared, write2_from_a_direct_region_to_its_own_file_completes, FIXTURE, .ti
 {
 	size_t npg = 64;
 	char path[PATH_MAX];
-	uint8_t *model = make_file("selfwrite", npg * pgsz(), 0xe2, npg, path, sizeof(path));
+	uint8_t *model = pattern_file(fx.dir, "selfwrite", npg * pgsz(), 0xe2, npg, path, sizeof(path));
 	struct verdict *v = verdict_new();
 
 	cr_assert_not_null(v);
@@ -1317,7 +1240,7 @@ static void grow_under(enum twin_kind kind)
 	size_t ps = pgsz(), len = 2 * ps;
 	uint64_t size = ps + 904;
 	char path[PATH_MAX];
-	uint8_t *model = make_file("grow", size, 0xe3, 2, path, sizeof(path));
+	uint8_t *model = pattern_file(fx.dir, "grow", size, 0xe3, 2, path, sizeof(path));
 	struct twin t;
 	char *p;
 	int fd;
@@ -1337,7 +1260,7 @@ static void grow_under(enum twin_kind kind)
 	free(model);
 
 	/* grown by write(2) before the page is first touched: its bytes are the file's */
-	model = make_file("grow2", size, 0xe4, 2, path, sizeof(path));
+	model = pattern_file(fx.dir, "grow2", size, 0xe4, 2, path, sizeof(path));
 	fd = open_file(path, O_RDWR);
 	cr_assert_eq(pattern_write(fd, 0xe5, size, len - size), 0);
 	pattern_fill(model + size, len - size, 0xe5, size);
