@@ -380,6 +380,17 @@ static const char *pick_part(struct run *r, int lo, int hi, int *a, int *n)
 	return "middle";
 }
 
+/* The segment [*lo, *hi) around page at, and all of it (whole) or a part of it. */
+static const char *pick_range(struct run *r, int at, bool whole, int *lo, int *hi, int *a, int *n)
+{
+	seg_around(r, at, lo, hi);
+	if (!whole)
+		return pick_part(r, *lo, *hi, a, n);
+	*a = *lo;
+	*n = *hi - *lo;
+	return "whole";
+}
+
 static const char *src_desc(struct run *r, const struct mpage *m)
 {
 	static char buf[64];
@@ -795,12 +806,7 @@ static void op_munmap(struct run *r, int at, bool whole)
 	uintptr_t addr;
 	int ret;
 
-	seg_around(r, at, &lo, &hi);
-	shape = whole ? "whole" : pick_part(r, lo, hi, &a, &n);
-	if (whole) {
-		a = lo;
-		n = hi - lo;
-	}
+	shape = pick_range(r, at, whole, &lo, &hi, &a, &n);
 	addr = r->pg[a].addr;
 	note(r, "munmap %s %#lx + %d of %d pages (%s)", shape, (unsigned long)addr, n, hi - lo,
 	     src_desc(r, &r->pg[a]));
@@ -1030,12 +1036,7 @@ static void op_lunmap(struct run *r, int at, bool whole)
 	const char *shape;
 	uintptr_t addr;
 
-	seg_around(r, at, &lo, &hi);
-	shape = whole ? "whole" : pick_part(r, lo, hi, &a, &n);
-	if (whole) {
-		a = lo;
-		n = hi - lo;
-	}
+	shape = pick_range(r, at, whole, &lo, &hi, &a, &n);
 	addr = r->pg[a].addr;
 	note(r, "lazymap_unmap %s %#lx + %d pages (%s)", shape, (unsigned long)addr, n,
 	     src_desc(r, &r->pg[a]));
