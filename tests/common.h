@@ -151,6 +151,24 @@ static inline uint64_t uffd_needs(const struct lazymap_opts *opts)
 
 /* ---- handler threads */
 
+/* The first line of /proc/self/task/TID/WHAT, newline cut; false if the thread is gone. */
+static inline bool task_read(const char *tid, const char *what, char *buf, size_t len)
+{
+	char path[320];
+	FILE *f;
+	bool ok;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%s/%s", tid, what);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	ok = fgets(buf, (int)len, f) != NULL;
+	fclose(f);
+	if (ok)
+		buf[strcspn(buf, "\n")] = '\0';
+	return ok;
+}
+
 /*
  * How many handler threads (named lazymap-h*) are asleep in epoll_wait, the
  * only place an idle one waits; *total gets how many there are. A handler
@@ -165,32 +183,18 @@ static inline int handlers_asleep(int *total)
 	if (!d)
 		return -errno;
 	while ((e = readdir(d))) {
-		char path[320], buf[512], *close_paren;
-		long nr = -1;
-		FILE *f;
+		char buf[512], *close_paren;
+		long nr;
 
-		if (e->d_name[0] == '.')
+		if (e->d_name[0] == '.' || !task_read(e->d_name, "stat", buf, sizeof(buf)) ||
+		    !strstr(buf, "(lazymap-h"))
 			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/stat", e->d_name);
-		f = fopen(path, "r");
-		if (!f)
-			continue; /* the thread is gone */
-		if (!fgets(buf, sizeof(buf), f) || !strstr(buf, "(lazymap-h")) {
-			fclose(f);
-			continue;
-		}
-		fclose(f);
 		n++;
 		close_paren = strrchr(buf, ')');
-		if (!close_paren || close_paren[2] != 'S')
+		if (!close_paren || close_paren[2] != 'S' ||
+		    !task_read(e->d_name, "syscall", buf, sizeof(buf)))
 			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/syscall", e->d_name);
-		f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fscanf(f, "%ld", &nr) != 1)
-			nr = -1;
-		fclose(f);
+		nr = strtol(buf, NULL, 10);
 #ifdef SYS_epoll_wait
 		asleep += nr == SYS_epoll_wait;
 #endif

@@ -791,18 +791,12 @@ static int threads(int *fillers, char *names, size_t len)
 	*fillers = 0;
 	names[0] = '\0';
 	while ((e = readdir(d))) {
-		char path[300], name[32] = "";
-		FILE *f;
+		char name[32] = "";
 
 		if (e->d_name[0] == '.')
 			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
-		f = fopen(path, "r");
-		if (!f)
+		if (!task_read(e->d_name, "comm", name, sizeof(name)))
 			continue; /* gone */
-		if (fgets(name, sizeof(name), f))
-			name[strcspn(name, "\n")] = '\0';
-		fclose(f);
 		if (!strncmp(name, "lazymap-f", 9) && name[9] >= '0' && name[9] <= '9')
 			++*fillers;
 		else
