@@ -163,12 +163,6 @@ static const struct scenario scenarios[] = {
 	 */
 	{ "file-rand-dense-cold", G_FILE, FILE_READ, RAND, COLD, 0, 2, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
 	{ "file-rand-dense-hot", G_FILE, FILE_READ, RAND, HOT, 0, 2, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached" },
-	/*
-	 * Lone cold touches 1 MiB apart on average, one faulting thread: the
-	 * cost of a fault that must wait for the disk, against the disk's own
-	 * 4 KiB read. The kernel's read-around (the device's read_ahead_kb, up
-	 * to its mmap_miss cut-off) may cover several blocks: rd/pg shows it.
-	 */
 	/* What a second region of a file costs once a first has read it all. */
 	{ "file-remap", G_FILE, FILE_REMAP, SEQ, HOT, 0, 1, "a second mmap(MAP_PRIVATE, PROT_READ) of the file, the first scanned and kept mapped" },
 	/*
@@ -176,6 +170,12 @@ static const struct scenario scenarios[] = {
 	 * twin on a copy of its own, reset after every run.
 	 */
 	{ "file-shared-write", G_FILE, FILE_WRITE, RAND, HOT, 10, 1, "mmap(MAP_SHARED, PROT_READ|PROT_WRITE) of a copy of the file, msync(MS_SYNC)" },
+	/*
+	 * Lone cold touches 1 MiB apart on average, one faulting thread: the
+	 * cost of a fault that must wait for the disk, against the disk's own
+	 * 4 KiB read. The kernel's read-around (the device's read_ahead_kb, up
+	 * to its mmap_miss cut-off) may cover several blocks: rd/pg shows it.
+	 */
 	{ "file-sparse-touch", G_FILE, FILE_READ, SPREAD, COLD, 256, ONE_THREAD, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped" },
 	{ "daemon-file-seq-cold", G_DAEMON, FILE_READ, SEQ, COLD, 0, ALL_THREADS, "lazymap in-process, cache dropped" },
 	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, ALL_THREADS, "lazymap in-process, cache dropped" },

@@ -201,6 +201,17 @@ static int late_fd(struct cache *c, int *slot, int src_fd, int flags)
 	return ret;
 }
 
+/* The cache of st's file, or NULL; registry_lock held. */
+static struct cache *registry_find(const struct stat *st)
+{
+	struct cache *c;
+
+	for (c = registry; c; c = c->next)
+		if (c->dev == st->st_dev && c->ino == st->st_ino)
+			break;
+	return c;
+}
+
 int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
 {
 	struct stat st;
@@ -210,18 +221,12 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&registry_lock);
-	for (c = registry; c; c = c->next)
-		if (c->dev == st.st_dev && c->ino == st.st_ino)
-			break;
-	while (c && c->closing) {
+	while ((c = registry_find(&st)) && c->closing) {
 		/* its last region went and its dirty pages are being written:
 		 * take it back once that is done */
 		pthread_mutex_unlock(&registry_lock);
 		usleep(100);
 		pthread_mutex_lock(&registry_lock);
-		for (c = registry; c; c = c->next)
-			if (c->dev == st.st_dev && c->ino == st.st_ino)
-				break;
 	}
 	if (c) {
 		/* an orphaned cache's dirty pages have no range to be synced by */
@@ -280,7 +285,7 @@ void lzm_cache_put(struct cache *c)
 	 * region of the file mapped now waits for closing to end), and our
 	 * caller may hold an mm's lock, which a write-back takes after wb_lock.
 	 */
-	ret = writeback(c, 0, (uint64_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift), lm, WB_DURABLE);
+	ret = writeback(c, 0, cache_max_pages(), lm, WB_DURABLE);
 	pthread_mutex_lock(&registry_lock);
 	c->closing = false;
 	if (atomic_load(&c->refs)) {
@@ -321,8 +326,7 @@ int lzm_cache_retry_orphaned(struct lazymap *lm)
 		if (!c)
 			return ret;
 		if (!ret)
-			ret = lzm_cache_writeback(c, 0, (uint64_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift),
-						  lm, WB_DURABLE);
+			ret = lzm_cache_writeback(c, 0, cache_max_pages(), lm, WB_DURABLE);
 		/* failed again: orphaned again, and left for the next close */
 		lzm_cache_put(c);
 		if (ret)
@@ -443,6 +447,23 @@ enum claim lzm_cache_claim(struct cache *c, _Atomic uint8_t *s, struct mm *mm, u
 	return CLAIM_PRESENT;
 }
 
+/*
+ * A chunk's and the cache's counts move together: pages CACHED (dcached), and
+ * pages DIRTY or under WRITEBACK (ddirty).
+ */
+static void count(struct cache *c, struct cache_chunk *ch, int dcached, int ddirty)
+{
+	if (dcached) {
+		atomic_fetch_add_explicit(&ch->ncached, (unsigned)dcached, memory_order_relaxed);
+		atomic_fetch_add_explicit(&c->ncached, (unsigned long)(long)dcached,
+					  memory_order_relaxed);
+	}
+	if (ddirty) {
+		atomic_fetch_add_explicit(&ch->ndirty, (unsigned)ddirty, memory_order_relaxed);
+		atomic_fetch_add_explicit(&c->ndirty, (unsigned long)(long)ddirty, memory_order_relaxed);
+	}
+}
+
 void lzm_cache_release(struct cache *c, uint64_t fp, size_t n, bool cached)
 {
 	struct cache_chunk *ch = chunk_get(c, fp, false);
@@ -459,10 +480,8 @@ void lzm_cache_release(struct cache *c, uint64_t fp, size_t n, bool cached)
 		else
 			seen |= atomic_exchange_explicit(s, 0, memory_order_acq_rel);
 	}
-	if (cached) {
-		atomic_fetch_add_explicit(&ch->ncached, (unsigned)n, memory_order_relaxed);
-		atomic_fetch_add_explicit(&c->ncached, n, memory_order_relaxed);
-	}
+	if (cached)
+		count(c, ch, (int)n, 0);
 	if (!(seen & CP_WAITER))
 		return;
 	pthread_mutex_lock(&c->lock);
@@ -495,10 +514,8 @@ void lzm_cache_dirty(struct cache *c, uint64_t fp)
 		return; /* cannot be: a mapped page's chunk exists */
 	s = &ch->s[fp & (CHUNK_PAGES - 1)];
 	old = atomic_fetch_or_explicit(s, CP_DIRTY, memory_order_acq_rel);
-	if (!(old & (CP_DIRTY | CP_WRITEBACK))) {
-		atomic_fetch_add_explicit(&ch->ndirty, 1, memory_order_relaxed);
-		atomic_fetch_add_explicit(&c->ndirty, 1, memory_order_relaxed);
-	}
+	if (!(old & (CP_DIRTY | CP_WRITEBACK)))
+		count(c, ch, 0, 1);
 }
 
 size_t lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
@@ -527,12 +544,7 @@ size_t lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
 		old = atomic_load_explicit(s, memory_order_acquire);
 		if ((old & CP_CACHED) && !(old & CP_BUSY)) {
 			atomic_store_explicit(s, 0, memory_order_release);
-			if (old & (CP_DIRTY | CP_WRITEBACK)) {
-				atomic_fetch_sub_explicit(&ch->ndirty, 1, memory_order_relaxed);
-				atomic_fetch_sub_explicit(&c->ndirty, 1, memory_order_relaxed);
-			}
-			atomic_fetch_sub_explicit(&ch->ncached, 1, memory_order_relaxed);
-			atomic_fetch_sub_explicit(&c->ncached, 1, memory_order_relaxed);
+			count(c, ch, -1, old & (CP_DIRTY | CP_WRITEBACK) ? -1 : 0);
 			dropped++;
 		}
 		pthread_mutex_unlock(&c->lock);
@@ -1005,10 +1017,8 @@ static int wb_end(struct cache *c, struct wb *wb, int err)
 			uint8_t new = (old & ~CP_WRITEBACK) | (e ? CP_DIRTY : 0);
 
 			atomic_store_explicit(s, new, memory_order_release);
-			if ((old & (CP_DIRTY | CP_WRITEBACK)) && !(new & (CP_DIRTY | CP_WRITEBACK))) {
-				atomic_fetch_sub_explicit(&ch->ndirty, 1, memory_order_relaxed);
-				atomic_fetch_sub_explicit(&c->ndirty, 1, memory_order_relaxed);
-			}
+			if ((old & (CP_DIRTY | CP_WRITEBACK)) && !(new & (CP_DIRTY | CP_WRITEBACK)))
+				count(c, ch, 0, -1);
 		}
 	}
 	pthread_mutex_unlock(&c->lock);

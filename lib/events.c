@@ -468,7 +468,7 @@ static bool grow_after(struct handler *h, struct mm *mm, struct vma *v, uintptr_
 
 	if (!nv)
 		return false;
-	if (lzm_source_clone(v->src, v->src->base + v->pgoff + ((v->end - v->start) >> lzm_page_shift),
+	if (lzm_source_clone(v->src, vma_file_page(v, v->end),
 			     (end - v->end) >> lzm_page_shift, &nv->src)) {
 		lzm_vma_free(nv);
 		return false;

@@ -112,8 +112,7 @@ void lzm_filemap_wp_broken(struct handler *h, struct mm *mm, uintptr_t addr)
 	pthread_rwlock_rdlock(&mm->lock);
 	v = lzm_vma_lookup(&mm->tree, addr);
 	if (v && v->src->ops->cached && vma_writeback(v))
-		wp_fault(h, mm->uffd_keep, v, addr,
-			 v->src->base + v->pgoff + ((addr - v->start) >> lzm_page_shift));
+		wp_fault(h, mm->uffd_keep, v, addr, vma_file_page(v, addr));
 	else
 		lzm_uffd_writeprotect(mm->uffd_keep, addr, lzm_page_size, false);
 	pthread_rwlock_unlock(&mm->lock);
@@ -125,7 +124,7 @@ size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintpt
 {
 	struct source *src = v->src;
 	struct cache *c = src->cache;
-	uint64_t idx = v->pgoff + ((addr - v->start) >> lzm_page_shift), fp = src->base + idx;
+	uint64_t fp = vma_file_page(v, addr), idx = fp - src->base;
 	size_t room = (v->end - addr) >> lzm_page_shift, max, n;
 	bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	const uintptr_t asked = addr;
@@ -245,8 +244,7 @@ void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bo
 	/* The toucher: map or wake it (nobody else has its page's address). */
 	pthread_rwlock_rdlock(&mm->lock);
 	v = lzm_vma_lookup(&mm->tree, req->addr);
-	if (v && (v->src->cache != c ||
-		  v->src->base + v->pgoff + ((req->addr - v->start) >> lzm_page_shift) != fp))
+	if (v && (v->src->cache != c || vma_file_page(v, req->addr) != fp))
 		v = NULL; /* unmapped or replaced meanwhile */
 	end = req->addr + (req->n << lzm_page_shift);
 	if (v && end > v->end)

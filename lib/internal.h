@@ -241,6 +241,11 @@ static inline size_t cache_run_max(uint64_t fp, size_t n)
 
 	return n < room ? n : room;
 }
+/* Every page a cache may hold: [0, cache_max_pages()). */
+static inline uint64_t cache_max_pages(void)
+{
+	return (uint64_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift);
+}
 /* Whether file page fp is in the cache. */
 bool lzm_cache_has(struct cache *c, uint64_t fp);
 /* Let go of n claimed pages from fp: CACHED if they were filled, else holes;
@@ -444,6 +449,11 @@ int lzm_mm_unmap_all(struct mm *mm);
  * durably (fdatasync) if asked. No lock held. 0 or the first -errno. */
 int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable);
 void lzm_mm_destroy(struct mm *mm); /* unmaps every VMA, then lzm_mm_fini() */
+/* The file page (producer page) v maps at addr. */
+static inline uint64_t vma_file_page(const struct vma *v, uintptr_t addr)
+{
+	return v->src->base + v->pgoff + ((addr - v->start) >> lzm_page_shift);
+}
 /* Whether v is a shared file region whose writes are tracked and written back. */
 static inline bool vma_writeback(const struct vma *v)
 {

@@ -206,7 +206,7 @@ int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable)
 
 			c = v->src->cache;
 			lzm_cache_get(c);
-			fp = v->src->base + v->pgoff + ((s - v->start) >> lzm_page_shift);
+			fp = vma_file_page(v, s);
 			n = (e - s) >> lzm_page_shift;
 			at = e;
 		} else {
@@ -218,8 +218,7 @@ int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable)
 
 			/* dirty pages no region may name any more: the whole file's */
 			if (atomic_exchange(&c->orphans, false)) {
-				err = lzm_cache_writeback(c, 0, UINT64_MAX >> lzm_page_shift, mm->lm,
-							  WB_PROTECT);
+				err = lzm_cache_writeback(c, 0, cache_max_pages(), mm->lm, WB_PROTECT);
 				if (err)
 					atomic_store(&c->orphans, true);
 				ret = ret ? ret : err;
