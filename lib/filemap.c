@@ -264,9 +264,16 @@ void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bo
 		 * that read-around sees whether it was (readahead.c).
 		 */
 		if (req->around) {
-			k0 = k & ~(size_t)(MINOR_RUN - 1);
-			if (n > k0 + MINOR_RUN)
-				n = k0 + MINOR_RUN;
+			/* its group as the kernel's fault-around maps it: aligned
+			 * in the address space */
+			const uintptr_t gsize = (uintptr_t)MINOR_RUN << lzm_page_shift;
+			uintptr_t g0 = req->asked & ~(gsize - 1), g1 = g0 + gsize;
+
+			if (g0 < req->addr)
+				g0 = req->addr;
+			k0 = (g0 - req->addr) >> lzm_page_shift;
+			if (n > (g1 - req->addr) >> lzm_page_shift)
+				n = (g1 - req->addr) >> lzm_page_shift;
 		}
 		/* the pages before the one asked for are only read (a private
 		 * region's are woken with it: one wake) */

@@ -134,11 +134,17 @@ size_t lzm_fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr
 #define AROUND_LOTSAMISS 16
 #define AROUND_RING      8  /* faults between a read-around and its sample */
 
-/* Groups of the block around idx, but idx's own, with a page mapped in mm. */
+/*
+ * Groups of the block around idx, but idx's own, with a page mapped in mm.
+ * A group is what the kernel's fault-around maps at once: AROUND_GROUP
+ * pages aligned in the address space (not in the file, where a region that
+ * does not start on a group boundary would have it straddle two).
+ */
 static unsigned around_hits(struct mm *mm, const struct vma *v, uint64_t idx, size_t pages)
 {
 	uint64_t first = idx & ~(uint64_t)(pages - 1), vfirst = v->pgoff;
 	uint64_t vend = v->pgoff + ((v->end - v->start) >> lzm_page_shift), pm[AROUND_PAGES];
+	uint64_t vpn0, own, last = UINT64_MAX;
 	unsigned hits = 0;
 	ssize_t got;
 
@@ -148,18 +154,18 @@ static unsigned around_hits(struct mm *mm, const struct vma *v, uint64_t idx, si
 		pages = (size_t)(vend - first);
 	if (!pages)
 		return 0;
-	got = pread(mm->pagemap_fd, pm, pages * sizeof(pm[0]),
-		    (off_t)(((v->start >> lzm_page_shift) + (first - v->pgoff)) * sizeof(pm[0])));
+	vpn0 = (v->start >> lzm_page_shift) + (first - v->pgoff);
+	own = ((v->start >> lzm_page_shift) + (idx - v->pgoff)) / AROUND_GROUP;
+	got = pread(mm->pagemap_fd, pm, pages * sizeof(pm[0]), (off_t)(vpn0 * sizeof(pm[0])));
 	if (got < 0)
 		return 0;
-	for (size_t g = 0; g < (size_t)got / sizeof(pm[0]); g += AROUND_GROUP) {
-		bool mapped = false;
+	for (size_t i = 0; i < (size_t)got / sizeof(pm[0]); i++) {
+		uint64_t g = (vpn0 + i) / AROUND_GROUP;
 
-		if ((first + g) / AROUND_GROUP == idx / AROUND_GROUP)
+		if (g == own || g == last || !(pm[i] >> 63))
 			continue;
-		for (size_t i = g; i < g + AROUND_GROUP && i < (size_t)got / sizeof(pm[0]); i++)
-			mapped |= pm[i] >> 63;
-		hits += mapped;
+		hits++;
+		last = g;
 	}
 	return hits;
 }
