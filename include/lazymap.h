@@ -240,7 +240,11 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * region of the file, a region mapped again, a private page dropped with
  * MADV_DONTNEED find it there. The cache lives as long as a region maps the
  * file. Its pages are shared memory: they count as Shmem in /proc/meminfo
- * and against the memory cgroup, not as the file's page cache.
+ * and against the memory cgroup, not as the file's page cache. Where shmem
+ * gives large folios (transparent_hugepage/shmem_enabled within_size,
+ * always or force), the cache still holds 4 KiB pages, which it then also
+ * maps in a window of its own (they count twice in RssShmem); switching
+ * that setting on while a file is mapped is not supported (README).
  * LAZYMAP_DIRECT reads the file with O_DIRECT (the library reopens it
  * through /proc/self/fd), so that the data is not held twice (the kernel's
  * page cache and ours).
@@ -277,8 +281,9 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  *         -EACCES fd not open for reading, or LAZYMAP_SHARED with PROT_WRITE
  *         and fd not open for writing; -ENODEV fd is not a
  *         regular file; -ENOSYS no memfd_create (Linux < 3.17); -EMFILE
- *         the first region of a file costs two or three descriptors (ours
- *         of the file, the cache's memfd, and one to write back through);
+ *         the first region of a file costs two to four descriptors (ours
+ *         of the file, the cache's memfd, one to write back through, and
+ *         a userfaultfd where shmem gives large folios);
  *         -ENOMEM out of memory or address space (a LAZYMAP_FIXED range
  *         beyond it too).
  */

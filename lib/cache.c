@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <liburing.h>
 #include <signal.h>
 #include <stdio.h>
@@ -64,7 +65,9 @@ static void cache_free(struct cache *c)
 		free(atomic_load_explicit(&c->chunks[i], memory_order_relaxed));
 	if (c->chunks)
 		munmap(c->chunks, c->nchunks * sizeof(*c->chunks));
-	int fds[] = { c->fd, c->dfd, c->wfd, c->memfd };
+	if (c->fill_win)
+		munmap(c->fill_win, c->fill_win_len);
+	int fds[] = { c->fd, c->dfd, c->wfd, c->memfd, c->fill_uffd };
 
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
 		if (fds[i] >= 0)
@@ -140,13 +143,141 @@ static int memfd_size(int memfd)
 	return ret;
 }
 
+/*
+ * A page present in the memfd is mapped by the kernel with no word to us,
+ * so pages must enter it whole and with their data. pwrite() does that where
+ * shmem gives the memfd 4 KiB folios. Where it gives large ones
+ * (transparent_hugepage/shmem_enabled within_size, always or force), a
+ * pwrite() of one page makes its whole folio present, the rest zeros, which
+ * every region would then read as the file's. So ask the kernel what it
+ * does: write a page into a memfd like ours and see how much became data.
+ */
+static bool memfd_large_folios(void)
+{
+	const off_t at = (off_t)1 << 21; /* PMD-aligned on x86-64 and arm64 4K */
+	bool large = false;
+	struct no_xfsz x;
+	char *page = calloc(1, lzm_page_size);
+	int fd = memfd_create("lazymap-probe", MFD_CLOEXEC);
+
+	if (page && fd >= 0 && memfd_size(fd) == 0) {
+		no_xfsz_begin(&x);
+		if (pwrite(fd, page, lzm_page_size, at) == (ssize_t)lzm_page_size)
+			large = lseek(fd, 0, SEEK_DATA) < at ||
+				lseek(fd, at, SEEK_HOLE) > at + (off_t)lzm_page_size;
+		no_xfsz_end(&x);
+	}
+	if (fd >= 0)
+		close(fd);
+	free(page);
+	return large;
+}
+
+/*
+ * There, pages enter through UFFDIO_COPY into a shared mapping of the memfd
+ * registered with a userfaultfd of the cache's own (no events: nobody reads
+ * it, nobody touches the window): shmem_mfill_atomic_pte() always installs
+ * a 4 KiB page, with its data, atomically. The window covers the file as it
+ * is now, rounded up to 1 GiB; a fill beyond it (the file grew) maps a
+ * window of its own. The pages stay mapped in the window too (unmapping
+ * them costs more than the copy).
+ */
+#define FILL_WIN_ALIGN ((uint64_t)1 << 30)
+
+static int fill_window_init(struct cache *c, uint64_t size)
+{
+	uint64_t len = (size + lzm_page_size + FILL_WIN_ALIGN - 1) & ~(FILL_WIN_ALIGN - 1);
+	uint64_t features;
+	int ret;
+
+	if (len > cache_max_pages() << lzm_page_shift)
+		len = cache_max_pages() << lzm_page_shift;
+	ret = lzm_uffd_open(&c->fill_uffd);
+	if (ret == 0)
+		ret = lzm_uffd_api(c->fill_uffd, 0, &features);
+	if (ret)
+		return ret;
+	c->fill_win = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+			   c->memfd, 0);
+	if (c->fill_win == MAP_FAILED) {
+		c->fill_win = NULL;
+		return -errno;
+	}
+	c->fill_win_len = (size_t)len;
+	/* a child's copy would not be registered: a touch there would plant zeros */
+	if (madvise(c->fill_win, c->fill_win_len, MADV_DONTFORK))
+		return -errno;
+	return lzm_uffd_register(c->fill_uffd, (uintptr_t)c->fill_win, c->fill_win_len,
+				 UFFDIO_REGISTER_MODE_MISSING);
+}
+
+static int fill_copy(int uffd, char *dst, const char *buf, size_t len)
+{
+	unsigned again = 0;
+
+	while (len) {
+		size_t done = 0;
+		int ret = lzm_uffd_copy(uffd, (uintptr_t)dst, buf, len, &done);
+
+		if (ret == -EEXIST) {
+			/* there already (cannot be: the page is claimed): keep it */
+			done += lzm_page_size;
+		} else if (ret == -EAGAIN && !done && ++again > 100) {
+			return ret; /* no events here, so it cannot last; never spin */
+		} else if (ret && ret != -EAGAIN) {
+			return ret;
+		}
+		dst += done;
+		buf += done;
+		len -= done;
+	}
+	return 0;
+}
+
+/* A fill past the window: a window of its own for the time of the copy. */
+static int fill_copy_beyond(struct cache *c, const char *buf, size_t len, uint64_t off)
+{
+	char *w = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, c->memfd,
+		       (off_t)off);
+	int ret;
+
+	if (w == MAP_FAILED)
+		return -errno;
+	ret = madvise(w, len, MADV_DONTFORK) ? -errno : 0;
+	if (ret == 0)
+		ret = lzm_uffd_register(c->fill_uffd, (uintptr_t)w, len, UFFDIO_REGISTER_MODE_MISSING);
+	if (ret == 0)
+		ret = fill_copy(c->fill_uffd, w, buf, len);
+	munmap(w, len); /* no event: fill_uffd asked for none */
+	return ret;
+}
+
+int lzm_cache_fill(struct cache *c, const char *buf, size_t len, uint64_t off)
+{
+	if (c->fill_uffd >= 0)
+		return off + len <= c->fill_win_len ? fill_copy(c->fill_uffd, c->fill_win + off, buf, len)
+						    : fill_copy_beyond(c, buf, len, off);
+	while (len) {
+		ssize_t w = pwrite(c->memfd, buf, len, (off_t)off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		buf += w;
+		len -= (size_t)w;
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
 static int cache_new(int fd, const struct stat *st, struct cache **cp)
 {
 	struct cache *c = calloc(1, sizeof(*c));
 
 	if (!c)
 		return -ENOMEM;
-	c->fd = c->dfd = c->wfd = c->memfd = -1;
+	c->fd = c->dfd = c->wfd = c->memfd = c->fill_uffd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->wb_lock, NULL);
 	atomic_init(&c->refs, 1);
@@ -160,6 +291,14 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 
 		cache_free(c);
 		return -err;
+	}
+	if (memfd_large_folios()) {
+		int ret = fill_window_init(c, (uint64_t)st->st_size);
+
+		if (ret) {
+			cache_free(c);
+			return ret;
+		}
 	}
 	/* The chunk table is reserved, not committed: a page of it per 2 GiB of file touched. */
 	c->nchunks = (size_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift - CHUNK_SHIFT);

@@ -203,23 +203,6 @@ again:
 	return reqs[0] != NULL;
 }
 
-/* Write what a read brought into the memfd; 0 or -errno. */
-static int cache_put(struct cache *c, const char *buf, size_t len, uint64_t off)
-{
-	while (len) {
-		ssize_t w = pwrite(c->memfd, buf, len, (off_t)off);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return w < 0 ? -errno : -EIO;
-		buf += w;
-		len -= (size_t)w;
-		off += (uint64_t)w;
-	}
-	return 0;
-}
-
 void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bool poison_rest)
 {
 	struct mm *mm = req->mm;
@@ -231,7 +214,7 @@ void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bo
 
 	/* A page that cannot enter the cache (no memory for shmem) is an I/O
 	 * error for its toucher, as a failed read is. */
-	if (good && (ret = cache_put(c, req->buf, good << lzm_page_shift, fp << lzm_page_shift))) {
+	if (good && (ret = lzm_cache_fill(c, req->buf, good << lzm_page_shift, fp << lzm_page_shift))) {
 		lzm_log(h->lm, LOG_ERR, "cannot add %zu pages to the page cache: %s", good,
 			strerror(-ret));
 		good = 0;

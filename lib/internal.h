@@ -193,6 +193,13 @@ struct cache {
 	int dfd;                     /* O_DIRECT reads, or -1 until a region asks */
 	int wfd;                     /* write-back: a writable descriptor, or -1 until one is given */
 	int memfd;                   /* the pages */
+	/* Where shmem gives large folios: pages enter through UFFDIO_COPY into
+	 * fill_win, a mapping of the memfd's first fill_win_len bytes
+	 * registered with fill_uffd (lzm_cache_fill). -1 and NULL elsewhere.
+	 * Set at creation, never changed. */
+	int fill_uffd;
+	char *fill_win;
+	size_t fill_win_len;
 	_Atomic uint64_t size;       /* the file's size as last seen */
 	/*
 	 * lock: the descriptors opened late, the waiters, the sharers, and the
@@ -230,6 +237,8 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp);
 void lzm_cache_get(struct cache *c);
 /* The last reference writes the dirty pages back (errors are logged) and frees. */
 void lzm_cache_put(struct cache *c);
+/* Put len bytes of file data at off into the memfd, whole pages; 0 or -errno. */
+int lzm_cache_fill(struct cache *c, const char *buf, size_t len, uint64_t off);
 /* fstat the file again; returns the new size. */
 uint64_t lzm_cache_refresh_size(struct cache *c);
 /* The state byte of file page fp; NULL if it cannot be had (no memory). */

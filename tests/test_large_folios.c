@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: MIT
+/*
+ * File regions where shmem gives the cache's memfd large folios
+ * (transparent_hugepage/shmem_enabled within_size, always or force): a page
+ * written into the memfd used to make its whole 2 MiB folio present, the
+ * rest zeros, which every later touch of those pages read as the file's.
+ * The setting is the system's: the test sets within_size for its own time
+ * (as root) and puts the old one back in its .fini and before a skip;
+ * meson runs this suite alone (is_parallel: false), since a cache another
+ * suite made before the switch would fill the old way. Each body runs on
+ * lazymap and, as ..._kernel_reference, on the kernel's own mmap.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stddef.h>
+#include <sys/mman.h>
+
+static void fx_teardown(void);
+#define skip_cleanup() fx_teardown()
+
+#include "common.h"
+
+#define SHMEM_ENABLED "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+static struct {
+	char dir[PATH_MAX / 2];
+	char shmem_was[32]; /* the mode to put back, or "" */
+} fx;
+
+static int shmem_set(const char *mode)
+{
+	int fd = open(SHMEM_ENABLED, O_WRONLY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, mode, strlen(mode)) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+static void fx_setup(void)
+{
+	int ret = scratch_make(fx.dir, sizeof(fx.dir), "folios");
+
+	cr_assert_eq(ret, 0, "mkdtemp %s: %s", fx.dir, strerror(-ret));
+}
+
+static void fx_teardown(void)
+{
+	if (fx.shmem_was[0])
+		shmem_set(fx.shmem_was);
+	fx.shmem_was[0] = '\0';
+	if (fx.dir[0])
+		scratch_remove(fx.dir);
+	fx.dir[0] = '\0';
+}
+
+/* Remember the mode in brackets ("always within_size advise [never] deny force"), set within_size. */
+static void shmem_large_or_skip(void)
+{
+	char line[128] = "", *a, *b;
+	int fd = open(SHMEM_ENABLED, O_RDONLY | O_CLOEXEC), ret;
+	ssize_t n = fd >= 0 ? read(fd, line, sizeof(line) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	a = n > 0 ? strchr(line, '[') : NULL;
+	b = a ? strchr(a, ']') : NULL;
+	if (!b || b - a - 1 >= (ptrdiff_t)sizeof(fx.shmem_was))
+		skip_test("%s cannot be read: no shmem THP in this kernel", SHMEM_ENABLED);
+	memcpy(fx.shmem_was, a + 1, (size_t)(b - a - 1));
+	fx.shmem_was[b - a - 1] = '\0';
+	ret = shmem_set("within_size");
+	if (ret) {
+		fx.shmem_was[0] = '\0';
+		skip_test("cannot set %s (%s): not root?", SHMEM_ENABLED, strerror(-ret));
+	}
+}
+
+/*
+ * Pages far apart within one folio's span, touched alternately through a
+ * private and a shared region of one file, then both regions whole: each
+ * page is the file's.
+ */
+static void pages_of_one_folio(enum twin_kind kind)
+{
+	size_t ps = pgsz(), npg = (4u << 20) / ps, len = npg * ps;
+	static const size_t touch[] = { 3, 400, 515, 1000, 7 };
+	char path[PATH_MAX];
+	uint8_t *want = pattern_file(fx.dir, "large", len, 61, npg, path, sizeof(path));
+	char *priv, *shared;
+	struct twin t;
+	int fd;
+
+	shmem_large_or_skip();
+	twin_open_or_skip(&t, kind, NULL);
+	fd = open_file(path, O_RDWR);
+	priv = map_or_fail(&t, len, PROT_READ, LAZYMAP_PRIVATE, fd, 0, "private");
+	shared = map_or_fail(&t, len, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, fd, 0, "shared");
+	for (size_t i = 0; i < sizeof(touch) / sizeof(touch[0]); i++) {
+		char what[64];
+		size_t pg = touch[i] % npg;
+
+		snprintf(what, sizeof(what), "page %zu, %s", pg, i % 2 ? "shared" : "private");
+		expect_mem(what, (i % 2 ? shared : priv) + pg * ps, want + pg * ps, ps);
+	}
+	expect_mem("the private region, whole", priv, want, len);
+	expect_mem("the shared region, whole", shared, want, len);
+	cr_assert_eq(twin_close(&t), 0);
+	close(fd);
+	free(want);
+}
+
+Test(large_folios, pages_of_one_folio_are_the_files, .init = fx_setup, .fini = fx_teardown,
+     .timeout = 60)
+{
+	pages_of_one_folio(TWIN_LAZYMAP);
+}
+
+Test(large_folios, pages_of_one_folio_are_the_files_kernel_reference, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
+{
+	pages_of_one_folio(TWIN_MMAP);
+}
