@@ -282,8 +282,9 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  *         and fd not open for writing; -ENODEV fd is not a
  *         regular file; -ENOSYS no memfd_create (Linux < 3.17); -EMFILE
  *         the first region of a file costs two to four descriptors (ours
- *         of the file, the cache's memfd, one to write back through, and
- *         a userfaultfd where shmem gives large folios);
+ *         of the file, the cache's memfd, one to write back through, and a
+ *         userfaultfd of the cache's own from its first write-back, or
+ *         from the start where shmem gives large folios);
  *         -ENOMEM out of memory or address space (a LAZYMAP_FIXED range
  *         beyond it too).
  */

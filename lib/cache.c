@@ -67,7 +67,7 @@ static void cache_free(struct cache *c)
 		munmap(c->chunks, c->nchunks * sizeof(*c->chunks));
 	if (c->fill_win)
 		munmap(c->fill_win, c->fill_win_len);
-	int fds[] = { c->fd, c->dfd, c->wfd, c->memfd, c->fill_uffd };
+	int fds[] = { c->fd, c->dfd, c->wfd, c->memfd, c->aux_uffd };
 
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
 		if (fds[i] >= 0)
@@ -154,17 +154,16 @@ static int memfd_size(int memfd)
  */
 static bool memfd_large_folios(void)
 {
-	const off_t at = (off_t)1 << 21; /* PMD-aligned on x86-64 and arm64 4K */
 	bool large = false;
 	struct no_xfsz x;
 	char *page = calloc(1, lzm_page_size);
 	int fd = memfd_create("lazymap-probe", MFD_CLOEXEC);
 
+	/* offset 0: any RLIMIT_FSIZE our own memfd lives with allows a page there */
 	if (page && fd >= 0 && memfd_size(fd) == 0) {
 		no_xfsz_begin(&x);
-		if (pwrite(fd, page, lzm_page_size, at) == (ssize_t)lzm_page_size)
-			large = lseek(fd, 0, SEEK_DATA) < at ||
-				lseek(fd, at, SEEK_HOLE) > at + (off_t)lzm_page_size;
+		if (pwrite(fd, page, lzm_page_size, 0) == (ssize_t)lzm_page_size)
+			large = lseek(fd, 0, SEEK_HOLE) > (off_t)lzm_page_size;
 		no_xfsz_end(&x);
 	}
 	if (fd >= 0)
@@ -173,42 +172,62 @@ static bool memfd_large_folios(void)
 	return large;
 }
 
-/*
- * There, pages enter through UFFDIO_COPY into a shared mapping of the memfd
- * registered with a userfaultfd of the cache's own (no events: nobody reads
- * it, nobody touches the window): shmem_mfill_atomic_pte() always installs
- * a 4 KiB page, with its data, atomically. The window covers the file as it
- * is now, rounded up to 1 GiB; a fill beyond it (the file grew) maps a
- * window of its own. The pages stay mapped in the window too (unmapping
- * them costs more than the copy).
- */
-#define FILL_WIN_ALIGN ((uint64_t)1 << 30)
-
-static int fill_window_init(struct cache *c, uint64_t size)
+static int aux_open(struct cache *c)
 {
-	uint64_t len = (size + lzm_page_size + FILL_WIN_ALIGN - 1) & ~(FILL_WIN_ALIGN - 1);
 	uint64_t features;
+	int ret = lzm_uffd_open(&c->aux_uffd);
+
+	if (ret == 0 && (ret = lzm_uffd_api(c->aux_uffd, UFFD_FEATURE_SIGBUS, &features))) {
+		close(c->aux_uffd);
+		c->aux_uffd = -1;
+	}
+	return ret;
+}
+
+/*
+ * A window of ours on [off, off + len) of the memfd, registered with the
+ * cache's aux_uffd: a page copied in there with UFFDIO_COPY is a 4 KiB page;
+ * a hole touched there (a page the program punched, MADV_REMOVE) fails with
+ * EFAULT in a system call, instead of becoming zeros in the cache. No child
+ * inherits it (its copy would not be registered). NULL and errno on failure.
+ */
+static char *aux_window(struct cache *c, uint64_t off, size_t len, int prot)
+{
+	char *w = mmap(NULL, len, prot, MAP_SHARED | MAP_NORESERVE, c->memfd, (off_t)off);
 	int ret;
 
-	if (len > cache_max_pages() << lzm_page_shift)
-		len = cache_max_pages() << lzm_page_shift;
-	ret = lzm_uffd_open(&c->fill_uffd);
+	if (w == MAP_FAILED)
+		return NULL;
+	ret = madvise(w, len, MADV_DONTFORK) ? -errno : 0;
 	if (ret == 0)
-		ret = lzm_uffd_api(c->fill_uffd, 0, &features);
-	if (ret)
-		return ret;
-	c->fill_win = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-			   c->memfd, 0);
-	if (c->fill_win == MAP_FAILED) {
-		c->fill_win = NULL;
-		return -errno;
+		ret = lzm_uffd_register(c->aux_uffd, (uintptr_t)w, len, UFFDIO_REGISTER_MODE_MISSING);
+	if (ret) {
+		munmap(w, len); /* no event: aux_uffd asked for none */
+		errno = -ret;
+		return NULL;
 	}
-	c->fill_win_len = (size_t)len;
-	/* a child's copy would not be registered: a touch there would plant zeros */
-	if (madvise(c->fill_win, c->fill_win_len, MADV_DONTFORK))
-		return -errno;
-	return lzm_uffd_register(c->fill_uffd, (uintptr_t)c->fill_win, c->fill_win_len,
-				 UFFDIO_REGISTER_MODE_MISSING);
+	return w;
+}
+
+/*
+ * Where the memfd has large folios, pages enter through UFFDIO_COPY into a
+ * window: shmem_mfill_atomic_pte() always installs a 4 KiB page, with its
+ * data, atomically. fill_win covers the file's start as it is at creation
+ * (up to 1 GiB: address space is not free, RLIMIT_AS); a fill beyond it
+ * maps a window of its own. Pages stay mapped in fill_win too (unmapping
+ * them costs more than the copy).
+ */
+#define FILL_WIN_ALIGN ((uint64_t)64 << 20)
+#define FILL_WIN_MAX   ((uint64_t)1 << 30)
+
+static void fill_window_init(struct cache *c, uint64_t size)
+{
+	uint64_t len = (size + lzm_page_size + FILL_WIN_ALIGN - 1) & ~(FILL_WIN_ALIGN - 1);
+
+	c->fill_win = aux_window(c, 0, (size_t)(len < FILL_WIN_MAX ? len : FILL_WIN_MAX),
+				 PROT_READ | PROT_WRITE);
+	if (c->fill_win)
+		c->fill_win_len = (size_t)(len < FILL_WIN_MAX ? len : FILL_WIN_MAX);
 }
 
 static int fill_copy(int uffd, char *dst, const char *buf, size_t len)
@@ -234,29 +253,21 @@ static int fill_copy(int uffd, char *dst, const char *buf, size_t len)
 	return 0;
 }
 
-/* A fill past the window: a window of its own for the time of the copy. */
-static int fill_copy_beyond(struct cache *c, const char *buf, size_t len, uint64_t off)
-{
-	char *w = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, c->memfd,
-		       (off_t)off);
-	int ret;
-
-	if (w == MAP_FAILED)
-		return -errno;
-	ret = madvise(w, len, MADV_DONTFORK) ? -errno : 0;
-	if (ret == 0)
-		ret = lzm_uffd_register(c->fill_uffd, (uintptr_t)w, len, UFFDIO_REGISTER_MODE_MISSING);
-	if (ret == 0)
-		ret = fill_copy(c->fill_uffd, w, buf, len);
-	munmap(w, len); /* no event: fill_uffd asked for none */
-	return ret;
-}
-
 int lzm_cache_fill(struct cache *c, const char *buf, size_t len, uint64_t off)
 {
-	if (c->fill_uffd >= 0)
-		return off + len <= c->fill_win_len ? fill_copy(c->fill_uffd, c->fill_win + off, buf, len)
-						    : fill_copy_beyond(c, buf, len, off);
+	if (c->large_folios) {
+		char *w;
+		int ret;
+
+		if (c->fill_win && off + len <= c->fill_win_len)
+			return fill_copy(c->aux_uffd, c->fill_win + off, buf, len);
+		w = aux_window(c, off, len, PROT_READ | PROT_WRITE);
+		if (!w)
+			return -errno;
+		ret = fill_copy(c->aux_uffd, w, buf, len);
+		munmap(w, len);
+		return ret;
+	}
 	while (len) {
 		ssize_t w = pwrite(c->memfd, buf, len, (off_t)off);
 
@@ -271,20 +282,38 @@ int lzm_cache_fill(struct cache *c, const char *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/*
+ * Our descriptors of the file are new open file descriptions where the
+ * caller's has flags that would change what we do (O_DIRECT: every read
+ * aligned, and taking the file's lock that a write(2) from one of our
+ * regions holds; O_APPEND: every write an append), so that we never change
+ * theirs either. Without /proc, a dup.
+ */
+static int reopen_fd(int fd, int flags)
+{
+	char path[64];
+	int r;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	r = open(path, flags | O_CLOEXEC);
+	return r >= 0 ? r : fcntl(fd, F_DUPFD_CLOEXEC, 3);
+}
+
 static int cache_new(int fd, const struct stat *st, struct cache **cp)
 {
 	struct cache *c = calloc(1, sizeof(*c));
 
 	if (!c)
 		return -ENOMEM;
-	c->fd = c->dfd = c->wfd = c->memfd = c->fill_uffd = -1;
+	c->fd = c->dfd = c->wfd = c->memfd = c->aux_uffd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->wb_lock, NULL);
 	atomic_init(&c->refs, 1);
 	atomic_init(&c->size, (uint64_t)st->st_size);
 	c->dev = st->st_dev;
 	c->ino = st->st_ino;
-	c->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	c->fd = fcntl(fd, F_GETFL) & O_DIRECT ? reopen_fd(fd, O_RDONLY)
+					      : fcntl(fd, F_DUPFD_CLOEXEC, 3);
 	c->memfd = memfd_create("lazymap-cache", MFD_CLOEXEC);
 	if (c->fd < 0 || c->memfd < 0 || memfd_size(c->memfd)) {
 		int err = errno;
@@ -293,12 +322,14 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 		return -err;
 	}
 	if (memfd_large_folios()) {
-		int ret = fill_window_init(c, (uint64_t)st->st_size);
+		int ret = aux_open(c);
 
 		if (ret) {
 			cache_free(c);
 			return ret;
 		}
+		c->large_folios = true;
+		fill_window_init(c, (uint64_t)st->st_size);
 	}
 	/* The chunk table is reserved, not committed: a page of it per 2 GiB of file touched. */
 	c->nchunks = (size_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift - CHUNK_SHIFT);
@@ -384,9 +415,10 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
 		return ret;
 	if (direct)
 		ret = late_fd(c, &c->dfd, c->fd, O_RDONLY | O_DIRECT);
-	/* O_APPEND would make every write-back an append: reopen without it */
+	/* O_APPEND would make every write-back an append, O_DIRECT refuse the
+	 * file's last, partial page: reopen without them */
 	if (write && ret == 0)
-		ret = late_fd(c, &c->wfd, fd, fcntl(fd, F_GETFL) & O_APPEND ? O_RDWR : -1);
+		ret = late_fd(c, &c->wfd, fd, fcntl(fd, F_GETFL) & (O_APPEND | O_DIRECT) ? O_RDWR : -1);
 	if (ret) {
 		lzm_cache_put(c);
 		return ret;
@@ -492,13 +524,13 @@ uint64_t lzm_cache_refresh_size(struct cache *c)
  */
 static void zero_past_end(struct cache *c, uint64_t size)
 {
-	static const char zeros[4096];
 	uint64_t tail = lzm_page_size - (size & (lzm_page_size - 1));
 
-	if (tail == lzm_page_size || tail > sizeof(zeros))
-		return;
-	if (pwrite(c->memfd, zeros, (size_t)tail, (off_t)size) < 0)
-		return; /* best effort: the bytes past the end are never written back */
+	/* A hole punched inside a page zeroes that part of it, and puts no
+	 * page where there is none (a write would: zeros before the end too).
+	 * Best effort: the bytes past the end are never written back. */
+	if (tail != lzm_page_size)
+		fallocate(c->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)size, (off_t)tail);
 }
 
 /* ------------------------------------------------------------ page state */
@@ -970,24 +1002,21 @@ static int wb_put(struct cache *c, const char *buf, uint64_t off, uint64_t len, 
 	return 0;
 }
 
-/* Copy [off, off + len) of the memfd to the file; 0 or -errno. */
-static int wb_copy(struct cache *c, char *buf, size_t bufsz, uint64_t off, uint64_t len,
-		   uint64_t *written)
+/*
+ * [off, off + len) of the file from the window, a page at a time: a page
+ * that cannot be read (EFAULT) was punched by the program meanwhile
+ * (MADV_REMOVE): its writes went with it, and the file keeps its bytes.
+ */
+static int wb_put_pages(struct cache *c, const char *buf, uint64_t off, uint64_t len,
+			uint64_t *written)
 {
 	while (len) {
-		size_t n = len < bufsz ? (size_t)len : bufsz, got = 0;
-
-		while (got < n) {
-			ssize_t r = pread(c->memfd, buf + got, n - got, (off_t)(off + got));
-
-			if (r <= 0)
-				return r < 0 ? -errno : -EIO;
-			got += (size_t)r;
-		}
+		uint64_t n = len < lzm_page_size ? len : lzm_page_size;
 		int ret = wb_put(c, buf, off, n, written);
 
-		if (ret)
+		if (ret && ret != -EFAULT)
 			return ret;
+		buf += n;
 		off += n;
 		len -= n;
 	}
@@ -1085,33 +1114,38 @@ static void wb_write_ring(struct cache *c, struct wb *wb, const char *win, uint6
 
 static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 {
-	const size_t bufsz = 1u << 20;
 	uint64_t size = lzm_cache_refresh_size(c), written = 0, nwrites = 0;
 	uint64_t first = wb->runs[0].fp, last = wb->runs[wb->nruns - 1].fp + wb->runs[wb->nruns - 1].n;
 	size_t winlen = (size_t)(last - first) << lzm_page_shift;
-	char *buf = NULL, *win;
+	char *win = NULL;
 	struct no_xfsz x;
+	int err = 0;
 
 	/*
-	 * The pages are written straight from a mapping of the memfd: no copy
-	 * of ours. Only the pages taken are read through it, and they are in
-	 * the cache (a hole read through it would become a page of zeros in
-	 * the cache, for every region to see); no child inherits it.
+	 * The pages are written straight from a window of ours on the memfd:
+	 * no copy of ours. It is registered with the cache's SIGBUS
+	 * userfaultfd: a page the program punched since we took it (its
+	 * REMOVE event came after our look at the removed ranges) fails to be
+	 * read (EFAULT), where it would otherwise become a page of zeros in
+	 * the cache, and in the file.
 	 */
-	win = mmap(NULL, winlen, PROT_READ, MAP_SHARED | MAP_NORESERVE, c->memfd,
-		   (off_t)(first << lzm_page_shift));
-	if (win == MAP_FAILED || madvise(win, winlen, MADV_DONTFORK)) {
-		if (win != MAP_FAILED)
-			munmap(win, winlen);
-		win = NULL;
-		buf = malloc(bufsz);
+	if (c->aux_uffd < 0)
+		err = aux_open(c);
+	if (!err && !(win = aux_window(c, first << lzm_page_shift, winlen, PROT_READ)))
+		err = -errno;
+	if (err) {
+		/* nothing read, nothing written: the pages stay dirty */
+		for (size_t r = 0; r < wb->nruns; r++)
+			wb->runs[r].err = err;
+		return;
 	}
 	no_xfsz_begin(&x);
-	if (win && c->wfd >= 0 && wb->nruns >= WB_RING_MIN)
+	if (c->wfd >= 0 && wb->nruns >= WB_RING_MIN)
 		wb_write_ring(c, wb, win, first, size, &written, &nwrites);
 	for (size_t r = 0; r < wb->nruns; r++) {
 		uint64_t off = wb->runs[r].fp << lzm_page_shift;
 		uint64_t len = wb->runs[r].n << lzm_page_shift;
+		const char *from = win + (off - (first << lzm_page_shift));
 
 		if (off >= size || wb->runs[r].done)
 			continue;
@@ -1121,17 +1155,12 @@ static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 		}
 		if (c->wfd < 0)
 			wb->runs[r].err = -EBADF;
-		else if (win)
-			wb->runs[r].err = wb_put(c, win + (off - (first << lzm_page_shift)), off, len,
-						 &written);
-		else
-			wb->runs[r].err = !buf ? -ENOMEM : wb_copy(c, buf, bufsz, off, len, &written);
+		else if ((wb->runs[r].err = wb_put(c, from, off, len, &written)) == -EFAULT)
+			wb->runs[r].err = wb_put_pages(c, from, off, len, &written);
 		nwrites++;
 	}
 	no_xfsz_end(&x);
-	if (win)
-		munmap(win, winlen);
-	free(buf);
+	munmap(win, winlen);
 	if (lm) {
 		atomic_fetch_add(&lm->wstats.bytes_written, written);
 		atomic_fetch_add(&lm->wstats.writebacks, nwrites);
@@ -1152,11 +1181,19 @@ static int wb_end(struct cache *c, struct wb *wb, int err)
 		for (uint64_t fp = wb->runs[r].fp; fp < wb->runs[r].fp + wb->runs[r].n; fp++) {
 			struct cache_chunk *ch = chunk_get(c, fp, false);
 			_Atomic uint8_t *s = &ch->s[fp & (CHUNK_PAGES - 1)];
-			uint8_t old = atomic_load_explicit(s, memory_order_relaxed);
-			uint8_t new = (old & ~CP_WRITEBACK) | (e ? CP_DIRTY : 0);
+			/*
+			 * Atomically: a page the program punched meanwhile was
+			 * dropped (lzm_cache_recheck) and may be being read again
+			 * by a fill, whose release does not take the lock.
+			 */
+			uint8_t old = atomic_fetch_and_explicit(s, (uint8_t)~CP_WRITEBACK,
+								memory_order_acq_rel);
 
-			atomic_store_explicit(s, new, memory_order_release);
-			if ((old & (CP_DIRTY | CP_WRITEBACK)) && !(new & (CP_DIRTY | CP_WRITEBACK)))
+			if (!(old & CP_WRITEBACK))
+				continue; /* dropped meanwhile: not ours any more */
+			if (e)
+				atomic_fetch_or_explicit(s, CP_DIRTY, memory_order_release);
+			else if (!(old & CP_DIRTY))
 				count(c, ch, 0, -1);
 		}
 	}

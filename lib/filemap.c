@@ -68,8 +68,14 @@ static void map_cached(struct handler *h, struct mm *mm, struct vma *v, uintptr_
 	}
 	if (write) {
 		pthread_mutex_lock(&c->lock);
-		lzm_cache_dirty(c, fp);
-		map_run(mm, addr, lzm_page_size, false);
+		if (lzm_cache_has(c, fp)) {
+			lzm_cache_dirty(c, fp);
+			map_run(mm, addr, lzm_page_size, false);
+		} else {
+			/* dropped since we looked (the program punched it): the
+			 * write faults again, and reads it again */
+			lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
+		}
 		pthread_mutex_unlock(&c->lock);
 		stat_add(&h->stats.wp_faults, 1);
 		addr += lzm_page_size;
@@ -151,8 +157,10 @@ again:
 		 */
 		if (!(flags & UFFD_PAGEFAULT_FLAG_MINOR) && lzm_cache_recheck(c, fp, 1))
 			goto again;
-		map_cached(h, mm, v, addr, fp, cached_run(c, fp, room < MINOR_RUN ? room : MINOR_RUN),
-			   write);
+		n = cached_run(c, fp, room < MINOR_RUN ? room : MINOR_RUN);
+		if (!n)
+			goto again; /* dropped since the claim (another fault's recheck): never wake nobody */
+		map_cached(h, mm, v, addr, fp, n, write);
 		return 0;
 	case CLAIM_OWNED:
 		break;

@@ -193,11 +193,18 @@ struct cache {
 	int dfd;                     /* O_DIRECT reads, or -1 until a region asks */
 	int wfd;                     /* write-back: a writable descriptor, or -1 until one is given */
 	int memfd;                   /* the pages */
-	/* Where shmem gives large folios: pages enter through UFFDIO_COPY into
-	 * fill_win, a mapping of the memfd's first fill_win_len bytes
-	 * registered with fill_uffd (lzm_cache_fill). -1 and NULL elsewhere.
-	 * Set at creation, never changed. */
-	int fill_uffd;
+	/*
+	 * A userfaultfd of the cache's own, with UFFD_FEATURE_SIGBUS and no
+	 * events, for our windows of the memfd (cache.c): a hole touched
+	 * through one fails instead of becoming a page of zeros. -1 until
+	 * needed: at creation where shmem gives large folios, else at the
+	 * first write-back (under wb_lock).
+	 */
+	int aux_uffd;
+	/* Where shmem gives large folios (set at creation, never changed):
+	 * pages enter through UFFDIO_COPY, into fill_win (the memfd's first
+	 * fill_win_len bytes) or a window of their own (lzm_cache_fill). */
+	bool large_folios;
 	char *fill_win;
 	size_t fill_win_len;
 	_Atomic uint64_t size;       /* the file's size as last seen */

@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <stddef.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 static void fx_teardown(void);
 #define skip_cleanup() fx_teardown()
@@ -123,4 +124,105 @@ Test(large_folios, pages_of_one_folio_are_the_files_kernel_reference, .init = fx
      .fini = fx_teardown, .timeout = 60)
 {
 	pages_of_one_folio(TWIN_MMAP);
+}
+
+/*
+ * Under an RLIMIT_FSIZE below a folio's size, the check for large folios
+ * wrote its page where the limit refused it, and concluded there were
+ * none: pages below the limit then read zeros. Pages below it are the
+ * file's; a page past it is SIGBUS, as the header says.
+ */
+static void fsize_below_a_folio(enum twin_kind kind)
+{
+	size_t ps = pgsz(), npg = (8u << 20) / ps, len = npg * ps;
+	static const size_t touch_pages[] = { 100, 3, 255, 17, 200 };
+	struct rlimit rl = { 1u << 20, 1u << 20 };
+	char path[PATH_MAX];
+	uint8_t *want = pattern_file(fx.dir, "fsize", len, 62, npg, path, sizeof(path));
+	struct twin t;
+	char *p;
+	int fd;
+
+	shmem_large_or_skip();
+	signal(SIGXFSZ, SIG_IGN);
+	cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	twin_open_or_skip(&t, kind, NULL);
+	fd = open_file(path, O_RDONLY);
+	p = map_or_fail(&t, len, PROT_READ, LAZYMAP_PRIVATE, fd, 0, "private");
+	/* one page per fault: nothing read around reaches the limit */
+	cr_assert_eq(t.kind == TWIN_LAZYMAP ? lazymap_advise(t.lm, p, len, LAZYMAP_ADV_RANDOM)
+					    : madvise(p, len, MADV_RANDOM), 0);
+	for (size_t i = 0; i < sizeof(touch_pages) / sizeof(touch_pages[0]); i++) {
+		char what[64];
+
+		snprintf(what, sizeof(what), "page %zu, below the limit", touch_pages[i]);
+		expect_mem(what, p + touch_pages[i] * ps, want + touch_pages[i] * ps, ps);
+	}
+	if (kind == TWIN_LAZYMAP) {
+		struct touch_fault f;
+
+		touch_install();
+		f = touch(p + 511 * ps, -1, NULL);
+		cr_assert_eq(f.signo, SIGBUS, "page 511, past RLIMIT_FSIZE: signal %d, want SIGBUS",
+			     f.signo);
+	}
+	cr_assert_eq(twin_close(&t), 0);
+	close(fd);
+	free(want);
+}
+
+Test(large_folios, fsize_limit_below_a_folio, .init = fx_setup, .fini = fx_teardown, .timeout = 60)
+{
+	fsize_below_a_folio(TWIN_LAZYMAP);
+}
+
+Test(large_folios, fsize_limit_below_a_folio_kernel_reference, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
+{
+	fsize_below_a_folio(TWIN_MMAP);
+}
+
+/*
+ * The fill window covered the whole file: a 16-page map in the middle of a
+ * 100 GiB sparse file needed 100 GiB of address space, and failed under an
+ * RLIMIT_AS of 4 GiB where mmap succeeds.
+ */
+static void small_map_of_a_huge_file(enum twin_kind kind)
+{
+	size_t ps = pgsz();
+	uint64_t size = 100ull << 30, off = 50ull << 30;
+	struct rlimit rl = { 4ull << 30, 4ull << 30 };
+	char path[PATH_MAX];
+	uint8_t *want = malloc(16 * ps);
+	struct twin t;
+	char *p;
+	int fd;
+
+	cr_assert_not_null(want);
+	shmem_large_or_skip();
+	snprintf(path, sizeof(path), "%s/huge", fx.dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+	cr_assert_eq(pattern_write(fd, 63, off, 16 * ps), 0);
+	pattern_fill(want, 16 * ps, 63, off);
+	twin_open_or_skip(&t, kind, NULL);
+	cr_assert_eq(setrlimit(RLIMIT_AS, &rl), 0);
+	p = map_or_fail(&t, 16 * ps, PROT_READ, LAZYMAP_PRIVATE, fd, (off_t)off, "16 pages at 50 GiB");
+	expect_mem("16 pages at 50 GiB", p, want, 16 * ps);
+	cr_assert_eq(twin_close(&t), 0);
+	close(fd);
+	free(want);
+}
+
+Test(large_folios, small_map_of_a_huge_sparse_file_under_rlimit_as, .init = fx_setup,
+     .fini = fx_teardown, .timeout = 60)
+{
+	small_map_of_a_huge_file(TWIN_LAZYMAP);
+}
+
+Test(large_folios, small_map_of_a_huge_sparse_file_under_rlimit_as_kernel_reference,
+     .init = fx_setup, .fini = fx_teardown, .timeout = 60)
+{
+	small_map_of_a_huge_file(TWIN_MMAP);
 }
