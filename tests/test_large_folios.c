@@ -199,6 +199,10 @@ static void small_map_of_a_huge_file(enum twin_kind kind)
 	int fd;
 
 	cr_assert_not_null(want);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+	/* their shadow memory is terabytes of address space */
+	skip_test("a sanitizer cannot run under an RLIMIT_AS of 4 GiB");
+#endif
 	shmem_large_or_skip();
 	snprintf(path, sizeof(path), "%s/huge", fx.dir);
 	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
