@@ -240,11 +240,8 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * region of the file, a region mapped again, a private page dropped with
  * MADV_DONTNEED find it there. The cache lives as long as a region maps the
  * file. Its pages are shared memory: they count as Shmem in /proc/meminfo
- * and against the memory cgroup, not as the file's page cache. Where shmem
- * gives large folios (transparent_hugepage/shmem_enabled within_size,
- * always or force), the cache still holds 4 KiB pages, which it then also
- * maps in a window of its own (they count twice in RssShmem); switching
- * that setting on while a file is mapped is not supported (README).
+ * and against the memory cgroup, not as the file's page cache. It holds
+ * 4 KiB pages, whatever shmem_enabled says (README: how pages enter it).
  * LAZYMAP_DIRECT reads the file with O_DIRECT (the library reopens it
  * through /proc/self/fd), so that the data is not held twice (the kernel's
  * page cache and ours).
@@ -281,10 +278,10 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  *         -EACCES fd not open for reading, or LAZYMAP_SHARED with PROT_WRITE
  *         and fd not open for writing; -ENODEV fd is not a
  *         regular file; -ENOSYS no memfd_create (Linux < 3.17); -EMFILE
- *         the first region of a file costs two to four descriptors (ours
- *         of the file, the cache's memfd, one to write back through, and a
- *         userfaultfd of the cache's own from its first write-back, or
- *         from the start where shmem gives large folios);
+ *         the first region of a file costs three or four descriptors
+ *         (ours of the file, the cache's memfd and a userfaultfd of its
+ *         own, and one to write back through), one more with
+ *         LAZYMAP_DIRECT;
  *         -ENOMEM out of memory or address space (a LAZYMAP_FIXED range
  *         beyond it too).
  */

@@ -143,35 +143,6 @@ static int memfd_size(int memfd)
 	return ret;
 }
 
-/*
- * A page present in the memfd is mapped by the kernel with no word to us,
- * so pages must enter it whole and with their data. pwrite() does that where
- * shmem gives the memfd 4 KiB folios. Where it gives large ones
- * (transparent_hugepage/shmem_enabled within_size, always or force), a
- * pwrite() of one page makes its whole folio present, the rest zeros, which
- * every region would then read as the file's. So ask the kernel what it
- * does: write a page into a memfd like ours and see how much became data.
- */
-static bool memfd_large_folios(void)
-{
-	bool large = false;
-	struct no_xfsz x;
-	char *page = calloc(1, lzm_page_size);
-	int fd = memfd_create("lazymap-probe", MFD_CLOEXEC);
-
-	/* offset 0: any RLIMIT_FSIZE our own memfd lives with allows a page there */
-	if (page && fd >= 0 && memfd_size(fd) == 0) {
-		no_xfsz_begin(&x);
-		if (pwrite(fd, page, lzm_page_size, 0) == (ssize_t)lzm_page_size)
-			large = lseek(fd, 0, SEEK_HOLE) > (off_t)lzm_page_size;
-		no_xfsz_end(&x);
-	}
-	if (fd >= 0)
-		close(fd);
-	free(page);
-	return large;
-}
-
 static int aux_open(struct cache *c)
 {
 	uint64_t features;
@@ -210,12 +181,20 @@ static char *aux_window(struct cache *c, uint64_t off, size_t len, int prot)
 }
 
 /*
- * Where the memfd has large folios, pages enter through UFFDIO_COPY into a
- * window: shmem_mfill_atomic_pte() always installs a 4 KiB page, with its
- * data, atomically. fill_win covers the file's start as it is at creation
- * (up to 1 GiB: address space is not free, RLIMIT_AS); a fill beyond it
- * maps a window of its own. Pages stay mapped in fill_win too (unmapping
- * them costs more than the copy).
+ * A page present in the memfd is mapped by the kernel with no word to us,
+ * so a page must enter it whole and with its data, never for an instant
+ * without. pwrite() does not promise that: where shmem gives large folios
+ * (shmem_enabled within_size, always, force), one page written makes its
+ * whole folio present, the rest zeros; and a copy that faults on its
+ * source midway (pwrite copies with page faults disabled, then retries)
+ * leaves the new page present and zero-filled until the retry (a test saw
+ * a private region read a whole page of zeros, once in 30 runs). So pages
+ * enter through UFFDIO_COPY into a window of ours: shmem_mfill_atomic_pte()
+ * copies into a fresh 4 KiB page and only then inserts it, whole. fill_win
+ * covers the file's start as it is at creation (up to 1 GiB: address space
+ * is not free, RLIMIT_AS); a fill beyond maps a window of its own for the
+ * copy. The window's mappings of the pages are dropped after the copy, so
+ * that they count once in RSS.
  */
 #define FILL_WIN_ALIGN ((uint64_t)64 << 20)
 #define FILL_WIN_MAX   ((uint64_t)1 << 30)
@@ -255,31 +234,22 @@ static int fill_copy(int uffd, char *dst, const char *buf, size_t len)
 
 int lzm_cache_fill(struct cache *c, const char *buf, size_t len, uint64_t off)
 {
-	if (c->large_folios) {
-		char *w;
-		int ret;
+	char *w;
+	int ret;
 
-		if (c->fill_win && off + len <= c->fill_win_len)
-			return fill_copy(c->aux_uffd, c->fill_win + off, buf, len);
-		w = aux_window(c, off, len, PROT_READ | PROT_WRITE);
-		if (!w)
-			return -errno;
-		ret = fill_copy(c->aux_uffd, w, buf, len);
-		munmap(w, len);
+	if (c->fill_win && off + len <= c->fill_win_len) {
+		ret = fill_copy(c->aux_uffd, c->fill_win + off, buf, len);
+		/* the pages stay in the cache; only our mapping of them goes (no
+		 * event: aux_uffd asked for none) */
+		madvise(c->fill_win + off, len, MADV_DONTNEED);
 		return ret;
 	}
-	while (len) {
-		ssize_t w = pwrite(c->memfd, buf, len, (off_t)off);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return w < 0 ? -errno : -EIO;
-		buf += w;
-		len -= (size_t)w;
-		off += (uint64_t)w;
-	}
-	return 0;
+	w = aux_window(c, off, len, PROT_READ | PROT_WRITE);
+	if (!w)
+		return -errno;
+	ret = fill_copy(c->aux_uffd, w, buf, len);
+	munmap(w, len);
+	return ret;
 }
 
 /*
@@ -321,16 +291,13 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 		cache_free(c);
 		return -err;
 	}
-	if (memfd_large_folios()) {
-		int ret = aux_open(c);
+	int ret = aux_open(c);
 
-		if (ret) {
-			cache_free(c);
-			return ret;
-		}
-		c->large_folios = true;
-		fill_window_init(c, (uint64_t)st->st_size);
+	if (ret) {
+		cache_free(c);
+		return ret;
 	}
+	fill_window_init(c, (uint64_t)st->st_size);
 	/* The chunk table is reserved, not committed: a page of it per 2 GiB of file touched. */
 	c->nchunks = (size_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift - CHUNK_SHIFT);
 	c->chunks = mmap(NULL, c->nchunks * sizeof(*c->chunks), PROT_READ | PROT_WRITE,
@@ -1129,9 +1096,7 @@ static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 	 * read (EFAULT), where it would otherwise become a page of zeros in
 	 * the cache, and in the file.
 	 */
-	if (c->aux_uffd < 0)
-		err = aux_open(c);
-	if (!err && !(win = aux_window(c, first << lzm_page_shift, winlen, PROT_READ)))
+	if (!(win = aux_window(c, first << lzm_page_shift, winlen, PROT_READ)))
 		err = -errno;
 	if (err) {
 		/* nothing read, nothing written: the pages stay dirty */

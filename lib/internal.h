@@ -195,16 +195,13 @@ struct cache {
 	int memfd;                   /* the pages */
 	/*
 	 * A userfaultfd of the cache's own, with UFFD_FEATURE_SIGBUS and no
-	 * events, for our windows of the memfd (cache.c): a hole touched
-	 * through one fails instead of becoming a page of zeros. -1 until
-	 * needed: at creation where shmem gives large folios, else at the
-	 * first write-back (under wb_lock).
+	 * events, for our windows of the memfd (cache.c): pages enter the
+	 * cache by UFFDIO_COPY through fill_win (the memfd's first
+	 * fill_win_len bytes, or NULL) or a window of their own, and
+	 * write-back reads through one; a hole touched through a window
+	 * fails instead of becoming a page of zeros. Set at creation.
 	 */
 	int aux_uffd;
-	/* Where shmem gives large folios (set at creation, never changed):
-	 * pages enter through UFFDIO_COPY, into fill_win (the memfd's first
-	 * fill_win_len bytes) or a window of their own (lzm_cache_fill). */
-	bool large_folios;
 	char *fill_win;
 	size_t fill_win_len;
 	_Atomic uint64_t size;       /* the file's size as last seen */
