@@ -218,7 +218,8 @@ static int fill_copy(int uffd, char *dst, const char *buf, size_t len)
 		int ret = lzm_uffd_copy(uffd, (uintptr_t)dst, buf, len, &done);
 
 		if (ret == -EEXIST) {
-			/* there already (cannot be: the page is claimed): keep it */
+			/* there already, though we hold its claim (a recheck racing a
+			 * fill can lose track of a page): keep it, never overwrite */
 			done += lzm_page_size;
 		} else if (ret == -EAGAIN && !done && ++again > 100) {
 			return ret; /* no events here, so it cannot last; never spin */
