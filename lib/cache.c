@@ -187,8 +187,7 @@ static char *aux_window(struct cache *c, uint64_t off, size_t len, int prot)
  * (shmem_enabled within_size, always, force), one page written makes its
  * whole folio present, the rest zeros; and a copy that faults on its
  * source midway (pwrite copies with page faults disabled, then retries)
- * leaves the new page present and zero-filled until the retry (a test saw
- * a private region read a whole page of zeros, once in 30 runs). So pages
+ * leaves the new page present and zero-filled until the retry. So pages
  * enter through UFFDIO_COPY into a window of ours: shmem_mfill_atomic_pte()
  * copies into a fresh 4 KiB page and only then inserts it, whole. fill_win
  * covers the file's start as it is at creation (up to 1 GiB: address space
