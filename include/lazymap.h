@@ -102,7 +102,8 @@ struct lazymap_opts {
 	size_t readahead_max;     /* most bytes one fault fills on a sequential stream (the
 	                           * window grows to it); a file stream at full window
 	                           * also reads the next two windows ahead; 0: 512 KiB */
-	size_t resident_limit;    /* bytes of filled pages kept resident; 0: unlimited */
+	size_t resident_limit;    /* bytes of filled pages kept resident; 0: unlimited
+	                           * (see "The resident budget" below) */
 	const char *daemon;       /* NULL: in-process handlers; else faultd's socket path */
 	unsigned install;         /* LAZYMAP_INSTALL_*: how pool pages are installed; 0: COPY */
 	unsigned spin_us;         /* how long an idle handler polls before it sleeps;
@@ -134,6 +135,19 @@ struct lazymap_opts {
  */
 #define LAZYMAP_HANDLERS_PER_CPU (~0u)
 
+/*
+ * The resident budget (resident_limit): the pages the library filled into
+ * the page caches of files and still holds count against it. Past 15/16 of
+ * it an evictor thread drops pages until they are under 7/8: a clean page
+ * is dropped from the cache (the next touch reads it again), a dirty page
+ * of a shared region is written back first. A fill that finds the budget
+ * full waits for eviction (evict_wait_ns), at most 1 s, then goes on over
+ * it (budget_overruns). Which pages go: 2Q, from what the library sees of
+ * use (fills, and refaults of pages evicted lately: refaults). Not yet
+ * counted nor evicted: pages of anonymous and fill regions, and pages a
+ * private file region wrote (its own copies).
+ */
+
 /* Mapping flags: mmap's vocabulary. */
 #define LAZYMAP_PRIVATE 0x01 /* like MAP_PRIVATE: writes stay in memory */
 #define LAZYMAP_SHARED  0x02 /* like MAP_SHARED */
@@ -159,12 +173,12 @@ struct lazymap_opts {
  *         with non-zero bytes beyond it (an option this library does not
  *         have), or larger than 4096; -EINVAL an option out of its range
  *         (handler_threads <= 256, queue_depth <= 32768, readahead_max <=
- *         64 MiB, spin_us <= 1000000, each but for its special values);
+ *         64 MiB, spin_us <= 1000000, each but for its special values;
+ *         resident_limit 0 or >= 4 MiB);
  *         -EPERM userfaultfd is not available to this process (not root and
  *         vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd);
  *         -ENOSYS kernel without userfaultfd; -EINVAL bad option;
- *         -EOPNOTSUPP opts->daemon or opts->resident_limit set (not available
- *         yet), a kernel before 6.6 (no UFFDIO_POISON, or no minor faults
+ *         -EOPNOTSUPP opts->daemon set (not available yet), a kernel before 6.6 (no UFFDIO_POISON, or no minor faults
  *         and write protection on shared memory), or
  *         LAZYMAP_INSTALL_MOVE on a kernel before 6.8;
  *         -ENOMEM, -EMFILE, -EAGAIN (threads) as the system reports them.
@@ -425,7 +439,12 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(wp_faults, SUM, "first writes to clean pages of shared file regions (write-protect faults)") \
 	X(writebacks, SUM, "writes of dirty runs of pages to backing files")                   \
 	X(dirty_pages, NOW, "pages of shared file regions written and not yet written back")    \
-	X(cache_pages, NOW, "pages in the page caches of the files this lazymap maps")
+	X(cache_pages, NOW, "pages in the page caches of the files this lazymap maps")          \
+	X(resident_bytes, NOW, "bytes of pages counted against resident_limit now")            \
+	X(resident_peak, NOW, "the most resident_bytes has been")                              \
+	X(refaults, SUM, "pages filled again soon after they were evicted")                     \
+	X(evict_wait_ns, SUM, "time fills waited for eviction at resident_limit")               \
+	X(budget_overruns, SUM, "fills that went on over resident_limit after waiting 1 s")
 
 /* Counters since lazymap_open. */
 struct lazymap_stats {

@@ -275,6 +275,9 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 
 	if (!c)
 		return -ENOMEM;
+	static _Atomic uint64_t next_id = 1;
+
+	c->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
 	c->fd = c->dfd = c->wfd = c->memfd = c->aux_uffd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->wb_lock, NULL);
@@ -444,6 +447,21 @@ void lzm_cache_put(struct cache *c)
 	*pp = c->next;
 	pthread_mutex_unlock(&registry_lock);
 	cache_free(c);
+}
+
+struct cache *lzm_cache_find_id(uint64_t id)
+{
+	struct cache *c;
+
+	pthread_mutex_lock(&registry_lock);
+	for (c = registry; c && c->id != id; c = c->next)
+		;
+	if (c && (c->closing || !atomic_load(&c->refs)))
+		c = NULL; /* being written back for the last time, or orphaned */
+	if (c)
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	pthread_mutex_unlock(&registry_lock);
+	return c;
 }
 
 int lzm_cache_retry_orphaned(struct lazymap *lm)
@@ -1201,4 +1219,92 @@ int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap
 	ret = writeback(c, fp, n, lm, how);
 	pthread_mutex_unlock(&c->wb_lock);
 	return ret;
+}
+
+/* ------------------------------------------------------------ eviction */
+
+/*
+ * Claim the clean cached pages of [fp, fp + n) among want (bit i: fp + i)
+ * for eviction: CACHED becomes BUSY, under the lock that write-protect
+ * faults take (wp_fault), so that a page is either made writable before we
+ * look (then it is DIRTY and stays) or waits for the eviction like a fault
+ * on a page being read. Returns the pages claimed; *dirty gets the dirty.
+ */
+static uint64_t evict_claim(struct cache *c, struct cache_chunk *ch, uint64_t fp, size_t n,
+			    uint64_t want, uint64_t *dirty)
+{
+	uint64_t claimed = 0;
+
+	*dirty = 0;
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < n; i++) {
+		_Atomic uint8_t *s = &ch->s[(fp + i) & (CHUNK_PAGES - 1)];
+		uint8_t old = atomic_load_explicit(s, memory_order_acquire);
+
+		if (!(want >> i & 1) || !(old & CP_CACHED) || (old & CP_BUSY))
+			continue;
+		if (old & (CP_DIRTY | CP_WRITEBACK)) {
+			*dirty |= (uint64_t)1 << i;
+			continue;
+		}
+		/* A fault that came for it meanwhile waits, as for a read. */
+		if (atomic_compare_exchange_strong_explicit(s, &old, CP_BUSY | (old & CP_WAITER),
+							    memory_order_acq_rel, memory_order_acquire))
+			claimed |= (uint64_t)1 << i;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return claimed;
+}
+
+size_t lzm_cache_evict(struct cache *c, uint64_t fp, size_t n, struct lazymap *lm, uint64_t *kept)
+{
+	struct cache_chunk *ch = chunk_get(c, fp, false);
+	uint64_t want = n >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << n) - 1, claimed, dirty, again;
+	size_t dropped = 0;
+
+	*kept = 0;
+	if (!ch)
+		return 0;
+	claimed = evict_claim(c, ch, fp, n, want, &dirty);
+	if (dirty) {
+		/* A dirty page is written back first: protected wherever it is
+		 * mapped, written, clean; a write meanwhile makes it dirty again,
+		 * and it stays. */
+		unsigned lo = (unsigned)__builtin_ctzll(dirty), hi = 63u - (unsigned)__builtin_clzll(dirty);
+
+		lzm_cache_writeback(c, fp + lo, hi - lo + 1, lm, WB_PROTECT);
+		claimed |= evict_claim(c, ch, fp, n, dirty, &again);
+		*kept |= again;
+	}
+	for (size_t i = 0; i < n;) {
+		size_t len = 0;
+		bool punched;
+
+		if (!(claimed >> i & 1)) {
+			i++;
+			continue;
+		}
+		while (i + len < n && (claimed >> (i + len) & 1))
+			len++;
+		/*
+		 * A hole punched in the memfd takes the pages from every mapping
+		 * at once and raises no userfaultfd event (unlike MADV_DONTNEED or
+		 * MADV_REMOVE in a region, which would block us until a handler
+		 * read it): the next touch is a missing fault, read from the file
+		 * again.
+		 */
+		punched = fallocate(c->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				    (off_t)((fp + i) << lzm_page_shift), (off_t)(len << lzm_page_shift)) == 0;
+		if (punched) {
+			count(c, ch, -(int)len, 0);
+			dropped += len;
+		} else {
+			*kept |= (len >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << len) - 1) << i;
+		}
+		lzm_cache_release(c, fp + i, len, !punched);
+		if (!punched)
+			count(c, ch, -(int)len, 0); /* release counted them again */
+		i += len;
+	}
+	return dropped;
 }

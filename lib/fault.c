@@ -482,6 +482,9 @@ void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, unsigned
 	uint64_t idx;
 
 	atomic_fetch_add_explicit(&mm->faults, 1, memory_order_relaxed);
+	/* At the budget: let eviction make room first (no lock held here). */
+	if (!(flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_MINOR)))
+		lzm_evict_wait(h->lm);
 again:
 	pthread_rwlock_rdlock(&mm->lock);
 	v = lzm_vma_lookup(&mm->tree, addr);

@@ -72,8 +72,8 @@ static void map_cached(struct handler *h, struct mm *mm, struct vma *v, uintptr_
 			lzm_cache_dirty(c, fp);
 			map_run(mm, addr, lzm_page_size, false);
 		} else {
-			/* dropped since we looked (the program punched it): the
-			 * write faults again, and reads it again */
+			/* dropped since we looked (the program punched it, or
+			 * eviction claimed it): the write faults again */
 			lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
 		}
 		pthread_mutex_unlock(&c->lock);
@@ -96,14 +96,33 @@ static size_t cached_run(struct cache *c, uint64_t fp, size_t max)
 	return n;
 }
 
-/* A write to a clean page of a shared region (on uffd): dirty from now on. */
-static void wp_fault(struct handler *h, int uffd, struct vma *v, uintptr_t addr, uint64_t fp)
+/* A write to a clean page of a shared region (of mm, on uffd): dirty from now on. */
+static void wp_fault(struct handler *h, struct mm *mm, int uffd, struct vma *v, uintptr_t addr,
+		     uint64_t fp)
 {
 	struct cache *c = v->src->cache;
+	_Atomic uint8_t *s = lzm_cache_state(c, fp);
 	int ret;
 
 	stat_add(&h->stats.wp_faults, 1);
-	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		pthread_mutex_lock(&c->lock);
+		if (!s || !(atomic_load_explicit(s, memory_order_acquire) & CP_BUSY))
+			break;
+		pthread_mutex_unlock(&c->lock);
+		/* Being evicted (claimed under this lock: lzm_cache_evict): wait
+		 * as for a page being read; the write then faults it back in. */
+		switch (lzm_cache_claim(c, s, mm, addr, fp)) {
+		case CLAIM_COALESCED:
+			return;
+		case CLAIM_OWNED: /* gone already: a hole */
+			lzm_cache_release(c, fp, 1, false);
+			lzm_uffd_wake(uffd, addr, lzm_page_size);
+			return;
+		case CLAIM_PRESENT: /* eviction let it be */
+			continue;
+		}
+	}
 	lzm_cache_dirty(c, fp);
 	ret = lzm_uffd_writeprotect(uffd, addr, lzm_page_size, false);
 	pthread_mutex_unlock(&c->lock);
@@ -118,7 +137,7 @@ void lzm_filemap_wp_broken(struct handler *h, struct mm *mm, uintptr_t addr)
 	pthread_rwlock_rdlock(&mm->lock);
 	v = lzm_vma_lookup(&mm->tree, addr);
 	if (v && v->src->ops->cached && vma_writeback(v))
-		wp_fault(h, mm->uffd_keep, v, addr, vma_file_page(v, addr));
+		wp_fault(h, mm, mm->uffd_keep, v, addr, vma_file_page(v, addr));
 	else
 		lzm_uffd_writeprotect(mm->uffd_keep, addr, lzm_page_size, false);
 	pthread_rwlock_unlock(&mm->lock);
@@ -137,7 +156,7 @@ size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintpt
 	_Atomic uint8_t *s;
 
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-		wp_fault(h, mm->uffd, v, addr, fp);
+		wp_fault(h, mm, mm->uffd, v, addr, fp);
 		return 0;
 	}
 	s = lzm_cache_state(c, fp);
@@ -231,6 +250,7 @@ void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bo
 	stat_add(&h->stats.pages_filled, good);
 	lzm_cache_release(c, fp, good, true);
 	lzm_cache_release(c, fp + good, req->n - good, false);
+	lzm_evict_filled(h->lm, c, fp, good);
 
 	/* The toucher: map or wake it (nobody else has its page's address). */
 	pthread_rwlock_rdlock(&mm->lock);

@@ -186,6 +186,7 @@ struct cache_waiter;
 
 struct cache {
 	struct cache *next;          /* the registry (cache.c), under its lock */
+	uint64_t id;                 /* never reused: how eviction's queues name it */
 	atomic_uint refs;
 	dev_t dev;
 	ino_t ino;
@@ -279,6 +280,15 @@ void lzm_cache_unshare_all(struct mm *mm);
 #define WB_DURABLE 1
 #define WB_PROTECT 2
 int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, int how);
+/* The cache with this id, with a reference, or NULL (gone, or going). */
+struct cache *lzm_cache_find_id(uint64_t id);
+/*
+ * Evict what can be of [fp, fp + n) (n <= 64, within one chunk): clean
+ * pages are dropped (a hole punched), dirty ones written back first. Returns
+ * the pages dropped; *kept gets the pages still cached (bit i: fp + i),
+ * written again meanwhile or being filled. No lock held.
+ */
+size_t lzm_cache_evict(struct cache *c, uint64_t fp, size_t n, struct lazymap *lm, uint64_t *kept);
 /* lazymap_close: write back the caches no region maps any more whose last
  * write-back failed; 0 or the first -errno (they are kept for the next). */
 int lzm_cache_retry_orphaned(struct lazymap *lm);
@@ -830,7 +840,23 @@ struct lazymap {
 	int fork_efd;            /* wakes the fork reader */
 	atomic_int reserve_fd;   /* given up to read a FORK at the descriptor limit (events.c) */
 	struct hstats wstats;    /* write-back's counters: API threads, added atomically */
+	struct evictor *ev;      /* the resident budget (evict.c), or NULL: set before the
+	                          * handlers start, gone after they stop */
 };
+
+/* --------------------------------------------------------------- evict.c */
+
+/* The evictor of opts.resident_limit, if set (before the handlers start). */
+int lzm_evict_start(struct lazymap *lm);
+/* After the handlers stopped. */
+void lzm_evict_stop(struct lazymap *lm);
+/* n pages from fp entered c by one of lm's fills. No lock held. */
+void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n);
+/* A fill is about to be made: wait while lm is at its limit (at most 1 s).
+ * No lock held. */
+void lzm_evict_wait(struct lazymap *lm);
+/* Bytes counted resident now, or at the peak. */
+uint64_t lzm_evict_resident(struct lazymap *lm, bool peak);
 
 #pragma GCC visibility pop
 

@@ -21,6 +21,8 @@
 #define MAX_HANDLER_THREADS 256u
 #define MAX_QUEUE_DEPTH     32768u
 #define DEFAULT_SPIN_US     50u
+/* Below this, eviction would only ever make room for the fill that waits. */
+#define MIN_RESIDENT_LIMIT  (4u << 20)
 #define DEFAULT_QUEUE_DEPTH 128u
 
 /* ------------------------------------------------------------ registry */
@@ -149,6 +151,7 @@ static void lazymap_free(struct lazymap *lm)
 	lzm_fork_reader_stop(lm);
 	lzm_handlers_stop(lm);
 	lzm_fillers_stop(lm);
+	lzm_evict_stop(lm);
 	lzm_children_close(lm);
 	pthread_mutex_destroy(&lm->children_lock);
 	free(lm->handlers);
@@ -226,12 +229,11 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 		return ret;
 	if (o.daemon)
 		return -EOPNOTSUPP; /* faultd comes with its own issue */
-	if (o.resident_limit)
-		return -EOPNOTSUPP; /* the memory budget comes with write-back */
 	if ((o.handler_threads > MAX_HANDLER_THREADS && o.handler_threads != LAZYMAP_HANDLERS_PER_CPU) ||
 	    o.queue_depth > MAX_QUEUE_DEPTH ||
 	    o.readahead_max > MAX_READAHEAD || o.install > LAZYMAP_INSTALL_MOVE ||
-	    (o.spin_us > 1000000 && o.spin_us != LAZYMAP_SPIN_NONE))
+	    (o.spin_us > 1000000 && o.spin_us != LAZYMAP_SPIN_NONE) ||
+	    (o.resident_limit && o.resident_limit < MIN_RESIDENT_LIMIT))
 		return -EINVAL;
 	if (!o.handler_threads)
 		o.handler_threads = 1;
@@ -294,6 +296,9 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 		goto fail;
 	}
 	ret = lzm_fillers_init(lm);
+	if (ret)
+		goto fail;
+	ret = lzm_evict_start(lm);
 	if (ret)
 		goto fail;
 	ret = lzm_handlers_start(lm);
@@ -575,6 +580,9 @@ static uint64_t stat_now(struct lazymap *lm, size_t field)
 		return atomic_load_explicit(&lm->nchildren, memory_order_relaxed);
 	if (field == offsetof(struct lazymap_stats, fork_followed))
 		return !!(lm->mm.features & UFFD_FEATURE_EVENT_FORK);
+	if (field == offsetof(struct lazymap_stats, resident_bytes) ||
+	    field == offsetof(struct lazymap_stats, resident_peak))
+		return lzm_evict_resident(lm, field == offsetof(struct lazymap_stats, resident_peak));
 	if (field == offsetof(struct lazymap_stats, cache_pages) ||
 	    field == offsetof(struct lazymap_stats, dirty_pages)) {
 		uint64_t cached, dirty;

@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The resident budget (opts.resident_limit) on file regions: under a budget
+ * far smaller than the file, every byte a thread reads is right, shared
+ * writes reach the file (written back before their pages are dropped), a
+ * private region's own writes stay and never reach the file, no write is
+ * lost to an eviction racing it, and the resident count stays within the
+ * limit and a fill's worth.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+
+static void fx_teardown(void);
+#define skip_cleanup() fx_teardown()
+
+#include "common.h"
+
+#define MiB (1ull << 20)
+
+static struct {
+	char dir[PATH_MAX / 2];
+} fx;
+
+static void fx_setup(void)
+{
+	int ret = scratch_make(fx.dir, sizeof(fx.dir), "budget");
+
+	cr_assert_eq(ret, 0, "mkdtemp %s: %s", fx.dir, strerror(-ret));
+}
+
+static void fx_teardown(void)
+{
+	if (fx.dir[0])
+		scratch_remove(fx.dir);
+	fx.dir[0] = '\0';
+}
+
+#define FIXTURE .init = fx_setup, .fini = fx_teardown
+
+static struct lazymap *open_budget(size_t limit)
+{
+	return open_or_skip(&(struct lazymap_opts){ .resident_limit = limit });
+}
+
+static struct lazymap_stats stats_of(struct lazymap *lm)
+{
+	struct lazymap_stats st;
+
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	return st;
+}
+
+/* The peak may pass the limit by the fills in flight when it was reached. */
+static void expect_peak(const struct lazymap_stats *st, size_t limit, size_t slack)
+{
+	cr_assert_gt(st->evictions, 0, "nothing was evicted under a budget of %zu MiB",
+		     limit / MiB);
+	cr_assert_leq(st->resident_peak, limit + slack,
+		      "resident peak %llu KiB, over the limit of %zu KiB by more than %zu KiB",
+		      (unsigned long long)st->resident_peak >> 10, limit >> 10, slack >> 10);
+}
+
+/* ------------------------------------------------------------ shared writes */
+
+/*
+ * Two threads write random words into their own pages (even and odd) of a
+ * 256 MiB shared mapping under a 16 MiB budget, and read back words they
+ * wrote; then sync and close: the file is the model.
+ */
+#define SW_SIZE  (256 * MiB)
+#define SW_LIMIT (16 * MiB)
+#define SW_OPS   20000
+
+struct sw {
+	char *base;
+	uint8_t *model;
+	size_t npages;
+	uint64_t seed;
+	unsigned id;
+	size_t bad;
+	uint64_t bad_off;
+	pthread_t th;
+};
+
+static void *sw_main(void *arg)
+{
+	struct sw *w = arg;
+	size_t ps = pgsz();
+	uint64_t s = w->seed;
+
+	for (size_t i = 0; i < SW_OPS; i++) {
+		size_t pg = (size_t)(rng_next(&s) % (w->npages / 2)) * 2 + w->id;
+		uint64_t off = pg * ps + (rng_next(&s) % (ps / 8)) * 8, v = rng_next(&s);
+
+		if (i % 4 == 3) {
+			/* read back a word of our own */
+			if (memcmp(w->base + off, w->model + off, 8) && !w->bad++)
+				w->bad_off = off;
+			continue;
+		}
+		memcpy(w->base + off, &v, 8);
+		memcpy(w->model + off, &v, 8);
+	}
+	return NULL;
+}
+
+Test(budget, shared_writes_under_a_budget_reach_the_file, FIXTURE, .timeout = 240)
+{
+	size_t ps = pgsz(), npages = SW_SIZE / ps;
+	uint64_t seed = test_seed(), s = seed;
+	struct lazymap *lm = open_budget(SW_LIMIT);
+	struct lazymap_stats st;
+	char path[PATH_MAX];
+	uint8_t *model = pattern_file(fx.dir, "shared", SW_SIZE, 71, npages, path, sizeof(path));
+	struct sw w[2];
+	int fd = open_file(path, O_RDWR), ret;
+	void *p = NULL;
+
+	ret = lazymap_map(lm, &p, SW_SIZE, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, fd, 0);
+	cr_assert_eq(ret, 0, "map: %s", strerror(-ret));
+	for (unsigned i = 0; i < 2; i++) {
+		w[i] = (struct sw){ .base = p, .model = model, .npages = npages, .id = i,
+				    .seed = rng_next(&s) | 1 };
+		cr_assert_eq(pthread_create(&w[i].th, NULL, sw_main, &w[i]), 0);
+	}
+	for (unsigned i = 0; i < 2; i++) {
+		pthread_join(w[i].th, NULL);
+		cr_assert_eq(w[i].bad, 0, "LAZYMAP_SEED=%#llx: thread %u read %zu wrong words, the first at %#llx",
+			     (unsigned long long)seed, i, w[i].bad, (unsigned long long)w[i].bad_off);
+	}
+	ret = lazymap_sync(lm, p, SW_SIZE);
+	cr_assert_eq(ret, 0, "sync: %s", strerror(-ret));
+	st = stats_of(lm);
+	cr_log_info("evictions %llu, refaults %llu, peak %llu KiB, waited %llu ms, bytes written %llu MiB",
+		    (unsigned long long)st.evictions, (unsigned long long)st.refaults,
+		    (unsigned long long)st.resident_peak >> 10,
+		    (unsigned long long)st.evict_wait_ns / 1000000,
+		    (unsigned long long)st.bytes_written >> 20);
+	expect_peak(&st, SW_LIMIT, 2 * MiB);
+	cr_assert_eq(st.budget_overruns, 0, "fills went on over the budget");
+	expect_mem("the mapping after sync", p, model, SW_SIZE);
+	cr_assert_eq(lazymap_close(lm), 0);
+	expect_file("the file", fd, model, SW_SIZE);
+	close(fd);
+	free(model);
+}
+
+/* ------------------------------------------------------------ private regions */
+
+/*
+ * Scans of a 64 MiB private region under a 4 MiB budget, sequential then
+ * random: every byte right, the peak within the limit and three readahead
+ * windows. Pages the region wrote are its own copies: they keep their bytes
+ * while the cache pages under them come and go, and never reach the file.
+ */
+#define PR_SIZE  (64 * MiB)
+#define PR_LIMIT (4 * MiB)
+
+Test(budget, private_scans_under_a_budget, FIXTURE, .timeout = 120)
+{
+	size_t ps = pgsz(), npages = PR_SIZE / ps;
+	uint64_t s = test_seed();
+	struct lazymap *lm = open_budget(PR_LIMIT);
+	struct lazymap_stats st;
+	char path[PATH_MAX];
+	uint8_t *orig = pattern_file(fx.dir, "private", PR_SIZE, 72, npages, path, sizeof(path));
+	static const size_t written[] = { 3, 1000, 9000, 16383 };
+	int fd = open_file(path, O_RDONLY), ret;
+	char *p = NULL;
+
+	ret = lazymap_map(lm, (void **)&p, PR_SIZE, PROT_READ | PROT_WRITE, LAZYMAP_PRIVATE, fd, 0);
+	cr_assert_eq(ret, 0, "map: %s", strerror(-ret));
+	for (size_t i = 0; i < sizeof(written) / sizeof(written[0]); i++)
+		memset(p + written[i] * ps, 0x5a, ps);
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t pg = 0; pg < npages; pg++) {
+			bool own = false;
+
+			for (size_t i = 0; i < sizeof(written) / sizeof(written[0]); i++)
+				own |= written[i] == pg;
+			if (own) {
+				cr_assert_eq((uint8_t)p[pg * ps + 100], 0x5a, "page %zu lost its write", pg);
+				continue;
+			}
+			if (memcmp(p + pg * ps, orig + pg * ps, ps))
+				expect_mem("scan", p + pg * ps, orig + pg * ps, ps);
+		}
+	for (size_t i = 0; i < 20000; i++) {
+		size_t pg = (size_t)(rng_next(&s) % npages);
+		bool own = false;
+
+		for (size_t k = 0; k < sizeof(written) / sizeof(written[0]); k++)
+			own |= written[k] == pg;
+		if (!own && memcmp(p + pg * ps, orig + pg * ps, 64))
+			expect_mem("random read", p + pg * ps, orig + pg * ps, 64);
+	}
+	st = stats_of(lm);
+	cr_log_info("evictions %llu, refaults %llu, peak %llu KiB", (unsigned long long)st.evictions,
+		    (unsigned long long)st.refaults, (unsigned long long)st.resident_peak >> 10);
+	expect_peak(&st, PR_LIMIT, 3 * (512 << 10) + MiB);
+	cr_assert_eq(st.bytes_written, 0, "a private region wrote its file");
+	cr_assert_eq(lazymap_close(lm), 0);
+	expect_file("the file", fd, orig, PR_SIZE);
+	close(fd);
+	free(orig);
+}
+
+/* ------------------------------------------------------------ racing writes */
+
+/*
+ * Two threads add to counters in their own pages of a shared mapping while
+ * a third scans the whole 64 MiB file twice under a 4 MiB budget, so that
+ * eviction runs flat out beside the writes: no increment is lost, in memory
+ * or in the file.
+ */
+#define RW_SIZE     (64 * MiB)
+#define RW_LIMIT    (4 * MiB)
+#define RW_COUNTERS 64 /* pages per writer */
+
+struct rw {
+	char *base;
+	size_t npages;
+	unsigned id;
+	uint64_t seed;
+	atomic_bool *done;
+	uint64_t counts[RW_COUNTERS];
+	pthread_t th;
+};
+
+/* Counter k of writer id: the first word of a page, spread over the file. */
+static uint64_t *rw_counter(char *base, unsigned id, size_t k)
+{
+	return (uint64_t *)(base + ((k * 2 + id) * 64 + 1) * pgsz());
+}
+
+static void *rw_writer(void *arg)
+{
+	struct rw *w = arg;
+	uint64_t s = w->seed;
+
+	while (!atomic_load(w->done)) {
+		size_t k = (size_t)(rng_next(&s) % RW_COUNTERS);
+
+		(*rw_counter(w->base, w->id, k))++;
+		w->counts[k]++;
+	}
+	return NULL;
+}
+
+static void *rw_scanner(void *arg)
+{
+	struct rw *w = arg;
+	volatile char sink = 0;
+
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t pg = 0; pg < w->npages; pg++)
+			sink += w->base[pg * pgsz() + 8];
+	(void)sink;
+	atomic_store(w->done, true);
+	return NULL;
+}
+
+Test(budget, eviction_racing_writes_loses_no_increment, FIXTURE, .timeout = 120)
+{
+	size_t ps = pgsz(), npages = RW_SIZE / ps;
+	uint64_t s = test_seed(), total = 0;
+	struct lazymap *lm = open_budget(RW_LIMIT);
+	struct lazymap_stats st;
+	char path[PATH_MAX];
+	uint8_t *want = calloc(1, RW_SIZE);
+	struct rw w[3];
+	atomic_bool done = false;
+	int fd, ret;
+	char *p = NULL;
+
+	cr_assert_not_null(want);
+	snprintf(path, sizeof(path), "%s/counters", fx.dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	ret = pattern_write(fd, 73, 0, RW_SIZE); /* data everywhere: every page is a read */
+	cr_assert_eq(ret, 0);
+	pattern_fill(want, RW_SIZE, 73, 0);
+	ret = lazymap_map(lm, (void **)&p, RW_SIZE, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, fd, 0);
+	cr_assert_eq(ret, 0, "map: %s", strerror(-ret));
+	for (unsigned id = 0; id < 2; id++)
+		for (size_t k = 0; k < RW_COUNTERS; k++)
+			*rw_counter(p, id, k) = 0;
+	for (unsigned i = 0; i < 3; i++) {
+		w[i] = (struct rw){ .base = p, .npages = npages, .id = i, .seed = rng_next(&s) | 1,
+				    .done = &done };
+		cr_assert_eq(pthread_create(&w[i].th, NULL, i < 2 ? rw_writer : rw_scanner, &w[i]), 0);
+	}
+	for (unsigned i = 0; i < 3; i++)
+		pthread_join(w[i].th, NULL);
+	for (unsigned id = 0; id < 2; id++)
+		for (size_t k = 0; k < RW_COUNTERS; k++) {
+			*rw_counter((char *)want, id, k) = w[id].counts[k];
+			total += w[id].counts[k];
+		}
+	st = stats_of(lm);
+	cr_log_info("%llu increments; evictions %llu, refaults %llu, wp faults %llu, peak %llu KiB",
+		    (unsigned long long)total, (unsigned long long)st.evictions,
+		    (unsigned long long)st.refaults, (unsigned long long)st.wp_faults,
+		    (unsigned long long)st.resident_peak >> 10);
+	cr_assert_gt(st.evictions, 2 * npages / 2, "the scans evicted too little to race anything");
+	expect_mem("the counters in memory", p, want, RW_SIZE);
+	cr_assert_eq(lazymap_close(lm), 0);
+	expect_file("the counters in the file", fd, want, RW_SIZE);
+	close(fd);
+	free(want);
+}
