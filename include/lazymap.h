@@ -142,7 +142,8 @@ struct lazymap_opts {
  * is dropped from the cache (the next touch reads it again), a dirty page
  * of a shared region is written back first. A fill that finds the budget
  * full waits for eviction (evict_wait_ns), at most 1 s, then goes on over
- * it (budget_overruns). Which pages go: 2Q, from what the library sees of
+ * it (budget_overruns); at once while eviction can free nothing (every page
+ * dirty and its write-back failing: they stay, and are written later). Which pages go: 2Q, from what the library sees of
  * use (fills, and refaults of pages evicted lately: refaults). Not yet
  * counted nor evicted: pages of anonymous and fill regions, and pages a
  * private file region wrote (its own copies).
@@ -444,7 +445,7 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(resident_peak, NOW, "the most resident_bytes has been")                              \
 	X(refaults, SUM, "pages filled again soon after they were evicted")                     \
 	X(evict_wait_ns, SUM, "time fills waited for eviction at resident_limit")               \
-	X(budget_overruns, SUM, "fills that went on over resident_limit after waiting 1 s")
+	X(budget_overruns, SUM, "fills that went on over resident_limit (eviction could free nothing in time)")
 
 /* Counters since lazymap_open. */
 struct lazymap_stats {

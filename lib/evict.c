@@ -57,6 +57,9 @@ struct evictor {
 	uint64_t limit, high, low, in_max; /* pages */
 	_Atomic uint64_t resident, peak;   /* pages in the queues (some may be gone already) */
 	bool stop, kicked;
+	/* The last batch freed nothing (every page dirty and failing to be
+	 * written, say): fills stop waiting, the evictor retries slowly. */
+	atomic_bool stuck;
 	pthread_t thread;
 	bool started;
 };
@@ -179,11 +182,16 @@ void lzm_evict_wait(struct lazymap *lm)
 
 	if (!ev || atomic_load_explicit(&ev->resident, memory_order_relaxed) < ev->limit)
 		return;
+	if (atomic_load_explicit(&ev->stuck, memory_order_relaxed)) {
+		atomic_fetch_add_explicit(&lm->wstats.budget_overruns, 1, memory_order_relaxed);
+		return;
+	}
 	t0 = lzm_now_ns();
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_sec += 1;
 	pthread_mutex_lock(&ev->lock);
-	while (!ev->stop && atomic_load_explicit(&ev->resident, memory_order_relaxed) >= ev->limit) {
+	while (!ev->stop && !atomic_load_explicit(&ev->stuck, memory_order_relaxed) &&
+	       atomic_load_explicit(&ev->resident, memory_order_relaxed) >= ev->limit) {
 		ev->kicked = true;
 		pthread_cond_signal(&ev->wake);
 		if (pthread_cond_timedwait(&ev->freed, &ev->lock, &until) == ETIMEDOUT)
@@ -192,7 +200,7 @@ void lzm_evict_wait(struct lazymap *lm)
 	pthread_mutex_unlock(&ev->lock);
 	t0 = lzm_now_ns() - t0;
 	atomic_fetch_add_explicit(&lm->wstats.evict_wait_ns, t0, memory_order_relaxed);
-	if (t0 >= WAIT_MAX_NS)
+	if (atomic_load_explicit(&ev->resident, memory_order_relaxed) >= ev->limit)
 		atomic_fetch_add_explicit(&lm->wstats.budget_overruns, 1, memory_order_relaxed);
 }
 
@@ -302,8 +310,22 @@ static void *evictor_main(void *arg)
 		}
 		pthread_mutex_lock(&ev->lock);
 		resident_add(ev, (int64_t)(taken - gone));
-		if (gone)
+		atomic_store_explicit(&ev->stuck, !gone, memory_order_relaxed);
+		if (gone) {
 			pthread_cond_broadcast(&ev->freed);
+		} else {
+			/* nothing could go: let the fills that wait go on, try again later */
+			struct timespec until;
+
+			pthread_cond_broadcast(&ev->freed);
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += 20 * 1000 * 1000;
+			if (until.tv_nsec >= 1000000000) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&ev->wake, &ev->lock, &until);
+		}
 	}
 	pthread_cond_broadcast(&ev->freed);
 	pthread_mutex_unlock(&ev->lock);

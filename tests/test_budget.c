@@ -12,7 +12,10 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 
 static void fx_teardown(void);
 #define skip_cleanup() fx_teardown()
@@ -312,4 +315,84 @@ Test(budget, eviction_racing_writes_loses_no_increment, FIXTURE, .timeout = 120)
 	expect_file("the counters in the file", fd, want, RW_SIZE);
 	close(fd);
 	free(want);
+}
+
+/* ------------------------------------------------------------ write-back fails */
+
+/*
+ * A budget whose dirty pages cannot be written back (a full tmpfs under a
+ * sparse file): eviction frees nothing, the fills go on over the budget and
+ * say so (budget_overruns), and nothing is lost: once there is room, a sync
+ * writes every page.
+ */
+#define WF_PAGES 2048 /* 8 MiB written, a budget of 4 */
+
+static int writeback_fails_body(struct verdict *v, void *arg)
+{
+	const char *mnt = arg;
+	size_t ps = pgsz(), len = 4 * WF_PAGES * ps;
+	char ballast[PATH_MAX], file[PATH_MAX], opts[64];
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	uint8_t *model = calloc(1, len), *have = malloc(len);
+	char *p = NULL;
+	int fd, bfd, ret;
+
+	VCHECK(v, model && have, "malloc");
+	if (unshare(CLONE_NEWNS) < 0)
+		verdict_skip(v, "unshare(CLONE_NEWNS): %s", strerror(errno));
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		verdict_skip(v, "making / private in the new mount namespace: %s", strerror(errno));
+	snprintf(opts, sizeof(opts), "size=%u", 16u << 20);
+	if (mount("lazymap-test", mnt, "tmpfs", 0, opts) < 0)
+		verdict_skip(v, "mount -t tmpfs -o %s %s: %s", opts, mnt, strerror(errno));
+	snprintf(ballast, sizeof(ballast), "%s/ballast", mnt);
+	snprintf(file, sizeof(file), "%s/sparse", mnt);
+	bfd = open(ballast, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	VCHECK(v, bfd >= 0 && fd >= 0, "open on the tmpfs: %s", strerror(errno));
+	VCHECK(v, pattern_write(bfd, 0x91, 0, 15u << 20) == 0, "the ballast: %s", strerror(errno));
+	close(bfd);
+	VCHECK(v, ftruncate(fd, (off_t)len) == 0, "ftruncate: %s", strerror(errno));
+
+	ret = lazymap_open(&lm, &(struct lazymap_opts){ .resident_limit = 4 << 20 });
+	VCHECK(v, ret == 0, "lazymap_open: %s", strerror(-ret));
+	ret = lazymap_map(lm, (void **)&p, len, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, fd, 0);
+	VCHECK(v, ret == 0, "map: %s", strerror(-ret));
+	for (size_t pg = 0; pg < 4 * WF_PAGES; pg += 4) {
+		memset(p + pg * ps + 64, (int)(pg / 4 % 251) + 1, 8);
+		memset(model + pg * ps + 64, (int)(pg / 4 % 251) + 1, 8);
+	}
+	VCHECK(v, memcmp(p, model, len) == 0, "the mapping lost bytes while write-back failed");
+	VCHECK(v, lazymap_stats(lm, &st) == 0, "stats");
+	VCHECK(v, st.budget_overruns > 0, "no fill went over a budget that could not be kept");
+	VCHECK(v, st.resident_peak > (4u << 20), "resident peak %llu KiB: the budget held?",
+	       (unsigned long long)st.resident_peak >> 10);
+	VCHECK(v, unlink(ballast) == 0, "unlink: %s", strerror(errno));
+	ret = lazymap_sync(lm, p, len);
+	VCHECK(v, ret == 0, "sync with room made: %s", strerror(-ret));
+	VCHECK(v, lazymap_close(lm) == 0, "close");
+	VCHECK(v, pread(fd, have, len, 0) == (ssize_t)len, "pread: %s", strerror(errno));
+	for (size_t i = 0; i < len; i++)
+		VCHECK(v, have[i] == model[i], "the file's byte %#zx (page %zu) is %#x, want %#x", i,
+		       i / ps, have[i], model[i]);
+	close(fd);
+	umount2(mnt, MNT_DETACH);
+	free(model);
+	free(have);
+	return 0;
+}
+
+Test(budget, failing_writeback_goes_over_the_budget_and_loses_nothing, FIXTURE, .timeout = 120)
+{
+	char mnt[PATH_MAX];
+	struct verdict *v = verdict_new();
+
+	cr_assert_not_null(v);
+	require_uffd(uffd_needs(NULL));
+	snprintf(mnt, sizeof(mnt), "%s/mnt", fx.dir);
+	cr_assert_eq(mkdir(mnt, 0700), 0, "mkdir %s: %s", mnt, strerror(errno));
+	verdict_expect(v, verdict_fork(v, writeback_fails_body, mnt, 100), 0,
+		       "write-back failing under a budget");
+	verdict_free(v);
 }
