@@ -331,7 +331,7 @@ static int writeback_fails_body(struct verdict *v, void *arg)
 {
 	const char *mnt = arg;
 	size_t ps = pgsz(), len = 4 * WF_PAGES * ps;
-	char ballast[PATH_MAX], file[PATH_MAX], opts[64];
+	char ballast[PATH_MAX + 16], file[PATH_MAX + 16], opts[64];
 	struct lazymap_stats st;
 	struct lazymap *lm;
 	uint8_t *model = calloc(1, len), *have = malloc(len);
