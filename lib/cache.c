@@ -253,20 +253,19 @@ int lzm_cache_fill(struct cache *c, const char *buf, size_t len, uint64_t off)
 }
 
 /*
- * Our descriptors of the file are new open file descriptions where the
- * caller's has flags that would change what we do (O_DIRECT: every read
+ * A new open file description of fd's file, with flags (and O_CLOEXEC),
+ * through /proc: -1 and errno on failure. Ours are new descriptions where
+ * the caller's has flags that would change what we do (O_DIRECT: every read
  * aligned, and taking the file's lock that a write(2) from one of our
  * regions holds; O_APPEND: every write an append), so that we never change
- * theirs either. Without /proc, a dup.
+ * theirs either.
  */
-static int reopen_fd(int fd, int flags)
+static int fd_reopen(int fd, int flags)
 {
 	char path[64];
-	int r;
 
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	r = open(path, flags | O_CLOEXEC);
-	return r >= 0 ? r : fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	return open(path, flags | O_CLOEXEC);
 }
 
 static int cache_new(int fd, const struct stat *st, struct cache **cp)
@@ -285,8 +284,10 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 	atomic_init(&c->size, (uint64_t)st->st_size);
 	c->dev = st->st_dev;
 	c->ino = st->st_ino;
-	c->fd = fcntl(fd, F_GETFL) & O_DIRECT ? reopen_fd(fd, O_RDONLY)
-					      : fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	/* without /proc, a dup */
+	c->fd = fcntl(fd, F_GETFL) & O_DIRECT ? fd_reopen(fd, O_RDONLY) : -1;
+	if (c->fd < 0)
+		c->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
 	c->memfd = memfd_create("lazymap-cache", MFD_CLOEXEC);
 	if (c->fd < 0 || c->memfd < 0 || memfd_size(c->memfd)) {
 		int err = errno;
@@ -322,16 +323,7 @@ static int late_fd(struct cache *c, int *slot, int src_fd, int flags)
 
 	pthread_mutex_lock(&c->lock);
 	if (*slot < 0) {
-		if (flags < 0) {
-			*slot = fcntl(src_fd, F_DUPFD_CLOEXEC, 3);
-		} else {
-			char path[64];
-
-			/* A new open file description: O_DIRECT on the caller's own
-			 * would change how their reads behave. */
-			snprintf(path, sizeof(path), "/proc/self/fd/%d", src_fd);
-			*slot = open(path, flags | O_CLOEXEC);
-		}
+		*slot = flags < 0 ? fcntl(src_fd, F_DUPFD_CLOEXEC, 3) : fd_reopen(src_fd, flags);
 		/* file systems without O_DIRECT refuse it with EINVAL (tmpfs
 		 * did before Linux 6.6; it accepts it since) */
 		if (*slot < 0)
@@ -1027,17 +1019,13 @@ static void wb_write_ring(struct cache *c, struct wb *wb, const char *win, uint6
 	struct io_uring ring;
 	size_t next = 0, inflight = 0;
 
-	char path[64];
-	int dfd;
-
 	/*
 	 * Whole pages go with O_DIRECT: no read-modify-write of the file's own
 	 * page cache, and nothing left for fdatasync to write but metadata
 	 * (the kernel's cached copies of those pages are dropped). A file
 	 * system that refuses it gets buffered writes.
 	 */
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", c->wfd);
-	dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
+	int dfd = fd_reopen(c->wfd, O_WRONLY | O_DIRECT);
 	if (io_uring_queue_init(WB_RING_DEPTH, &ring, 0)) {
 		if (dfd >= 0)
 			close(dfd);
@@ -1230,6 +1218,12 @@ int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap
  * look (then it is DIRTY and stays) or waits for the eviction like a fault
  * on a page being read. Returns the pages claimed; *dirty gets the dirty.
  */
+/* Bits 0 to n - 1 (n <= 64). */
+static uint64_t low_bits(size_t n)
+{
+	return n >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << n) - 1;
+}
+
 static uint64_t evict_claim(struct cache *c, struct cache_chunk *ch, uint64_t fp, size_t n,
 			    uint64_t want, uint64_t *dirty)
 {
@@ -1259,13 +1253,13 @@ static uint64_t evict_claim(struct cache *c, struct cache_chunk *ch, uint64_t fp
 size_t lzm_cache_evict(struct cache *c, uint64_t fp, size_t n, struct lazymap *lm, uint64_t *kept)
 {
 	struct cache_chunk *ch = chunk_get(c, fp, false);
-	uint64_t want = n >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << n) - 1, claimed, dirty, again;
+	uint64_t claimed, dirty, again;
 	size_t dropped = 0;
 
 	*kept = 0;
 	if (!ch)
 		return 0;
-	claimed = evict_claim(c, ch, fp, n, want, &dirty);
+	claimed = evict_claim(c, ch, fp, n, low_bits(n), &dirty);
 	if (dirty) {
 		/* A dirty page is written back first: protected wherever it is
 		 * mapped, written, clean; a write meanwhile makes it dirty again,
@@ -1295,15 +1289,14 @@ size_t lzm_cache_evict(struct cache *c, uint64_t fp, size_t n, struct lazymap *l
 		 */
 		punched = fallocate(c->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				    (off_t)((fp + i) << lzm_page_shift), (off_t)(len << lzm_page_shift)) == 0;
-		if (punched) {
-			count(c, ch, -(int)len, 0);
+		if (punched)
 			dropped += len;
-		} else {
-			*kept |= (len >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << len) - 1) << i;
-		}
+		else
+			*kept |= low_bits(len) << i;
 		lzm_cache_release(c, fp + i, len, !punched);
-		if (!punched)
-			count(c, ch, -(int)len, 0); /* release counted them again */
+		/* the claim took them out of CACHED uncounted; a release as
+		 * cached counted them again */
+		count(c, ch, -(int)len, 0);
 		i += len;
 	}
 	return dropped;

@@ -130,6 +130,18 @@ static bool ghost_take(struct evictor *ev, uint64_t id, uint64_t fp)
 	return true;
 }
 
+/* CLOCK_REALTIME, as pthread_cond_timedwait() wants it, ns from now. */
+static struct timespec deadline(uint64_t ns)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_REALTIME, &t);
+	ns += (uint64_t)t.tv_nsec;
+	t.tv_sec += (time_t)(ns / 1000000000);
+	t.tv_nsec = (long)(ns % 1000000000);
+	return t;
+}
+
 /* ------------------------------------------------------------ the fill side */
 
 static void resident_add(struct evictor *ev, int64_t n)
@@ -177,8 +189,8 @@ void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n
 void lzm_evict_wait(struct lazymap *lm)
 {
 	struct evictor *ev = lm->ev;
-	uint64_t t0;
 	struct timespec until;
+	uint64_t t0;
 
 	if (!ev || atomic_load_explicit(&ev->resident, memory_order_relaxed) < ev->limit)
 		return;
@@ -187,8 +199,7 @@ void lzm_evict_wait(struct lazymap *lm)
 		return;
 	}
 	t0 = lzm_now_ns();
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += 1;
+	until = deadline(WAIT_MAX_NS);
 	pthread_mutex_lock(&ev->lock);
 	while (!ev->stop && !atomic_load_explicit(&ev->stuck, memory_order_relaxed) &&
 	       atomic_load_explicit(&ev->resident, memory_order_relaxed) >= ev->limit) {
@@ -215,6 +226,8 @@ void lzm_evict_wait(struct lazymap *lm)
  */
 #define BATCH_PAGES 512
 #define BATCH_RUNS  64
+/* How long the evictor waits before a batch after one that freed nothing. */
+#define STUCK_RETRY_NS (20 * 1000 * 1000ull)
 
 static int run_cmp(const void *a, const void *b)
 {
@@ -311,19 +324,11 @@ static void *evictor_main(void *arg)
 		pthread_mutex_lock(&ev->lock);
 		resident_add(ev, (int64_t)(taken - gone));
 		atomic_store_explicit(&ev->stuck, !gone, memory_order_relaxed);
-		if (gone) {
-			pthread_cond_broadcast(&ev->freed);
-		} else {
-			/* nothing could go: let the fills that wait go on, try again later */
-			struct timespec until;
+		pthread_cond_broadcast(&ev->freed);
+		if (!gone) {
+			/* nothing could go: the fills that wait go on (stuck); try again later */
+			struct timespec until = deadline(STUCK_RETRY_NS);
 
-			pthread_cond_broadcast(&ev->freed);
-			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_nsec += 20 * 1000 * 1000;
-			if (until.tv_nsec >= 1000000000) {
-				until.tv_sec++;
-				until.tv_nsec -= 1000000000;
-			}
 			pthread_cond_timedwait(&ev->wake, &ev->lock, &until);
 		}
 	}
