@@ -1064,6 +1064,22 @@ static inline long twin_dirty(struct twin *t)
 }
 
 #ifdef cr_skip_test
+/* A test's scratch directory: made by its .init (or the test fails)... */
+static inline void scratch_setup(char *dir, size_t len, const char *tag)
+{
+	int ret = scratch_make(dir, len, tag);
+
+	cr_assert_eq(ret, 0, "mkdtemp %s: %s", dir, strerror(-ret));
+}
+
+/* ...and removed by its .fini, or before a skip (dir is "" once gone). */
+static inline void scratch_drop(char *dir)
+{
+	if (dir[0])
+		scratch_remove(dir);
+	dir[0] = '\0';
+}
+
 /* A twin for a test: a lazymap as open_or_skip() gives it, or the kernel. */
 static inline void twin_open_or_skip(struct twin *t, enum twin_kind kind,
 				     const struct lazymap_opts *opts)

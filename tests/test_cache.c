@@ -30,16 +30,12 @@ static struct {
 
 static void fx_setup(void)
 {
-	int ret = scratch_make(fx.dir, sizeof(fx.dir), "cache");
-
-	cr_assert_eq(ret, 0, "mkdtemp %s: %s", fx.dir, strerror(-ret));
+	scratch_setup(fx.dir, sizeof(fx.dir), "cache");
 }
 
 static void fx_teardown(void)
 {
-	if (fx.dir[0])
-		scratch_remove(fx.dir);
-	fx.dir[0] = '\0';
+	scratch_drop(fx.dir);
 }
 
 #define FIXTURE .init = fx_setup, .fini = fx_teardown

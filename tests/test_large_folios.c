@@ -43,9 +43,7 @@ static int shmem_set(const char *mode)
 
 static void fx_setup(void)
 {
-	int ret = scratch_make(fx.dir, sizeof(fx.dir), "folios");
-
-	cr_assert_eq(ret, 0, "mkdtemp %s: %s", fx.dir, strerror(-ret));
+	scratch_setup(fx.dir, sizeof(fx.dir), "folios");
 }
 
 static void fx_teardown(void)
@@ -53,9 +51,7 @@ static void fx_teardown(void)
 	if (fx.shmem_was[0])
 		shmem_set(fx.shmem_was);
 	fx.shmem_was[0] = '\0';
-	if (fx.dir[0])
-		scratch_remove(fx.dir);
-	fx.dir[0] = '\0';
+	scratch_drop(fx.dir);
 }
 
 /* Remember the mode in brackets ("always within_size advise [never] deny force"), set within_size. */

@@ -39,15 +39,12 @@ static struct {
 
 static void fx_setup(void)
 {
-	int ret = scratch_make(fx.dir, sizeof(fx.dir), "shared");
-
-	cr_assert_eq(ret, 0, "mkdtemp %s: %s", fx.dir, strerror(-ret));
+	scratch_setup(fx.dir, sizeof(fx.dir), "shared");
 }
 
 static void fx_teardown(void)
 {
-	if (fx.dir[0])
-		scratch_remove(fx.dir);
+	scratch_drop(fx.dir);
 	if (fx.shm[0])
 		unlink(fx.shm);
 	memset(&fx, 0, sizeof(fx));
