@@ -120,6 +120,14 @@ struct lazymap_opts {
 	 */
 	void (*log)(void *log_arg, int level, const char *msg);
 	void *log_arg;
+	/*
+	 * The directory of the swap file that written pages of anonymous and
+	 * fill regions go to under resident_limit (an unlinked file of the
+	 * library's own, O_TMPFILE). NULL: $TMPDIR, else /var/tmp. Only
+	 * looked at when resident_limit is set; a directory that cannot take
+	 * the file fails lazymap_open with its errno.
+	 */
+	const char *swap_path;
 };
 /* The size of the first struct lazymap_opts, the smallest lazymap_open_sized() takes. */
 #define LAZYMAP_OPTS_SIZE_VER0 (offsetof(struct lazymap_opts, spin_us) + sizeof(unsigned))
@@ -445,7 +453,10 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(resident_peak, NOW, "the most resident_bytes has been")                              \
 	X(refaults, SUM, "pages filled again soon after they were evicted")                     \
 	X(evict_wait_ns, SUM, "time fills waited for eviction at resident_limit")               \
-	X(budget_overruns, SUM, "fills that went on over resident_limit (eviction could free nothing in time)")
+	X(budget_overruns, SUM, "fills that went on over resident_limit (eviction could free nothing in time)") \
+	X(swap_outs, SUM, "pages written to the swap file (written pages of anonymous and fill regions)") \
+	X(swap_ins, SUM, "pages read back from the swap file")                                  \
+	X(swap_bytes, NOW, "bytes of the swap file in use")
 
 /* Counters since lazymap_open. */
 struct lazymap_stats {

@@ -57,6 +57,7 @@ struct evictor {
 	uint64_t limit, high, low, in_max; /* pages */
 	_Atomic uint64_t resident, peak;   /* pages in the queues (some may be gone already) */
 	bool stop, kicked;
+	bool fifo;            /* LAZYMAP_EVICT_POLICY=fifo: one queue, for comparison */
 	/* The last batch freed nothing (every page dirty and failing to be
 	 * written, say): fills stop waiting, the evictor retries slowly. */
 	atomic_bool stuck;
@@ -168,7 +169,7 @@ void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n
 		while (i + len < n && ghost_take(ev, c->id, fp + i + len) == back)
 			len++;
 		/* no memory for the queue: the pages stay, uncounted */
-		if (q_push(back ? &ev->am : &ev->in, c->id, fp + i, len) == 0)
+		if (q_push(back && !ev->fifo ? &ev->am : &ev->in, c->id, fp + i, len) == 0)
 			resident_add(ev, (int64_t)len);
 		if (back)
 			refaults += len;
@@ -261,7 +262,7 @@ static uint64_t evict_cache_runs(struct evictor *ev, struct ev_run *runs, size_t
 			for (size_t k = 0; k < len; k++) {
 				if (kept >> k & 1) {
 					/* written again, or being read: a second chance */
-					q_push(&ev->am, runs[i].id, fp + k, 1);
+					q_push(ev->fifo ? &ev->in : &ev->am, runs[i].id, fp + k, 1);
 					continue;
 				}
 				ghost_add(ev, runs[i].id, fp + k);
@@ -353,6 +354,10 @@ int lzm_evict_start(struct lazymap *lm)
 	ev->high = limit - limit / 16;
 	ev->low = limit - limit / 8;
 	ev->in_max = limit / 4;
+	/* The bench's same-run comparison with umap's policy; not an option. */
+	const char *policy = getenv("LAZYMAP_EVICT_POLICY");
+
+	ev->fifo = policy && !strcmp(policy, "fifo");
 	while (slots < limit)
 		slots <<= 1;
 	ev->ghost = calloc(slots, sizeof(*ev->ghost));
