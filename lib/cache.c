@@ -214,7 +214,7 @@ static int fill_copy(int uffd, char *dst, const char *buf, size_t len)
 
 	while (len) {
 		size_t done = 0;
-		int ret = lzm_uffd_copy(uffd, (uintptr_t)dst, buf, len, &done);
+		int ret = lzm_uffd_copy(uffd, (uintptr_t)dst, buf, len, false, &done);
 
 		if (ret == -EEXIST) {
 			/* there already, though we hold its claim (a recheck racing a

@@ -51,8 +51,9 @@ enum claim lzm_claim_page(struct mm *mm, _Atomic uint8_t *state, uintptr_t addr)
 	 * kernel refuses it (EEXIST, then a wake) if the page is there.
 	 */
 	if ((old & PAGE_FILLED) && mm->self && page_present(addr)) {
-		/* the wake covers any waiter that came meanwhile */
-		atomic_store_explicit(state, PAGE_FILLED, memory_order_release);
+		/* the wake covers any waiter that came meanwhile; what the
+		 * budget knows of the page (written, a zero page) stays */
+		atomic_store_explicit(state, old, memory_order_release);
 		lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
 		return CLAIM_PRESENT;
 	}
@@ -69,10 +70,16 @@ void lzm_release_run(struct mm *mm, struct source *src, uintptr_t addr, uint64_t
 		return;
 	}
 
+	/* a page not installed that has a slot is still in swap */
 	for (size_t i = 0; i < n; i++)
-		seen |= atomic_exchange_explicit(&src->state[idx + i], to, memory_order_acq_rel);
+		seen |= atomic_exchange_explicit(&src->state[idx + i],
+						 to || !source_slot(src, idx + i) ? to : PAGE_SWAPPED,
+						 memory_order_acq_rel);
 	if (seen & PAGE_WAITER)
 		lzm_uffd_wake(mm->uffd, addr, n << lzm_page_shift);
+	/* the budget counts what we installed in our own address space */
+	if (installed && mm->self && mm->lm->ev)
+		lzm_evict_filled_src(mm->lm, src, addr, idx, n);
 }
 
 size_t lzm_claim_fresh(_Atomic uint8_t *state, size_t max)

@@ -244,8 +244,14 @@ static struct source *clone_once(struct vma *v, struct source **last_old,
 		return *last_clone;
 	if (lzm_source_clone(v->src, v->src->base, v->src->npages, &c))
 		return NULL;
-	if (copy_filled)
+	if (copy_filled) {
 		state_copy_filled(c, v->src);
+		/* the child's pages in our swap: it reads them from there too */
+		if (lzm_swap_clone(c, v->src)) {
+			lzm_source_put(c);
+			return NULL;
+		}
+	}
 	lzm_source_put(*last_clone);
 	*last_clone = c;
 	*last_old = v->src;
@@ -295,6 +301,7 @@ static void erase_range(struct handler *h, struct mm *mm, uintptr_t start, uintp
 	for (v = lzm_vma_find(&mm->tree, start); v && v->start < end; v = next) {
 		next = lzm_vma_next(v);
 		lzm_vma_erase(&mm->tree, v);
+		lzm_vma_pages_gone(v);
 		state_release(v->src, v->pgoff, (v->end - v->start) >> lzm_page_shift);
 		/* its dirty pages go with the next sync of any region of the file */
 		if (vma_writeback(v))
@@ -354,6 +361,25 @@ static void apply_remap(struct handler *h, struct mm *mm, uintptr_t from, uintpt
 }
 
 /*
+ * A page the program dropped: not installed, not in swap, nothing written.
+ * A page being filled, read back or evicted keeps PAGE_BUSY: its owner
+ * sees FILLED or SWAPPED gone, and lets go of the slot itself.
+ */
+static void forget_page(struct source *src, uint64_t idx)
+{
+	_Atomic uint8_t *s = &src->state[idx];
+	uint8_t old = atomic_load_explicit(s, memory_order_relaxed), want;
+
+	do {
+		if (!(old & (PAGE_FILLED | PAGE_SWAPPED | PAGE_WRITTEN | PAGE_ZERO)))
+			return;
+		want = old & (PAGE_BUSY | PAGE_WAITER);
+	} while (!atomic_compare_exchange_weak(s, &old, want));
+	if (!(old & PAGE_BUSY))
+		lzm_swap_forget(src, idx);
+}
+
+/*
  * MADV_DONTNEED, MADV_FREE, MADV_REMOVE: the pages are dropped (or will be)
  * and the next touch faults. Forget that they were installed, so that
  * readahead and fault-around take them again; a fill that installs one
@@ -377,9 +403,7 @@ static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
 			continue;
 		}
 		for (; s < e; s += lzm_page_size, idx++)
-			if (atomic_load_explicit(&v->src->state[idx], memory_order_relaxed) &
-			    PAGE_FILLED)
-				atomic_fetch_and(&v->src->state[idx], (uint8_t)~PAGE_FILLED);
+			forget_page(v->src, idx);
 	}
 	pthread_rwlock_unlock(&mm->lock);
 }
@@ -919,6 +943,7 @@ void lzm_fork_prepare(struct lazymap *lm)
 {
 	int sv[2];
 
+	lzm_evict_fork_hold(lm);
 	lm->fork_peer = -1;
 	if (!(lm->mm.features & UFFD_FEATURE_EVENT_FORK) || lm->closing)
 		return;
@@ -961,6 +986,7 @@ void lzm_fork_parent(struct lazymap *lm)
 {
 	int fd;
 
+	lzm_evict_fork_release(lm);
 	atomic_store(&lm->forking, false);
 	if (lm->fork_peer < 0)
 		return;
@@ -979,6 +1005,7 @@ void lzm_fork_child(struct lazymap *lm)
 {
 	int fd = atomic_exchange(&lm->fork_watch, -1);
 
+	lzm_evict_fork_release(lm);
 	if (fd >= 0)
 		close(fd);
 	if (lm->fork_peer >= 0 && new_nwatch < MAX_WATCH)

@@ -20,22 +20,58 @@
  * waits for it (lzm_evict_wait), so that the peak stays within one fill of
  * the limit.
  *
- * What is evicted now: pages of the file caches (a hole punched in the
- * memfd, after write-back if dirty: cache.c). Anonymous and fill-callback
- * pages are not counted yet: they need a swap of our own.
+ * What is evicted: pages of the file caches (a hole punched in the memfd,
+ * after write-back if dirty: cache.c), and pages of anonymous and fill
+ * regions (evict_anon_runs): taken out of the program's address space with
+ * UFFDIO_MOVE into a staging area of ours, written to swap (swap.c) if the
+ * program wrote them, dropped if not (they are produced again).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "compat.h"
 #include "internal.h"
 
-/* A run of pages one fill brought into a cache: the cache's id, its file pages. */
+/*
+ * A run of pages one fill brought in: a cache's (src NULL: the cache's id,
+ * its file pages), or a source's in our own address space (src, with a
+ * reference; its pages from fp, last seen at addr).
+ */
 struct ev_run {
 	uint64_t id;
 	uint64_t fp;
 	uint64_t n;
+	struct source *src;
+	uintptr_t addr;
+};
+
+/* Most pages one batch of the evictor takes (the staging area's size), in
+ * at most BATCH_RUNS runs. */
+#define BATCH_PAGES 512
+#define BATCH_RUNS  64
+
+/* What becomes of a page a batch took from an anonymous or fill region. */
+enum fate {
+	P_FORGET,  /* not ours to evict (read-only, unmapped): left alone, no longer counted */
+	P_KEEP,    /* stays (busy, shared with a child, or swap failed): a second chance */
+	P_GONE,    /* no longer there (the program dropped it, or its region went) */
+	P_FRESH,   /* dropped: never written, it is produced again */
+	P_SWAPPED, /* dropped: its slot has its bytes already */
+	P_WRITE,   /* written to a new slot, then dropped */
+};
+
+struct ev_page {
+	uintptr_t addr;
+	uint64_t idx;
+	uint32_t slot;
+	uint8_t fate;
+	bool claimed;
+	bool back;  /* moved out and back: see move_back */
 };
 
 /* A FIFO of runs (a ring that grows). */
@@ -58,6 +94,20 @@ struct evictor {
 	_Atomic uint64_t resident, peak;   /* pages in the queues (some may be gone already) */
 	bool stop, kicked;
 	bool fifo;            /* LAZYMAP_EVICT_POLICY=fifo: one queue, for comparison */
+	/*
+	 * Anonymous and fill pages leave through UFFDIO_MOVE into staging, a
+	 * mapping registered with a userfaultfd of our own (uffd: no events,
+	 * so dropping staging pages raises nothing a handler must read).
+	 * fork_lock is held by the evictor from taking pages to letting go of
+	 * them, and by fork() from prepare to parent/child: a page is never
+	 * on its way to swap while fork() copies the address space (the
+	 * child's copy would have it nowhere). Taken before any mm's lock.
+	 */
+	int uffd;
+	char *staging;
+	struct ev_page *pg;
+	pthread_mutex_t fork_lock;
+	bool fork_held;       /* by the thread in fork(), under fork_lock */
 	/* The last batch freed nothing (every page dirty and failing to be
 	 * written, say): fills stop waiting, the evictor retries slowly. */
 	atomic_bool stuck;
@@ -67,7 +117,7 @@ struct evictor {
 
 /* ------------------------------------------------------------ queues and ghosts */
 
-static int q_push(struct ev_queue *q, uint64_t id, uint64_t fp, uint64_t n)
+static int q_push(struct ev_queue *q, struct ev_run r)
 {
 	if (q->len == q->cap) {
 		size_t cap = q->cap ? 2 * q->cap : 1024;
@@ -82,8 +132,9 @@ static int q_push(struct ev_queue *q, uint64_t id, uint64_t fp, uint64_t n)
 		q->head = 0;
 		q->cap = cap;
 	}
-	q->v[(q->head + q->len++) % q->cap] = (struct ev_run){ id, fp, n };
-	q->pages += n;
+	q->v[(q->head + q->len++) % q->cap] = r;
+	q->pages += r.n;
+	lzm_source_get(r.src); /* the queue's own */
 	return 0;
 }
 
@@ -100,6 +151,8 @@ static bool q_pop(struct ev_queue *q, size_t max, struct ev_run *out)
 		out->n = max;
 		r->fp += max;
 		r->n -= max;
+		r->addr += max << lzm_page_shift;
+		lzm_source_get(out->src); /* the rest keeps the queue's */
 	} else {
 		q->head = (q->head + 1) % q->cap;
 		q->len--;
@@ -154,7 +207,9 @@ static void resident_add(struct evictor *ev, int64_t n)
 		atomic_store_explicit(&ev->peak, now, memory_order_relaxed);
 }
 
-void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n)
+/* n pages from fp entered a cache (src NULL: id is its id) or src at addr. */
+static void filled(struct lazymap *lm, uint64_t id, struct source *src, uintptr_t addr,
+		   uint64_t fp, size_t n)
 {
 	struct evictor *ev = lm->ev;
 	uint64_t refaults = 0;
@@ -163,13 +218,15 @@ void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n
 		return;
 	pthread_mutex_lock(&ev->lock);
 	for (size_t i = 0; i < n;) {
-		bool back = ghost_take(ev, c->id, fp + i);
+		bool back = ghost_take(ev, id, fp + i);
 		size_t len = 1;
+		struct ev_run r = { id, fp + i, 0, src, addr + (i << lzm_page_shift) };
 
-		while (i + len < n && ghost_take(ev, c->id, fp + i + len) == back)
+		while (i + len < n && ghost_take(ev, id, fp + i + len) == back)
 			len++;
+		r.n = len;
 		/* no memory for the queue: the pages stay, uncounted */
-		if (q_push(back && !ev->fifo ? &ev->am : &ev->in, c->id, fp + i, len) == 0)
+		if (q_push(back && !ev->fifo ? &ev->am : &ev->in, r) == 0)
 			resident_add(ev, (int64_t)len);
 		if (back)
 			refaults += len;
@@ -182,6 +239,18 @@ void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n
 	pthread_mutex_unlock(&ev->lock);
 	if (refaults)
 		atomic_fetch_add_explicit(&lm->wstats.refaults, refaults, memory_order_relaxed);
+}
+
+void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n)
+{
+	filled(lm, c->id, NULL, 0, fp, n);
+}
+
+void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr, uint64_t idx,
+			  size_t n)
+{
+	if (lm->ev && lm->ev->staging)
+		filled(lm, (uintptr_t)src, src, addr, idx, n);
 }
 
 /* The longest a fill waits for eviction before it goes on over the limit. */
@@ -225,8 +294,6 @@ void lzm_evict_wait(struct lazymap *lm)
  * there: what it cleans beyond our runs can go cheaply later), then each run
  * is evicted (a claim covers 64 pages).
  */
-#define BATCH_PAGES 512
-#define BATCH_RUNS  64
 /* How long the evictor waits before a batch after one that freed nothing. */
 #define STUCK_RETRY_NS (20 * 1000 * 1000ull)
 
@@ -234,6 +301,8 @@ static int run_cmp(const void *a, const void *b)
 {
 	const struct ev_run *x = a, *y = b;
 
+	if (x->src != y->src)
+		return (uintptr_t)x->src < (uintptr_t)y->src ? -1 : 1;
 	return x->id != y->id ? (x->id < y->id ? -1 : 1) : x->fp < y->fp ? -1 : x->fp > y->fp;
 }
 
@@ -262,7 +331,8 @@ static uint64_t evict_cache_runs(struct evictor *ev, struct ev_run *runs, size_t
 			for (size_t k = 0; k < len; k++) {
 				if (kept >> k & 1) {
 					/* written again, or being read: a second chance */
-					q_push(ev->fifo ? &ev->in : &ev->am, runs[i].id, fp + k, 1);
+					q_push(ev->fifo ? &ev->in : &ev->am,
+					       (struct ev_run){ runs[i].id, fp + k, 1, NULL, 0 });
 					continue;
 				}
 				ghost_add(ev, runs[i].id, fp + k);
@@ -273,6 +343,292 @@ static uint64_t evict_cache_runs(struct evictor *ev, struct ev_run *runs, size_t
 		}
 	}
 	lzm_cache_put(c);
+	return gone;
+}
+
+/* ------------------------------------------------------------ anonymous and fill pages */
+
+/* Where page idx of src is mapped in mm, writable, near hint; 0 if nowhere. *vp caches the VMA. */
+static uintptr_t page_addr(struct mm *mm, struct source *src, uint64_t idx, uintptr_t hint,
+			   struct vma **vp)
+{
+	struct vma *v = *vp;
+
+	if (!v || v->src != src || idx < v->pgoff ||
+	    idx - v->pgoff >= (v->end - v->start) >> lzm_page_shift) {
+		v = lzm_vma_lookup(&mm->tree, hint);
+		if (!v || v->src != src || idx < v->pgoff ||
+		    idx - v->pgoff >= (v->end - v->start) >> lzm_page_shift) {
+			/* moved by mremap since: look for it (rare) */
+			for (v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
+				if (v->src == src && idx >= v->pgoff &&
+				    idx - v->pgoff < (v->end - v->start) >> lzm_page_shift)
+					break;
+		}
+		*vp = v;
+	}
+	/* UFFDIO_MOVE takes pages from writable private anonymous mappings only */
+	if (!v || v->prot != (PROT_READ | PROT_WRITE) || (v->flags & LAZYMAP_SHARED))
+		return 0;
+	return v->start + ((idx - v->pgoff) << lzm_page_shift);
+}
+
+static bool page_is_zero(const char *p)
+{
+	const uint64_t *w = (const uint64_t *)p;
+	uint64_t acc = 0;
+
+	for (size_t i = 0; i < lzm_page_size / sizeof(*w); i++)
+		acc |= w[i];
+	return !acc;
+}
+
+/* Move pg[from, to) (claimed, consecutive addresses) out to staging. mm->lock held. */
+static void move_out(struct evictor *ev, struct ev_page *pg, size_t from, size_t to)
+{
+	while (from < to) {
+		size_t done = 0;
+		int ret = lzm_uffd_move(ev->uffd, (uintptr_t)ev->staging + (from << lzm_page_shift),
+					pg[from].addr, (to - from) << lzm_page_shift,
+					UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, &done);
+
+		from += done >> lzm_page_shift;
+		if (ret == 0 || (ret == -EAGAIN && done))
+			continue;
+		/* EBUSY: shared with a child since fork; ENOENT: unmapped meanwhile */
+		if (from < to)
+			pg[from++].fate = ret == -ENOENT ? P_GONE : P_KEEP;
+	}
+}
+
+/*
+ * Give back pages whose write to swap failed: UFFDIO_MOVE back where they
+ * were, through the program's userfaultfd (its range is registered there),
+ * while they are still claimed. It may have to wait for events the
+ * handlers have yet to read (EAGAIN).
+ */
+static void move_back(struct evictor *ev, struct mm *mm, struct source *src, struct ev_page *p,
+		      size_t k)
+{
+	for (unsigned tries = 0;; tries++) {
+		struct vma *v = NULL;
+		size_t done;
+		int ret = -ENOENT;
+
+		pthread_rwlock_rdlock(&mm->lock);
+		if (page_addr(mm, src, p->idx, p->addr, &v) == p->addr)
+			ret = lzm_uffd_move(mm->uffd, p->addr,
+					    (uintptr_t)ev->staging + (k << lzm_page_shift),
+					    lzm_page_size, UFFDIO_MOVE_MODE_DONTWAKE, &done);
+		pthread_rwlock_unlock(&mm->lock);
+		if (ret == 0) {
+			/* A moved page comes back writable, its write protection
+			 * gone: its next write would go unseen. So it counts as
+			 * written (a fill page), and its slot is stale (swap.c). */
+			p->fate = P_KEEP;
+			p->back = true;
+			return;
+		}
+		if (ret != -EAGAIN || ev->stop || tries > 5000) {
+			/* its region went (ENOENT), or it cannot be put back */
+			if (ret != -ENOENT)
+				lzm_log(ev->lm, LOG_ERR, "a page at %#lx could not be swapped nor "
+					"put back (%s): lost", (unsigned long)p->addr, strerror(-ret));
+			p->fate = P_GONE;
+			return;
+		}
+		struct timespec ts = { .tv_nsec = 200000 };
+
+		nanosleep(&ts, NULL);
+	}
+}
+
+/* Write the P_WRITE pages of pg[0, n) to new slots; those that cannot be are P_KEEP. */
+static void swap_out(struct evictor *ev, struct source *src, struct ev_page *pg, size_t n)
+{
+	struct swap *sw = ev->lm->swap;
+	struct swap_io io[BATCH_PAGES];
+	size_t nio = 0;
+
+	if (!lzm_swap_table(src, sw)) {
+		for (size_t k = 0; k < n; k++)
+			if (pg[k].fate == P_WRITE)
+				pg[k].fate = P_KEEP;
+		return;
+	}
+	for (size_t k = 0; k < n;) {
+		uint32_t want = 0, got, slot;
+
+		while (k + want < n && pg[k + want].fate == P_WRITE)
+			want++;
+		if (!want) {
+			k++;
+			continue;
+		}
+		got = lzm_swap_alloc(sw, want, &slot);
+		if (!got) {
+			/* the swap is full: these stay, over the budget */
+			for (; k < n; k++)
+				if (pg[k].fate == P_WRITE)
+					pg[k].fate = P_KEEP;
+			break;
+		}
+		io[nio++] = (struct swap_io){ ev->staging + (k << lzm_page_shift),
+					      (size_t)got << lzm_page_shift, slot, 0 };
+		for (uint32_t i = 0; i < got; i++)
+			pg[k + i].slot = slot + i;
+		k += got;
+	}
+	lzm_swap_write(sw, io, nio);
+	for (size_t i = 0; i < nio; i++) {
+		size_t k = (size_t)(io[i].buf - ev->staging) >> lzm_page_shift;
+
+		if (io[i].res == (int)io[i].len)
+			continue;
+		if (i == 0 || io[i - 1].res == (int)io[i - 1].len)
+			lzm_log(ev->lm, LOG_WARNING, "swap write failed (%s): pages stay resident",
+				strerror(io[i].res < 0 ? -io[i].res : EIO));
+		for (uint32_t j = 0; j < io[i].len >> lzm_page_shift; j++) {
+			lzm_swap_free(sw, io[i].slot + j);
+			pg[k + j].fate = P_KEEP;
+		}
+	}
+}
+
+/* The state a page a batch claimed is left in, by its fate; slot set first. mm->lock held. */
+static void let_go(struct mm *mm, struct source *src, struct ev_page *p)
+{
+	_Atomic uint8_t *s = &src->state[p->idx];
+	uint8_t old = atomic_load(s), want;
+
+	if (p->fate == P_WRITE)
+		atomic_store(&src->slots[p->idx], p->slot + 1);
+	do {
+		if (!(old & PAGE_FILLED)) {
+			/* the program dropped it meanwhile (apply_remove): gone */
+			want = 0;
+		} else if (p->fate == P_KEEP) {
+			want = old & (PAGE_FILLED | PAGE_WRITTEN | PAGE_ZERO);
+			if (p->back)
+				want |= PAGE_WRITTEN;
+		} else {
+			want = p->fate == P_WRITE || p->fate == P_SWAPPED ? PAGE_SWAPPED : 0;
+		}
+	} while (!atomic_compare_exchange_weak(s, &old, want));
+	if ((!(old & PAGE_FILLED) && p->fate != P_KEEP) || p->back)
+		lzm_swap_forget(src, p->idx);
+	if (old & PAGE_WAITER)
+		lzm_uffd_wake(mm->uffd, p->addr, lzm_page_size);
+	if (!want && p->fate == P_KEEP)
+		p->fate = P_GONE;
+}
+
+/*
+ * Evict runs[0..n) of one source (in page order) from our own address
+ * space. Pages are claimed (PAGE_BUSY: a fault on one waits for us) and
+ * moved out with UFFDIO_MOVE, which takes each page whole at once: a write
+ * of the program's either made it before the move, or faults after it and
+ * waits. Written pages go to swap, the others are dropped; each is let go
+ * in its new state and its waiters woken (they fault again, and read it
+ * back). Returns the pages no longer resident.
+ */
+static uint64_t evict_anon_runs(struct evictor *ev, struct ev_run *runs, size_t nr)
+{
+	struct lazymap *lm = ev->lm;
+	struct mm *mm = &lm->mm;
+	struct source *src = runs[0].src;
+	struct ev_page *pg = ev->pg;
+	unsigned char vec[BATCH_PAGES];
+	uint64_t gone = 0, written = 0, dropped = 0;
+	struct vma *v = NULL;
+	size_t np = 0;
+
+	pthread_mutex_lock(&ev->fork_lock);
+	pthread_rwlock_rdlock(&mm->lock);
+	for (size_t r = 0; r < nr; r++) {
+		for (uint64_t i = 0; i < runs[r].n && np < BATCH_PAGES; i++) {
+			struct ev_page *p = &pg[np++];
+			_Atomic uint8_t *s = &src->state[runs[r].fp + i];
+			uint8_t old = atomic_load(s);
+
+			*p = (struct ev_page){ .idx = runs[r].fp + i, .fate = P_GONE };
+			p->addr = page_addr(mm, src, p->idx, runs[r].addr + (i << lzm_page_shift), &v);
+			if (!p->addr) {
+				p->fate = v ? P_FORGET : P_GONE;
+				continue;
+			}
+			do {
+				if (!(old & PAGE_FILLED) || (old & PAGE_BUSY))
+					break;
+			} while (!atomic_compare_exchange_weak(s, &old, old | PAGE_BUSY));
+			if (!(old & PAGE_FILLED))
+				continue; /* dropped, or in swap already */
+			if (old & PAGE_BUSY) {
+				p->fate = P_KEEP; /* a fill or a write is at it */
+				continue;
+			}
+			p->claimed = true;
+			p->fate = P_WRITE; /* for now: moved */
+		}
+	}
+	for (size_t k = 0, j; k < np; k = j) {
+		for (j = k + 1; j < np && pg[j].claimed && pg[j - 1].claimed &&
+				pg[j].addr == pg[j - 1].addr + lzm_page_size;
+		     j++)
+			;
+		if (pg[k].claimed)
+			move_out(ev, pg, k, j);
+	}
+	pthread_rwlock_unlock(&mm->lock);
+
+	/* What each moved page is: a hole (it was not there), a page its slot
+	 * holds already, one never written, or one to write. */
+	if (np && mincore(ev->staging, np << lzm_page_shift, vec))
+		memset(vec, 1, np);
+	for (size_t k = 0; k < np; k++) {
+		struct ev_page *p = &pg[k];
+		const char *page = ev->staging + (k << lzm_page_shift);
+
+		if (!p->claimed || p->fate != P_WRITE)
+			continue;
+		if (!(vec[k] & 1))
+			p->fate = P_FRESH;
+		else if (source_slot(src, p->idx))
+			p->fate = P_SWAPPED;
+		else if (src->ops->fill ? !(atomic_load(&src->state[p->idx]) & PAGE_WRITTEN)
+					: !source_produces(src) && page_is_zero(page))
+			p->fate = P_FRESH;
+	}
+	swap_out(ev, src, pg, np);
+	for (size_t k = 0; k < np; k++)
+		if (pg[k].claimed && pg[k].fate == P_KEEP && (vec[k] & 1))
+			move_back(ev, mm, src, &pg[k], k);
+
+	pthread_rwlock_rdlock(&mm->lock);
+	for (size_t k = 0; k < np; k++) {
+		struct ev_page *p = &pg[k];
+
+		if (p->claimed)
+			let_go(mm, src, p);
+		written += p->fate == P_WRITE;
+		dropped += p->fate >= P_FRESH;
+		gone += p->fate != P_KEEP;
+	}
+	pthread_rwlock_unlock(&mm->lock);
+	madvise(ev->staging, np << lzm_page_shift, MADV_DONTNEED);
+	pthread_mutex_unlock(&ev->fork_lock);
+
+	atomic_fetch_add_explicit(&lm->wstats.evictions, dropped, memory_order_relaxed);
+	atomic_fetch_add_explicit(&lm->wstats.swap_outs, written, memory_order_relaxed);
+	pthread_mutex_lock(&ev->lock);
+	for (size_t k = 0; k < np; k++) {
+		if (pg[k].fate == P_KEEP)
+			q_push(ev->fifo ? &ev->in : &ev->am,
+			       (struct ev_run){ (uintptr_t)src, pg[k].idx, 1, src, pg[k].addr });
+		else if (pg[k].fate >= P_FRESH)
+			ghost_add(ev, (uintptr_t)src, pg[k].idx);
+	}
+	pthread_mutex_unlock(&ev->lock);
 	return gone;
 }
 
@@ -318,10 +674,15 @@ static void *evictor_main(void *arg)
 		pthread_mutex_unlock(&ev->lock);
 		qsort(runs, nruns, sizeof(runs[0]), run_cmp);
 		for (size_t i = 0, j; i < nruns; i = j) {
-			for (j = i + 1; j < nruns && runs[j].id == runs[i].id; j++)
+			for (j = i + 1; j < nruns && runs[j].id == runs[i].id &&
+					runs[j].src == runs[i].src;
+			     j++)
 				;
-			gone += evict_cache_runs(ev, runs + i, j - i);
+			gone += runs[i].src ? evict_anon_runs(ev, runs + i, j - i)
+					    : evict_cache_runs(ev, runs + i, j - i);
 		}
+		for (size_t i = 0; i < nruns; i++)
+			lzm_source_put(runs[i].src);
 		pthread_mutex_lock(&ev->lock);
 		resident_add(ev, (int64_t)(taken - gone));
 		atomic_store_explicit(&ev->stuck, !gone, memory_order_relaxed);
@@ -338,11 +699,62 @@ static void *evictor_main(void *arg)
 	return NULL;
 }
 
+/*
+ * The staging area pages leave through, and the userfaultfd it is
+ * registered with (UFFDIO_MOVE moves into a range registered with the
+ * descriptor it is called on). Without MOVE (Linux < 6.8) anonymous and
+ * fill pages are not counted nor evicted: staging stays NULL.
+ */
+static int staging_init(struct evictor *ev)
+{
+	size_t len = BATCH_PAGES << lzm_page_shift;
+	uint64_t got = 0;
+	void *p;
+	int ret;
+
+	ev->pg = calloc(BATCH_PAGES, sizeof(*ev->pg));
+	if (!ev->pg)
+		return -ENOMEM;
+	ret = lzm_uffd_open(&ev->uffd);
+	if (ret)
+		return ret;
+	if (lzm_uffd_api(ev->uffd, UFFD_FEATURE_MOVE, &got) || !(got & UFFD_FEATURE_MOVE))
+		return 0;
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	madvise(p, len, MADV_NOHUGEPAGE);
+	ret = lzm_uffd_register(ev->uffd, (uintptr_t)p, len, UFFDIO_REGISTER_MODE_MISSING);
+	if (ret) {
+		munmap(p, len);
+		return ret;
+	}
+	ev->staging = p;
+	return 0;
+}
+
+void lzm_evict_fork_hold(struct lazymap *lm)
+{
+	if (lm->ev && lm->ev->staging) {
+		pthread_mutex_lock(&lm->ev->fork_lock);
+		lm->ev->fork_held = true;
+	}
+}
+
+void lzm_evict_fork_release(struct lazymap *lm)
+{
+	if (lm->ev && lm->ev->fork_held) {
+		lm->ev->fork_held = false;
+		pthread_mutex_unlock(&lm->ev->fork_lock);
+	}
+}
+
 int lzm_evict_start(struct lazymap *lm)
 {
 	uint64_t limit = lm->opts.resident_limit >> lzm_page_shift;
 	struct evictor *ev;
 	size_t slots = 1024;
+	int ret;
 
 	if (!limit)
 		return 0;
@@ -363,11 +775,19 @@ int lzm_evict_start(struct lazymap *lm)
 	ev->ghost = calloc(slots, sizeof(*ev->ghost));
 	ev->ghost_mask = slots - 1;
 	pthread_mutex_init(&ev->lock, NULL);
+	pthread_mutex_init(&ev->fork_lock, NULL);
 	pthread_cond_init(&ev->wake, NULL);
 	pthread_cond_init(&ev->freed, NULL);
+	ev->uffd = -1;
 	lm->ev = ev;
 	if (!ev->ghost)
 		return -ENOMEM;
+	ret = lzm_swap_open(lm, &lm->swap);
+	if (ret)
+		return ret;
+	ret = staging_init(ev);
+	if (ret)
+		return ret;
 	if (pthread_create(&ev->thread, NULL, evictor_main, ev))
 		return -EAGAIN;
 	ev->started = true;
@@ -389,9 +809,21 @@ void lzm_evict_stop(struct lazymap *lm)
 	if (ev->started)
 		pthread_join(ev->thread, NULL);
 	lm->ev = NULL;
+	for (struct ev_queue *q = &ev->in; q; q = q == &ev->in ? &ev->am : NULL)
+		for (size_t i = 0; i < q->len; i++)
+			lzm_source_put(q->v[(q->head + i) % q->cap].src);
 	free(ev->in.v);
 	free(ev->am.v);
 	free(ev->ghost);
+	free(ev->pg);
+	if (ev->staging)
+		munmap(ev->staging, BATCH_PAGES << lzm_page_shift);
+	if (ev->uffd >= 0)
+		close(ev->uffd);
+	/* sources that still have slots hold the swap until they go */
+	lzm_swap_put(lm->swap);
+	lm->swap = NULL;
+	pthread_mutex_destroy(&ev->fork_lock);
 	pthread_mutex_destroy(&ev->lock);
 	pthread_cond_destroy(&ev->wake);
 	pthread_cond_destroy(&ev->freed);

@@ -21,7 +21,7 @@
 #include "compat.h"
 #include "internal.h"
 
-enum install_how { INSTALL_ZEROPAGE, INSTALL_COPY, INSTALL_MOVE, INSTALL_POISON };
+enum install_how { INSTALL_ZEROPAGE, INSTALL_COPY, INSTALL_COPY_WP, INSTALL_MOVE, INSTALL_POISON };
 
 /*
  * Install [dst, dst+len) with one ioctl where the kernel lets us. The kernel
@@ -49,12 +49,13 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 			ret = lzm_uffd_zeropage(mm->uffd, dst, n, &done);
 			break;
 		case INSTALL_COPY:
+		case INSTALL_COPY_WP:
 			stat_add(&st->copy_ioctls, 1);
-			ret = lzm_uffd_copy(mm->uffd, dst, src, n, &done);
+			ret = lzm_uffd_copy(mm->uffd, dst, src, n, how == INSTALL_COPY_WP, &done);
 			break;
 		case INSTALL_MOVE:
 			stat_add(&st->move_ioctls, 1);
-			ret = lzm_uffd_move(mm->uffd, dst, (uintptr_t)src, n, &done);
+			ret = lzm_uffd_move(mm->uffd, dst, (uintptr_t)src, n, 0, &done);
 			break;
 		case INSTALL_POISON:
 			ret = lzm_uffd_poison(mm->uffd, dst, n, &done);
@@ -127,6 +128,23 @@ int lzm_fill_zero(struct handler *h, struct mm *mm, struct vma *v, uintptr_t add
 	} else {
 		stat_add(&h->stats.zero_pages, n);
 		ret = install(h, mm, INSTALL_ZEROPAGE, addr, NULL, len, has_asked);
+		/*
+		 * Under a budget a zero page is not counted: it costs nothing.
+		 * But a write makes it a page of its own, which the kernel
+		 * would give with no word to us: write-protected, the write
+		 * comes to us first (swap_wp_fault), and is counted then.
+		 */
+		if (ret == 0 && h->lm->ev && mm->self &&
+		    lzm_uffd_writeprotect(mm->uffd, addr, len, true) == 0) {
+			uint8_t seen = 0;
+
+			for (size_t i = 0; i < n; i++)
+				seen |= atomic_exchange(&v->src->state[idx + i],
+							PAGE_FILLED | PAGE_ZERO);
+			if (seen & PAGE_WAITER)
+				lzm_uffd_wake(mm->uffd, addr, len);
+			return 0;
+		}
 	}
 	lzm_release_run(mm, v->src, addr, idx, n, ret == 0);
 	return ret;
@@ -181,12 +199,16 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 	*req = (struct fill_req){
 		.mm = mm, .src = src, .addr = addr, .idx = idx, .n = n, .write = write,
 		.asked = asked,
-		/* MOVE takes private anonymous pages between VMAs of equal
-		 * protection only; staging pages are read-write. */
-		.move = h->lm->opts.install == LAZYMAP_INSTALL_MOVE && !src->ops->cached &&
-			!(v->flags & LAZYMAP_SHARED) && v->prot == (PROT_READ | PROT_WRITE),
+		/* Under a budget a fill region's pages are written-protected at
+		 * first: one the program never writes is dropped, not swapped,
+		 * and its callback makes it again (swap.c). */
+		.wp = h->lm->ev && src->ops->fill,
 		.end_io = src->ops->read ? read_done : NULL,
 	};
+	/* MOVE takes private anonymous pages between VMAs of equal protection
+	 * only; staging pages are read-write. It has no write-protect mode. */
+	req->move = h->lm->opts.install == LAZYMAP_INSTALL_MOVE && !src->ops->cached &&
+		    !(v->flags & LAZYMAP_SHARED) && v->prot == (PROT_READ | PROT_WRITE) && !req->wp;
 	return req;
 }
 
@@ -271,8 +293,8 @@ static void fill_install(struct handler *h, struct fill_req *req, size_t first, 
 		lzm_release_run(mm, req->src, addr, req->idx + first, cnt, ret == 0);
 	} else {
 		stat_add(&h->stats.pages_filled, cnt);
-		ret = install(h, mm, req->move ? INSTALL_MOVE : INSTALL_COPY, addr, buf, len,
-			      has_asked);
+		ret = install(h, mm, req->move ? INSTALL_MOVE : req->wp ? INSTALL_COPY_WP : INSTALL_COPY,
+			      addr, buf, len, has_asked);
 		lzm_release_run(mm, req->src, addr, req->idx + first, cnt, ret == 0);
 	}
 	pthread_rwlock_unlock(&mm->lock);
@@ -321,7 +343,15 @@ static int submit_read(struct handler *h, struct fill_req *req)
 	uint64_t off;
 	int fd, ret;
 
-	ret = req->src->ops->read(req->src, req->idx, req->done, req->buffered, &fd, &off, &nowait);
+	if (req->swap) {
+		fd = lzm_swap_fd(h->lm->swap);
+		off = ((uint64_t)req->slot << lzm_page_shift) + req->done;
+		nowait = false;
+		ret = 0;
+	} else {
+		ret = req->src->ops->read(req->src, req->idx, req->done, req->buffered, &fd, &off,
+					  &nowait);
+	}
 	req->nowait = nowait;
 	return ret ? ret : lzm_uring_read(h, fd, req->buf + req->done, len, off, nowait, req);
 }
@@ -369,8 +399,9 @@ static void finish_read(struct handler *h, struct fill_req *req, size_t data_pag
 	limit = req_mapped(req, 0);
 	good = data_pages < limit ? data_pages : limit;
 	if (good) {
-		stat_add(&h->stats.pages_filled, good);
-		ret = install(h, mm, INSTALL_COPY, req->addr, req->buf, good << lzm_page_shift, true);
+		stat_add(req->swap ? &h->stats.swap_ins : &h->stats.pages_filled, good);
+		ret = install(h, mm, req->wp ? INSTALL_COPY_WP : INSTALL_COPY, req->addr, req->buf,
+			      good << lzm_page_shift, true);
 	}
 	if (ret == 0 && limit > good && poison_rest) {
 		stat_add(&h->stats.io_errors, limit - good);
@@ -446,7 +477,8 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 		return;
 	}
 	req->done += (size_t)res;
-	stat_add(&h->stats.bytes_read, (uint64_t)res);
+	if (!req->swap)
+		stat_add(&h->stats.bytes_read, (uint64_t)res);
 	if (res > 0 && req->done < len) {
 		/* A short read: go on from where it stopped. */
 		stat_add(&h->stats.short_reads, 1);
@@ -462,11 +494,99 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 
 void lzm_fault_start(struct handler *h, struct fill_req *req)
 {
-	if (req->src->ops->read)
+	if (req->src->ops->read || req->swap)
 		start_read(h, req);
 	else if (!atomic_load_explicit(&req->src->slow, memory_order_relaxed) ||
 		 lzm_fillers_queue(h->lm, req) != 0)
 		lzm_fill_req_run(h, req, h->pool.run);
+}
+
+/* ------------------------------------------------------------ swapped pages */
+
+/*
+ * A fault on a page the budget sent to swap (claimed: PAGE_SWAPPED|PAGE_BUSY):
+ * read it back with the swapped pages after it whose slots follow its own
+ * (they left together), as the kernel's swap readahead does, on the
+ * handler's ring like a file read. They come back write-protected and keep
+ * their slots until a write (swap_wp_fault): evicted again unwritten, they
+ * cost no write. mm->lock held.
+ */
+static struct fill_req *swapin_begin(struct handler *h, struct mm *mm, struct vma *v,
+				     uintptr_t addr, uint64_t idx, bool write)
+{
+	struct source *src = v->src;
+	uint32_t slot1 = source_slot(src, idx);
+	size_t max = (v->end - addr) >> lzm_page_shift, n = 1;
+	struct fill_req *req;
+
+	if (max > h->lm->ra_pages)
+		max = h->lm->ra_pages;
+	while (n < max && source_slot(src, idx + n) == slot1 + n) {
+		uint8_t expect = PAGE_SWAPPED;
+
+		if (!atomic_compare_exchange_strong(&src->state[idx + n], &expect,
+						    PAGE_SWAPPED | PAGE_BUSY))
+			break;
+		n++;
+	}
+	req = calloc(1, sizeof(*req));
+	if (!req) {
+		lzm_release_run(mm, src, addr, idx, n, false); /* stays swapped */
+		lzm_uffd_wake(mm->uffd, addr, n << lzm_page_shift);
+		return NULL;
+	}
+	lzm_source_get(src);
+	lzm_mm_get(mm);
+	atomic_fetch_add(&mm->busy, 1);
+	*req = (struct fill_req){
+		.mm = mm, .src = src, .addr = addr, .idx = idx, .n = n, .write = write,
+		.asked = addr, .swap = true, .wp = true, .slot = slot1 - 1, .end_io = read_done,
+	};
+	return req;
+}
+
+/*
+ * The first write to a page installed write-protected (a fill region's, or
+ * one read back from swap): its slot no longer has its bytes, and a fill
+ * region's page is now the program's. Let go of the slot, mark it written,
+ * let the write in. A page being evicted or read is its owner's: the write
+ * waits for its wake and faults again. mm->lock held.
+ */
+static void swap_wp_fault(struct handler *h, struct mm *mm, struct source *src, uintptr_t addr,
+			  uint64_t idx)
+{
+	_Atomic uint8_t *s = &src->state[idx];
+	uint8_t old = atomic_load(s), want;
+	_Atomic uint32_t *t;
+
+	do {
+		want = old & PAGE_BUSY ? old | PAGE_WAITER : old | PAGE_BUSY;
+		if (old == want)
+			return;
+	} while (!atomic_compare_exchange_weak(s, &old, want));
+	if (old & PAGE_BUSY)
+		return;
+	/* a zero page is about to be a page of the program's own: count it */
+	if ((old & PAGE_ZERO) && mm->self)
+		lzm_evict_filled_src(h->lm, src, addr, idx, 1);
+	t = atomic_load_explicit(&src->slots, memory_order_acquire);
+	if (t) {
+		uint32_t slot1 = atomic_exchange(&t[idx], 0);
+
+		if (slot1)
+			lzm_swap_free(src->swap, slot1 - 1);
+	}
+	stat_add(&h->stats.wp_faults, 1);
+	if (lzm_uffd_writeprotect(mm->uffd, addr, lzm_page_size, false))
+		lzm_uffd_wake(mm->uffd, addr, lzm_page_size); /* gone or changing: retry */
+	/* a MADV_DONTNEED meanwhile took FILLED away: then nothing was written */
+	old = atomic_load(s);
+	do
+		want = (old & ~(PAGE_BUSY | PAGE_WAITER | PAGE_ZERO)) |
+		       (old & PAGE_FILLED ? PAGE_WRITTEN : 0);
+	while (!atomic_compare_exchange_weak(s, &old, want));
+	if (old & PAGE_WAITER)
+		lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
 }
 
 /* Requests one fault may begin: its run and the runs fault-around adds. */
@@ -508,8 +628,17 @@ again:
 		goto out;
 	}
 	idx = v->pgoff + ((addr - v->start) >> lzm_page_shift);
+	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+		swap_wp_fault(h, mm, v->src, addr, idx);
+		goto out;
+	}
 	if (lzm_claim_page(mm, &v->src->state[idx], addr) != CLAIM_OWNED) {
 		stat_add(&h->stats.coalesced, 1);
+		goto out;
+	}
+	if (atomic_load(&v->src->state[idx]) & PAGE_SWAPPED) {
+		reqs[0] = swapin_begin(h, mm, v, addr, idx, write);
+		nreqs = reqs[0] != NULL;
 		goto out;
 	}
 	max = lzm_ra_window(h->lm, v, idx);

@@ -116,6 +116,9 @@ struct source_ops {
 #define PAGE_BUSY   0x01 /* a handler is filling this page now: others leave it */
 #define PAGE_FILLED 0x02 /* installed once; a fault that names it checks again */
 #define PAGE_WAITER 0x04 /* a fault came while BUSY: the owner wakes the page when done */
+#define PAGE_SWAPPED 0x08 /* evicted to the swap file (swap.c): the next fault reads it back */
+#define PAGE_WRITTEN 0x10 /* a fill region's page the program wrote (a write-protect fault) */
+#define PAGE_ZERO    0x20 /* the shared zero page, write-protected, not counted (fault.c) */
 
 #define STATE_HEAP_MAX (64u << 10) /* pages (256 MiB of region) whose state is on the heap */
 
@@ -141,6 +144,10 @@ struct source {
 	bool direct;                  /* read with O_DIRECT */
 	bool maywrite;                /* a shared map may be writable (the fd was) */
 	atomic_bool slow;             /* a fill call took over 1 ms: fills go to filler threads */
+	/* The swap slot + 1 of each page (swap.c), 0: none; NULL until one is
+	 * swapped. With the swap that holds them. */
+	_Atomic(_Atomic uint32_t *) slots;
+	struct swap *swap;
 };
 
 int lzm_source_new_zero(size_t npages, struct source **srcp);
@@ -384,9 +391,9 @@ int lzm_uffd_api(int fd, uint64_t features, uint64_t *got);
 int lzm_uffd_register(int fd, uintptr_t start, size_t len, uint64_t mode);
 int lzm_uffd_unregister(int fd, uintptr_t start, size_t len);
 int lzm_uffd_wake(int fd, uintptr_t start, size_t len);
-int lzm_uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, size_t *done);
+int lzm_uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done);
 int lzm_uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done);
-int lzm_uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
+int lzm_uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, uint64_t mode, size_t *done);
 int lzm_uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done);
 int lzm_uffd_continue(int fd, uintptr_t dst, size_t len, bool wp, size_t *done);
 int lzm_uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp);
@@ -695,6 +702,9 @@ struct fill_req {
 	bool around;            /* read around a random fault (filemap.c) */
 	bool buffered;          /* read through the page cache even if the source is O_DIRECT */
 	bool nowait;            /* the read in flight was asked not to wait (RWF_NOWAIT) */
+	bool swap;              /* a read back from the swap file, of slots from slot on */
+	bool wp;                /* install write-protected (the budget tracks writes: swap.c) */
+	uint32_t slot;
 	/* A read completed with res (bytes or -errno): continue it, or install
 	 * and free req. Called on the handler whose ring read it (bio's bi_end_io). */
 	void (*end_io)(struct handler *h, struct fill_req *req, int res);
@@ -842,6 +852,7 @@ struct lazymap {
 	struct hstats wstats;    /* write-back's counters: API threads, added atomically */
 	struct evictor *ev;      /* the resident budget (evict.c), or NULL: set before the
 	                          * handlers start, gone after they stop */
+	struct swap *swap;       /* with ev: where written anonymous pages go (swap.c) */
 };
 
 /* --------------------------------------------------------------- evict.c */
@@ -857,6 +868,55 @@ void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n
 void lzm_evict_wait(struct lazymap *lm);
 /* Bytes counted resident now, or at the peak. */
 uint64_t lzm_evict_resident(struct lazymap *lm, bool peak);
+/* n pages of src from idx were installed at addr in lm's own mm. No lock but mm's. */
+void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr, uint64_t idx,
+			  size_t n);
+/* fork() is about to copy the address space: no page may be on its way to
+ * swap meanwhile (the child's copy would have it nowhere). Until after. */
+void lzm_evict_fork_hold(struct lazymap *lm);
+void lzm_evict_fork_release(struct lazymap *lm);
+
+/* ---------------------------------------------------------------- swap.c */
+
+struct swap;
+/* The swap file in opts.swap_path (or $TMPDIR, /var/tmp): unlinked, ours. */
+int lzm_swap_open(struct lazymap *lm, struct swap **swp);
+void lzm_swap_put(struct swap *sw);
+int lzm_swap_fd(const struct swap *sw);
+uint64_t lzm_swap_bytes(const struct swap *sw);
+/* Up to want contiguous free slots (at least 1, or 0 when the file is full
+ * and cannot grow), the first in *slot, each counted once. */
+uint32_t lzm_swap_alloc(struct swap *sw, uint32_t want, uint32_t *slot);
+void lzm_swap_free(struct swap *sw, uint32_t slot);
+/* A write of len bytes from buf to slot on; res: bytes written or -errno. */
+struct swap_io {
+	char *buf;
+	size_t len;
+	uint32_t slot;
+	int res;
+};
+/* Write them all on the swap's own ring (one thread calls this: the evictor). */
+int lzm_swap_write(struct swap *sw, struct swap_io *io, size_t n);
+/* src's slot table, made now if need be (NULL: no memory). */
+_Atomic uint32_t *lzm_swap_table(struct source *src, struct swap *sw);
+/* Pages [first, first + n) of src no longer need their slots. */
+void lzm_swap_release(struct source *src, uint64_t first, size_t n);
+/* Page idx of src no longer needs its slot. */
+void lzm_swap_forget(struct source *src, uint64_t idx);
+/* src is going: its slots and table. */
+void lzm_swap_drop_table(struct source *src);
+/* A forked child's clone c shares src's slots. */
+int lzm_swap_clone(struct source *c, const struct source *src);
+/* v's pages are gone from the address space (unmapped): so are their copies in swap. */
+void lzm_vma_pages_gone(struct vma *v);
+/* The slot + 1 of page idx of src, 0: none. */
+static inline uint32_t source_slot(const struct source *src, uint64_t idx)
+{
+	_Atomic uint32_t *t = atomic_load_explicit(&((struct source *)src)->slots,
+						   memory_order_acquire);
+
+	return t ? atomic_load_explicit(&t[idx], memory_order_relaxed) : 0;
+}
 
 #pragma GCC visibility pop
 

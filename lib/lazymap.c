@@ -580,6 +580,8 @@ static uint64_t stat_now(struct lazymap *lm, size_t field)
 		return atomic_load_explicit(&lm->nchildren, memory_order_relaxed);
 	if (field == offsetof(struct lazymap_stats, fork_followed))
 		return !!(lm->mm.features & UFFD_FEATURE_EVENT_FORK);
+	if (field == offsetof(struct lazymap_stats, swap_bytes))
+		return lzm_swap_bytes(lm->swap);
 	if (field == offsetof(struct lazymap_stats, resident_bytes) ||
 	    field == offsetof(struct lazymap_stats, resident_peak))
 		return lzm_evict_resident(lm, field == offsetof(struct lazymap_stats, resident_peak));

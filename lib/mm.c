@@ -81,11 +81,16 @@ int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features)
 }
 
 /* How a VMA is registered: missing faults; a tracked shared file region
- * also minor and write-protect faults (filemap.c). */
-static uint64_t uffd_mode(const struct vma *v)
+ * also minor and write-protect faults (filemap.c); under a budget, an
+ * anonymous or fill region write-protect faults too (the writes to pages
+ * that came back from swap, or to a callback's pages: swap.c). */
+static uint64_t uffd_mode(const struct mm *mm, const struct vma *v)
 {
+	if (vma_writeback(v))
+		return UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR |
+		       UFFDIO_REGISTER_MODE_WP;
 	return UFFDIO_REGISTER_MODE_MISSING |
-	       (vma_writeback(v) ? UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP : 0);
+	       (mm->lm->ev && !v->src->ops->cached ? UFFDIO_REGISTER_MODE_WP : 0);
 }
 
 void lzm_mm_write_unlock(struct mm *mm)
@@ -175,7 +180,7 @@ static int release_range(struct mm *mm, uintptr_t start, uintptr_t end)
 			uintptr_t s = v->start > start ? v->start : start;
 			uintptr_t e = v->end < end ? v->end : end;
 
-			lzm_uffd_register(mm->uffd, s, e - s, uffd_mode(v));
+			lzm_uffd_register(mm->uffd, s, e - s, uffd_mode(mm, v));
 		}
 		protect_undo(mm, start, end);
 	}
@@ -255,6 +260,7 @@ int lzm_mm_unmap_all(struct mm *mm)
 		for (; v && v->start < end; v = next) {
 			next = lzm_vma_next(v);
 			lzm_vma_erase(&mm->tree, v);
+			lzm_vma_pages_gone(v);
 			lzm_vma_free(v);
 		}
 	}
@@ -328,6 +334,7 @@ static void drop_stale(struct mm *mm, uintptr_t start, uintptr_t end, struct vma
 			split_spare(mm, v, end, &spare[1]);
 		next = lzm_vma_next(v);
 		lzm_vma_erase(&mm->tree, v);
+		lzm_vma_pages_gone(v);
 		lzm_vma_free(v);
 	}
 }
@@ -430,7 +437,7 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 	}
 	if (ret)
 		goto out;
-	ret = lzm_uffd_register(mm->uffd, (uintptr_t)p, len, uffd_mode(v));
+	ret = lzm_uffd_register(mm->uffd, (uintptr_t)p, len, uffd_mode(mm, v));
 	if (ret == 0 && src->ops->cached && mprotect(p, len, prot))
 		ret = -errno;
 	if (ret == 0 && vma_writeback(v))
@@ -563,6 +570,7 @@ int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 	for (v = split_range(mm, start, end, spare); v && v->start < end; v = next) {
 		next = lzm_vma_next(v);
 		lzm_vma_erase(&mm->tree, v);
+		lzm_vma_pages_gone(v);
 		lzm_vma_free(v);
 	}
 out:

@@ -103,7 +103,9 @@ size_t lzm_fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr
 		}
 		stat_add(&h->stats.readahead_pages, n);
 		if (zero) {
-			if (lzm_fill_zero(h, mm, v, at, idx, n, write, 0))
+			/* under a budget the pages nobody wrote yet are zero
+			 * pages, which cost nothing until written (fault.c) */
+			if (lzm_fill_zero(h, mm, v, at, idx, n, write && !h->lm->ev, 0))
 				break; /* the kernel balks: leave the rest alone */
 		} else {
 			reqs[nreqs] = lzm_fault_begin(h, mm, v, at, idx, n, write, 0);

@@ -175,6 +175,7 @@ void lzm_source_put(struct source *src)
 		return;
 	if (src->ops->release)
 		src->ops->release(src);
+	lzm_swap_drop_table(src);
 	if (src->state_mapped)
 		munmap((void *)src->state, src->npages);
 	else

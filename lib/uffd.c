@@ -96,9 +96,11 @@ static int fill_result(int ret, int64_t progress, size_t *done)
 	return ret ? -errno : 0;
 }
 
-int lzm_uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, size_t *done)
+int lzm_uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done)
 {
-	struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len };
+	struct uffdio_copy c = {
+		.dst = dst, .src = (uintptr_t)src, .len = len, .mode = wp ? UFFDIO_COPY_MODE_WP : 0,
+	};
 	int ret = ioctl(fd, UFFDIO_COPY, &c);
 
 	return fill_result(ret, c.copy, done);
@@ -112,9 +114,9 @@ int lzm_uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
 	return fill_result(ret, z.zeropage, done);
 }
 
-int lzm_uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
+int lzm_uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, uint64_t mode, size_t *done)
 {
-	struct uffdio_move m = { .dst = dst, .src = src, .len = len };
+	struct uffdio_move m = { .dst = dst, .src = src, .len = len, .mode = mode };
 	int ret = ioctl(fd, UFFDIO_MOVE, &m);
 
 	return fill_result(ret, m.move, done);

@@ -1,0 +1,301 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The swap of our own under a resident budget: anonymous and fill regions
+ * many times larger than the budget keep every byte the program wrote (read
+ * back from swap), pages never written are produced again (zeros, or the
+ * callback), a forked child reads what the parent swapped, no write is lost
+ * to an eviction racing it, and a swap that fills up means going over the
+ * budget, said in the counters, never losing a byte.
+ */
+#include <criterion/criterion.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/mount.h>
+
+static void fx_teardown(void);
+#define skip_cleanup() fx_teardown()
+
+#include "common.h"
+
+#define MiB (1ull << 20)
+
+static struct {
+	char dir[PATH_MAX / 2];
+	bool mounted;
+} fx;
+
+static void fx_setup(void)
+{
+	scratch_setup(fx.dir, sizeof(fx.dir), "swap");
+}
+
+static void fx_teardown(void)
+{
+	if (fx.mounted)
+		umount2(fx.dir, MNT_DETACH);
+	fx.mounted = false;
+	scratch_drop(fx.dir);
+}
+
+#define FIXTURE .init = fx_setup, .fini = fx_teardown
+
+static struct lazymap *open_budget(size_t limit, const char *swap_path)
+{
+	return open_or_skip(&(struct lazymap_opts){ .resident_limit = limit,
+						     .swap_path = swap_path });
+}
+
+static struct lazymap_stats stats_of(struct lazymap *lm)
+{
+	struct lazymap_stats st;
+
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	return st;
+}
+
+/* A word that says which page and which write it is. */
+static uint64_t stamp(size_t page, uint32_t gen)
+{
+	return (uint64_t)page << 32 | gen | 0x8000000000000000ull;
+}
+
+/* 1 MiB of slack: the fills in flight when the limit was reached, and one
+ * batch of the evictor (512 pages = 2 MiB) is the bound the issue sets. */
+static void expect_peak(const struct lazymap_stats *st, size_t limit)
+{
+	cr_assert_gt(st->evictions, 0, "nothing was evicted under a budget of %zu MiB",
+		     limit / MiB);
+	cr_assert_leq(st->resident_peak, limit + 2 * MiB,
+		      "resident peak %llu KiB, over the limit of %zu KiB by more than a batch",
+		      (unsigned long long)st->resident_peak >> 10, limit >> 10);
+}
+
+/* ------------------------------------------------------------ anonymous */
+
+#define AR_SIZE  (512 * MiB)
+#define AR_LIMIT (32 * MiB)
+#define AR_OPS   30000
+
+struct ar {
+	char *base;
+	uint32_t *gen;   /* the last write to each page (0: never) */
+	size_t npages;
+	unsigned id;
+};
+
+static void *ar_writer(void *arg)
+{
+	struct ar *a = arg;
+	unsigned seed = 7 + a->id;
+	const size_t ps = pgsz();
+
+	for (unsigned i = 0; i < AR_OPS; i++) {
+		/* pages of this thread: even or odd */
+		size_t p = ((size_t)rand_r(&seed) % (a->npages / 2)) * 2 + a->id;
+		uint32_t g = a->gen[p] + 1;
+		uint64_t *w = (uint64_t *)(a->base + p * ps);
+
+		if (w[0] != (a->gen[p] ? stamp(p, a->gen[p]) : 0))
+			return (void *)(uintptr_t)(p + 1); /* what it wrote is gone */
+		w[0] = stamp(p, g);
+		w[(ps / 8) - 1] = stamp(p, g);
+		a->gen[p] = g;
+	}
+	return NULL;
+}
+
+static void expect_page(const char *base, size_t p, uint32_t gen)
+{
+	const size_t ps = pgsz();
+	const uint64_t *w = (const uint64_t *)(base + p * ps);
+
+	if (!gen) {
+		for (size_t i = 0; i < ps / 8; i++)
+			cr_assert_eq(w[i], 0, "page %zu, never written, has %#llx at word %zu", p,
+				     (unsigned long long)w[i], i);
+		return;
+	}
+	cr_assert_eq(w[0], stamp(p, gen), "page %zu: first word %#llx, wrote %#llx", p,
+		     (unsigned long long)w[0], (unsigned long long)stamp(p, gen));
+	cr_assert_eq(w[ps / 8 - 1], stamp(p, gen), "page %zu: last word wrong", p);
+	for (size_t i = 1; i < ps / 8 - 1; i++)
+		cr_assert_eq(w[i], 0, "page %zu: word %zu %#llx, never written", p, i,
+			     (unsigned long long)w[i]);
+}
+
+Test(swap, anonymous_writes_under_a_budget_come_back, FIXTURE, .timeout = 240)
+{
+	struct lazymap *lm = open_budget(AR_LIMIT, fx.dir);
+	size_t npages = AR_SIZE / pgsz();
+	uint32_t *gen = calloc(npages, sizeof(*gen));
+	struct ar a[2];
+	pthread_t t[2];
+	void *base = NULL;
+
+	cr_assert_not_null(gen);
+	cr_assert_eq(lazymap_map(lm, &base, AR_SIZE, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (unsigned i = 0; i < 2; i++) {
+		a[i] = (struct ar){ base, gen, npages, i };
+		cr_assert_eq(pthread_create(&t[i], NULL, ar_writer, &a[i]), 0);
+	}
+	for (unsigned i = 0; i < 2; i++) {
+		void *ret;
+
+		pthread_join(t[i], &ret);
+		cr_assert_null(ret, "thread %u: page %zu lost what it had written", i,
+			       (size_t)(uintptr_t)ret - 1);
+	}
+	for (size_t p = 0; p < npages; p++)
+		expect_page(base, p, gen[p]);
+
+	struct lazymap_stats st = stats_of(lm);
+
+	expect_peak(&st, AR_LIMIT);
+	cr_assert_gt(st.swap_outs, 0, "nothing went to swap");
+	cr_assert_gt(st.swap_ins, 0, "nothing came back from swap");
+	cr_assert_eq(st.budget_overruns, 0);
+	cr_log_info("anonymous: %llu faults, %llu evictions, %llu swap outs, %llu swap ins, "
+		    "peak %llu KiB, swap %llu KiB, waited %llu ms, %llu wp faults",
+		    (unsigned long long)st.faults, (unsigned long long)st.evictions,
+		    (unsigned long long)st.swap_outs, (unsigned long long)st.swap_ins,
+		    (unsigned long long)st.resident_peak >> 10,
+		    (unsigned long long)st.swap_bytes >> 10,
+		    (unsigned long long)st.evict_wait_ns / 1000000,
+		    (unsigned long long)st.wp_faults);
+	cr_assert_eq(lazymap_unmap(lm, base, AR_SIZE), 0);
+	cr_assert_eq(stats_of(lm).swap_bytes, 0, "the region is gone, its slots are not");
+	cr_assert_eq(lazymap_close(lm), 0);
+	free(gen);
+}
+
+/* ------------------------------------------------------------ fill regions */
+
+#define FR_SIZE  (64 * MiB)
+#define FR_LIMIT (4 * MiB)
+
+static _Atomic uint32_t *fr_calls; /* per page: how often the callback made it */
+
+static int fr_fill(void *page, size_t len, uint64_t offset, void *arg)
+{
+	const size_t ps = pgsz();
+
+	(void)arg;
+	for (size_t off = 0; off < len; off += ps) {
+		uint64_t *w = (uint64_t *)((char *)page + off);
+		size_t p = (offset + off) / ps;
+
+		for (size_t i = 0; i < ps / 8; i++)
+			w[i] = p * 1000 + i;
+		atomic_fetch_add(&fr_calls[p], 1);
+	}
+	return 0;
+}
+
+static void fr_check(const char *base, size_t p, bool written)
+{
+	const uint64_t *w = (const uint64_t *)(base + p * pgsz());
+
+	cr_assert_eq(w[0], written ? ~(uint64_t)p : p * 1000, "page %zu: first word %#llx", p,
+		     (unsigned long long)w[0]);
+	cr_assert_eq(w[9], p * 1000 + 9, "page %zu: word 9 %#llx", p, (unsigned long long)w[9]);
+}
+
+Test(swap, fill_region_written_pages_come_from_swap_untouched_from_the_callback, FIXTURE,
+     .timeout = 120)
+{
+	struct lazymap *lm = open_budget(FR_LIMIT, fx.dir);
+	size_t npages = FR_SIZE / pgsz();
+	char *base = NULL;
+	uint32_t refilled = 0;
+
+	fr_calls = calloc(npages, sizeof(*fr_calls));
+	cr_assert_not_null(fr_calls);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&base, FR_SIZE, PROT_READ | PROT_WRITE, fr_fill,
+				      NULL), 0);
+	/* every third page is written; then everything is read twice */
+	for (size_t p = 0; p < npages; p++) {
+		if (p % 3 == 0)
+			*(uint64_t *)(base + p * pgsz()) = ~(uint64_t)p;
+		else
+			fr_check(base, p, false);
+	}
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t p = 0; p < npages; p++)
+			fr_check(base, p, p % 3 == 0);
+
+	struct lazymap_stats st = stats_of(lm);
+
+	for (size_t p = 0; p < npages; p++) {
+		if (p % 3 == 0)
+			cr_assert_eq(atomic_load(&fr_calls[p]), 1,
+				     "written page %zu was made by the callback %u times: its "
+				     "write must come back from swap", p, atomic_load(&fr_calls[p]));
+		else
+			refilled += atomic_load(&fr_calls[p]) > 1;
+	}
+	expect_peak(&st, FR_LIMIT);
+	cr_assert_gt(refilled, 0, "no untouched page was made again by the callback");
+	cr_assert_geq(st.swap_outs, npages / 3 - FR_LIMIT / pgsz(),
+		      "written pages that left should all have gone to swap");
+	cr_assert_leq(st.swap_outs, npages / 3 * 3, "pages never written went to swap");
+	cr_assert_eq(lazymap_close(lm), 0);
+	free(fr_calls);
+}
+
+/* ------------------------------------------------------------ racing writes */
+
+#define RW_SIZE    (32 * MiB)
+#define RW_LIMIT   (4 * MiB)
+#define RW_WORDS   64 /* counters per page, one per writer slot */
+
+struct rw {
+	char *base;
+	size_t npages;
+	unsigned id;
+	atomic_bool *stop;
+	uint64_t done;
+};
+
+/* Each writer increments its own word in every page, round after round,
+ * while the pages are evicted under it. */
+static void *rw_writer(void *arg)
+{
+	struct rw *r = arg;
+	const size_t ps = pgsz();
+
+	for (uint64_t round = 0; round < 6; round++)
+		for (size_t p = 0; p < r->npages; p++)
+			((volatile uint64_t *)(r->base + p * ps))[r->id]++;
+	r->done = 6;
+	return NULL;
+}
+
+Test(swap, eviction_racing_writes_loses_no_increment, FIXTURE, .timeout = 120)
+{
+	struct lazymap *lm = open_budget(RW_LIMIT, fx.dir);
+	size_t npages = RW_SIZE / pgsz();
+	struct rw r[2];
+	pthread_t t[2];
+	char *base = NULL;
+
+	cr_assert_eq(lazymap_map(lm, (void **)&base, RW_SIZE, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (unsigned i = 0; i < 2; i++) {
+		r[i] = (struct rw){ .base = base, .npages = npages, .id = i * 8 };
+		cr_assert_eq(pthread_create(&t[i], NULL, rw_writer, &r[i]), 0);
+	}
+	for (unsigned i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	for (size_t p = 0; p < npages; p++)
+		for (unsigned i = 0; i < 2; i++)
+			cr_assert_eq(((uint64_t *)(base + p * pgsz()))[i * 8], 6,
+				     "page %zu, counter %u: %llu of 6 increments", p, i,
+				     (unsigned long long)((uint64_t *)(base + p * pgsz()))[i * 8]);
+	struct lazymap_stats st = stats_of(lm);
+
+	expect_peak(&st, RW_LIMIT);
+	cr_assert_gt(st.swap_outs, 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
