@@ -120,30 +120,38 @@ uint64_t lzm_swap_bytes(const struct swap *sw)
 
 /* ------------------------------------------------------------ slots */
 
-/* Make room for GROW_SLOTS more slots; false if the file cannot grow. Lock held. */
+/* Make room for more slots (GROW_SLOTS, or less where that is all there is);
+ * false if the file cannot grow. Lock held. */
 static bool grow(struct swap *sw)
 {
-	uint64_t cap = (uint64_t)sw->cap + GROW_SLOTS;
+	uint32_t step = GROW_SLOTS;
 	struct rlimit fsize;
+	uint64_t cap;
 	uint16_t *r;
 
-	if (sw->full || cap > UINT32_MAX)
+	if (sw->full)
 		return false;
-	/* Past RLIMIT_FSIZE a write would be SIGXFSZ, which kills: stop short. */
-	if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur != RLIM_INFINITY &&
-	    cap << lzm_page_shift > fsize.rlim_cur) {
-		sw->full = true;
-		return false;
-	}
-	if (fallocate(sw->fd, 0, (off_t)sw->cap << lzm_page_shift,
-		      (off_t)GROW_SLOTS << lzm_page_shift)) {
-		sw->full = errno != EINTR;
-		return false;
+	for (;; step /= 2) {
+		cap = (uint64_t)sw->cap + step;
+		/* Past RLIMIT_FSIZE a write would be SIGXFSZ, which kills: stop short. */
+		bool over = cap > UINT32_MAX || (getrlimit(RLIMIT_FSIZE, &fsize) == 0 &&
+						 fsize.rlim_cur != RLIM_INFINITY &&
+						 cap << lzm_page_shift > fsize.rlim_cur);
+
+		if (!over && fallocate(sw->fd, 0, (off_t)sw->cap << lzm_page_shift,
+				       (off_t)step << lzm_page_shift) == 0)
+			break;
+		if (!over && errno == EINTR)
+			return false;
+		if (step == 1) {
+			sw->full = true; /* ENOSPC, EFBIG, EIO: it will not get better */
+			return false;
+		}
 	}
 	r = realloc(sw->refs_of, cap * sizeof(*r));
 	if (!r)
 		return false;
-	memset(r + sw->cap, 0, GROW_SLOTS * sizeof(*r));
+	memset(r + sw->cap, 0, step * sizeof(*r));
 	sw->refs_of = r;
 	sw->cap = (uint32_t)cap;
 	return true;

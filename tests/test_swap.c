@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 
 static void fx_teardown(void);
 #define skip_cleanup() fx_teardown()
@@ -297,5 +298,142 @@ Test(swap, eviction_racing_writes_loses_no_increment, FIXTURE, .timeout = 120)
 
 	expect_peak(&st, RW_LIMIT);
 	cr_assert_gt(st.swap_outs, 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* ------------------------------------------------------------ fork */
+
+#define FK_SIZE  (32 * MiB)
+#define FK_LIMIT (4 * MiB)
+
+/* What the child finds wrong: 0 none, else the first bad page + 1. */
+static size_t fk_check(const char *base, size_t npages, uint32_t gen)
+{
+	for (size_t p = 0; p < npages; p++) {
+		const uint64_t *w = (const uint64_t *)(base + p * pgsz());
+
+		if (w[0] != stamp(p, gen) || w[pgsz() / 8 - 1] != stamp(p, gen) || w[1])
+			return p + 1;
+	}
+	return 0;
+}
+
+Test(swap, a_forked_child_reads_what_the_parent_swapped, FIXTURE, .timeout = 120)
+{
+	struct lazymap *lm = open_budget(FK_LIMIT, fx.dir);
+	size_t npages = FK_SIZE / pgsz(), bad;
+	char *base = NULL;
+	int status;
+	pid_t pid;
+
+	if (!stats_of(lm).fork_followed) {
+		lazymap_close(lm);
+		cr_skip_test("forked children are not served here (EVENT_FORK needs CAP_SYS_PTRACE)");
+	}
+	cr_assert_eq(lazymap_map(lm, (void **)&base, FK_SIZE, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (size_t p = 0; p < npages; p++) {
+		uint64_t *w = (uint64_t *)(base + p * pgsz());
+
+		w[0] = w[pgsz() / 8 - 1] = stamp(p, 1);
+	}
+	cr_assert_gt(stats_of(lm).swap_outs, 0, "nothing was swapped before the fork");
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		/* the parent's pages, in swap or not; then the child's own writes */
+		bad = fk_check(base, npages, 1);
+		if (bad)
+			_exit(1);
+		for (size_t p = 0; p < npages; p++) {
+			uint64_t *w = (uint64_t *)(base + p * pgsz());
+
+			w[0] = w[pgsz() / 8 - 1] = stamp(p, 2);
+		}
+		_exit(fk_check(base, npages, 2) ? 2 : 0);
+	}
+	/* the parent goes on evicting while the child reads */
+	bad = fk_check(base, npages, 1);
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "the child found a wrong page (status %#x: 1 the parent's bytes, 2 its own)",
+		  status);
+	cr_assert_eq(bad, 0, "page %zu of the parent is wrong after the fork", bad - 1);
+	cr_assert_eq(fk_check(base, npages, 1), 0, "the child's writes reached the parent");
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* ------------------------------------------------------------ swap failure */
+
+#define SF_SIZE  (32 * MiB)
+#define SF_LIMIT (4 * MiB)
+
+/* Write every page of an anonymous region twice the swap's room, read it back. */
+static void swap_full_body(const char *swap_dir, size_t room)
+{
+	struct lazymap *lm = open_budget(SF_LIMIT, swap_dir);
+	size_t npages = SF_SIZE / pgsz();
+	char *base = NULL;
+
+	cr_assert_eq(lazymap_map(lm, (void **)&base, SF_SIZE, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (size_t p = 0; p < npages; p++) {
+		uint64_t *w = (uint64_t *)(base + p * pgsz());
+
+		w[0] = w[pgsz() / 8 - 1] = stamp(p, 1);
+	}
+	for (size_t p = 0; p < npages; p++)
+		expect_page(base, p, 1);
+
+	struct lazymap_stats st = stats_of(lm);
+
+	cr_assert_gt(st.swap_outs, 0, "the swap's room was not used");
+	cr_assert_gt(st.budget_overruns, 0, "a budget that could not be kept was not said to be");
+	cr_assert_gt(st.resident_bytes, SF_LIMIT, "pages that could not go to swap were dropped?");
+	cr_assert_leq(st.swap_bytes, room);
+	cr_log_info("full swap: %llu swap outs, %llu overruns, resident %llu KiB",
+		    (unsigned long long)st.swap_outs, (unsigned long long)st.budget_overruns,
+		    (unsigned long long)st.resident_bytes >> 10);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(swap, a_full_swap_goes_over_the_budget_and_loses_nothing, FIXTURE, .timeout = 120)
+{
+	/* a swap directory with room for 4 MiB */
+	if (mount("lazymap-swap", fx.dir, "tmpfs", 0, "size=4m"))
+		cr_skip_test("cannot mount a small tmpfs here: %s", strerror(errno));
+	fx.mounted = true;
+	swap_full_body(fx.dir, 4 * MiB);
+}
+
+Test(swap, a_swap_past_rlimit_fsize_goes_over_the_budget_and_loses_nothing, FIXTURE,
+     .timeout = 120)
+{
+	struct rlimit old, lim = { 2 * MiB, 2 * MiB };
+
+	cr_assert_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim.rlim_max = old.rlim_max;
+	cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	swap_full_body(fx.dir, 2 * MiB); /* a write past the limit would be SIGXFSZ */
+	setrlimit(RLIMIT_FSIZE, &old);
+}
+
+Test(swap, a_swap_directory_that_cannot_take_the_file_fails_open, FIXTURE)
+{
+	struct lazymap_opts o = { .resident_limit = 8 * MiB, .swap_path = "/nonexistent/swap" };
+	char file[PATH_MAX];
+	struct lazymap *lm = NULL;
+	int fd;
+
+	cr_assert_eq(lazymap_open(&lm, &o), -ENOENT);
+	cr_assert_null(lm);
+	snprintf(file, sizeof(file), "%s/plain", fx.dir);
+	fd = open(file, O_CREAT | O_RDWR, 0600);
+	cr_assert_geq(fd, 0);
+	close(fd);
+	o.swap_path = file;
+	cr_assert_eq(lazymap_open(&lm, &o), -ENOTDIR);
+	/* without a budget the swap is never made: the path is not looked at */
+	lm = open_budget(0, "/nonexistent/swap");
 	cr_assert_eq(lazymap_close(lm), 0);
 }
