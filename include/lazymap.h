@@ -144,17 +144,31 @@ struct lazymap_opts {
 #define LAZYMAP_HANDLERS_PER_CPU (~0u)
 
 /*
- * The resident budget (resident_limit): the pages the library filled into
- * the page caches of files and still holds count against it. Past 15/16 of
- * it an evictor thread drops pages until they are under 7/8: a clean page
- * is dropped from the cache (the next touch reads it again), a dirty page
- * of a shared region is written back first. A fill that finds the budget
- * full waits for eviction (evict_wait_ns), at most 1 s, then goes on over
- * it (budget_overruns); at once while eviction can free nothing (every page
- * dirty and its write-back failing: they stay, and are written later). Which pages go: 2Q, from what the library sees of
- * use (fills, and refaults of pages evicted lately: refaults). Not yet
- * counted nor evicted: pages of anonymous and fill regions, and pages a
- * private file region wrote (its own copies).
+ * The resident budget (resident_limit): the pages the library filled and
+ * still holds count against it: pages in the page caches of files, and
+ * pages it installed in anonymous and fill regions. Past 15/16 of it an
+ * evictor thread drops pages until they are under 7/8:
+ * - a clean cache page is dropped from the cache (the next touch reads it
+ *   again); a dirty page of a shared region is written back first;
+ * - a page of a writable anonymous or fill region that the program wrote
+ *   goes to the swap file (swap_path), and the next touch reads it back
+ *   from there; a page never written is dropped, and made again (zeros, or
+ *   the fill callback). Pages of such regions are installed write-protected
+ *   under a budget (one write-protect fault on their first write: wp_faults)
+ *   so that the library knows which were written; a page read back from swap
+ *   keeps its copy there until written, and leaves again with no write.
+ * A fill that finds the budget full waits for eviction (evict_wait_ns), at
+ * most 1 s, then goes on over it (budget_overruns); at once while eviction
+ * can free nothing (every page dirty and its write-back failing, or the
+ * swap full: they stay, nothing is lost, and go later if they can).
+ * Which pages go: 2Q, from what the library sees of use (fills, and
+ * refaults of pages evicted lately: refaults); pages of regions advised
+ * LAZYMAP_ADV_SEQUENTIAL first, pages lazymap_prefetch brought in last.
+ * Not counted nor evicted: the shared zero page (a page read and never
+ * written costs nothing), pages of read-only anonymous and fill regions,
+ * and the copies a private file region made of the pages it wrote.
+ * A forked child shares the parent's swapped pages (it reads them from the
+ * parent's swap file); its own pages are not counted.
  */
 
 /* Mapping flags: mmap's vocabulary. */
@@ -190,7 +204,9 @@ struct lazymap_opts {
  *         -EOPNOTSUPP opts->daemon set (not available yet), a kernel before 6.6 (no UFFDIO_POISON, or no minor faults
  *         and write protection on shared memory), or
  *         LAZYMAP_INSTALL_MOVE on a kernel before 6.8;
- *         -ENOMEM, -EMFILE, -EAGAIN (threads) as the system reports them.
+ *         -ENOMEM, -EMFILE, -EAGAIN (threads) as the system reports them;
+ *         with resident_limit, what creating the swap file in swap_path
+ *         gives (-ENOENT, -ENOTDIR, -EACCES, -EROFS ...).
  */
 LAZYMAP_API int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts,
 				   size_t size);
@@ -445,7 +461,7 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(events, SUM, "the program's munmap, mremap, madvise and fork, applied to the tree")   \
 	X(children, NOW, "forked children served now (one that exited is let go shortly after)") \
 	X(fork_followed, NOW, "1: forked children are served; 0: not (see lazymap_open)")     \
-	X(wp_faults, SUM, "first writes to clean pages of shared file regions (write-protect faults)") \
+	X(wp_faults, SUM, "first writes to clean pages of shared file regions, and under a budget to pages of anonymous and fill regions (write-protect faults)") \
 	X(writebacks, SUM, "writes of dirty runs of pages to backing files")                   \
 	X(dirty_pages, NOW, "pages of shared file regions written and not yet written back")    \
 	X(cache_pages, NOW, "pages in the page caches of the files this lazymap maps")          \

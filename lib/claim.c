@@ -77,9 +77,6 @@ void lzm_release_run(struct mm *mm, struct source *src, uintptr_t addr, uint64_t
 						 memory_order_acq_rel);
 	if (seen & PAGE_WAITER)
 		lzm_uffd_wake(mm->uffd, addr, n << lzm_page_shift);
-	/* the budget counts what we installed in our own address space */
-	if (installed && mm->self && mm->lm->ev)
-		lzm_evict_filled_src(mm->lm, src, addr, idx, n);
 }
 
 size_t lzm_claim_fresh(_Atomic uint8_t *state, size_t max)

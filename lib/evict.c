@@ -88,6 +88,7 @@ struct evictor {
 	pthread_cond_t wake;  /* the evictor waits here for work */
 	pthread_cond_t freed; /* fills over the limit wait here */
 	struct ev_queue in, am;
+	struct ev_queue first; /* EV_FIRST: evicted before the others */
 	uint64_t *ghost;      /* direct-mapped: key + 1 of evicted pages, 0 empty */
 	size_t ghost_mask;
 	uint64_t limit, high, low, in_max; /* pages */
@@ -209,7 +210,7 @@ static void resident_add(struct evictor *ev, int64_t n)
 
 /* n pages from fp entered a cache (src NULL: id is its id) or src at addr. */
 static void filled(struct lazymap *lm, uint64_t id, struct source *src, uintptr_t addr,
-		   uint64_t fp, size_t n)
+		   uint64_t fp, size_t n, int hint)
 {
 	struct evictor *ev = lm->ev;
 	uint64_t refaults = 0;
@@ -225,8 +226,11 @@ static void filled(struct lazymap *lm, uint64_t id, struct source *src, uintptr_
 		while (i + len < n && ghost_take(ev, id, fp + i + len) == back)
 			len++;
 		r.n = len;
+		struct ev_queue *q = back || hint == EV_LAST ? &ev->am : hint == EV_FIRST ? &ev->first
+											 : &ev->in;
+
 		/* no memory for the queue: the pages stay, uncounted */
-		if (q_push(back && !ev->fifo ? &ev->am : &ev->in, r) == 0)
+		if (q_push(ev->fifo ? &ev->in : q, r) == 0)
 			resident_add(ev, (int64_t)len);
 		if (back)
 			refaults += len;
@@ -241,16 +245,16 @@ static void filled(struct lazymap *lm, uint64_t id, struct source *src, uintptr_
 		atomic_fetch_add_explicit(&lm->wstats.refaults, refaults, memory_order_relaxed);
 }
 
-void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n)
+void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n, int hint)
 {
-	filled(lm, c->id, NULL, 0, fp, n);
+	filled(lm, c->id, NULL, 0, fp, n, hint);
 }
 
 void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr, uint64_t idx,
-			  size_t n)
+			  size_t n, int hint)
 {
 	if (lm->ev && lm->ev->staging)
-		filled(lm, (uintptr_t)src, src, addr, idx, n);
+		filled(lm, (uintptr_t)src, src, addr, idx, n, hint);
 }
 
 /* The longest a fill waits for eviction before it goes on over the limit. */
@@ -653,11 +657,15 @@ static void *evictor_main(void *arg)
 			pthread_cond_broadcast(&ev->freed);
 			continue;
 		}
-		/* A1in while it holds more than its share, else Am. */
+		/* Pages behind a sequential stream first; then A1in while it
+		 * holds more than its share, else Am. */
 		while (nruns < BATCH_RUNS && taken < BATCH_PAGES) {
-			struct ev_queue *q = ev->in.pages > ev->in_max || !ev->am.len ? &ev->in : &ev->am;
+			struct ev_queue *q = ev->first.len		       ? &ev->first
+					     : ev->in.pages > ev->in_max || !ev->am.len ? &ev->in
+											  : &ev->am;
 
 			if (!q_pop(q, BATCH_PAGES - taken, &runs[nruns]) &&
+			    !q_pop(&ev->in, BATCH_PAGES - taken, &runs[nruns]) &&
 			    !q_pop(&ev->am, BATCH_PAGES - taken, &runs[nruns]))
 				break;
 			taken += runs[nruns++].n;
@@ -809,9 +817,12 @@ void lzm_evict_stop(struct lazymap *lm)
 	if (ev->started)
 		pthread_join(ev->thread, NULL);
 	lm->ev = NULL;
-	for (struct ev_queue *q = &ev->in; q; q = q == &ev->in ? &ev->am : NULL)
+	for (struct ev_queue *q = &ev->first; q; q = q == &ev->first ? &ev->in
+						 : q == &ev->in    ? &ev->am
+								   : NULL)
 		for (size_t i = 0; i < q->len; i++)
 			lzm_source_put(q->v[(q->head + i) % q->cap].src);
+	free(ev->first.v);
 	free(ev->in.v);
 	free(ev->am.v);
 	free(ev->ghost);

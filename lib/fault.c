@@ -115,8 +115,21 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
  * at once. asked is the page a fault named (0: none): only then does a
  * failure poison. Returns 0 when every page was installed.
  */
+/* The budget counts what we installed in our own address space (evict.c). */
+static void budget_count(struct mm *mm, struct source *src, uintptr_t addr, uint64_t idx,
+			 size_t n, int hint)
+{
+	if (mm->self && mm->lm->ev)
+		lzm_evict_filled_src(mm->lm, src, addr, idx, n, hint);
+}
+
+static int advice_hint(const struct vma *v)
+{
+	return v->advice == LAZYMAP_ADV_SEQUENTIAL ? EV_FIRST : 0;
+}
+
 int lzm_fill_zero(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr, uint64_t idx,
-		  size_t n, bool write, uintptr_t asked)
+		  size_t n, bool write, uintptr_t asked, int hint)
 {
 	size_t len = n << lzm_page_shift;
 	bool has_asked = asked >= addr && asked - addr < len;
@@ -147,6 +160,8 @@ int lzm_fill_zero(struct handler *h, struct mm *mm, struct vma *v, uintptr_t add
 		}
 	}
 	lzm_release_run(mm, v->src, addr, idx, n, ret == 0);
+	if (ret == 0)
+		budget_count(mm, v->src, addr, idx, n, hint ? hint : advice_hint(v));
 	return ret;
 }
 
@@ -203,6 +218,7 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 		 * first: one the program never writes is dropped, not swapped,
 		 * and its callback makes it again (swap.c). */
 		.wp = h->lm->ev && src->ops->fill,
+		.hint = (uint8_t)advice_hint(v),
 		.end_io = src->ops->read ? read_done : NULL,
 	};
 	/* MOVE takes private anonymous pages between VMAs of equal protection
@@ -296,6 +312,8 @@ static void fill_install(struct handler *h, struct fill_req *req, size_t first, 
 		ret = install(h, mm, req->move ? INSTALL_MOVE : req->wp ? INSTALL_COPY_WP : INSTALL_COPY,
 			      addr, buf, len, has_asked);
 		lzm_release_run(mm, req->src, addr, req->idx + first, cnt, ret == 0);
+		if (ret == 0)
+			budget_count(mm, req->src, addr, req->idx + first, cnt, req->hint);
 	}
 	pthread_rwlock_unlock(&mm->lock);
 }
@@ -415,6 +433,8 @@ static void finish_read(struct handler *h, struct fill_req *req, size_t data_pag
 		limit = good;
 	}
 	lzm_release_run(mm, req->src, req->addr, req->idx, limit, ret == 0);
+	if (ret == 0)
+		budget_count(mm, req->src, req->addr, req->idx, good, req->hint);
 	pthread_rwlock_unlock(&mm->lock);
 	req_drop(req, limit, req->n - limit);
 	lzm_req_free(h, req);
@@ -567,8 +587,8 @@ static void swap_wp_fault(struct handler *h, struct mm *mm, struct source *src, 
 	if (old & PAGE_BUSY)
 		return;
 	/* a zero page is about to be a page of the program's own: count it */
-	if ((old & PAGE_ZERO) && mm->self)
-		lzm_evict_filled_src(h->lm, src, addr, idx, 1);
+	if (old & PAGE_ZERO)
+		budget_count(mm, src, addr, idx, 1, 0);
 	t = atomic_load_explicit(&src->slots, memory_order_acquire);
 	if (t) {
 		uint32_t slot1 = atomic_exchange(&t[idx], 0);
@@ -655,7 +675,7 @@ again:
 		      !atomic_load_explicit(&v->src->slow, memory_order_relaxed);
 
 	if (!source_produces(v->src)) {
-		if (lzm_fill_zero(h, mm, v, addr, idx, n, write, addr) == 0 && around)
+		if (lzm_fill_zero(h, mm, v, addr, idx, n, write, addr, 0) == 0 && around)
 			lzm_fault_around(h, mm, v, addr, write, NULL, 0);
 		goto out;
 	}
@@ -710,10 +730,13 @@ uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, 
 		}
 		if (n) {
 			stat_add(&h->stats.prefetched, n);
+			/* prefetched pages are the last the budget evicts */
 			if (source_produces(v->src))
 				req = lzm_fault_begin(h, mm, v, addr, idx, n, false, 0);
 			else
-				lzm_fill_zero(h, mm, v, addr, idx, n, v->prot & PROT_WRITE, 0);
+				lzm_fill_zero(h, mm, v, addr, idx, n, v->prot & PROT_WRITE, 0, EV_LAST);
+			if (req)
+				req->hint = EV_LAST;
 		}
 		pthread_rwlock_unlock(&mm->lock);
 		if (req)

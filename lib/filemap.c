@@ -250,7 +250,7 @@ void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bo
 	stat_add(&h->stats.pages_filled, good);
 	lzm_cache_release(c, fp, good, true);
 	lzm_cache_release(c, fp + good, req->n - good, false);
-	lzm_evict_filled(h->lm, c, fp, good);
+	lzm_evict_filled(h->lm, c, fp, good, req->hint);
 
 	/* The toucher: map or wake it (nobody else has its page's address). */
 	pthread_rwlock_rdlock(&mm->lock);

@@ -704,6 +704,7 @@ struct fill_req {
 	bool nowait;            /* the read in flight was asked not to wait (RWF_NOWAIT) */
 	bool swap;              /* a read back from the swap file, of slots from slot on */
 	bool wp;                /* install write-protected (the budget tracks writes: swap.c) */
+	uint8_t hint;           /* EV_*: where its pages go in the budget's queues */
 	uint32_t slot;
 	/* A read completed with res (bytes or -errno): continue it, or install
 	 * and free req. Called on the handler whose ring read it (bio's bi_end_io). */
@@ -713,7 +714,7 @@ struct fill_req {
 
 /* Install n claimed zero pages at addr (lock held); 0 when all were. */
 int lzm_fill_zero(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr, uint64_t idx,
-		  size_t n, bool write, uintptr_t asked);
+		  size_t n, bool write, uintptr_t asked, int hint);
 /* Make n claimed pages from addr a request (lock held); NULL: nothing to produce. */
 struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
 				 uint64_t idx, size_t n, bool write, uintptr_t asked);
@@ -861,8 +862,12 @@ struct lazymap {
 int lzm_evict_start(struct lazymap *lm);
 /* After the handlers stopped. */
 void lzm_evict_stop(struct lazymap *lm);
+/* Where filled pages go in the eviction order: by use (0), first (a region
+ * advised LAZYMAP_ADV_SEQUENTIAL: behind the stream), last (prefetched). */
+#define EV_FIRST 1
+#define EV_LAST  2
 /* n pages from fp entered c by one of lm's fills. No lock held. */
-void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n);
+void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n, int hint);
 /* A fill is about to be made: wait while lm is at its limit (at most 1 s).
  * No lock held. */
 void lzm_evict_wait(struct lazymap *lm);
@@ -870,7 +875,7 @@ void lzm_evict_wait(struct lazymap *lm);
 uint64_t lzm_evict_resident(struct lazymap *lm, bool peak);
 /* n pages of src from idx were installed at addr in lm's own mm. No lock but mm's. */
 void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr, uint64_t idx,
-			  size_t n);
+			  size_t n, int hint);
 /* fork() is about to copy the address space: no page may be on its way to
  * swap meanwhile (the child's copy would have it nowhere). Until after. */
 void lzm_evict_fork_hold(struct lazymap *lm);

@@ -105,7 +105,7 @@ size_t lzm_fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr
 		if (zero) {
 			/* under a budget the pages nobody wrote yet are zero
 			 * pages, which cost nothing until written (fault.c) */
-			if (lzm_fill_zero(h, mm, v, at, idx, n, write && !h->lm->ev, 0))
+			if (lzm_fill_zero(h, mm, v, at, idx, n, write && !h->lm->ev, 0, 0))
 				break; /* the kernel balks: leave the rest alone */
 		} else {
 			reqs[nreqs] = lzm_fault_begin(h, mm, v, at, idx, n, write, 0);
