@@ -8,8 +8,11 @@
  * generated once per run, read through the page cache and with
  * LAZYMAP_DIRECT, cold or hot, by one or several faulting threads, a
  * second region of a file already read, and writes to a shared mapping of a
- * copy of it with their write-back; and the same cold scans served by
- * faultd against in-process handlers. The run
+ * copy of it with their write-back; the same cold scans served by faultd
+ * against in-process handlers; and the resident budget (the budget group:
+ * our eviction policy against FIFO and against the kernel in a memory
+ * cgroup of the budget's size, for a file and for swapped anonymous
+ * memory), whose rows have three twins and a JSON list of their own. The run
  * opens with a machine line (what a system call, a kernel page fault, a
  * same-CPU userfaultfd round trip and a 4 KiB disk read cost here), so that
  * tables from different machines are never compared as if alike.
@@ -35,8 +38,11 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/swap.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -60,8 +66,31 @@ static char shared_path[2][PATH_MAX + 16]; /* file-shared-write: the kernel's co
 static char running[200];
 static unsigned run_timeout = 600; /* seconds one twin's run may take */
 
+/*
+ * The budget group's leftovers, undone in this order: a kernel twin's child
+ * (killed and reaped), the swap turned on for it (swapoff may take seconds
+ * while it pages back in: the machine is never left with our swap on), the
+ * swap file, the memory cgroup, the budget file.
+ */
+static volatile pid_t twin_child;
+static volatile sig_atomic_t swap_active;
+static char swap_file[PATH_MAX + 16], cg_dir[PATH_MAX], budget_path[PATH_MAX + 16];
+
 static void remove_file(void)
 {
+	if (twin_child > 0) {
+		kill(twin_child, SIGKILL);
+		waitpid(twin_child, NULL, 0);
+		twin_child = 0;
+	}
+	if (swap_active && !swapoff(swap_file))
+		swap_active = 0;
+	if (swap_file[0])
+		unlink(swap_file);
+	if (cg_dir[0])
+		rmdir(cg_dir);
+	if (budget_path[0])
+		unlink(budget_path);
 	if (tmp_path[0])
 		unlink(tmp_path);
 	for (int i = 0; i < 2; i++)
@@ -1389,7 +1418,7 @@ static struct run median(const struct side *s)
 	return m;
 }
 
-/* Not fmin/fmax: the bench does not link libm. */
+/* Not fmin/fmax: libm is linked for budget-zipf's pow() alone. */
 static double dmin(double a, double b)
 {
 	return a < b ? a : b;
@@ -1877,6 +1906,1106 @@ static void json_machine(FILE *f, const struct machine *m)
 	fputs("}", f);
 }
 
+/* ---------------------------------------------------------------- the resident budget */
+
+/*
+ * The budget group (issue 11): lazymap under opts.resident_limit against
+ * the kernel under a memory cgroup (v1) of the same size, in the same run.
+ * budget-zipf reads one word of a page at a time from a file mapped
+ * read-only, in a Zipf(0.99) order and a uniform one, with three twins
+ * each: our policy (2Q), the same library with LAZYMAP_EVICT_POLICY=fifo,
+ * and the kernel's mmap in a child placed in a cgroup whose limit is the
+ * budget (the file's page cache is charged there, which is what holds it
+ * to the budget). budget-anon-swap writes, then reads back, an anonymous
+ * region several times the budget: lazymap swapping to a file of its own,
+ * the kernel to a swap file turned on for that run alone. A kernel twin
+ * whose cgroup or swap cannot be had is "unavailable" and fails nothing.
+ *
+ * lazymap maps the file LAZYMAP_DIRECT: read through the kernel's page
+ * cache, the whole file would stay there beside our budgeted cache, and a
+ * miss would cost a copy from memory where the kernel twin's costs the
+ * disk. Where O_DIRECT is refused, buffered, and the line says so.
+ */
+#define ZIPF_S 0.99
+
+struct budget_cfg {
+	size_t file_size, budget, anon_size;
+	size_t warm[2], n[2]; /* accesses per pattern (zipf, uniform): warm-up, then measured */
+	const char *dir;      /* where the swap files go (--dir) */
+	char fs[32];          /* its file system */
+};
+
+static const char *const pattern_names[2] = { "zipf0.99", "uniform" };
+static const char *const btwin_names[3] = { "ours", "fifo", "kernel" };
+
+/* One twin of budget-zipf, over the measured accesses. */
+struct btwin {
+	const char *status;    /* "ok", "unavailable", "error", "failed" (wrong data) */
+	char why[200];
+	double hit;            /* share of accesses that waited for no read */
+	double rd;             /* pages read from the file per access */
+	double ns;             /* per access */
+	uint64_t bad;          /* words that differed from the file, warm-up included */
+	char bad_what[160];
+	/* lazymap */
+	struct lazymap_stats st; /* at the end of the measured pass */
+	uint64_t evictions, refaults; /* during the measured pass */
+	bool buffered;         /* O_DIRECT refused: read through the kernel's page cache */
+	double cached_after;   /* share of the file in the kernel's page cache after the twin */
+	/* kernel */
+	long long cg_peak, cg_failcnt; /* the cgroup's max_usage_in_bytes and failcnt; -1: unknown */
+};
+
+/* budget-anon-swap: one twin. */
+struct atwin {
+	const char *status;
+	char why[200];
+	double ns[2];          /* per page: write phase, read phase */
+	uint64_t bad;
+	char bad_what[160];
+	uint64_t swap_out, swap_in; /* lazymap: its counters; kernel: /proc/vmstat pswpout/pswpin */
+	long long rss_grew;    /* lazymap: RssAnon after the write phase minus before, bytes */
+	struct lazymap_stats st;
+	long long cg_peak, cg_failcnt;
+	uint64_t majflt;       /* kernel: major faults of the read phase (swap-ins) */
+};
+
+static struct budget_res {
+	bool zipf_ran, anon_ran;
+	struct budget_cfg cfg;
+	struct btwin z[2][3];  /* [pattern][ours, fifo, kernel] */
+	struct atwin a[2];     /* [kernel, lazymap] */
+	char swap_how[200];
+} bres;
+
+static int budget_fd = -1;
+
+static double urand(uint64_t *s)
+{
+	return (double)(next_rand(s) >> 11) * 0x1p-53;
+}
+
+/*
+ * n pages of npages in access order: Zipf(ZIPF_S) over the ranks, ranks
+ * placed on pages by a fixed permutation so that hot pages lie apart; or
+ * uniform. Fixed seeds: every twin, every run, the same accesses.
+ */
+static void budget_sequence(uint32_t *seq, size_t n, size_t npages, bool zipf)
+{
+	uint64_t seed = zipf ? 0x7a697066ull : 0x756e6966ull, pseed = 0x7065726dull;
+	double *cdf, sum = 0;
+	uint32_t *perm;
+
+	if (!zipf) {
+		for (size_t i = 0; i < n; i++)
+			seq[i] = (uint32_t)(next_rand(&seed) % npages);
+		return;
+	}
+	cdf = malloc(npages * sizeof(*cdf));
+	perm = malloc(npages * sizeof(*perm));
+	if (!cdf || !perm) {
+		fprintf(stderr, "budget: out of memory\n");
+		exit(1);
+	}
+	for (size_t k = 0; k < npages; k++) {
+		sum += pow((double)(k + 1), -ZIPF_S);
+		cdf[k] = sum;
+		perm[k] = (uint32_t)k;
+	}
+	shuffle(perm, npages, &pseed);
+	for (size_t i = 0; i < n; i++) {
+		double u = urand(&seed) * sum;
+		size_t lo = 0, hi = npages - 1;
+
+		while (lo < hi) { /* the first rank whose cumulative weight passes u */
+			size_t mid = lo + (hi - lo) / 2;
+
+			if (cdf[mid] > u)
+				hi = mid;
+			else
+				lo = mid + 1;
+		}
+		seq[i] = perm[lo];
+	}
+	free(cdf);
+	free(perm);
+}
+
+struct pass {
+	uint64_t ns, bad;
+	size_t done;    /* accesses made: fewer than asked if the deadline came first */
+	char what[160]; /* the first wrong word */
+};
+
+/*
+ * One word of each page of seq, checked against the file; stops at the
+ * deadline (now_ns()), checked every 64 accesses: a twin that thrashes
+ * (the kernel's read-around as large as its cgroup's limit does) must not
+ * take the run with it.
+ */
+static void budget_reads(const char *base, const uint32_t *seq, size_t n, struct pass *p,
+			 uint64_t deadline)
+{
+	uint64_t t0 = now_ns();
+
+	for (size_t i = 0; i < n; i++) {
+		if (!(i & 63) && now_ns() > deadline) {
+			n = i;
+			break;
+		}
+		uint32_t pg = seq[i];
+		uint64_t off = (uint64_t)pg * ps + touch_off(pg);
+		uint64_t v = *(volatile const uint64_t *)(base + off);
+
+		if (v != data_word(off) && !p->bad++)
+			snprintf(p->what, sizeof(p->what), "access %zu, page %u word %zu: 0x%016llx, "
+				 "file has 0x%016llx", i, (unsigned)pg, (size_t)touch_off(pg) / 8,
+				 (unsigned long long)v, (unsigned long long)data_word(off));
+	}
+	p->done = n;
+	p->ns = now_ns() - t0;
+}
+
+static uint64_t twin_deadline_ns; /* seconds a budget-zipf twin may take, in ns */
+
+/* A twin that met its deadline: how far it got, in why; true if so. */
+static bool too_slow(const struct pass *w, const struct pass *m, size_t warm, size_t n, char *why,
+		     size_t whylen)
+{
+	if (w->done == warm && m->done == n)
+		return false;
+	snprintf(why, whylen, "gave up after %.0f s: %zu of %zu warm-up and %zu of %zu measured "
+		 "accesses made", (double)twin_deadline_ns / 1e9, w->done, warm, m->done, n);
+	return true;
+}
+
+/* budget-anon-swap's words: distinct everywhere, never zero, cheap to make. */
+static inline uint64_t anon_word(uint64_t off)
+{
+	return (off + 8) * 0x9e3779b97f4a7c15ull;
+}
+
+static uint64_t anon_write(char *base, size_t size)
+{
+	uint64_t t0 = now_ns();
+
+	for (size_t pg = 0; pg < size / ps; pg++) {
+		uint64_t *w = (uint64_t *)(base + pg * ps), off = (uint64_t)pg * ps;
+
+		for (size_t i = 0; i < ps / 8; i++)
+			w[i] = anon_word(off + i * 8);
+	}
+	return now_ns() - t0;
+}
+
+/* Every byte read back; the first wrong word in what. */
+static uint64_t anon_check(const char *base, size_t size, struct pass *p)
+{
+	uint64_t t0 = now_ns();
+
+	for (size_t pg = 0; pg < size / ps; pg++) {
+		const volatile uint64_t *w = (const volatile uint64_t *)(base + pg * ps);
+		uint64_t off = (uint64_t)pg * ps;
+
+		for (size_t i = 0; i < ps / 8; i++) {
+			uint64_t v = w[i];
+
+			if (v != anon_word(off + i * 8) && !p->bad++)
+				snprintf(p->what, sizeof(p->what), "page %zu word %zu: 0x%016llx, "
+					 "written 0x%016llx", pg, i, (unsigned long long)v,
+					 (unsigned long long)anon_word(off + i * 8));
+		}
+	}
+	return now_ns() - t0;
+}
+
+/* Share of the file in the kernel's page cache, from mincore on a mapping of it. */
+static double budget_cached(void)
+{
+	size_t n = bres.cfg.file_size / ps, in = 0;
+	unsigned char *vec = malloc(n);
+	void *p = mmap(NULL, bres.cfg.file_size, PROT_READ, MAP_SHARED, budget_fd, 0);
+
+	if (!vec || p == MAP_FAILED || mincore(p, bres.cfg.file_size, vec)) {
+		perror("budget: mmap/mincore of the file");
+		exit(1);
+	}
+	munmap(p, bres.cfg.file_size);
+	for (size_t i = 0; i < n; i++)
+		in += vec[i] & 1;
+	free(vec);
+	return (double)in / (double)n;
+}
+
+/*
+ * Every twin starts cold: the file's pages leave the page cache (clean
+ * since its fsync, and mapped nowhere). Not /proc/sys/vm/drop_caches: the
+ * machine may be shared, and that drops everyone's cache.
+ */
+static void budget_drop(void)
+{
+	double in = budget_cached();
+
+	for (int i = 0; i < 10 && in > 0; i++) {
+		if (i)
+			usleep(10000);
+		posix_fadvise(budget_fd, 0, 0, POSIX_FADV_DONTNEED);
+		in = budget_cached();
+	}
+	if (in > 0)
+		fprintf(stderr, "\nbudget: %.2f%% of the file stayed cached after DONTNEED\n", in * 100);
+}
+
+/* A number from a /proc or /sys file: the first one after key (NULL: at the start); -1 if none. */
+static long long read_num(const char *path, const char *key)
+{
+	static char buf[32768];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	size_t got = 0;
+	const char *p;
+
+	if (fd < 0)
+		return -1;
+	for (;;) {
+		ssize_t n = read(fd, buf + got, sizeof(buf) - 1 - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	buf[got] = 0;
+	p = buf;
+	if (key) {
+		size_t kl = strlen(key);
+
+		while (p && (strncmp(p, key, kl) || (p[kl] != ' ' && p[kl] != ':')))
+			if ((p = strchr(p, '\n')))
+				p++;
+		if (!p)
+			return -1;
+		p += kl;
+	}
+	while (*p == ' ' || *p == '\t' || *p == ':')
+		p++;
+	return *p >= '0' && *p <= '9' ? strtoll(p, NULL, 10) : -1;
+}
+
+/* 0, or -errno: write val to file of the cgroup. */
+static int cg_write(const char *file, const char *val)
+{
+	char path[PATH_MAX + 64];
+	int fd, err = 0;
+
+	snprintf(path, sizeof(path), "%s/%s", cg_dir, file);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, val, strlen(val)) != (ssize_t)strlen(val))
+		err = -errno;
+	close(fd);
+	return err;
+}
+
+static long long cg_read(const char *file)
+{
+	char path[PATH_MAX + 64];
+
+	snprintf(path, sizeof(path), "%s/%s", cg_dir, file);
+	return read_num(path, NULL);
+}
+
+/*
+ * A cgroup v1 memory cgroup of ours limited to limit bytes, at the top of
+ * the memory hierarchy; 0, or -errno with the step in why.
+ */
+static int cg_create(const char *tag, size_t limit, char *why, size_t whylen)
+{
+	char val[32];
+	int err;
+
+	snprintf(cg_dir, sizeof(cg_dir), "/sys/fs/cgroup/memory/lazymap-bench.%d.%s", (int)getpid(),
+		 tag);
+	if (mkdir(cg_dir, 0755)) {
+		err = -errno;
+		snprintf(why, whylen, "no cgroup v1 memory cgroup: mkdir %s: %s", cg_dir, strerror(-err));
+		cg_dir[0] = 0;
+		return err;
+	}
+	snprintf(val, sizeof(val), "%zu", limit);
+	err = cg_write("memory.limit_in_bytes", val);
+	/* Swappiness 0 in a cgroup means no swapping at all there; the system's is 60 by default. */
+	if (!err && cg_read("memory.swappiness") == 0)
+		err = cg_write("memory.swappiness", "60");
+	if (err) {
+		snprintf(why, whylen, "setting up %.120s: %s", cg_dir, strerror(-err));
+		rmdir(cg_dir);
+		cg_dir[0] = 0;
+	}
+	return err;
+}
+
+/* Empty it (charges of the file's page cache stay after the child) and remove it. */
+static void cg_remove(void)
+{
+	if (!cg_dir[0])
+		return;
+	cg_write("memory.force_empty", "0");
+	if (rmdir(cg_dir))
+		fprintf(stderr, "\nbudget: rmdir %s: %s\n", cg_dir, strerror(errno));
+	cg_dir[0] = 0;
+}
+
+/*
+ * A swap file of size bytes in dir, made and turned on: fallocate (no
+ * holes, as swapon wants), mkswap's header written here, swapon. 0, or
+ * -errno with the step in why (nothing left behind).
+ */
+static int swap_make(const char *dir, size_t size, char *why, size_t whylen)
+{
+	struct {
+		char bootbits[1024];
+		uint32_t version, last_page, nr_badpages;
+		unsigned char uuid[16];
+		char volume[16];
+	} hdr;
+	char *page = calloc(1, ps);
+	int fd = -1, err = -ENOMEM;
+	const char *step = "calloc";
+
+	snprintf(swap_file, sizeof(swap_file), "%s/lazymap-bench-swap.%d", dir, (int)getpid());
+	if (!page)
+		goto out;
+	step = "open";
+	fd = open(swap_file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		err = -errno;
+		swap_file[0] = 0;
+		goto out;
+	}
+	step = "fallocate";
+	if (fallocate(fd, 0, 0, (off_t)size)) {
+		err = -errno;
+		goto out;
+	}
+	memset(&hdr, 0, sizeof(hdr));
+	hdr.version = 1;
+	hdr.last_page = (uint32_t)(size / ps - 1);
+	memcpy(page, &hdr, sizeof(hdr));
+	memcpy(page + ps - 10, "SWAPSPACE2", 10);
+	step = "writing the header";
+	if (pwrite(fd, page, ps, 0) != (ssize_t)ps || fsync(fd)) {
+		err = -errno;
+		goto out;
+	}
+	close(fd);
+	fd = -1;
+	step = "swapon";
+	if (swapon(swap_file, 0)) {
+		err = -errno;
+		goto out;
+	}
+	swap_active = 1;
+	err = 0;
+out:
+	if (err) {
+		snprintf(why, whylen, "no swap: %s %s: %s", step, swap_file[0] ? swap_file : dir,
+			 strerror(-err));
+		if (swap_file[0])
+			unlink(swap_file);
+		swap_file[0] = 0;
+	}
+	if (fd >= 0)
+		close(fd);
+	free(page);
+	return err;
+}
+
+static void swap_remove(void)
+{
+	if (swap_active) {
+		uint64_t t0 = now_ns();
+
+		if (swapoff(swap_file))
+			fprintf(stderr, "\nbudget: swapoff %s: %s\n", swap_file, strerror(errno));
+		else
+			swap_active = 0;
+		if (now_ns() - t0 > 1000000000u)
+			fprintf(stderr, "\nbudget: swapoff took %.1f s\n", (double)(now_ns() - t0) / 1e9);
+	}
+	if (swap_file[0] && !swap_active) {
+		unlink(swap_file);
+		swap_file[0] = 0;
+	}
+}
+
+/* What a kernel twin's child tells its parent through a pipe. */
+struct kid_result {
+	int err; /* 0, or -errno of the step in why */
+	char why[160];
+	uint64_t ns[2];
+	uint64_t majflt;
+	long long read_bytes; /* /proc/self/io; -1: not known */
+	struct pass check;
+};
+
+/*
+ * Run fn in a child that first joins cg_dir: the kernel twin, with the
+ * cgroup charging its page cache and its anonymous memory. Signals are back
+ * to their defaults there (our handlers would remove the files), and it
+ * leaves by _exit alone. 0, or -errno with what happened in why.
+ */
+static int run_in_cgroup(void (*fn)(void *arg, struct kid_result *r), void *arg,
+			 struct kid_result *r, char *why, size_t whylen)
+{
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM, SIGPIPE,
+				    SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL };
+	int pfd[2], wst;
+	size_t got = 0;
+	pid_t pid;
+
+	memset(r, 0, sizeof(*r));
+	if (pipe2(pfd, O_CLOEXEC)) {
+		snprintf(why, whylen, "pipe: %s", strerror(errno));
+		return -EIO;
+	}
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid < 0) {
+		snprintf(why, whylen, "fork: %s", strerror(errno));
+		close(pfd[0]);
+		close(pfd[1]);
+		return -EIO;
+	}
+	if (!pid) {
+		struct kid_result res;
+		char path[PATH_MAX + 32], val[24];
+		int fd, len;
+
+		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+			signal(sigs[i], SIG_DFL);
+		close(pfd[0]);
+		memset(&res, 0, sizeof(res));
+		snprintf(path, sizeof(path), "%s/cgroup.procs", cg_dir);
+		len = snprintf(val, sizeof(val), "%d", (int)getpid());
+		fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, val, (size_t)len) != len) {
+			res.err = -errno;
+			snprintf(res.why, sizeof(res.why), "joining %.100s: %s", path, strerror(errno));
+		} else {
+			fn(arg, &res);
+		}
+		if (write(pfd[1], &res, sizeof(res)) != (ssize_t)sizeof(res))
+			_exit(1);
+		_exit(0);
+	}
+	twin_child = pid;
+	close(pfd[1]);
+	while (got < sizeof(*r)) {
+		ssize_t n = read(pfd[0], (char *)r + got, sizeof(*r) - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(pfd[0]);
+	while (waitpid(pid, &wst, 0) < 0 && errno == EINTR)
+		;
+	twin_child = 0;
+	if (got != sizeof(*r)) {
+		if (WIFSIGNALED(wst))
+			snprintf(why, whylen, "the child died of %s%s", strsignal(WTERMSIG(wst)),
+				 "");
+		else
+			snprintf(why, whylen, "the child exited %d without a result", WEXITSTATUS(wst));
+		return -EIO;
+	}
+	if (r->err) {
+		snprintf(why, whylen, "%s", r->why);
+		return r->err;
+	}
+	return 0;
+}
+
+/*
+ * A kernel twin whose child the cgroup's OOM killer took: the kernel's own
+ * outcome under the limit, reported, not a failure of the run.
+ */
+static const char *kid_failed(char *why, size_t whylen)
+{
+	char path[PATH_MAX + 32];
+	long long kills;
+
+	snprintf(path, sizeof(path), "%s/memory.oom_control", cg_dir);
+	kills = read_num(path, "oom_kill");
+	if (kills > 0) {
+		size_t l = strlen(why);
+
+		snprintf(why + l, whylen - l, "; the cgroup's OOM killer (oom_kill %lld)", kills);
+		return "killed";
+	}
+	return "error";
+}
+
+/* ------------------------------------------------ budget-zipf */
+
+struct zipf_kid {
+	const uint32_t *seq;
+	size_t warm, n;
+	uint64_t deadline;
+};
+
+/* The kernel twin, in its cgroup: the same accesses through mmap(MAP_PRIVATE, PROT_READ). */
+static void zipf_kid_fn(void *arg, struct kid_result *r)
+{
+	const struct zipf_kid *k = arg;
+	size_t size = bres.cfg.file_size;
+	struct rusage a, b;
+	struct pass w = { 0 };
+	long long io0, io1;
+	char *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, budget_fd, 0);
+
+	if (p == MAP_FAILED) {
+		r->err = -errno;
+		snprintf(r->why, sizeof(r->why), "mmap of the file: %s", strerror(errno));
+		return;
+	}
+	if (use_advise)
+		madvise(p, size, MADV_RANDOM);
+	budget_reads(p, k->seq, k->warm, &w, k->deadline);
+	getrusage(RUSAGE_SELF, &a);
+	io0 = read_num("/proc/self/io", "read_bytes");
+	budget_reads(p, k->seq + k->warm, k->n, &r->check, k->deadline);
+	if (too_slow(&w, &r->check, k->warm, k->n, r->why, sizeof(r->why)))
+		r->err = -ETIME;
+	getrusage(RUSAGE_SELF, &b);
+	io1 = read_num("/proc/self/io", "read_bytes");
+	r->ns[0] = r->check.ns;
+	r->majflt = (uint64_t)(b.ru_majflt - a.ru_majflt);
+	r->read_bytes = io0 < 0 || io1 < 0 ? -1 : io1 - io0;
+	if (w.bad) {
+		r->check.bad += w.bad;
+		memcpy(r->check.what, w.what, sizeof(w.what));
+	}
+	munmap(p, size);
+}
+
+static void zipf_kernel(struct btwin *t, const uint32_t *seq, size_t warm, size_t n)
+{
+	struct zipf_kid k = { seq, warm, n, now_ns() + twin_deadline_ns };
+	struct kid_result r;
+
+	t->cg_peak = t->cg_failcnt = -1;
+	if (cg_create("zipf", bres.cfg.budget, t->why, sizeof(t->why))) {
+		t->status = "unavailable";
+		return;
+	}
+	budget_drop();
+	if (run_in_cgroup(zipf_kid_fn, &k, &r, t->why, sizeof(t->why))) {
+		t->status = r.err == -ETIME ? "slow" : kid_failed(t->why, sizeof(t->why));
+		goto out;
+	}
+	t->status = "ok";
+	t->ns = (double)r.ns[0] / (double)n;
+	t->hit = 1 - (double)r.majflt / (double)n;
+	t->rd = r.read_bytes < 0 ? -1 : (double)r.read_bytes / (double)ps / (double)n;
+	t->bad = r.check.bad;
+	memcpy(t->bad_what, r.check.what, sizeof(t->bad_what));
+	t->cg_peak = cg_read("memory.max_usage_in_bytes");
+	t->cg_failcnt = cg_read("memory.failcnt");
+out:
+	cg_remove();
+	budget_drop();
+}
+
+/* A lazymap with the budget; LAZYMAP_EVICT_POLICY is read at open, and only there. */
+static int budget_open(struct lazymap **lm, const struct lazymap_opts *base, bool fifo)
+{
+	struct lazymap_opts o = *base;
+	int ret;
+
+	o.resident_limit = bres.cfg.budget;
+	o.swap_path = bres.cfg.dir;
+	if (fifo)
+		setenv("LAZYMAP_EVICT_POLICY", "fifo", 1);
+	ret = lazymap_open(lm, &o);
+	if (fifo)
+		unsetenv("LAZYMAP_EVICT_POLICY");
+	return ret;
+}
+
+static void zipf_lazymap(struct btwin *t, const struct lazymap_opts *base, bool fifo,
+			 const uint32_t *seq, size_t warm, size_t n)
+{
+	size_t size = bres.cfg.file_size;
+	struct lazymap_stats s0, s1;
+	struct pass w = { 0 }, m = { 0 };
+	const char *what = "lazymap_open(resident_limit)";
+	struct lazymap *lm;
+	void *p;
+	int ret;
+
+	ret = budget_open(&lm, base, fifo);
+	if (ret)
+		goto fail;
+	budget_drop();
+	what = "lazymap_map(LAZYMAP_DIRECT)";
+	ret = lazymap_map(lm, &p, size, PROT_READ, LAZYMAP_PRIVATE | LAZYMAP_DIRECT, budget_fd, 0);
+	if (ret == -EINVAL) {
+		t->buffered = true;
+		what = "lazymap_map";
+		ret = lazymap_map(lm, &p, size, PROT_READ, LAZYMAP_PRIVATE, budget_fd, 0);
+	}
+	if (ret)
+		goto close;
+	if (use_advise && (ret = lazymap_advise(lm, p, size, LAZYMAP_ADV_RANDOM))) {
+		what = "lazymap_advise";
+		lazymap_unmap(lm, p, size);
+		goto close;
+	}
+	memset(&s0, 0, sizeof(s0));
+	memset(&s1, 0, sizeof(s1));
+	uint64_t deadline = now_ns() + twin_deadline_ns;
+
+	budget_reads(p, seq, warm, &w, deadline);
+	lazymap_stats(lm, &s0);
+	budget_reads(p, seq + warm, n, &m, deadline);
+	lazymap_stats(lm, &s1);
+	t->status = too_slow(&w, &m, warm, n, t->why, sizeof(t->why)) ? "slow" : "ok";
+	t->ns = (double)m.ns / (double)n;
+	t->hit = 1 - (double)(s1.faults - s0.faults) / (double)n;
+	t->rd = (double)(s1.bytes_read - s0.bytes_read) / (double)ps / (double)n;
+	t->st = s1;
+	t->evictions = s1.evictions - s0.evictions;
+	t->refaults = s1.refaults - s0.refaults;
+	t->bad = w.bad + m.bad;
+	memcpy(t->bad_what, w.bad ? w.what : m.what, sizeof(t->bad_what));
+	what = "lazymap_unmap";
+	ret = lazymap_unmap(lm, p, size);
+close:
+	lazymap_close(lm);
+	t->cached_after = budget_cached();
+	budget_drop();
+	if (!ret)
+		return;
+fail:
+	t->status = "error";
+	snprintf(t->why, sizeof(t->why), "%s: -%s (%s)", what, strerrorname_np(-ret), strerror(-ret));
+}
+
+static void budget_zipf(const struct lazymap_opts *base)
+{
+	struct budget_cfg *cfg = &bres.cfg;
+	size_t most = cfg->warm[0] + cfg->n[0] > cfg->warm[1] + cfg->n[1] ? cfg->warm[0] + cfg->n[0]
+									   : cfg->warm[1] + cfg->n[1];
+	uint32_t *seq = malloc(most * sizeof(*seq));
+
+	if (!seq) {
+		fprintf(stderr, "budget: out of memory\n");
+		exit(1);
+	}
+	for (int pat = 0; pat < 2; pat++) {
+		budget_sequence(seq, cfg->warm[pat] + cfg->n[pat], cfg->file_size / ps, pat == 0);
+		for (int tw = 0; tw < 3; tw++) {
+			struct btwin *t = &bres.z[pat][tw];
+
+			fprintf(stderr, "\rbudget-zipf %s: %-8s", pattern_names[pat], btwin_names[tw]);
+			snprintf(running, sizeof(running), "budget-zipf, %s, %s twin", pattern_names[pat],
+				 btwin_names[tw]);
+			alarm(run_timeout);
+			if (tw == 2)
+				zipf_kernel(t, seq, cfg->warm[pat], cfg->n[pat]);
+			else
+				zipf_lazymap(t, base, tw == 1, seq, cfg->warm[pat], cfg->n[pat]);
+			alarm(0);
+			if (t->bad)
+				t->status = "failed";
+		}
+	}
+	fprintf(stderr, "\r%*s\r", 70, "");
+	free(seq);
+	bres.zipf_ran = true;
+}
+
+/* ------------------------------------------------ budget-anon-swap */
+
+static void anon_kid_fn(void *arg, struct kid_result *r)
+{
+	size_t size = bres.cfg.anon_size;
+	struct rusage a, b;
+	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		       -1, 0);
+
+	(void)arg;
+	if (p == MAP_FAILED) {
+		r->err = -errno;
+		snprintf(r->why, sizeof(r->why), "mmap: %s", strerror(errno));
+		return;
+	}
+	madvise(p, size, MADV_NOHUGEPAGE); /* 4 KiB pages, like ours */
+	r->ns[0] = anon_write(p, size);
+	getrusage(RUSAGE_SELF, &a);
+	r->ns[1] = anon_check(p, size, &r->check);
+	getrusage(RUSAGE_SELF, &b);
+	r->majflt = (uint64_t)(b.ru_majflt - a.ru_majflt);
+	munmap(p, size);
+}
+
+static void anon_kernel(struct atwin *t)
+{
+	size_t npages = bres.cfg.anon_size / ps;
+	long long out0, in0;
+	struct kid_result r;
+
+	t->cg_peak = t->cg_failcnt = -1;
+	if (cg_create("swap", bres.cfg.budget, t->why, sizeof(t->why))) {
+		t->status = "unavailable";
+		return;
+	}
+	if (swap_make(bres.cfg.dir, bres.cfg.anon_size, t->why, sizeof(t->why))) {
+		t->status = "unavailable";
+		goto out;
+	}
+	snprintf(bres.swap_how, sizeof(bres.swap_how), "%zu MiB swap file in %s (%s), cgroup swappiness %lld",
+		 bres.cfg.anon_size >> 20, bres.cfg.dir, bres.cfg.fs, cg_read("memory.swappiness"));
+	out0 = read_num("/proc/vmstat", "pswpout");
+	in0 = read_num("/proc/vmstat", "pswpin");
+	if (run_in_cgroup(anon_kid_fn, NULL, &r, t->why, sizeof(t->why))) {
+		t->status = kid_failed(t->why, sizeof(t->why));
+		goto out;
+	}
+	t->status = r.check.bad ? "failed" : "ok";
+	t->ns[0] = (double)r.ns[0] / (double)npages;
+	t->ns[1] = (double)r.ns[1] / (double)npages;
+	t->bad = r.check.bad;
+	memcpy(t->bad_what, r.check.what, sizeof(t->bad_what));
+	t->majflt = r.majflt;
+	t->swap_out = (uint64_t)(read_num("/proc/vmstat", "pswpout") - out0);
+	t->swap_in = (uint64_t)(read_num("/proc/vmstat", "pswpin") - in0);
+	t->cg_peak = cg_read("memory.max_usage_in_bytes");
+	t->cg_failcnt = cg_read("memory.failcnt");
+out:
+	swap_remove();
+	cg_remove();
+}
+
+static void anon_lazymap(struct atwin *t, const struct lazymap_opts *base)
+{
+	size_t size = bres.cfg.anon_size, npages = size / ps;
+	const char *what = "lazymap_open(resident_limit)";
+	struct pass chk = { 0 };
+	long long rss0;
+	struct lazymap *lm;
+	void *p;
+	int ret;
+
+	ret = budget_open(&lm, base, false);
+	if (ret)
+		goto fail;
+	what = "lazymap_map(LAZYMAP_ANON)";
+	ret = lazymap_map(lm, &p, size, PROT_READ | PROT_WRITE, LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0);
+	if (ret) {
+		lazymap_close(lm);
+		goto fail;
+	}
+	rss0 = read_num("/proc/self/status", "RssAnon");
+	t->ns[0] = (double)anon_write(p, size) / (double)npages;
+	t->rss_grew = rss0 < 0 ? -1 : (read_num("/proc/self/status", "RssAnon") - rss0) * 1024;
+	t->ns[1] = (double)anon_check(p, size, &chk) / (double)npages;
+	memset(&t->st, 0, sizeof(t->st));
+	lazymap_stats(lm, &t->st);
+	t->swap_out = t->st.swap_outs;
+	t->swap_in = t->st.swap_ins;
+	t->bad = chk.bad;
+	memcpy(t->bad_what, chk.what, sizeof(t->bad_what));
+	t->status = chk.bad ? "failed" : "ok";
+	what = "lazymap_unmap";
+	ret = lazymap_unmap(lm, p, size);
+	lazymap_close(lm);
+	if (!ret)
+		return;
+fail:
+	t->status = "error";
+	snprintf(t->why, sizeof(t->why), "%s: -%s (%s)", what, strerrorname_np(-ret), strerror(-ret));
+}
+
+static void budget_anon(const struct lazymap_opts *base)
+{
+	for (int tw = 0; tw < 2; tw++) {
+		fprintf(stderr, "\rbudget-anon-swap: %-8s", tw ? "lazymap" : "kernel");
+		snprintf(running, sizeof(running), "budget-anon-swap, %s twin", tw ? "lazymap" : "kernel");
+		alarm(run_timeout);
+		if (tw)
+			anon_lazymap(&bres.a[1], base);
+		else
+			anon_kernel(&bres.a[0]);
+		alarm(0);
+	}
+	fprintf(stderr, "\r%*s\r", 70, "");
+	bres.anon_ran = true;
+}
+
+/* ------------------------------------------------ output */
+
+static bool bt_ok(const char *status)
+{
+	return status && !strcmp(status, "ok");
+}
+
+/* The kernel's read-around for a file's device (its read_ahead_kb), or -1. */
+static long long read_ahead_kb(int fd)
+{
+	char path[96];
+	struct stat st;
+	long long kb;
+
+	if (fstat(fd, &st))
+		return -1;
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/queue/read_ahead_kb", major(st.st_dev),
+		 minor(st.st_dev));
+	kb = read_num(path, NULL);
+	if (kb < 0) { /* a partition: its disk's queue */
+		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/../queue/read_ahead_kb",
+			 major(st.st_dev), minor(st.st_dev));
+		kb = read_num(path, NULL);
+	}
+	return kb;
+}
+
+static void print_budget_zipf(void)
+{
+	const struct budget_cfg *cfg = &bres.cfg;
+	long long ra = read_ahead_kb(budget_fd);
+
+	printf("\nbudget-zipf: %zu MiB file (%s), budget %zu MiB; one 8-byte word read and checked per "
+	       "access; every twin starts cold\n"
+	       "twins: ours = lazymap (2Q), LAZYMAP_PRIVATE|LAZYMAP_DIRECT; fifo = the same with "
+	       "LAZYMAP_EVICT_POLICY=fifo;\n"
+	       "kernel = mmap(MAP_PRIVATE, PROT_READ) in a child in a cgroup v1 memory cgroup limited "
+	       "to %zu MiB%s; the device's read_ahead_kb %lld\n"
+	       "hit: measured accesses that waited for no read (lazymap: 1 - fault messages/access; "
+	       "kernel: 1 - major faults/access,\ngetrusage in the child); rd/acc: pages read per access "
+	       "(lazymap: bytes_read; kernel: the child's /proc/self/io read_bytes)\n",
+	       cfg->file_size >> 20, cfg->fs, cfg->budget >> 20, cfg->budget >> 20,
+	       use_advise ? "; both advised RANDOM" : "", ra);
+	printf("%-16s %-9s %-6s %8s %8s %7s %7s %9s | %8s %9s %8s %8s %8s\n", "scenario", "pattern",
+	       "twin", "warm-up", "measured", "hit%", "rd/acc", "ns/acc", "peak MiB", "evictions",
+	       "refaults", "overruns", "wait ms");
+	for (int pat = 0; pat < 2; pat++) {
+		const struct btwin *z = bres.z[pat];
+
+		for (int tw = 0; tw < 3; tw++) {
+			const struct btwin *t = &z[tw];
+			const char *lead = pat == 0 && tw == 0 ? "budget-zipf" : "";
+			const char *pn = tw == 0 ? pattern_names[pat] : "";
+
+			if (!bt_ok(t->status) && strcmp(t->status, "failed")) {
+				printf("%-16s %-9s %-6s %s: %s\n", lead, pn, btwin_names[tw], t->status, t->why);
+				continue;
+			}
+			printf("%-16s %-9s %-6s %8zu %8zu %7.2f %7.3f %9.0f |", lead, pn, btwin_names[tw],
+			       cfg->warm[pat], cfg->n[pat], t->hit * 100, t->rd, t->ns);
+			if (tw < 2)
+				printf(" %8.1f %9llu %8llu %8llu %8.1f%s\n", t->st.resident_peak / 1048576.0,
+				       (unsigned long long)t->evictions, (unsigned long long)t->refaults,
+				       (unsigned long long)t->st.budget_overruns, t->st.evict_wait_ns / 1e6,
+				       t->buffered ? "  (buffered: O_DIRECT refused)" : "");
+			else
+				printf(" cgroup peak %.1f MiB, limit hit %lld times\n", t->cg_peak / 1048576.0,
+				       t->cg_failcnt);
+			if (t->bad)
+				printf("  ! WRONG DATA from %s: %llu words; first: %s\n", tw == 2 ? "the kernel twin"
+				       : "lazymap", (unsigned long long)t->bad, t->bad_what);
+		}
+		printf("  %s:", pattern_names[pat]);
+		if (bt_ok(z[0].status) && bt_ok(z[1].status))
+			printf(" ours - fifo %+.1f points (target >= +10);", (z[0].hit - z[1].hit) * 100);
+		if (bt_ok(z[0].status) && bt_ok(z[2].status))
+			printf(" ours - kernel %+.1f points (target >= -5); time ours/kernel %.2fx "
+			       "(target <= 1.5x)", (z[0].hit - z[2].hit) * 100, z[0].ns / z[2].ns);
+		else
+			printf(" no kernel ratio (kernel %s)", z[2].status);
+		printf("\n");
+	}
+	for (int tw = 0; tw < 2; tw++)
+		for (int pat = 0; pat < 2; pat++)
+			if (bt_ok(bres.z[pat][tw].status) && bres.z[pat][tw].cached_after > 0.01)
+				printf("  ! %s, %s: %.1f%% of the file in the kernel's page cache after the run\n",
+				       pattern_names[pat], btwin_names[tw], bres.z[pat][tw].cached_after * 100);
+}
+
+static void print_budget_anon(void)
+{
+	const struct budget_cfg *cfg = &bres.cfg;
+	const struct atwin *k = &bres.a[0], *l = &bres.a[1];
+
+	printf("\nbudget-anon-swap: %zu MiB anonymous region, every word written (phase 1) then read "
+	       "back and checked (phase 2),\nbudget %zu MiB; lazymap: LAZYMAP_ANON|LAZYMAP_PRIVATE, "
+	       "resident_limit, its swap file in %s;\nkernel: mmap(MAP_ANONYMOUS), MADV_NOHUGEPAGE, in a "
+	       "child in a cgroup v1 memory cgroup limited to %zu MiB, %s\n"
+	       "swap out/in: lazymap's swap_outs/swap_ins; kernel: /proc/vmstat pswpout/pswpin over its "
+	       "run (the whole machine's)\n", cfg->anon_size >> 20, cfg->budget >> 20, cfg->dir,
+	       cfg->budget >> 20, bres.swap_how[0] ? bres.swap_how : "swap turned on for the run");
+	printf("%-16s %-7s %9s %9s %9s | %-17s | %9s %9s %9s %9s\n", "scenario", "twin", "write", "read",
+	       "total", "ratio w/r/total", "swap out", "swap in", "peak MiB", "rss+ MiB");
+	printf("%-16s %-7s %9s %9s %9s | %-17s |\n", "", "", "ns/page", "ns/page", "ns/page",
+	       "(target <= 1.0)");
+	for (int tw = 0; tw < 2; tw++) {
+		const struct atwin *t = &bres.a[tw];
+		const char *lead = tw ? "" : "budget-anon-swap";
+		char ratio[40] = "";
+
+		if (!bt_ok(t->status) && strcmp(t->status, "failed")) {
+			printf("%-16s %-7s %s: %s\n", lead, tw ? "lazymap" : "kernel", t->status, t->why);
+			continue;
+		}
+		if (tw && bt_ok(k->status))
+			snprintf(ratio, sizeof(ratio), "%.2f/%.2f/%.2f", t->ns[0] / k->ns[0],
+				 t->ns[1] / k->ns[1], (t->ns[0] + t->ns[1]) / (k->ns[0] + k->ns[1]));
+		printf("%-16s %-7s %9.0f %9.0f %9.0f | %-17s | %9llu %9llu", lead, tw ? "lazymap" : "kernel",
+		       t->ns[0], t->ns[1], t->ns[0] + t->ns[1], ratio, (unsigned long long)t->swap_out,
+		       (unsigned long long)t->swap_in);
+		if (tw)
+			printf(" %9.1f %9.1f\n", t->st.resident_peak / 1048576.0, t->rss_grew / 1048576.0);
+		else
+			printf(" %9.1f %9s  (cgroup peak; limit hit %lld times; %llu major faults reading)\n",
+			       t->cg_peak / 1048576.0, "-", t->cg_failcnt, (unsigned long long)t->majflt);
+		if (t->bad)
+			printf("  ! WRONG DATA from %s: %llu words; first: %s\n", tw ? "lazymap" : "the kernel twin",
+			       (unsigned long long)t->bad, t->bad_what);
+	}
+	if (bt_ok(l->status) && !l->swap_out)
+		printf("  ! lazymap swapped nothing out (swap_outs 0, resident_peak %.1f MiB, RssAnon grew "
+		       "%.1f MiB over a %zu MiB budget):\n    anonymous pages are not under resident_limit "
+		       "in this library; its times are of RAM, not of swapping\n",
+		       l->st.resident_peak / 1048576.0, l->rss_grew / 1048576.0, cfg->budget >> 20);
+}
+
+static void json_btwin(FILE *f, const struct btwin *t, bool kernel)
+{
+	fputs("{\"status\": ", f);
+	json_str(f, t->status);
+	if (!bt_ok(t->status) && strcmp(t->status, "failed")) {
+		fputs(", \"reason\": ", f);
+		json_str(f, t->why);
+		fputs("}", f);
+		return;
+	}
+	fputs(", \"hit_rate\": ", f);
+	json_num(f, t->hit);
+	fputs(", \"read_pages_per_access\": ", f);
+	json_opt(f, t->rd);
+	fputs(", \"ns_per_access\": ", f);
+	json_num(f, t->ns);
+	fprintf(f, ", \"wrong_words\": %llu", (unsigned long long)t->bad);
+	if (kernel) {
+		fputs(", \"cgroup_max_usage_bytes\": ", f);
+		json_opt(f, (double)t->cg_peak);
+		fputs(", \"cgroup_failcnt\": ", f);
+		json_opt(f, (double)t->cg_failcnt);
+	} else {
+		fprintf(f, ", \"direct\": %s, \"resident_peak_bytes\": %llu, \"evictions\": %llu, "
+			"\"refaults\": %llu, \"budget_overruns\": %llu, \"evict_wait_ns\": %llu, "
+			"\"kernel_cache_after\": ", t->buffered ? "false" : "true",
+			(unsigned long long)t->st.resident_peak, (unsigned long long)t->evictions,
+			(unsigned long long)t->refaults, (unsigned long long)t->st.budget_overruns,
+			(unsigned long long)t->st.evict_wait_ns);
+		json_num(f, t->cached_after);
+	}
+	fputs("}", f);
+}
+
+static void json_atwin(FILE *f, const struct atwin *t, bool kernel)
+{
+	fputs("{\"status\": ", f);
+	json_str(f, t->status);
+	if (!bt_ok(t->status) && strcmp(t->status, "failed")) {
+		fputs(", \"reason\": ", f);
+		json_str(f, t->why);
+		fputs("}", f);
+		return;
+	}
+	fputs(", \"write_ns_per_page\": ", f);
+	json_num(f, t->ns[0]);
+	fputs(", \"read_ns_per_page\": ", f);
+	json_num(f, t->ns[1]);
+	fprintf(f, ", \"wrong_words\": %llu, \"swap_outs\": %llu, \"swap_ins\": %llu",
+		(unsigned long long)t->bad, (unsigned long long)t->swap_out,
+		(unsigned long long)t->swap_in);
+	if (kernel)
+		fprintf(f, ", \"cgroup_max_usage_bytes\": %lld, \"cgroup_failcnt\": %lld, "
+			"\"read_major_faults\": %llu", t->cg_peak, t->cg_failcnt,
+			(unsigned long long)t->majflt);
+	else
+		fprintf(f, ", \"resident_peak_bytes\": %llu, \"evictions\": %llu, \"budget_overruns\": %llu, "
+			"\"rss_anon_grew_bytes\": %lld", (unsigned long long)t->st.resident_peak,
+			(unsigned long long)t->st.evictions, (unsigned long long)t->st.budget_overruns,
+			t->rss_grew);
+	fputs("}", f);
+}
+
+/* The budget group: a list of its own beside "results", whose rows have two twins. */
+static void json_budget(FILE *f)
+{
+	const struct budget_cfg *cfg = &bres.cfg;
+	const char *sep = "\n  ";
+
+	fputs(",\n \"budget\": [", f);
+	for (int pat = 0; bres.zipf_ran && pat < 2; pat++) {
+		const struct btwin *z = bres.z[pat];
+
+		fprintf(f, "%s{\"row\": \"budget-zipf\", \"group\": \"budget\", \"pattern\": ", sep);
+		json_str(f, pattern_names[pat]);
+		fprintf(f, ", \"file_bytes\": %zu, \"budget_bytes\": %zu, \"warmup_accesses\": %zu, "
+			"\"accesses\": %zu, \"advise\": %s", cfg->file_size, cfg->budget, cfg->warm[pat],
+			cfg->n[pat], use_advise ? "true" : "false");
+		for (int tw = 0; tw < 3; tw++) {
+			fprintf(f, ",\n   \"%s\": ", btwin_names[tw]);
+			json_btwin(f, &z[tw], tw == 2);
+		}
+		fputs(",\n   \"hit_ours_minus_fifo_points\": ", f);
+		if (bt_ok(z[0].status) && bt_ok(z[1].status))
+			json_num(f, (z[0].hit - z[1].hit) * 100);
+		else
+			fputs("null", f);
+		fputs(", \"hit_ours_minus_kernel_points\": ", f);
+		if (bt_ok(z[0].status) && bt_ok(z[2].status))
+			json_num(f, (z[0].hit - z[2].hit) * 100);
+		else
+			fputs("null", f);
+		fputs(", \"time_ratio_ours_kernel\": ", f);
+		if (bt_ok(z[0].status) && bt_ok(z[2].status))
+			json_num(f, z[0].ns / z[2].ns);
+		else
+			fputs("null", f);
+		fputs("}", f);
+		sep = ",\n  ";
+	}
+	if (bres.anon_ran) {
+		const struct atwin *k = &bres.a[0], *l = &bres.a[1];
+
+		fprintf(f, "%s{\"row\": \"budget-anon-swap\", \"group\": \"budget\", \"region_bytes\": %zu, "
+			"\"budget_bytes\": %zu, \"kernel_swap\": ", sep, cfg->anon_size, cfg->budget);
+		json_str(f, bres.swap_how);
+		fputs(",\n   \"kernel\": ", f);
+		json_atwin(f, k, true);
+		fputs(",\n   \"lazymap\": ", f);
+		json_atwin(f, l, false);
+		fputs(",\n   \"ratio_total\": ", f);
+		if (bt_ok(k->status) && bt_ok(l->status))
+			json_num(f, (l->ns[0] + l->ns[1]) / (k->ns[0] + k->ns[1]));
+		else
+			fputs("null", f);
+		fputs("}", f);
+	}
+	fputs("\n ]", f);
+}
+
 static int write_json(const char *path, const struct row *rows, size_t nrows, const char *head,
 		      const struct machine *m, const char *handlers)
 {
@@ -1942,10 +3071,61 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 			fputs("null", f);
 		fputs("}", f);
 	}
-	fputs("\n ]\n}\n", f);
+	fputs("\n ]", f);
+	if (bres.zipf_ran || bres.anon_ran)
+		json_budget(f);
+	fputs("\n}\n", f);
 	if (fclose(f))
 		return -errno;
 	return 0;
+}
+
+/*
+ * The budget group's sizes (--quick: seconds) and, for budget-zipf, its
+ * file in the run's directory. Accesses, in pages of budget B: Zipf warms
+ * up with 4 B (fewer leave the cache short of full: Zipf repeats itself;
+ * 4 B touch about 1.3 B distinct pages), then 2 B are measured; uniform,
+ * where every policy hits about B/file of the time, warms up with B (0.94 B
+ * distinct pages: past the evictor's 15/16) and measures B/4. Nearly every
+ * uniform access and a quarter of the Zipf ones wait for the disk: the
+ * group costs about 300 k disk reads at full size.
+ */
+static void budget_setup(const char *dir, bool quick, bool zipf)
+{
+	struct budget_cfg *c = &bres.cfg;
+	struct statfs sf;
+	size_t bp;
+	int fd, err;
+
+	c->file_size = (size_t)(quick ? 32 : 1024) << 20;
+	c->budget = (size_t)(quick ? 4 : 128) << 20; /* 4 MiB: the least the library takes */
+	c->anon_size = (size_t)(quick ? 16 : 1024) << 20;
+	bp = c->budget / ps;
+	c->warm[0] = 4 * bp;
+	c->n[0] = 2 * bp;
+	c->warm[1] = bp;
+	c->n[1] = bp / 4;
+	c->dir = dir;
+	twin_deadline_ns = (uint64_t)(quick ? 3 : 90) * 1000000000u;
+	snprintf(c->fs, sizeof(c->fs), "%s", statfs(dir, &sf) ? "?" : fs_name((long)sf.f_type));
+	if (!zipf)
+		return;
+	snprintf(running, sizeof(running), "generating the budget file in %s", dir);
+	err = tmp_dir[0] ? 0 : make_dir(dir);
+	if (!err) {
+		snprintf(budget_path, sizeof(budget_path), "%s/budget", tmp_dir);
+		err = make_data_file(budget_path, c->file_size, &fd);
+	}
+	if (err) {
+		fprintf(stderr, "cannot make the budget file in %s: %s\n", dir, strerror(-err));
+		exit(1);
+	}
+	close(fd);
+	budget_fd = open(budget_path, O_RDONLY | O_CLOEXEC);
+	if (budget_fd < 0) {
+		perror(budget_path);
+		exit(1);
+	}
 }
 
 /* ---------------------------------------------------------------- main */
@@ -2000,12 +3180,15 @@ static void usage(const char *argv0)
 		"                (1,2,4)\n"
 		"  --scenario    rows whose name (file-seq-cold, file-seq-cold+direct, threads-h2,\n"
 		"                ...) or scenario matches a pattern (fnmatch: 'file-*'); --list\n"
-		"  --scenario-set  anon, threads, file, daemon or all (the default)\n"
+		"  --scenario-set  anon, threads, file, daemon, budget or all (the default);\n"
+		"                the budget group's rows, budget-zipf and budget-anon-swap, are\n"
+		"                not in --list (their twins are three: see the JSON's \"budget\")\n"
 		"  --daemon      faultd's socket for the daemon scenarios (/run/faultd.sock)\n"
 		"  --advise      madvise / lazymap_advise both twins of file scenarios with their\n"
 		"                access pattern (SEQUENTIAL, RANDOM); default: no advice\n"
 		"  --timeout     seconds one run may take before we call it a hang (600)\n"
-		"  --quick       seconds-long smoke run of every scenario (4 MiB, 1 run)\n", argv0);
+		"  --quick       seconds-long smoke run of every scenario (4 MiB, 1 run; budget:\n"
+		"                a 32 MiB file, a 16 MiB region, under a 4 MiB budget)\n", argv0);
 	exit(2);
 }
 
@@ -2093,7 +3276,7 @@ int main(int argc, char **argv)
 	size_t size_mib = 64, file_mib = 1024, shared_mib = 256;
 	int repeat = 5, c, ret, status = 0, nthr = 2, nmthr = 3;
 	unsigned thr[MAX_THREAD_SETS] = { 1, 2 }, mthr[MAX_THREAD_SETS] = { 1, 2, 4 };
-	bool threads_given = false;
+	bool threads_given = false, quick = false;
 	const char *only = NULL, *dir = "/var/tmp", *json = NULL, *daemon = "/run/faultd.sock";
 	char hbuf[16], head[1024], fsdesc[PATH_MAX + 64] = "";
 	const char *fs = NULL;
@@ -2122,6 +3305,8 @@ int main(int argc, char **argv)
 				only = "threads";
 			else if (!strcmp(optarg, "daemon"))
 				only = "daemon-*";
+			else if (!strcmp(optarg, "budget"))
+				only = "budget-*";
 			else
 				usage(argv[0]);
 			break;
@@ -2138,7 +3323,12 @@ int main(int argc, char **argv)
 		case 'j': json = optarg; break;
 		case 'a': use_advise = true; break;
 		case 'T': run_timeout = (unsigned)atoi(optarg); break;
-		case 'q': size_mib = file_mib = shared_mib = 4; repeat = 1; run_timeout = 60; break;
+		case 'q':
+			size_mib = file_mib = shared_mib = 4;
+			repeat = 1;
+			run_timeout = 60;
+			quick = true;
+			break;
 		case 'l':
 			for (size_t i = 0; i < NSCENARIOS; i++)
 				for (int v = 0; v < variants(&scenarios[i]); v++) {
@@ -2198,7 +3388,10 @@ int main(int argc, char **argv)
 				nrows++;
 			}
 	}
-	if (!nrows) {
+	bool budget_z = selected(only, "budget-zipf", "budget-zipf");
+	bool budget_a = selected(only, "budget-anon-swap", "budget-anon-swap");
+
+	if (!nrows && !budget_z && !budget_a) {
 		fprintf(stderr, "no scenario matches %s (--list)\n", only);
 		return 2;
 	}
@@ -2215,6 +3408,12 @@ int main(int argc, char **argv)
 				fsdesc, sizeof(fsdesc));
 		fds_before = count_fds();
 	}
+	if (budget_z || budget_a) {
+		budget_setup(dir, quick, budget_z);
+		fds_before = count_fds();
+	}
+	if (!fs && budget_z)
+		fs = bres.cfg.fs;
 
 	size_t maxpages = anon_pages > file_pages ? anon_pages : file_pages;
 
@@ -2226,8 +3425,9 @@ int main(int argc, char **argv)
 
 	uname(&un);
 	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %z", localtime(&tnow));
-	probe_machine(&machine, need_main ? tmp_path : need_shared ? shared_path[0] : NULL,
-		      need_main ? file_size : shared_size, fs);
+	probe_machine(&machine, need_main ? tmp_path : need_shared ? shared_path[0] :
+			  budget_z ? budget_path : NULL,
+		      need_main ? file_size : need_shared ? shared_size : bres.cfg.file_size, fs);
 	printf("lazymap-bench, %s, Linux %s %s, %ld CPUs\n%s\n", date, un.release, un.machine,
 	       sysconf(_SC_NPROCESSORS_ONLN), machine.line);
 	printf("%d runs per twin (median), handlers %s%s%s, kernel twin in the same run%s\n"
@@ -2368,6 +3568,24 @@ int main(int argc, char **argv)
 			       worst_hot * 100, worst_hot_after * 100);
 	}
 
+	if (budget_z) {
+		budget_zipf(&opts);
+		print_budget_zipf();
+		for (int pat = 0; pat < 2; pat++)
+			for (int tw = 0; tw < 3; tw++)
+				if (bres.z[pat][tw].bad || !strcmp(bres.z[pat][tw].status, "error"))
+					status = 1;
+		fflush(stdout);
+	}
+	if (budget_a) {
+		budget_anon(&opts);
+		print_budget_anon();
+		for (int tw = 0; tw < 2; tw++)
+			if (bres.a[tw].bad || !strcmp(bres.a[tw].status, "error"))
+				status = 1;
+		fflush(stdout);
+	}
+
 	struct lazymap_stats st;
 
 	memset(&st, 0, sizeof(st));
@@ -2403,6 +3621,8 @@ int main(int argc, char **argv)
 	free(mc_vec);
 	if (file_fd >= 0)
 		close(file_fd);
+	if (budget_fd >= 0)
+		close(budget_fd);
 	for (int k = 0; k < 2; k++)
 		if (shared_fd[k] >= 0)
 			close(shared_fd[k]);
