@@ -437,3 +437,54 @@ Test(swap, a_swap_directory_that_cannot_take_the_file_fails_open, FIXTURE)
 	lm = open_budget(0, "/nonexistent/swap");
 	cr_assert_eq(lazymap_close(lm), 0);
 }
+
+/* ------------------------------------------------------------ advice */
+
+#define AD_HOT    (2 * MiB)
+#define AD_STREAM (64 * MiB)
+#define AD_LIMIT  (8 * MiB)
+
+static int ad_fill(void *page, size_t len, uint64_t offset, void *arg)
+{
+	(void)offset;
+	(void)arg;
+	memset(page, 0x5a, len);
+	return 0;
+}
+
+/* Hot written pages, then a stream read once through a fill region: how
+ * many hot pages had to come back from swap afterwards. */
+static uint64_t hot_pages_swapped_in(int stream_advice)
+{
+	struct lazymap *lm = open_budget(AD_LIMIT, fx.dir);
+	char *hot = NULL, *stream = NULL;
+	uint64_t before;
+
+	cr_assert_eq(lazymap_map(lm, (void **)&hot, AD_HOT, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&stream, AD_STREAM, PROT_READ | PROT_WRITE,
+				      ad_fill, NULL), 0);
+	cr_assert_eq(lazymap_advise(lm, stream, AD_STREAM, stream_advice), 0);
+	for (size_t p = 0; p < AD_HOT / pgsz(); p++)
+		*(uint64_t *)(hot + p * pgsz()) = stamp(p, 1);
+	for (size_t off = 0; off < AD_STREAM; off += pgsz())
+		cr_assert_eq(((volatile char *)stream)[off], 0x5a);
+	before = stats_of(lm).swap_ins;
+	for (size_t p = 0; p < AD_HOT / pgsz(); p++)
+		cr_assert_eq(*(uint64_t *)(hot + p * pgsz()), stamp(p, 1));
+	before = stats_of(lm).swap_ins - before;
+	cr_assert_eq(lazymap_close(lm), 0);
+	return before;
+}
+
+Test(swap, a_sequential_stream_is_evicted_before_pages_in_use, FIXTURE, .timeout = 120)
+{
+	uint64_t normal = hot_pages_swapped_in(LAZYMAP_ADV_NORMAL);
+	uint64_t seq = hot_pages_swapped_in(LAZYMAP_ADV_SEQUENTIAL);
+
+	cr_log_info("hot pages read back from swap after the stream: %llu with NORMAL advice, "
+		    "%llu with SEQUENTIAL", (unsigned long long)normal, (unsigned long long)seq);
+	cr_assert_gt(normal, 0, "a stream 8x the budget did not push the hot pages out: no test");
+	cr_assert_eq(seq, 0, "a SEQUENTIAL stream pushed %llu hot pages out",
+		     (unsigned long long)seq);
+}
