@@ -217,8 +217,9 @@ static int fill_copy(int uffd, char *dst, const char *buf, size_t len)
 		int ret = lzm_uffd_copy(uffd, (uintptr_t)dst, buf, len, false, &done);
 
 		if (ret == -EEXIST) {
-			/* there already, though we hold its claim (a recheck racing a
-			 * fill can lose track of a page): keep it, never overwrite */
+			/* there already, though we hold its claim (a page the cache
+			 * lost track of; lzm_cache_recheck no longer drops a page
+			 * filled again behind its back): keep it, never overwrite */
 			done += lzm_page_size;
 		} else if (ret == -EAGAIN && !done && ++again > 100) {
 			return ret; /* no events here, so it cannot last; never spin */
@@ -666,6 +667,14 @@ void lzm_cache_dirty(struct cache *c, uint64_t fp)
 		count(c, ch, 0, 1);
 }
 
+/* Whether the memfd has page fp (not a hole). */
+static bool memfd_has(struct cache *c, uint64_t fp)
+{
+	off_t data = lseek(c->memfd, (off_t)(fp << lzm_page_shift), SEEK_DATA);
+
+	return data >= 0 && (uint64_t)data < (fp + 1) << lzm_page_shift;
+}
+
 size_t lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
 {
 	size_t dropped = 0;
@@ -674,7 +683,6 @@ size_t lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
 		struct cache_chunk *ch = chunk_get(c, fp, false);
 		_Atomic uint8_t *s;
 		uint8_t old;
-		off_t data;
 
 		if (!ch) {
 			fp |= CHUNK_PAGES - 1;
@@ -682,15 +690,22 @@ size_t lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
 		}
 		s = &ch->s[fp & (CHUNK_PAGES - 1)];
 		old = atomic_load_explicit(s, memory_order_acquire);
-		if (!(old & CP_CACHED) || (old & CP_BUSY))
+		if (!(old & CP_CACHED) || (old & CP_BUSY) || memfd_has(c, fp))
 			continue;
-		data = lseek(c->memfd, (off_t)(fp << lzm_page_shift), SEEK_DATA);
-		if (data >= 0 && (uint64_t)data < (fp + 1) << lzm_page_shift)
-			continue;
-		/* punched: a hole again, its writes gone with it */
+		/*
+		 * Punched: a hole again, its writes gone with it. Looked at again
+		 * under the lock: the hole seen above may have been dropped and
+		 * filled again since by another fault's recheck (two faults on
+		 * one punched page, say a private reader's and a shared writer's),
+		 * and that page, CACHED again and perhaps DIRTY and writable in a
+		 * shared region, must not lose its state. Under the lock, CACHED
+		 * and not BUSY, no fill of it can be under way (a fill holds BUSY,
+		 * which only a drop, under this lock, makes possible): what lseek
+		 * says then is the page's truth.
+		 */
 		pthread_mutex_lock(&c->lock);
 		old = atomic_load_explicit(s, memory_order_acquire);
-		if ((old & CP_CACHED) && !(old & CP_BUSY)) {
+		if ((old & CP_CACHED) && !(old & CP_BUSY) && !memfd_has(c, fp)) {
 			atomic_store_explicit(s, 0, memory_order_release);
 			count(c, ch, -1, old & (CP_DIRTY | CP_WRITEBACK) ? -1 : 0);
 			dropped++;
