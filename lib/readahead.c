@@ -10,6 +10,9 @@
 
 #include "internal.h"
 
+/* The block filled around a lone fault: the kernel's fault-around (16 pages of 4 KiB). */
+#define AROUND_BYTES (64u << 10)
+
 /*
  * How many pages to fill for a fault at idx: the kernel's on-demand readahead
  * in miniature. A fault where the last run ended doubles the window, up to
@@ -44,6 +47,14 @@ size_t lzm_ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
 			lim = lm->ra_pages;
 		while (k < lim && lzm_page_filled(v, idx - 1 - k))
 			k++;
+		/*
+		 * Under a budget a warm cache is full of blocks read around
+		 * random faults (64 KiB), and a miss next to one is no stream:
+		 * reading on would evict pages in use. A stream has more
+		 * behind it than one such block.
+		 */
+		if (lm->ev && k <= AROUND_BYTES >> lzm_page_shift)
+			k = 0;
 		win = k ? (uint32_t)(2 * k) : 1;
 	}
 	if (win > lm->ra_pages)
@@ -69,8 +80,6 @@ size_t lzm_ra_window(struct lazymap *lm, struct vma *v, uint64_t idx)
  * Zero runs are installed at once; the runs of a fill callback come back as
  * requests (at most max of them) for the caller to start. Returns how many.
  */
-#define AROUND_BYTES (64u << 10)
-
 size_t lzm_fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
 			bool write, struct fill_req **reqs, size_t max)
 {
