@@ -2881,21 +2881,28 @@ static void print_budget_anon(void)
 	}
 	if (bt_ok(l->status) && !l->swap_out)
 		printf("  ! lazymap swapped nothing out (swap_outs 0, resident_peak %.1f MiB, RssAnon grew "
-		       "%.1f MiB over a %zu MiB budget):\n    anonymous pages are not under resident_limit "
-		       "in this library; its times are of RAM, not of swapping\n",
+		       "%.1f MiB over a %zu MiB budget):\n    its times are of RAM, not of swapping\n",
 		       l->st.resident_peak / 1048576.0, l->rss_grew / 1048576.0, cfg->budget >> 20);
+}
+
+/* A budget twin's status; false when that is all there is to say (closed). */
+static bool json_bstatus(FILE *f, const char *status, const char *why)
+{
+	fputs("{\"status\": ", f);
+	json_str(f, status);
+	if (!bt_ok(status) && strcmp(status, "failed")) {
+		fputs(", \"reason\": ", f);
+		json_str(f, why);
+		fputs("}", f);
+		return false;
+	}
+	return true;
 }
 
 static void json_btwin(FILE *f, const struct btwin *t, bool kernel)
 {
-	fputs("{\"status\": ", f);
-	json_str(f, t->status);
-	if (!bt_ok(t->status) && strcmp(t->status, "failed")) {
-		fputs(", \"reason\": ", f);
-		json_str(f, t->why);
-		fputs("}", f);
+	if (!json_bstatus(f, t->status, t->why))
 		return;
-	}
 	fputs(", \"hit_rate\": ", f);
 	json_num(f, t->hit);
 	fputs(", \"read_pages_per_access\": ", f);
@@ -2922,14 +2929,8 @@ static void json_btwin(FILE *f, const struct btwin *t, bool kernel)
 
 static void json_atwin(FILE *f, const struct atwin *t, bool kernel)
 {
-	fputs("{\"status\": ", f);
-	json_str(f, t->status);
-	if (!bt_ok(t->status) && strcmp(t->status, "failed")) {
-		fputs(", \"reason\": ", f);
-		json_str(f, t->why);
-		fputs("}", f);
+	if (!json_bstatus(f, t->status, t->why))
 		return;
-	}
 	fputs(", \"write_ns_per_page\": ", f);
 	json_num(f, t->ns[0]);
 	fputs(", \"read_ns_per_page\": ", f);

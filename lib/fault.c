@@ -170,6 +170,27 @@ int lzm_fill_zero(struct handler *h, struct mm *mm, struct vma *v, uintptr_t add
 static void read_done(struct handler *h, struct fill_req *req, int res);
 
 /*
+ * A request for n claimed pages from addr, holding what it needs (src, mm,
+ * the mm's busy count); its fields are the caller's to fill. Without memory
+ * the pages are let go and their toucher faults again: all we can do.
+ */
+static struct fill_req *req_new(struct mm *mm, struct source *src, uintptr_t addr, uint64_t idx,
+				size_t n)
+{
+	struct fill_req *req = calloc(1, sizeof(*req));
+
+	if (!req) {
+		lzm_release_run(mm, src, addr, idx, n, false); /* swapped pages stay so */
+		lzm_uffd_wake(mm->uffd, addr, n << lzm_page_shift);
+		return NULL;
+	}
+	lzm_source_get(src);
+	lzm_mm_get(mm);
+	atomic_fetch_add(&mm->busy, 1);
+	return req;
+}
+
+/*
  * Make claimed pages a request: mm->lock is held. Pages the source does not
  * have (beyond the end of a file) are let go, but for the page a fault asked
  * for, which is poisoned: SIGBUS, as the kernel gives. Returns NULL when
@@ -201,16 +222,9 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 	}
 	if (!n)
 		return NULL;
-	req = calloc(1, sizeof(*req));
-	if (!req) {
-		/* Let the toucher fault again: it is all we can do without memory. */
-		lzm_release_run(mm, src, addr, idx, n, false);
-		lzm_uffd_wake(mm->uffd, addr, n << lzm_page_shift);
+	req = req_new(mm, src, addr, idx, n);
+	if (!req)
 		return NULL;
-	}
-	lzm_source_get(src);
-	lzm_mm_get(mm);
-	atomic_fetch_add(&mm->busy, 1);
 	*req = (struct fill_req){
 		.mm = mm, .src = src, .addr = addr, .idx = idx, .n = n, .write = write,
 		.asked = asked,
@@ -549,15 +563,9 @@ static struct fill_req *swapin_begin(struct handler *h, struct mm *mm, struct vm
 			break;
 		n++;
 	}
-	req = calloc(1, sizeof(*req));
-	if (!req) {
-		lzm_release_run(mm, src, addr, idx, n, false); /* stays swapped */
-		lzm_uffd_wake(mm->uffd, addr, n << lzm_page_shift);
+	req = req_new(mm, src, addr, idx, n);
+	if (!req)
 		return NULL;
-	}
-	lzm_source_get(src);
-	lzm_mm_get(mm);
-	atomic_fetch_add(&mm->busy, 1);
 	*req = (struct fill_req){
 		.mm = mm, .src = src, .addr = addr, .idx = idx, .n = n, .write = write,
 		.asked = addr, .swap = true, .wp = true, .slot = slot1 - 1, .end_io = read_done,
