@@ -356,7 +356,12 @@ static uint64_t evict_cache_runs(struct evictor *ev, struct ev_run *runs, size_t
 
 /* ------------------------------------------------------------ anonymous and fill pages */
 
-/* Where page idx of src is mapped in mm, writable, near hint; 0 if nowhere. *vp caches the VMA. */
+/*
+ * Where page idx of src is mapped in mm now, looked for near hint first;
+ * 0 if nowhere. *vp caches the VMA. The program's mremap moves a page
+ * (its source goes with it) while a batch holds it: a wake or a move back
+ * goes where it is then. mm->lock held.
+ */
 static uintptr_t page_addr(struct mm *mm, struct source *src, uint64_t idx, uintptr_t hint,
 			   struct vma **vp)
 {
@@ -375,10 +380,13 @@ static uintptr_t page_addr(struct mm *mm, struct source *src, uint64_t idx, uint
 		}
 		*vp = v;
 	}
-	/* UFFDIO_MOVE takes pages from writable private anonymous mappings only */
-	if (!v || v->prot != (PROT_READ | PROT_WRITE) || (v->flags & LAZYMAP_SHARED))
-		return 0;
-	return v->start + ((idx - v->pgoff) << lzm_page_shift);
+	return v ? v->start + ((idx - v->pgoff) << lzm_page_shift) : 0;
+}
+
+/* UFFDIO_MOVE takes pages from writable private anonymous mappings only. */
+static bool movable(const struct vma *v)
+{
+	return v->prot == (PROT_READ | PROT_WRITE) && !(v->flags & LAZYMAP_SHARED);
 }
 
 static bool page_is_zero(const char *p)
@@ -403,9 +411,11 @@ static void move_out(struct evictor *ev, struct ev_page *pg, size_t from, size_t
 		from += done >> lzm_page_shift;
 		if (ret == 0 || (ret == -EAGAIN && done))
 			continue;
-		/* EBUSY: shared with a child since fork; ENOENT: unmapped meanwhile */
+		/* EBUSY: shared with a child since fork; ENOENT: not mapped
+		 * there (the program moved or unmapped it, which its event
+		 * will say): it stays as it is */
 		if (from < to)
-			pg[from++].fate = ret == -ENOENT ? P_GONE : P_KEEP;
+			pg[from++].fate = P_KEEP;
 	}
 }
 
@@ -424,7 +434,8 @@ static void move_back(struct evictor *ev, struct mm *mm, struct source *src, str
 		int ret = -ENOENT;
 
 		pthread_rwlock_rdlock(&mm->lock);
-		if (page_addr(mm, src, p->idx, p->addr, &v) == p->addr)
+		p->addr = page_addr(mm, src, p->idx, p->addr, &v);
+		if (p->addr)
 			ret = lzm_uffd_move(mm->uffd, p->addr,
 					    (uintptr_t)ev->staging + (k << lzm_page_shift),
 					    lzm_page_size, UFFDIO_MOVE_MODE_DONTWAKE, &done);
@@ -509,6 +520,8 @@ static void let_go(struct mm *mm, struct source *src, struct ev_page *p)
 	_Atomic uint8_t *s = &src->state[p->idx];
 	uint8_t old = atomic_load(s), want;
 
+	struct vma *v = NULL;
+
 	if (p->fate == P_WRITE)
 		atomic_store(&src->slots[p->idx], p->slot + 1);
 	do {
@@ -525,8 +538,12 @@ static void let_go(struct mm *mm, struct source *src, struct ev_page *p)
 	} while (!atomic_compare_exchange_weak(s, &old, want));
 	if ((!(old & PAGE_FILLED) && p->fate != P_KEEP) || p->back)
 		lzm_swap_forget(src, p->idx);
-	if (old & PAGE_WAITER)
-		lzm_uffd_wake(mm->uffd, p->addr, lzm_page_size);
+	if (old & PAGE_WAITER) {
+		/* where it is now: the program may have moved it (mremap) */
+		uintptr_t at = page_addr(mm, src, p->idx, p->addr, &v);
+
+		lzm_uffd_wake(mm->uffd, at ? at : p->addr, lzm_page_size);
+	}
 	if (!want && p->fate == P_KEEP)
 		p->fate = P_GONE;
 }
@@ -561,8 +578,8 @@ static uint64_t evict_anon_runs(struct evictor *ev, struct ev_run *runs, size_t 
 
 			*p = (struct ev_page){ .idx = runs[r].fp + i, .fate = P_GONE };
 			p->addr = page_addr(mm, src, p->idx, runs[r].addr + (i << lzm_page_shift), &v);
-			if (!p->addr) {
-				p->fate = v ? P_FORGET : P_GONE;
+			if (!p->addr || !movable(v)) {
+				p->fate = p->addr ? P_FORGET : P_GONE;
 				continue;
 			}
 			do {
@@ -600,7 +617,8 @@ static uint64_t evict_anon_runs(struct evictor *ev, struct ev_run *runs, size_t 
 		if (!p->claimed || p->fate != P_WRITE)
 			continue;
 		if (!(vec[k] & 1))
-			p->fate = P_FRESH;
+			p->fate = P_KEEP; /* not there: moved or dropped by the */
+					  /* program, which its event will say */
 		else if (source_slot(src, p->idx))
 			p->fate = P_SWAPPED;
 		else if (src->ops->fill ? !(atomic_load(&src->state[p->idx]) & PAGE_WRITTEN)

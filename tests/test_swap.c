@@ -490,3 +490,55 @@ Test(swap, a_sequential_stream_is_evicted_before_pages_in_use, FIXTURE, .timeout
 	cr_assert_eq(seq, 0, "a SEQUENTIAL stream pushed %llu hot pages out",
 		     (unsigned long long)seq);
 }
+
+/* ------------------------------------------------------------ the program's mremap */
+
+#define MV_SIZE  (8 * MiB)
+#define MV_LIMIT (4 * MiB)
+
+/*
+ * Random writes to a fill region under a budget, then the program moves it
+ * (mremap) while its pages are in swap or on their way: every written page
+ * reads its last write at the new address, every other page the callback's
+ * bytes. (A page being evicted while the program moved it was once taken
+ * for gone, its write forgotten, and made again by the callback.)
+ */
+Test(swap, written_pages_survive_the_programs_mremap, FIXTURE, .timeout = 120)
+{
+	struct lazymap *lm = open_budget(MV_LIMIT, fx.dir);
+	size_t npages = MV_SIZE / pgsz();
+	uint64_t *model = calloc(npages, sizeof(*model)), seed = 42;
+	char *base = NULL;
+
+	fr_calls = calloc(npages, sizeof(*fr_calls));
+	cr_assert(model && fr_calls);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&base, MV_SIZE, PROT_READ | PROT_WRITE, fr_fill,
+				      NULL), 0);
+	for (int round = 0; round < 20; round++) {
+		void *to = mmap(NULL, MV_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		for (int i = 0; i < 300; i++) {
+			size_t p;
+
+			seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+			p = (size_t)(seed >> 33) % npages;
+			model[p] = seed | 1;
+			*(uint64_t *)(base + p * pgsz()) = model[p];
+		}
+		cr_assert_neq(to, MAP_FAILED);
+		base = mremap(base, MV_SIZE, MV_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+		cr_assert_neq(base, MAP_FAILED);
+		for (size_t p = 0; p < npages; p++) {
+			uint64_t got = *(uint64_t *)(base + p * pgsz());
+
+			cr_assert_eq(got, model[p] ? model[p] : p * 1000,
+				     "round %d, page %zu: %#llx, %s", round, p,
+				     (unsigned long long)got,
+				     got == p * 1000 ? "the callback's: the write is lost" : "wrong");
+		}
+	}
+	cr_assert_gt(stats_of(lm).swap_outs, 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+	free(model);
+	free(fr_calls);
+}
