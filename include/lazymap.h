@@ -123,7 +123,8 @@ struct lazymap_opts {
 	/*
 	 * The directory of the swap file that written pages of anonymous and
 	 * fill regions go to under resident_limit (an unlinked file of the
-	 * library's own, O_TMPFILE). NULL: $TMPDIR, else /var/tmp. Only
+	 * library's own, O_TMPFILE). NULL or "": $TMPDIR, else /var/tmp; a
+	 * relative path is from the current directory at lazymap_open. Only
 	 * looked at when resident_limit is set; a directory that cannot take
 	 * the file fails lazymap_open with its errno.
 	 */
@@ -166,7 +167,12 @@ struct lazymap_opts {
  * LAZYMAP_ADV_SEQUENTIAL first, pages lazymap_prefetch brought in last.
  * Not counted nor evicted: the shared zero page (a page read and never
  * written costs nothing), pages of read-only anonymous and fill regions,
- * and the copies a private file region made of the pages it wrote.
+ * of LAZYMAP_SHARED|LAZYMAP_ANON regions, and the copies a private file
+ * region made of the pages it wrote. A page evicted unwritten is made again
+ * by the fill callback: if the callback fails then, the page is poisoned
+ * (SIGBUS) as any failed fill. lazymap_prefetch waits for the budget as a
+ * fault does, and does not read back pages that are in swap (their touch
+ * does).
  * A forked child shares the parent's swapped pages (it reads them from the
  * parent's swap file); its own pages are not counted.
  */

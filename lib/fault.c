@@ -550,11 +550,12 @@ static struct fill_req *swapin_begin(struct handler *h, struct mm *mm, struct vm
 {
 	struct source *src = v->src;
 	uint32_t slot1 = source_slot(src, idx);
-	size_t max = (v->end - addr) >> lzm_page_shift, n = 1;
+	/* as many as a fill there would make: one for a random fault */
+	size_t max = lzm_ra_window(h->lm, v, idx), n = 1;
 	struct fill_req *req;
 
-	if (max > h->lm->ra_pages)
-		max = h->lm->ra_pages;
+	if (max > (v->end - addr) >> lzm_page_shift)
+		max = (v->end - addr) >> lzm_page_shift;
 	while (n < max && source_slot(src, idx + n) == slot1 + n) {
 		uint8_t expect = PAGE_SWAPPED;
 
@@ -563,6 +564,7 @@ static struct fill_req *swapin_begin(struct handler *h, struct mm *mm, struct vm
 			break;
 		n++;
 	}
+	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
 	req = req_new(mm, src, addr, idx, n);
 	if (!req)
 		return NULL;
@@ -714,6 +716,8 @@ uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, 
 		struct vma *v;
 		size_t n = 0;
 
+		/* a prefetch is a fill like any other under the budget */
+		lzm_evict_wait(h->lm);
 		pthread_rwlock_rdlock(&mm->lock);
 		v = lzm_vma_find(&mm->tree, addr);
 		if (!v || v->start >= end) {

@@ -69,7 +69,7 @@ int lzm_swap_open(struct lazymap *lm, struct swap **swp)
 	bool direct;
 	int fd;
 
-	if (!dir)
+	if (!dir || !*dir)
 		dir = getenv("TMPDIR");
 	if (!dir || !*dir)
 		dir = "/var/tmp";
