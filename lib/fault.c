@@ -21,7 +21,9 @@
 #include "compat.h"
 #include "internal.h"
 
-enum install_how { INSTALL_ZEROPAGE, INSTALL_COPY, INSTALL_COPY_WP, INSTALL_MOVE, INSTALL_POISON };
+enum install_how {
+	INSTALL_ZEROPAGE, INSTALL_ZEROPAGE_WP, INSTALL_COPY, INSTALL_COPY_WP, INSTALL_MOVE, INSTALL_POISON
+};
 
 /*
  * Install [dst, dst+len) with one ioctl where the kernel lets us. The kernel
@@ -46,7 +48,17 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 		switch (how) {
 		case INSTALL_ZEROPAGE:
 			stat_add(&st->zeropage_ioctls, 1);
-			ret = lzm_uffd_zeropage(mm->uffd, dst, n, &done);
+			ret = lzm_uffd_zeropage(mm->uffd, dst, n, false, &done);
+			break;
+		case INSTALL_ZEROPAGE_WP:
+			/* protected before the toucher is let go: a write at once
+			 * would otherwise copy the zero page with no word to us */
+			stat_add(&st->zeropage_ioctls, 1);
+			ret = lzm_uffd_zeropage(mm->uffd, dst, n, true, &done);
+			if (done && lzm_uffd_writeprotect(mm->uffd, dst, done, true))
+				ret = ret ? ret : -EAGAIN; /* the caller counts them then */
+			if (done)
+				lzm_uffd_wake(mm->uffd, dst, done);
 			break;
 		case INSTALL_COPY:
 		case INSTALL_COPY_WP:
@@ -139,16 +151,19 @@ int lzm_fill_zero(struct handler *h, struct mm *mm, struct vma *v, uintptr_t add
 	if (write) {
 		ret = install(h, mm, INSTALL_COPY, addr, h->pool.zero, len, has_asked);
 	} else {
-		stat_add(&h->stats.zero_pages, n);
-		ret = install(h, mm, INSTALL_ZEROPAGE, addr, NULL, len, has_asked);
 		/*
 		 * Under a budget a zero page is not counted: it costs nothing.
 		 * But a write makes it a page of its own, which the kernel
-		 * would give with no word to us: write-protected, the write
-		 * comes to us first (swap_wp_fault), and is counted then.
+		 * would give with no word to us: write-protected (before its
+		 * toucher runs), the write comes to us first (swap_wp_fault),
+		 * and is counted then.
 		 */
-		if (ret == 0 && h->lm->ev && mm->self &&
-		    lzm_uffd_writeprotect(mm->uffd, addr, len, true) == 0) {
+		bool wp = h->lm->ev && mm->self;
+
+		stat_add(&h->stats.zero_pages, n);
+		ret = install(h, mm, wp ? INSTALL_ZEROPAGE_WP : INSTALL_ZEROPAGE, addr, NULL, len,
+			      has_asked);
+		if (ret == 0 && wp) {
 			uint8_t seen = 0;
 
 			for (size_t i = 0; i < n; i++)

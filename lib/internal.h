@@ -392,7 +392,7 @@ int lzm_uffd_register(int fd, uintptr_t start, size_t len, uint64_t mode);
 int lzm_uffd_unregister(int fd, uintptr_t start, size_t len);
 int lzm_uffd_wake(int fd, uintptr_t start, size_t len);
 int lzm_uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done);
-int lzm_uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done);
+int lzm_uffd_zeropage(int fd, uintptr_t dst, size_t len, bool dontwake, size_t *done);
 int lzm_uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, uint64_t mode, size_t *done);
 int lzm_uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done);
 int lzm_uffd_continue(int fd, uintptr_t dst, size_t len, bool wp, size_t *done);

@@ -106,9 +106,12 @@ int lzm_uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, s
 	return fill_result(ret, c.copy, done);
 }
 
-int lzm_uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
+int lzm_uffd_zeropage(int fd, uintptr_t dst, size_t len, bool dontwake, size_t *done)
 {
-	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+	struct uffdio_zeropage z = {
+		.range = { .start = dst, .len = len },
+		.mode = dontwake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0,
+	};
 	int ret = ioctl(fd, UFFDIO_ZEROPAGE, &z);
 
 	return fill_result(ret, z.zeropage, done);

@@ -542,3 +542,48 @@ Test(swap, written_pages_survive_the_programs_mremap, FIXTURE, .timeout = 120)
 	free(model);
 	free(fr_calls);
 }
+
+/* ------------------------------------------------------------ read, then write */
+
+#define RMW_SIZE  (64 * MiB)
+#define RMW_LIMIT (4 * MiB)
+
+/*
+ * Each page read, then written at once: the read maps the zero page (not
+ * counted), the write makes it a page of the program's own, which must be
+ * counted. (It was write-protected only after its toucher had been woken,
+ * and a write at once escaped the count: memory grew past the budget.)
+ */
+Test(swap, a_write_right_after_a_read_is_counted, FIXTURE, .timeout = 120)
+{
+	struct lazymap *lm = open_budget(RMW_LIMIT, fx.dir);
+	size_t npages = RMW_SIZE / pgsz(), present = 0;
+	unsigned char *vec = malloc(npages);
+	volatile char *base = NULL;
+	char sum = 0;
+
+	cr_assert_not_null(vec);
+	cr_assert_eq(lazymap_map(lm, (void **)&base, RMW_SIZE, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (size_t p = 0; p < npages; p++) {
+		sum += base[p * pgsz()];
+		base[p * pgsz()] = 1;
+	}
+	cr_assert_eq(sum, 0);
+	cr_assert_eq(mincore((void *)base, RMW_SIZE, vec), 0);
+	for (size_t p = 0; p < npages; p++)
+		present += vec[p] & 1;
+
+	struct lazymap_stats st = stats_of(lm);
+
+	cr_assert_geq(st.wp_faults, npages, "%llu of %zu writes to zero pages were seen",
+		      (unsigned long long)st.wp_faults, npages);
+	cr_assert_leq(present * pgsz(), RMW_LIMIT + 2 * MiB,
+		      "%zu KiB present under a budget of %llu KiB (counted: %llu KiB)",
+		      present * pgsz() >> 10, RMW_LIMIT >> 10,
+		      (unsigned long long)st.resident_bytes >> 10);
+	for (size_t p = 0; p < npages; p++)
+		cr_assert_eq(base[p * pgsz()], 1, "page %zu lost its write", p);
+	cr_assert_eq(lazymap_close(lm), 0);
+	free(vec);
+}
