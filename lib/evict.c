@@ -362,22 +362,24 @@ static uint64_t evict_cache_runs(struct evictor *ev, struct ev_run *runs, size_t
  * (its source goes with it) while a batch holds it: a wake or a move back
  * goes where it is then. mm->lock held.
  */
+static bool vma_maps(const struct vma *v, const struct source *src, uint64_t idx)
+{
+	return v && v->src == src && idx >= v->pgoff &&
+	       idx - v->pgoff < (v->end - v->start) >> lzm_page_shift;
+}
+
 static uintptr_t page_addr(struct mm *mm, struct source *src, uint64_t idx, uintptr_t hint,
 			   struct vma **vp)
 {
 	struct vma *v = *vp;
 
-	if (!v || v->src != src || idx < v->pgoff ||
-	    idx - v->pgoff >= (v->end - v->start) >> lzm_page_shift) {
+	if (!vma_maps(v, src, idx)) {
 		v = lzm_vma_lookup(&mm->tree, hint);
-		if (!v || v->src != src || idx < v->pgoff ||
-		    idx - v->pgoff >= (v->end - v->start) >> lzm_page_shift) {
-			/* moved by mremap since: look for it (rare) */
-			for (v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
-				if (v->src == src && idx >= v->pgoff &&
-				    idx - v->pgoff < (v->end - v->start) >> lzm_page_shift)
-					break;
-		}
+		/* moved by mremap since: look for it (rare) */
+		if (!vma_maps(v, src, idx))
+			for (v = lzm_vma_first(&mm->tree); v && !vma_maps(v, src, idx);
+			     v = lzm_vma_next(v))
+				;
 		*vp = v;
 	}
 	return v ? v->start + ((idx - v->pgoff) << lzm_page_shift) : 0;
