@@ -151,10 +151,10 @@ struct lazymap_opts {
  * evictor thread drops pages until they are under 7/8:
  * - a clean cache page is dropped from the cache (the next touch reads it
  *   again); a dirty page of a shared region is written back first;
- * - a page of a writable anonymous or fill region that the program wrote
- *   goes to the swap file (swap_path), and the next touch reads it back
- *   from there; a page never written is dropped, and made again (zeros, or
- *   the fill callback). Pages of such regions are installed write-protected
+ * - a page of a writable anonymous, fill or private file region that the
+ *   program wrote goes to the swap file (swap_path), and the next touch
+ *   reads it back from there; a page never written is dropped, and made
+ *   again (zeros, the fill callback, or the file). Pages of such regions are installed write-protected
  *   under a budget (one write-protect fault on their first write: wp_faults)
  *   so that the library knows which were written; a page read back from swap
  *   keeps its copy there until written, and leaves again with no write.
@@ -168,7 +168,16 @@ struct lazymap_opts {
  * Not counted nor evicted: the shared zero page (a page read and never
  * written costs nothing), pages of read-only anonymous and fill regions,
  * of LAZYMAP_SHARED|LAZYMAP_ANON regions, and the copies a private file
- * region made of the pages it wrote. A page evicted unwritten is made again
+ * region mapped read-only and made writable later (lazymap_protect) made
+ * of the pages it wrote.
+ * Under a budget a private file region mapped writable holds copies of its
+ * own (an anonymous mapping, as the program sees in /proc/self/maps): a
+ * page is copied from the cache when the cache holds it, else read from
+ * the file, on its first touch, and counts against the budget as the
+ * program's own. It shows the writes of shared regions made before that
+ * touch, not later ones (Linux shows those until the page is written;
+ * POSIX leaves it open). MADV_REMOVE on it is -EINVAL (Linux: -EACCES).
+ * A page evicted unwritten is made again
  * by the fill callback: if the callback fails then, the page is poisoned
  * (SIGBUS) as any failed fill. lazymap_prefetch waits for the budget as a
  * fault does, and does not read back pages that are in swap (their touch
@@ -294,7 +303,8 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * LAZYMAP_PRIVATE: writes go to private copies of the pages (copy on
  * write), never to the cache or the file; until it writes a page itself, a
  * private region sees the writes of shared regions of the file, as with
- * MAP_PRIVATE. LAZYMAP_SHARED: writes go to the cache page itself, which
+ * MAP_PRIVATE (under a resident budget, a writable one: those made before
+ * its first touch of the page; see opts.resident_limit). LAZYMAP_SHARED: writes go to the cache page itself, which
  * every region of the file shows at once, and reach the file when written
  * back: by lazymap_sync (durably), by lazymap_unmap of the range and by
  * lazymap_close. Until then the file, and read(2) of it, show the old bytes

@@ -253,6 +253,33 @@ int lzm_cache_fill(struct cache *c, const char *buf, size_t len, uint64_t off)
 	return ret;
 }
 
+int lzm_cache_copy_out(struct cache *c, int uffd, uintptr_t dst, uint64_t fp, size_t n, bool wp,
+		       size_t *done)
+{
+	uint64_t off = fp << lzm_page_shift;
+	size_t len = n << lzm_page_shift;
+	bool own = !c->fill_win || off + len > c->fill_win_len;
+	char *w = own ? aux_window(c, off, len, PROT_READ) : c->fill_win + off;
+	int ret = 0;
+
+	*done = 0;
+	if (!w)
+		return -errno;
+	while (*done < len) {
+		size_t d = 0;
+
+		ret = lzm_uffd_copy(uffd, dst + *done, w + *done, len - *done, wp, &d);
+		*done += d;
+		if (ret && !(ret == -EAGAIN && d))
+			break;
+	}
+	if (own)
+		munmap(w, len);
+	else
+		madvise(w, len, MADV_DONTNEED); /* our mapping only, as after a fill */
+	return ret;
+}
+
 /*
  * A new open file description of fd's file, with flags (and O_CLOEXEC),
  * through /proc: -1 and errno on failure. Ours are new descriptions where

@@ -623,7 +623,7 @@ static uint64_t evict_anon_runs(struct evictor *ev, struct ev_run *runs, size_t 
 					  /* program, which its event will say */
 		else if (source_slot(src, p->idx))
 			p->fate = P_SWAPPED;
-		else if (src->ops->fill ? !(atomic_load(&src->state[p->idx]) & PAGE_WRITTEN)
+		else if (source_produces(src) ? !(atomic_load(&src->state[p->idx]) & PAGE_WRITTEN)
 					: !source_produces(src) && page_is_zero(page))
 			p->fate = P_FRESH;
 	}

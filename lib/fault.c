@@ -206,6 +206,60 @@ static struct fill_req *req_new(struct mm *mm, struct source *src, uintptr_t add
 }
 
 /*
+ * A copied file region (lazymap.c) takes a page from the file's cache when
+ * the cache holds it: it may hold what a shared region wrote and has not
+ * written back. Of the n claimed pages from addr, copy the cached ones at
+ * the front (write-protected: a page never written is dropped, not
+ * swapped), and let go of those from the first cached page after them (each
+ * is faulted on its own). Returns how many were dealt with; *n gets how
+ * many after them are to be read from the file. mm->lock held.
+ */
+static size_t copy_cached(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
+			  uint64_t idx, size_t *n)
+{
+	struct source *src = v->src;
+	struct cache *c = src->cache;
+	uint64_t fp = src->base + idx;
+	size_t k = 0, m, i = 0;
+
+	while (k < *n && lzm_cache_has(c, fp + k))
+		k++;
+	while (i < k) {
+		uintptr_t at = addr + (i << lzm_page_shift);
+		size_t done;
+		int ret = lzm_cache_copy_out(c, mm->uffd, at, fp + i, k - i, true, &done);
+
+		done >>= lzm_page_shift;
+		if (done) {
+			stat_add(&h->stats.pages_filled, done);
+			lzm_release_run(mm, src, at, idx + i, done, true);
+			budget_count(mm, src, at, idx + i, done, advice_hint(v));
+			at += done << lzm_page_shift;
+			i += done;
+		}
+		if (ret == 0)
+			break;
+		if (ret == -EEXIST) { /* mapped already: as install() */
+			lzm_release_run(mm, src, at, idx + i, 1, true);
+			lzm_uffd_wake(mm->uffd, at, lzm_page_size);
+			i++;
+		} else if (ret == -EFAULT) {
+			k = i; /* evicted meanwhile: read from the file */
+		} else {
+			/* the layout changes (EAGAIN, ENOENT): they fault again */
+			lzm_release_run(mm, src, at, idx + i, k - i, false);
+			lzm_uffd_wake(mm->uffd, at, (k - i) << lzm_page_shift);
+			i = k;
+		}
+	}
+	for (m = k; m < *n && !lzm_cache_has(c, fp + m); m++)
+		;
+	lzm_release_run(mm, src, addr + (m << lzm_page_shift), idx + m, *n - m, false);
+	*n = m - k;
+	return k;
+}
+
+/*
  * Make claimed pages a request: mm->lock is held. Pages the source does not
  * have (beyond the end of a file) are let go, but for the page a fault asked
  * for, which is poisoned: SIGBUS, as the kernel gives. Returns NULL when
@@ -235,6 +289,12 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 				false);
 		n = have;
 	}
+	if (n && source_copied(src)) {
+		size_t k = copy_cached(h, mm, v, addr, idx, &n);
+
+		addr += k << lzm_page_shift;
+		idx += k;
+	}
 	if (!n)
 		return NULL;
 	req = req_new(mm, src, addr, idx, n);
@@ -243,10 +303,10 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 	*req = (struct fill_req){
 		.mm = mm, .src = src, .addr = addr, .idx = idx, .n = n, .write = write,
 		.asked = asked,
-		/* Under a budget a fill region's pages are written-protected at
-		 * first: one the program never writes is dropped, not swapped,
-		 * and its callback makes it again (swap.c). */
-		.wp = h->lm->ev && src->ops->fill,
+		/* Under a budget a fill region's pages, and a copied file
+		 * region's, are written-protected at first: one the program
+		 * never writes is dropped, not swapped, and made again (swap.c). */
+		.wp = h->lm->ev && !src->ops->cached,
 		.hint = (uint8_t)advice_hint(v),
 		.end_io = src->ops->read ? read_done : NULL,
 	};
@@ -445,6 +505,16 @@ static void finish_read(struct handler *h, struct fill_req *req, size_t data_pag
 	pthread_rwlock_rdlock(&mm->lock);
 	limit = req_mapped(req, 0);
 	good = data_pages < limit ? data_pages : limit;
+	if (source_copied(req->src)) {
+		/* a page the cache took meanwhile is copied from there (it may
+		 * be written already): from it on, they fault again */
+		size_t k = 0;
+
+		while (k < good && !lzm_cache_has(req->src->cache, req->src->base + req->idx + k))
+			k++;
+		if (k < good)
+			good = limit = k;
+	}
 	if (good) {
 		stat_add(req->swap ? &h->stats.swap_ins : &h->stats.pages_filled, good);
 		ret = install(h, mm, req->wp ? INSTALL_COPY_WP : INSTALL_COPY, req->addr, req->buf,

@@ -152,9 +152,15 @@ struct source {
 
 int lzm_source_new_zero(size_t npages, struct source **srcp);
 int lzm_source_new_fill(size_t npages, lazymap_fill_fn fill, void *arg, struct source **srcp);
-/* A file source: npages of c's file from page file_pgoff on; takes a reference to c. */
+/* A file source: npages of c's file from page file_pgoff on; takes a reference to c.
+ * copied: its pages are its own, copied from the cache or read from the file
+ * into an anonymous VMA (a writable private map under a budget: lazymap.c). */
 int lzm_source_new_file(size_t npages, struct cache *c, uint64_t file_pgoff, bool direct,
-			struct source **srcp);
+			bool copied, struct source **srcp);
+static inline bool source_copied(const struct source *src)
+{
+	return src->cache && !src->ops->cached;
+}
 /* A source of npages with src's producer from producer page base on, and
  * a state of its own with nothing installed. */
 int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, struct source **srcp);
@@ -251,6 +257,13 @@ void lzm_cache_get(struct cache *c);
 void lzm_cache_put(struct cache *c);
 /* Put len bytes of file data at off into the memfd, whole pages; 0 or -errno. */
 int lzm_cache_fill(struct cache *c, const char *buf, size_t len, uint64_t off);
+/*
+ * Copy n cached pages from fp to dst in uffd's address space (UFFDIO_COPY,
+ * write-protected if wp), read through a window of ours: a page punched
+ * meanwhile fails with -EFAULT, never copies zeros. *done: bytes copied.
+ */
+int lzm_cache_copy_out(struct cache *c, int uffd, uintptr_t dst, uint64_t fp, size_t n, bool wp,
+		       size_t *done);
 /* fstat the file again; returns the new size. */
 uint64_t lzm_cache_refresh_size(struct cache *c);
 /* The state byte of file page fp; NULL if it cannot be had (no memory). */

@@ -430,9 +430,20 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 		ret = -EACCES;
 	else if (maywrite && (lm->mm.features & SHARED_FEATURES) != SHARED_FEATURES)
 		ret = -EOPNOTSUPP; /* Linux < 5.19 */
+	/*
+	 * Under a budget, a writable private map holds copies: an anonymous
+	 * VMA whose pages come from the cache or the file (fault.c), so that
+	 * what the program writes there is counted and can go to swap like
+	 * any anonymous page (UFFDIO_MOVE takes anonymous pages only; a
+	 * written page of a map of the memfd could not be taken out without
+	 * an event, nor told from the cache's page when it faults again). A
+	 * read-only one maps the cache, and costs nothing of its own.
+	 */
+	bool copied = kind == LAZYMAP_PRIVATE && (prot & PROT_WRITE) && lm->ev;
+
 	if (ret == 0)
 		ret = lzm_source_new_file(len >> lzm_page_shift, c, (uint64_t)offset >> lzm_page_shift,
-					  flags & LAZYMAP_DIRECT, &src);
+					  flags & LAZYMAP_DIRECT, copied, &src);
 	lzm_cache_put(c); /* the source holds its own reference */
 	if (ret)
 		return ret;

@@ -127,10 +127,19 @@ static const struct source_ops file_ops = {
 	.cached = true,
 };
 
+/* A copied file region's (lazymap.c): pages of its own, with state, read
+ * from the file or copied from its cache (fault.c). */
+static const struct source_ops file_copy_ops = {
+	.name = "file-copy",
+	.read = file_read,
+	.extent = file_extent,
+	.release = file_release,
+};
+
 int lzm_source_new_file(size_t npages, struct cache *c, uint64_t file_pgoff, bool direct,
-			struct source **srcp)
+			bool copied, struct source **srcp)
 {
-	int ret = source_alloc(npages, &file_ops, srcp);
+	int ret = source_alloc(npages, copied ? &file_copy_ops : &file_ops, srcp);
 
 	if (ret == 0) {
 		lzm_cache_get(c);

@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 
@@ -243,6 +244,126 @@ Test(swap, fill_region_written_pages_come_from_swap_untouched_from_the_callback,
 	cr_assert_leq(st.swap_outs, npages / 3 * 3, "pages never written went to swap");
 	cr_assert_eq(lazymap_close(lm), 0);
 	free(fr_calls);
+}
+
+/* ------------------------------------------------------------ private file regions */
+
+/*
+ * A writable private map of a 64 MiB file under a 4 MiB budget: every
+ * third page written, then all read twice. The written pages go to swap and
+ * come back from it; the others come back from the file; the file never
+ * changes, and the region's own pages stay within the budget.
+ */
+#define PF_SIZE  (64 * MiB)
+#define PF_LIMIT (4 * MiB)
+
+static size_t pages_present(const char *base, size_t npages)
+{
+	unsigned char *vec = malloc(npages);
+	size_t n = 0;
+
+	cr_assert_not_null(vec);
+	cr_assert_eq(mincore((void *)base, npages * pgsz(), vec), 0);
+	for (size_t p = 0; p < npages; p++)
+		n += vec[p] & 1;
+	free(vec);
+	return n;
+}
+
+Test(swap, private_file_written_pages_come_from_swap_untouched_from_the_file, FIXTURE,
+     .timeout = 120)
+{
+	struct lazymap *lm = open_budget(PF_LIMIT, fx.dir);
+	size_t ps = pgsz(), npages = PF_SIZE / ps, most = 0;
+	char path[PATH_MAX];
+	uint8_t *orig = pattern_file(fx.dir, "private", PF_SIZE, 11, npages, path, sizeof(path));
+	int fd = open_file(path, O_RDONLY), ret;
+	char *base = NULL;
+
+	ret = lazymap_map(lm, (void **)&base, PF_SIZE, PROT_READ | PROT_WRITE, LAZYMAP_PRIVATE, fd,
+			  0);
+	cr_assert_eq(ret, 0, "map: %s", strerror(-ret));
+	for (size_t p = 0; p < npages; p++) {
+		if (p % 3 == 0)
+			*(uint64_t *)(base + p * ps) = stamp(p, 1);
+		else if (memcmp(base + p * ps, orig + p * ps, ps))
+			expect_mem("first read", base + p * ps, orig + p * ps, ps);
+		if (p % 1024 == 0) {
+			size_t now = pages_present(base, npages);
+
+			most = now > most ? now : most;
+		}
+	}
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t p = 0; p < npages; p++) {
+			const char *pg = base + p * ps;
+
+			if (p % 3 == 0) {
+				cr_assert_eq(*(const uint64_t *)pg, stamp(p, 1),
+					     "pass %d: written page %zu lost its write", pass, p);
+				cr_assert(!memcmp(pg + 8, orig + p * ps + 8, ps - 8),
+					  "pass %d: written page %zu: the rest of it changed", pass,
+					  p);
+			} else if (memcmp(pg, orig + p * ps, ps)) {
+				expect_mem("read again", pg, orig + p * ps, ps);
+			}
+		}
+
+	struct lazymap_stats st = stats_of(lm);
+
+	cr_log_info("swap_outs %llu, swap_ins %llu, evictions %llu, peak %llu KiB, most present %zu KiB",
+		    (unsigned long long)st.swap_outs, (unsigned long long)st.swap_ins,
+		    (unsigned long long)st.evictions, (unsigned long long)st.resident_peak >> 10,
+		    most * ps >> 10);
+	expect_peak(&st, PF_LIMIT);
+	cr_assert_geq(st.swap_outs, npages / 3 - PF_LIMIT / ps,
+		      "written pages that left should all have gone to swap");
+	cr_assert_geq(st.swap_ins, npages / 3 - PF_LIMIT / ps,
+		      "written pages should have come back from swap");
+	cr_assert_leq(most * ps, PF_LIMIT + 2 * MiB,
+		      "%zu KiB of the region present under a budget of %zu KiB", most * ps >> 10,
+		      (size_t)PF_LIMIT >> 10);
+	cr_assert_eq(st.bytes_written, 0, "a private region wrote its file");
+	cr_assert_eq(lazymap_close(lm), 0);
+	expect_file("the file", fd, orig, PF_SIZE);
+	close(fd);
+	free(orig);
+}
+
+/*
+ * Under a budget a writable private map holds copies: a page the cache holds
+ * is copied from it, so it shows what a shared region of the same file wrote
+ * and has not written back, as the kernel's private map shows the page cache.
+ * What the private map writes stays its own.
+ */
+Test(swap, a_private_copy_shows_what_a_shared_region_wrote, FIXTURE, .timeout = 60)
+{
+	struct lazymap *lm = open_budget(PF_LIMIT, fx.dir);
+	size_t ps = pgsz(), npages = 64;
+	char path[PATH_MAX];
+	uint8_t *orig = pattern_file(fx.dir, "both", npages * ps, 12, npages, path, sizeof(path));
+	int fd = open_file(path, O_RDWR), ret;
+	char *sh = NULL, *pv = NULL;
+
+	ret = lazymap_map(lm, (void **)&sh, npages * ps, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, fd,
+			  0);
+	cr_assert_eq(ret, 0, "map shared: %s", strerror(-ret));
+	ret = lazymap_map(lm, (void **)&pv, npages * ps, PROT_READ | PROT_WRITE, LAZYMAP_PRIVATE, fd,
+			  0);
+	cr_assert_eq(ret, 0, "map private: %s", strerror(-ret));
+	memset(sh + 5 * ps, 0xa5, ps); /* in the cache, not in the file */
+	memset(sh + 40 * ps, 0x3c, ps);
+	cr_assert_eq((uint8_t)pv[5 * ps + 100], 0xa5, "the private map does not show the shared write");
+	cr_assert_eq((uint8_t)pv[40 * ps], 0x3c, "the private map does not show the shared write");
+	cr_assert(!memcmp(pv + 6 * ps, orig + 6 * ps, ps), "a page no region wrote is not the file's");
+	pv[7 * ps] = 0x11;
+	cr_assert_eq((uint8_t)sh[7 * ps], orig[7 * ps], "the private write reached the shared map");
+	cr_assert_eq(lazymap_close(lm), 0);
+	memset(orig + 5 * ps, 0xa5, ps);
+	memset(orig + 40 * ps, 0x3c, ps);
+	expect_file("the file", fd, orig, npages * ps);
+	close(fd);
+	free(orig);
 }
 
 /* ------------------------------------------------------------ racing writes */
