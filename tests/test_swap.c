@@ -439,7 +439,8 @@ static size_t fk_check(const char *base, size_t npages, uint32_t gen)
 	return 0;
 }
 
-Test(swap, a_forked_child_reads_what_the_parent_swapped, FIXTURE, .timeout = 120)
+/* fd -1: an anonymous region; else a private map of fd's file (of zeros) */
+static void fork_body(int fd)
 {
 	struct lazymap *lm = open_budget(FK_LIMIT, fx.dir);
 	size_t npages = FK_SIZE / pgsz(), bad;
@@ -452,7 +453,8 @@ Test(swap, a_forked_child_reads_what_the_parent_swapped, FIXTURE, .timeout = 120
 		cr_skip_test("forked children are not served here (EVENT_FORK needs CAP_SYS_PTRACE)");
 	}
 	cr_assert_eq(lazymap_map(lm, (void **)&base, FK_SIZE, PROT_READ | PROT_WRITE,
-				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+				 fd < 0 ? LAZYMAP_ANON | LAZYMAP_PRIVATE : LAZYMAP_PRIVATE, fd, 0),
+		     0);
 	for (size_t p = 0; p < npages; p++) {
 		uint64_t *w = (uint64_t *)(base + p * pgsz());
 
@@ -482,6 +484,24 @@ Test(swap, a_forked_child_reads_what_the_parent_swapped, FIXTURE, .timeout = 120
 	cr_assert_eq(bad, 0, "page %zu of the parent is wrong after the fork", bad - 1);
 	cr_assert_eq(fk_check(base, npages, 1), 0, "the child's writes reached the parent");
 	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(swap, a_forked_child_reads_what_the_parent_swapped, FIXTURE, .timeout = 120)
+{
+	fork_body(-1);
+}
+
+Test(swap, a_forked_child_reads_what_a_private_file_region_swapped, FIXTURE, .timeout = 120)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/zeros", fx.dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(ftruncate(fd, FK_SIZE), 0);
+	fork_body(fd);
+	close(fd);
 }
 
 /* ------------------------------------------------------------ swap failure */
