@@ -166,6 +166,15 @@ static bool q_pop(struct ev_queue *q, size_t max, struct ev_run *out)
 	return true;
 }
 
+/*
+ * The ghosts' table has a slot per page of the budget, up to GHOST_MAX
+ * (16 MiB of table, touched only where keys land: calloc maps it lazily).
+ * A budget larger than that is one eviction seldom reaches, and a ghost
+ * is only a hint: past the cap, keys share slots and the older is
+ * forgotten. Uncapped, a limit of 16 TiB asked for 32 GiB of table.
+ */
+#define GHOST_MAX ((size_t)1 << 21)
+
 static uint64_t ghost_key(uint64_t id, uint64_t fp)
 {
 	return (id << 40 ^ fp) * 0x9e3779b97f4a7c15ull;
@@ -802,7 +811,7 @@ int lzm_evict_start(struct lazymap *lm)
 	const char *policy = getenv("LAZYMAP_EVICT_POLICY");
 
 	ev->fifo = policy && !strcmp(policy, "fifo");
-	while (slots < limit)
+	while (slots < limit && slots < GHOST_MAX)
 		slots <<= 1;
 	ev->ghost = calloc(slots, sizeof(*ev->ghost));
 	ev->ghost_mask = slots - 1;

@@ -391,3 +391,43 @@ Test(budget, failing_writeback_goes_over_the_budget_and_loses_nothing, FIXTURE, 
 		       "write-back failing under a budget");
 	verdict_free(v);
 }
+
+/* ------------------------------------------------------------ huge limits */
+
+/*
+ * A limit far beyond the machine's memory is a budget eviction never
+ * reaches: it opens, and its regions work and are counted. (The table of
+ * evicted pages' keys was sized by the limit: 16 TiB asked for 32 GiB of
+ * it, and lazymap_open failed with -ENOMEM.)
+ */
+static void huge_limit_maps(size_t limit)
+{
+	struct lazymap *lm = open_budget(limit);
+	size_t len = 4 * MiB, ps = pgsz();
+	char *p = NULL;
+
+	cr_assert_eq(lazymap_map(lm, (void **)&p, len, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (size_t off = 0; off < len; off += ps)
+		p[off] = (char)(off / ps) | 1;
+	for (size_t off = 0; off < len; off += ps)
+		cr_assert_eq(p[off], (char)((off / ps) | 1), "page %zu", off / ps);
+	quiesce(lm);
+
+	struct lazymap_stats st = stats_of(lm);
+
+	cr_assert_eq(st.evictions, 0);
+	if (st.resident_bytes) /* counted where the kernel has UFFDIO_MOVE */
+		cr_assert_eq(st.resident_bytes, len);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(budget, a_16_tib_limit_opens_and_maps, FIXTURE, .timeout = 30)
+{
+	huge_limit_maps((size_t)16 << 40);
+}
+
+Test(budget, a_size_max_limit_opens_and_maps, FIXTURE, .timeout = 30)
+{
+	huge_limit_maps(SIZE_MAX);
+}
