@@ -143,11 +143,16 @@ static int q_push(struct ev_queue *q, struct ev_run r)
 	return 0;
 }
 
-/* Take at most max pages from the head of q (a run is split if need be). */
+/* Take at most max pages from the head of q (a run is split if need be);
+ * runs q_forget emptied are passed over. */
 static bool q_pop(struct ev_queue *q, size_t max, struct ev_run *out)
 {
 	struct ev_run *r;
 
+	while (q->len && !q->v[q->head].n) {
+		q->head = (q->head + 1) % q->cap;
+		q->len--;
+	}
 	if (!q->len)
 		return false;
 	r = &q->v[q->head];
@@ -174,6 +179,51 @@ static bool q_pop(struct ev_queue *q, size_t max, struct ev_run *out)
  * forgotten. Uncapped, a limit of 16 TiB asked for 32 GiB of table.
  */
 #define GHOST_MAX ((size_t)1 << 21)
+
+/*
+ * Take pages [fp, fp + n) of src out of q's runs; returns how many were
+ * there. A run emptied stays where it is, with no pages and no source, until
+ * q_pop passes it over; the tail of a run cut in two goes to the back. A
+ * walk of the whole queue: it runs when a region goes, not per fault.
+ */
+static uint64_t q_forget(struct ev_queue *q, struct source *src, uint64_t fp, uint64_t n)
+{
+	uint64_t end = fp + n, out = 0;
+
+	for (size_t i = 0, len = q->len; i < len; i++) {
+		struct ev_run *r = &q->v[(q->head + i) % q->cap];
+		uint64_t rend = r->fp + r->n, from, to;
+
+		if (r->src != src || rend <= fp || r->fp >= end)
+			continue;
+		from = r->fp > fp ? r->fp : fp;
+		to = rend < end ? rend : end;
+		out += to - from;
+		q->pages -= to - from;
+		if (from == r->fp && to == rend) {
+			r->n = 0;
+			r->src = NULL;
+			lzm_source_put(src); /* never the last: the VMA going holds one */
+		} else if (from == r->fp) {
+			r->addr += (to - r->fp) << lzm_page_shift;
+			r->n = rend - to;
+			r->fp = to;
+		} else if (to == rend) {
+			r->n = from - r->fp;
+		} else {
+			/* its middle went: the tail goes to the back (without
+			 * memory for it, it is no longer counted) */
+			struct ev_run tail = { r->id, to, rend - to, src,
+					       r->addr + ((to - r->fp) << lzm_page_shift) };
+
+			r->n = from - r->fp;
+			q->pages -= tail.n;
+			if (q_push(q, tail))
+				out += tail.n;
+		}
+	}
+	return out;
+}
 
 static uint64_t ghost_key(uint64_t id, uint64_t fp)
 {
@@ -268,6 +318,23 @@ void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr
 {
 	if (lm->ev && lm->ev->staging)
 		filled(lm, (uintptr_t)src, src, addr, idx, n, hint);
+}
+
+void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n)
+{
+	struct evictor *ev = lm->ev;
+	uint64_t out = 0;
+
+	if (!ev || !ev->staging || src->ops->cached)
+		return;
+	pthread_mutex_lock(&ev->lock);
+	for (struct ev_queue *q = &ev->first; q; q = q == &ev->first ? &ev->in
+						 : q == &ev->in    ? &ev->am
+								   : NULL)
+		out += q_forget(q, src, idx, n);
+	if (out)
+		resident_add(ev, -(int64_t)out);
+	pthread_mutex_unlock(&ev->lock);
 }
 
 /* The longest a fill waits for eviction before it goes on over the limit. */

@@ -392,6 +392,49 @@ Test(budget, failing_writeback_goes_over_the_budget_and_loses_nothing, FIXTURE, 
 	verdict_free(v);
 }
 
+/* ------------------------------------------------------------ the count */
+
+/* Filled pages, counted once what was asked of the handlers has landed. */
+static uint64_t resident_pages(struct lazymap *lm)
+{
+	quiesce(lm);
+	return stats_of(lm).resident_bytes / pgsz();
+}
+
+/*
+ * Pages whose region goes leave the count at once, whether the library
+ * unmaps them or the program does (its UNMAP event is applied before
+ * lazymap_stats reads): ranges cut out of the middle of the runs fills
+ * made, and the rest. (They were counted until eviction came upon them,
+ * which under a budget not yet reached is never.)
+ */
+Test(budget, unmapped_pages_leave_the_count_at_once, FIXTURE, .timeout = 30)
+{
+	struct lazymap *lm = open_budget(16 * MiB);
+	size_t ps = pgsz(), npages = 4 * MiB / ps;
+	char *p = NULL;
+
+	cr_assert_eq(lazymap_map(lm, (void **)&p, npages * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (size_t pg = 0; pg < npages; pg++)
+		p[pg * ps] = 1;
+	if (!resident_pages(lm))
+		skip_test("anonymous pages are not counted here (no UFFDIO_MOVE)");
+	cr_assert_eq(resident_pages(lm), npages);
+	cr_assert_eq(lazymap_unmap(lm, p + 37 * ps, 300 * ps), 0);
+	cr_assert_eq(resident_pages(lm), npages - 300, "lazymap_unmap of 300 pages: %llu counted",
+		     (unsigned long long)resident_pages(lm));
+	cr_assert_eq(munmap(p + 700 * ps, 50 * ps), 0);
+	cr_assert_eq(resident_pages(lm), npages - 350, "the program's munmap of 50 more: %llu",
+		     (unsigned long long)resident_pages(lm));
+	cr_assert_eq(lazymap_unmap(lm, p, 37 * ps), 0);
+	cr_assert_eq(lazymap_unmap(lm, p + 337 * ps, 363 * ps), 0);
+	cr_assert_eq(munmap(p + 750 * ps, (npages - 750) * ps), 0);
+	cr_assert_eq(resident_pages(lm), 0, "all gone: %llu pages still counted",
+		     (unsigned long long)resident_pages(lm));
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
 /* ------------------------------------------------------------ huge limits */
 
 /*
