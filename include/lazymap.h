@@ -175,6 +175,10 @@ struct lazymap_opts {
  * does).
  * A forked child shares the parent's swapped pages (it reads them from the
  * parent's swap file); its own pages are not counted.
+ * lazymap_stats' resident_bytes counts a page until it has left memory (a
+ * page on its way out still counts), and pages of anonymous and fill
+ * regions no longer once their region is unmapped; resident_peak is the
+ * most it has been, never below resident_bytes in the same snapshot.
  */
 
 /* Mapping flags: mmap's vocabulary. */

@@ -266,9 +266,13 @@ static void resident_add(struct evictor *ev, int64_t n)
 {
 	uint64_t now = atomic_fetch_add_explicit(&ev->resident, (uint64_t)n, memory_order_relaxed) +
 		       (uint64_t)n;
+	uint64_t peak = atomic_load_explicit(&ev->peak, memory_order_relaxed);
 
-	if (n > 0 && now > atomic_load_explicit(&ev->peak, memory_order_relaxed))
-		atomic_store_explicit(&ev->peak, now, memory_order_relaxed);
+	/* a maximum that holds without ev->lock too */
+	while (n > 0 && now > peak &&
+	       !atomic_compare_exchange_weak_explicit(&ev->peak, &peak, now, memory_order_relaxed,
+						      memory_order_relaxed))
+		;
 }
 
 /* n pages from fp entered a cache (src NULL: id is its id) or src at addr. */
@@ -777,8 +781,9 @@ static void *evictor_main(void *arg)
 			pthread_cond_wait(&ev->wake, &ev->lock);
 			continue;
 		}
-		/* the runs leave the count now; what stays is queued (counted) again */
-		resident_add(ev, -(int64_t)taken);
+		/* The runs stay counted until they are gone: until then their
+		 * pages are in memory (mapped, or in staging), and fills past
+		 * the limit wait for them. What stays is queued again. */
 		pthread_mutex_unlock(&ev->lock);
 		qsort(runs, nruns, sizeof(runs[0]), run_cmp);
 		for (size_t i = 0, j; i < nruns; i = j) {
@@ -792,7 +797,7 @@ static void *evictor_main(void *arg)
 		for (size_t i = 0; i < nruns; i++)
 			lzm_source_put(runs[i].src);
 		pthread_mutex_lock(&ev->lock);
-		resident_add(ev, (int64_t)(taken - gone));
+		resident_add(ev, -(int64_t)gone);
 		atomic_store_explicit(&ev->stuck, !gone, memory_order_relaxed);
 		pthread_cond_broadcast(&ev->freed);
 		if (!gone) {
