@@ -28,9 +28,13 @@
  *           move: a page reads the same bytes at its new address, filled or
  *           not; MREMAP_DONTUNMAP: the range left behind is emptied and
  *           produces its pages again from the source, as after MADV_DONTNEED;
- *   madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE)  the next touch produces
- *           the page again (zeros, the callback, the file's bytes; MADV_FREE
- *           is EINVAL on a file region, as on any file mapping; MADV_REMOVE
+ *   madvise(MADV_DONTNEED, MADV_REMOVE)  the next touch produces the
+ *           page again (zeros, the callback, the file's bytes); MADV_FREE:
+ *           as on the kernel's own anonymous memory, the page keeps its
+ *           bytes until the kernel reclaims it (a write first cancels the
+ *           free), and once it has, the next touch produces it again
+ *           (zeros, or the callback's bytes); MADV_FREE is EINVAL on a file
+ *           region, as on any file mapping; MADV_REMOVE
  *           on a shared file region drops the page from the cache with its
  *           unsynced writes, and leaves the file alone, where the kernel's
  *           mapping would punch a hole in the file);

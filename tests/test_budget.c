@@ -491,6 +491,57 @@ Test(budget, pages_on_their_way_out_are_counted, FIXTURE, .timeout = 30)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
+/* ------------------------------------------------------------ MADV_FREE */
+
+static int mf_fill(void *page, size_t len, uint64_t offset, void *arg)
+{
+	(void)offset;
+	(void)arg;
+	memset(page, 0x5a, len);
+	return 0;
+}
+
+/*
+ * What the header says of MADV_FREE, under a budget: a page keeps the
+ * program's bytes until the kernel reclaims it (MADV_PAGEOUT makes it do
+ * so now), and then the next touch produces it again: zeros, or the
+ * callback's. (The header said the next touch always produced it again.)
+ */
+Test(budget, madv_free_keeps_the_bytes_until_the_kernel_reclaims_them, FIXTURE, .timeout = 30)
+{
+	struct lazymap *lm = open_budget(16 * MiB);
+	size_t ps = pgsz(), len = 64 * ps;
+
+	for (int fill = 0; fill < 2; fill++) {
+		char *p = NULL, made = fill ? 0x5a : 0;
+
+		if (fill)
+			cr_assert_eq(lazymap_map_fill(lm, (void **)&p, len, PROT_READ | PROT_WRITE,
+						      mf_fill, NULL), 0);
+		else
+			cr_assert_eq(lazymap_map(lm, (void **)&p, len, PROT_READ | PROT_WRITE,
+						 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+		memset(p, 7, len);
+		cr_assert_eq(madvise(p, len, MADV_FREE), 0);
+		for (size_t off = 0; off < len; off += ps)
+			cr_assert_eq(p[off], 7, "%s page %zu lost its bytes at MADV_FREE",
+				     fill ? "fill" : "anon", off / ps);
+		cr_assert_eq(madvise(p, len, MADV_FREE), 0);
+		if (madvise(p, len, MADV_PAGEOUT))
+			skip_test("MADV_PAGEOUT: %s", strerror(errno));
+		size_t remade = 0;
+
+		for (size_t off = 0; off < len; off += ps) {
+			cr_assert(p[off] == made || p[off] == 7, "%s page %zu: %d",
+				  fill ? "fill" : "anon", off / ps, p[off]);
+			remade += p[off] == made;
+		}
+		if (!remade)
+			skip_test("the kernel reclaimed none of the pages MADV_PAGEOUT named");
+	}
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
 /* ------------------------------------------------------------ huge limits */
 
 /*
