@@ -28,9 +28,13 @@
  *           move: a page reads the same bytes at its new address, filled or
  *           not; MREMAP_DONTUNMAP: the range left behind is emptied and
  *           produces its pages again from the source, as after MADV_DONTNEED;
- *   madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE)  the next touch produces
- *           the page again (zeros, the callback, the file's bytes; MADV_FREE
- *           is EINVAL on a file region, as on any file mapping; MADV_REMOVE
+ *   madvise(MADV_DONTNEED, MADV_REMOVE)  the next touch produces the
+ *           page again (zeros, the callback, the file's bytes); MADV_FREE:
+ *           as on the kernel's own anonymous memory, the page keeps its
+ *           bytes until the kernel reclaims it (a write first cancels the
+ *           free), and once it has, the next touch produces it again
+ *           (zeros, or the callback's bytes); MADV_FREE is EINVAL on a file
+ *           region, as on any file mapping; MADV_REMOVE
  *           on a shared file region drops the page from the cache with its
  *           unsynced writes, and leaves the file alone, where the kernel's
  *           mapping would punch a hole in the file);
@@ -184,6 +188,10 @@ struct lazymap_opts {
  * does).
  * A forked child shares the parent's swapped pages (it reads them from the
  * parent's swap file); its own pages are not counted.
+ * lazymap_stats' resident_bytes counts a page until it has left memory (a
+ * page on its way out still counts), and pages of anonymous and fill
+ * regions no longer once their region is unmapped; resident_peak is the
+ * most it has been, never below resident_bytes in the same snapshot.
  */
 
 /* Mapping flags: mmap's vocabulary. */

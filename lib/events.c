@@ -301,7 +301,7 @@ static void erase_range(struct handler *h, struct mm *mm, uintptr_t start, uintp
 	for (v = lzm_vma_find(&mm->tree, start); v && v->start < end; v = next) {
 		next = lzm_vma_next(v);
 		lzm_vma_erase(&mm->tree, v);
-		lzm_vma_pages_gone(v);
+		lzm_vma_pages_gone(mm, v);
 		state_release(v->src, v->pgoff, (v->end - v->start) >> lzm_page_shift);
 		/* its dirty pages go with the next sync of any region of the file */
 		if (vma_writeback(v))

@@ -143,11 +143,16 @@ static int q_push(struct ev_queue *q, struct ev_run r)
 	return 0;
 }
 
-/* Take at most max pages from the head of q (a run is split if need be). */
+/* Take at most max pages from the head of q (a run is split if need be);
+ * runs q_forget emptied are passed over. */
 static bool q_pop(struct ev_queue *q, size_t max, struct ev_run *out)
 {
 	struct ev_run *r;
 
+	while (q->len && !q->v[q->head].n) {
+		q->head = (q->head + 1) % q->cap;
+		q->len--;
+	}
 	if (!q->len)
 		return false;
 	r = &q->v[q->head];
@@ -164,6 +169,60 @@ static bool q_pop(struct ev_queue *q, size_t max, struct ev_run *out)
 	}
 	q->pages -= out->n;
 	return true;
+}
+
+/*
+ * The ghosts' table has a slot per page of the budget, up to GHOST_MAX
+ * (16 MiB of table, touched only where keys land: calloc maps it lazily).
+ * A budget larger than that is one eviction seldom reaches, and a ghost
+ * is only a hint: past the cap, keys share slots and the older is
+ * forgotten. Uncapped, a limit of 16 TiB asked for 32 GiB of table.
+ */
+#define GHOST_MAX ((size_t)1 << 21)
+
+/*
+ * Take pages [fp, fp + n) of src out of q's runs; returns how many were
+ * there. A run emptied stays where it is, with no pages and no source, until
+ * q_pop passes it over; the tail of a run cut in two goes to the back. A
+ * walk of the whole queue: it runs when a region goes, not per fault.
+ */
+static uint64_t q_forget(struct ev_queue *q, struct source *src, uint64_t fp, uint64_t n)
+{
+	uint64_t end = fp + n, out = 0;
+
+	for (size_t i = 0, len = q->len; i < len; i++) {
+		struct ev_run *r = &q->v[(q->head + i) % q->cap];
+		uint64_t rend = r->fp + r->n, from, to;
+
+		if (r->src != src || rend <= fp || r->fp >= end)
+			continue;
+		from = r->fp > fp ? r->fp : fp;
+		to = rend < end ? rend : end;
+		out += to - from;
+		q->pages -= to - from;
+		if (from == r->fp && to == rend) {
+			r->n = 0;
+			r->src = NULL;
+			lzm_source_put(src); /* never the last: the VMA going holds one */
+		} else if (from == r->fp) {
+			r->addr += (to - r->fp) << lzm_page_shift;
+			r->n = rend - to;
+			r->fp = to;
+		} else if (to == rend) {
+			r->n = from - r->fp;
+		} else {
+			/* its middle went: the tail goes to the back (without
+			 * memory for it, it is no longer counted) */
+			struct ev_run tail = { r->id, to, rend - to, src,
+					       r->addr + ((to - r->fp) << lzm_page_shift) };
+
+			r->n = from - r->fp;
+			q->pages -= tail.n;
+			if (q_push(q, tail))
+				out += tail.n;
+		}
+	}
+	return out;
 }
 
 static uint64_t ghost_key(uint64_t id, uint64_t fp)
@@ -207,9 +266,13 @@ static void resident_add(struct evictor *ev, int64_t n)
 {
 	uint64_t now = atomic_fetch_add_explicit(&ev->resident, (uint64_t)n, memory_order_relaxed) +
 		       (uint64_t)n;
+	uint64_t peak = atomic_load_explicit(&ev->peak, memory_order_relaxed);
 
-	if (n > 0 && now > atomic_load_explicit(&ev->peak, memory_order_relaxed))
-		atomic_store_explicit(&ev->peak, now, memory_order_relaxed);
+	/* a maximum that holds without ev->lock too */
+	while (n > 0 && now > peak &&
+	       !atomic_compare_exchange_weak_explicit(&ev->peak, &peak, now, memory_order_relaxed,
+						      memory_order_relaxed))
+		;
 }
 
 /* n pages from fp entered a cache (src NULL: id is its id) or src at addr. */
@@ -259,6 +322,23 @@ void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr
 {
 	if (lm->ev && lm->ev->staging)
 		filled(lm, (uintptr_t)src, src, addr, idx, n, hint);
+}
+
+void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n)
+{
+	struct evictor *ev = lm->ev;
+	uint64_t out = 0;
+
+	if (!ev || !ev->staging || src->ops->cached)
+		return;
+	pthread_mutex_lock(&ev->lock);
+	for (struct ev_queue *q = &ev->first; q; q = q == &ev->first ? &ev->in
+						 : q == &ev->in    ? &ev->am
+								   : NULL)
+		out += q_forget(q, src, idx, n);
+	if (out)
+		resident_add(ev, -(int64_t)out);
+	pthread_mutex_unlock(&ev->lock);
 }
 
 /* The longest a fill waits for eviction before it goes on over the limit. */
@@ -701,8 +781,9 @@ static void *evictor_main(void *arg)
 			pthread_cond_wait(&ev->wake, &ev->lock);
 			continue;
 		}
-		/* the runs leave the count now; what stays is queued (counted) again */
-		resident_add(ev, -(int64_t)taken);
+		/* The runs stay counted until they are gone: until then their
+		 * pages are in memory (mapped, or in staging), and fills past
+		 * the limit wait for them. What stays is queued again. */
 		pthread_mutex_unlock(&ev->lock);
 		qsort(runs, nruns, sizeof(runs[0]), run_cmp);
 		for (size_t i = 0, j; i < nruns; i = j) {
@@ -716,7 +797,7 @@ static void *evictor_main(void *arg)
 		for (size_t i = 0; i < nruns; i++)
 			lzm_source_put(runs[i].src);
 		pthread_mutex_lock(&ev->lock);
-		resident_add(ev, (int64_t)(taken - gone));
+		resident_add(ev, -(int64_t)gone);
 		atomic_store_explicit(&ev->stuck, !gone, memory_order_relaxed);
 		pthread_cond_broadcast(&ev->freed);
 		if (!gone) {
@@ -802,7 +883,7 @@ int lzm_evict_start(struct lazymap *lm)
 	const char *policy = getenv("LAZYMAP_EVICT_POLICY");
 
 	ev->fifo = policy && !strcmp(policy, "fifo");
-	while (slots < limit)
+	while (slots < limit && slots < GHOST_MAX)
 		slots <<= 1;
 	ev->ghost = calloc(slots, sizeof(*ev->ghost));
 	ev->ghost_mask = slots - 1;

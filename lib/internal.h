@@ -889,6 +889,10 @@ uint64_t lzm_evict_resident(struct lazymap *lm, bool peak);
 /* n pages of src from idx were installed at addr in lm's own mm. No lock but mm's. */
 void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr, uint64_t idx,
 			  size_t n, int hint);
+/* Pages [idx, idx + n) of src left lm's own mm (their region was unmapped):
+ * they leave the count now, not when eviction would find them gone. mm's
+ * lock held. */
+void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n);
 /* fork() is about to copy the address space: no page may be on its way to
  * swap meanwhile (the child's copy would have it nowhere). Until after. */
 void lzm_evict_fork_hold(struct lazymap *lm);
@@ -925,8 +929,9 @@ void lzm_swap_forget(struct source *src, uint64_t idx);
 void lzm_swap_drop_table(struct source *src);
 /* A forked child's clone c shares src's slots. */
 int lzm_swap_clone(struct source *c, const struct source *src);
-/* v's pages are gone from the address space (unmapped): so are their copies in swap. */
-void lzm_vma_pages_gone(struct vma *v);
+/* v's pages are gone from mm (unmapped): so are their copies in swap, and
+ * (mm is lm's own) their places in the budget. */
+void lzm_vma_pages_gone(struct mm *mm, struct vma *v);
 /* The slot + 1 of page idx of src, 0: none. */
 static inline uint32_t source_slot(const struct source *src, uint64_t idx)
 {

@@ -646,6 +646,9 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 #undef NOW
 #undef MAX
 #undef SUM
+	/* The two are read one after the other, and the count rises before
+	 * the peak follows it: a snapshot never shows one above the other. */
+	all.resident_peak = max_u64(all.resident_peak, all.resident_bytes);
 	lazymap_put(lm);
 	/* Exactly the caller's size: a newer caller's extra counters read 0. */
 	if (size > sizeof(all)) {

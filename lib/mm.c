@@ -260,7 +260,7 @@ int lzm_mm_unmap_all(struct mm *mm)
 		for (; v && v->start < end; v = next) {
 			next = lzm_vma_next(v);
 			lzm_vma_erase(&mm->tree, v);
-			lzm_vma_pages_gone(v);
+			lzm_vma_pages_gone(mm, v);
 			lzm_vma_free(v);
 		}
 	}
@@ -334,7 +334,7 @@ static void drop_stale(struct mm *mm, uintptr_t start, uintptr_t end, struct vma
 			split_spare(mm, v, end, &spare[1]);
 		next = lzm_vma_next(v);
 		lzm_vma_erase(&mm->tree, v);
-		lzm_vma_pages_gone(v);
+		lzm_vma_pages_gone(mm, v);
 		lzm_vma_free(v);
 	}
 }
@@ -570,7 +570,7 @@ int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 	for (v = split_range(mm, start, end, spare); v && v->start < end; v = next) {
 		next = lzm_vma_next(v);
 		lzm_vma_erase(&mm->tree, v);
-		lzm_vma_pages_gone(v);
+		lzm_vma_pages_gone(mm, v);
 		lzm_vma_free(v);
 	}
 out:

@@ -378,7 +378,11 @@ int lzm_swap_clone(struct source *c, const struct source *src)
 	return x.failed ? -ENOMEM : 0;
 }
 
-void lzm_vma_pages_gone(struct vma *v)
+void lzm_vma_pages_gone(struct mm *mm, struct vma *v)
 {
-	lzm_swap_release(v->src, v->pgoff, (v->end - v->start) >> lzm_page_shift);
+	size_t n = (v->end - v->start) >> lzm_page_shift;
+
+	lzm_swap_release(v->src, v->pgoff, n);
+	if (mm->self)
+		lzm_evict_forget(mm->lm, v->src, v->pgoff, n);
 }

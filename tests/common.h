@@ -38,6 +38,10 @@
  * its objects (lazymap_internal_dep).
  */
 int lzm_quiesce(struct lazymap *lm, unsigned timeout_ms);
+/* lib/internal.h: hold the budget's evictor before it moves pages (as
+ * fork() does), and let it go. */
+void lzm_evict_fork_hold(struct lazymap *lm);
+void lzm_evict_fork_release(struct lazymap *lm);
 
 static inline size_t pgsz(void)
 {
