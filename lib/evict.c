@@ -341,6 +341,13 @@ void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint
 	pthread_mutex_unlock(&ev->lock);
 }
 
+bool lzm_evict_room(struct lazymap *lm, size_t n)
+{
+	struct evictor *ev = lm->ev;
+
+	return !ev || atomic_load_explicit(&ev->resident, memory_order_relaxed) + n <= ev->limit;
+}
+
 /* The longest a fill waits for eviction before it goes on over the limit. */
 #define WAIT_MAX_NS (1000 * 1000 * 1000ull)
 

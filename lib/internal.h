@@ -884,6 +884,9 @@ void lzm_evict_filled(struct lazymap *lm, struct cache *c, uint64_t fp, size_t n
 /* A fill is about to be made: wait while lm is at its limit (at most 1 s).
  * No lock held. */
 void lzm_evict_wait(struct lazymap *lm);
+/* Whether n more pages fit under the budget now (none: always). Readahead
+ * ahead of a stream asks: it is what nobody waits for. */
+bool lzm_evict_room(struct lazymap *lm, size_t n);
 /* Bytes counted resident now, or at the peak. */
 uint64_t lzm_evict_resident(struct lazymap *lm, bool peak);
 /* n pages of src from idx were installed at addr in lm's own mm. No lock but mm's. */

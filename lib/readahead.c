@@ -225,7 +225,8 @@ size_t lzm_readahead_ahead(struct handler *h, struct mm *mm, struct vma *v, uint
 		uintptr_t at = v->start + ((idx - v->pgoff) << lzm_page_shift);
 		size_t max = n, got;
 
-		if (at >= v->end)
+		/* under a budget, never past it for pages nobody waits for */
+		if (at >= v->end || !lzm_evict_room(h->lm, n))
 			break;
 		if (max > (v->end - at) >> lzm_page_shift)
 			max = (v->end - at) >> lzm_page_shift;
