@@ -112,6 +112,8 @@ struct evictor {
 	char *staging;
 	struct ev_page *pg;
 	pthread_mutex_t fork_lock;
+	bool in_batch;        /* runs taken from the queues are being evicted (lock; freed
+	                       * is broadcast when it ends) */
 	bool fork_held;       /* by the thread in fork(), under fork_lock */
 	/* The last batch freed nothing (every page dirty and failing to be
 	 * written, say): fills stop waiting, the evictor retries slowly. */
@@ -791,6 +793,7 @@ static void *evictor_main(void *arg)
 		/* The runs stay counted until they are gone: until then their
 		 * pages are in memory (mapped, or in staging), and fills past
 		 * the limit wait for them. What stays is queued again. */
+		ev->in_batch = true;
 		pthread_mutex_unlock(&ev->lock);
 		qsort(runs, nruns, sizeof(runs[0]), run_cmp);
 		for (size_t i = 0, j; i < nruns; i = j) {
@@ -805,6 +808,7 @@ static void *evictor_main(void *arg)
 			lzm_source_put(runs[i].src);
 		pthread_mutex_lock(&ev->lock);
 		resident_add(ev, -(int64_t)gone);
+		ev->in_batch = false;
 		atomic_store_explicit(&ev->stuck, !gone, memory_order_relaxed);
 		pthread_cond_broadcast(&ev->freed);
 		if (!gone) {
@@ -859,6 +863,18 @@ void lzm_evict_fork_hold(struct lazymap *lm)
 		pthread_mutex_lock(&lm->ev->fork_lock);
 		lm->ev->fork_held = true;
 	}
+}
+
+void lzm_evict_settle(struct lazymap *lm)
+{
+	struct evictor *ev = lm->ev;
+
+	if (!ev)
+		return;
+	pthread_mutex_lock(&ev->lock);
+	while (ev->in_batch && !ev->stop)
+		pthread_cond_wait(&ev->freed, &ev->lock);
+	pthread_mutex_unlock(&ev->lock);
 }
 
 void lzm_evict_fork_release(struct lazymap *lm)

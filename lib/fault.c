@@ -704,6 +704,22 @@ static void swap_wp_fault(struct handler *h, struct mm *mm, struct source *src, 
 		lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
 }
 
+/* Whether addr is a zero page the budget does not count (PAGE_ZERO). */
+static bool zero_page_at(struct mm *mm, uintptr_t addr)
+{
+	struct vma *v;
+	bool zero = false;
+
+	pthread_rwlock_rdlock(&mm->lock);
+	v = lzm_vma_lookup(&mm->tree, addr);
+	if (v && !v->src->ops->cached)
+		zero = atomic_load_explicit(&v->src->state[v->pgoff + ((addr - v->start) >>
+								       lzm_page_shift)],
+					    memory_order_relaxed) & PAGE_ZERO;
+	pthread_rwlock_unlock(&mm->lock);
+	return zero;
+}
+
 /* Requests one fault may begin: its run and the runs fault-around adds. */
 #define FAULT_REQS 4
 
@@ -717,8 +733,10 @@ void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, unsigned
 	uint64_t idx;
 
 	atomic_fetch_add_explicit(&mm->faults, 1, memory_order_relaxed);
-	/* At the budget: let eviction make room first (no lock held here). */
-	if (!(flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_MINOR)))
+	/* At the budget: let eviction make room first (no lock held here); a
+	 * write to a zero page makes a page too. */
+	if (!(flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_MINOR)) ||
+	    ((flags & UFFD_PAGEFAULT_FLAG_WP) && h->lm->ev && zero_page_at(mm, addr)))
 		lzm_evict_wait(h->lm);
 again:
 	pthread_rwlock_rdlock(&mm->lock);

@@ -898,6 +898,9 @@ void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr
 void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n);
 /* fork() is about to copy the address space: no page may be on its way to
  * swap meanwhile (the child's copy would have it nowhere). Until after. */
+/* Wait for the eviction batch in flight, if any: its pages are counted until
+ * it ends (lazymap_stats). No lock held. */
+void lzm_evict_settle(struct lazymap *lm);
 void lzm_evict_fork_hold(struct lazymap *lm);
 void lzm_evict_fork_release(struct lazymap *lm);
 

@@ -621,8 +621,12 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 	 * what was read. Not from a fill callback: the handler running it may
 	 * be the one that would apply them.
 	 */
-	if (!lzm_current_handler && !atomic_load_explicit(&lm->broken, memory_order_relaxed))
+	if (!lzm_current_handler && !atomic_load_explicit(&lm->broken, memory_order_relaxed)) {
 		lzm_mm_sync_events(&lm->mm);
+		/* and for the batch of eviction in flight: the pages of a region
+		 * just gone that it took count until it ends */
+		lzm_evict_settle(lm);
+	}
 	/* The handlers' counters, the fillers', and the API threads' (write-back) */
 	for (unsigned i = 0; i <= lm->nhandlers + MAX_FILLERS; i++) {
 		struct hstats *h = i < lm->nhandlers		     ? &lm->handlers[i].stats

@@ -728,3 +728,68 @@ Test(swap, a_write_right_after_a_read_is_counted, FIXTURE, .timeout = 120)
 	cr_assert_eq(lazymap_close(lm), 0);
 	free(vec);
 }
+
+/*
+ * Every page read first (zero pages, not counted), then every page written:
+ * each write makes a page, and waits for eviction as a fill does. (The
+ * writes did not wait: 32 MiB read then written under 4 MiB peaked at
+ * 9.5-16.7 MiB.)
+ */
+Test(swap, writes_to_zero_pages_wait_for_the_budget, FIXTURE, .timeout = 120)
+{
+	struct lazymap *lm = open_or_skip(&(struct lazymap_opts){
+		.resident_limit = RMW_LIMIT, .swap_path = fx.dir, .handler_threads = 2 });
+	size_t npages = 32 * MiB / pgsz();
+	volatile char *base = NULL;
+	char sum = 0;
+
+	cr_assert_eq(lazymap_map(lm, (void **)&base, npages * pgsz(), PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (size_t p = 0; p < npages; p++)
+		sum += base[p * pgsz()];
+	for (size_t p = 0; p < npages; p++)
+		base[p * pgsz() + 8] = (char)p;
+	for (size_t p = 0; p < npages; p++)
+		cr_assert_eq(base[p * pgsz() + 8], (char)p, "page %zu lost its write", p);
+	cr_assert_eq(sum, 0);
+
+	struct lazymap_stats st = stats_of(lm);
+
+	cr_log_info("peak %llu KiB, overruns %llu", (unsigned long long)st.resident_peak >> 10,
+		    (unsigned long long)st.budget_overruns);
+	expect_peak(&st, RMW_LIMIT);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/*
+ * Written pages, some in swap and some in a batch of eviction, then the
+ * region unmapped: lazymap_stats says 0 at once, each time (it said 2 MiB,
+ * a batch in flight, in most rounds).
+ */
+Test(swap, an_unmapped_region_leaves_the_counts_at_once, FIXTURE, .timeout = 120)
+{
+	struct lazymap *lm = open_budget(8 * MiB, fx.dir);
+	size_t len = 32 * MiB;
+
+	for (int round = 0; round < 6; round++) {
+		char *p = NULL;
+
+		cr_assert_eq(lazymap_map(lm, (void **)&p, len, PROT_READ | PROT_WRITE,
+					 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+		for (size_t off = 0; off < len; off += pgsz())
+			p[off] = 1;
+		if (round & 1)
+			cr_assert_eq(munmap(p, len), 0);
+		else
+			cr_assert_eq(lazymap_unmap(lm, p, len), 0);
+
+		struct lazymap_stats st = stats_of(lm);
+
+		cr_assert_eq(st.resident_bytes, 0, "round %d: %llu KiB still counted after %s",
+			     round, (unsigned long long)st.resident_bytes >> 10,
+			     round & 1 ? "munmap" : "lazymap_unmap");
+		cr_assert_eq(st.swap_bytes, 0, "round %d: %llu KiB still in swap", round,
+			     (unsigned long long)st.swap_bytes >> 10);
+	}
+	cr_assert_eq(lazymap_close(lm), 0);
+}
