@@ -187,11 +187,18 @@ struct lazymap_opts {
  * fault does, and does not read back pages that are in swap (their touch
  * does).
  * A forked child shares the parent's swapped pages (it reads them from the
- * parent's swap file); its own pages are not counted.
+ * parent's swap file); its own pages are not counted. Pages the parent had
+ * in memory at the fork cannot be taken out (UFFDIO_MOVE moves only pages
+ * no other process ever shared) until the parent writes them again, even
+ * after the child is gone: until then they stay over the budget
+ * (budget_overruns).
  * lazymap_stats' resident_bytes counts a page until it has left memory (a
- * page on its way out still counts), and pages of anonymous and fill
- * regions no longer once their region is unmapped; resident_peak is the
- * most it has been, never below resident_bytes in the same snapshot.
+ * page on its way out still counts: lazymap_stats waits for the eviction
+ * batch in flight), and pages of anonymous, fill and copied file regions no
+ * longer once their region is unmapped; resident_peak is the most it has
+ * been, never below resident_bytes in the same snapshot. Pages the program
+ * drops with MADV_DONTNEED or MADV_FREE count until the evictor next runs:
+ * it looks at them first and finds them gone at no cost.
  */
 
 /* Mapping flags: mmap's vocabulary. */

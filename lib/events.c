@@ -402,6 +402,8 @@ static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
 						  (e - s) >> lzm_page_shift);
 			continue;
 		}
+		if (mm->self)
+			lzm_evict_dropped(mm->lm, v->src, idx, (e - s) >> lzm_page_shift);
 		for (; s < e; s += lzm_page_size, idx++)
 			forget_page(v->src, idx);
 	}

@@ -183,12 +183,13 @@ static bool q_pop(struct ev_queue *q, size_t max, struct ev_run *out)
 #define GHOST_MAX ((size_t)1 << 21)
 
 /*
- * Take pages [fp, fp + n) of src out of q's runs; returns how many were
- * there. A run emptied stays where it is, with no pages and no source, until
+ * Take pages [fp, fp + n) of src out of q's runs, to dest's back if dest;
+ * returns how many are no longer queued (not counted any more). A run emptied stays where it is, with no pages and no source, until
  * q_pop passes it over; the tail of a run cut in two goes to the back. A
  * walk of the whole queue: it runs when a region goes, not per fault.
  */
-static uint64_t q_forget(struct ev_queue *q, struct source *src, uint64_t fp, uint64_t n)
+static uint64_t q_forget(struct ev_queue *q, struct source *src, uint64_t fp, uint64_t n,
+			 struct ev_queue *dest)
 {
 	uint64_t end = fp + n, out = 0;
 
@@ -200,7 +201,11 @@ static uint64_t q_forget(struct ev_queue *q, struct source *src, uint64_t fp, ui
 			continue;
 		from = r->fp > fp ? r->fp : fp;
 		to = rend < end ? rend : end;
-		out += to - from;
+		if (!dest)
+			out += to - from;
+		else if (q_push(dest, (struct ev_run){ r->id, from, to - from, src,
+						       r->addr + ((from - r->fp) << lzm_page_shift) }))
+			continue; /* no memory: it stays where it was */
 		q->pages -= to - from;
 		if (from == r->fp && to == rend) {
 			r->n = 0;
@@ -337,7 +342,7 @@ void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint
 	for (struct ev_queue *q = &ev->first; q; q = q == &ev->first ? &ev->in
 						 : q == &ev->in    ? &ev->am
 								   : NULL)
-		out += q_forget(q, src, idx, n);
+		out += q_forget(q, src, idx, n, NULL);
 	if (out)
 		resident_add(ev, -(int64_t)out);
 	pthread_mutex_unlock(&ev->lock);
@@ -348,6 +353,20 @@ bool lzm_evict_room(struct lazymap *lm, size_t n)
 	struct evictor *ev = lm->ev;
 
 	return !ev || atomic_load_explicit(&ev->resident, memory_order_relaxed) + n <= ev->limit;
+}
+
+void lzm_evict_dropped(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n)
+{
+	struct evictor *ev = lm->ev;
+	uint64_t out;
+
+	if (!ev || !ev->staging || src->ops->cached)
+		return;
+	pthread_mutex_lock(&ev->lock);
+	out = q_forget(&ev->in, src, idx, n, &ev->first) + q_forget(&ev->am, src, idx, n, &ev->first);
+	if (out)
+		resident_add(ev, -(int64_t)out);
+	pthread_mutex_unlock(&ev->lock);
 }
 
 /* The longest a fill waits for eviction before it goes on over the limit. */

@@ -896,6 +896,13 @@ void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr
  * they leave the count now, not when eviction would find them gone. mm's
  * lock held. */
 void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n);
+/*
+ * The program dropped n pages of src from idx (MADV_DONTNEED, MADV_FREE): the
+ * evictor looks at them first, and finds them gone at no cost. They stay
+ * counted until then: a fault may have filled one again already, and
+ * counted it, before the event is applied. No lock but mm's.
+ */
+void lzm_evict_dropped(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n);
 /* fork() is about to copy the address space: no page may be on its way to
  * swap meanwhile (the child's copy would have it nowhere). Until after. */
 /* Wait for the eviction batch in flight, if any: its pages are counted until
