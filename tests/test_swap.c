@@ -589,6 +589,66 @@ Test(swap, a_write_right_after_a_read_is_counted, FIXTURE, .timeout = 120)
 	free(vec);
 }
 
+/* ------------------------------------------------------------ the program's drop racing eviction */
+
+#define DE_SIZE  (32 * MiB)
+#define DE_LIMIT (4 * MiB)
+#define DE_READS 10000
+#define DE_LAG   400 /* reads ago: a page near the head of the eviction queue */
+
+/*
+ * Pages read back from swap and not written since keep their slot (it has
+ * their bytes). Random reads bring such pages in; every fourth read, the page
+ * read DE_LAG reads before, which the evictor is about to take, is dropped
+ * (MADV_DONTNEED) and written at once. Every page must read its last write.
+ * (When the program's drop took a page the evictor had claimed, before the
+ * evictor moved it out, the page was kept and so was its slot: its next fill
+ * was a writable zero page, written with no write-protect fault, and its
+ * next eviction took the old slot for its bytes. It read an older write.)
+ */
+Test(swap, a_page_dropped_while_being_evicted_reads_its_next_write, FIXTURE, .timeout = 120)
+{
+	struct lazymap *lm = open_budget(DE_LIMIT, fx.dir);
+	const size_t ps = pgsz(), npages = DE_SIZE / ps;
+	uint32_t *gen = calloc(npages, sizeof(*gen));
+	uint64_t seed = test_seed(), seed0 = seed, got = 0;
+	size_t ring[DE_LAG + 1], wrong = 0, first = 0;
+	char *base = NULL;
+
+	cr_assert_not_null(gen);
+	cr_assert_eq(lazymap_map(lm, (void **)&base, DE_SIZE, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (size_t p = 0; p < npages; p++) {
+		gen[p] = 1;
+		*(uint64_t *)(base + p * ps) = stamp(p, 1);
+	}
+	for (size_t i = 0; i < DE_READS; i++) {
+		size_t p = rng_next(&seed) % npages, q;
+
+		(void)*(volatile uint64_t *)(base + p * ps);
+		ring[i % (DE_LAG + 1)] = p;
+		if (i < DE_LAG || i % 4)
+			continue;
+		q = ring[(i - DE_LAG) % (DE_LAG + 1)];
+		cr_assert_eq(madvise(base + q * ps, ps, MADV_DONTNEED), 0);
+		*(uint64_t *)(base + q * ps) = stamp(q, ++gen[q]);
+	}
+	for (size_t p = 0; p < npages; p++) {
+		uint64_t w = *(uint64_t *)(base + p * ps);
+
+		if (w != stamp(p, gen[p]) && !wrong++) {
+			first = p;
+			got = w;
+		}
+	}
+	cr_assert_eq(wrong, 0, "%zu pages lost their last write; page %zu has %#llx, wrote %#llx "
+		     "(LAZYMAP_SEED=%#llx)", wrong, first, (unsigned long long)got,
+		     (unsigned long long)stamp(first, gen[first]), (unsigned long long)seed0);
+	cr_assert_gt(stats_of(lm).swap_ins, 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+	free(gen);
+}
+
 /* ------------------------------------------------------------ a write fault older than its page */
 
 #define WF_SIZE  (16 * MiB)
