@@ -636,7 +636,18 @@ static void let_go(struct mm *mm, struct source *src, struct ev_page *p)
 		atomic_store(&src->slots[p->idx], p->slot + 1);
 	do {
 		if (!(old & PAGE_FILLED)) {
-			/* the program dropped it meanwhile (apply_remove): gone */
+			/*
+			 * The program dropped it meanwhile (apply_remove): gone,
+			 * and so is its copy in swap, whatever the batch made of
+			 * it (a page the program's zap took before our move is
+			 * P_KEEP). forget_page left the slot to us, its owner: let
+			 * go of it while the page is still BUSY, before a fault
+			 * fills it again. (A kept page's slot was once left set:
+			 * its next fill was a writable zero page, written with no
+			 * write-protect fault, and its next eviction took the old
+			 * slot for its bytes: the program read an older write.)
+			 */
+			lzm_swap_forget(src, p->idx);
 			want = 0;
 		} else if (p->fate == P_KEEP) {
 			want = old & (PAGE_FILLED | PAGE_WRITTEN | PAGE_ZERO);
@@ -646,7 +657,7 @@ static void let_go(struct mm *mm, struct source *src, struct ev_page *p)
 			want = p->fate == P_WRITE || p->fate == P_SWAPPED ? PAGE_SWAPPED : 0;
 		}
 	} while (!atomic_compare_exchange_weak(s, &old, want));
-	if ((!(old & PAGE_FILLED) && p->fate != P_KEEP) || p->back)
+	if (p->back)
 		lzm_swap_forget(src, p->idx);
 	if (old & PAGE_WAITER) {
 		/* where it is now: the program may have moved it (mremap) */

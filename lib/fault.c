@@ -666,6 +666,15 @@ static struct fill_req *swapin_begin(struct handler *h, struct mm *mm, struct vm
  * region's page is now the program's. Let go of the slot, mark it written,
  * let the write in. A page being evicted or read is its owner's: the write
  * waits for its wake and faults again. mm->lock held.
+ *
+ * The message may be older than the page's state: the write faulted, and
+ * before a handler read the message the evictor took the page out (it was
+ * FILLED, not BUSY) and let it go SWAPPED, its slot holding its only copy
+ * (the write was never made). Such a message names no page of ours any
+ * more: the toucher is only woken; it retries the write, faults on the
+ * missing page and reads it back. (Letting go of the slot there left a
+ * SWAPPED page with no slot, whose next fault read past the end of the
+ * swap file and poisoned it: SIGBUS, the page lost.)
  */
 static void swap_wp_fault(struct handler *h, struct mm *mm, struct source *src, uintptr_t addr,
 			  uint64_t idx)
@@ -675,6 +684,10 @@ static void swap_wp_fault(struct handler *h, struct mm *mm, struct source *src, 
 	_Atomic uint32_t *t;
 
 	do {
+		if ((old & (PAGE_SWAPPED | PAGE_BUSY)) == PAGE_SWAPPED) {
+			lzm_uffd_wake(mm->uffd, addr, lzm_page_size);
+			return;
+		}
 		want = old & PAGE_BUSY ? old | PAGE_WAITER : old | PAGE_BUSY;
 		if (old == want)
 			return;

@@ -19,6 +19,7 @@ static void fx_teardown(void);
 #define skip_cleanup() fx_teardown()
 
 #include "common.h"
+#include "internal.h" /* a fault message replayed as a handler serves it */
 
 #define MiB (1ull << 20)
 
@@ -791,5 +792,123 @@ Test(swap, an_unmapped_region_leaves_the_counts_at_once, FIXTURE, .timeout = 120
 		cr_assert_eq(st.swap_bytes, 0, "round %d: %llu KiB still in swap", round,
 			     (unsigned long long)st.swap_bytes >> 10);
 	}
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* ------------------------------------------------------------ the program's drop racing eviction */
+
+#define DE_SIZE  (32 * MiB)
+#define DE_LIMIT (4 * MiB)
+#define DE_READS 10000
+#define DE_LAG   400 /* reads ago: a page near the head of the eviction queue */
+
+/*
+ * Pages read back from swap and not written since keep their slot (it has
+ * their bytes). Random reads bring such pages in; every fourth read, the page
+ * read DE_LAG reads before, which the evictor is about to take, is dropped
+ * (MADV_DONTNEED) and written at once. Every page must read its last write.
+ * (When the program's drop took a page the evictor had claimed, before the
+ * evictor moved it out, the page was kept and so was its slot: its next fill
+ * was a writable zero page, written with no write-protect fault, and its
+ * next eviction took the old slot for its bytes. It read an older write.)
+ */
+Test(swap, a_page_dropped_while_being_evicted_reads_its_next_write, FIXTURE, .timeout = 120)
+{
+	struct lazymap *lm = open_budget(DE_LIMIT, fx.dir);
+	const size_t ps = pgsz(), npages = DE_SIZE / ps;
+	uint32_t *gen = calloc(npages, sizeof(*gen));
+	uint64_t seed = test_seed(), seed0 = seed, got = 0;
+	size_t ring[DE_LAG + 1], wrong = 0, first = 0;
+	char *base = NULL;
+
+	cr_assert_not_null(gen);
+	cr_assert_eq(lazymap_map(lm, (void **)&base, DE_SIZE, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (size_t p = 0; p < npages; p++) {
+		gen[p] = 1;
+		*(uint64_t *)(base + p * ps) = stamp(p, 1);
+	}
+	for (size_t i = 0; i < DE_READS; i++) {
+		size_t p = rng_next(&seed) % npages, q;
+
+		(void)*(volatile uint64_t *)(base + p * ps);
+		ring[i % (DE_LAG + 1)] = p;
+		if (i < DE_LAG || i % 4)
+			continue;
+		q = ring[(i - DE_LAG) % (DE_LAG + 1)];
+		cr_assert_eq(madvise(base + q * ps, ps, MADV_DONTNEED), 0);
+		*(uint64_t *)(base + q * ps) = stamp(q, ++gen[q]);
+	}
+	for (size_t p = 0; p < npages; p++) {
+		uint64_t w = *(uint64_t *)(base + p * ps);
+
+		if (w != stamp(p, gen[p]) && !wrong++) {
+			first = p;
+			got = w;
+		}
+	}
+	cr_assert_eq(wrong, 0, "%zu pages lost their last write; page %zu has %#llx, wrote %#llx "
+		     "(LAZYMAP_SEED=%#llx)", wrong, first, (unsigned long long)got,
+		     (unsigned long long)stamp(first, gen[first]), (unsigned long long)seed0);
+	cr_assert_gt(stats_of(lm).swap_ins, 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+	free(gen);
+}
+
+/* ------------------------------------------------------------ a write fault older than its page */
+
+#define WF_SIZE  (16 * MiB)
+#define WF_LIMIT (4 * MiB)
+
+/*
+ * A write-protect fault's message can be older than its page's state: the
+ * write faulted on a page read back from swap (write-protected, its slot
+ * kept), and before a handler read the message the evictor took the page out
+ * again, unwritten, and let it go to swap, the slot holding its only copy.
+ * The race is replayed here: such a message is served, as a handler serves
+ * it, for a page in swap. The slot must stay and the page read its bytes.
+ * (The slot was let go: the write's retry faulted, read the page from no
+ * slot, past the end of the swap file, and got SIGBUS.)
+ */
+Test(swap, a_write_fault_served_after_its_page_went_to_swap_keeps_the_slot, FIXTURE,
+     .timeout = 60)
+{
+	struct lazymap *lm = open_budget(WF_LIMIT, fx.dir);
+	const size_t ps = pgsz(), npages = WF_SIZE / ps;
+	struct source *src = NULL;
+	uint32_t slot1 = 0;
+	uint64_t idx = 0;
+	char *base = NULL;
+	size_t p;
+
+	cr_assert_eq(lazymap_map(lm, (void **)&base, WF_SIZE, PROT_READ | PROT_WRITE,
+				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
+	for (p = 0; p < npages; p++)
+		*(uint64_t *)(base + p * ps) = stamp(p, 1);
+	quiesce(lm);
+	/* a page in swap, as the evictor left it */
+	pthread_rwlock_rdlock(&lm->mm.lock);
+	for (p = 0; p < npages && !slot1; p++) {
+		struct vma *v = lzm_vma_lookup(&lm->mm.tree, (uintptr_t)base + p * ps);
+
+		cr_assert_not_null(v);
+		src = v->src;
+		idx = v->pgoff + (((uintptr_t)base + p * ps - v->start) >> lzm_page_shift);
+		if (atomic_load(&src->state[idx]) == PAGE_SWAPPED)
+			slot1 = source_slot(src, idx);
+	}
+	pthread_rwlock_unlock(&lm->mm.lock);
+	cr_assert_neq(slot1, 0, "no page of %zu MiB went to swap under %zu MiB",
+		      (size_t)(WF_SIZE / MiB), (size_t)(WF_LIMIT / MiB));
+	p--;
+	lzm_fault_handle(&lm->handlers[0], &lm->mm, (uintptr_t)base + p * ps,
+			 UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_WRITE, 0);
+	cr_assert_eq(source_slot(src, idx), slot1,
+		     "page %zu, in swap, lost its slot to a write fault older than its eviction", p);
+	cr_assert_eq(*(uint64_t *)(base + p * ps), stamp(p, 1), "page %zu did not come back", p);
+	*(uint64_t *)(base + p * ps) = stamp(p, 2);
+	for (size_t q = 0; q < npages; q++)
+		cr_assert_eq(*(uint64_t *)(base + q * ps), stamp(q, q == p ? 2 : 1),
+			     "page %zu lost its write", q);
 	cr_assert_eq(lazymap_close(lm), 0);
 }
