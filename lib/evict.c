@@ -114,7 +114,7 @@ struct evictor {
 	pthread_mutex_t fork_lock;
 	bool in_batch;        /* runs taken from the queues are being evicted (lock; freed
 	                       * is broadcast when it ends) */
-	bool fork_held;       /* by the thread in fork(), under fork_lock */
+	atomic_bool fork_held; /* by the thread in fork(), under fork_lock */
 	/* The last batch freed nothing (every page dirty and failing to be
 	 * written, say): fills stop waiting, the evictor retries slowly. */
 	atomic_bool stuck;
@@ -901,8 +901,10 @@ void lzm_evict_settle(struct lazymap *lm)
 
 	if (!ev)
 		return;
+	/* not while fork_lock is held: the batch waits for it (a fork, or a
+	 * test holding the evictor) */
 	pthread_mutex_lock(&ev->lock);
-	while (ev->in_batch && !ev->stop)
+	while (ev->in_batch && !ev->stop && !atomic_load(&ev->fork_held))
 		pthread_cond_wait(&ev->freed, &ev->lock);
 	pthread_mutex_unlock(&ev->lock);
 }
