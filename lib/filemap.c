@@ -123,6 +123,13 @@ static void wp_fault(struct handler *h, struct mm *mm, int uffd, struct vma *v, 
 			continue;
 		}
 	}
+	if (!s || !(atomic_load_explicit(s, memory_order_acquire) & CP_CACHED)) {
+		/* evicted before we read the message (a hole now): the write
+		 * faults again and reads it back; a hole never turns dirty */
+		pthread_mutex_unlock(&c->lock);
+		lzm_uffd_wake(uffd, addr, lzm_page_size);
+		return;
+	}
 	lzm_cache_dirty(c, fp);
 	ret = lzm_uffd_writeprotect(uffd, addr, lzm_page_size, false);
 	pthread_mutex_unlock(&c->lock);
