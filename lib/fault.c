@@ -832,8 +832,11 @@ uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, 
 		struct vma *v;
 		size_t n = 0;
 
-		/* a prefetch is a fill like any other under the budget */
+		/* a prefetch is a fill like any other under the budget; its
+		 * reads count when they land, so one more only with room */
 		lzm_evict_wait(h->lm);
+		if (addr != start && !lzm_evict_room(h->lm, h->lm->ra_pages))
+			return addr;
 		pthread_rwlock_rdlock(&mm->lock);
 		v = lzm_vma_find(&mm->tree, addr);
 		if (!v || v->start >= end) {
