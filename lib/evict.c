@@ -184,9 +184,11 @@ static bool q_pop(struct ev_queue *q, size_t max, struct ev_run *out)
 
 /*
  * Take pages [fp, fp + n) of src out of q's runs, to dest's back if dest;
- * returns how many are no longer queued (not counted any more). A run emptied stays where it is, with no pages and no source, until
- * q_pop passes it over; the tail of a run cut in two goes to the back. A
- * walk of the whole queue: it runs when a region goes, not per fault.
+ * returns how many are no longer queued (not counted any more). A run
+ * emptied stays where it is, with no pages and no source, until q_pop
+ * passes it over; the tail of a run cut in two goes to the back. A walk of
+ * the whole queue: it runs when a region goes or the program drops pages,
+ * not per fault.
  */
 static uint64_t q_forget(struct ev_queue *q, struct source *src, uint64_t fp, uint64_t n,
 			 struct ev_queue *dest)
@@ -331,21 +333,32 @@ void lzm_evict_filled_src(struct lazymap *lm, struct source *src, uintptr_t addr
 		filled(lm, (uintptr_t)src, src, addr, idx, n, hint);
 }
 
-void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n)
+/* Pages [idx, idx + n) of src out of the queues: to the back of the first
+ * one if to_first (still counted), else out of the count too. */
+static void forget(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n,
+		   bool to_first)
 {
 	struct evictor *ev = lm->ev;
+	struct ev_queue *to;
 	uint64_t out = 0;
 
 	if (!ev || !ev->staging || src->ops->cached)
 		return;
 	pthread_mutex_lock(&ev->lock);
+	to = to_first ? &ev->first : NULL;
 	for (struct ev_queue *q = &ev->first; q; q = q == &ev->first ? &ev->in
 						 : q == &ev->in    ? &ev->am
 								   : NULL)
-		out += q_forget(q, src, idx, n, NULL);
+		if (q != to)
+			out += q_forget(q, src, idx, n, to);
 	if (out)
 		resident_add(ev, -(int64_t)out);
 	pthread_mutex_unlock(&ev->lock);
+}
+
+void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n)
+{
+	forget(lm, src, idx, n, false);
 }
 
 bool lzm_evict_room(struct lazymap *lm, size_t n)
@@ -357,16 +370,7 @@ bool lzm_evict_room(struct lazymap *lm, size_t n)
 
 void lzm_evict_dropped(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n)
 {
-	struct evictor *ev = lm->ev;
-	uint64_t out;
-
-	if (!ev || !ev->staging || src->ops->cached)
-		return;
-	pthread_mutex_lock(&ev->lock);
-	out = q_forget(&ev->in, src, idx, n, &ev->first) + q_forget(&ev->am, src, idx, n, &ev->first);
-	if (out)
-		resident_add(ev, -(int64_t)out);
-	pthread_mutex_unlock(&ev->lock);
+	forget(lm, src, idx, n, true);
 }
 
 /* The longest a fill waits for eviction before it goes on over the limit. */
@@ -743,7 +747,7 @@ static uint64_t evict_anon_runs(struct evictor *ev, struct ev_run *runs, size_t 
 		else if (source_slot(src, p->idx))
 			p->fate = P_SWAPPED;
 		else if (source_produces(src) ? !(atomic_load(&src->state[p->idx]) & PAGE_WRITTEN)
-					: !source_produces(src) && page_is_zero(page))
+					: page_is_zero(page))
 			p->fate = P_FRESH;
 	}
 	swap_out(ev, src, pg, np);
