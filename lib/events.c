@@ -392,7 +392,7 @@ static void apply_remove(struct mm *mm, uintptr_t start, uintptr_t end)
 	     v = lzm_vma_next(v)) {
 		uintptr_t s = v->start > start ? v->start : start;
 		uintptr_t e = v->end < end ? v->end : end;
-		uint64_t idx = v->pgoff + ((s - v->start) >> lzm_page_shift);
+		uint64_t idx = vma_page(v, s);
 
 		if (v->src->ops->cached) {
 			/* The cache keeps its pages (a private copy is simply gone),

@@ -346,8 +346,7 @@ static size_t req_mapped(const struct fill_req *req, size_t first)
 	struct vma *v = lzm_vma_lookup(&req->mm->tree, addr);
 	size_t limit;
 
-	if (!v || v->src != req->src ||
-	    v->pgoff + ((addr - v->start) >> lzm_page_shift) != req->idx + first)
+	if (!v || v->src != req->src || vma_page(v, addr) != req->idx + first)
 		return 0;
 	limit = (v->end - addr) >> lzm_page_shift;
 	return limit < req->n - first ? limit : req->n - first;
@@ -726,8 +725,7 @@ static bool zero_page_at(struct mm *mm, uintptr_t addr)
 	pthread_rwlock_rdlock(&mm->lock);
 	v = lzm_vma_lookup(&mm->tree, addr);
 	if (v && !v->src->ops->cached)
-		zero = atomic_load_explicit(&v->src->state[v->pgoff + ((addr - v->start) >>
-								       lzm_page_shift)],
+		zero = atomic_load_explicit(&v->src->state[vma_page(v, addr)],
 					    memory_order_relaxed) & PAGE_ZERO;
 	pthread_rwlock_unlock(&mm->lock);
 	return zero;
@@ -773,7 +771,7 @@ again:
 		nreqs = lzm_filemap_fault(h, mm, v, addr, flags, reqs, ahead, &nahead);
 		goto out;
 	}
-	idx = v->pgoff + ((addr - v->start) >> lzm_page_shift);
+	idx = vma_page(v, addr);
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
 		swap_wp_fault(h, mm, v->src, addr, idx);
 		goto out;
@@ -847,7 +845,7 @@ uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, 
 			addr = v->start;
 
 		uintptr_t stop = end < v->end ? end : v->end;
-		uint64_t idx = v->pgoff + ((addr - v->start) >> lzm_page_shift);
+		uint64_t idx = vma_page(v, addr);
 
 		/* Skip what is filled or being filled, under the one lock. */
 		for (; addr < stop && scan; addr += lzm_page_size, idx++, scan--) {

@@ -492,10 +492,15 @@ int lzm_mm_unmap_all(struct mm *mm);
  * durably (fdatasync) if asked. No lock held. 0 or the first -errno. */
 int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable);
 void lzm_mm_destroy(struct mm *mm); /* unmaps every VMA, then lzm_mm_fini() */
+/* The page of v's source that v maps at addr (its index in the source's state). */
+static inline uint64_t vma_page(const struct vma *v, uintptr_t addr)
+{
+	return v->pgoff + ((addr - v->start) >> lzm_page_shift);
+}
 /* The file page (producer page) v maps at addr. */
 static inline uint64_t vma_file_page(const struct vma *v, uintptr_t addr)
 {
-	return v->src->base + v->pgoff + ((addr - v->start) >> lzm_page_shift);
+	return v->src->base + vma_page(v, addr);
 }
 /* Whether v is a shared file region whose writes are tracked and written back. */
 static inline bool vma_writeback(const struct vma *v)
@@ -903,11 +908,11 @@ void lzm_evict_forget(struct lazymap *lm, struct source *src, uint64_t idx, uint
  * counted it, before the event is applied. No lock but mm's.
  */
 void lzm_evict_dropped(struct lazymap *lm, struct source *src, uint64_t idx, uint64_t n);
-/* fork() is about to copy the address space: no page may be on its way to
- * swap meanwhile (the child's copy would have it nowhere). Until after. */
 /* Wait for the eviction batch in flight, if any: its pages are counted until
  * it ends (lazymap_stats). No lock held. */
 void lzm_evict_settle(struct lazymap *lm);
+/* fork() is about to copy the address space: no page may be on its way to
+ * swap meanwhile (the child's copy would have it nowhere). Until after. */
 void lzm_evict_fork_hold(struct lazymap *lm);
 void lzm_evict_fork_release(struct lazymap *lm);
 

@@ -101,8 +101,7 @@ size_t lzm_fault_around(struct handler *h, struct mm *mm, struct vma *v, uintptr
 		at = v->start;
 	if (end > v->end)
 		end = v->end;
-	for (uint64_t idx = v->pgoff + ((at - v->start) >> lzm_page_shift);
-	     at < end && (zero || nreqs < max);) {
+	for (uint64_t idx = vma_page(v, at); at < end && (zero || nreqs < max);) {
 		size_t n = lzm_claim_fresh(&v->src->state[idx], (end - at) >> lzm_page_shift);
 
 		if (!n) {
