@@ -497,14 +497,6 @@ Test(budget, pages_on_their_way_out_are_counted, FIXTURE, .timeout = 30)
 
 /* ------------------------------------------------------------ MADV_FREE */
 
-static int mf_fill(void *page, size_t len, uint64_t offset, void *arg)
-{
-	(void)offset;
-	(void)arg;
-	memset(page, 0x5a, len);
-	return 0;
-}
-
 /*
  * What the header says of MADV_FREE, under a budget: a page keeps the
  * program's bytes until the kernel reclaims it (MADV_PAGEOUT makes it do
@@ -521,7 +513,7 @@ Test(budget, madv_free_keeps_the_bytes_until_the_kernel_reclaims_them, FIXTURE, 
 
 		if (fill)
 			cr_assert_eq(lazymap_map_fill(lm, (void **)&p, len, PROT_READ | PROT_WRITE,
-						      mf_fill, NULL), 0);
+						      fill_5a, NULL), 0);
 		else
 			cr_assert_eq(lazymap_map(lm, (void **)&p, len, PROT_READ | PROT_WRITE,
 						 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
