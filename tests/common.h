@@ -320,6 +320,20 @@ static inline int count_dir(const char *path)
 	return n;
 }
 
+/* Pages of [p, p + len) in memory now (mincore). */
+static inline size_t present_pages(const char *p, size_t len)
+{
+	size_t n = len / pgsz(), present = 0;
+	unsigned char *vec = malloc(n);
+
+	cr_assert_not_null(vec);
+	cr_assert_eq(mincore((void *)p, len, vec), 0);
+	for (size_t i = 0; i < n; i++)
+		present += vec[i] & 1;
+	free(vec);
+	return present;
+}
+
 /* Resident memory of this process, in KiB. */
 static inline long rss_kib(void)
 {

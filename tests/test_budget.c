@@ -440,19 +440,6 @@ Test(budget, unmapped_pages_leave_the_count_at_once, FIXTURE, .timeout = 30)
 }
 
 /* Pages of [p, p + len) the kernel has mapped. */
-static size_t present_pages(const char *p, size_t len)
-{
-	size_t n = len / pgsz(), present = 0;
-	unsigned char *vec = malloc(n);
-
-	cr_assert_not_null(vec);
-	cr_assert_eq(mincore((void *)p, len, vec), 0);
-	for (size_t i = 0; i < n; i++)
-		present += vec[i] & 1;
-	free(vec);
-	return present;
-}
-
 /*
  * Pages a batch of the evictor has taken are in memory until they are gone
  * (still mapped, or in its staging area), and count until then: with the

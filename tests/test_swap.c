@@ -258,19 +258,6 @@ Test(swap, fill_region_written_pages_come_from_swap_untouched_from_the_callback,
 #define PF_SIZE  (64 * MiB)
 #define PF_LIMIT (4 * MiB)
 
-static size_t pages_present(const char *base, size_t npages)
-{
-	unsigned char *vec = malloc(npages);
-	size_t n = 0;
-
-	cr_assert_not_null(vec);
-	cr_assert_eq(mincore((void *)base, npages * pgsz(), vec), 0);
-	for (size_t p = 0; p < npages; p++)
-		n += vec[p] & 1;
-	free(vec);
-	return n;
-}
-
 Test(swap, private_file_written_pages_come_from_swap_untouched_from_the_file, FIXTURE,
      .timeout = 120)
 {
@@ -290,7 +277,7 @@ Test(swap, private_file_written_pages_come_from_swap_untouched_from_the_file, FI
 		else if (memcmp(base + p * ps, orig + p * ps, ps))
 			expect_mem("first read", base + p * ps, orig + p * ps, ps);
 		if (p % 1024 == 0) {
-			size_t now = pages_present(base, npages);
+			size_t now = present_pages(base, npages * ps);
 
 			most = now > most ? now : most;
 		}
@@ -699,12 +686,10 @@ Test(swap, written_pages_survive_the_programs_mremap, FIXTURE, .timeout = 120)
 Test(swap, a_write_right_after_a_read_is_counted, FIXTURE, .timeout = 120)
 {
 	struct lazymap *lm = open_budget(RMW_LIMIT, fx.dir);
-	size_t npages = RMW_SIZE / pgsz(), present = 0;
-	unsigned char *vec = malloc(npages);
+	size_t npages = RMW_SIZE / pgsz(), present;
 	volatile char *base = NULL;
 	char sum = 0;
 
-	cr_assert_not_null(vec);
 	cr_assert_eq(lazymap_map(lm, (void **)&base, RMW_SIZE, PROT_READ | PROT_WRITE,
 				 LAZYMAP_ANON | LAZYMAP_PRIVATE, -1, 0), 0);
 	for (size_t p = 0; p < npages; p++) {
@@ -712,9 +697,7 @@ Test(swap, a_write_right_after_a_read_is_counted, FIXTURE, .timeout = 120)
 		base[p * pgsz()] = 1;
 	}
 	cr_assert_eq(sum, 0);
-	cr_assert_eq(mincore((void *)base, RMW_SIZE, vec), 0);
-	for (size_t p = 0; p < npages; p++)
-		present += vec[p] & 1;
+	present = present_pages((const char *)base, RMW_SIZE);
 
 	struct lazymap_stats st = stats_of(lm);
 
@@ -727,7 +710,6 @@ Test(swap, a_write_right_after_a_read_is_counted, FIXTURE, .timeout = 120)
 	for (size_t p = 0; p < npages; p++)
 		cr_assert_eq(base[p * pgsz()], 1, "page %zu lost its write", p);
 	cr_assert_eq(lazymap_close(lm), 0);
-	free(vec);
 }
 
 /*
