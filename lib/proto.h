@@ -131,7 +131,7 @@ struct proto_status_reply {
 	uint32_t n;            /* listed below: min(nclients, PROTO_STATUS_MAX) */
 	uint64_t cache_pages;  /* pages in every cache */
 	uint64_t uptime_ns;
-	struct proto_client c[]; /* n of them */
+	/* followed by n struct proto_client (struct proto_msg: status_c) */
 };
 
 /* MSG_EVENT: one userfaultfd event message (struct uffd_msg), as read. */
@@ -143,7 +143,8 @@ struct proto_event {
 struct proto_error {
 	int32_t err;
 	uint32_t pad;
-	char text[];           /* up to PROTO_ERROR_MAX bytes, not NUL-terminated */
+	/* followed by up to PROTO_ERROR_MAX bytes of text, not NUL-terminated
+	 * (struct proto_msg: error_text) */
 };
 
 /* A decoded message: the header, and the body of its type (copied). */
