@@ -67,7 +67,7 @@ static void cache_free(struct cache *c)
 		munmap(c->chunks, c->nchunks * sizeof(*c->chunks));
 	if (c->fill_win)
 		munmap(c->fill_win, c->fill_win_len);
-	int fds[] = { c->fd, c->dfd, c->wfd, c->memfd, c->aux_uffd };
+	int fds[] = { c->fd, c->dfd, c->wfd, c->memfd, c->aux_uffd, c->memfd_old };
 
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
 		if (fds[i] >= 0)
@@ -296,7 +296,8 @@ static int fd_reopen(int fd, int flags)
 	return open(path, flags | O_CLOEXEC);
 }
 
-static int cache_new(int fd, const struct stat *st, struct cache **cp)
+static int cache_new(int fd, const struct stat *st, int memfd, const void *owner,
+		     struct cache **cp)
 {
 	struct cache *c = calloc(1, sizeof(*c));
 
@@ -305,7 +306,7 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 	static _Atomic uint64_t next_id = 1;
 
 	c->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
-	c->fd = c->dfd = c->wfd = c->memfd = c->aux_uffd = -1;
+	c->fd = c->dfd = c->wfd = c->memfd = c->aux_uffd = c->memfd_old = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->wb_lock, NULL);
 	atomic_init(&c->refs, 1);
@@ -316,8 +317,9 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 	c->fd = fcntl(fd, F_GETFL) & O_DIRECT ? fd_reopen(fd, O_RDONLY) : -1;
 	if (c->fd < 0)
 		c->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-	c->memfd = memfd_create("lazymap-cache", MFD_CLOEXEC);
-	if (c->fd < 0 || c->memfd < 0 || memfd_size(c->memfd)) {
+	c->owner = owner;
+	c->memfd = memfd >= 0 ? memfd : memfd_create("lazymap-cache", MFD_CLOEXEC);
+	if (c->fd < 0 || c->memfd < 0 || (memfd < 0 && memfd_size(c->memfd))) {
 		int err = errno;
 
 		cache_free(c);
@@ -329,6 +331,10 @@ static int cache_new(int fd, const struct stat *st, struct cache **cp)
 		cache_free(c);
 		return ret;
 	}
+	/* Ours alone: a faultd client given a read-only descriptor of it must
+	 * not reopen it for writing through /proc (a memfd is 0777). */
+	if (memfd < 0)
+		fchmod(c->memfd, 0600);
 	fill_window_init(c, (uint64_t)st->st_size);
 	/* The chunk table is reserved, not committed: a page of it per 2 GiB of file touched. */
 	c->nchunks = (size_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift - CHUNK_SHIFT);
@@ -362,26 +368,35 @@ static int late_fd(struct cache *c, int *slot, int src_fd, int flags)
 }
 
 /* The cache of st's file, or NULL; registry_lock held. */
-static struct cache *registry_find(const struct stat *st)
+static struct cache *registry_find(const struct stat *st, const void *owner)
 {
 	struct cache *c;
 
 	for (c = registry; c; c = c->next)
-		if (c->dev == st->st_dev && c->ino == st->st_ino)
+		if (c->dev == st->st_dev && c->ino == st->st_ino && c->owner == owner)
 			break;
 	return c;
 }
 
 int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
 {
+	return lzm_cache_open_remote(fd, direct, write, -1, NULL, 0, cp);
+}
+
+int lzm_cache_open_remote(int fd, bool direct, bool write, int memfd, const void *owner,
+			  uint64_t remote_id, struct cache **cp)
+{
 	struct stat st;
 	struct cache *c;
 	int ret = check_fd(fd, write, &st);
 
-	if (ret)
+	if (ret) {
+		if (memfd >= 0)
+			close(memfd);
 		return ret;
+	}
 	pthread_mutex_lock(&registry_lock);
-	while ((c = registry_find(&st)) && c->closing) {
+	while ((c = registry_find(&st, owner)) && c->closing) {
 		/* its last region went and its dirty pages are being written:
 		 * take it back once that is done */
 		pthread_mutex_unlock(&registry_lock);
@@ -393,9 +408,23 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
 		if (!atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed))
 			atomic_store(&c->orphans, true);
 		c->orphaned = false;
+		/* faultd's memfd again: a writable one replaces a read-only one
+		 * (mappings made of the old one stay: they map the same file) */
+		if (memfd >= 0 && c->memfd_ro && c->memfd_old < 0 &&
+		    (fcntl(memfd, F_GETFL) & O_ACCMODE) == O_RDWR) {
+			/* kept open: a map of the file may be using it now */
+			c->memfd_old = c->memfd;
+			c->memfd = memfd;
+			c->memfd_ro = false;
+			memfd = -1;
+		}
+		if (memfd >= 0)
+			close(memfd);
 	} else {
-		ret = cache_new(fd, &st, &c);
+		ret = cache_new(fd, &st, memfd, owner, &c);
 		if (ret == 0) {
+			c->remote_id = remote_id;
+			c->memfd_ro = memfd >= 0 && (fcntl(memfd, F_GETFL) & O_ACCMODE) != O_RDWR;
 			c->next = registry;
 			registry = c;
 		}
@@ -702,6 +731,69 @@ static bool memfd_has(struct cache *c, uint64_t fp)
 	return data >= 0 && (uint64_t)data < (fp + 1) << lzm_page_shift;
 }
 
+size_t lzm_cache_take_over(struct cache *c)
+{
+	bool dirty = c->wfd >= 0; /* faultd may have left writes unwritten */
+	off_t at = 0, end;
+	size_t n = 0;
+
+	while ((at = lseek(c->memfd, at, SEEK_DATA)) >= 0) {
+		end = lseek(c->memfd, at, SEEK_HOLE);
+		if (end < 0)
+			break;
+		for (uint64_t fp = (uint64_t)at >> lzm_page_shift;
+		     fp < cache_max_pages() && (off_t)(fp << lzm_page_shift) < end; fp++) {
+			struct cache_chunk *ch = chunk_get(c, fp, true);
+			uint8_t old, want = CP_CACHED | (dirty ? CP_DIRTY : 0);
+
+			if (!ch)
+				return n;
+			old = atomic_fetch_or_explicit(&ch->s[fp & (CHUNK_PAGES - 1)], want,
+						       memory_order_acq_rel);
+			count(c, ch, !(old & CP_CACHED), dirty && !(old & (CP_DIRTY | CP_WRITEBACK)));
+			n++;
+		}
+		at = end;
+	}
+	return n;
+}
+
+void lzm_cache_each(const void *owner, void (*fn)(struct cache *c, void *arg), void *arg)
+{
+	struct cache **list = NULL;
+	size_t n = 0, cap = 0;
+
+	/* with references, so that fn runs with no lock held */
+	for (;;) {
+		size_t want = 0;
+
+		pthread_mutex_lock(&registry_lock);
+		for (struct cache *c = registry; c; c = c->next)
+			want += c->owner == owner && !c->closing;
+		if (want <= cap) {
+			for (struct cache *c = registry; c; c = c->next) {
+				if (c->owner == owner && !c->closing) {
+					lzm_cache_get(c);
+					list[n++] = c;
+				}
+			}
+		}
+		pthread_mutex_unlock(&registry_lock);
+		if (want <= cap)
+			break;
+		free(list);
+		cap = want + 4;
+		list = malloc(cap * sizeof(*list));
+		if (!list)
+			return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		fn(list[i], arg);
+		lzm_cache_put(list[i]);
+	}
+	free(list);
+}
+
 size_t lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n)
 {
 	size_t dropped = 0;
@@ -856,6 +948,17 @@ void lzm_cache_count(struct mm *mm, uint64_t *cached, uint64_t *dirty)
 		*dirty += atomic_load_explicit(&c->ndirty, memory_order_relaxed);
 	}
 	pthread_rwlock_unlock(&mm->lock);
+}
+
+void lzm_cache_count_all(uint64_t *cached, uint64_t *dirty)
+{
+	*cached = *dirty = 0;
+	pthread_mutex_lock(&registry_lock);
+	for (struct cache *c = registry; c; c = c->next) {
+		*cached += atomic_load_explicit(&c->ncached, memory_order_relaxed);
+		*dirty += atomic_load_explicit(&c->ndirty, memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&registry_lock);
 }
 
 /* ------------------------------------------------------------ write-back */

@@ -17,13 +17,6 @@
 
 #include "internal.h"
 
-static bool page_present(uintptr_t addr)
-{
-	unsigned char vec = 0;
-
-	return mincore((void *)addr, lzm_page_size, &vec) == 0 && (vec & 1);
-}
-
 enum claim lzm_claim_page(struct mm *mm, _Atomic uint8_t *state, uintptr_t addr)
 {
 	uint8_t old = atomic_load_explicit(state, memory_order_acquire);
@@ -46,11 +39,12 @@ enum claim lzm_claim_page(struct mm *mm, _Atomic uint8_t *state, uintptr_t addr)
 	 * Filled before: either a second message for a page we have served
 	 * (two threads faulted on it), or the page was dropped (MADV_DONTNEED
 	 * whose REMOVE a fill raced, or installed after a fork's copy) and
-	 * must be filled again. The kernel knows which; mincore() asks it for
-	 * our own process only. In a child's mm the fill is simply made: the
-	 * kernel refuses it (EEXIST, then a wake) if the page is there.
+	 * must be filled again. The kernel knows which, and the mm's ops ask
+	 * it (mincore, or another process's pagemap); where they cannot, the
+	 * fill is simply made: the kernel refuses it (EEXIST, then a wake) if
+	 * the page is there.
 	 */
-	if ((old & PAGE_FILLED) && mm->self && page_present(addr)) {
+	if ((old & PAGE_FILLED) && mm->ops->present(mm, addr)) {
 		/* the wake covers any waiter that came meanwhile; what the
 		 * budget knows of the page (written, a zero page) stays */
 		atomic_store_explicit(state, old, memory_order_release);

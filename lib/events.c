@@ -419,7 +419,8 @@ int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 	if (m->event != UFFD_EVENT_UNMAP && m->event != UFFD_EVENT_REMAP &&
 	    m->event != UFFD_EVENT_REMOVE && m->event != UFFD_EVENT_FORK)
 		return -EBADMSG;
-	stat_add(&h->stats.events, 1);
+	if (h)
+		stat_add(&h->stats.events, 1);
 	atomic_fetch_add_explicit(&mm->events, 1, memory_order_relaxed);
 	switch (m->event) {
 	case UFFD_EVENT_UNMAP:
@@ -440,6 +441,13 @@ int lzm_event_apply(struct handler *h, struct mm *mm, const struct uffd_msg *m)
 		child_new(h, mm, (int)m->arg.fork.ufd, m->arg.reserved.reserved2);
 		break;
 	}
+	/*
+	 * A faultd client keeps a copy of its tree, to serve itself if faultd
+	 * goes: it hears of each change, in order, before any reply to a
+	 * request made after it (its requests wait for the events read).
+	 */
+	if (mm->notify_fd >= 0 && m->event != UFFD_EVENT_FORK)
+		lzm_serve_notify(mm, m);
 	return 0;
 }
 
@@ -600,6 +608,8 @@ static void child_free(struct mm *mm)
 	}
 	if (mm->watch_fd >= 0)
 		close(mm->watch_fd);
+	if (mm->notify_fd >= 0)
+		close(mm->notify_fd);
 	lzm_mm_fini(mm);
 	free(mm);
 }
@@ -735,13 +745,18 @@ static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t wa
 		}
 		return;
 	}
+	lzm_child_add(lm, child);
+	sweep_unwatched(lm);
+}
+
+void lzm_child_add(struct lazymap *lm, struct mm *mm)
+{
 	pthread_mutex_lock(&lm->children_lock);
-	child->next_child = lm->children;
-	lm->children = child;
+	mm->next_child = lm->children;
+	lm->children = mm;
 	atomic_fetch_add(&lm->nchildren, 1);
 	pthread_mutex_unlock(&lm->children_lock);
-	epoll_children(lm, child, EPOLL_CTL_ADD);
-	sweep_unwatched(lm);
+	epoll_children(lm, mm, EPOLL_CTL_ADD);
 }
 
 struct mm *lzm_child_find(struct lazymap *lm, uint64_t id)

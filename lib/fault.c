@@ -595,8 +595,10 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 		return;
 	}
 	req->done += (size_t)res;
-	if (!req->swap)
+	if (!req->swap) {
 		stat_add(&h->stats.bytes_read, (uint64_t)res);
+		atomic_fetch_add_explicit(&req->mm->bytes_read, (uint64_t)res, memory_order_relaxed);
+	}
 	if (res > 0 && req->done < len) {
 		/* A short read: go on from where it stopped. */
 		stat_add(&h->stats.short_reads, 1);

@@ -187,6 +187,7 @@ again:
 		if (!n)
 			goto again; /* dropped since the claim (another fault's recheck): never wake nobody */
 		map_cached(h, mm, v, addr, fp, n, write);
+		atomic_fetch_add_explicit(&mm->cache_hits, 1, memory_order_relaxed);
 		return 0;
 	case CLAIM_OWNED:
 		break;

@@ -147,7 +147,7 @@ static bool serve_work(struct handler *h)
 	pf = lm->work;
 	if (pf) {
 		/* busy first: lzm_quiesce never sees both at 0 meanwhile */
-		atomic_fetch_add(&lm->mm.busy, 1);
+		atomic_fetch_add(&pf->mm->busy, 1);
 		lm->work = pf->next;
 		if (atomic_fetch_sub(&lm->work_pending, 1) == 1)
 			lzm_efd_drain(lm->work_efd);
@@ -156,12 +156,21 @@ static bool serve_work(struct handler *h)
 	if (!pf)
 		return false;
 
-	pf->start = lzm_fault_prefetch(h, &lm->mm, pf->start, pf->end);
-	if (pf->start >= pf->end)
-		free(pf);
-	else
+	/* ours while we work: pf's reference goes with it if it is queued again */
+	struct mm *mm = pf->mm;
+
+	lzm_mm_get(mm);
+	pf->start = lzm_fault_prefetch(h, mm, pf->start, pf->end);
+	if (pf->start < pf->end) {
 		lzm_handlers_queue(lm, pf);
-	atomic_fetch_sub(&lm->mm.busy, 1);
+		pf = NULL;
+	}
+	atomic_fetch_sub(&mm->busy, 1);
+	if (pf) {
+		lzm_mm_put(mm);
+		free(pf);
+	}
+	lzm_mm_put(mm);
 	return true;
 }
 
@@ -305,7 +314,8 @@ void lzm_handler_break(struct handler *h, int err, const char *what)
 	h->broke = true;
 	lzm_log(lm, LOG_ERR, "handler %u: %s: %s: the lazymap is broken, faults get SIGBUS now",
 		(unsigned)(h - lm->handlers), what, strerror(err));
-	for (unsigned i = 0; i < lm->nhandlers; i++)
+	/* (none yet while faultd serves: remote.c's monitor applies events) */
+	for (unsigned i = 0; lm->handlers && i < lm->nhandlers; i++)
 		if (&lm->handlers[i] != h)
 			lzm_efd_signal(lm->handlers[i].handoff_efd);
 }

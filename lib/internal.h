@@ -161,6 +161,9 @@ static inline bool source_copied(const struct source *src)
 {
 	return src->cache && !src->ops->cached;
 }
+/* A file source like src whose pages are copies (a region whose cache cannot
+ * take pages: a faultd client's read-only memfd, once faultd has gone). */
+int lzm_source_copied_of(const struct source *src, struct source **srcp);
 /* A source of npages with src's producer from producer page base on, and
  * a state of its own with nothing installed. */
 int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, struct source **srcp);
@@ -208,6 +211,17 @@ struct cache {
 	int wfd;                     /* write-back: a writable descriptor, or -1 until one is given */
 	int memfd;                   /* the pages */
 	/*
+	 * A faultd client's cache (remote.c): the memfd is faultd's, read-only
+	 * unless the client's descriptor may write (memfd_old: the read-only
+	 * one it replaced, kept for maps that may be using it), and faultd
+	 * knows it as remote_id. owner: the connection, NULL for our own
+	 * caches; a file has one cache per owner.
+	 */
+	const void *owner;
+	uint64_t remote_id;
+	bool memfd_ro;
+	int memfd_old;
+	/*
 	 * A userfaultfd of the cache's own, with UFFD_FEATURE_SIGBUS and no
 	 * events, for our windows of the memfd (cache.c): pages enter the
 	 * cache by UFFDIO_COPY through fill_win (the memfd's first
@@ -252,6 +266,15 @@ struct cache {
  * with a reference; write: a shared writable mapping will write back
  * through it (-EACCES unless fd is open for writing and not O_APPEND). */
 int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp);
+/* The same for a faultd client: the cache's pages are in memfd (taken, or
+ * closed if the file has a cache of owner's already), faultd's remote_id. */
+int lzm_cache_open_remote(int fd, bool direct, bool write, int memfd, const void *owner,
+			  uint64_t remote_id, struct cache **cp);
+/* faultd went: the pages its memfd holds become the cache's, dirty if they
+ * may have been written (unknown which). Returns how many. */
+size_t lzm_cache_take_over(struct cache *c);
+/* Call fn on every cache of owner's, with a reference held. */
+void lzm_cache_each(const void *owner, void (*fn)(struct cache *c, void *arg), void *arg);
 void lzm_cache_get(struct cache *c);
 /* The last reference writes the dirty pages back (errors are logged) and frees. */
 void lzm_cache_put(struct cache *c);
@@ -320,6 +343,8 @@ size_t lzm_cache_recheck(struct cache *c, uint64_t fp, uint64_t n);
 void lzm_cache_removed(struct cache *c, uint64_t fp, uint64_t n);
 /* Pages cached and dirty, over the caches mm's VMAs map. */
 void lzm_cache_count(struct mm *mm, uint64_t *cached, uint64_t *dirty);
+/* The same over every cache of the process (faultd's status). */
+void lzm_cache_count_all(uint64_t *cached, uint64_t *dirty);
 
 /* ----------------------------------------------------------------- vma.c */
 
@@ -423,6 +448,26 @@ struct msgring {
 };
 
 /*
+ * What acts on an address space's mappings themselves (mm.c): the seam
+ * between the tree and the kernel. Local: the calls of this process on
+ * itself. Remote: a faultd client's (serve.c) or a forked child's mm,
+ * whose mappings only that process changes: it has done so before we
+ * follow (or tells us by events), so these do nothing, and presence is
+ * asked of its pagemap.
+ */
+struct mm;
+struct mm_ops {
+	const char *name;
+	int (*protect)(uintptr_t start, size_t len, int prot);  /* 0 or -errno */
+	int (*unmap)(uintptr_t start, size_t len);              /* 0 or -errno */
+	/* give the kernel's VMAs of a range back the chance to merge */
+	void (*rejoin)(uintptr_t start, size_t len);
+	/* whether the page at addr is in memory (false when it cannot tell) */
+	bool (*present)(const struct mm *mm, uintptr_t addr);
+};
+extern const struct mm_ops lzm_mm_local, lzm_mm_remote;
+
+/*
  * One served address space (the kernel's mm_struct): its userfaultfd and the
  * VMAs registered with it. A lazymap serves its own process's (lm->mm) and
  * one per forked child it follows (events.c), refcounted: a fault being
@@ -431,12 +476,13 @@ struct msgring {
  */
 struct mm {
 	struct lazymap *lm;
+	const struct mm_ops *ops;
 	atomic_uint refs;        /* children: freed at 0; lm->mm: never */
 	uint64_t id;             /* key in the handlers' epoll sets (events.c) */
 	bool self;               /* the handlers' own process: mincore() sees its pages */
 	_Atomic int pid;         /* 0 until known (a child tells it: events.c) */
 	int uffd;
-	int pagemap_fd;          /* /proc/self/pagemap: our own mm only, else -1 */
+	int pagemap_fd;          /* /proc/PID/pagemap: our own mm, a faultd client's; else -1 */
 	/*
 	 * A second descriptor of the same userfaultfd, used only once the
 	 * lazymap is broken: a program that closes our uffd by mistake must not
@@ -480,8 +526,14 @@ struct mm {
 	atomic_long busy;
 	/* children only: the socket whose peer only the child holds (events.c) */
 	int watch_fd;
+	/* a faultd client's: its socket, where applied events are told (serve.c), or -1 */
+	int notify_fd;
+	atomic_bool notify_lost; /* an event could not be told: logged once */
 	struct mm *next_child;   /* lm->children, under lm->children_lock */
 	_Atomic uint64_t faults, events; /* for lazymap_dump */
+	/* for faultd's status: bytes read from files for its faults, faults
+	 * served from pages already in a cache */
+	_Atomic uint64_t bytes_read, cache_hits;
 };
 
 int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features);
@@ -513,6 +565,10 @@ void lzm_mm_fini(struct mm *mm);
  * input, checked by the caller; else anywhere); its address in *addrp. */
 int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags, struct source *src);
 int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len);
+/* The same for a range another process (a faultd client) has mapped and
+ * registered itself: into the tree only. */
+int lzm_mm_adopt(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags,
+		 struct source *src);
 int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot);
 int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice);
 /* 0 if [start, start+len) lies wholly in VMAs of mm, else -EINVAL. Lock held. */
@@ -548,6 +604,8 @@ void lzm_mm_get(struct mm *mm);
 void lzm_mm_put(struct mm *mm);
 /* The child mm with this id, with a reference; NULL if it is gone. */
 struct mm *lzm_child_find(struct lazymap *lm, uint64_t id);
+/* Serve mm (a child's, a faultd client's) from now on. */
+void lzm_child_add(struct lazymap *lm, struct mm *mm);
 /* Stop serving a child mm (it has gone). */
 void lzm_child_release(struct lazymap *lm, struct mm *mm);
 /* A child's pid, 0 if it never told it (made without fork()). */
@@ -656,6 +714,7 @@ struct handler {
 /* A range lazymap_prefetch() handed to the handlers. */
 struct prefetch {
 	struct prefetch *next;
+	struct mm *mm;           /* whose range: holds a reference */
 	uintptr_t start, end;
 };
 
@@ -872,6 +931,10 @@ struct lazymap {
 	struct evictor *ev;      /* the resident budget (evict.c), or NULL: set before the
 	                          * handlers start, gone after they stop */
 	struct swap *swap;       /* with ev: where written anonymous pages go (swap.c) */
+	/* opts.daemon: the connection to faultd (remote.c); handlers start
+	 * only if faultd goes, and handlers_up says they have */
+	struct remote *remote;
+	atomic_bool handlers_up;
 };
 
 /* --------------------------------------------------------------- evict.c */
@@ -958,6 +1021,63 @@ static inline uint32_t source_slot(const struct source *src, uint64_t idx)
 
 	return t ? atomic_load_explicit(&t[idx], memory_order_relaxed) : 0;
 }
+
+/* -------------------------------------------------------------- remote.c */
+
+/*
+ * A lazymap served by faultd. Each call returns -ECONNRESET once faultd has
+ * gone (after the take-over: in-process handlers serve then), and the
+ * caller does the work itself.
+ */
+struct remote;
+/* Connect to faultd at path and hand it our userfaultfd. */
+int lzm_remote_open(struct lazymap *lm, const char *path);
+void lzm_remote_close(struct lazymap *lm);
+/* lazymap_close: faultd writes back everything we wrote (durably). */
+int lzm_remote_bye(struct lazymap *lm);
+/* fd's cache: faultd's memfd, shared with its other clients. */
+int lzm_remote_cache(struct lazymap *lm, int fd, bool direct, bool write, struct cache **cp);
+/* A region mapped and registered here, for faultd to serve. */
+int lzm_remote_map(struct lazymap *lm, uintptr_t addr, size_t len, int prot, int flags,
+		   const struct source *src);
+/* MSG_UNMAP (write back first), SYNC, PROTECT, ADVISE, PREFETCH. */
+int lzm_remote_range(struct lazymap *lm, unsigned type, uintptr_t addr, size_t len, unsigned arg);
+/* faultd's counters of this client, in LAZYMAP_COUNTERS order (n at most). */
+int lzm_remote_stats(struct lazymap *lm, uint64_t *v, size_t n);
+bool lzm_remote_served(struct lazymap *lm);
+
+/* --------------------------------------------------------------- serve.c */
+
+/*
+ * faultd's side of a client (daemon/faultd.c): its mm among those the
+ * handlers serve, the files it opened, its requests. One session thread per
+ * client calls these; the handlers serve its faults meanwhile.
+ */
+struct client;
+struct proto_map;
+struct proto_range;
+struct proto_client;
+struct client_limits {
+	unsigned max_regions, max_files;
+	uint64_t max_mapped;     /* bytes */
+};
+/* Serve the process pid's userfaultfd (-EBADF: not one), telling sock of the
+ * events applied. The descriptors are the caller's still (copies are kept). */
+int lzm_client_new(struct lazymap *lm, int uffd, uint64_t features, int pid, int sock,
+		   const struct client_limits *lim, struct client **clp);
+/* Stop serving it: its dirty shared pages are written back if asked. Frees. */
+void lzm_client_free(struct client *cl, bool writeback);
+struct mm *lzm_client_mm(struct client *cl);
+/* The cache of fd's file, and a descriptor of its memfd for the client
+ * (read-only unless flags has OPEN_WRITE and fd may write). */
+int lzm_client_open(struct client *cl, int fd, unsigned flags, uint64_t *id, uint64_t *size,
+		    int *memfd);
+int lzm_client_map(struct client *cl, const struct proto_map *m);
+/* UNMAP, SYNC, PROTECT, ADVISE, PREFETCH on a range the client owns. */
+int lzm_client_range(struct client *cl, unsigned type, const struct proto_range *r);
+void lzm_client_status(struct client *cl, struct proto_client *out);
+/* Tell a client of an event applied to its tree (events.c). */
+void lzm_serve_notify(struct mm *mm, const struct uffd_msg *m);
 
 #pragma GCC visibility pop
 

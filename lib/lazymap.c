@@ -15,6 +15,7 @@
 
 #include "compat.h"
 #include "internal.h"
+#include "proto.h"
 
 #define DEFAULT_READAHEAD   (512u << 10)
 #define MAX_READAHEAD       (64u << 20)
@@ -148,6 +149,7 @@ static int range_ok(void *addr, size_t len, uintptr_t *startp, size_t *lenp)
 
 static void lazymap_free(struct lazymap *lm)
 {
+	lzm_remote_close(lm);
 	lzm_fork_reader_stop(lm);
 	lzm_handlers_stop(lm);
 	lzm_fillers_stop(lm);
@@ -166,6 +168,7 @@ static void lazymap_free(struct lazymap *lm)
 		struct prefetch *pf = lm->work;
 
 		lm->work = pf->next;
+		lzm_mm_put(pf->mm);
 		free(pf);
 	}
 	if (lm->stop_efd >= 0)
@@ -227,8 +230,10 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	ret = opts_copy(&o, opts, size);
 	if (ret)
 		return ret;
-	if (o.daemon)
-		return -EOPNOTSUPP; /* faultd comes with its own issue */
+	/* served by faultd: its budget is faultd's, and pages cannot be
+	 * moved between processes */
+	if (o.daemon && (!*o.daemon || o.resident_limit || o.install == LAZYMAP_INSTALL_MOVE))
+		return -EINVAL;
 	if ((o.handler_threads > MAX_HANDLER_THREADS && o.handler_threads != LAZYMAP_HANDLERS_PER_CPU) ||
 	    o.queue_depth > MAX_QUEUE_DEPTH ||
 	    o.readahead_max > MAX_READAHEAD || o.install > LAZYMAP_INSTALL_MOVE ||
@@ -290,7 +295,11 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 		ret = -errno;
 		goto fail;
 	}
-	ret = lzm_mm_open(&lm->mm, lm, features & WANTED_FEATURES);
+	/* Fork events would go to faultd, and a child's mm be faultd's to
+	 * serve: not yet (a child gets no copy of file regions, see above). */
+	ret = lzm_mm_open(&lm->mm, lm,
+			  features & WANTED_FEATURES & (o.daemon ? ~(uint64_t)UFFD_FEATURE_EVENT_FORK
+								: ~(uint64_t)0));
 	if (ret) {
 		lm->mm.uffd = -1;
 		goto fail;
@@ -298,10 +307,15 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	ret = lzm_fillers_init(lm);
 	if (ret)
 		goto fail;
-	ret = lzm_evict_start(lm);
-	if (ret)
-		goto fail;
-	ret = lzm_handlers_start(lm);
+	if (o.daemon) {
+		ret = lzm_remote_open(lm, o.daemon);
+		lm->opts.daemon = NULL; /* the caller's string: not looked at again */
+	} else {
+		ret = lzm_evict_start(lm);
+		if (ret == 0)
+			ret = lzm_handlers_start(lm);
+		atomic_store_explicit(&lm->handlers_up, ret == 0, memory_order_release);
+	}
 	if (ret)
 		goto fail;
 
@@ -345,7 +359,10 @@ int lazymap_close(struct lazymap *lm)
 	 */
 	lzm_mm_sync_events(&lm->mm);
 	lzm_mm_adopt_growth(&lm->mm);
-	int ret = lzm_mm_unmap_all(&lm->mm);
+	/* faultd writes back what we wrote, and serves us until we are gone */
+	int ret = lzm_remote_bye(lm);
+
+	ret = lzm_mm_unmap_all(&lm->mm) ?: ret;
 
 	lazymap_free(lm);
 	/* files no region maps any more whose write-back failed: once more */
@@ -423,9 +440,18 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 	bool maywrite = kind == LAZYMAP_SHARED && fl >= 0 && (fl & O_ACCMODE) == O_RDWR;
 	struct cache *c;
 
-	ret = lzm_cache_open(fd, flags & LAZYMAP_DIRECT, maywrite, &c);
+	/* lm is looked at from here on: pinned (map_source pins it again) */
+	ret = lazymap_get(lm);
 	if (ret)
 		return ret;
+	if (lm->remote)
+		ret = lzm_remote_cache(lm, fd, flags & LAZYMAP_DIRECT, maywrite, &c);
+	else
+		ret = lzm_cache_open(fd, flags & LAZYMAP_DIRECT, maywrite, &c);
+	if (ret) {
+		lazymap_put(lm);
+		return ret;
+	}
 	if (kind == LAZYMAP_SHARED && (prot & PROT_WRITE) && !maywrite)
 		ret = -EACCES;
 	else if (maywrite && (lm->mm.features & SHARED_FEATURES) != SHARED_FEATURES)
@@ -439,12 +465,14 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 	 * an event, nor told from the cache's page when it faults again). A
 	 * read-only one maps the cache, and costs nothing of its own.
 	 */
-	bool copied = kind == LAZYMAP_PRIVATE && (prot & PROT_WRITE) && lm->ev;
+	bool copied = (kind == LAZYMAP_PRIVATE && (prot & PROT_WRITE) && lm->ev) ||
+		      (c->memfd_ro && !lzm_remote_served(lm)); /* (remote.c: copy_read_only) */
 
 	if (ret == 0)
 		ret = lzm_source_new_file(len >> lzm_page_shift, c, (uint64_t)offset >> lzm_page_shift,
 					  flags & LAZYMAP_DIRECT, copied, &src);
 	lzm_cache_put(c); /* the source holds its own reference */
+	lazymap_put(lm);
 	if (ret)
 		return ret;
 	src->maywrite = maywrite;
@@ -459,6 +487,13 @@ int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
 
 	if (!addrp || !fill || !prot_ok(prot) || map_len(len, &len))
 		return -EINVAL;
+	ret = lazymap_get(lm);
+	if (ret)
+		return ret;
+	ret = lm->remote ? -EOPNOTSUPP : 0; /* the callback runs here, faultd serves elsewhere */
+	lazymap_put(lm);
+	if (ret)
+		return ret;
 	ret = lzm_source_new_fill(len >> lzm_page_shift, fill, arg, &src);
 	return ret ? ret : map_source(lm, addrp, len, prot, LAZYMAP_PRIVATE | LAZYMAP_ANON, src);
 }
@@ -476,6 +511,35 @@ static int range_begin(struct lazymap *lm, void *addr, size_t *len, uintptr_t *s
 	return lazymap_get(lm);
 }
 
+/*
+ * Served by faultd: it does its part of a call on a range first (write-back,
+ * its tree), and only for a range that is ours. 0 also once faultd has gone:
+ * the whole call is ours then.
+ */
+static int remote_first(struct lazymap *lm, unsigned type, uintptr_t start, size_t len,
+			unsigned arg)
+{
+	int ret;
+
+	if (!lm->remote)
+		return 0;
+	ret = lzm_mm_owned(&lm->mm, start, len);
+	if (ret == 0)
+		ret = lzm_remote_range(lm, type, start, len, arg);
+	return ret == -ECONNRESET ? 0 : ret;
+}
+
+/* The same for a call faultd does whole: 1 when it did. */
+static int remote_only(struct lazymap *lm, unsigned type, uintptr_t start, size_t len)
+{
+	int ret;
+
+	if (!lm->remote)
+		return 0;
+	ret = lzm_remote_range(lm, type, start, len, 0);
+	return ret == -ECONNRESET ? 0 : ret ? ret : 1;
+}
+
 int lazymap_unmap(struct lazymap *lm, void *addr, size_t len)
 {
 	uintptr_t start;
@@ -483,7 +547,9 @@ int lazymap_unmap(struct lazymap *lm, void *addr, size_t len)
 
 	if (ret)
 		return ret;
-	ret = lzm_mm_unmap(&lm->mm, start, len);
+	ret = remote_first(lm, MSG_UNMAP, start, len, 0);
+	if (ret == 0)
+		ret = lzm_mm_unmap(&lm->mm, start, len);
 	lazymap_put(lm);
 	return ret;
 }
@@ -498,7 +564,9 @@ int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot)
 	ret = range_begin(lm, addr, &len, &start);
 	if (ret)
 		return ret;
-	ret = lzm_mm_protect(&lm->mm, start, len, prot);
+	ret = remote_first(lm, MSG_PROTECT, start, len, (unsigned)prot);
+	if (ret == 0)
+		ret = lzm_mm_protect(&lm->mm, start, len, prot);
 	lazymap_put(lm);
 	return ret;
 }
@@ -515,7 +583,9 @@ int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice)
 	ret = range_begin(lm, addr, &len, &start);
 	if (ret)
 		return ret;
-	ret = lzm_mm_advise(&lm->mm, start, len, advice);
+	ret = remote_first(lm, MSG_ADVISE, start, len, (unsigned)advice);
+	if (ret == 0)
+		ret = lzm_mm_advise(&lm->mm, start, len, advice);
 	lazymap_put(lm);
 	return ret;
 }
@@ -529,19 +599,23 @@ int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 	if (ret)
 		return ret;
 	ret = lzm_mm_owned(&lm->mm, start, len);
+	if (ret == 0)
+		ret = remote_only(lm, MSG_PREFETCH, start, len);
 	if (ret)
 		goto out;
 	ret = -ENOMEM;
 	pf = malloc(sizeof(*pf));
 	if (!pf)
 		goto out;
+	pf->mm = &lm->mm;
+	lzm_mm_get(pf->mm);
 	pf->start = start;
 	pf->end = start + len;
 	lzm_handlers_queue(lm, pf);
 	ret = 0;
 out:
 	lazymap_put(lm);
-	return ret;
+	return ret < 0 ? ret : 0;
 }
 
 int lazymap_sync(struct lazymap *lm, void *addr, size_t len)
@@ -553,9 +627,11 @@ int lazymap_sync(struct lazymap *lm, void *addr, size_t len)
 		return ret;
 	ret = lzm_mm_owned(&lm->mm, start, len);
 	if (ret == 0)
+		ret = remote_only(lm, MSG_SYNC, start, len);
+	if (ret == 0)
 		ret = lzm_mm_writeback(&lm->mm, start, len, true);
 	lazymap_put(lm);
-	return ret;
+	return ret < 0 ? ret : 0;
 }
 
 /* ------------------------------------------------------------ reporting */
@@ -627,8 +703,11 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 		 * just gone that it took count until it ends */
 		lzm_evict_settle(lm);
 	}
-	/* The handlers' counters, the fillers', and the API threads' (write-back) */
-	for (unsigned i = 0; i <= lm->nhandlers + MAX_FILLERS; i++) {
+	/* The handlers' counters (once started: faultd may serve instead),
+	 * the fillers', and the API threads' (write-back) */
+	bool up = atomic_load_explicit(&lm->handlers_up, memory_order_acquire);
+
+	for (unsigned i = up ? 0 : lm->nhandlers; i <= lm->nhandlers + MAX_FILLERS; i++) {
 		struct hstats *h = i < lm->nhandlers		     ? &lm->handlers[i].stats
 				   : i < lm->nhandlers + MAX_FILLERS ? &lm->fillers.f[i - lm->nhandlers].stats
 								     : &lm->wstats;
@@ -650,6 +729,13 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 #undef NOW
 #undef MAX
 #undef SUM
+	/* faultd's, of the faults it served us (the first counter: faults) */
+	if (lm->remote && !lzm_current_handler) {
+		uint64_t v[1] = { 0 };
+
+		if (lzm_remote_stats(lm, v, 1) == 0)
+			all.faults += v[0];
+	}
 	/* The two are read one after the other, and the count rises before
 	 * the peak follows it: a snapshot never shows one above the other. */
 	all.resident_peak = max_u64(all.resident_peak, all.resident_bytes);

@@ -13,14 +13,83 @@
 
 #include "internal.h"
 
+/*
+ * The seam between the tree and the address space it mirrors (as mimalloc
+ * keeps the OS behind prim.h): the calls that act on the mappings
+ * themselves. They act on the caller's own address space, so only the
+ * library's own mm makes them; a faultd client's mm (serve.c) has made
+ * them itself before it asks faultd to follow, and a forked child's is
+ * changed only by the child, which tells us by events.
+ */
+static int local_protect(uintptr_t start, size_t len, int prot)
+{
+	return mprotect((void *)start, len, prot) ? -errno : 0;
+}
+
+static int local_unmap(uintptr_t start, size_t len)
+{
+	return munmap((void *)start, len) ? -errno : 0;
+}
+
+static void local_rejoin(uintptr_t start, size_t len)
+{
+	madvise((void *)start, len, MADV_RANDOM);
+	madvise((void *)start, len, MADV_NORMAL);
+}
+
+static bool local_present(const struct mm *mm, uintptr_t addr)
+{
+	unsigned char vec = 0;
+
+	(void)mm;
+	return mincore((void *)addr, lzm_page_size, &vec) == 0 && (vec & 1);
+}
+
+static int remote_done(uintptr_t start, size_t len, int prot)
+{
+	(void)start, (void)len, (void)prot;
+	return 0;
+}
+
+static int remote_unmap(uintptr_t start, size_t len)
+{
+	(void)start, (void)len;
+	return 0;
+}
+
+static void remote_rejoin(uintptr_t start, size_t len)
+{
+	(void)start, (void)len;
+}
+
+/* A page's presence in another process: its pagemap (a root faultd reads a
+ * client's); without one, unknown: the fill is made, and the kernel refuses
+ * it (EEXIST, then a wake) if the page is there. */
+static bool remote_present(const struct mm *mm, uintptr_t addr)
+{
+	uint64_t e;
+
+	if (mm->pagemap_fd < 0 ||
+	    pread(mm->pagemap_fd, &e, sizeof(e), (off_t)((addr >> lzm_page_shift) * sizeof(e))) !=
+		    (ssize_t)sizeof(e))
+		return false;
+	return (e >> 63) & 1; /* present in RAM (bit 62, swapped, is not ours) */
+}
+
+const struct mm_ops lzm_mm_local = { "local", local_protect, local_unmap, local_rejoin,
+				     local_present };
+const struct mm_ops lzm_mm_remote = { "remote", remote_done, remote_unmap, remote_rejoin,
+				      remote_present };
+
 int lzm_mm_init(struct mm *mm, struct lazymap *lm, int uffd, uint64_t features)
 {
 	pthread_rwlockattr_t attr;
 
 	mm->lm = lm;
 	mm->uffd = uffd;
-	mm->uffd_keep = mm->watch_fd = mm->pagemap_fd = -1;
+	mm->uffd_keep = mm->watch_fd = mm->pagemap_fd = mm->notify_fd = -1;
 	mm->features = features;
+	mm->ops = &lzm_mm_remote;
 	atomic_init(&mm->refs, 1);
 	lzm_vma_tree_init(&mm->tree);
 	pthread_mutex_init(&mm->event_lock, NULL);
@@ -60,6 +129,7 @@ int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features)
 	got &= features;
 	lzm_mm_init(mm, lm, uffd, got);
 	mm->self = true;
+	mm->ops = &lzm_mm_local;
 	/* read-around's evidence (readahead.c); without it, no read-around */
 	mm->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (got & UFFD_FEATURE_EVENT_FORK) {
@@ -123,8 +193,7 @@ static void rejoin(struct mm *mm, uintptr_t start, uintptr_t end)
 	while ((v = lzm_vma_next(last)) && v->start == last->end)
 		last = v;
 	len = last->end - first->start;
-	madvise((void *)first->start, len, MADV_RANDOM);
-	madvise((void *)first->start, len, MADV_NORMAL);
+	mm->ops->rejoin(first->start, len);
 }
 
 /*
@@ -141,7 +210,7 @@ static void protect_undo(struct mm *mm, uintptr_t start, uintptr_t end)
 		uintptr_t s = v->start > start ? v->start : start;
 		uintptr_t e = v->end < end ? v->end : end;
 
-		mprotect((void *)s, e - s, v->prot);
+		mm->ops->protect(s, e - s, v->prot);
 	}
 	rejoin(mm, start, end);
 }
@@ -163,12 +232,11 @@ static int release_range(struct mm *mm, uintptr_t start, uintptr_t end)
 {
 	int ret = 0;
 
-	if (mprotect((void *)start, end - start, PROT_NONE))
-		ret = -errno;
+	ret = mm->ops->protect(start, end - start, PROT_NONE);
 	if (ret == 0)
 		ret = lzm_uffd_unregister(mm->uffd, start, end - start);
-	if (ret == 0 && munmap((void *)start, end - start))
-		ret = -errno;
+	if (ret == 0)
+		ret = mm->ops->unmap(start, end - start);
 	if (ret) {
 		/*
 		 * An unregister spanning several VMAs may have done the first
@@ -455,6 +523,16 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 		madvise(p, len, MADV_DONTFORK);
 	/* An UNMAP of this range raised before our mmap must not land after us. */
 	lzm_mm_settle(mm);
+	/* Served by faultd: it follows first (and tells us of the events it
+	 * applied before, which its reply comes after). */
+	if (mm->lm->remote) {
+		ret = lzm_remote_map(mm->lm, (uintptr_t)p, len, prot, v->flags, src);
+		if (ret) {
+			lzm_uffd_unregister(mm->uffd, (uintptr_t)p, len);
+			munmap(p, len);
+			goto out;
+		}
+	}
 	v->start = (uintptr_t)p;
 	v->end = v->start + len;
 	v->prot = prot;
@@ -466,6 +544,41 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 	lzm_mm_write_unlock(mm);
 	v = NULL;
 	*addrp = (uintptr_t)p;
+out:
+	lzm_vma_free(v);
+	spares_put(spare);
+	return ret;
+}
+
+int lzm_mm_adopt(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags,
+		 struct source *src)
+{
+	struct vma *v = lzm_vma_alloc(), *spare[2];
+	int ret = spares_get(spare);
+
+	if (!v || ret) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	v->flags = flags & ~(LAZYMAP_HINT | LAZYMAP_FIXED);
+	v->src = src;
+	lzm_source_get(src);
+	v->start = addr;
+	v->end = addr + len;
+	v->prot = prot;
+	if (vma_writeback(v)) {
+		ret = lzm_cache_share(src->cache, mm);
+		if (ret)
+			goto out;
+	}
+	/* as lzm_mm_map: an UNMAP raised before the client's mmap lands first */
+	lzm_mm_settle(mm);
+	pthread_rwlock_wrlock(&mm->lock);
+	drop_stale(mm, v->start, v->end, spare);
+	ret = lzm_vma_insert(&mm->tree, v);
+	lzm_mm_write_unlock(mm);
+	if (ret == 0)
+		v = NULL;
 out:
 	lzm_vma_free(v);
 	spares_put(spare);
@@ -592,8 +705,8 @@ int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot)
 				ret = -EACCES; /* as mprotect on a file opened read-only */
 				goto out;
 			}
-	if (mprotect((void *)start, len, prot)) {
-		ret = -errno;
+	ret = mm->ops->protect(start, len, prot);
+	if (ret) {
 		protect_undo(mm, start, end);
 		goto out;
 	}

@@ -39,7 +39,7 @@ enum proto_type {
 	MSG_SYNC,         /* write back a range durably */
 	MSG_STATS,        /* -> STATS_REPLY */
 	MSG_STATUS,       /* (faultctl) -> STATUS_REPLY */
-	MSG_BYE,          /* the client is closing: no reply */
+	MSG_BYE,          /* closing: faultd writes back what it wrote, durably -> REPLY */
 	/* faultd -> client */
 	MSG_HELLO_REPLY = 64,
 	MSG_OPEN_REPLY,   /* fd: the cache's memfd */

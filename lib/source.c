@@ -170,6 +170,15 @@ int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, str
 	return 0;
 }
 
+int lzm_source_copied_of(const struct source *src, struct source **srcp)
+{
+	int ret = lzm_source_new_file(src->npages, src->cache, src->base, src->direct, true, srcp);
+
+	if (ret == 0)
+		(*srcp)->maywrite = src->maywrite;
+	return ret;
+}
+
 /* ------------------------------------------------------------ references */
 
 void lzm_source_get(struct source *src)

@@ -58,7 +58,13 @@ Test(errors, open_bad_options)
 	cr_assert_eq(lazymap_open(&x, &(struct lazymap_opts){ .readahead_max = 1ul << 40 }), -EINVAL);
 	cr_assert_eq(lazymap_open(&x, &(struct lazymap_opts){ .install = 7 }), -EINVAL);
 	cr_assert_eq(lazymap_open(&x, &(struct lazymap_opts){ .queue_depth = 1u << 20 }), -EINVAL);
-	cr_assert_eq(lazymap_open(&x, &(struct lazymap_opts){ .daemon = "/nonexistent" }), -EOPNOTSUPP);
+	/* served by faultd: its budget is faultd's, pages cannot move across processes */
+	cr_assert_eq(lazymap_open(&x, &(struct lazymap_opts){ .daemon = "" }), -EINVAL);
+	struct lazymap_opts budget = { .daemon = "/s", .resident_limit = 64 << 20 };
+	struct lazymap_opts move = { .daemon = "/s", .install = LAZYMAP_INSTALL_MOVE };
+
+	cr_assert_eq(lazymap_open(&x, &budget), -EINVAL);
+	cr_assert_eq(lazymap_open(&x, &move), -EINVAL);
 	/* a budget smaller than 4 MiB could hold little more than the fill waiting for it */
 	cr_assert_eq(lazymap_open(&x, &(struct lazymap_opts){ .resident_limit = 1 << 20 }), -EINVAL);
 	cr_assert_eq(lazymap_open(&x, &(struct lazymap_opts){ .resident_limit = (4 << 20) - 4096 }),

@@ -1,0 +1,606 @@
+// SPDX-License-Identifier: MIT
+/*
+ * faultd, the real binary, serving clients over its socket: the bytes
+ * clients see through it, one cache shared by two clients, clients that die,
+ * faultd dying under a client, SIGTERM with unwritten pages, credentials and
+ * malformed messages.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lazymap.h"
+static void teardown(void);
+#define skip_cleanup() teardown()
+#include "common.h"
+#include "proto.h"
+
+static char dir[64], sock_path[128], data_path[128];
+static pid_t faultd_pid = -1;
+
+static uint64_t word_of(uint64_t off)
+{
+	return (off + 1) * 0x9E3779B97F4A7C15ULL;
+}
+
+static void make_file(const char *path, size_t size)
+{
+	static uint64_t buf[1 << 14];
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+	for (size_t off = 0; off < size; off += sizeof(buf)) {
+		for (size_t i = 0; i < sizeof(buf) / 8; i++)
+			buf[i] = word_of(off + i * 8);
+		cr_assert_eq(pwrite(fd, buf, sizeof(buf), (off_t)off), (ssize_t)sizeof(buf));
+	}
+	close(fd);
+}
+
+static bool can_connect(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	bool ok;
+
+	strcpy(sa.sun_path, path);
+	ok = connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	close(s);
+	return ok;
+}
+
+/* faultd on a socket of our own, with config text (NULL: none). */
+static void faultd_start(const char *config)
+{
+	char conf_path[160] = "";
+
+	require_uffd(UFFD_FEATURE_POISON);
+	if (config) {
+		FILE *f;
+
+		snprintf(conf_path, sizeof(conf_path), "%s/faultd.conf", dir);
+		f = fopen(conf_path, "w");
+		cr_assert_not_null(f);
+		fputs(config, f);
+		fclose(f);
+	}
+	faultd_pid = fork();
+	cr_assert_geq(faultd_pid, 0);
+	if (faultd_pid == 0) {
+		if (config)
+			execl(FAULTD_BIN, "faultd", "--foreground", "--threads", "2", "--socket",
+			      sock_path, "--config", conf_path, (char *)NULL);
+		else
+			execl(FAULTD_BIN, "faultd", "--foreground", "--threads", "2", "--socket",
+			      sock_path, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 5000 && !can_connect(sock_path); i++) {
+		int st;
+
+		cr_assert_eq(waitpid(faultd_pid, &st, WNOHANG), 0, "faultd exited at start");
+		usleep(1000);
+	}
+	cr_assert(can_connect(sock_path), "faultd does not listen on %s", sock_path);
+}
+
+/* SIGTERM; its exit status. */
+static int faultd_stop(void)
+{
+	int st = 0;
+
+	if (faultd_pid <= 0)
+		return 0;
+	kill(faultd_pid, SIGTERM);
+	waitpid(faultd_pid, &st, 0);
+	faultd_pid = -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void setup(void)
+{
+	strcpy(dir, "/tmp/lazymap-faultd.XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(sock_path, sizeof(sock_path), "%s/faultd.sock", dir);
+	snprintf(data_path, sizeof(data_path), "%s/data", dir);
+}
+
+static void teardown(void)
+{
+	char cmd[128];
+
+	faultd_stop();
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	if (system(cmd)) {
+	}
+}
+
+TestSuite(daemon, .init = setup, .fini = teardown, .timeout = 120);
+
+static struct lazymap *client_open(void)
+{
+	struct lazymap_opts o = { .daemon = sock_path };
+	struct lazymap *lm = NULL;
+	int ret = lazymap_open(&lm, &o);
+
+	cr_assert_eq(ret, 0, "lazymap_open(daemon): %s", strerror(-ret));
+	return lm;
+}
+
+static void *map_file(struct lazymap *lm, size_t size, int prot, int flags, int oflags)
+{
+	void *p = NULL;
+	int fd = open(data_path, oflags | O_CLOEXEC);
+	int ret;
+
+	cr_assert_geq(fd, 0);
+	ret = lazymap_map(lm, &p, size, prot, flags, fd, 0);
+	close(fd);
+	cr_assert_eq(ret, 0, "lazymap_map: %s", strerror(-ret));
+	return p;
+}
+
+struct scan {
+	pthread_t t;
+	const uint64_t *p;
+	size_t first, n, bad;
+};
+
+static void *scan_main(void *arg)
+{
+	struct scan *s = arg;
+
+	for (size_t i = s->first; i < s->first + s->n; i++)
+		if (s->p[i] != word_of(i * 8))
+			s->bad++;
+	return NULL;
+}
+
+/* Wrong words seen by nthreads threads scanning size bytes at p. */
+static size_t scan(const void *p, size_t size, unsigned nthreads)
+{
+	struct scan s[8];
+	size_t per = size / 8 / nthreads, bad = 0;
+
+	for (unsigned i = 0; i < nthreads; i++) {
+		s[i] = (struct scan){ .p = p, .first = i * per,
+				      .n = i + 1 == nthreads ? size / 8 - i * per : per };
+		pthread_create(&s[i].t, NULL, scan_main, &s[i]);
+	}
+	for (unsigned i = 0; i < nthreads; i++) {
+		pthread_join(s[i].t, NULL);
+		bad += s[i].bad;
+	}
+	return bad;
+}
+
+/* faultd's status, over the socket as faultctl asks for it. */
+static void status(struct proto_msg *m)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+
+	strcpy(sa.sun_path, sock_path);
+	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(lzm_proto_send(s, MSG_STATUS, 7, NULL, 0, -1, false), 0);
+	cr_assert_eq(lzm_proto_recv(s, m, false), 0);
+	cr_assert_eq(m->hdr.type, MSG_STATUS_REPLY);
+	close(s);
+}
+
+Test(daemon, a_client_reads_a_file_through_faultd_every_byte_right)
+{
+	const size_t size = 16u << 20;
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	void *p;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	lm = client_open();
+	p = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+	cr_assert_eq(scan(p, size, 2), 0, "wrong bytes through faultd");
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_gt(st.faults, 0, "faultd served no fault: who did?");
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(daemon, anonymous_regions_read_zeros_and_keep_what_is_written)
+{
+	const size_t size = 8u << 20;
+	struct lazymap *lm;
+	unsigned char *p = NULL;
+	size_t bad = 0;
+
+	faultd_start(NULL);
+	lm = client_open();
+	cr_assert_eq(lazymap_map(lm, (void **)&p, size, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	for (size_t i = 0; i < size; i += 4096)
+		bad += p[i] != 0;
+	for (size_t i = 0; i < size; i += 512)
+		p[i] = (unsigned char)(i >> 9);
+	for (size_t i = 0; i < size; i += 512)
+		bad += p[i] != (unsigned char)(i >> 9);
+	cr_assert_eq(bad, 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(daemon, the_second_client_finds_the_first_ones_pages_in_the_cache)
+{
+	const size_t size = 16u << 20;
+	struct proto_msg m;
+	int sync[2], go[2];
+	char c;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	cr_assert_eq(pipe(sync), 0);
+	cr_assert_eq(pipe(go), 0);
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		struct lazymap_opts o = { .daemon = sock_path };
+		struct lazymap *lm;
+		int fd = open(data_path, O_RDONLY);
+		void *p = NULL;
+
+		close(go[1]); /* the word to go is its end */
+		if (lazymap_open(&lm, &o) || lazymap_map(lm, &p, size, PROT_READ, LAZYMAP_PRIVATE, fd, 0))
+			_exit(2);
+		c = scan(p, size, 2) ? 'x' : 'k';
+		if (write(sync[1], &c, 1) != 1 || read(go[0], &c, 1) < 0)
+			_exit(3);
+		_exit(lazymap_close(lm) ? 4 : 0);
+	}
+	cr_assert_eq(read(sync[0], &c, 1), 1);
+	cr_assert_eq(c, 'k', "the first client saw wrong bytes");
+
+	struct lazymap *lm = client_open();
+	void *p = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+
+	cr_assert_eq(scan(p, size, 2), 0, "the second client saw wrong bytes");
+	status(&m);
+	cr_assert_eq(m.u.status.nclients, 2);
+	uint64_t read_first = 0, read_second = 0;
+
+	for (unsigned i = 0; i < m.u.status.n; i++) {
+		if (m.u.status_c[i].pid == pid)
+			read_first = m.u.status_c[i].bytes_read;
+		else if (m.u.status_c[i].pid == getpid())
+			read_second = m.u.status_c[i].bytes_read;
+	}
+	cr_assert_geq(read_first, size, "the first client's faults read %llu bytes",
+		      (unsigned long long)read_first);
+	cr_assert_eq(read_second, 0, "the second client's faults read %llu bytes again",
+		     (unsigned long long)read_second);
+	close(go[1]);
+	int wst;
+
+	cr_assert_eq(waitpid(pid, &wst, 0), pid);
+	cr_assert(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(daemon, shared_writes_reach_the_file_at_sync)
+{
+	const size_t size = 4u << 20;
+	struct lazymap *lm;
+	uint64_t *p, w;
+	int fd;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	lm = client_open();
+	p = map_file(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, O_RDWR);
+	for (size_t i = 0; i < size / 8; i += 512)
+		p[i] = ~word_of(i * 8);
+	cr_assert_eq(lazymap_sync(lm, p, size), 0);
+	fd = open(data_path, O_RDONLY);
+	for (size_t i = 0; i < size / 8; i += 512) {
+		cr_assert_eq(pread(fd, &w, 8, (off_t)(i * 8)), 8);
+		cr_assert_eq(w, ~word_of(i * 8), "word %zu not written back", i);
+	}
+	close(fd);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(daemon, faultd_killed_mid_scan_the_client_finishes_every_byte_right)
+{
+	const size_t size = 64u << 20;
+	struct lazymap *lm;
+	void *p;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	lm = client_open();
+	p = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+	/* a part through faultd, then it dies with faults in its hands */
+	cr_assert_eq(scan(p, size / 8, 2), 0);
+	pid_t victim = faultd_pid;
+	struct scan s[2];
+	size_t per = size / 8 / 2;
+
+	for (unsigned i = 0; i < 2; i++) {
+		s[i] = (struct scan){ .p = p, .first = i * per, .n = per };
+		pthread_create(&s[i].t, NULL, scan_main, &s[i]);
+	}
+	kill(victim, SIGKILL);
+	waitpid(victim, NULL, 0);
+	faultd_pid = -1;
+	for (unsigned i = 0; i < 2; i++) {
+		pthread_join(s[i].t, NULL);
+		cr_assert_eq(s[i].bad, 0, "thread %u saw wrong bytes after faultd died", i);
+	}
+	cr_assert_eq(scan(p, size, 2), 0);
+	struct lazymap_stats st;
+
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_gt(st.faults, 0, "no fault was served here after faultd died");
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(daemon, sigterm_with_dirty_shared_pages_loses_nothing)
+{
+	const size_t size = 4u << 20;
+	struct lazymap *lm;
+	uint64_t *p, w;
+	int fd;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	lm = client_open();
+	p = map_file(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, O_RDWR);
+	for (size_t i = 0; i < size / 8; i += 512)
+		p[i] = ~word_of(i * 8);
+	cr_assert_eq(faultd_stop(), 0, "faultd did not stop cleanly on SIGTERM");
+	/* faultd wrote them back as it let us go */
+	fd = open(data_path, O_RDONLY);
+	for (size_t i = 0; i < size / 8; i += 512) {
+		cr_assert_eq(pread(fd, &w, 8, (off_t)(i * 8)), 8);
+		cr_assert_eq(w, ~word_of(i * 8), "word %zu lost at SIGTERM", i);
+	}
+	/* and we go on in process: writes after it reach the file too */
+	p[1] = 42;
+	cr_assert_eq(lazymap_sync(lm, p, size), 0);
+	cr_assert_eq(pread(fd, &w, 8, 8), 8);
+	cr_assert_eq(w, 42);
+	close(fd);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+static long rss_kib_of(pid_t pid)
+{
+	char path[64], line[256];
+	long kib = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	cr_assert_not_null(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+static int fd_count(pid_t pid)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	return count_dir(path);
+}
+
+Test(daemon, clients_killed_at_random_moments_are_let_go)
+{
+	const size_t size = 4u << 20;
+	struct proto_msg m;
+	uint64_t seed = 12345;
+	int base;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	/* one client first: what stays (the file's cache) is counted in the base */
+	struct lazymap *lm = client_open();
+	void *p = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+
+	cr_assert_eq(scan(p, size, 1), 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+	usleep(20000);
+	base = fd_count(faultd_pid);
+	long rss0 = rss_kib_of(faultd_pid);
+
+	for (int i = 0; i < 1000; i++) {
+		pid_t pid = fork();
+
+		if (pid == 0) {
+			struct lazymap_opts o = { .daemon = sock_path };
+			int fd = open(data_path, O_RDONLY);
+			unsigned char *q = NULL;
+
+			if (lazymap_open(&lm, &o) ||
+			    lazymap_map(lm, (void **)&q, size, PROT_READ, LAZYMAP_PRIVATE, fd, 0))
+				_exit(2);
+			for (size_t off = 0;; off = (off + 4096 * 7) % size)
+				if (q[off] == 0xff && q[off + 1] == 0xfe)
+					_exit(0);
+		}
+		usleep((useconds_t)(rng_next(&seed) % 2000));
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	for (int i = 0; i < 2000; i++) {
+		status(&m);
+		if (m.u.status.nclients == 0 && fd_count(faultd_pid) <= base)
+			break;
+		usleep(1000);
+	}
+	cr_assert_eq(m.u.status.nclients, 0, "faultd still holds %u dead clients",
+		     m.u.status.nclients);
+	cr_assert_leq(fd_count(faultd_pid), base, "faultd holds %d descriptors, %d before",
+		      fd_count(faultd_pid), base);
+	/* what each client cost is given back (the file's cache is shared) */
+	cr_assert_leq(rss_kib_of(faultd_pid), rss0 + 16384, "faultd grew from %ld to %ld KiB",
+		      rss0, rss_kib_of(faultd_pid));
+}
+
+Test(daemon, malformed_messages_get_an_error_and_a_hangup_and_others_go_on)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct proto_msg m;
+	char junk[64];
+	int s;
+
+	faultd_start(NULL);
+	make_file(data_path, 1u << 20);
+	strcpy(sa.sun_path, sock_path);
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	memset(junk, 0xa5, sizeof(junk));
+	cr_assert_eq(send(s, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
+	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
+	cr_assert_eq(m.hdr.type, MSG_ERROR);
+	cr_assert_eq(m.u.error.err, -EPROTO);
+	cr_assert_eq(lzm_proto_recv(s, &m, false), -ECONNRESET, "faultd kept talking");
+	close(s);
+	/* a request before hello */
+	struct proto_range r = { .addr = 1u << 20, .len = 4096 };
+
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(lzm_proto_send(s, MSG_SYNC, 1, &r, sizeof(r), -1, false), 0);
+	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
+	cr_assert_eq(m.hdr.type, MSG_ERROR);
+	close(s);
+	/* hello with a descriptor that is no userfaultfd */
+	struct proto_hello h = { 0 };
+	int fd = open(data_path, O_RDONLY);
+
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(lzm_proto_send(s, MSG_HELLO, 1, &h, sizeof(h), fd, false), 0);
+	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
+	cr_assert_eq(m.hdr.type, MSG_ERROR);
+	cr_assert_eq(m.u.error.err, -EBADF);
+	close(s);
+	close(fd);
+	/* and a real client is served all along */
+	struct lazymap *lm = client_open();
+	void *p = map_file(lm, 1u << 20, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+
+	cr_assert_eq(scan(p, 1u << 20, 1), 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(daemon, a_user_not_on_the_allow_list_is_refused)
+{
+	if (geteuid() != 0)
+		skip_test("needs root, to run a client as another user (setresuid)");
+	faultd_start("[socket]\nmode = 0666\n[access]\nallow_users = root\n");
+	cr_assert_eq(chmod(dir, 0755), 0);
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		struct lazymap_opts o = { .daemon = sock_path };
+		struct proto_msg m;
+		struct lazymap *lm;
+		int s, ret;
+
+		if (setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534))
+			_exit(10);
+		/* faultd refuses at the door, before any userfaultfd is asked for */
+		strcpy(sa.sun_path, sock_path);
+		s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (connect(s, (struct sockaddr *)&sa, sizeof(sa)))
+			_exit(11);
+		if (lzm_proto_recv(s, &m, false) || m.hdr.type != MSG_ERROR || m.u.error.err != -EACCES)
+			_exit(12);
+		/* and lazymap_open says so, where this user may have a userfaultfd */
+		ret = lazymap_open(&lm, &o);
+		_exit(ret == -EACCES || ret == -EPERM ? 0 : 13);
+	}
+	int wst;
+
+	cr_assert_eq(waitpid(pid, &wst, 0), pid);
+	cr_assert(WIFEXITED(wst));
+	cr_assert_eq(WEXITSTATUS(wst), 0, "user nobody was not refused (exit %d)", WEXITSTATUS(wst));
+	/* and root, on the list, is served */
+	struct lazymap *lm = client_open();
+
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(daemon, eight_clients_at_once_each_see_every_byte)
+{
+	const size_t size = 8u << 20;
+	pid_t pids[8];
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	for (int i = 0; i < 8; i++) {
+		pids[i] = fork();
+		if (pids[i] == 0) {
+			struct lazymap_opts o = { .daemon = sock_path };
+			struct lazymap *lm;
+			int fd = open(data_path, O_RDONLY);
+			void *p = NULL;
+
+			if (lazymap_open(&lm, &o) ||
+			    lazymap_map(lm, &p, size, PROT_READ, LAZYMAP_PRIVATE, fd, 0))
+				_exit(2);
+			_exit(scan(p, size, 2) ? 1 : lazymap_close(lm) ? 3 : 0);
+		}
+	}
+	for (int i = 0; i < 8; i++) {
+		int wst;
+
+		cr_assert_eq(waitpid(pids[i], &wst, 0), pids[i]);
+		cr_assert(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "client %d: exit %d", i,
+			  WIFEXITED(wst) ? WEXITSTATUS(wst) : -1);
+	}
+}
+
+Test(daemon, a_socket_nobody_serves_is_a_clear_error)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct lazymap_opts o = { .daemon = sock_path };
+	char longpath[200];
+	struct lazymap *lm = NULL;
+	int s;
+
+	require_uffd(UFFD_FEATURE_POISON);
+	cr_assert_eq(lazymap_open(&lm, &o), -ENOENT);
+	/* bound, nobody listening: what a faultd that died leaves */
+	strcpy(sa.sun_path, sock_path);
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	cr_assert_eq(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	close(s);
+	cr_assert_eq(lazymap_open(&lm, &o), -ECONNREFUSED);
+	memset(longpath, 'x', sizeof(longpath) - 1);
+	longpath[sizeof(longpath) - 1] = '\0';
+	o.daemon = longpath;
+	cr_assert_eq(lazymap_open(&lm, &o), -ENAMETOOLONG);
+	cr_assert_null(lm);
+	/* a fill callback cannot be served from another process */
+	faultd_start(NULL);
+	o.daemon = sock_path;
+	cr_assert_eq(lazymap_open(&lm, &o), 0);
+	void *p = NULL;
+
+	cr_assert_eq(lazymap_map_fill(lm, &p, 4096, PROT_READ, fill_5a, NULL), -EOPNOTSUPP);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
