@@ -32,6 +32,7 @@ struct session {
 	int sock;
 	struct ucred cred;
 	struct client *cl;        /* after HELLO; read by status under sessions_lock */
+	bool hello;               /* counted among the clients from its hello on */
 	bool done;                /* the thread has finished: join and free it */
 };
 
@@ -44,6 +45,20 @@ static pthread_mutex_t sessions_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct session *sessions;
 static unsigned nsessions;
 static pthread_rwlock_t cfg_lock = PTHREAD_RWLOCK_INITIALIZER; /* cfg's lists (SIGHUP) */
+
+/* Make s one of the clients, if the config allows one more (sessions past
+ * hello, or in it). */
+static bool client_slot(struct session *s)
+{
+	unsigned n = 0;
+
+	pthread_mutex_lock(&sessions_lock);
+	for (struct session *o = sessions; o; o = o->next)
+		n += o->cl || o->hello;
+	s->hello = n < cfg.max_clients;
+	pthread_mutex_unlock(&sessions_lock);
+	return s->hello;
+}
 
 static int reply(struct session *s, uint32_t seq, int err)
 {
@@ -121,6 +136,10 @@ static bool serve_one(struct session *s, struct proto_msg *m)
 
 		if (s->cl) {
 			refuse(s, -EPROTO, "a second hello");
+			return false;
+		}
+		if (!client_slot(s)) {
+			refuse(s, -EUSERS, "as many clients as the config allows");
 			return false;
 		}
 		ret = lzm_client_new(engine, m->fd, m->u.hello.features, s->cred.pid, s->sock,
@@ -258,6 +277,7 @@ static void accept_one(int lfd)
 		return;
 	}
 	s->sock = fd;
+	reap_sessions(); /* those that ended count no more */
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &s->cred, &len)) {
 		close(fd);
 		free(s);
@@ -266,9 +286,11 @@ static void accept_one(int lfd)
 	pthread_rwlock_rdlock(&cfg_lock);
 	allowed = faultd_config_allows(&cfg, s->cred.uid, s->cred.gid);
 	pthread_rwlock_unlock(&cfg_lock);
-	if (!allowed || nsessions >= cfg.max_clients) {
+	/* clients are counted at hello; connections (faultctl's too) are
+	 * bounded here, a few beyond them */
+	if (!allowed || nsessions >= cfg.max_clients + 16) {
 		refuse(s, allowed ? -EUSERS : -EACCES,
-		       allowed ? "too many clients" : "this user may not use faultd");
+		       allowed ? "too many connections" : "this user may not use faultd");
 		close(fd);
 		free(s);
 		return;

@@ -108,7 +108,8 @@ struct lazymap_opts {
 	                           * also reads the next two windows ahead; 0: 512 KiB */
 	size_t resident_limit;    /* bytes of filled pages kept resident; 0: unlimited
 	                           * (see "The resident budget" below) */
-	const char *daemon;       /* NULL: in-process handlers; else faultd's socket path */
+	const char *daemon;       /* NULL: in-process handlers; else faultd's socket path
+	                           * (see "Served by faultd" below) */
 	unsigned install;         /* LAZYMAP_INSTALL_*: how pool pages are installed; 0: COPY */
 	unsigned spin_us;         /* how long an idle handler polls before it sleeps;
 	                           * 0: default (50 us), LAZYMAP_SPIN_NONE: never spin */
@@ -201,6 +202,30 @@ struct lazymap_opts {
  * it looks at them first and finds them gone at no cost.
  */
 
+/*
+ * Served by faultd (opts.daemon): the library connects to faultd's socket
+ * and hands it this lazymap's userfaultfd; faultd's handler threads serve
+ * the faults, and file pages live in faultd's page cache, one per file for
+ * every client: a page one process read is mapped by the next with no read
+ * and no copy. Every call behaves as in process, with these differences:
+ * - lazymap_map_fill is -EOPNOTSUPP (the callback would have to run in
+ *   faultd); resident_limit and LAZYMAP_INSTALL_MOVE are -EINVAL at open
+ *   (the budget is faultd's, from its config; pages cannot be moved between
+ *   processes);
+ * - a forked child gets no copy of file regions (as without fork events);
+ * - lazymap_stats counts the faults faultd served for us in faults, and
+ *   what this process's own threads did in the rest.
+ * If faultd goes (killed, stopped with SIGTERM, or it drops us), no thread
+ * hangs and nothing is lost: the library starts its own handler threads on
+ * the same userfaultfd, the pages already in faultd's caches stay mapped,
+ * the faults faultd had read and not answered are raised again, and the
+ * next sync writes back every cached page of shared writable regions (which
+ * of them faultd left dirty is unknown). faultd writes back what we wrote
+ * when it lets us go and at lazymap_close. faultd never opens a path we
+ * name: it pages a file through the descriptor lazymap_map gives it, and
+ * hands back its cache read-only unless that descriptor could write.
+ */
+
 /* Mapping flags: mmap's vocabulary. */
 #define LAZYMAP_PRIVATE 0x01 /* like MAP_PRIVATE: writes stay in memory */
 #define LAZYMAP_SHARED  0x02 /* like MAP_SHARED */
@@ -231,7 +256,12 @@ struct lazymap_opts {
  *         -EPERM userfaultfd is not available to this process (not root and
  *         vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd);
  *         -ENOSYS kernel without userfaultfd; -EINVAL bad option;
- *         -EOPNOTSUPP opts->daemon set (not available yet), a kernel before 6.6 (no UFFDIO_POISON, or no minor faults
+ *         with opts->daemon: what connect(2) gives (-ENOENT no socket there,
+ *         -ECONNREFUSED nobody listening, -EACCES), -ENAMETOOLONG a path
+ *         longer than a UNIX socket's, -EACCES faultd refused this user (its
+ *         allow-lists), -EUSERS faultd serves as many clients as it may,
+ *         -EINVAL an empty path, or with resident_limit or LAZYMAP_INSTALL_MOVE;
+ *         -EOPNOTSUPP a kernel before 6.6 (no UFFDIO_POISON, or no minor faults
  *         and write protection on shared memory), or
  *         LAZYMAP_INSTALL_MOVE on a kernel before 6.8;
  *         -ENOMEM, -EMFILE, -EAGAIN (threads) as the system reports them;

@@ -36,6 +36,8 @@ struct remote {
 	struct proto_msg reply;
 	enum remote_state state;
 	bool closing;             /* lazymap_close: the end of the socket is ours */
+	bool served_once;         /* hello was answered: faultd serves our faults */
+	int refused;              /* the error faultd hung up with, or 0 */
 	struct handler mon;       /* the monitor thread, as the events code sees it */
 };
 
@@ -94,12 +96,18 @@ static void *monitor_main(void *arg)
 			continue;
 		}
 		if (m.hdr.type == MSG_ERROR) {
+			/* it says why it hangs up: the request waiting gets that */
 			lzm_log(lm, LOG_ERR, "faultd: %s (%s)", m.u.error_text,
 				strerror(-m.u.error.err));
+			pthread_mutex_lock(&r->lock);
+			r->refused = m.u.error.err;
+			pthread_mutex_unlock(&r->lock);
 			ret = m.u.error.err;
 			break;
 		}
 		pthread_mutex_lock(&r->lock);
+		if (m.hdr.type == MSG_HELLO_REPLY)
+			r->served_once = true; /* from now on, faultd's going is a take-over */
 		if (m.hdr.seq == r->seq && !r->have_reply) {
 			r->reply = m;
 			r->have_reply = true;
@@ -112,7 +120,8 @@ static void *monitor_main(void *arg)
 		lzm_log_flush(lm);
 	}
 	pthread_mutex_lock(&r->lock);
-	bool closing = r->closing;
+	/* refused at hello: lazymap_open fails, there is nothing to take over */
+	bool closing = r->closing || !r->served_once;
 
 	r->state = closing ? IN_PROCESS : TAKING_OVER;
 	pthread_cond_broadcast(&r->cond);
@@ -156,10 +165,11 @@ static int call(struct remote *r, unsigned type, const void *body, size_t size, 
 		*out = r->reply;
 		r->have_reply = false;
 	} else {
-		/* gone: wait until the handlers here serve, then say so */
+		/* gone: wait until the handlers here serve, then say so (or why
+		 * faultd would not serve us, if it never did) */
 		while (r->state == TAKING_OVER)
 			pthread_cond_wait(&r->cond, &r->lock);
-		ret = -ECONNRESET;
+		ret = !r->served_once && r->refused ? r->refused : -ECONNRESET;
 	}
 	pthread_mutex_unlock(&r->lock);
 	pthread_mutex_unlock(&r->req_lock);
@@ -213,7 +223,7 @@ int lzm_remote_open(struct lazymap *lm, const char *path)
 	pthread_setname_np(r->monitor, "lazymap-faultd");
 	ret = call(r, MSG_HELLO, &hello, sizeof(hello), lm->mm.uffd, MSG_HELLO_REPLY, &m);
 	/* refused (credentials, limits): faultd said why, and closed */
-	return ret;
+	return ret == -ECONNRESET ? -ECONNREFUSED : ret;
 }
 
 void lzm_remote_close(struct lazymap *lm)

@@ -604,3 +604,95 @@ Test(daemon, a_socket_nobody_serves_is_a_clear_error)
 	cr_assert_eq(lazymap_map_fill(lm, &p, 4096, PROT_READ, fill_5a, NULL), -EOPNOTSUPP);
 	cr_assert_eq(lazymap_close(lm), 0);
 }
+
+/* The client's copy of its tree against the kernel's, over [lo, hi). */
+static void tree_is_the_kernels(struct lazymap *lm, uintptr_t lo, uintptr_t hi, int *nvmas)
+{
+	struct maps_entry k[64], t[64];
+	int nk = maps_coalesce(k, maps_read(lo, hi, k, 64));
+	int nt = tree_read(lm, t, 64);
+
+	cr_assert_geq(nt, 0);
+	*nvmas = nt;
+	nt = maps_coalesce(t, nt);
+	cr_assert_eq(nt, nk, "the client's tree has %d ranges, the kernel %d", nt, nk);
+	for (int i = 0; i < nk; i++)
+		cr_assert(t[i].start == k[i].start && t[i].end == k[i].end,
+			  "range %d: tree %lx-%lx, kernel %lx-%lx", i, t[i].start, t[i].end, k[i].start,
+			  k[i].end);
+}
+
+Test(daemon, the_programs_own_munmap_madvise_and_lazymap_unmap_reach_both_trees)
+{
+	const size_t ps = 4096, n = 64;
+	struct proto_msg m;
+	struct lazymap *lm;
+	char *w = test_window(4 * n * ps), *a = w, *b = w + n * ps, *c = w + 2 * n * ps;
+	int nvmas;
+
+	faultd_start(NULL);
+	make_file(data_path, n * ps);
+	lm = client_open();
+	cr_assert_eq(munmap(w, 4 * n * ps), 0); /* a place of our own: ours to fill */
+	void *pa = a, *pb = b, *pc = c;
+	int fd = open(data_path, O_RDONLY);
+
+	cr_assert_eq(lazymap_map(lm, &pa, n * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON | LAZYMAP_FIXED, -1, 0), 0);
+	cr_assert_eq(lazymap_map(lm, &pb, n * ps, PROT_READ, LAZYMAP_PRIVATE | LAZYMAP_FIXED, fd, 0), 0);
+	cr_assert_eq(lazymap_map(lm, &pc, n * ps, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON | LAZYMAP_FIXED, -1, 0), 0);
+	close(fd);
+	memset(a, 7, n * ps);
+	memset(c, 9, n * ps);
+	cr_assert_eq(scan(b, n * ps, 1), 0);
+
+	cr_assert_eq(munmap(a + 8 * ps, 8 * ps), 0);        /* the program's own: an event */
+	cr_assert_eq(madvise(c, 4 * ps, MADV_DONTNEED), 0);  /* dropped: zeros, from faultd */
+	cr_assert_eq(lazymap_unmap(lm, c + 32 * ps, 8 * ps), 0);
+	cr_assert_eq(lazymap_protect(lm, c + 48 * ps, 4 * ps, PROT_READ), 0);
+	cr_assert_eq(c[0], 0);
+	cr_assert_eq(c[4 * ps], 9);
+	tree_is_the_kernels(lm, (uintptr_t)w, (uintptr_t)w + 4 * n * ps, &nvmas);
+	status(&m);
+	cr_assert_eq(m.u.status.n, 1);
+	cr_assert_eq(m.u.status_c[0].regions, (uint32_t)nvmas,
+		     "faultd's tree has %u VMAs, the client's %d", m.u.status_c[0].regions, nvmas);
+
+	/* faultd goes: the client's tree is what it serves from now on */
+	kill(faultd_pid, SIGKILL);
+	waitpid(faultd_pid, NULL, 0);
+	faultd_pid = -1;
+	cr_assert_eq(munmap(c + 60 * ps, 4 * ps), 0);
+	cr_assert_eq(madvise(a, 8 * ps, MADV_DONTNEED), 0);
+	cr_assert_eq(a[0], 0);
+	cr_assert_eq(a[16 * ps], 7);
+	cr_assert_eq(c[8 * ps], 9);
+	tree_is_the_kernels(lm, (uintptr_t)w, (uintptr_t)w + 4 * n * ps, &nvmas);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(daemon, a_client_past_the_limit_is_told_so_and_the_others_go_on)
+{
+	struct lazymap_opts o = { .daemon = sock_path };
+	struct lazymap *lm, *second = NULL;
+
+	faultd_start("[limits]\nclients = 1\nregions = 2\n");
+	make_file(data_path, 1u << 20);
+	lm = client_open();
+	cr_assert_eq(lazymap_open(&second, &o), -EUSERS);
+	cr_assert_null(second);
+	/* a third region is past the limit: refused, and nothing is left mapped */
+	void *p[3] = { 0 };
+
+	cr_assert_eq(lazymap_map(lm, &p[0], 1u << 20, PROT_READ, LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	p[1] = map_file(lm, 1u << 20, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+	cr_assert_eq(lazymap_map(lm, &p[2], 1u << 20, PROT_READ, LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0),
+		     -ENOMEM);
+	struct lazymap_stats st;
+
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.regions, 2);
+	cr_assert_eq(scan(p[1], 1u << 20, 1), 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
