@@ -25,6 +25,7 @@ static void teardown(void);
 #define skip_cleanup() teardown()
 #include "common.h"
 #include "proto.h"
+#include "fusefs.h"
 
 static char dir[64], sock_path[128], data_path[128];
 static pid_t faultd_pid = -1;
@@ -126,7 +127,8 @@ static void teardown(void)
 	}
 }
 
-TestSuite(daemon, .init = setup, .fini = teardown, .timeout = 120);
+/* every test starts in a directory of its own, and faultd is stopped after */
+#define DTEST(name) Test(daemon, name, .init = setup, .fini = teardown, .timeout = 120)
 
 static struct lazymap *client_open(void)
 {
@@ -199,7 +201,7 @@ static void status(struct proto_msg *m)
 	close(s);
 }
 
-Test(daemon, a_client_reads_a_file_through_faultd_every_byte_right)
+DTEST(a_client_reads_a_file_through_faultd_every_byte_right)
 {
 	const size_t size = 16u << 20;
 	struct lazymap_stats st;
@@ -216,7 +218,7 @@ Test(daemon, a_client_reads_a_file_through_faultd_every_byte_right)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
-Test(daemon, anonymous_regions_read_zeros_and_keep_what_is_written)
+DTEST(anonymous_regions_read_zeros_and_keep_what_is_written)
 {
 	const size_t size = 8u << 20;
 	struct lazymap *lm;
@@ -237,7 +239,7 @@ Test(daemon, anonymous_regions_read_zeros_and_keep_what_is_written)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
-Test(daemon, the_second_client_finds_the_first_ones_pages_in_the_cache)
+DTEST(the_second_client_finds_the_first_ones_pages_in_the_cache)
 {
 	const size_t size = 16u << 20;
 	struct proto_msg m;
@@ -293,7 +295,7 @@ Test(daemon, the_second_client_finds_the_first_ones_pages_in_the_cache)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
-Test(daemon, shared_writes_reach_the_file_at_sync)
+DTEST(shared_writes_reach_the_file_at_sync)
 {
 	const size_t size = 4u << 20;
 	struct lazymap *lm;
@@ -316,7 +318,7 @@ Test(daemon, shared_writes_reach_the_file_at_sync)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
-Test(daemon, faultd_killed_mid_scan_the_client_finishes_every_byte_right)
+DTEST(faultd_killed_mid_scan_the_client_finishes_every_byte_right)
 {
 	const size_t size = 64u << 20;
 	struct lazymap *lm;
@@ -351,7 +353,7 @@ Test(daemon, faultd_killed_mid_scan_the_client_finishes_every_byte_right)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
-Test(daemon, sigterm_with_dirty_shared_pages_loses_nothing)
+DTEST(sigterm_with_dirty_shared_pages_loses_nothing)
 {
 	const size_t size = 4u << 20;
 	struct lazymap *lm;
@@ -404,7 +406,7 @@ static int fd_count(pid_t pid)
 	return count_dir(path);
 }
 
-Test(daemon, clients_killed_at_random_moments_are_let_go)
+DTEST(clients_killed_at_random_moments_are_let_go)
 {
 	const size_t size = 4u << 20;
 	struct proto_msg m;
@@ -457,7 +459,7 @@ Test(daemon, clients_killed_at_random_moments_are_let_go)
 		      rss0, rss_kib_of(faultd_pid));
 }
 
-Test(daemon, malformed_messages_get_an_error_and_a_hangup_and_others_go_on)
+DTEST(malformed_messages_get_an_error_and_a_hangup_and_others_go_on)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct proto_msg m;
@@ -505,7 +507,7 @@ Test(daemon, malformed_messages_get_an_error_and_a_hangup_and_others_go_on)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
-Test(daemon, a_user_not_on_the_allow_list_is_refused)
+DTEST(a_user_not_on_the_allow_list_is_refused)
 {
 	if (geteuid() != 0)
 		skip_test("needs root, to run a client as another user (setresuid)");
@@ -544,7 +546,7 @@ Test(daemon, a_user_not_on_the_allow_list_is_refused)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
-Test(daemon, eight_clients_at_once_each_see_every_byte)
+DTEST(eight_clients_at_once_each_see_every_byte)
 {
 	const size_t size = 8u << 20;
 	pid_t pids[8];
@@ -574,7 +576,7 @@ Test(daemon, eight_clients_at_once_each_see_every_byte)
 	}
 }
 
-Test(daemon, a_socket_nobody_serves_is_a_clear_error)
+DTEST(a_socket_nobody_serves_is_a_clear_error)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct lazymap_opts o = { .daemon = sock_path };
@@ -622,7 +624,7 @@ static void tree_is_the_kernels(struct lazymap *lm, uintptr_t lo, uintptr_t hi, 
 			  k[i].end);
 }
 
-Test(daemon, the_programs_own_munmap_madvise_and_lazymap_unmap_reach_both_trees)
+DTEST(the_programs_own_munmap_madvise_and_lazymap_unmap_reach_both_trees)
 {
 	const size_t ps = 4096, n = 64;
 	struct proto_msg m;
@@ -672,7 +674,7 @@ Test(daemon, the_programs_own_munmap_madvise_and_lazymap_unmap_reach_both_trees)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
-Test(daemon, a_client_past_the_limit_is_told_so_and_the_others_go_on)
+DTEST(a_client_past_the_limit_is_told_so_and_the_others_go_on)
 {
 	struct lazymap_opts o = { .daemon = sock_path };
 	struct lazymap *lm, *second = NULL;
@@ -695,4 +697,58 @@ Test(daemon, a_client_past_the_limit_is_told_so_and_the_others_go_on)
 	cr_assert_eq(st.regions, 2);
 	cr_assert_eq(scan(p[1], 1u << 20, 1), 0);
 	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/*
+ * One client's file stops answering (its FUSE server is stopped: every read
+ * waits for ever): that client's faults wait, and another client's faults,
+ * on another file, are served all the same.
+ */
+DTEST(a_client_stuck_on_a_dead_file_does_not_hold_up_another)
+{
+	const size_t size = 16u << 20;
+	struct fusefs fs;
+	int err, sync[2], go[2];
+	char c;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	err = fusefs_start(&fs, 64 * 4096, "");
+	if (err < 0)
+		skip_test("fusefs: %s", fs.why);
+	cr_assert_eq(pipe(sync), 0);
+	cr_assert_eq(pipe(go), 0);
+	pid_t slow = fork();
+
+	if (slow == 0) {
+		struct lazymap_opts o = { .daemon = sock_path };
+		struct lazymap *lm;
+		int fd = open(fs.path, O_RDONLY);
+		volatile char *p = NULL;
+
+		if (fd < 0 || lazymap_open(&lm, &o) ||
+		    lazymap_map(lm, (void **)&p, 64 * 4096, PROT_READ, LAZYMAP_PRIVATE, fd, 0))
+			_exit(2);
+		c = 's';
+		if (write(sync[1], &c, 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(3);
+		c = p[4096]; /* waits for a read that does not come */
+		_exit(0);
+	}
+	/* mapped: now its file stops answering, and it touches a page */
+	cr_assert_eq(read(sync[0], &c, 1), 1);
+	cr_assert_eq(kill(fs.pid, SIGSTOP), 0);
+	cr_assert_eq(write(go[1], &c, 1), 1);
+	usleep(100000); /* its fault is in faultd's hands by now */
+
+	struct lazymap *lm = client_open();
+	void *p = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+
+	cr_assert_eq(scan(p, size, 2), 0, "the other client saw wrong bytes");
+	cr_assert_eq(waitpid(slow, NULL, WNOHANG), 0, "the stuck client was not stuck");
+	cr_assert_eq(lazymap_close(lm), 0);
+	kill(slow, SIGKILL);
+	waitpid(slow, NULL, 0);
+	kill(fs.pid, SIGCONT); /* faultd's stop waits for the read in flight */
+	fusefs_stop(&fs);
 }
