@@ -54,11 +54,13 @@ static int status(const char *path, bool json)
 
 			printf("%s\n  {\"pid\": %d, \"uid\": %u, \"gid\": %u, \"regions\": %u, "
 			       "\"mapped\": %llu, \"faults\": %llu, \"cache_hits\": %llu, "
-			       "\"bytes_read\": %llu, \"bytes_written\": %llu}",
+			       "\"bytes_read\": %llu, \"bytes_written\": %llu, \"lat_p50_ns\": %llu, "
+			       "\"lat_p99_ns\": %llu}",
 			       i ? "," : "", c->pid, c->uid, c->gid, c->regions,
 			       (unsigned long long)c->mapped, (unsigned long long)c->faults,
 			       (unsigned long long)c->cache_hits, (unsigned long long)c->bytes_read,
-			       (unsigned long long)c->bytes_written);
+			       (unsigned long long)c->bytes_written, (unsigned long long)c->lat_p50_ns,
+			       (unsigned long long)c->lat_p99_ns);
 		}
 		printf("\n]}\n");
 		return 0;
@@ -67,17 +69,20 @@ static int status(const char *path, bool json)
 	       st->nclients == 1 ? "" : "s", (unsigned long long)st->cache_pages,
 	       st->uptime_ns / 1e9);
 	if (st->n)
-		printf("%8s %6s %7s %10s %9s %10s %12s\n", "pid", "uid", "regions", "mapped MiB",
-		       "faults", "cache hits", "read MiB");
+		printf("%8s %6s %7s %10s %9s %10s %9s %9s %9s\n", "pid", "uid", "regions",
+		       "mapped MiB", "faults", "cache hits", "read MiB", "p50 us", "p99 us");
 	for (unsigned i = 0; i < st->n; i++) {
 		const struct proto_client *c = &m.u.status_c[i];
 
-		printf("%8d %6u %7u %10.1f %9llu %10llu %12.1f\n", c->pid, c->uid, c->regions,
-		       c->mapped / 1048576.0, (unsigned long long)c->faults,
-		       (unsigned long long)c->cache_hits, c->bytes_read / 1048576.0);
+		printf("%8d %6u %7u %10.1f %9llu %10llu %9.1f %9.0f %9.0f\n", c->pid, c->uid,
+		       c->regions, c->mapped / 1048576.0, (unsigned long long)c->faults,
+		       (unsigned long long)c->cache_hits, c->bytes_read / 1048576.0,
+		       c->lat_p50_ns / 1e3, c->lat_p99_ns / 1e3);
 	}
 	if (st->nclients > st->n)
 		printf("(%u more not listed)\n", st->nclients - st->n);
+	if (st->n)
+		printf("(latency: from faultd's read of a fault to its page in place, to a factor of 2)\n");
 	return 0;
 }
 

@@ -398,6 +398,43 @@ static void stop_all(void)
 	}
 }
 
+/*
+ * Into the background: a child in a session of its own, at /, with no
+ * terminal; the parent returns once the child listens (its exit status
+ * says whether it does), so that `faultd && client` works. The write end
+ * of the pipe is the child's *ready.
+ */
+static int daemonize(int *ready)
+{
+	int p[2];
+	char c;
+	pid_t pid;
+
+	if (pipe2(p, O_CLOEXEC))
+		return -errno;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0) {
+		close(p[1]);
+		_exit(read(p[0], &c, 1) == 1 ? 0 : 1);
+	}
+	close(p[0]);
+	setsid();
+	if (chdir("/")) {
+	}
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	if (null >= 0) {
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+		close(null);
+	}
+	*ready = p[1];
+	return 0;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: faultd [--config FILE] [--socket PATH] [--foreground] [--threads N]\n"
@@ -473,6 +510,23 @@ int main(int argc, char **argv)
 	}
 	if (threads >= 0)
 		cfg.threads = (unsigned)threads;
+	/* the socket is named from / once in the background */
+	if (cfg.socket[0] != '/') {
+		char cwd[4096], abs_path[sizeof(cfg.socket)];
+
+		if (!getcwd(cwd, sizeof(cwd)) ||
+		    snprintf(abs_path, sizeof(abs_path), "%s/%s", cwd, cfg.socket) >= (int)sizeof(abs_path)) {
+			fprintf(stderr, "faultd: --socket: path too long once made absolute\n");
+			return 2;
+		}
+		strcpy(cfg.socket, abs_path);
+	}
+	int ready = -1;
+
+	if (!foreground && daemonize(&ready)) {
+		fprintf(stderr, "faultd: cannot go into the background: %s\n", strerror(errno));
+		return 1;
+	}
 	flog_init(!foreground, cfg.log_level);
 
 	/* Signals are read from a signalfd here; every thread has them blocked. */
@@ -505,6 +559,11 @@ int main(int argc, char **argv)
 	}
 	started_ns = lzm_now_ns();
 	flog(LOG_NOTICE, "serving on %s", cfg.socket);
+	if (ready >= 0) {
+		if (write(ready, "", 1) != 1) {
+		}
+		close(ready);
+	}
 
 	bool stop = false;
 

@@ -312,6 +312,10 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 	};
 	/* MOVE takes private anonymous pages between VMAs of equal protection
 	 * only; staging pages are read-write. It has no write-protect mode. */
+	if (asked && h->batch_ns) {
+		req->t0 = h->batch_ns;
+		h->fault_deferred = true;
+	}
 	req->move = h->lm->opts.install == LAZYMAP_INSTALL_MOVE && !src->ops->cached &&
 		    !(v->flags & LAZYMAP_SHARED) && v->prot == (PROT_READ | PROT_WRITE) && !req->wp;
 	return req;
@@ -319,6 +323,8 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 
 void lzm_req_free(struct handler *h, struct fill_req *req)
 {
+	if (req->t0)
+		lzm_client_lat(req->mm, lzm_now_ns() - req->t0);
 	if (req->buf)
 		lzm_pool_free(&h->pool, req->buf, req->n);
 	lzm_source_put(req->src);

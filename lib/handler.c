@@ -50,8 +50,11 @@ static void serve_batch(struct handler *h, struct mm *mm, const struct uffd_msg 
 			stat_add(&h->stats.coalesced, 1);
 			continue;
 		}
+		h->fault_deferred = false;
 		lzm_fault_handle(h, mm, addr, (unsigned)m->arg.pagefault.flags,
 				 m->arg.pagefault.feat.ptid);
+		if (h->batch_ns && !h->fault_deferred)
+			lzm_client_lat(mm, lzm_now_ns() - h->batch_ns);
 	}
 }
 
@@ -81,7 +84,10 @@ static int serve_mm(struct handler *h, struct mm *mm)
 	stat_add(&h->stats.reads, 1);
 	stat_max(&h->stats.max_batch, (uint64_t)n);
 	atomic_fetch_add(&mm->busy, 1);
+	/* a faultd client's faults are timed (faultctl status); ours are not */
+	h->batch_ns = mm->notify_fd >= 0 ? lzm_now_ns() : 0;
 	serve_batch(h, mm, msgs, n);
+	h->batch_ns = 0;
 	atomic_fetch_sub(&mm->busy, 1);
 	lzm_uring_flush(h); /* the batch's reads go to the kernel together */
 	return bad ? bad : n;

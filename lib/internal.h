@@ -447,6 +447,8 @@ struct msgring {
 	struct uffd_msg m[MSGRING_SIZE];
 };
 
+#define MM_LAT_BUCKETS 40
+
 /*
  * What acts on an address space's mappings themselves (mm.c): the seam
  * between the tree and the kernel. Local: the calls of this process on
@@ -534,6 +536,9 @@ struct mm {
 	/* for faultd's status: bytes read from files for its faults, faults
 	 * served from pages already in a cache */
 	_Atomic uint64_t bytes_read, cache_hits;
+	/* a faultd client's fault latency, from the message read to the page
+	 * in place: how many took [2^i, 2^(i+1)) ns (serve.c) */
+	_Atomic uint64_t lat[MM_LAT_BUCKETS];
 };
 
 int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features);
@@ -708,6 +713,10 @@ struct handler {
 	atomic_bool idle;        /* polling or asleep with nothing in hand; a hint */
 	struct hstats stats;
 	struct logq logq;        /* this thread's messages, flushed between faults */
+	/* timing a faultd client's faults: when the batch was read, and whether
+	 * the fault being handled left its page to a request (timed at its end) */
+	uint64_t batch_ns;
+	bool fault_deferred;
 	bool broke;              /* this handler broke the lazymap: it answers faults */
 };
 
@@ -774,6 +783,7 @@ struct fill_req {
 	size_t done;            /* bytes read so far */
 	char *buf;              /* reads: n pool pages of the handler that reads */
 	uintptr_t asked;        /* the page a fault named (poisoned if it cannot be had), or 0 */
+	uint64_t t0;            /* a faultd client's fault waits: when it was read, else 0 */
 	bool write;
 	bool move;              /* install with UFFDIO_MOVE */
 	bool around;            /* read around a random fault (filemap.c) */
@@ -1076,6 +1086,8 @@ int lzm_client_map(struct client *cl, const struct proto_map *m);
 /* UNMAP, SYNC, PROTECT, ADVISE, PREFETCH on a range the client owns. */
 int lzm_client_range(struct client *cl, unsigned type, const struct proto_range *r);
 void lzm_client_status(struct client *cl, struct proto_client *out);
+/* A fault of a client's served in ns (handler.c, fault.c). */
+void lzm_client_lat(struct mm *mm, uint64_t ns);
 /* Tell a client of an event applied to its tree (events.c). */
 void lzm_serve_notify(struct mm *mm, const struct uffd_msg *m);
 

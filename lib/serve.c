@@ -257,6 +257,30 @@ int lzm_client_range(struct client *cl, unsigned type, const struct proto_range 
 	return -EINVAL;
 }
 
+void lzm_client_lat(struct mm *mm, uint64_t ns)
+{
+	unsigned b = ns ? 63 - (unsigned)__builtin_clzll(ns) : 0;
+
+	atomic_fetch_add_explicit(&mm->lat[b < MM_LAT_BUCKETS ? b : MM_LAT_BUCKETS - 1], 1,
+				  memory_order_relaxed);
+}
+
+/* The latency below which a share q of the faults fell, to a factor of 2
+ * (the middle of its bucket), or 0 with none. */
+static uint64_t lat_quantile(const struct mm *mm, double q)
+{
+	uint64_t n = 0, seen = 0, c[MM_LAT_BUCKETS];
+
+	for (unsigned b = 0; b < MM_LAT_BUCKETS; b++)
+		n += c[b] = atomic_load_explicit(&mm->lat[b], memory_order_relaxed);
+	for (unsigned b = 0; b < MM_LAT_BUCKETS && n; b++) {
+		seen += c[b];
+		if (seen >= q * n)
+			return (3ull << b) / 2;
+	}
+	return 0;
+}
+
 void lzm_client_status(struct client *cl, struct proto_client *out)
 {
 	struct mm *mm = cl->mm;
@@ -270,6 +294,8 @@ void lzm_client_status(struct client *cl, struct proto_client *out)
 	out->faults = atomic_load_explicit(&mm->faults, memory_order_relaxed);
 	out->cache_hits = atomic_load_explicit(&mm->cache_hits, memory_order_relaxed);
 	out->bytes_read = atomic_load_explicit(&mm->bytes_read, memory_order_relaxed);
+	out->lat_p50_ns = lat_quantile(mm, 0.50);
+	out->lat_p99_ns = lat_quantile(mm, 0.99);
 }
 
 void lzm_serve_notify(struct mm *mm, const struct uffd_msg *m)

@@ -275,11 +275,12 @@ DTEST(the_second_client_finds_the_first_ones_pages_in_the_cache)
 	cr_assert_eq(scan(p, size, 2), 0, "the second client saw wrong bytes");
 	status(&m);
 	cr_assert_eq(m.u.status.nclients, 2);
-	uint64_t read_first = 0, read_second = 0;
+	uint64_t read_first = 0, read_second = 0, p50 = 0, p99 = 0;
 
 	for (unsigned i = 0; i < m.u.status.n; i++) {
 		if (m.u.status_c[i].pid == pid)
-			read_first = m.u.status_c[i].bytes_read;
+			read_first = m.u.status_c[i].bytes_read, p50 = m.u.status_c[i].lat_p50_ns,
+			p99 = m.u.status_c[i].lat_p99_ns;
 		else if (m.u.status_c[i].pid == getpid())
 			read_second = m.u.status_c[i].bytes_read;
 	}
@@ -287,6 +288,8 @@ DTEST(the_second_client_finds_the_first_ones_pages_in_the_cache)
 		      (unsigned long long)read_first);
 	cr_assert_eq(read_second, 0, "the second client's faults read %llu bytes again",
 		     (unsigned long long)read_second);
+	cr_assert(p50 > 0 && p99 >= p50, "the first client's latency: p50 %llu ns, p99 %llu ns",
+		  (unsigned long long)p50, (unsigned long long)p99);
 	close(go[1]);
 	int wst;
 
