@@ -473,19 +473,43 @@ static int place(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags,
 	return 0;
 }
 
-int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags, struct source *src)
+/* A VMA for a new region of src, and the spares its insertion may need
+ * (spares_put() them after, whatever the result). */
+static int region_new(int flags, struct source *src, struct vma **vp, struct vma **spare)
 {
-	struct vma *v = lzm_vma_alloc(), *spare[2];
-	void *p = NULL;
-	int ret = spares_get(spare);
+	struct vma *v = lzm_vma_alloc();
 
-	if (!v || ret) {
-		ret = -ENOMEM;
-		goto out;
+	if (spares_get(spare) || !v) {
+		lzm_vma_free(v);
+		return -ENOMEM;
 	}
 	v->flags = flags & ~(LAZYMAP_HINT | LAZYMAP_FIXED);
 	v->src = src;
 	lzm_source_get(src);
+	*vp = v;
+	return 0;
+}
+
+/* v where the kernel has just mapped it: VMAs still there are stale. */
+static int region_insert(struct mm *mm, struct vma *v, struct vma **spare)
+{
+	int ret;
+
+	pthread_rwlock_wrlock(&mm->lock);
+	drop_stale(mm, v->start, v->end, spare);
+	ret = lzm_vma_insert(&mm->tree, v);
+	lzm_mm_write_unlock(mm);
+	return ret;
+}
+
+int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags, struct source *src)
+{
+	struct vma *v = NULL, *spare[2];
+	void *p = NULL;
+	int ret = region_new(flags, src, &v, spare);
+
+	if (ret)
+		goto out;
 	lzm_mm_sync_events(mm);
 	if (src->ops->cached) {
 		/*
@@ -536,12 +560,8 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 	v->start = (uintptr_t)p;
 	v->end = v->start + len;
 	v->prot = prot;
-
-	pthread_rwlock_wrlock(&mm->lock);
-	drop_stale(mm, v->start, v->end, spare);
-	ret = lzm_vma_insert(&mm->tree, v);
-	LAZYMAP_ASSERT(ret == 0);
-	lzm_mm_write_unlock(mm);
+	ret = region_insert(mm, v, spare);
+	LAZYMAP_ASSERT(ret == 0); /* the kernel's range: aligned, and stale VMAs gone */
 	v = NULL;
 	*addrp = (uintptr_t)p;
 out:
@@ -553,16 +573,11 @@ out:
 int lzm_mm_adopt(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags,
 		 struct source *src)
 {
-	struct vma *v = lzm_vma_alloc(), *spare[2];
-	int ret = spares_get(spare);
+	struct vma *v = NULL, *spare[2];
+	int ret = region_new(flags, src, &v, spare);
 
-	if (!v || ret) {
-		ret = -ENOMEM;
+	if (ret)
 		goto out;
-	}
-	v->flags = flags & ~(LAZYMAP_HINT | LAZYMAP_FIXED);
-	v->src = src;
-	lzm_source_get(src);
 	v->start = addr;
 	v->end = addr + len;
 	v->prot = prot;
@@ -573,10 +588,7 @@ int lzm_mm_adopt(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags,
 	}
 	/* as lzm_mm_map: an UNMAP raised before the client's mmap lands first */
 	lzm_mm_settle(mm);
-	pthread_rwlock_wrlock(&mm->lock);
-	drop_stale(mm, v->start, v->end, spare);
-	ret = lzm_vma_insert(&mm->tree, v);
-	lzm_mm_write_unlock(mm);
+	ret = region_insert(mm, v, spare);
 	if (ret == 0)
 		v = NULL;
 out:

@@ -298,26 +298,41 @@ DTEST(the_second_client_finds_the_first_ones_pages_in_the_cache)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
+/* A shared writable map of the file with one word of each page changed. */
+static uint64_t *map_and_write(struct lazymap *lm, size_t size)
+{
+	uint64_t *p = map_file(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, O_RDWR);
+
+	for (size_t i = 0; i < size / 8; i += 512)
+		p[i] = ~word_of(i * 8);
+	return p;
+}
+
+/* The file has what map_and_write wrote. */
+static void file_has_writes(size_t size, const char *when)
+{
+	int fd = open(data_path, O_RDONLY);
+	uint64_t w;
+
+	for (size_t i = 0; i < size / 8; i += 512) {
+		cr_assert_eq(pread(fd, &w, 8, (off_t)(i * 8)), 8);
+		cr_assert_eq(w, ~word_of(i * 8), "word %zu not in the file %s", i, when);
+	}
+	close(fd);
+}
+
 DTEST(shared_writes_reach_the_file_at_sync)
 {
 	const size_t size = 4u << 20;
 	struct lazymap *lm;
-	uint64_t *p, w;
-	int fd;
+	uint64_t *p;
 
 	faultd_start(NULL);
 	make_file(data_path, size);
 	lm = client_open();
-	p = map_file(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, O_RDWR);
-	for (size_t i = 0; i < size / 8; i += 512)
-		p[i] = ~word_of(i * 8);
+	p = map_and_write(lm, size);
 	cr_assert_eq(lazymap_sync(lm, p, size), 0);
-	fd = open(data_path, O_RDONLY);
-	for (size_t i = 0; i < size / 8; i += 512) {
-		cr_assert_eq(pread(fd, &w, 8, (off_t)(i * 8)), 8);
-		cr_assert_eq(w, ~word_of(i * 8), "word %zu not written back", i);
-	}
-	close(fd);
+	file_has_writes(size, "after lazymap_sync");
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
@@ -366,19 +381,13 @@ DTEST(sigterm_with_dirty_shared_pages_loses_nothing)
 	faultd_start(NULL);
 	make_file(data_path, size);
 	lm = client_open();
-	p = map_file(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, O_RDWR);
-	for (size_t i = 0; i < size / 8; i += 512)
-		p[i] = ~word_of(i * 8);
+	p = map_and_write(lm, size);
 	cr_assert_eq(faultd_stop(), 0, "faultd did not stop cleanly on SIGTERM");
-	/* faultd wrote them back as it let us go */
-	fd = open(data_path, O_RDONLY);
-	for (size_t i = 0; i < size / 8; i += 512) {
-		cr_assert_eq(pread(fd, &w, 8, (off_t)(i * 8)), 8);
-		cr_assert_eq(w, ~word_of(i * 8), "word %zu lost at SIGTERM", i);
-	}
+	file_has_writes(size, "after faultd's SIGTERM"); /* it wrote them as it let us go */
 	/* and we go on in process: writes after it reach the file too */
 	p[1] = 42;
 	cr_assert_eq(lazymap_sync(lm, p, size), 0);
+	fd = open(data_path, O_RDONLY);
 	cr_assert_eq(pread(fd, &w, 8, 8), 8);
 	cr_assert_eq(w, 42);
 	close(fd);
