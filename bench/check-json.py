@@ -3,7 +3,14 @@
 """The benchmark's smoke test: run lazymap-bench --quick --json and check that
 the JSON parses and holds every row --list names, each twin with a status and,
 when it ran, sane numbers; then that bench/plot turns it into a PNG. It times
-nothing: speed is the benchmark's job. Usage: check-json.py BENCH PLOT"""
+nothing: speed is the benchmark's job (a daemon row's target may be met or
+not; it must only be stated).
+
+The daemon rows run through a faultd the bench starts itself. They may be
+"unavailable" only all together, each side with a reason, when faultd could
+not be found or started; once faultd served, every side of them must have
+run. --expect-faultd (the build made faultd): the bench must have found it.
+Usage: check-json.py BENCH PLOT [--expect-faultd]"""
 import json
 import os
 import subprocess
@@ -13,6 +20,7 @@ import tempfile
 
 def main():
     bench, plot = sys.argv[1], sys.argv[2]
+    expect_faultd = '--expect-faultd' in sys.argv[3:]
     rows = [line.split()[0] for line in
             subprocess.run([bench, '--list'], capture_output=True, text=True,
                            check=True).stdout.splitlines() if line.strip()]
@@ -54,11 +62,42 @@ def main():
               for r in data['results'] if r['group'] == 'threads'}
     check(matrix == {(f, h) for f in (1, 2, 4) for h in ('1', '2')},
           f'threads matrix is {sorted(matrix)}, not 1,2,4 faulting x 1,2 handlers')
+    daemon_rows = [r for r in data['results'] if r['group'] == 'daemon']
+    fd = data.get('faultd')
+    if daemon_rows:
+        check(isinstance(fd, dict) and fd.get('status') in ('ok', 'unavailable'),
+              f'daemon rows without a top-level "faultd" status: {fd}')
+        fd = fd if isinstance(fd, dict) else {}
+        if fd.get('status') == 'unavailable':
+            check(bool(fd.get('reason')), 'faultd unavailable without a reason')
+        if expect_faultd:
+            check(bool(fd.get('binary')), f"faultd was built but the bench did not find it: {fd.get('reason')}")
+        if fd.get('status') == 'unavailable':
+            print(f"note: the daemon rows did not run: {fd.get('reason')}")
+        for r in daemon_rows:
+            check(r.get('twin') == 'kernel' and isinstance(r.get('in_process'), dict),
+                  f"{r['row']}: a daemon row needs the kernel twin and an in_process side")
+            t = r.get('target')
+            check(isinstance(t, dict) and t.get('max') == 1.5 and t.get('met') in (True, False, None),
+                  f"{r['row']}: no target (max 1.5, met true/false/null): {t}")
+            for side in ('kernel', 'lazymap', 'in_process'):
+                s = r.get(side, {})
+                if fd.get('status') == 'ok':
+                    check(s.get('status') == 'ok',
+                          f"{r['row']} {side}: {s.get('status')} ({s.get('reason')}) though faultd served")
+                else:
+                    check(s.get('status') == 'unavailable' and bool(s.get('reason')),
+                          f"{r['row']} {side}: {s.get('status')}, faultd unavailable: want 'unavailable' with a reason")
+            if fd.get('status') == 'ok':
+                check(isinstance(t, dict) and isinstance(t.get('value'), (int, float)) and t['value'] > 0
+                      and t.get('met') == (t['value'] <= t['max']),
+                      f"{r['row']}: target not stated: {t}")
+                check(r.get('ratio_faultd_in_process', 0) > 0, f"{r['row']}: no faultd/in-process ratio")
     for r in data['results']:
         check(r['group'] in ('anon', 'threads', 'file', 'daemon'),
               f"{r['row']}: group {r['group']}")
-        for side in ('kernel', 'lazymap'):
-            s = r[side]
+        for side in ('kernel', 'lazymap') + (('in_process',) if r['group'] == 'daemon' else ()):
+            s = r.get(side, {'status': 'missing'})
             check(s['status'] in ('ok', 'unavailable'),
                   f"{r['row']} ({r['threads']} threads) {side}: status {s['status']}")
             if s['status'] != 'ok':
