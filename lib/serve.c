@@ -138,8 +138,6 @@ int lzm_client_open(struct client *cl, int fd, unsigned flags, uint64_t *id, uin
 	char path[64];
 	int ret, mfd;
 
-	if (cl->nfiles >= cl->lim.max_files)
-		return -EMFILE;
 	if (cl->nfiles == cl->files_cap) {
 		unsigned cap = cl->files_cap ? 2 * cl->files_cap : 8;
 		struct client_file *more = realloc(cl->files, cap * sizeof(*more));
@@ -152,6 +150,20 @@ int lzm_client_open(struct client *cl, int fd, unsigned flags, uint64_t *id, uin
 	ret = lzm_cache_open(fd, flags & OPEN_DIRECT, write, &c);
 	if (ret)
 		return ret;
+	/* a file opened before is one slot still (a descriptor that may write
+	 * makes it writable from now on) */
+	struct client_file *f = NULL;
+
+	for (unsigned i = 0; i < cl->nfiles && !f; i++)
+		if (cl->files[i].c == c)
+			f = &cl->files[i];
+	if (f) {
+		lzm_cache_put(c); /* the slot holds one reference */
+		write = f->write = f->write || write;
+	} else if (cl->nfiles >= cl->lim.max_files) {
+		lzm_cache_put(c);
+		return -EMFILE;
+	}
 	if (write) {
 		mfd = fcntl(c->memfd, F_DUPFD_CLOEXEC, 3);
 	} else {
@@ -160,10 +172,12 @@ int lzm_client_open(struct client *cl, int fd, unsigned flags, uint64_t *id, uin
 	}
 	if (mfd < 0) {
 		ret = -errno;
-		lzm_cache_put(c);
+		if (!f)
+			lzm_cache_put(c);
 		return ret;
 	}
-	cl->files[cl->nfiles++] = (struct client_file){ c, write };
+	if (!f)
+		cl->files[cl->nfiles++] = (struct client_file){ c, write };
 	*id = c->id;
 	*size = lzm_cache_refresh_size(c);
 	*memfd = mfd;

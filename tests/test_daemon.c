@@ -764,3 +764,32 @@ DTEST(a_client_stuck_on_a_dead_file_does_not_hold_up_another)
 	kill(fs.pid, SIGCONT); /* faultd's stop waits for the read in flight */
 	fusefs_stop(&fs);
 }
+
+DTEST(a_file_mapped_again_and_again_is_one_of_the_clients_files)
+{
+	struct lazymap *lm;
+
+	faultd_start("[limits]\ndescriptors = 2\n");
+	make_file(data_path, 1u << 20);
+	lm = client_open();
+	for (int i = 0; i < 20; i++) {
+		void *p = map_file(lm, 1u << 20, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+
+		cr_assert_eq(scan(p, 1u << 20, 1), 0);
+		cr_assert_eq(lazymap_unmap(lm, p, 1u << 20), 0);
+	}
+	/* two other files fit no more: the limit is on files */
+	char other[160];
+	void *p = NULL;
+	int fd;
+
+	for (int i = 0; i < 2; i++) {
+		snprintf(other, sizeof(other), "%s/other%d", dir, i);
+		fd = open(other, O_RDWR | O_CREAT, 0600);
+		cr_assert_eq(ftruncate(fd, 1u << 20), 0);
+		cr_assert_eq(lazymap_map(lm, &p, 1u << 20, PROT_READ, LAZYMAP_PRIVATE, fd, 0),
+			     i == 0 ? 0 : -EMFILE);
+		close(fd);
+	}
+	cr_assert_eq(lazymap_close(lm), 0);
+}
