@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -30,6 +31,10 @@ static int status(const char *path, bool json)
 		fprintf(stderr, "faultctl: %s: %s (is faultd running?)\n", path, strerror(errno));
 		return 1;
 	}
+	/* a faultd that does not answer (stopped, or not faultd) is an error */
+	struct timeval limit = { .tv_sec = 5 };
+
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
 	ret = lzm_proto_send(s, MSG_STATUS, 1, NULL, 0, -1, false);
 	if (ret == 0)
 		ret = lzm_proto_recv(s, &m, false);
@@ -41,7 +46,9 @@ static int status(const char *path, bool json)
 	}
 	if (ret || m.hdr.type != MSG_STATUS_REPLY) {
 		fprintf(stderr, "faultctl: %s: %s\n", path,
-			ret ? strerror(-ret) : "an answer that is not a status");
+			ret == -EAGAIN ? "no answer within 5 s"
+			: ret	       ? strerror(-ret)
+				       : "an answer that is not a status");
 		return 1;
 	}
 	const struct proto_status_reply *st = &m.u.status;

@@ -17,6 +17,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +26,11 @@
 #include "proto.h"
 #include "config.h"
 #include "log.h"
+
+/* Seconds a connection may take to send its first message. */
+#define HELLO_WAIT_S 5
+#define STR(x)  #x
+#define XSTR(x) STR(x)
 
 struct session {
 	struct session *next;     /* sessions, under sessions_lock */
@@ -152,6 +158,9 @@ static bool serve_one(struct session *s, struct proto_msg *m)
 		pthread_mutex_lock(&sessions_lock);
 		s->cl = cl;
 		pthread_mutex_unlock(&sessions_lock);
+		struct timeval none = { 0 };
+
+		setsockopt(s->sock, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
 		hr.client_id = lzm_client_mm(cl)->id;
 		hr.max_regions = cfg.max_regions;
 		hr.max_mapped = cfg.max_mapped;
@@ -211,6 +220,10 @@ static void *session_main(void *arg)
 			continue;
 		if (ret == -ECONNRESET)
 			break;
+		if (ret == -EAGAIN && !s->cl) {
+			refuse(s, -ETIMEDOUT, "nothing asked within " XSTR(HELLO_WAIT_S) " s");
+			break;
+		}
 		if (ret) {
 			refuse(s, ret, "malformed message");
 			break;
@@ -278,6 +291,10 @@ static void accept_one(int lfd)
 	}
 	s->sock = fd;
 	reap_sessions(); /* those that ended count no more */
+	/* a connection says what it wants at once, or goes (hello clears it) */
+	struct timeval first = { .tv_sec = HELLO_WAIT_S };
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &first, sizeof(first));
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &s->cred, &len)) {
 		close(fd);
 		free(s);

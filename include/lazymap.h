@@ -219,11 +219,16 @@ struct lazymap_opts {
  * hangs and nothing is lost: the library starts its own handler threads on
  * the same userfaultfd, the pages already in faultd's caches stay mapped,
  * the faults faultd had read and not answered are raised again, and the
- * next sync writes back every cached page of shared writable regions (which
- * of them faultd left dirty is unknown). faultd writes back what we wrote
- * when it lets us go and at lazymap_close. faultd never opens a path we
- * name: it pages a file through the descriptor lazymap_map gives it, and
- * hands back its cache read-only unless that descriptor could write.
+ * pages this process wrote that faultd had not written back are written by
+ * the next sync (only those: a page another process wrote stays theirs).
+ * From then on this process keeps its own copy of those files' pages: it no
+ * longer sees other processes' writes to them before they reach the file
+ * (as with read(2) and write(2)), nor they its writes before its sync. A
+ * faultd started again serves new lazymaps, not this one. faultd writes
+ * back what we wrote when it lets us go (SIGTERM) and at lazymap_close.
+ * faultd never opens a path we name: it pages a file through the
+ * descriptor lazymap_map gives it, and hands back its cache read-only
+ * unless that descriptor could write.
  */
 
 /* Mapping flags: mmap's vocabulary. */
@@ -260,6 +265,8 @@ struct lazymap_opts {
  *         -ECONNREFUSED nobody listening, -EACCES), -ENAMETOOLONG a path
  *         longer than a UNIX socket's, -EACCES faultd refused this user (its
  *         allow-lists), -EUSERS faultd serves as many clients as it may,
+ *         -ETIMEDOUT nothing answered within 10 s (a stopped faultd, or a
+ *         socket that is not faultd's),
  *         -EINVAL an empty path, or with resident_limit or LAZYMAP_INSTALL_MOVE;
  *         -EOPNOTSUPP a kernel before 6.6 (no UFFDIO_POISON, or no minor faults
  *         and write protection on shared memory), or

@@ -733,7 +733,6 @@ static bool memfd_has(struct cache *c, uint64_t fp)
 
 size_t lzm_cache_take_over(struct cache *c)
 {
-	bool dirty = c->wfd >= 0; /* faultd may have left writes unwritten */
 	off_t at = 0, end;
 	size_t n = 0;
 
@@ -744,13 +743,13 @@ size_t lzm_cache_take_over(struct cache *c)
 		for (uint64_t fp = (uint64_t)at >> lzm_page_shift;
 		     fp < cache_max_pages() && (off_t)(fp << lzm_page_shift) < end; fp++) {
 			struct cache_chunk *ch = chunk_get(c, fp, true);
-			uint8_t old, want = CP_CACHED | (dirty ? CP_DIRTY : 0);
+			uint8_t old;
 
 			if (!ch)
 				return n;
-			old = atomic_fetch_or_explicit(&ch->s[fp & (CHUNK_PAGES - 1)], want,
+			old = atomic_fetch_or_explicit(&ch->s[fp & (CHUNK_PAGES - 1)], CP_CACHED,
 						       memory_order_acq_rel);
-			count(c, ch, !(old & CP_CACHED), dirty && !(old & (CP_DIRTY | CP_WRITEBACK)));
+			count(c, ch, !(old & CP_CACHED), 0);
 			n++;
 		}
 		at = end;

@@ -270,8 +270,8 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp);
  * closed if the file has a cache of owner's already), faultd's remote_id. */
 int lzm_cache_open_remote(int fd, bool direct, bool write, int memfd, const void *owner,
 			  uint64_t remote_id, struct cache **cp);
-/* faultd went: the pages its memfd holds become the cache's, dirty if they
- * may have been written (unknown which). Returns how many. */
+/* faultd went: the pages its memfd holds become the cache's (clean: which
+ * ones we wrote, remote.c finds). Returns how many. */
 size_t lzm_cache_take_over(struct cache *c);
 /* Call fn on every cache of owner's, with a reference held. */
 void lzm_cache_each(const void *owner, void (*fn)(struct cache *c, void *arg), void *arg);

@@ -11,12 +11,17 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
+
 
 #include "internal.h"
 #include "proto.h"
 
 enum remote_state { SERVED, TAKING_OVER, IN_PROCESS };
+
+/* Seconds faultd may take to answer hello. */
+#define HELLO_TIMEOUT_S 10
 
 struct remote {
 	struct lazymap *lm;
@@ -148,7 +153,13 @@ static void *monitor_main(void *arg)
 static int call(struct remote *r, unsigned type, const void *body, size_t size, int fd,
 		unsigned want, struct proto_msg *out)
 {
+	/* hello is answered at once, or faultd is not well (stopped, or not
+	 * faultd): lazymap_open says so instead of waiting for ever */
+	struct timespec deadline;
 	int ret;
+
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += HELLO_TIMEOUT_S;
 
 	pthread_mutex_lock(&r->req_lock);
 	pthread_mutex_lock(&r->lock);
@@ -160,7 +171,14 @@ static int call(struct remote *r, unsigned type, const void *body, size_t size, 
 		ret = lzm_proto_send(r->sock, type, r->seq, body, size, fd, false);
 	pthread_mutex_lock(&r->lock);
 	while (ret == 0 && !r->have_reply && r->state == SERVED)
-		pthread_cond_wait(&r->cond, &r->lock);
+		if (type == MSG_HELLO ? pthread_cond_timedwait(&r->cond, &r->lock, &deadline)
+				      : pthread_cond_wait(&r->cond, &r->lock))
+			ret = -ETIMEDOUT;
+	if (ret == -ETIMEDOUT) {
+		pthread_mutex_unlock(&r->lock);
+		pthread_mutex_unlock(&r->req_lock);
+		return ret;
+	}
 	if (ret == 0 && r->have_reply) {
 		*out = r->reply;
 		r->have_reply = false;
@@ -326,7 +344,58 @@ static void cache_take_over(struct cache *c, void *arg)
 {
 	size_t *n = arg;
 
-	*n += lzm_cache_take_over(c);
+	/* a read-only one takes no page from us: its regions read the file */
+	if (!c->memfd_ro)
+		*n += lzm_cache_take_over(c);
+}
+
+/*
+ * Which cached pages we wrote and faultd did not write back: faultd makes a
+ * page of a shared region writable only once it is dirty, and protects it
+ * again before it writes it back, so our pages mapped without write
+ * protection are exactly the dirty ones (/proc/self/pagemap's uffd-wp bit).
+ * Other processes' writes are theirs to write back: a sync of ours never
+ * writes a page we did not write (it could undo theirs).
+ */
+#define PM_PRESENT (1ull << 63)
+#define PM_UFFD_WP (1ull << 57)
+
+static size_t find_dirty(struct mm *mm)
+{
+	uint64_t pm[512];
+	size_t n = 0;
+
+	if (mm->pagemap_fd < 0)
+		return 0;
+	pthread_rwlock_rdlock(&mm->lock);
+	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v)) {
+		struct cache *c = v->src->cache;
+
+		if (!vma_writeback(v))
+			continue;
+		for (uintptr_t a = v->start; a < v->end;) {
+			size_t k = (v->end - a) >> lzm_page_shift;
+			ssize_t got;
+
+			k = k < 512 ? k : 512;
+			got = pread(mm->pagemap_fd, pm, k * sizeof(pm[0]),
+				    (off_t)((a >> lzm_page_shift) * sizeof(pm[0])));
+			if (got <= 0)
+				break;
+			k = (size_t)got / sizeof(pm[0]);
+			for (size_t i = 0; i < k; i++) {
+				if (!(pm[i] & PM_PRESENT) || (pm[i] & PM_UFFD_WP))
+					continue;
+				pthread_mutex_lock(&c->lock);
+				lzm_cache_dirty(c, vma_file_page(v, a + (i << lzm_page_shift)));
+				pthread_mutex_unlock(&c->lock);
+				n++;
+			}
+			a += k << lzm_page_shift;
+		}
+	}
+	pthread_rwlock_unlock(&mm->lock);
+	return n;
 }
 
 /*
@@ -373,6 +442,8 @@ static bool take_over(struct remote *r)
 	int ret;
 
 	lzm_cache_each(r, cache_take_over, &pages);
+	size_t dirty = find_dirty(mm);
+
 	copy_read_only(mm);
 	ret = lzm_handlers_start(lm);
 	if (ret) {
@@ -386,6 +457,7 @@ static bool take_over(struct remote *r)
 	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
 		lzm_uffd_wake(mm->uffd, v->start, v->end - v->start);
 	pthread_rwlock_unlock(&mm->lock);
-	lzm_log(lm, LOG_INFO, "in-process handlers serve now; %zu cached pages kept", pages);
+	lzm_log(lm, LOG_INFO, "in-process handlers serve now; %zu cached pages kept, %zu of ours "
+		"dirty", pages, dirty);
 	return true;
 }

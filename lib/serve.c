@@ -245,6 +245,18 @@ static int queue_prefetch(struct client *cl, const struct proto_range *r)
 	return 0;
 }
 
+/* A change of part of a region may split it in three: within the limit, or
+ * -ENOMEM as mprotect at the kernel's map count. */
+static int room_to_split(struct client *cl)
+{
+	size_t n;
+
+	pthread_rwlock_rdlock(&cl->mm->lock);
+	n = cl->mm->tree.count;
+	pthread_rwlock_unlock(&cl->mm->lock);
+	return n + 2 > cl->lim.max_regions ? -ENOMEM : 0;
+}
+
 int lzm_client_range(struct client *cl, unsigned type, const struct proto_range *r)
 {
 	struct mm *mm = cl->mm;
@@ -260,11 +272,11 @@ int lzm_client_range(struct client *cl, unsigned type, const struct proto_range 
 	case MSG_SYNC:
 		return lzm_mm_writeback(mm, r->addr, r->len, true);
 	case MSG_PROTECT:
-		return lzm_mm_protect(mm, r->addr, r->len, (int)r->arg);
+		return room_to_split(cl) ?: lzm_mm_protect(mm, r->addr, r->len, (int)r->arg);
 	case MSG_ADVISE:
 		if (r->arg == LAZYMAP_ADV_WILLNEED)
 			return queue_prefetch(cl, r);
-		return lzm_mm_advise(mm, r->addr, r->len, (int)r->arg);
+		return room_to_split(cl) ?: lzm_mm_advise(mm, r->addr, r->len, (int)r->arg);
 	case MSG_PREFETCH:
 		return queue_prefetch(cl, r);
 	}

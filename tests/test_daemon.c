@@ -793,3 +793,98 @@ DTEST(a_file_mapped_again_and_again_is_one_of_the_clients_files)
 	}
 	cr_assert_eq(lazymap_close(lm), 0);
 }
+
+/* After faultd is gone: a region mapped again reads right (no endless
+ * fault on a page faultd's read-only cache holds), and a shared writable
+ * one made then writes to the file (it does not land in memory nobody
+ * writes back). */
+DTEST(regions_mapped_after_faultd_died_read_and_write_the_file)
+{
+	const size_t size = 1u << 20;
+	struct lazymap *lm;
+	uint64_t *ro, *again, *rw, w;
+	int fd;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	lm = client_open();
+	ro = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+	cr_assert_eq(ro[0], word_of(0));
+	kill(faultd_pid, SIGKILL);
+	waitpid(faultd_pid, NULL, 0);
+	faultd_pid = -1;
+	again = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
+	cr_assert_eq(scan(again, size, 2), 0);
+	rw = map_file(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, O_RDWR);
+	rw[1024] = 42;
+	cr_assert_eq(lazymap_sync(lm, rw, size), 0);
+	fd = open(data_path, O_RDONLY);
+	cr_assert_eq(pread(fd, &w, 8, 1024 * 8), 8);
+	close(fd);
+	cr_assert_eq(w, 42, "a write after faultd died did not reach the file");
+	/* the first region, untouched there: the file as it is now */
+	cr_assert_eq(ro[1024], 42);
+	cr_assert_eq(ro[512 * 100], word_of(512 * 100 * 8));
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* A client that took its faults back writes back what it wrote, and only
+ * that: a page another process wrote to the file meanwhile stays theirs. */
+DTEST(a_sync_after_faultd_died_writes_only_our_own_pages)
+{
+	const size_t size = 1u << 20;
+	struct lazymap *lm;
+	uint64_t *p, w, theirs = 0x7e7e7e7e;
+	int fd;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	lm = client_open();
+	p = map_file(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, O_RDWR);
+	p[0] = 42;                          /* ours, not synced */
+	cr_assert_eq(p[512], word_of(512 * 8)); /* page 1: read only */
+	kill(faultd_pid, SIGKILL);
+	waitpid(faultd_pid, NULL, 0);
+	faultd_pid = -1;
+	fd = open(data_path, O_RDWR);
+	cr_assert_eq(pwrite(fd, &theirs, 8, 4096), 8); /* another process's write */
+	cr_assert_eq(lazymap_sync(lm, p, size), 0);
+	cr_assert_eq(pread(fd, &w, 8, 0), 8);
+	cr_assert_eq(w, 42, "our write was lost");
+	cr_assert_eq(pread(fd, &w, 8, 4096), 8);
+	cr_assert_eq(w, theirs, "our sync wrote back a page we never wrote, over another's write");
+	close(fd);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* A socket whose server never answers (a stopped faultd, or not faultd):
+ * lazymap_open says so in bounded time; and faultd drops a connection
+ * that asks nothing, so that idle ones cannot keep clients out. */
+DTEST(a_server_that_never_answers_and_a_client_that_never_asks)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct lazymap_opts o = { .daemon = sock_path };
+	struct lazymap *lm = NULL;
+	struct proto_msg m;
+	int l, s;
+
+	require_uffd(UFFD_FEATURE_POISON);
+	strcpy(sa.sun_path, sock_path);
+	l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	cr_assert_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(l, 4), 0);
+	double t0 = now_s();
+
+	cr_assert_eq(lazymap_open(&lm, &o), -ETIMEDOUT);
+	cr_assert_lt(now_s() - t0, 30, "lazymap_open waited %.0f s", now_s() - t0);
+	close(l);
+	unlink(sock_path);
+
+	faultd_start(NULL);
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(lzm_proto_recv(s, &m, false), 0); /* after a while */
+	cr_assert_eq(m.hdr.type, MSG_ERROR);
+	cr_assert_eq(m.u.error.err, -ETIMEDOUT);
+	close(s);
+}
