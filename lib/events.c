@@ -751,12 +751,17 @@ static void child_new(struct handler *h, struct mm *parent, int ufd, uint64_t wa
 
 void lzm_child_add(struct lazymap *lm, struct mm *mm)
 {
+	/* Listed, it may be found gone and released by another handler at
+	 * once (a child that exits at birth): ours until its descriptors are
+	 * in the epoll sets (closed, they leave them by themselves). */
+	lzm_mm_get(mm);
 	pthread_mutex_lock(&lm->children_lock);
 	mm->next_child = lm->children;
 	lm->children = mm;
 	atomic_fetch_add(&lm->nchildren, 1);
 	pthread_mutex_unlock(&lm->children_lock);
 	epoll_children(lm, mm, EPOLL_CTL_ADD);
+	lzm_mm_put(mm);
 }
 
 struct mm *lzm_child_find(struct lazymap *lm, uint64_t id)
