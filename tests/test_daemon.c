@@ -227,15 +227,23 @@ DTEST(anonymous_regions_read_zeros_and_keep_what_is_written)
 
 	faultd_start(NULL);
 	lm = client_open();
-	cr_assert_eq(lazymap_map(lm, (void **)&p, size, PROT_READ | PROT_WRITE,
-				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
-	for (size_t i = 0; i < size; i += 4096)
-		bad += p[i] != 0;
-	for (size_t i = 0; i < size; i += 512)
-		p[i] = (unsigned char)(i >> 9);
-	for (size_t i = 0; i < size; i += 512)
-		bad += p[i] != (unsigned char)(i >> 9);
-	cr_assert_eq(bad, 0);
+	/* private, then shared (shmem: a child of fork() shares its pages) */
+	for (int kind = LAZYMAP_PRIVATE; kind <= LAZYMAP_SHARED; kind++) {
+		cr_assert_eq(lazymap_map(lm, (void **)&p, size, PROT_READ | PROT_WRITE,
+					 kind | LAZYMAP_ANON, -1, 0), 0);
+		for (size_t i = 0; i < size; i += 4096)
+			bad += p[i] != 0;
+		for (size_t i = 0; i < size; i += 512)
+			p[i] = (unsigned char)(i >> 9);
+		for (size_t i = 0; i < size; i += 512)
+			bad += p[i] != (unsigned char)(i >> 9);
+		cr_assert_eq(bad, 0, "%s: %zu wrong bytes", kind == LAZYMAP_SHARED ? "shared" : "private",
+			     bad);
+	}
+	struct lazymap_stats st;
+
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_gt(st.faults, 0, "faultd served no fault");
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
