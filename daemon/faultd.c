@@ -291,6 +291,11 @@ static void accept_one(int lfd)
 	}
 	s->sock = fd;
 	reap_sessions(); /* those that ended count no more */
+	/* room for a burst of events (a munmap storm) while the client's
+	 * monitor catches up: one it cannot take is dropped, never waited for */
+	int sndbuf = 4 << 20;
+
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 	/* a connection says what it wants at once, or goes (hello clears it) */
 	struct timeval first = { .tv_sec = HELLO_WAIT_S };
 
