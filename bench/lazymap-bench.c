@@ -4441,6 +4441,17 @@ int main(int argc, char **argv)
 				snprintf(rw->k.why, sizeof(rw->k.why), "not run: faultd is unavailable");
 				snprintf(rw->p.why, sizeof(rw->p.why), "not run: faultd is unavailable");
 			}
+#ifdef __SANITIZE_THREAD__
+			/* client 1 is a child of this multi-threaded process that starts
+			 * threads of its own: ThreadSanitizer cannot follow it */
+			if (!strcmp(j->sc->name, "daemon-shared")) {
+				rw->l.status = rw->k.status = rw->p.status = "unavailable";
+				snprintf(rw->l.why, sizeof(rw->l.why), "not run under ThreadSanitizer: "
+					 "client 1, a child of a multi-threaded process, starts threads");
+				snprintf(rw->k.why, sizeof(rw->k.why), "%s", rw->l.why);
+				snprintf(rw->p.why, sizeof(rw->p.why), "%s", rw->l.why);
+			}
+#endif
 			run_row(lm, &opts, rw, repeat, lat);
 		}
 		print_row(rw);
