@@ -208,9 +208,13 @@ struct lazymap_opts {
  * the faults, and file pages live in faultd's page cache, one per file for
  * every client: a page one process read is mapped by the next with no read
  * and no copy. Every call behaves as in process, with these differences:
- * - lazymap_map_fill is -EOPNOTSUPP (the callback would have to run in
- *   faultd); resident_limit and LAZYMAP_INSTALL_MOVE are -EINVAL at open
- *   (the budget is faultd's, from its config; pages cannot be moved between
+ * - fill-callback regions (lazymap_map_fill) are served in process, as
+ *   without opts.daemon: the callback runs here. Handler threads of this
+ *   process start with the first such region; the calls on their ranges
+ *   work as on any, but a range may not span both kinds (-EINVAL), and
+ *   lazymap_dump does not show them;
+ * - resident_limit and LAZYMAP_INSTALL_MOVE are -EINVAL at open (the
+ *   budget is faultd's, from its config; pages cannot be moved between
  *   processes);
  * - a forked child gets no copy of file regions (as without fork events);
  * - lazymap_stats counts the faults faultd served for us in faults, and

@@ -945,6 +945,9 @@ struct lazymap {
 	 * only if faultd goes, and handlers_up says they have */
 	struct remote *remote;
 	atomic_bool handlers_up;
+	/* with remote: the lazymap serving our fill-callback regions in
+	 * process (lazymap.c), opened at the first; NULL until then */
+	_Atomic(struct lazymap *) fills;
 };
 
 /* --------------------------------------------------------------- evict.c */

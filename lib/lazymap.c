@@ -362,6 +362,9 @@ int lazymap_close(struct lazymap *lm)
 	/* faultd writes back what we wrote, and serves us until we are gone */
 	int ret = lzm_remote_bye(lm);
 
+	if (atomic_load(&lm->fills))
+		ret = lazymap_close(atomic_load(&lm->fills)) ?: ret;
+
 	ret = lzm_mm_unmap_all(&lm->mm) ?: ret;
 
 	lazymap_free(lm);
@@ -488,6 +491,43 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 	return map_source(lm, addrp, len, prot, flags, src);
 }
 
+/*
+ * Served by faultd, a lazymap serves its fill-callback regions in process:
+ * a second lazymap of its own (lm->fills, opened at the first such region
+ * with lm's options), to which the calls on their ranges go. lm pinned.
+ */
+static pthread_mutex_t fills_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int fills_open(struct lazymap *lm, struct lazymap **fillsp)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&fills_lock);
+	if (!atomic_load(&lm->fills)) {
+		struct lazymap_opts o = lm->opts;
+		struct lazymap *fills;
+
+		o.daemon = NULL;
+		if (o.handler_threads > MAX_HANDLER_THREADS)
+			o.handler_threads = LAZYMAP_HANDLERS_PER_CPU;
+		ret = lazymap_open(&fills, &o);
+		if (ret == 0)
+			atomic_store(&lm->fills, fills);
+	}
+	*fillsp = atomic_load(&lm->fills);
+	pthread_mutex_unlock(&fills_lock);
+	return ret;
+}
+
+/* The lazymap whose regions hold [start, start+len): lm->fills for its
+ * fill-callback regions, else lm. */
+static struct lazymap *range_owner(struct lazymap *lm, uintptr_t start, size_t len)
+{
+	struct lazymap *fills = atomic_load(&lm->fills);
+
+	return fills && lzm_mm_owned(&fills->mm, start, len) == 0 ? fills : lm;
+}
+
 int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
 		     lazymap_fill_fn fill, void *arg)
 {
@@ -499,10 +539,15 @@ int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
 	ret = lazymap_get(lm);
 	if (ret)
 		return ret;
-	ret = lm->remote ? -EOPNOTSUPP : 0; /* the callback runs here, faultd serves elsewhere */
+	if (lm->remote) {
+		/* the callback runs here: such regions are served in process */
+		struct lazymap *fills;
+
+		ret = fills_open(lm, &fills);
+		lazymap_put(lm);
+		return ret ? ret : lazymap_map_fill(fills, addrp, len, prot, fill, arg);
+	}
 	lazymap_put(lm);
-	if (ret)
-		return ret;
 	ret = lzm_source_new_fill(len >> lzm_page_shift, fill, arg, &src);
 	return ret ? ret : map_source(lm, addrp, len, prot, LAZYMAP_PRIVATE | LAZYMAP_ANON, src);
 }
@@ -556,6 +601,14 @@ int lazymap_unmap(struct lazymap *lm, void *addr, size_t len)
 
 	if (ret)
 		return ret;
+	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
+		struct lazymap *owner = range_owner(lm, start, len);
+
+		if (owner != lm) {
+			lazymap_put(lm);
+			return lazymap_unmap(owner, addr, len);
+		}
+	}
 	ret = remote_first(lm, MSG_UNMAP, start, len, 0);
 	if (ret == 0)
 		ret = lzm_mm_unmap(&lm->mm, start, len);
@@ -573,6 +626,14 @@ int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot)
 	ret = range_begin(lm, addr, &len, &start);
 	if (ret)
 		return ret;
+	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
+		struct lazymap *owner = range_owner(lm, start, len);
+
+		if (owner != lm) {
+			lazymap_put(lm);
+			return lazymap_protect(owner, addr, len, prot);
+		}
+	}
 	ret = remote_first(lm, MSG_PROTECT, start, len, (unsigned)prot);
 	if (ret == 0)
 		ret = lzm_mm_protect(&lm->mm, start, len, prot);
@@ -592,6 +653,14 @@ int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice)
 	ret = range_begin(lm, addr, &len, &start);
 	if (ret)
 		return ret;
+	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
+		struct lazymap *owner = range_owner(lm, start, len);
+
+		if (owner != lm) {
+			lazymap_put(lm);
+			return lazymap_advise(owner, addr, len, advice);
+		}
+	}
 	ret = remote_first(lm, MSG_ADVISE, start, len, (unsigned)advice);
 	if (ret == 0)
 		ret = lzm_mm_advise(&lm->mm, start, len, advice);
@@ -607,6 +676,14 @@ int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 
 	if (ret)
 		return ret;
+	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
+		struct lazymap *owner = range_owner(lm, start, len);
+
+		if (owner != lm) {
+			lazymap_put(lm);
+			return lazymap_prefetch(owner, addr, len);
+		}
+	}
 	ret = lzm_mm_owned(&lm->mm, start, len);
 	if (ret == 0)
 		ret = remote_only(lm, MSG_PREFETCH, start, len);
@@ -634,6 +711,14 @@ int lazymap_sync(struct lazymap *lm, void *addr, size_t len)
 
 	if (ret)
 		return ret;
+	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
+		struct lazymap *owner = range_owner(lm, start, len);
+
+		if (owner != lm) {
+			lazymap_put(lm);
+			return lazymap_sync(owner, addr, len);
+		}
+	}
 	ret = lzm_mm_owned(&lm->mm, start, len);
 	if (ret == 0)
 		ret = remote_only(lm, MSG_SYNC, start, len);
@@ -738,6 +823,22 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 #undef NOW
 #undef MAX
 #undef SUM
+	/* our fill-callback regions' lazymap's, when faultd serves the rest */
+	struct lazymap *fills = atomic_load_explicit(&lm->fills, memory_order_acquire);
+	struct lazymap_stats f;
+
+	if (fills && lazymap_stats(fills, &f) == 0) {
+#define SUM(x) all.x += f.x;
+#define MAX(x) all.x = max_u64(all.x, f.x);
+#define NOW(x)
+#define STAT(name, how, what) how(name)
+		LAZYMAP_COUNTERS(STAT)
+#undef STAT
+#undef NOW
+#undef MAX
+#undef SUM
+		all.regions += f.regions;
+	}
 	/* faultd's, of the faults it served us (the first counter: faults) */
 	if (lm->remote && !lzm_current_handler) {
 		uint64_t v[1] = { 0 };

@@ -617,13 +617,41 @@ DTEST(a_socket_nobody_serves_is_a_clear_error)
 	o.daemon = longpath;
 	cr_assert_eq(lazymap_open(&lm, &o), -ENAMETOOLONG);
 	cr_assert_null(lm);
-	/* a fill callback cannot be served from another process */
-	faultd_start(NULL);
-	o.daemon = sock_path;
-	cr_assert_eq(lazymap_open(&lm, &o), 0);
-	void *p = NULL;
+}
 
-	cr_assert_eq(lazymap_map_fill(lm, &p, 4096, PROT_READ, fill_5a, NULL), -EOPNOTSUPP);
+/* A fill callback runs in the client: its regions are served in process,
+ * beside faultd's, and every call on their ranges goes to them. */
+DTEST(fill_regions_are_served_in_process_beside_faultds)
+{
+	const size_t size = 1u << 20;
+	struct lazymap_stats st;
+	struct lazymap *lm;
+	unsigned char *f = NULL;
+	void *anon = NULL;
+
+	faultd_start(NULL);
+	lm = client_open();
+	cr_assert_eq(lazymap_map(lm, &anon, size, PROT_READ | PROT_WRITE,
+				 LAZYMAP_PRIVATE | LAZYMAP_ANON, -1, 0), 0);
+	cr_assert_eq(lazymap_map_fill(lm, (void **)&f, size, PROT_READ | PROT_WRITE, fill_5a, NULL), 0);
+	for (size_t i = 0; i < size; i += 4096)
+		cr_assert_eq(f[i], 0x5a, "byte %zu of the fill region", i);
+	cr_assert_eq(((unsigned char *)anon)[4096], 0);
+	cr_assert_eq(lazymap_protect(lm, f, 4096, PROT_READ), 0);
+	cr_assert_eq(lazymap_advise(lm, f, size, LAZYMAP_ADV_RANDOM), 0);
+	cr_assert_eq(lazymap_sync(lm, f, size), 0);
+	cr_assert_eq(lazymap_unmap(lm, f + size / 2, size / 2), 0);
+	/* a range across both kinds is no one region's */
+	cr_assert_eq(lazymap_unmap(lm, f, 2 * size), -EINVAL);
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_gt(st.fill_calls, 0);
+	cr_assert_eq(st.regions, 3, "regions: %llu", (unsigned long long)st.regions);
+	/* faultd goes: both kinds go on */
+	kill(faultd_pid, SIGKILL);
+	waitpid(faultd_pid, NULL, 0);
+	faultd_pid = -1;
+	cr_assert_eq(((unsigned char *)anon)[8192], 0);
+	cr_assert_eq(f[8192], 0x5a);
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
