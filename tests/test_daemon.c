@@ -153,6 +153,16 @@ static void *map_file(struct lazymap *lm, size_t size, int prot, int flags, int 
 	return p;
 }
 
+/* Some fault was served (by faultd, or here once it went), then close. */
+static void close_having_served(struct lazymap *lm, const char *if_not)
+{
+	struct lazymap_stats st;
+
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_gt(st.faults, 0, "%s", if_not);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
 struct scan {
 	pthread_t t;
 	const uint64_t *p;
@@ -204,7 +214,6 @@ static void status(struct proto_msg *m)
 DTEST(a_client_reads_a_file_through_faultd_every_byte_right)
 {
 	const size_t size = 16u << 20;
-	struct lazymap_stats st;
 	struct lazymap *lm;
 	void *p;
 
@@ -213,9 +222,7 @@ DTEST(a_client_reads_a_file_through_faultd_every_byte_right)
 	lm = client_open();
 	p = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
 	cr_assert_eq(scan(p, size, 2), 0, "wrong bytes through faultd");
-	cr_assert_eq(lazymap_stats(lm, &st), 0);
-	cr_assert_gt(st.faults, 0, "faultd served no fault: who did?");
-	cr_assert_eq(lazymap_close(lm), 0);
+	close_having_served(lm, "faultd served no fault: who did?");
 }
 
 DTEST(anonymous_regions_read_zeros_and_keep_what_is_written)
@@ -240,11 +247,7 @@ DTEST(anonymous_regions_read_zeros_and_keep_what_is_written)
 		cr_assert_eq(bad, 0, "%s: %zu wrong bytes", kind == LAZYMAP_SHARED ? "shared" : "private",
 			     bad);
 	}
-	struct lazymap_stats st;
-
-	cr_assert_eq(lazymap_stats(lm, &st), 0);
-	cr_assert_gt(st.faults, 0, "faultd served no fault");
-	cr_assert_eq(lazymap_close(lm), 0);
+	close_having_served(lm, "faultd served no fault");
 }
 
 DTEST(the_second_client_finds_the_first_ones_pages_in_the_cache)
@@ -372,11 +375,7 @@ DTEST(faultd_killed_mid_scan_the_client_finishes_every_byte_right)
 		cr_assert_eq(s[i].bad, 0, "thread %u saw wrong bytes after faultd died", i);
 	}
 	cr_assert_eq(scan(p, size, 2), 0);
-	struct lazymap_stats st;
-
-	cr_assert_eq(lazymap_stats(lm, &st), 0);
-	cr_assert_gt(st.faults, 0, "no fault was served here after faultd died");
-	cr_assert_eq(lazymap_close(lm), 0);
+	close_having_served(lm, "no fault was served here after faultd died");
 }
 
 DTEST(sigterm_with_dirty_shared_pages_loses_nothing)
