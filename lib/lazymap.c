@@ -494,7 +494,8 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 /*
  * Served by faultd, a lazymap serves its fill-callback regions in process:
  * a second lazymap of its own (lm->fills, opened at the first such region
- * with lm's options), to which the calls on their ranges go. lm pinned.
+ * with lm's options), to which the calls on their ranges go (range_begin).
+ * lm pinned.
  */
 static pthread_mutex_t fills_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -517,15 +518,6 @@ static int fills_open(struct lazymap *lm, struct lazymap **fillsp)
 	*fillsp = atomic_load(&lm->fills);
 	pthread_mutex_unlock(&fills_lock);
 	return ret;
-}
-
-/* The lazymap whose regions hold [start, start+len): lm->fills for its
- * fill-callback regions, else lm. */
-static struct lazymap *range_owner(struct lazymap *lm, uintptr_t start, size_t len)
-{
-	struct lazymap *fills = atomic_load(&lm->fills);
-
-	return fills && lzm_mm_owned(&fills->mm, start, len) == 0 ? fills : lm;
 }
 
 int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
@@ -554,15 +546,26 @@ int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
 
 /* The calls on a range: check it, pin lm, refuse the ones that would
  * deadlock from a fill callback (they need the lock the fault path holds). */
-static int range_begin(struct lazymap *lm, void *addr, size_t *len, uintptr_t *start)
+static int range_begin(struct lazymap **lmp, void *addr, size_t *len, uintptr_t *start)
 {
+	struct lazymap *lm = *lmp, *fills;
 	int ret = range_ok(addr, *len, start, len);
 
 	if (ret)
 		return ret;
 	if (in_own_handler(lm))
 		return -EDEADLK;
-	return lazymap_get(lm);
+	ret = lazymap_get(lm);
+	/* served by faultd, the range of a fill-callback region is the call of
+	 * the lazymap that serves it here: *lmp becomes that one, pinned */
+	fills = ret ? NULL : atomic_load_explicit(&lm->fills, memory_order_acquire);
+	if (fills && lzm_mm_owned(&fills->mm, *start, *len) == 0) {
+		ret = in_own_handler(fills) ? -EDEADLK : lazymap_get(fills);
+		lazymap_put(lm);
+		if (ret == 0)
+			*lmp = fills;
+	}
+	return ret;
 }
 
 /*
@@ -597,18 +600,10 @@ static int remote_only(struct lazymap *lm, unsigned type, uintptr_t start, size_
 int lazymap_unmap(struct lazymap *lm, void *addr, size_t len)
 {
 	uintptr_t start;
-	int ret = range_begin(lm, addr, &len, &start);
+	int ret = range_begin(&lm, addr, &len, &start);
 
 	if (ret)
 		return ret;
-	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
-		struct lazymap *owner = range_owner(lm, start, len);
-
-		if (owner != lm) {
-			lazymap_put(lm);
-			return lazymap_unmap(owner, addr, len);
-		}
-	}
 	ret = remote_first(lm, MSG_UNMAP, start, len, 0);
 	if (ret == 0)
 		ret = lzm_mm_unmap(&lm->mm, start, len);
@@ -623,17 +618,9 @@ int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot)
 
 	if (!prot_ok(prot))
 		return -EINVAL;
-	ret = range_begin(lm, addr, &len, &start);
+	ret = range_begin(&lm, addr, &len, &start);
 	if (ret)
 		return ret;
-	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
-		struct lazymap *owner = range_owner(lm, start, len);
-
-		if (owner != lm) {
-			lazymap_put(lm);
-			return lazymap_protect(owner, addr, len, prot);
-		}
-	}
 	ret = remote_first(lm, MSG_PROTECT, start, len, (unsigned)prot);
 	if (ret == 0)
 		ret = lzm_mm_protect(&lm->mm, start, len, prot);
@@ -650,17 +637,9 @@ int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice)
 		return -EINVAL;
 	if (advice == LAZYMAP_ADV_WILLNEED)
 		return lazymap_prefetch(lm, addr, len);
-	ret = range_begin(lm, addr, &len, &start);
+	ret = range_begin(&lm, addr, &len, &start);
 	if (ret)
 		return ret;
-	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
-		struct lazymap *owner = range_owner(lm, start, len);
-
-		if (owner != lm) {
-			lazymap_put(lm);
-			return lazymap_advise(owner, addr, len, advice);
-		}
-	}
 	ret = remote_first(lm, MSG_ADVISE, start, len, (unsigned)advice);
 	if (ret == 0)
 		ret = lzm_mm_advise(&lm->mm, start, len, advice);
@@ -672,18 +651,10 @@ int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 {
 	struct prefetch *pf;
 	uintptr_t start;
-	int ret = range_begin(lm, addr, &len, &start);
+	int ret = range_begin(&lm, addr, &len, &start);
 
 	if (ret)
 		return ret;
-	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
-		struct lazymap *owner = range_owner(lm, start, len);
-
-		if (owner != lm) {
-			lazymap_put(lm);
-			return lazymap_prefetch(owner, addr, len);
-		}
-	}
 	ret = lzm_mm_owned(&lm->mm, start, len);
 	if (ret == 0)
 		ret = remote_only(lm, MSG_PREFETCH, start, len);
@@ -707,18 +678,10 @@ out:
 int lazymap_sync(struct lazymap *lm, void *addr, size_t len)
 {
 	uintptr_t start;
-	int ret = range_begin(lm, addr, &len, &start);
+	int ret = range_begin(&lm, addr, &len, &start);
 
 	if (ret)
 		return ret;
-	if (atomic_load_explicit(&lm->fills, memory_order_acquire)) {
-		struct lazymap *owner = range_owner(lm, start, len);
-
-		if (owner != lm) {
-			lazymap_put(lm);
-			return lazymap_sync(owner, addr, len);
-		}
-	}
 	ret = lzm_mm_owned(&lm->mm, start, len);
 	if (ret == 0)
 		ret = remote_only(lm, MSG_SYNC, start, len);
