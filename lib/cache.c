@@ -296,6 +296,13 @@ static int fd_reopen(int fd, int flags)
 	return open(path, flags | O_CLOEXEC);
 }
 
+int lzm_cache_memfd(struct cache *c, bool write)
+{
+	int fd = write ? fcntl(c->memfd, F_DUPFD_CLOEXEC, 3) : fd_reopen(c->memfd, O_RDONLY);
+
+	return fd < 0 ? -errno : fd;
+}
+
 static int cache_new(int fd, const struct stat *st, int memfd, const void *owner,
 		     struct cache **cp)
 {

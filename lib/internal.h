@@ -270,6 +270,10 @@ int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp);
  * closed if the file has a cache of owner's already), faultd's remote_id. */
 int lzm_cache_open_remote(int fd, bool direct, bool write, int memfd, const void *owner,
 			  uint64_t remote_id, struct cache **cp);
+/* A new descriptor of c's memfd for a faultd client to map: a duplicate if
+ * write, else a read-only open file description of its own (through /proc).
+ * -errno on failure. */
+int lzm_cache_memfd(struct cache *c, bool write);
 /* faultd went: the pages its memfd holds become the cache's (clean: which
  * ones we wrote, remote.c finds). Returns how many. */
 size_t lzm_cache_take_over(struct cache *c);

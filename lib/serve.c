@@ -135,7 +135,6 @@ int lzm_client_open(struct client *cl, int fd, unsigned flags, uint64_t *id, uin
 {
 	bool write = flags & OPEN_WRITE;
 	struct cache *c;
-	char path[64];
 	int ret, mfd;
 
 	if (cl->nfiles == cl->files_cap) {
@@ -164,17 +163,11 @@ int lzm_client_open(struct client *cl, int fd, unsigned flags, uint64_t *id, uin
 		lzm_cache_put(c);
 		return -EMFILE;
 	}
-	if (write) {
-		mfd = fcntl(c->memfd, F_DUPFD_CLOEXEC, 3);
-	} else {
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", c->memfd);
-		mfd = open(path, O_RDONLY | O_CLOEXEC);
-	}
+	mfd = lzm_cache_memfd(c, write);
 	if (mfd < 0) {
-		ret = -errno;
 		if (!f)
 			lzm_cache_put(c);
-		return ret;
+		return mfd;
 	}
 	if (!f)
 		cl->files[cl->nfiles++] = (struct client_file){ c, write };
