@@ -10,25 +10,18 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "proto.h"
 
 static int status(const char *path, bool json)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct proto_msg m;
-	int s, ret;
+	int s, ret = lzm_proto_connect(path, &s);
 
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		fprintf(stderr, "faultctl: %s: path too long\n", path);
-		return 1;
-	}
-	strcpy(sa.sun_path, path);
-	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa))) {
-		fprintf(stderr, "faultctl: %s: %s (is faultd running?)\n", path, strerror(errno));
+	if (ret) {
+		fprintf(stderr, "faultctl: %s: %s%s\n", path, strerror(-ret),
+			ret == -ENAMETOOLONG ? "" : " (is faultd running?)");
 		return 1;
 	}
 	/* a faultd that does not answer (stopped, or not faultd) is an error */

@@ -341,22 +341,20 @@ static void accept_one(int lfd)
 static int listen_on(const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd, probe;
+	int fd, probe, ret;
 
 	if (strlen(path) >= sizeof(sa.sun_path)) {
 		flog(LOG_ERR, "socket path too long: %s", path);
 		return -1;
 	}
 	strcpy(sa.sun_path, path);
-	probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+	ret = lzm_proto_connect(path, &probe);
+	if (ret == 0) {
 		flog(LOG_ERR, "%s: another faultd is listening there", path);
 		close(probe);
 		return -1;
 	}
-	if (probe >= 0)
-		close(probe);
-	if (errno == ECONNREFUSED)
+	if (ret == -ECONNREFUSED)
 		unlink(path);
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) ||

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -298,6 +299,28 @@ static void close_fds(const int *fds, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++)
 		close(fds[i]);
+}
+
+int lzm_proto_connect(const char *path, int *sockp)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int s, ret = 0;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -errno;
+	while (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		if (errno == EINTR)
+			continue;
+		ret = -errno;
+		close(s);
+		return ret;
+	}
+	*sockp = s;
+	return 0;
 }
 
 int lzm_proto_recv(int sock, struct proto_msg *out, bool nowait)

@@ -210,6 +210,11 @@ int lzm_proto_send(int sock, unsigned type, uint32_t seq, const void *body, size
  */
 int lzm_proto_recv(int sock, struct proto_msg *out, bool nowait);
 
+/* Connect a SOCK_SEQPACKET socket (close-on-exec) to path: 0 and *sockp,
+ * -ENAMETOOLONG, or what connect(2) gives (-ENOENT nothing there,
+ * -ECONNREFUSED nobody listening, -EACCES ...). */
+int lzm_proto_connect(const char *path, int *sockp);
+
 /* The name of a message type, for logs ("map", "hello" ...); "?" if unknown. */
 const char *lzm_proto_name(unsigned type);
 

@@ -10,7 +10,6 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,30 +46,6 @@ struct remote {
 };
 
 static bool take_over(struct remote *r);
-
-/* Connect to path; -errno as connect(2) gives it (-ENOENT no socket,
- * -ECONNREFUSED nobody listening, -EACCES ...). */
-static int dial(const char *path, int *sockp)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int s, ret = 0;
-
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return -errno;
-	while (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		if (errno == EINTR)
-			continue;
-		ret = -errno;
-		close(s);
-		return ret;
-	}
-	*sockp = s;
-	return 0;
-}
 
 /* Messages from faultd until it goes: replies for the request waiting,
  * events for the tree. Then the take-over, unless we are closing. */
@@ -222,7 +197,7 @@ int lzm_remote_open(struct lazymap *lm, const char *path)
 	pthread_mutex_init(&r->req_lock, NULL);
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_cond_init(&r->cond, NULL);
-	ret = dial(path, &r->sock);
+	ret = lzm_proto_connect(path, &r->sock);
 	if (ret) {
 		free(r);
 		return ret;

@@ -51,14 +51,21 @@ static void make_file(const char *path, size_t size)
 
 static bool can_connect(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	bool ok;
+	int s;
 
-	strcpy(sa.sun_path, path);
-	ok = connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	if (lzm_proto_connect(path, &s))
+		return false;
 	close(s);
-	return ok;
+	return true;
+}
+
+/* A connection to faultd, as a client or faultctl makes one. */
+static int dial(void)
+{
+	int s, ret = lzm_proto_connect(sock_path, &s);
+
+	cr_assert_eq(ret, 0, "connect %s: %s", sock_path, strerror(-ret));
+	return s;
 }
 
 /* faultd on a socket of our own, with config text (NULL: none). */
@@ -140,6 +147,14 @@ static struct lazymap *client_open(void)
 	return lm;
 }
 
+/* A faultd of our own, the file of size bytes, and a client of that faultd. */
+static struct lazymap *serve_file(size_t size)
+{
+	faultd_start(NULL);
+	make_file(data_path, size);
+	return client_open();
+}
+
 static void *map_file(struct lazymap *lm, size_t size, int prot, int flags, int oflags)
 {
 	void *p = NULL;
@@ -200,11 +215,8 @@ static size_t scan(const void *p, size_t size, unsigned nthreads)
 /* faultd's status, over the socket as faultctl asks for it. */
 static void status(struct proto_msg *m)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	int s = dial();
 
-	strcpy(sa.sun_path, sock_path);
-	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	cr_assert_eq(lzm_proto_send(s, MSG_STATUS, 7, NULL, 0, -1, false), 0);
 	cr_assert_eq(lzm_proto_recv(s, m, false), 0);
 	cr_assert_eq(m->hdr.type, MSG_STATUS_REPLY);
@@ -217,9 +229,7 @@ DTEST(a_client_reads_a_file_through_faultd_every_byte_right)
 	struct lazymap *lm;
 	void *p;
 
-	faultd_start(NULL);
-	make_file(data_path, size);
-	lm = client_open();
+	lm = serve_file(size);
 	p = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
 	cr_assert_eq(scan(p, size, 2), 0, "wrong bytes through faultd");
 	close_having_served(lm, "faultd served no fault: who did?");
@@ -338,9 +348,7 @@ DTEST(shared_writes_reach_the_file_at_sync)
 	struct lazymap *lm;
 	uint64_t *p;
 
-	faultd_start(NULL);
-	make_file(data_path, size);
-	lm = client_open();
+	lm = serve_file(size);
 	p = map_and_write(lm, size);
 	cr_assert_eq(lazymap_sync(lm, p, size), 0);
 	file_has_writes(size, "after lazymap_sync");
@@ -353,9 +361,7 @@ DTEST(faultd_killed_mid_scan_the_client_finishes_every_byte_right)
 	struct lazymap *lm;
 	void *p;
 
-	faultd_start(NULL);
-	make_file(data_path, size);
-	lm = client_open();
+	lm = serve_file(size);
 	p = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
 	/* a part through faultd, then it dies with faults in its hands */
 	cr_assert_eq(scan(p, size / 8, 2), 0);
@@ -385,9 +391,7 @@ DTEST(sigterm_with_dirty_shared_pages_loses_nothing)
 	uint64_t *p, w;
 	int fd;
 
-	faultd_start(NULL);
-	make_file(data_path, size);
-	lm = client_open();
+	lm = serve_file(size);
 	p = map_and_write(lm, size);
 	cr_assert_eq(faultd_stop(), 0, "faultd did not stop cleanly on SIGTERM");
 	file_has_writes(size, "after faultd's SIGTERM"); /* it wrote them as it let us go */
@@ -480,16 +484,13 @@ DTEST(clients_killed_at_random_moments_are_let_go)
 
 DTEST(malformed_messages_get_an_error_and_a_hangup_and_others_go_on)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct proto_msg m;
 	char junk[64];
 	int s;
 
 	faultd_start(NULL);
 	make_file(data_path, 1u << 20);
-	strcpy(sa.sun_path, sock_path);
-	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	s = dial();
 	memset(junk, 0xa5, sizeof(junk));
 	cr_assert_eq(send(s, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
 	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
@@ -500,8 +501,7 @@ DTEST(malformed_messages_get_an_error_and_a_hangup_and_others_go_on)
 	/* a request before hello */
 	struct proto_range r = { .addr = 1u << 20, .len = 4096 };
 
-	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	s = dial();
 	cr_assert_eq(lzm_proto_send(s, MSG_SYNC, 1, &r, sizeof(r), -1, false), 0);
 	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
 	cr_assert_eq(m.hdr.type, MSG_ERROR);
@@ -510,8 +510,7 @@ DTEST(malformed_messages_get_an_error_and_a_hangup_and_others_go_on)
 	struct proto_hello h = { 0 };
 	int fd = open(data_path, O_RDONLY);
 
-	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	s = dial();
 	cr_assert_eq(lzm_proto_send(s, MSG_HELLO, 1, &h, sizeof(h), fd, false), 0);
 	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
 	cr_assert_eq(m.hdr.type, MSG_ERROR);
@@ -535,7 +534,6 @@ DTEST(a_user_not_on_the_allow_list_is_refused)
 	pid_t pid = fork();
 
 	if (pid == 0) {
-		struct sockaddr_un sa = { .sun_family = AF_UNIX };
 		struct lazymap_opts o = { .daemon = sock_path };
 		struct proto_msg m;
 		struct lazymap *lm;
@@ -544,9 +542,7 @@ DTEST(a_user_not_on_the_allow_list_is_refused)
 		if (setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534))
 			_exit(10);
 		/* faultd refuses at the door, before any userfaultfd is asked for */
-		strcpy(sa.sun_path, sock_path);
-		s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-		if (connect(s, (struct sockaddr *)&sa, sizeof(sa)))
+		if (lzm_proto_connect(sock_path, &s))
 			_exit(11);
 		if (lzm_proto_recv(s, &m, false) || m.hdr.type != MSG_ERROR || m.u.error.err != -EACCES)
 			_exit(12);
@@ -840,9 +836,7 @@ DTEST(regions_mapped_after_faultd_died_read_and_write_the_file)
 	uint64_t *ro, *again, *rw, w;
 	int fd;
 
-	faultd_start(NULL);
-	make_file(data_path, size);
-	lm = client_open();
+	lm = serve_file(size);
 	ro = map_file(lm, size, PROT_READ, LAZYMAP_PRIVATE, O_RDONLY);
 	cr_assert_eq(ro[0], word_of(0));
 	kill(faultd_pid, SIGKILL);
@@ -872,9 +866,7 @@ DTEST(a_sync_after_faultd_died_writes_only_our_own_pages)
 	uint64_t *p, w, theirs = 0x7e7e7e7e;
 	int fd;
 
-	faultd_start(NULL);
-	make_file(data_path, size);
-	lm = client_open();
+	lm = serve_file(size);
 	p = map_file(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, O_RDWR);
 	p[0] = 42;                          /* ours, not synced */
 	cr_assert_eq(p[512], word_of(512 * 8)); /* page 1: read only */
@@ -916,8 +908,7 @@ DTEST(a_server_that_never_answers_and_a_client_that_never_asks)
 	unlink(sock_path);
 
 	faultd_start(NULL);
-	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	s = dial();
 	cr_assert_eq(lzm_proto_recv(s, &m, false), 0); /* after a while */
 	cr_assert_eq(m.hdr.type, MSG_ERROR);
 	cr_assert_eq(m.u.error.err, -ETIMEDOUT);
