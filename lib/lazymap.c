@@ -451,15 +451,6 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 		ret = lzm_remote_cache(lm, fd, flags & LAZYMAP_DIRECT, maywrite, &c);
 	else
 		ret = lzm_cache_open(fd, flags & LAZYMAP_DIRECT, maywrite, &c);
-	/*
-	 * faultd gone, and its cache of this file given to us read-only: a
-	 * region that may write shares no page with the regions made of it
-	 * (they read the file, remote.c): it gets a cache of our own.
-	 */
-	if (ret == 0 && maywrite && c->memfd_ro && !lzm_remote_served(lm)) {
-		lzm_cache_put(c);
-		ret = lzm_cache_open(fd, flags & LAZYMAP_DIRECT, maywrite, &c);
-	}
 	if (ret) {
 		lazymap_put(lm);
 		return ret;

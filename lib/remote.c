@@ -253,8 +253,19 @@ int lzm_remote_cache(struct lazymap *lm, int fd, bool direct, bool write, struct
 	struct proto_msg m;
 	int ret = call(lm->remote, MSG_OPEN, &o, sizeof(o), fd, MSG_OPEN_REPLY, &m);
 
-	if (ret == -ECONNRESET) /* ours now: the cache of this file faultd had, or a new one */
-		return lzm_cache_open_remote(fd, direct, write, -1, lm->remote, 0, cp);
+	if (ret == -ECONNRESET) { /* ours now: the cache of this file faultd had, or a new one */
+		ret = lzm_cache_open_remote(fd, direct, write, -1, lm->remote, 0, cp);
+		/*
+		 * Given to us read-only, it takes no page from us: a region that
+		 * may write shares no page with the regions made of it (they read
+		 * the file: copy_read_only) and gets a cache of our own.
+		 */
+		if (ret == 0 && write && (*cp)->memfd_ro) {
+			lzm_cache_put(*cp);
+			ret = lzm_cache_open(fd, direct, write, cp);
+		}
+		return ret;
+	}
 	if (ret)
 		return ret;
 	return lzm_cache_open_remote(fd, direct, write, m.fd, lm->remote, m.u.open_reply.cache_id, cp);
