@@ -455,6 +455,8 @@ struct run {
 	double hits;               /* faultd: faults it served from its cache, per touched
 	                            * page (faultctl); < 0: not known */
 	double first_ns_per_page;  /* daemon-shared: client 1's cold scan */
+	double shmem_ns_per_page;  /* daemon-shared, kernel: the same scan of a memfd holding
+	                            * the file's pages (what mapping the cache costs); < 0: none */
 	double first_read_pages;   /* and what faultd read for it per page; < 0: not known */
 	uint64_t first_msgs;       /* and the fault messages it raised */
 	uint32_t cdf[NQ];          /* per-touch latency, ns, at quantile(i) */
@@ -1143,6 +1145,39 @@ static char *kernel_map_file(const struct job *j)
 }
 
 /*
+ * daemon-shared: the kernel's scan of a memfd holding the file's pages, the
+ * copy untimed. A second client maps faultd's cache memfd and the kernel
+ * serves its scan with no word to faultd, so this is its floor: shmem's
+ * 4 KiB pages, mapped 16 per fault, against the file's large folios. The
+ * latencies are overwritten (the file's scan is the row's). -1 on failure.
+ */
+static double kernel_shmem_scan(const struct job *j, uint32_t *lat)
+{
+	size_t len = j->npages * ps;
+	int fd = memfd_create("bench-shmem", MFD_CLOEXEC);
+	static char buf[1 << 20];
+	double ns = -1;
+	ssize_t n;
+	char *p;
+
+	if (fd < 0)
+		return -1;
+	for (size_t off = 0; off < len; off += (size_t)n) {
+		n = pread(file_fd, buf, len - off < sizeof(buf) ? len - off : sizeof(buf), (off_t)off);
+		if (n <= 0 || pwrite(fd, buf, (size_t)n, (off_t)off) != n)
+			goto out;
+	}
+	p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	if (p != MAP_FAILED) {
+		ns = scan(p, j->order, j->touched, FILE_READ, true, j->threads, 0, lat).ns_per_page;
+		munmap(p, len);
+	}
+out:
+	close(fd);
+	return ns;
+}
+
+/*
  * file-shared-write: does the file hold exactly the written words (and the
  * rest as generated)? Read back with pread, all of it, so that a write-back
  * of a wrong page shows too. First difference in why; false if none.
@@ -1299,6 +1334,7 @@ static struct run run_kernel(const struct job *j, uint32_t *lat, char *why, size
 	munmap(p, len);
 	if (first)
 		munmap(first, len);
+	r.shmem_ns_per_page = j->sc->kind == FILE_SHARED ? kernel_shmem_scan(j, lat) : -1;
 	return r;
 }
 
@@ -2419,6 +2455,18 @@ static double median_sync(const struct side *s)
 	return median_of(v, (size_t)s->n);
 }
 
+/* daemon-shared: the kernel's scan of the memfd copy, median over the runs; < 0: none. */
+static double median_shmem(const struct side *s)
+{
+	double v[101]; /* --repeat is at most 101 */
+	size_t n = 0;
+
+	for (int i = 0; i < s->n; i++)
+		if (s->runs[i].shmem_ns_per_page > 0)
+			v[n++] = s->runs[i].shmem_ns_per_page;
+	return n ? median_of(v, n) : -1;
+}
+
 /* file-shared-write: the write-back, timed apart from the writes of the table's line. */
 static void print_sync(const struct row *rw)
 {
@@ -2540,6 +2588,13 @@ static void print_daemon(const struct row *rw)
 		       (unsigned long long)l.first_msgs);
 		if (l.first_read_pages >= 0)
 			printf(", %.2f pages read per page", l.first_read_pages);
+		double sh = side_ok(&rw->k) ? median_shmem(&rw->k) : -1;
+
+		if (sh > 0)
+			printf("\n  the kernel's scan of a memfd holding the file's pages (mapping the "
+			       "cache's floor): %.0f ns/page;\n  client 2 / it: %.2fx, it / the kernel's "
+			       "cached scan: %.2fx", sh, l.ns_per_page / sh,
+			       sh / median(&rw->k).ns_per_page);
 	} else if (side_ok(&rw->p) && side_ok(&rw->k)) {
 		printf(" (in-process/kernel %.2fx)",
 		       median(&rw->p).ns_per_page / median(&rw->k).ns_per_page);
@@ -2675,6 +2730,10 @@ static void json_side(FILE *f, const struct row *rw, enum twin tw)
 		fprintf(f, ", \"client1_fault_messages\": %llu, \"client1_read_pages_per_page\": ",
 			(unsigned long long)m.first_msgs);
 		json_opt(f, m.first_read_pages);
+	}
+	if (kernel && rw->job.sc->kind == FILE_SHARED) {
+		fputs(", \"memfd_ns_per_page\": ", f);
+		json_opt(f, median_shmem(s));
 	}
 	if (!kernel && rw->job.sc->kind == FILE_REMAP) {
 		fprintf(f, ", \"fault_messages\": %llu, \"runs_fault_messages\": [",
