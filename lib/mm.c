@@ -564,6 +564,8 @@ int lzm_mm_map(struct mm *mm, uintptr_t *addrp, size_t len, int prot, int flags,
 	LAZYMAP_ASSERT(ret == 0); /* the kernel's range: aligned, and stale VMAs gone */
 	v = NULL;
 	*addrp = (uintptr_t)p;
+	if (mm->lm->remote)
+		lzm_remote_placed(mm, src);
 out:
 	lzm_vma_free(v);
 	spares_put(spare);

@@ -157,10 +157,14 @@ static int call(struct remote *r, unsigned type, const void *body, size_t size, 
 	if (ret == 0 && r->have_reply) {
 		*out = r->reply;
 		r->have_reply = false;
-	} else {
-		/* gone: wait until the handlers here serve, then say so (or why
-		 * faultd would not serve us, if it never did) */
-		while (r->state == TAKING_OVER)
+	} else if (ret == 0 || ret == -EPIPE || ret == -ECONNRESET) {
+		/*
+		 * Gone: wait until the handlers here serve, then say so (or why
+		 * faultd would not serve us, if it never did). A send can learn
+		 * it before the monitor does: the work done in process must not
+		 * start before the take-over has marked our dirty pages.
+		 */
+		while (r->state != IN_PROCESS)
 			pthread_cond_wait(&r->cond, &r->lock);
 		ret = !r->served_once && r->refused ? r->refused : -ECONNRESET;
 	}
@@ -411,6 +415,17 @@ static void copy_read_only(struct mm *mm)
 	}
 	lzm_mm_write_unlock(mm);
 	lzm_source_put(copy);
+}
+
+void lzm_remote_placed(struct mm *mm, struct source *src)
+{
+	/*
+	 * The take-over flips the state before it walks the tree: a region
+	 * inserted before we read SERVED here is in its walk; one inserted
+	 * after it started is seen here. A second walk changes nothing else.
+	 */
+	if (src->ops->cached && src->cache->memfd_ro && !lzm_remote_served(mm->lm))
+		copy_read_only(mm);
 }
 
 /*
