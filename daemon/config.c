@@ -65,7 +65,6 @@ static const struct key keys[] = {
 	KEY("limits", "mapped",         K_BYTES,  max_mapped, .min = 1, .max = UINT64_MAX),
 	/* fs.nr_open's default: more could never be held anyway */
 	KEY("limits", "descriptors",    K_COUNT,  max_fds, .min = 1, .max = 1u << 20),
-	KEY("limits", "inflight",       K_COUNT,  max_inflight, .min = 1, .max = 65536),
 };
 
 void faultd_config_defaults(struct faultd_config *c)
@@ -81,7 +80,6 @@ void faultd_config_defaults(struct faultd_config *c)
 		.max_regions = 4096,
 		.max_mapped = 1024 * 1024 * MiB, /* 1 TiB */
 		.max_fds = 64,
-		.max_inflight = 64,
 	};
 }
 

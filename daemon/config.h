@@ -40,7 +40,6 @@ struct faultd_config {
 	unsigned max_regions;     /* regions */
 	uint64_t max_mapped;      /* mapped: bytes in all its regions */
 	unsigned max_fds;         /* descriptors: faultd holds for it (backing files) */
-	unsigned max_inflight;    /* inflight: requests in flight */
 };
 
 /* The defaults, with empty access lists. Allocates nothing. */

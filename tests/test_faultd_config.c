@@ -88,7 +88,6 @@ static void expect_defaults(const struct faultd_config *c)
 	cr_expect_eq(c->max_regions, 4096);
 	cr_expect_eq(c->max_mapped, 1024 * GiB);
 	cr_expect_eq(c->max_fds, 64);
-	cr_expect_eq(c->max_inflight, 64);
 }
 
 /* ------------------------------------------------------------ what loads */
@@ -125,7 +124,7 @@ Test(faultd_config, example_file_documents_every_key_and_its_default, FIXTURE)
 	}
 	fclose(in);
 	fclose(out);
-	cr_assert_eq(keys, 13, "keys shown in %s: %zu", FAULTD_CONF_EXAMPLE, keys);
+	cr_assert_eq(keys, 12, "keys shown in %s: %zu", FAULTD_CONF_EXAMPLE, keys);
 	cr_assert_eq(load(text), 0, "%s", fx.err);
 	free(text);
 	cr_expect_str_eq(fx.err, "");
@@ -151,8 +150,7 @@ Test(faultd_config, a_file_setting_every_key, FIXTURE)
 		       "clients = 3\n"
 		       "regions = 100\n"
 		       "mapped = 2g\n"
-		       "descriptors = 7\n"
-		       "inflight = 9\n");
+		       "descriptors = 7\n");
 
 	cr_assert_eq(ret, 0, "%s", fx.err);
 	cr_expect_str_eq(fx.err, "");
@@ -172,7 +170,6 @@ Test(faultd_config, a_file_setting_every_key, FIXTURE)
 	cr_expect_eq(fx.cfg.max_regions, 100);
 	cr_expect_eq(fx.cfg.max_mapped, 2 * GiB);
 	cr_expect_eq(fx.cfg.max_fds, 7);
-	cr_expect_eq(fx.cfg.max_inflight, 9);
 }
 
 Test(faultd_config, sizes_take_k_m_g_in_either_case, FIXTURE)
@@ -280,7 +277,6 @@ static const struct bad {
 	{ "[limits]\nregions = 0\n", 2, "[limits] regions: '0' is out of range (1 to 1048576)" },
 	{ "[limits]\nmapped = 0\n", 2, "[limits] mapped: '0' is out of range (at least 1)" },
 	{ "[limits]\ndescriptors = 0\n", 2, "[limits] descriptors: '0' is out of range (1 to 1048576)" },
-	{ "[limits]\ninflight = 0\n", 2, "[limits] inflight: '0' is out of range (1 to 65536)" },
 	{ "[server]\nthreads = 1025\n", 2, "[server] threads: '1025' is out of range (0 to 1024)" },
 	{ "[limits]\nclients = 4294967296\n", 2, "[limits] clients: '4294967296' is out of range" },
 	/* the rest */
@@ -327,8 +323,8 @@ Test(faultd_config, a_failed_load_keeps_nothing_it_read_before_the_error, FIXTUR
 
 	memcpy(&before, &fx.cfg, sizeof(before));
 	cr_assert_eq(load("[socket]\nmode = 0600\n[access]\nallow_users = 5, 6\n"
-			  "[limits]\nclients = 2\ninflight = 0\n"), -EINVAL);
-	cr_expect_not_null(strstr(fx.err, ":7: [limits] inflight:"), "%s", fx.err);
+			  "[limits]\nclients = 2\ndescriptors = 0\n"), -EINVAL);
+	cr_expect_not_null(strstr(fx.err, ":7: [limits] descriptors:"), "%s", fx.err);
 	cr_assert(!memcmp(&before, &fx.cfg, sizeof(before)));
 	expect_defaults(&fx.cfg);
 }
