@@ -211,8 +211,8 @@ struct lazymap_opts {
  * - fill-callback regions (lazymap_map_fill) are served in process, as
  *   without opts.daemon: the callback runs here. Handler threads of this
  *   process start with the first such region; the calls on their ranges
- *   work as on any, but a range may not span both kinds (-EINVAL), and
- *   lazymap_dump does not show them;
+ *   work as on any, but a range may not span both kinds (-EINVAL);
+ *   lazymap_dump lists them with the others, by address;
  * - resident_limit and LAZYMAP_INSTALL_MOVE are -EINVAL at open (the
  *   budget is faultd's, from its config; pages cannot be moved between
  *   processes);

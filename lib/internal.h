@@ -584,7 +584,9 @@ int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice);
 int lzm_mm_check_range(struct mm *mm, uintptr_t start, size_t len);
 /* The same after the events read so far, and growth, are in the tree. No lock held. */
 int lzm_mm_owned(struct mm *mm, uintptr_t start, size_t len);
-int lzm_mm_dump(struct mm *mm, FILE *out);
+/* lazymap_dump's lines of mm, and of also (NULL, or the same process's
+ * fill regions of a faultd client: one listing, by address). */
+int lzm_mm_dump(struct mm *mm, struct mm *also, FILE *out);
 /* Leave a write section: publish the VMA count for lock-free readers. */
 void lzm_mm_write_unlock(struct mm *mm);
 

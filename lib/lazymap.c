@@ -824,9 +824,20 @@ int lazymap_dump(struct lazymap *lm, FILE *out)
 	ret = lazymap_get(lm);
 	if (ret)
 		return ret;
+	/* A faultd client's fill regions are its own lazymap's: one listing */
+	struct lazymap *fills = atomic_load(&lm->fills);
+
+	if (fills && in_own_handler(fills)) {
+		lazymap_put(lm);
+		return -EDEADLK;
+	}
 	lzm_mm_sync_events(&lm->mm);
 	lzm_mm_adopt_growth(&lm->mm);
-	ret = lzm_mm_dump(&lm->mm, out);
+	if (fills) {
+		lzm_mm_sync_events(&fills->mm);
+		lzm_mm_adopt_growth(&fills->mm);
+	}
+	ret = lzm_mm_dump(&lm->mm, fills ? &fills->mm : NULL, out);
 
 	/* Then each child, from a list taken at once (with references). */
 	struct mm **kids = NULL;
@@ -846,7 +857,7 @@ int lazymap_dump(struct lazymap *lm, FILE *out)
 		pthread_mutex_unlock(&lm->children_lock);
 	}
 	for (size_t i = 0; i < nkids; i++) {
-		int n = ret >= 0 ? lzm_mm_dump(kids[i], out) : 0;
+		int n = ret >= 0 ? lzm_mm_dump(kids[i], NULL, out) : 0;
 
 		ret = n < 0 ? n : ret + n;
 		lzm_mm_put(kids[i]);

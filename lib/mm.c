@@ -763,36 +763,33 @@ struct vma_line {
 	const char *source; /* its source_ops' name: static */
 };
 
-int lzm_mm_dump(struct mm *mm, FILE *out)
+/*
+ * Append mm's VMAs to lines (n of them). The tree is copied under the lock
+ * and printed with none held: out is the program's, and may have its
+ * buffer in one of our regions. Writing there faults, the handler serving
+ * the fault needs the read lock, and a writer waiting behind us (the lock
+ * prefers writers) would keep it from the handler for ever. The copy is
+ * allocated outside the lock too (the program may replace malloc), and
+ * grown with some room until the tree fits.
+ */
+static int copy_lines(struct mm *mm, struct vma_line **lines, size_t *n)
 {
-	size_t cap = atomic_load_explicit(&mm->nr_vmas, memory_order_relaxed), n = 0;
-	struct vma_line *lines = NULL, *more;
-	struct vma *v;
+	size_t cap = *n + atomic_load_explicit(&mm->nr_vmas, memory_order_relaxed);
+	struct vma_line *more;
 
-	/*
-	 * Copy the tree under the lock and print with none held: out is the
-	 * program's, and may have its buffer in one of our regions. Writing
-	 * there faults, the handler serving the fault needs the read lock,
-	 * and a writer waiting behind us (the lock prefers writers) would
-	 * keep it from the handler for ever. The copy is allocated outside
-	 * the lock too (the program may replace malloc), and grown with some
-	 * room until the tree fits.
-	 */
 	for (;;) {
-		more = realloc(lines, (cap ? cap : 1) * sizeof(*lines));
-		if (!more) {
-			free(lines);
+		more = realloc(*lines, (cap ? cap : 1) * sizeof(*more));
+		if (!more)
 			return -ENOMEM;
-		}
-		lines = more;
+		*lines = more;
 		pthread_rwlock_rdlock(&mm->lock);
-		if (mm->tree.count <= cap)
+		if (*n + mm->tree.count <= cap)
 			break;
-		cap = mm->tree.count + mm->tree.count / 4;
+		cap = *n + mm->tree.count + mm->tree.count / 4;
 		pthread_rwlock_unlock(&mm->lock);
 	}
-	for (v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
-		lines[n++] = (struct vma_line){
+	for (struct vma *v = lzm_vma_first(&mm->tree); v; v = lzm_vma_next(v))
+		more[(*n)++] = (struct vma_line){
 			.start = v->start,
 			.end = v->end,
 			.offset = (v->src->base + v->pgoff) << lzm_page_shift,
@@ -801,13 +798,37 @@ int lzm_mm_dump(struct mm *mm, FILE *out)
 			.source = v->src->ops->name,
 		};
 	pthread_rwlock_unlock(&mm->lock);
+	return 0;
+}
+
+static int cmp_line(const void *a, const void *b)
+{
+	const struct vma_line *x = a, *y = b;
+
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+int lzm_mm_dump(struct mm *mm, struct mm *also, FILE *out)
+{
+	struct vma_line *lines = NULL;
+	size_t n = 0;
+	uint64_t faults = atomic_load(&mm->faults), events = atomic_load(&mm->events);
+
+	if (copy_lines(mm, &lines, &n) || (also && copy_lines(also, &lines, &n))) {
+		free(lines);
+		return -ENOMEM;
+	}
+	if (also) {
+		qsort(lines, n, sizeof(*lines), cmp_line);
+		faults += atomic_load(&also->faults);
+		events += atomic_load(&also->events);
+	}
 
 	int err = 0;
 
 	if (fprintf(out, "# pid %d faults %llu events %llu\n",
-		    mm->self ? (int)getpid() : lzm_child_pid(mm),
-		    (unsigned long long)atomic_load(&mm->faults),
-		    (unsigned long long)atomic_load(&mm->events)) < 0)
+		    mm->self ? (int)getpid() : lzm_child_pid(mm), (unsigned long long)faults,
+		    (unsigned long long)events) < 0)
 		err = errno ? -errno : -EIO;
 	for (size_t i = 0; i < n && !err; i++)
 		if (fprintf(out, "%08lx-%08lx %c%c-%c %08llx 00:00 0 [lazymap:%s]\n",

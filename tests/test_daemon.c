@@ -641,6 +641,21 @@ DTEST(fill_regions_are_served_in_process_beside_faultds)
 	cr_assert_eq(lazymap_stats(lm, &st), 0);
 	cr_assert_gt(st.fill_calls, 0);
 	cr_assert_eq(st.regions, 3, "regions: %llu", (unsigned long long)st.regions);
+	/* lazymap_dump lists both kinds, by address: anon, then f split by the protect */
+	struct maps_entry t[8];
+	uintptr_t fa = (uintptr_t)f, aa = (uintptr_t)anon;
+
+	cr_assert_eq(tree_read(lm, t, 8), 3);
+	for (int i = 1; i < 3; i++)
+		cr_assert_lt(t[i - 1].start, t[i].start, "line %d is out of order", i);
+	int ia = aa < fa ? 0 : 2, i0 = aa < fa ? 1 : 0;
+
+	cr_assert(t[ia].start == aa && t[ia].end == aa + size, "anon: %lx-%lx", t[ia].start, t[ia].end);
+	cr_assert(t[i0].start == fa && t[i0].end == fa + 4096 && !strcmp(t[i0].perms, "r--p"),
+		  "fill, first page: %lx-%lx %s", t[i0].start, t[i0].end, t[i0].perms);
+	cr_assert(t[i0 + 1].start == fa + 4096 && t[i0 + 1].end == fa + size / 2 &&
+			  !strcmp(t[i0 + 1].perms, "rw-p"),
+		  "fill, the rest: %lx-%lx %s", t[i0 + 1].start, t[i0 + 1].end, t[i0 + 1].perms);
 	/* faultd goes: both kinds go on */
 	kill(faultd_pid, SIGKILL);
 	waitpid(faultd_pid, NULL, 0);
