@@ -552,10 +552,15 @@ bool lzm_mm_grown(struct handler *h, struct mm *mm, uintptr_t addr, uint32_t tid
 
 	if (!mm->self && !pid)
 		return false;
-	if (!kernel_vma(pid, addr, &ks, &ke))
-		return false;
+	/*
+	 * The kernel's VMA is read with the lock held: read before, it may
+	 * hold a range that an unmap (ours, or an event's) takes out of the
+	 * kernel and the tree before we have the lock, and the range would
+	 * grow back into the tree, where the kernel maps nothing.
+	 */
 	pthread_rwlock_wrlock(&mm->lock);
-	ok = grow_locked(h, mm, ks, ke) || lzm_vma_lookup(&mm->tree, addr);
+	ok = (kernel_vma(pid, addr, &ks, &ke) && grow_locked(h, mm, ks, ke)) ||
+	     lzm_vma_lookup(&mm->tree, addr);
 	lzm_mm_write_unlock(mm);
 	return ok;
 }
