@@ -402,9 +402,11 @@ static void reload(void)
  * takes its faults back in process. */
 static void stop_all(void)
 {
+	/* Reading only: each session writes its client back (and protects its
+	 * pages again) before the hang-up tells the client to take over. */
 	pthread_mutex_lock(&sessions_lock);
 	for (struct session *s = sessions; s; s = s->next)
-		shutdown(s->sock, SHUT_RDWR);
+		shutdown(s->sock, SHUT_RD);
 	pthread_mutex_unlock(&sessions_lock);
 	for (;;) {
 		reap_sessions();

@@ -470,8 +470,11 @@ struct mm_ops {
 	void (*rejoin)(uintptr_t start, size_t len);
 	/* whether the page at addr is in memory (false when it cannot tell) */
 	bool (*present)(const struct mm *mm, uintptr_t addr);
+	/* a range leaving the tree leaves the userfaultfd: 0 or -errno */
+	int (*unregister)(const struct mm *mm, uintptr_t start, size_t len);
 };
-extern const struct mm_ops lzm_mm_local, lzm_mm_remote;
+/* Our own process; a forked child; a faultd client (serve.c). */
+extern const struct mm_ops lzm_mm_local, lzm_mm_remote, lzm_mm_client;
 
 /*
  * One served address space (the kernel's mm_struct): its userfaultfd and the

@@ -76,10 +76,30 @@ static bool remote_present(const struct mm *mm, uintptr_t addr)
 	return (e >> 63) & 1; /* present in RAM (bit 62, swapped, is not ours) */
 }
 
+static int any_unregister(const struct mm *mm, uintptr_t start, size_t len)
+{
+	return lzm_uffd_unregister(mm->uffd, start, len);
+}
+
+/*
+ * A faultd client unregisters its ranges itself, once it has made them
+ * inaccessible (its own release_range, after faultd's): a range of a
+ * cache's memfd unregistered while still mapped would let a touch of a
+ * hole fill it with zeros, for every client of the file. Until then a
+ * fault there finds no VMA here, and is woken to fault again.
+ */
+static int client_unregister(const struct mm *mm, uintptr_t start, size_t len)
+{
+	(void)mm, (void)start, (void)len;
+	return 0;
+}
+
 const struct mm_ops lzm_mm_local = { "local", local_protect, local_unmap, local_rejoin,
-				     local_present };
+				     local_present, any_unregister };
 const struct mm_ops lzm_mm_remote = { "remote", remote_done, remote_unmap, remote_rejoin,
-				      remote_present };
+				      remote_present, any_unregister };
+const struct mm_ops lzm_mm_client = { "client", remote_done, remote_unmap, remote_rejoin,
+				      remote_present, client_unregister };
 
 int lzm_mm_init(struct mm *mm, struct lazymap *lm, int uffd, uint64_t features)
 {
@@ -234,7 +254,7 @@ static int release_range(struct mm *mm, uintptr_t start, uintptr_t end)
 
 	ret = mm->ops->protect(start, end - start, PROT_NONE);
 	if (ret == 0)
-		ret = lzm_uffd_unregister(mm->uffd, start, end - start);
+		ret = mm->ops->unregister(mm, start, end - start);
 	if (ret == 0)
 		ret = mm->ops->unmap(start, end - start);
 	if (ret) {

@@ -65,6 +65,7 @@ int lzm_client_new(struct lazymap *lm, int uffd, uint64_t features, int pid, int
 	/* The mm owns copies: the session's may be closed while a fill still
 	 * holds the mm (it is freed with the last reference). */
 	lzm_mm_init(mm, lm, fcntl(uffd, F_DUPFD_CLOEXEC, 3), features);
+	mm->ops = &lzm_mm_client;
 	mm->notify_fd = fcntl(sock, F_DUPFD_CLOEXEC, 3);
 	if (mm->uffd < 0 || mm->notify_fd < 0) {
 		int err = errno;
@@ -96,10 +97,13 @@ void lzm_client_free(struct client *cl, bool writeback)
 	/*
 	 * What it wrote to shared regions goes to the files now: the pages
 	 * stay in the caches (other clients may map them), but its writes do
-	 * not wait for a sync that will never come. Its mm no longer takes
-	 * part in write-back's protection (it may be gone).
+	 * not wait for a sync that will never come. They are protected again
+	 * in it first, while it still shares the caches: one still alive
+	 * (faultd stopping) takes its faults back once told, and counts as its
+	 * own dirty pages those it can write without a fault; a sync of its
+	 * would write them over what others wrote since. (A gone one's pages
+	 * cannot be protected, and need not be.)
 	 */
-	lzm_cache_unshare_all(mm);
 	for (unsigned i = 0; i < cl->nfiles; i++) {
 		struct client_file *f = &cl->files[i];
 
@@ -112,8 +116,10 @@ void lzm_client_free(struct client *cl, bool writeback)
 					"its pages stay dirty in the cache",
 					atomic_load(&mm->pid), strerror(-ret));
 		}
-		lzm_cache_put(f->c);
 	}
+	lzm_cache_unshare_all(mm);
+	for (unsigned i = 0; i < cl->nfiles; i++)
+		lzm_cache_put(cl->files[i].c);
 	free(cl->files);
 	lzm_mm_put(mm);
 	free(cl);
@@ -259,8 +265,9 @@ int lzm_client_range(struct client *cl, unsigned type, const struct proto_range 
 		return ret;
 	switch (type) {
 	case MSG_UNMAP:
-		/* its writes go to the file, the range is unregistered and out of
-		 * the tree; the client then unmaps it (unregistered: no event) */
+		/* its writes go to the file and the range leaves the tree; the
+		 * client then makes it inaccessible, unregisters it and unmaps
+		 * it (unregistered: no event) */
 		return lzm_mm_unmap(mm, r->addr, r->len);
 	case MSG_SYNC:
 		return lzm_mm_writeback(mm, r->addr, r->len, true);

@@ -395,12 +395,23 @@ DTEST(sigterm_with_dirty_shared_pages_loses_nothing)
 	p = map_and_write(lm, size);
 	cr_assert_eq(faultd_stop(), 0, "faultd did not stop cleanly on SIGTERM");
 	file_has_writes(size, "after faultd's SIGTERM"); /* it wrote them as it let us go */
+	/* they are clean here now: our next sync must not write them over
+	 * what another process writes to the file meanwhile */
+	const uint64_t theirs = 0x7e7e7e7e7e7e7e7e;
+
+	fd = open(data_path, O_RDWR);
+	for (size_t i = 0; i < size / 8; i += 512)
+		cr_assert_eq(pwrite(fd, &theirs, 8, (off_t)(i * 8 + 16)), 8);
 	/* and we go on in process: writes after it reach the file too */
 	p[1] = 42;
 	cr_assert_eq(lazymap_sync(lm, p, size), 0);
-	fd = open(data_path, O_RDONLY);
 	cr_assert_eq(pread(fd, &w, 8, 8), 8);
 	cr_assert_eq(w, 42);
+	for (size_t i = 512; i < size / 8; i += 512) { /* page 0 is ours again */
+		cr_assert_eq(pread(fd, &w, 8, (off_t)(i * 8 + 16)), 8);
+		cr_assert_eq(w, theirs, "page %zu: our sync wrote our copy over another's write",
+			     i / 512);
+	}
 	close(fd);
 	cr_assert_eq(lazymap_close(lm), 0);
 }
@@ -523,6 +534,92 @@ DTEST(malformed_messages_get_an_error_and_a_hangup_and_others_go_on)
 
 	cr_assert_eq(scan(p, 1u << 20, 1), 0);
 	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+/* The VmFlags of the kernel's VMA holding addr, from /proc/self/smaps. */
+static void vm_flags(const void *addr, char *out, size_t len)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false;
+
+	out[0] = 0;
+	cr_assert_not_null(f);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2)
+			in = s <= (uintptr_t)addr && (uintptr_t)addr < e;
+		else if (in && !strncmp(line, "VmFlags:", 8))
+			snprintf(out, len, "%s", line + 8);
+	}
+	fclose(f);
+}
+
+/*
+ * faultd never unregisters a client's range: the client does, once it has
+ * made it inaccessible. Unregistered while still mapped, a touch of a page
+ * the cache's memfd lacks would fill it with zeros, in the cache, for every
+ * client of the file (a review saw a page read zeros after faultd died
+ * mid-unmap, and a sync write them to the file). A client of our own asks
+ * faultd to unmap a range, and finds it still registered.
+ */
+DTEST(faultd_leaves_a_clients_range_registered_for_the_client_to_unregister)
+{
+	const size_t size = 64 * 4096;
+	struct uffdio_api api = { .api = UFFD_API };
+	struct proto_hello h = { 0 };
+	struct proto_open o = { 0 };
+	struct proto_msg m;
+	char flags[512];
+	int uffd, s, fd, memfd;
+
+	faultd_start(NULL);
+	make_file(data_path, size);
+	uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	cr_assert_geq(uffd, 0);
+	cr_assert_eq(ioctl(uffd, UFFDIO_API, &api), 0);
+	h.features = api.features;
+	s = dial();
+	cr_assert_eq(lzm_proto_send(s, MSG_HELLO, 1, &h, sizeof(h), uffd, false), 0);
+	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
+	cr_assert_eq(m.hdr.type, MSG_HELLO_REPLY);
+	fd = open(data_path, O_RDONLY);
+	cr_assert_eq(lzm_proto_send(s, MSG_OPEN, 2, &o, sizeof(o), fd, false), 0);
+	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
+	cr_assert_eq(m.hdr.type, MSG_OPEN_REPLY);
+	memfd = m.fd;
+
+	char *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, memfd, 0);
+	struct uffdio_register reg = { .range = { (uintptr_t)p, size },
+				       .mode = UFFDIO_REGISTER_MODE_MISSING };
+
+	cr_assert_neq(p, MAP_FAILED);
+	cr_assert_eq(ioctl(uffd, UFFDIO_REGISTER, &reg), 0);
+	struct proto_map map = { .addr = (uintptr_t)p, .len = size,
+				 .cache_id = m.u.open_reply.cache_id, .prot = PROT_READ,
+				 .flags = LAZYMAP_PRIVATE };
+	struct proto_range r = { .addr = (uintptr_t)p, .len = size };
+
+	cr_assert_eq(lzm_proto_send(s, MSG_MAP, 3, &map, sizeof(map), -1, false), 0);
+	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
+	cr_assert(m.hdr.type == MSG_REPLY && m.u.reply.err == 0, "map: type %u err %d",
+		  m.hdr.type, m.u.reply.err);
+	cr_assert_eq(lzm_proto_send(s, MSG_UNMAP, 4, &r, sizeof(r), -1, false), 0);
+	cr_assert_eq(lzm_proto_recv(s, &m, false), 0);
+	cr_assert(m.hdr.type == MSG_REPLY && m.u.reply.err == 0, "unmap: type %u err %d",
+		  m.hdr.type, m.u.reply.err);
+	vm_flags(p, flags, sizeof(flags));
+	cr_assert_not_null(strstr(flags, " um"), "faultd unregistered our range: VmFlags%s",
+			   flags);
+	/* ours to let go, as the library does: inaccessible, unregistered, unmapped */
+	cr_assert_eq(mprotect(p, size, PROT_NONE), 0);
+	cr_assert_eq(ioctl(uffd, UFFDIO_UNREGISTER, &reg.range), 0);
+	cr_assert_eq(munmap(p, size), 0);
+	close(s);
+	close(memfd);
+	close(fd);
+	close(uffd);
 }
 
 DTEST(a_user_not_on_the_allow_list_is_refused)
