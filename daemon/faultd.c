@@ -199,7 +199,8 @@ static bool serve_one(struct session *s, struct proto_msg *m)
 		struct mm *mm = lzm_client_mm(s->cl);
 
 		/* everything it wrote, durably: it unmaps next */
-		ret = lzm_mm_writeback(mm, lzm_page_size, UINTPTR_MAX - 2 * lzm_page_size + 1, true);
+		ret = lzm_mm_writeback(mm, lzm_page_size, UINTPTR_MAX - 2 * lzm_page_size + 1,
+				       WB_DURABLE);
 		return reply(s, seq, ret) == 0;
 	}
 	}

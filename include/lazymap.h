@@ -442,8 +442,10 @@ LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, i
  * Unmap the whole or a part of one or several regions: addr must be page
  * aligned (len is rounded up to pages, as munmap does), and [addr, addr+len)
  * lie entirely inside regions of this lazymap. The dirty
- * pages of shared file regions in the range are written back first (not
- * fdatasync'ed: lazymap_sync for that); if that fails, nothing is unmapped.
+ * pages of shared file regions in the range are written back first, and
+ * fdatasync'ed when there were any (a disk that refuses them then fails the
+ * call, rather than a later sync with the pages gone); if that fails,
+ * nothing is unmapped.
  * Errors: -EINVAL unaligned, zero or overflowing range, or a part of the
  *         range that lazymap does not own (then nothing is unmapped);
  *         -ENOMEM no memory to split a region; a write-back error as

@@ -1339,11 +1339,11 @@ static int writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *l
 		wb_write(c, &wb, lm);
 		/* If fdatasync fails, the kernel may have dropped what it could
 		 * not write: every page of this pass is dirty again. */
-		if ((how & WB_DURABLE) && c->wfd >= 0 && fdatasync(c->wfd))
+		if ((how & (WB_DURABLE | WB_DURABLE_IF)) && c->wfd >= 0 && fdatasync(c->wfd))
 			err = -errno;
 		ret = wb_end(c, &wb, err) ?: ret;
 	} else if ((how & WB_DURABLE) && c->wfd >= 0 && fdatasync(c->wfd)) {
-		/* clean here, but an earlier pass (lazymap_unmap) may not be durable yet */
+		/* clean here, but an earlier pass (eviction) may not be durable yet */
 		ret = -errno;
 	}
 	free(wb.runs);

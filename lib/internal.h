@@ -326,6 +326,10 @@ void lzm_cache_unshare_all(struct mm *mm);
  */
 #define WB_DURABLE 1
 #define WB_PROTECT 2
+/* fdatasync only if this pass wrote pages: lazymap_unmap, which must not
+ * drop a page whose write the disk refuses later (the error would reach
+ * the next sync alone, and the page be gone) */
+#define WB_DURABLE_IF 4
 int lzm_cache_writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, int how);
 /* The cache with this id, with a reference, or NULL (gone, or going). */
 struct cache *lzm_cache_find_id(uint64_t id);
@@ -552,9 +556,9 @@ int lzm_mm_open(struct mm *mm, struct lazymap *lm, uint64_t features);
 int lzm_mm_init(struct mm *mm, struct lazymap *lm, int uffd, uint64_t features);
 /* Write back, then unmap every VMA; the first write-back error, or 0. */
 int lzm_mm_unmap_all(struct mm *mm);
-/* Write back the dirty pages of the shared file regions in [start, start+len),
- * durably (fdatasync) if asked. No lock held. 0 or the first -errno. */
-int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable);
+/* Write back the dirty pages of the shared file regions in [start, start+len);
+ * how: WB_DURABLE or WB_DURABLE_IF (below). No lock held. 0 or the first -errno. */
+int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, int how);
 void lzm_mm_destroy(struct mm *mm); /* unmaps every VMA, then lzm_mm_fini() */
 /* The page of v's source that v maps at addr (its index in the source's state). */
 static inline uint64_t vma_page(const struct vma *v, uintptr_t addr)

@@ -677,7 +677,7 @@ int lazymap_sync(struct lazymap *lm, void *addr, size_t len)
 	if (ret == 0)
 		ret = remote_only(lm, MSG_SYNC, start, len);
 	if (ret == 0)
-		ret = lzm_mm_writeback(&lm->mm, start, len, true);
+		ret = lzm_mm_writeback(&lm->mm, start, len, WB_DURABLE);
 	lazymap_put(lm);
 	return ret < 0 ? ret : 0;
 }

@@ -275,7 +275,7 @@ static int release_range(struct mm *mm, uintptr_t start, uintptr_t end)
 	return ret;
 }
 
-int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable)
+int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, int how)
 {
 	uintptr_t at = start, end = start + len;
 	int ret = 0;
@@ -316,8 +316,7 @@ int lzm_mm_writeback(struct mm *mm, uintptr_t start, size_t len, bool durable)
 					atomic_store(&c->orphans, true);
 				ret = ret ? ret : err;
 			}
-			err = lzm_cache_writeback(c, fp, n, mm->lm,
-						  WB_PROTECT | (durable ? WB_DURABLE : 0));
+			err = lzm_cache_writeback(c, fp, n, mm->lm, WB_PROTECT | how);
 
 			ret = ret ? ret : err;
 			lzm_cache_put(c);
@@ -330,7 +329,8 @@ int lzm_mm_unmap_all(struct mm *mm)
 {
 	struct vma *v, *last, *next;
 	uintptr_t end;
-	int ret = lzm_mm_writeback(mm, lzm_page_size, UINTPTR_MAX - 2 * lzm_page_size + 1, true);
+	int ret = lzm_mm_writeback(mm, lzm_page_size, UINTPTR_MAX - 2 * lzm_page_size + 1,
+				   WB_DURABLE);
 
 	pthread_rwlock_wrlock(&mm->lock);
 	while ((v = lzm_vma_first(&mm->tree))) {
@@ -704,7 +704,7 @@ int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len)
 
 	/* What was written to the file's cache goes to the file first, or nothing goes. */
 	if (ret == 0)
-		ret = lzm_mm_writeback(mm, start, len, false);
+		ret = lzm_mm_writeback(mm, start, len, WB_DURABLE_IF);
 	if (ret)
 		return ret;
 	ret = lock_range(mm, start, len, spare);

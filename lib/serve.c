@@ -270,7 +270,7 @@ int lzm_client_range(struct client *cl, unsigned type, const struct proto_range 
 		 * it (unregistered: no event) */
 		return lzm_mm_unmap(mm, r->addr, r->len);
 	case MSG_SYNC:
-		return lzm_mm_writeback(mm, r->addr, r->len, true);
+		return lzm_mm_writeback(mm, r->addr, r->len, WB_DURABLE);
 	case MSG_PROTECT:
 		return room_to_split(cl) ?: lzm_mm_protect(mm, r->addr, r->len, (int)r->arg);
 	case MSG_ADVISE:
