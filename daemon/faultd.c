@@ -225,6 +225,14 @@ static void *session_main(void *arg)
 			refuse(s, -ETIMEDOUT, "nothing asked within " XSTR(HELLO_WAIT_S) " s");
 			break;
 		}
+		if (ret == -EMFILE) {
+			/* our table is full, not the client's fault: its request fails */
+			flog(LOG_WARNING, "client pid %d: a descriptor it sent found no room here "
+			     "(%s)", (int)s->cred.pid, strerror(EMFILE));
+			if (reply(s, m.hdr.seq, -EMFILE))
+				break;
+			continue;
+		}
 		if (ret) {
 			refuse(s, ret, "malformed message");
 			break;

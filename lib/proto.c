@@ -380,7 +380,15 @@ int lzm_proto_recv(int sock, struct proto_msg *out, bool nowait)
 		err = -ECONNRESET;
 	else if (mh.msg_flags & MSG_TRUNC)
 		err = -EMSGSIZE;
-	else if ((mh.msg_flags & MSG_CTRUNC) || too_many || nfds > PROTO_MAX_FDS)
+	else if ((mh.msg_flags & MSG_CTRUNC) && !nfds && (size_t)n >= sizeof(out->hdr)) {
+		/*
+		 * Descriptors sent, none installed: our own table is full (or
+		 * at RLIMIT_NOFILE). The limit is ours, not the peer's fault:
+		 * the header tells the caller which message it could not take.
+		 */
+		memcpy(&out->hdr, buf, sizeof(out->hdr));
+		err = -EMFILE;
+	} else if ((mh.msg_flags & MSG_CTRUNC) || too_many || nfds > PROTO_MAX_FDS)
 		err = -EBADF;
 	else
 		err = lzm_proto_decode(buf, (size_t)n, nfds, out);

@@ -206,7 +206,9 @@ int lzm_proto_send(int sock, unsigned type, uint32_t seq, const void *body, size
  * descriptor it carried is in out->fd (close-on-exec), or -1; on any error
  * every descriptor received is closed. 0, -ECONNRESET on end of file or a
  * reset peer, -EAGAIN (nowait), a decode error above, -EBADF for more
- * descriptors than PROTO_MAX_FDS (the kernel's MSG_CTRUNC too), or -errno.
+ * descriptors than PROTO_MAX_FDS (the kernel's MSG_CTRUNC too), -EMFILE when
+ * our descriptor table had no room for any (out->hdr is the message's
+ * header, unchecked: its seq says which request it answers), or -errno.
  */
 int lzm_proto_recv(int sock, struct proto_msg *out, bool nowait);
 

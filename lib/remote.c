@@ -62,8 +62,14 @@ static void *monitor_main(void *arg)
 		ret = lzm_proto_recv(r->sock, &m, false);
 		if (ret == -EINTR)
 			continue;
-		if (ret)
+		if (ret == -EMFILE) {
+			/* a reply whose descriptor our full table could not
+			 * take: the request fails with that, faultd serves on */
+			m = (struct proto_msg){ .hdr = { .type = MSG_REPLY, .seq = m.hdr.seq },
+						.u.reply.err = -EMFILE, .fd = -1 };
+		} else if (ret) {
 			break;
+		}
 		if (m.hdr.type == MSG_EVENT) {
 			struct uffd_msg ev;
 

@@ -622,6 +622,48 @@ DTEST(faultd_leaves_a_clients_range_registered_for_the_client_to_unregister)
 	close(uffd);
 }
 
+/*
+ * A map at a full descriptor table fails with -EMFILE, as in process, and
+ * changes nothing: faultd's reply carried the cache's memfd, which the full
+ * table could not take. That used to read as faultd gone: the client took
+ * its faults back, could not start its handlers (no descriptor either), and
+ * every call after was -EIO for good (hostile review).
+ */
+DTEST(a_map_at_a_full_descriptor_table_fails_and_the_client_goes_on)
+{
+	const size_t size = 1u << 20;
+	struct lazymap *lm = serve_file(size);
+	struct lazymap_stats st;
+	int fd = open(data_path, O_RDONLY | O_CLOEXEC), first = -1, last = -1, d;
+	void *p = NULL;
+
+	cr_assert_geq(fd, 0);
+	while ((d = dup(fd)) >= 0) {
+		if (first < 0)
+			first = d;
+		last = d;
+	}
+	cr_assert_eq(errno, EMFILE);
+	int ret = lazymap_map(lm, &p, size, PROT_READ, LAZYMAP_PRIVATE, fd, 0);
+
+	for (d = first; d >= 0 && d <= last; d++)
+		if (d != fd)
+			close(d);
+	cr_assert_eq(ret, -EMFILE, "lazymap_map at a full table: %s", strerror(-ret));
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.broken, 0, "the lazymap broke: %s", strerror((int)st.broken));
+	cr_assert_eq(st.regions, 0);
+	/* and faultd serves the next map */
+	ret = lazymap_map(lm, &p, size, PROT_READ, LAZYMAP_PRIVATE, fd, 0);
+	cr_assert_eq(ret, 0, "lazymap_map once descriptors are free: %s", strerror(-ret));
+	cr_assert_eq(scan(p, size, 2), 0);
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_gt(st.faults, 0, "faultd served no fault");
+	cr_assert_eq(lazymap_unmap(lm, p, size), 0);
+	close(fd);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
 DTEST(a_user_not_on_the_allow_list_is_refused)
 {
 	if (geteuid() != 0)

@@ -583,6 +583,40 @@ Test(proto, descriptors_the_kernel_truncates_are_refused_and_all_closed)
 	expect(recv_with_fds(pkt, len, 32), -EBADF, "a hello with 32 descriptors");
 }
 
+/* A descriptor our full table cannot take: -EMFILE, and the header, which
+ * says what the message was (faultd's reply: the request fails, the
+ * connection goes on). */
+Test(proto, a_descriptor_a_full_table_cannot_take_is_EMFILE_with_the_header)
+{
+	unsigned char pkt[PROTO_MAX];
+	size_t len = good_packet(MSG_OPEN_REPLY, pkt);
+	struct proto_msg m;
+	int sv[2], fd, first = -1, last = -1, d;
+
+	seqpacket_pair(sv);
+	fd = memfd("proto");
+	send_raw(sv[0], pkt, len, &fd, 1);
+	while ((d = dup(sv[0])) >= 0) {
+		if (first < 0)
+			first = d;
+		last = d;
+	}
+	int ret = lzm_proto_recv(sv[1], &m, false);
+
+	for (d = first; d >= 0 && d <= last; d++)
+		close(d);
+	expect(ret, -EMFILE, "an open reply at a full table");
+	cr_assert_eq(m.fd, -1);
+	cr_assert_eq(m.hdr.type, MSG_OPEN_REPLY);
+	struct proto_hdr h;
+
+	memcpy(&h, pkt, sizeof(h));
+	cr_assert_eq(m.hdr.seq, h.seq);
+	close(fd);
+	close(sv[0]);
+	close(sv[1]);
+}
+
 Test(proto, a_malformed_packet_on_a_socket_closes_its_descriptor)
 {
 	unsigned char pkt[PROTO_MAX];
