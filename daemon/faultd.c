@@ -191,6 +191,10 @@ static bool serve_one(struct session *s, struct proto_msg *m)
 		struct proto_stats_reply sr = { .n = 1 };
 		struct proto_client c;
 
+		/* the client's events read so far are applied, and told, first:
+		 * the library asks this to bring its tree up to date */
+		lzm_mm_sync_events(lzm_client_mm(s->cl));
+
 		lzm_client_status(s->cl, &c);
 		sr.v[0] = c.faults;
 		return lzm_proto_send(s->sock, MSG_STATS_REPLY, seq, &sr, sizeof(sr), -1, false) == 0;

@@ -110,6 +110,10 @@ int lzm_mm_read(struct mm *mm, struct uffd_msg *msgs, int max)
 
 void lzm_mm_sync_events(struct mm *mm)
 {
+	/* Served by faultd: its handlers read our events, and it has applied
+	 * and told us of those it read once it answers us (remote.c). */
+	if (mm->self && mm->lm->remote)
+		lzm_remote_settle(mm->lm);
 	for (;;) {
 		/* read_lock too: the fork reader holds it from its read() (which
 		 * lets the program's munmap return) until the ring counts it. */

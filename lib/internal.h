@@ -1071,6 +1071,9 @@ int lzm_remote_range(struct lazymap *lm, unsigned type, uintptr_t addr, size_t l
 /* faultd's counters of this client, in LAZYMAP_COUNTERS order (n at most). */
 int lzm_remote_stats(struct lazymap *lm, uint64_t *v, size_t n);
 bool lzm_remote_served(struct lazymap *lm);
+/* While faultd serves us: once it returns, the events of ours that faultd
+ * had read when we asked are in our tree. Not from the monitor thread. */
+void lzm_remote_settle(struct lazymap *lm);
 /* A region of a read-only cache was inserted in mm: if faultd has gone, the
  * take-over may have missed it; make it a copy as the take-over would have. */
 void lzm_remote_placed(struct mm *mm, struct source *src);

@@ -323,6 +323,16 @@ int lzm_remote_stats(struct lazymap *lm, uint64_t *v, size_t n)
 	return 0;
 }
 
+void lzm_remote_settle(struct lazymap *lm)
+{
+	struct proto_msg m;
+
+	/* faultd answers a stats request once it has applied (and told us
+	 * of) every event it read; the monitor applies them before the reply */
+	if (lzm_current_handler != &lm->remote->mon && lzm_remote_served(lm))
+		(void)call(lm->remote, MSG_STATS, NULL, 0, -1, MSG_STATS_REPLY, &m);
+}
+
 bool lzm_remote_served(struct lazymap *lm)
 {
 	struct remote *r = lm->remote;
