@@ -374,6 +374,11 @@ static int late_fd(struct cache *c, int *slot, int src_fd, int flags)
 	return ret;
 }
 
+int lzm_cache_direct(struct cache *c)
+{
+	return late_fd(c, &c->dfd, c->fd, O_RDONLY | O_DIRECT);
+}
+
 /* The cache of st's file, or NULL; registry_lock held. */
 static struct cache *registry_find(const struct stat *st, const void *owner)
 {

@@ -110,7 +110,7 @@ static int install(struct handler *h, struct mm *mm, enum install_how how, uintp
 		 * wake would only spin it through us forever. Give it SIGBUS,
 		 * as the kernel does when it cannot fill a page.
 		 */
-		stat_add(&st->io_errors, len >> lzm_page_shift);
+		io_errors_add(h, mm, len >> lzm_page_shift);
 		lzm_log(h->lm, LOG_ERR, "cannot install %#lx+%zu: %s: poisoned", (unsigned long)dst,
 			len, strerror(-ret));
 		how = INSTALL_POISON;
@@ -275,7 +275,7 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 	if (have == 0 && asked == addr) {
 		int ret;
 
-		stat_add(&h->stats.io_errors, 1);
+		io_errors_add(h, mm, 1);
 		ret = install(h, mm, INSTALL_POISON, addr, NULL, lzm_page_size, true);
 		/* poisoned in this mm; in a cache it stays a hole (the file may grow) */
 		lzm_release_run(mm, src, addr, idx, 1, ret == 0 && !src->ops->cached);
@@ -398,7 +398,7 @@ static void fill_install(struct handler *h, struct fill_req *req, size_t first, 
 	if (!ok && !has_asked) {
 		lzm_release_run(mm, req->src, addr, req->idx + first, cnt, false);
 	} else if (!ok) {
-		stat_add(&h->stats.io_errors, cnt);
+		io_errors_add(h, mm, cnt);
 		ret = install(h, mm, INSTALL_POISON, addr, NULL, len, true);
 		lzm_release_run(mm, req->src, addr, req->idx + first, cnt, ret == 0);
 	} else {
@@ -463,6 +463,10 @@ static int submit_read(struct handler *h, struct fill_req *req)
 	} else {
 		ret = req->src->ops->read(req->src, req->idx, req->done, req->buffered, &fd, &off,
 					  &nowait);
+		if (ret == 0 && req->direct) {
+			fd = req->src->cache->dfd; /* set once, before: lzm_cache_direct */
+			nowait = false;
+		}
 	}
 	req->nowait = nowait;
 	return ret ? ret : lzm_uring_read(h, fd, req->buf + req->done, len, off, nowait, req);
@@ -526,7 +530,7 @@ static void finish_read(struct handler *h, struct fill_req *req, size_t data_pag
 			      good << lzm_page_shift, true);
 	}
 	if (ret == 0 && limit > good && poison_rest) {
-		stat_add(&h->stats.io_errors, limit - good);
+		io_errors_add(h, mm, limit - good);
 		ret = install(h, mm, INSTALL_POISON, req->addr + (good << lzm_page_shift), NULL,
 			      (limit - good) << lzm_page_shift, true);
 	}
@@ -593,6 +597,20 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 			req->addr += k << lzm_page_shift;
 			req->idx += k;
 			req->n = 1;
+			req->done = 0;
+			if (submit_read(h, req) == 0)
+				return;
+		}
+		/*
+		 * One page a buffered read fails may be good all the same: a
+		 * large folio of the file's page cache that holds a bad block
+		 * fails every page in it, and stays there to fail the next
+		 * read. O_DIRECT reads the page alone, as the kernel's own
+		 * fault retries it alone.
+		 */
+		if (!req->swap && !req->direct && req->src->cache && req->n == 1 &&
+		    lzm_cache_direct(req->src->cache) == 0) {
+			req->direct = true;
 			req->done = 0;
 			if (submit_read(h, req) == 0)
 				return;

@@ -266,6 +266,9 @@ struct cache {
  * with a reference; write: a shared writable mapping will write back
  * through it (-EACCES unless fd is open for writing and not O_APPEND). */
 int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp);
+/* c->dfd, the file opened O_DIRECT, made if it is not yet: 0 or -errno (a file
+ * system without O_DIRECT: -EINVAL). */
+int lzm_cache_direct(struct cache *c);
 /* The same for a faultd client: the cache's pages are in memfd (taken, or
  * closed if the file has a cache of owner's already), faultd's remote_id. */
 int lzm_cache_open_remote(int fd, bool direct, bool write, int memfd, const void *owner,
@@ -547,6 +550,7 @@ struct mm {
 	/* for faultd's status: bytes read from files for its faults, faults
 	 * served from pages already in a cache */
 	_Atomic uint64_t bytes_read, cache_hits;
+	_Atomic uint64_t io_errors; /* pages poisoned in this mm (a faultd client's stats) */
 	/* a faultd client's fault latency, from the message read to the page
 	 * in place: how many took [2^i, 2^(i+1)) ns (serve.c) */
 	_Atomic uint64_t lat[MM_LAT_BUCKETS];
@@ -698,6 +702,14 @@ static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
 			      memory_order_relaxed);
 }
 
+/* n pages of mm poisoned: the handler's counter, and the mm's own (faultd
+ * tells a client its own). */
+#define io_errors_add(h, mm, n)                                                        \
+	do {                                                                           \
+		stat_add(&(h)->stats.io_errors, (n));                                  \
+		atomic_fetch_add_explicit(&(mm)->io_errors, (n), memory_order_relaxed); \
+	} while (0)
+
 static inline void stat_max(_Atomic uint64_t *c, uint64_t n)
 {
 	if (n > atomic_load_explicit(c, memory_order_relaxed))
@@ -801,6 +813,7 @@ struct fill_req {
 	bool move;              /* install with UFFDIO_MOVE */
 	bool around;            /* read around a random fault (filemap.c) */
 	bool buffered;          /* read through the page cache even if the source is O_DIRECT */
+	bool direct;            /* read with O_DIRECT even if the source is not (fault.c) */
 	bool nowait;            /* the read in flight was asked not to wait (RWF_NOWAIT) */
 	bool swap;              /* a read back from the swap file, of slots from slot on */
 	bool wp;                /* install write-protected (the budget tracks writes: swap.c) */
