@@ -196,7 +196,15 @@ static bool serve_one(struct session *s, struct proto_msg *m)
 		lzm_mm_sync_events(lzm_client_mm(s->cl));
 
 		lzm_client_status(s->cl, &c);
+		struct mm *mm = lzm_client_mm(s->cl);
+
+		/* in lazymap_stats' order: faults, pages_filled, bytes_read,
+		 * bytes_written, evictions, io_errors (what faultd counts per
+		 * client; the rest are 0) */
+		sr.n = 6;
 		sr.v[0] = c.faults;
+		sr.v[2] = c.bytes_read;
+		sr.v[5] = atomic_load(&mm->io_errors);
 		return lzm_proto_send(s->sock, MSG_STATS_REPLY, seq, &sr, sizeof(sr), -1, false) == 0;
 	}
 	case MSG_BYE: {

@@ -217,8 +217,15 @@ struct lazymap_opts {
  *   budget is faultd's, from its config; pages cannot be moved between
  *   processes);
  * - a forked child gets no copy of file regions (as without fork events);
- * - lazymap_stats counts the faults faultd served for us in faults, and
- *   what this process's own threads did in the rest.
+ * - lazymap_stats counts what faultd did for us in faults, bytes_read and
+ *   io_errors (with what this process's own threads did), and only this
+ *   process's own work in the rest (dirty_pages: faultd holds ours);
+ * - faultd's per-client limits (its config's [limits]) bound what the
+ *   library asks of it: past them a map is -ENOMEM (regions, mapped bytes)
+ *   or -EMFILE (files), a split by lazymap_protect or lazymap_advise
+ *   -ENOMEM. The program's own munmap and mremap cannot be refused, and
+ *   may take a client past them. faultd keeps every file a client mapped,
+ *   counted in its files, until the client disconnects.
  * If faultd goes (killed, stopped with SIGTERM, or it drops us), no thread
  * hangs and nothing is lost: the library starts its own handler threads on
  * the same userfaultfd, the pages already in faultd's caches stay mapped,

@@ -306,7 +306,7 @@ void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bo
 	} else if (req->asked && poison_rest && req->asked < end) {
 		size_t done;
 
-		stat_add(&h->stats.io_errors, 1);
+		io_errors_add(h, mm, 1);
 		if (lzm_uffd_poison(mm->uffd, req->asked, lzm_page_size, &done))
 			lzm_uffd_wake(mm->uffd, req->asked, lzm_page_size);
 	} else if (req->asked) {

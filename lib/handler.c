@@ -368,7 +368,7 @@ static void serve_broken(struct handler *h)
 				lzm_filemap_wp_broken(h, mm, addr);
 				continue;
 			}
-			stat_add(&h->stats.io_errors, 1);
+			io_errors_add(h, mm, 1);
 			if (lzm_uffd_poison(mm->uffd_keep, addr, lzm_page_size, &done) == -EEXIST)
 				lzm_uffd_wake(mm->uffd_keep, addr, lzm_page_size);
 		}

@@ -793,12 +793,16 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 #undef SUM
 		all.regions += f.regions;
 	}
-	/* faultd's, of the faults it served us (the first counter: faults) */
+	/* faultd's, of what it did for us: the faults it served, what it read
+	 * for them, the pages it could not read (in LAZYMAP_COUNTERS order) */
 	if (lm->remote && !lzm_current_handler) {
-		uint64_t v[1] = { 0 };
+		uint64_t v[6] = { 0 };
 
-		if (lzm_remote_stats(lm, v, 1) == 0)
+		if (lzm_remote_stats(lm, v, 6) == 0) {
 			all.faults += v[0];
+			all.bytes_read += v[2];
+			all.io_errors += v[5];
+		}
 	}
 	/* The two are read one after the other, and the count rises before
 	 * the peak follows it: a snapshot never shows one above the other. */

@@ -987,6 +987,49 @@ DTEST(a_client_stuck_on_a_dead_file_does_not_hold_up_another)
 	fusefs_stop(&fs);
 }
 
+/*
+ * A page faultd cannot read is SIGBUS at its address for the client, the
+ * pages around it read right, and the client's lazymap_stats count it in
+ * io_errors (faultd's count for the client: it stayed 0, hostile review).
+ */
+DTEST(a_page_faultd_cannot_read_is_sigbus_and_counted_for_the_client)
+{
+	const size_t ps = 4096, npages = 64;
+	struct lazymap_stats st;
+	struct fusefs fs;
+	struct lazymap *lm;
+	unsigned char *p = NULL;
+	int fd, err;
+
+	faultd_start(NULL);
+	err = fusefs_start(&fs, npages * ps, "10");
+	if (err < 0)
+		skip_test("fusefs: %s", fs.why);
+	touch_install();
+	lm = client_open();
+	fd = open(fs.path, O_RDONLY);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(lazymap_map(lm, (void **)&p, npages * ps, PROT_READ, LAZYMAP_PRIVATE, fd, 0), 0);
+	close(fd);
+	for (size_t pg = 0; pg < npages; pg++) {
+		char v = 0;
+		struct touch_fault f = touch((char *)p + pg * ps + 7, -1, &v);
+
+		if (pg == 10) {
+			cr_assert_eq(f.signo, SIGBUS, "bad page: signal %d", f.signo);
+			cr_assert_eq(f.addr, (void *)(p + pg * ps + 7));
+		} else {
+			cr_assert_eq(f.signo, 0, "good page %zu: signal %d", pg, f.signo);
+			cr_assert_eq((uint8_t)v, fusefs_byte(pg * ps + 7), "good page %zu", pg);
+		}
+	}
+	cr_assert_eq(lazymap_stats(lm, &st), 0);
+	cr_assert_eq(st.io_errors, 1, "io_errors %lu", (unsigned long)st.io_errors);
+	cr_assert_gt(st.bytes_read, 0);
+	cr_assert_eq(lazymap_close(lm), 0);
+	fusefs_stop(&fs);
+}
+
 DTEST(a_file_mapped_again_and_again_is_one_of_the_clients_files)
 {
 	struct lazymap *lm;
