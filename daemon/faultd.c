@@ -188,20 +188,17 @@ static bool serve_one(struct session *s, struct proto_msg *m)
 	case MSG_SYNC:
 		return reply(s, seq, lzm_client_range(s->cl, type, &m->u.range)) == 0;
 	case MSG_STATS: {
-		struct proto_stats_reply sr = { .n = 1 };
+		/* in lazymap_stats' order: faults, pages_filled, bytes_read,
+		 * bytes_written, evictions, io_errors (what faultd counts per
+		 * client; the rest are 0) */
+		struct proto_stats_reply sr = { .n = 6 };
+		struct mm *mm = lzm_client_mm(s->cl);
 		struct proto_client c;
 
 		/* the client's events read so far are applied, and told, first:
 		 * the library asks this to bring its tree up to date */
-		lzm_mm_sync_events(lzm_client_mm(s->cl));
-
+		lzm_mm_sync_events(mm);
 		lzm_client_status(s->cl, &c);
-		struct mm *mm = lzm_client_mm(s->cl);
-
-		/* in lazymap_stats' order: faults, pages_filled, bytes_read,
-		 * bytes_written, evictions, io_errors (what faultd counts per
-		 * client; the rest are 0) */
-		sr.n = 6;
 		sr.v[0] = c.faults;
 		sr.v[2] = c.bytes_read;
 		sr.v[5] = atomic_load(&mm->io_errors);
