@@ -27,7 +27,23 @@ struct client {
 	struct client_limits lim;
 	struct client_file *files;
 	unsigned nfiles, files_cap;
+	unsigned limits_logged;   /* LIMIT_* bits: each limit is logged once per client */
 };
+
+enum { LIMIT_FILES = 1, LIMIT_REGIONS = 2, LIMIT_MAPPED = 4 };
+
+/* A request refused at one of the client's limits: err, and one log line
+ * the first time (the client sees the error; the operator, why). */
+static int limit_hit(struct client *cl, unsigned which, const char *what, int err)
+{
+	if (!(cl->limits_logged & which)) {
+		cl->limits_logged |= which;
+		lzm_log(cl->lm, LOG_NOTICE, "client %d: at its limit of %s ([limits] in the "
+			"config): its requests past it fail with %s", atomic_load(&cl->mm->pid), what,
+			strerror(-err));
+	}
+	return err;
+}
 
 /* Whether fd is a userfaultfd: its anonymous inode says so. */
 static bool is_uffd(int fd)
@@ -167,7 +183,7 @@ int lzm_client_open(struct client *cl, int fd, unsigned flags, uint64_t *id, uin
 		write = f->write = f->write || write;
 	} else if (cl->nfiles >= cl->lim.max_files) {
 		lzm_cache_put(c);
-		return -EMFILE;
+		return limit_hit(cl, LIMIT_FILES, "files (descriptors)", -EMFILE);
 	}
 	mfd = lzm_cache_memfd(c, write);
 	if (mfd < 0) {
@@ -198,7 +214,7 @@ int lzm_client_map(struct client *cl, const struct proto_map *m)
 	struct client_file *f = NULL;
 	struct mm *mm = cl->mm;
 	struct source *src;
-	bool over;
+	bool regions, mapped;
 	int ret;
 
 	if (!(m->flags & LAZYMAP_ANON)) {
@@ -211,11 +227,14 @@ int lzm_client_map(struct client *cl, const struct proto_map *m)
 			return -EACCES;
 	}
 	pthread_rwlock_rdlock(&mm->lock);
-	over = mm->tree.count >= cl->lim.max_regions ||
-	       mapped_bytes(mm) + m->len > cl->lim.max_mapped;
+	regions = mm->tree.count >= cl->lim.max_regions;
+	mapped = mapped_bytes(mm) + m->len > cl->lim.max_mapped;
 	pthread_rwlock_unlock(&mm->lock);
-	if (over)
-		return -ENOMEM; /* as mmap past the map count or an rlimit */
+	/* -ENOMEM, as mmap past the map count or an rlimit */
+	if (regions)
+		return limit_hit(cl, LIMIT_REGIONS, "regions", -ENOMEM);
+	if (mapped)
+		return limit_hit(cl, LIMIT_MAPPED, "mapped bytes", -ENOMEM);
 	if (f) {
 		ret = lzm_source_new_file(m->len >> lzm_page_shift, f->c, m->pgoff,
 					  m->flags & LAZYMAP_DIRECT, false, &src);
@@ -253,7 +272,7 @@ static int room_to_split(struct client *cl)
 	pthread_rwlock_rdlock(&cl->mm->lock);
 	n = cl->mm->tree.count;
 	pthread_rwlock_unlock(&cl->mm->lock);
-	return n + 2 > cl->lim.max_regions ? -ENOMEM : 0;
+	return n + 2 > cl->lim.max_regions ? limit_hit(cl, LIMIT_REGIONS, "regions", -ENOMEM) : 0;
 }
 
 int lzm_client_range(struct client *cl, unsigned type, const struct proto_range *r)
