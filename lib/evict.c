@@ -771,15 +771,26 @@ static uint64_t evict_anon_runs(struct evictor *ev, struct ev_run *runs, size_t 
 
 	atomic_fetch_add_explicit(&lm->wstats.evictions, dropped, memory_order_relaxed);
 	atomic_fetch_add_explicit(&lm->wstats.swap_outs, written, memory_order_relaxed);
+	/*
+	 * A page kept goes back to a queue, unless its region went while the
+	 * batch held it: the forget of that unmap found it in no queue, and
+	 * it would stay counted until a later batch found it gone. mm's lock
+	 * first, as forget() takes them: no unmap between the look and the push.
+	 */
+	v = NULL;
+	pthread_rwlock_rdlock(&mm->lock);
 	pthread_mutex_lock(&ev->lock);
 	for (size_t k = 0; k < np; k++) {
-		if (pg[k].fate == P_KEEP)
+		if (pg[k].fate == P_KEEP && page_addr(mm, src, pg[k].idx, pg[k].addr, &v))
 			q_push(ev->fifo ? &ev->in : &ev->am,
 			       (struct ev_run){ (uintptr_t)src, pg[k].idx, 1, src, pg[k].addr });
+		else if (pg[k].fate == P_KEEP)
+			gone++;
 		else if (pg[k].fate >= P_FRESH)
 			ghost_add(ev, (uintptr_t)src, pg[k].idx);
 	}
 	pthread_mutex_unlock(&ev->lock);
+	pthread_rwlock_unlock(&mm->lock);
 	return gone;
 }
 
