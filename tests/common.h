@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -318,6 +319,39 @@ static inline int count_dir(const char *path)
 		n += e->d_name[0] != '.';
 	closedir(d);
 	return n;
+}
+
+/*
+ * The descriptor table full: copies of fd in every free slot, under an
+ * RLIMIT_NOFILE of at most FD_FILL_MAX (a table of a million would take a
+ * while to fill). fd_table_free() closes those copies, and nothing else:
+ * the slots they took may lie between descriptors that were open already.
+ */
+#define FD_FILL_MAX 256
+struct fd_fill {
+	int n, fds[FD_FILL_MAX];
+};
+
+static inline void fd_table_fill(struct fd_fill *f, int fd)
+{
+	struct rlimit rl;
+	int d;
+
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur > FD_FILL_MAX) {
+		rl.rlim_cur = FD_FILL_MAX;
+		cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	}
+	f->n = 0;
+	while (f->n < FD_FILL_MAX && (d = dup(fd)) >= 0)
+		f->fds[f->n++] = d;
+	cr_assert_eq(errno, EMFILE, "dup: %s", strerror(errno));
+}
+
+static inline void fd_table_free(struct fd_fill *f)
+{
+	while (f->n)
+		close(f->fds[--f->n]);
 }
 
 /* Pages of [p, p + len) in memory now (mincore). */

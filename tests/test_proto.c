@@ -591,20 +591,16 @@ Test(proto, a_descriptor_a_full_table_cannot_take_is_EMFILE_with_the_header)
 	unsigned char pkt[PROTO_MAX];
 	size_t len = good_packet(MSG_OPEN_REPLY, pkt);
 	struct proto_msg m;
-	int sv[2], fd, first = -1, last = -1, d;
+	struct fd_fill full;
+	int sv[2], fd;
 
 	seqpacket_pair(sv);
 	fd = memfd("proto");
 	send_raw(sv[0], pkt, len, &fd, 1);
-	while ((d = dup(sv[0])) >= 0) {
-		if (first < 0)
-			first = d;
-		last = d;
-	}
+	fd_table_fill(&full, sv[0]);
 	int ret = lzm_proto_recv(sv[1], &m, false);
 
-	for (d = first; d >= 0 && d <= last; d++)
-		close(d);
+	fd_table_free(&full);
 	expect(ret, -EMFILE, "an open reply at a full table");
 	cr_assert_eq(m.fd, -1);
 	cr_assert_eq(m.hdr.type, MSG_OPEN_REPLY);
