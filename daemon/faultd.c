@@ -188,10 +188,9 @@ static bool serve_one(struct session *s, struct proto_msg *m)
 	case MSG_SYNC:
 		return reply(s, seq, lzm_client_range(s->cl, type, &m->u.range)) == 0;
 	case MSG_STATS: {
-		/* in lazymap_stats' order: faults, pages_filled, bytes_read,
-		 * bytes_written, evictions, io_errors (what faultd counts per
-		 * client; the rest are 0) */
-		struct proto_stats_reply sr = { .n = 6 };
+		/* in lazymap_stats' order, up to the last faultd counts per
+		 * client (the rest are 0) */
+		struct proto_stats_reply sr = { .n = LZM_STAT_io_errors + 1 };
 		struct mm *mm = lzm_client_mm(s->cl);
 		struct proto_client c;
 
@@ -199,9 +198,9 @@ static bool serve_one(struct session *s, struct proto_msg *m)
 		 * the library asks this to bring its tree up to date */
 		lzm_mm_sync_events(mm);
 		lzm_client_status(s->cl, &c);
-		sr.v[0] = c.faults;
-		sr.v[2] = c.bytes_read;
-		sr.v[5] = atomic_load(&mm->io_errors);
+		sr.v[LZM_STAT_faults] = c.faults;
+		sr.v[LZM_STAT_bytes_read] = c.bytes_read;
+		sr.v[LZM_STAT_io_errors] = atomic_load(&mm->io_errors);
 		return lzm_proto_send(s->sock, MSG_STATS_REPLY, seq, &sr, sizeof(sr), -1, false) == 0;
 	}
 	case MSG_BYE: {

@@ -445,7 +445,7 @@ int lzm_cache_open_remote(int fd, bool direct, bool write, int memfd, const void
 	if (ret)
 		return ret;
 	if (direct)
-		ret = late_fd(c, &c->dfd, c->fd, O_RDONLY | O_DIRECT);
+		ret = lzm_cache_direct(c);
 	/* O_APPEND would make every write-back an append, O_DIRECT refuse the
 	 * file's last, partial page: reopen without them */
 	if (write && ret == 0)

@@ -689,6 +689,13 @@ int lzm_uring_eventfd(struct handler *h);
 
 /* ------------------------------------------------------------- handler.c */
 
+/* Each counter's place in LAZYMAP_COUNTERS order (faultd's stats reply). */
+enum lzm_stat {
+#define STAT_INDEX(name, how, what) LZM_STAT_##name,
+	LAZYMAP_COUNTERS(STAT_INDEX)
+#undef STAT_INDEX
+};
+
 /* Per-handler counters (LAZYMAP_COUNTERS): one writer, summed by lazymap_stats. */
 struct hstats {
 #define HSTAT_FIELD(name, how, what) _Atomic uint64_t name;

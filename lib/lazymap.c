@@ -796,12 +796,12 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 	/* faultd's, of what it did for us: the faults it served, what it read
 	 * for them, the pages it could not read (in LAZYMAP_COUNTERS order) */
 	if (lm->remote && !lzm_current_handler) {
-		uint64_t v[6] = { 0 };
+		uint64_t v[LZM_STAT_io_errors + 1] = { 0 };
 
-		if (lzm_remote_stats(lm, v, 6) == 0) {
-			all.faults += v[0];
-			all.bytes_read += v[2];
-			all.io_errors += v[5];
+		if (lzm_remote_stats(lm, v, LZM_STAT_io_errors + 1) == 0) {
+			all.faults += v[LZM_STAT_faults];
+			all.bytes_read += v[LZM_STAT_bytes_read];
+			all.io_errors += v[LZM_STAT_io_errors];
 		}
 	}
 	/* The two are read one after the other, and the count rises before

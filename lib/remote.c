@@ -325,12 +325,10 @@ int lzm_remote_stats(struct lazymap *lm, uint64_t *v, size_t n)
 
 void lzm_remote_settle(struct lazymap *lm)
 {
-	struct proto_msg m;
-
 	/* faultd answers a stats request once it has applied (and told us
 	 * of) every event it read; the monitor applies them before the reply */
 	if (lzm_current_handler != &lm->remote->mon && lzm_remote_served(lm))
-		(void)call(lm->remote, MSG_STATS, NULL, 0, -1, MSG_STATS_REPLY, &m);
+		(void)lzm_remote_stats(lm, NULL, 0);
 }
 
 bool lzm_remote_served(struct lazymap *lm)
