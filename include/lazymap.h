@@ -134,6 +134,18 @@ struct lazymap_opts {
 	 * the file fails lazymap_open with its errno.
 	 */
 	const char *swap_path;
+	/*
+	 * Regions of remote exports (lazymap_map_uri): how long the library
+	 * keeps trying to reach a server that went away (a dropped connection
+	 * is made again, with backoff from 20 ms to 1 s) and how long a
+	 * request may go unanswered before its connection is taken as lost
+	 * (a server stopped, a network cut). Faults wait meanwhile; past it
+	 * the pages that could not be read get SIGBUS (remote_timeouts), and
+	 * a write-back fails with -EIO (the pages stay dirty). Also the limit
+	 * on lazymap_map_uri's own connection (-ETIMEDOUT). In milliseconds;
+	 * 0: 5000.
+	 */
+	unsigned remote_timeout_ms;
 };
 /* The size of the first struct lazymap_opts, the smallest lazymap_open_sized() takes. */
 #define LAZYMAP_OPTS_SIZE_VER0 (offsetof(struct lazymap_opts, spin_us) + sizeof(unsigned))
@@ -446,6 +458,66 @@ LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, i
 				 lazymap_fill_fn fill, void *arg);
 
 /*
+ * A region whose pages come from a network block device export (NBD),
+ * through libnbd: uri is an NBD URI as libnbd parses it (nbd://host[:port]/
+ * export, nbds:// with TLS, nbd+unix:///export?socket=/path, nbds+unix://,
+ * nbd+vsock://), offset a byte offset in the export (page aligned). The
+ * export is paged like a file (see lazymap_map): read on the handler
+ * threads, each driving its own connection to the server asynchronously
+ * (many requests in flight, none larger than the server's maximum block
+ * size), with readahead on sequential access; its pages live in a page
+ * cache of their own, one per URI in the process (the same string: two
+ * spellings of one export are two caches), shared by every region that
+ * maps it. LAZYMAP_PRIVATE: writes stay in memory. LAZYMAP_SHARED: writes
+ * go to the cache and reach the export when written back (lazymap_sync,
+ * lazymap_unmap, lazymap_close, eviction under resident_limit) on a
+ * connection of the cache's own; lazymap_sync ends with an NBD flush when
+ * the server offers one. Pages past the export's end are SIGBUS, and so is
+ * a page the server fails to read (io_errors). A server that goes away is
+ * reconnected for opts.remote_timeout_ms (see there), and the faults wait;
+ * the URI is connected to again as given (a name is resolved again).
+ * Resolving a host name blocks the thread that connects (libnbd): give
+ * addresses where that matters. Served by faultd (opts.daemon), such
+ * regions are served in process, as fill-callback regions are.
+ *
+ * The server is asked at once: lazymap_map_uri connects, checks the export
+ * and disconnects (the handler threads connect at their first fault there);
+ * a second region of the same URI asks nothing. Without multi-conn
+ * (NBD_FLAG_CAN_MULTI_CONN) the server does not promise that a write one
+ * connection made is seen by another: regions of one URI are then kept
+ * consistent by the cache alone (every page read once, written back on
+ * one connection), which holds while nobody else writes the export.
+ * TLS: libnbd's rules (nbds:// requires it); a tls-psk-file= in the URI is
+ * read (the program is trusted with its own URIs).
+ *
+ * Errors (nothing is mapped, nothing is kept):
+ *   -EINVAL       len, prot, flags, offset as lazymap_map (LAZYMAP_ANON and
+ *                 LAZYMAP_DIRECT are -EINVAL here); uri NULL, unparsable,
+ *                 of an unknown scheme, or without what its scheme needs
+ *                 (nbd+unix:// without socket=)
+ *   -EPROTONOSUPPORT  the library was built without libnbd, or libnbd
+ *                 without that transport (vsock) or TLS
+ *   -ENOENT       the server has no export of that name; a UNIX socket
+ *                 path that does not exist
+ *   -ECONNREFUSED nothing listens there
+ *   -EHOSTUNREACH the host cannot be reached, or its name has no address
+ *   -ETIMEDOUT    no answer within opts.remote_timeout_ms
+ *   -EOPNOTSUPP   the server requires TLS and the URI did not ask for it,
+ *                 or the URI asked for it and the server refuses it; an
+ *                 export whose minimum block size is larger than a page
+ *   -EPROTO       the handshake failed (TLS credentials refused, the server
+ *                 hung up while negotiating)
+ *   -EACCES       LAZYMAP_SHARED with PROT_WRITE on a read-only export
+ *   -EPERM        the URI names something libnbd may not use
+ *   -ENOMEM, -EMFILE (the first region of an export costs a memfd, a
+ *                 userfaultfd, and the probe's socket for the call's time)
+ * lazymap_protect may give PROT_WRITE to a shared region only if the
+ * export is writable (-EACCES).
+ */
+LAZYMAP_API int lazymap_map_uri(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
+				const char *uri, uint64_t offset);
+
+/*
  * Unmap the whole or a part of one or several regions: addr must be page
  * aligned (len is rounded up to pages, as munmap does), and [addr, addr+len)
  * lie entirely inside regions of this lazymap. The dirty
@@ -553,7 +625,9 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(budget_overruns, SUM, "fills that went on over resident_limit (eviction could free nothing in time)") \
 	X(swap_outs, SUM, "pages written to the swap file (written pages of anonymous and fill regions)") \
 	X(swap_ins, SUM, "pages read back from the swap file")                                  \
-	X(swap_bytes, NOW, "bytes of the swap file in use")
+	X(swap_bytes, NOW, "bytes of the swap file in use")                                     \
+	X(remote_reconnects, SUM, "connections to NBD servers made again after one was lost")   \
+	X(remote_timeouts, SUM, "reads of remote pages given up: the server stayed away past remote_timeout_ms (their pages get SIGBUS)")
 
 /* Counters since lazymap_open. */
 struct lazymap_stats {

@@ -104,6 +104,10 @@ struct source_ops {
 	 */
 	int (*read)(struct source *src, uint64_t pgoff, size_t done, bool buffered, int *fd,
 		    uint64_t *off, bool *nowait);
+	/* Producers that a handler reads itself (nbd.c): start the rest of
+	 * req's read (from req->done on); its end_io is called when it is
+	 * done, on the same handler. 0, or -errno (nothing started). */
+	int (*submit)(struct handler *h, struct fill_req *req);
 	/* How many of npages from pgoff exist (a file ends); NULL: all. */
 	size_t (*extent)(struct source *src, uint64_t pgoff, size_t npages);
 	void (*release)(struct source *src);
@@ -169,10 +173,18 @@ int lzm_source_copied_of(const struct source *src, struct source **srcp);
 int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, struct source **srcp);
 void lzm_source_get(struct source *src); /* NULL is allowed and ignored */
 void lzm_source_put(struct source *src); /* NULL is allowed and ignored */
+/* Its pages are read on a handler (a file's ring, an NBD connection). */
+static inline bool source_reads(const struct source *src)
+{
+	return src->ops->read || src->ops->submit;
+}
 static inline bool source_produces(const struct source *src)
 {
-	return src->ops->fill || src->ops->read;
+	return src->ops->fill || source_reads(src);
 }
+/* An NBD export's source (nbd.c), like lzm_source_new_file. */
+int lzm_source_new_nbd(size_t npages, struct cache *c, uint64_t pgoff, bool copied,
+		       struct source **srcp);
 
 /* --------------------------------------------------------------- cache.c */
 
@@ -233,6 +245,10 @@ struct cache {
 	char *fill_win;
 	size_t fill_win_len;
 	_Atomic uint64_t size;       /* the file's size as last seen */
+	/* An NBD export's cache (nbd.c): no descriptor of a file (fd, dfd and
+	 * wfd are -1); reads go through the handlers' connections, write-back
+	 * through the export's own. Keyed by its URI. Set at creation. */
+	struct nbd_export *nbd;
 	/*
 	 * lock: the descriptors opened late, the waiters, the sharers, and the
 	 * dirty transitions with the write-protection that goes with them (a
@@ -273,6 +289,9 @@ int lzm_cache_direct(struct cache *c);
  * closed if the file has a cache of owner's already), faultd's remote_id. */
 int lzm_cache_open_remote(int fd, bool direct, bool write, int memfd, const void *owner,
 			  uint64_t remote_id, struct cache **cp);
+/* The cache of the NBD export at uri (nbd.c connects, if it is not open
+ * yet, within timeout_ms): -EACCES if write and the export is read-only. */
+int lzm_cache_open_nbd(const char *uri, unsigned timeout_ms, bool write, struct cache **cp);
 /* A new descriptor of c's memfd for a faultd client to map: a duplicate if
  * write, else a read-only open file description of its own (through /proc).
  * -errno on failure. */
@@ -685,6 +704,17 @@ void lzm_uring_flush(struct handler *h);
 /* Complete what has finished (wait for one first if wait); returns how many. */
 int lzm_uring_reap(struct handler *h, bool wait);
 void lzm_uring_quiet(struct handler *h);
+/*
+ * Completions that are no read (nbd.c): a one-shot poll of fd for events,
+ * a timeout after ts (which must live until it fires). Their completion
+ * calls lzm_nbd_event(h, obj, kind, res); they do not count in h->inflight.
+ * obj is 8-byte aligned. 0 or -errno.
+ */
+#define URING_NBD_POLL  1u
+#define URING_NBD_TIMER 2u
+int lzm_uring_poll(struct handler *h, int fd, unsigned events, void *obj);
+struct __kernel_timespec;
+int lzm_uring_timeout(struct handler *h, struct __kernel_timespec *ts, void *obj);
 int lzm_uring_eventfd(struct handler *h);
 
 /* ------------------------------------------------------------- handler.c */
@@ -750,6 +780,12 @@ struct handler {
 	uint64_t batch_ns;
 	bool fault_deferred;
 	bool broke;              /* this handler broke the lazymap: it answers faults */
+	/* Its connections to NBD servers (nbd.c), one per export it read, and
+	 * the reads that ended while it was busy submitting, to be ended on
+	 * its next reap. Its own: no lock. */
+	struct nbd_conn *nbd;
+	struct nbd_cmd *nbd_done;
+	bool nbd_stopping;
 };
 
 /* A range lazymap_prefetch() handed to the handlers. */
@@ -826,6 +862,11 @@ struct fill_req {
 	bool wp;                /* install write-protected (the budget tracks writes: swap.c) */
 	uint8_t hint;           /* EV_*: where its pages go in the budget's queues */
 	uint32_t slot;
+	/* An NBD read (nbd.c): its commands not yet answered, the bytes they
+	 * asked for, the first error */
+	unsigned nbd_parts;
+	size_t nbd_bytes;
+	int nbd_err;
 	/* A read completed with res (bytes or -errno): continue it, or install
 	 * and free req. Called on the handler whose ring read it (bio's bi_end_io). */
 	void (*end_io)(struct handler *h, struct fill_req *req, int res);
@@ -1067,6 +1108,44 @@ static inline uint32_t source_slot(const struct source *src, uint64_t idx)
 
 	return t ? atomic_load_explicit(&t[idx], memory_order_relaxed) : 0;
 }
+
+/* ----------------------------------------------------------------- nbd.c */
+
+/*
+ * NBD exports (libnbd): the export behind a cache (size, limits, the
+ * write-back connection), each handler's connections, and the reads on
+ * them. Without libnbd every entry point returns -EPROTONOSUPPORT.
+ */
+struct nbd_export;
+struct nbd_conn;
+struct nbd_cmd;
+/* Connect to uri within timeout_ms and learn the export; -errno as
+ * lazymap_map_uri documents. */
+int lzm_nbd_open(const char *uri, unsigned timeout_ms, struct nbd_export **xp);
+void lzm_nbd_close(struct nbd_export *x);
+const char *lzm_nbd_uri(const struct nbd_export *x);
+uint64_t lzm_nbd_size(const struct nbd_export *x);
+bool lzm_nbd_read_only(const struct nbd_export *x);
+/* A handler's read of req (source_ops.submit). */
+int lzm_nbd_submit(struct handler *h, struct fill_req *req);
+/* A poll or timer completion of the handler's (uring.c). */
+void lzm_nbd_event(struct handler *h, void *obj, unsigned kind, int res);
+/* End the reads deferred to the next reap (uring.c calls it first). */
+void lzm_nbd_run_done(struct handler *h);
+/* The handler is leaving its loop: its reads fail, its connections close. */
+void lzm_nbd_handler_stop(struct handler *h);
+/* After its ring is gone: free what is left. */
+void lzm_nbd_handler_free(struct handler *h);
+/* Write back: n writes of len bytes from src (a window of the cache's
+ * memfd, read with care: a page punched meanwhile is skipped) at off, each
+ * err set; then a flush if flush. The first -errno, or 0. */
+struct nbd_wio {
+	const char *src;
+	uint64_t off, len;
+	int err;
+};
+int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush,
+		  uint64_t *written);
 
 /* -------------------------------------------------------------- remote.c */
 

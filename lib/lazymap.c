@@ -870,3 +870,10 @@ int lazymap_dump(struct lazymap *lm, FILE *out)
 	lazymap_put(lm);
 	return ret;
 }
+
+int lazymap_map_uri(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
+		    const char *uri, uint64_t offset)
+{
+	(void)lm; (void)addrp; (void)len; (void)prot; (void)flags; (void)uri; (void)offset;
+	return -EPROTONOSUPPORT;
+}
