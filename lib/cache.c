@@ -80,6 +80,7 @@ static void cache_free(struct cache *c)
 		free(w);
 	}
 	free(c->sharers);
+	lzm_nbd_close(c->nbd);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->wb_lock);
 	free(c);
@@ -320,13 +321,13 @@ static int cache_new(int fd, const struct stat *st, int memfd, const void *owner
 	atomic_init(&c->size, (uint64_t)st->st_size);
 	c->dev = st->st_dev;
 	c->ino = st->st_ino;
-	/* without /proc, a dup */
-	c->fd = fcntl(fd, F_GETFL) & O_DIRECT ? fd_reopen(fd, O_RDONLY) : -1;
-	if (c->fd < 0)
+	/* without /proc, a dup; an NBD export's (fd -1) has none */
+	c->fd = fd >= 0 && fcntl(fd, F_GETFL) & O_DIRECT ? fd_reopen(fd, O_RDONLY) : -1;
+	if (c->fd < 0 && fd >= 0)
 		c->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
 	c->owner = owner;
 	c->memfd = memfd >= 0 ? memfd : memfd_create("lazymap-cache", MFD_CLOEXEC);
-	if (c->fd < 0 || c->memfd < 0 || (memfd < 0 && memfd_size(c->memfd))) {
+	if ((c->fd < 0 && fd >= 0) || c->memfd < 0 || (memfd < 0 && memfd_size(c->memfd))) {
 		int err = errno;
 
 		cache_free(c);
@@ -385,9 +386,83 @@ static struct cache *registry_find(const struct stat *st, const void *owner)
 	struct cache *c;
 
 	for (c = registry; c; c = c->next)
-		if (c->dev == st->st_dev && c->ino == st->st_ino && c->owner == owner)
+		if (!c->nbd && c->dev == st->st_dev && c->ino == st->st_ino && c->owner == owner)
 			break;
 	return c;
+}
+
+/* Wait while c's last reference writes it back; registry_lock held. */
+static void registry_wait_closing(struct cache *(*find)(const void *), const void *key,
+				  struct cache **cp)
+{
+	while ((*cp = find(key)) && (*cp)->closing) {
+		/* its last region went and its dirty pages are being written:
+		 * take it back once that is done */
+		pthread_mutex_unlock(&registry_lock);
+		usleep(100);
+		pthread_mutex_lock(&registry_lock);
+	}
+}
+
+/* Take a reference to a cache found in the registry (registry_lock held). */
+static void registry_take(struct cache *c)
+{
+	/* an orphaned cache's dirty pages have no range to be synced by */
+	if (!atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed))
+		atomic_store(&c->orphans, true);
+	c->orphaned = false;
+}
+
+static struct cache *registry_find_uri(const void *uri)
+{
+	struct cache *c;
+
+	for (c = registry; c; c = c->next)
+		if (c->nbd && !strcmp(lzm_nbd_uri(c->nbd), uri))
+			break;
+	return c;
+}
+
+int lzm_cache_open_nbd(const char *uri, unsigned timeout_ms, bool write, struct cache **cp)
+{
+	struct nbd_export *x = NULL;
+	struct cache *c;
+	int ret = 0;
+
+	pthread_mutex_lock(&registry_lock);
+	registry_wait_closing(registry_find_uri, uri, &c);
+	if (c)
+		registry_take(c);
+	pthread_mutex_unlock(&registry_lock);
+	if (!c) {
+		/* asked without the lock: the server may take its time */
+		ret = lzm_nbd_open(uri, timeout_ms, &x);
+		if (ret)
+			return ret;
+
+		struct stat st = { .st_size = (off_t)lzm_nbd_size(x) };
+
+		pthread_mutex_lock(&registry_lock);
+		registry_wait_closing(registry_find_uri, uri, &c);
+		if (c) {
+			registry_take(c); /* another thread opened it meanwhile */
+		} else if ((ret = cache_new(-1, &st, -1, NULL, &c)) == 0) {
+			c->nbd = x;
+			x = NULL;
+			c->next = registry;
+			registry = c;
+		}
+		pthread_mutex_unlock(&registry_lock);
+		lzm_nbd_close(x);
+		if (ret)
+			return ret;
+	}
+	if (write && lzm_nbd_read_only(c->nbd)) {
+		lzm_cache_put(c);
+		return -EACCES;
+	}
+	*cp = c;
+	return 0;
 }
 
 int lzm_cache_open(int fd, bool direct, bool write, struct cache **cp)
@@ -409,17 +484,12 @@ int lzm_cache_open_remote(int fd, bool direct, bool write, int memfd, const void
 	}
 	pthread_mutex_lock(&registry_lock);
 	while ((c = registry_find(&st, owner)) && c->closing) {
-		/* its last region went and its dirty pages are being written:
-		 * take it back once that is done */
 		pthread_mutex_unlock(&registry_lock);
 		usleep(100);
 		pthread_mutex_lock(&registry_lock);
 	}
 	if (c) {
-		/* an orphaned cache's dirty pages have no range to be synced by */
-		if (!atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed))
-			atomic_store(&c->orphans, true);
-		c->orphaned = false;
+		registry_take(c);
 		/* faultd's memfd again: a writable one replaces a read-only one
 		 * (mappings made of the old one stay: they map the same file) */
 		if (memfd >= 0 && c->memfd_ro && c->memfd_old < 0 &&
@@ -555,7 +625,7 @@ uint64_t lzm_cache_refresh_size(struct cache *c)
 {
 	struct stat st;
 
-	if (fstat(c->fd, &st) == 0)
+	if (c->fd >= 0 && fstat(c->fd, &st) == 0)
 		atomic_store_explicit(&c->size, (uint64_t)st.st_size, memory_order_relaxed);
 	return atomic_load_explicit(&c->size, memory_order_relaxed);
 }
@@ -1241,6 +1311,41 @@ static void wb_write_ring(struct cache *c, struct wb *wb, const char *win, uint6
 		close(dfd);
 }
 
+/* An NBD export's runs, on its write-back connection (nbd.c); no flush here. */
+static void wb_write_nbd(struct cache *c, struct wb *wb, const char *win, uint64_t first,
+			 uint64_t size, struct lazymap *lm)
+{
+	struct nbd_wio *io = calloc(wb->nruns, sizeof(*io));
+	uint64_t written = 0;
+	size_t n = 0;
+
+	if (!io) {
+		for (size_t r = 0; r < wb->nruns; r++)
+			wb->runs[r].err = -ENOMEM;
+		return;
+	}
+	for (size_t r = 0; r < wb->nruns; r++) {
+		uint64_t off = wb->runs[r].fp << lzm_page_shift;
+		uint64_t len = wb->runs[r].n << lzm_page_shift;
+
+		if (off >= size)
+			continue; /* past the export's end: dropped, as a file's */
+		if (len > size - off)
+			len = size - off;
+		io[n++] = (struct nbd_wio){ .src = win + (off - (first << lzm_page_shift)),
+					    .off = off, .len = len };
+	}
+	lzm_nbd_write(c->nbd, io, n, false, &written);
+	for (size_t r = 0, i = 0; r < wb->nruns && i < n; r++)
+		if (io[i].off == wb->runs[r].fp << lzm_page_shift)
+			wb->runs[r].err = io[i++].err;
+	free(io);
+	if (lm) {
+		atomic_fetch_add(&lm->wstats.bytes_written, written);
+		atomic_fetch_add(&lm->wstats.writebacks, n);
+	}
+}
+
 static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 {
 	uint64_t size = lzm_cache_refresh_size(c), written = 0, nwrites = 0;
@@ -1264,6 +1369,11 @@ static void wb_write(struct cache *c, struct wb *wb, struct lazymap *lm)
 		/* nothing read, nothing written: the pages stay dirty */
 		for (size_t r = 0; r < wb->nruns; r++)
 			wb->runs[r].err = err;
+		return;
+	}
+	if (c->nbd) {
+		wb_write_nbd(c, wb, win, first, size, lm);
+		munmap(win, winlen);
 		return;
 	}
 	no_xfsz_begin(&x);
@@ -1328,6 +1438,16 @@ static int wb_end(struct cache *c, struct wb *wb, int err)
 	return ret;
 }
 
+/* What was written reaches the disk: fdatasync, or an NBD flush. */
+static int durable(struct cache *c)
+{
+	uint64_t none = 0;
+
+	if (c->nbd)
+		return lzm_nbd_write(c->nbd, NULL, 0, true, &none);
+	return c->wfd >= 0 && fdatasync(c->wfd) ? -errno : 0;
+}
+
 /* The four phases; wb_lock held, or the cache closing (lzm_cache_put). */
 static int writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *lm, int how)
 {
@@ -1344,12 +1464,12 @@ static int writeback(struct cache *c, uint64_t fp, uint64_t n, struct lazymap *l
 		wb_write(c, &wb, lm);
 		/* If fdatasync fails, the kernel may have dropped what it could
 		 * not write: every page of this pass is dirty again. */
-		if ((how & (WB_DURABLE | WB_DURABLE_IF)) && c->wfd >= 0 && fdatasync(c->wfd))
-			err = -errno;
+		if (how & (WB_DURABLE | WB_DURABLE_IF))
+			err = durable(c);
 		ret = wb_end(c, &wb, err) ?: ret;
-	} else if ((how & WB_DURABLE) && c->wfd >= 0 && fdatasync(c->wfd)) {
+	} else if (how & WB_DURABLE) {
 		/* clean here, but an earlier pass (eviction) may not be durable yet */
-		ret = -errno;
+		ret = durable(c);
 	}
 	free(wb.runs);
 	return ret;

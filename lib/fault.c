@@ -308,7 +308,7 @@ struct fill_req *lzm_fault_begin(struct handler *h, struct mm *mm, struct vma *v
 		 * never writes is dropped, not swapped, and made again (swap.c). */
 		.wp = h->lm->ev && !src->ops->cached,
 		.hint = (uint8_t)advice_hint(v),
-		.end_io = src->ops->read ? read_done : NULL,
+		.end_io = source_reads(src) ? read_done : NULL,
 	};
 	/* MOVE takes private anonymous pages between VMAs of equal protection
 	 * only; staging pages are read-write. It has no write-protect mode. */
@@ -455,6 +455,8 @@ static int submit_read(struct handler *h, struct fill_req *req)
 	uint64_t off;
 	int fd, ret;
 
+	if (!req->swap && req->src->ops->submit)
+		return req->src->ops->submit(h, req); /* a connection of h's (nbd.c) */
 	if (req->swap) {
 		fd = lzm_swap_fd(h->lm->swap);
 		off = ((uint64_t)req->slot << lzm_page_shift) + req->done;
@@ -608,7 +610,7 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 		 * read. O_DIRECT reads the page alone, as the kernel's own
 		 * fault retries it alone.
 		 */
-		if (!req->swap && !req->direct && req->src->cache && req->n == 1 &&
+		if (!req->swap && !req->direct && req->src->ops->read && req->n == 1 &&
 		    lzm_cache_direct(req->src->cache) == 0) {
 			req->direct = true;
 			req->done = 0;
@@ -638,7 +640,7 @@ static void read_done(struct handler *h, struct fill_req *req, int res)
 
 void lzm_fault_start(struct handler *h, struct fill_req *req)
 {
-	if (req->src->ops->read || req->swap)
+	if (source_reads(req->src) || req->swap)
 		start_read(h, req);
 	else if (!atomic_load_explicit(&req->src->slow, memory_order_relaxed) ||
 		 lzm_fillers_queue(h->lm, req) != 0)
@@ -819,7 +821,7 @@ again:
 	atomic_store_explicit(&v->ra_next, idx + n, memory_order_relaxed);
 
 	/* Around a lone fault of a synchronous source: the rest of its block. */
-	bool around = n == 1 && !v->src->ops->read && !(v->flags & LAZYMAP_SHARED) &&
+	bool around = n == 1 && !source_reads(v->src) && !(v->flags & LAZYMAP_SHARED) &&
 		      v->advice != LAZYMAP_ADV_RANDOM &&
 		      /* a slow callback would only be kept busy for pages nobody asked for */
 		      !atomic_load_explicit(&v->src->slow, memory_order_relaxed);

@@ -713,6 +713,8 @@ void lzm_uring_quiet(struct handler *h);
 #define URING_NBD_POLL  1u
 #define URING_NBD_TIMER 2u
 int lzm_uring_poll(struct handler *h, int fd, unsigned events, void *obj);
+/* Cancel obj's poll (its completion still comes, -ECANCELED). */
+void lzm_uring_poll_cancel(struct handler *h, void *obj);
 struct __kernel_timespec;
 int lzm_uring_timeout(struct handler *h, struct __kernel_timespec *ts, void *obj);
 int lzm_uring_eventfd(struct handler *h);

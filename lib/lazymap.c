@@ -19,6 +19,7 @@
 
 #define DEFAULT_READAHEAD   (512u << 10)
 #define MAX_READAHEAD       (64u << 20)
+#define DEFAULT_REMOTE_TIMEOUT_MS 5000u
 #define MAX_HANDLER_THREADS 256u
 #define MAX_QUEUE_DEPTH     32768u
 #define DEFAULT_SPIN_US     50u
@@ -248,6 +249,8 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 		o.spin_us = DEFAULT_SPIN_US;
 	if (!o.queue_depth)
 		o.queue_depth = DEFAULT_QUEUE_DEPTH;
+	if (!o.remote_timeout_ms)
+		o.remote_timeout_ms = DEFAULT_REMOTE_TIMEOUT_MS;
 
 	ret = lzm_uffd_probe(&features);
 	if (ret)
@@ -403,6 +406,35 @@ static int map_len(size_t len, size_t *out)
 	return 0;
 }
 
+/*
+ * The checks every map of a source makes: addrp, prot, len (rounded up),
+ * flags within allowed and PRIVATE or SHARED, and a fixed address page
+ * aligned, with room for len and no hint beside it.
+ */
+static int map_args(void **addrp, size_t *len, int prot, int flags, int allowed)
+{
+	int kind = flags & (LAZYMAP_PRIVATE | LAZYMAP_SHARED);
+
+	if (!addrp || !prot_ok(prot) || map_len(*len, len) || (flags & ~allowed) ||
+	    (kind != LAZYMAP_PRIVATE && kind != LAZYMAP_SHARED))
+		return -EINVAL;
+	if ((flags & LAZYMAP_FIXED) &&
+	    ((flags & LAZYMAP_HINT) || !page_aligned((uintptr_t)*addrp) ||
+	     (uintptr_t)*addrp > UINTPTR_MAX - *len))
+		return -EINVAL;
+	return 0;
+}
+
+/* A file's or an export's offset: page aligned, and within what a cache holds. */
+static int map_offset(uint64_t offset, size_t len)
+{
+	if (!page_aligned((uintptr_t)offset) || len > INT64_MAX || offset > INT64_MAX - len)
+		return -EINVAL;
+	if (offset + len > (uint64_t)1 << CACHE_MAX_SHIFT)
+		return -EINVAL; /* beyond the largest file a cache holds */
+	return 0;
+}
+
 int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flags, int fd,
 		off_t offset)
 {
@@ -410,15 +442,9 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 	struct source *src;
 	int ret;
 
-	if (!addrp || !prot_ok(prot) || map_len(len, &len) ||
-	    (flags & ~(LAZYMAP_PRIVATE | LAZYMAP_SHARED | LAZYMAP_ANON | LAZYMAP_DIRECT |
-		       LAZYMAP_HINT | LAZYMAP_FIXED)) ||
-	    (kind != LAZYMAP_PRIVATE && kind != LAZYMAP_SHARED))
-		return -EINVAL;
-	/* a fixed address: page aligned, room for len, no hint beside it */
-	if ((flags & LAZYMAP_FIXED) &&
-	    ((flags & LAZYMAP_HINT) || !page_aligned((uintptr_t)*addrp) ||
-	     (uintptr_t)*addrp > UINTPTR_MAX - len))
+	if (map_args(addrp, &len, prot, flags,
+		     LAZYMAP_PRIVATE | LAZYMAP_SHARED | LAZYMAP_ANON | LAZYMAP_DIRECT |
+			     LAZYMAP_HINT | LAZYMAP_FIXED))
 		return -EINVAL;
 	if (flags & LAZYMAP_ANON) {
 		if (fd != -1 || offset != 0 || (flags & LAZYMAP_DIRECT))
@@ -426,11 +452,8 @@ int lazymap_map(struct lazymap *lm, void **addrp, size_t len, int prot, int flag
 		ret = lzm_source_new_zero(len >> lzm_page_shift, &src);
 		return ret ? ret : map_source(lm, addrp, len, prot, flags, src);
 	}
-	if (offset < 0 || !page_aligned((uintptr_t)offset) || len > INT64_MAX ||
-	    (uint64_t)offset > INT64_MAX - len)
+	if (offset < 0 || map_offset((uint64_t)offset, len))
 		return -EINVAL;
-	if ((uint64_t)offset + len > (uint64_t)1 << CACHE_MAX_SHIFT)
-		return -EINVAL; /* beyond the largest file a cache holds */
 	if (fd < 0)
 		return -EBADF;
 
@@ -871,9 +894,52 @@ int lazymap_dump(struct lazymap *lm, FILE *out)
 	return ret;
 }
 
+/* ------------------------------------------------------------ NBD exports */
+
 int lazymap_map_uri(struct lazymap *lm, void **addrp, size_t len, int prot, int flags,
 		    const char *uri, uint64_t offset)
 {
-	(void)lm; (void)addrp; (void)len; (void)prot; (void)flags; (void)uri; (void)offset;
-	return -EPROTONOSUPPORT;
+	int kind = flags & (LAZYMAP_PRIVATE | LAZYMAP_SHARED);
+	struct source *src;
+	struct cache *c;
+	int ret;
+
+	if (map_args(addrp, &len, prot, flags,
+		     LAZYMAP_PRIVATE | LAZYMAP_SHARED | LAZYMAP_HINT | LAZYMAP_FIXED) ||
+	    !uri || map_offset(offset, len))
+		return -EINVAL;
+	ret = lazymap_get(lm);
+	if (ret)
+		return ret;
+	if (lm->remote) {
+		/* faultd pages files by descriptor: an export is served here */
+		struct lazymap *fills;
+
+		ret = fills_open(lm, &fills);
+		lazymap_put(lm);
+		return ret ? ret : lazymap_map_uri(fills, addrp, len, prot, flags, uri, offset);
+	}
+	ret = in_own_handler(lm) ? -EDEADLK
+				 : lzm_cache_open_nbd(uri, lm->opts.remote_timeout_ms,
+						      kind == LAZYMAP_SHARED && (prot & PROT_WRITE), &c);
+	if (ret) {
+		lazymap_put(lm);
+		return ret;
+	}
+	/* as a file's descriptor: a shared map of a writable export may write */
+	bool maywrite = kind == LAZYMAP_SHARED && !lzm_nbd_read_only(c->nbd);
+	/* under a budget a writable private map holds copies (lazymap_map) */
+	bool copied = kind == LAZYMAP_PRIVATE && (prot & PROT_WRITE) && lm->ev;
+
+	if (maywrite && (lm->mm.features & SHARED_FEATURES) != SHARED_FEATURES)
+		ret = -EOPNOTSUPP; /* Linux < 5.19 */
+	else
+		ret = lzm_source_new_nbd(len >> lzm_page_shift, c, offset >> lzm_page_shift, copied,
+					 &src);
+	lzm_cache_put(c);
+	lazymap_put(lm);
+	if (ret)
+		return ret;
+	src->maywrite = maywrite;
+	return map_source(lm, addrp, len, prot, flags, src);
 }

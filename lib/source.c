@@ -150,6 +150,38 @@ int lzm_source_new_file(size_t npages, struct cache *c, uint64_t file_pgoff, boo
 	return ret;
 }
 
+/* ------------------------------------------------------------ NBD exports */
+
+/* An export is paged as a file is (its cache, its end), read on the
+ * handlers' connections instead of their rings. */
+static const struct source_ops nbd_ops = {
+	.name = "nbd",
+	.submit = lzm_nbd_submit,
+	.extent = file_extent,
+	.release = file_release,
+	.cached = true,
+};
+
+static const struct source_ops nbd_copy_ops = {
+	.name = "nbd-copy",
+	.submit = lzm_nbd_submit,
+	.extent = file_extent,
+	.release = file_release,
+};
+
+int lzm_source_new_nbd(size_t npages, struct cache *c, uint64_t pgoff, bool copied,
+		       struct source **srcp)
+{
+	int ret = source_alloc(npages, copied ? &nbd_copy_ops : &nbd_ops, srcp);
+
+	if (ret == 0) {
+		lzm_cache_get(c);
+		(*srcp)->cache = c;
+		(*srcp)->base = pgoff;
+	}
+	return ret;
+}
+
 int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, struct source **srcp)
 {
 	struct source *c;
@@ -172,7 +204,8 @@ int lzm_source_clone(const struct source *src, uint64_t base, size_t npages, str
 
 int lzm_source_copied_of(const struct source *src, struct source **srcp)
 {
-	int ret = lzm_source_new_file(src->npages, src->cache, src->base, src->direct, true, srcp);
+	int ret = src->cache->nbd ? lzm_source_new_nbd(src->npages, src->cache, src->base, true, srcp)
+				  : lzm_source_new_file(src->npages, src->cache, src->base, src->direct, true, srcp);
 
 	if (ret == 0)
 		(*srcp)->maywrite = src->maywrite;

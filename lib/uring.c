@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <liburing.h>
 #include <linux/fs.h>
+#include <linux/time_types.h>
 #include <sys/uio.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -121,6 +122,57 @@ int lzm_uring_read(struct handler *h, int fd, void *buf, size_t len, uint64_t of
 	return 0;
 }
 
+/* user_data of a completion that is no read: an object with a URING_NBD_* kind
+ * in its low bits, or this alone (a cancel's own completion: nothing to do). */
+#define TAG_MASK   7u
+#define TAG_CANCEL 4u
+
+static struct io_uring_sqe *sqe_get(struct uring *u)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+
+	if (!sqe && io_uring_submit(&u->ring) > 0) {
+		u->queued = 0;
+		sqe = io_uring_get_sqe(&u->ring);
+	}
+	return sqe;
+}
+
+int lzm_uring_poll(struct handler *h, int fd, unsigned events, void *obj)
+{
+	struct io_uring_sqe *sqe = sqe_get(h->ring);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_poll_add(sqe, fd, events);
+	io_uring_sqe_set_data64(sqe, (uintptr_t)obj | URING_NBD_POLL);
+	h->ring->queued++;
+	return 0;
+}
+
+void lzm_uring_poll_cancel(struct handler *h, void *obj)
+{
+	struct io_uring_sqe *sqe = sqe_get(h->ring);
+
+	if (!sqe)
+		return; /* it completes when its socket hangs up */
+	io_uring_prep_poll_remove(sqe, (uintptr_t)obj | URING_NBD_POLL);
+	io_uring_sqe_set_data64(sqe, TAG_CANCEL);
+	h->ring->queued++;
+}
+
+int lzm_uring_timeout(struct handler *h, struct __kernel_timespec *ts, void *obj)
+{
+	struct io_uring_sqe *sqe = sqe_get(h->ring);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_timeout(sqe, ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, (uintptr_t)obj | URING_NBD_TIMER);
+	h->ring->queued++;
+	return 0;
+}
+
 /* Drain the completion eventfd; a handler does so before it sleeps, then
  * reaps once more, so that no completion is left behind unsignalled. */
 void lzm_uring_quiet(struct handler *h)
@@ -134,6 +186,9 @@ int lzm_uring_reap(struct handler *h, bool wait)
 	struct io_uring_cqe *cqe;
 	int n = 0;
 
+	/* reads of NBD connections that ended inside a submit */
+	if (h->nbd_done)
+		lzm_nbd_run_done(h);
 	if (!h->inflight)
 		return 0;
 	lzm_uring_flush(h);
@@ -147,10 +202,18 @@ int lzm_uring_reap(struct handler *h, bool wait)
 			return ret;
 	}
 	while (io_uring_peek_cqe(&u->ring, &cqe) == 0) {
-		struct fill_req *req = io_uring_cqe_get_data(cqe);
+		uint64_t data = io_uring_cqe_get_data64(cqe);
+		struct fill_req *req = (struct fill_req *)(uintptr_t)data;
 		int res = cqe->res;
 
 		io_uring_cqe_seen(&u->ring, cqe);
+		if (data & TAG_MASK) {
+			if (data != TAG_CANCEL)
+				lzm_nbd_event(h, (void *)(uintptr_t)(data & ~(uint64_t)TAG_MASK),
+					      (unsigned)(data & TAG_MASK), res);
+			n++;
+			continue;
+		}
 		h->inflight--;
 		stat_add(&h->stats.file_reads, 1);
 		req->end_io(h, req, res);
