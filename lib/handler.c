@@ -474,6 +474,8 @@ static void *handler_main(void *arg)
 	/* Never idle again: nothing is given to us now, and what was is taken
 	 * by the others (or let go at close). */
 	atomic_store_explicit(&h->idle, false, memory_order_relaxed);
+	/* Reads on NBD connections fail now (a server may never answer). */
+	lzm_nbd_handler_stop(h);
 	/* The kernel writes into pool pages until every read has completed. */
 	while (h->inflight && lzm_uring_reap(h, true) > 0)
 		;
@@ -609,6 +611,7 @@ void lzm_handlers_stop(struct lazymap *lm)
 			lzm_fault_abandon(req);
 		}
 		lzm_uring_exit(h);
+		lzm_nbd_handler_free(h); /* the ring's polls named its connections */
 		lzm_pool_destroy(&h->pool);
 		if (h->epfd >= 0)
 			close(h->epfd);

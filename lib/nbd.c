@@ -94,6 +94,10 @@ struct nbd_export {
 	 * closing (cache.c); wlock makes that explicit. */
 	pthread_mutex_t wlock;
 	struct nbd_handle *wh;
+	/* writes answered on wh since its last flush; and such writes lost
+	 * with a connection (the next flush fails once, as fsync reports a
+	 * write-back error: the server may have dropped them) */
+	bool unflushed, lost;
 };
 
 enum conn_state {
@@ -123,6 +127,7 @@ struct nbd_conn {
 	struct nbd_handle *nh;    /* NULL unless CONNECTING or READY */
 	enum conn_state state;
 	bool poll_armed, timer_armed, was_ready, closed;
+	bool gave_up;             /* since it was last ready: said once */
 	unsigned poll_events;     /* what the armed poll waits for */
 	struct nbd_cmd *pending, **pending_tail;
 	struct nbd_cmd *inflight, **inflight_tail;
@@ -525,8 +530,11 @@ static void conn_give_up(struct handler *h, struct nbd_conn *cn)
 {
 	size_t n = 0;
 
-	lzm_log(h->lm, LOG_ERR, "%s: no server for %u ms (%s): its pages waited for get SIGBUS",
-		cn->uri, conn_timeout_ms(h), strerror(cn->last_err ? cn->last_err : ETIMEDOUT));
+	if (!cn->gave_up)
+		lzm_log(h->lm, LOG_ERR, "%s: no server for %u ms (%s): the pages waiting for it "
+			"get SIGBUS", cn->uri, conn_timeout_ms(h),
+			strerror(cn->last_err ? cn->last_err : ETIMEDOUT));
+	cn->gave_up = true;
 	conn_drop(h, cn);
 	cn->state = CONN_DOWN;
 	while (cn->pending) {
@@ -652,6 +660,7 @@ static void conn_after(struct handler *h, struct nbd_conn *cn)
 			lzm_log(h->lm, LOG_INFO, "%s: connected again", cn->uri);
 		}
 		cn->was_ready = true;
+		cn->gave_up = false;
 		cn->down_since = 0;
 		cn->backoff_ms = 0;
 		cn->last_err = 0;
@@ -1036,8 +1045,10 @@ int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush
 	pthread_mutex_lock(&x->wlock);
 	/* nothing to write, nothing written before on a connection alive: no flush due */
 	if (n == 0 && !x->wh) {
+		ret = x->lost && flush ? -EIO : 0;
+		x->lost = x->lost && !flush;
 		pthread_mutex_unlock(&x->wlock);
-		return 0;
+		return ret;
 	}
 	ret = wcmds_make(x, io, n, &s);
 	while (ret == 0) {
@@ -1048,6 +1059,9 @@ int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush
 		/* the connection broke, or stalled: a new one takes what was not
 		 * answered (a flush covers its own connection's writes only: all
 		 * of them go again when one is asked) */
+		if (x->wh)
+			x->lost |= x->unflushed;
+		x->unflushed = false;
 		handle_close(x->wh);
 		x->wh = NULL;
 		for (size_t i = 0; i < s.n; i++)
@@ -1062,6 +1076,13 @@ int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush
 		usleep(backoff * 1000);
 		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 		ret = 0;
+	}
+	if (ret == 0 && flush) {
+		/* what an earlier connection had not flushed may be gone */
+		ret = x->lost ? -EIO : 0;
+		x->lost = x->unflushed = false;
+	} else if (ret == 0 && s.n) {
+		x->unflushed = true;
 	}
 	/* each write's outcome, on the run it belongs to */
 	for (size_t i = 0; i < s.n; i++) {
