@@ -875,7 +875,10 @@ void lzm_nbd_handler_free(struct handler *h)
  * it had not answered sent again, until remote_timeout_ms pass without
  * progress.
  */
+struct wstate;
+
 struct wcmd {
+	struct wstate *s;
 	struct nbd_wio *io;
 	char *buf;
 	uint64_t off;
@@ -886,7 +889,9 @@ struct wcmd {
 
 struct wstate {
 	struct wcmd *w;
-	size_t n;
+	size_t n, cap;
+	size_t unanswered;       /* sent, not yet answered */
+	size_t freed;            /* the copies of w[0, freed) are let go */
 	size_t below;            /* wait until fewer than this are unanswered */
 	bool flush_answered;
 	int flush_err;
@@ -898,6 +903,7 @@ static int wcmd_answered(void *arg, int *error)
 
 	w->err = *error;
 	w->answered = true;
+	w->s->unanswered--;
 	return 1;
 }
 
@@ -910,21 +916,12 @@ static int flush_answered(void *arg, int *error)
 	return 1;
 }
 
-static size_t unanswered(const struct wstate *s)
-{
-	size_t k = 0;
-
-	for (size_t i = 0; i < s->n; i++)
-		k += s->w[i].sent && !s->w[i].answered;
-	return k;
-}
-
 static bool room(struct nbd_handle *nh, void *arg)
 {
 	const struct wstate *s = arg;
 
 	(void)nh;
-	return unanswered(s) < s->below;
+	return s->unanswered < s->below;
 }
 
 static bool flush_done(struct nbd_handle *nh, void *arg)
@@ -947,11 +944,8 @@ static size_t window_copy(char *buf, const char *src, size_t len)
 	return got > 0 ? (size_t)got : 0;
 }
 
-/*
- * The writes as commands of at most WB_CHUNK bytes (and the server's
- * maximum), each from a copy of its own: a page punched since write-back
- * took it is left out, and the export keeps its bytes there.
- */
+/* The writes as commands of at most WB_CHUNK bytes (and the server's
+ * maximum), with room for the pieces a hole may split one into. */
 static int wcmds_make(struct nbd_export *x, struct nbd_wio *io, size_t n, struct wstate *s)
 {
 	size_t cap = 0, chunk = WB_CHUNK < x->req_max ? WB_CHUNK : x->req_max;
@@ -961,26 +955,37 @@ static int wcmds_make(struct nbd_export *x, struct nbd_wio *io, size_t n, struct
 	s->w = calloc(cap ? cap : 1, sizeof(*s->w));
 	if (!s->w)
 		return -ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		for (uint64_t at = 0; at < io[i].len;) {
-			size_t len = io[i].len - at < chunk ? (size_t)(io[i].len - at) : chunk;
-			char *buf = malloc(len);
-			size_t got;
-
-			if (!buf)
-				return -ENOMEM;
-			got = window_copy(buf, io[i].src + at, len);
-			if (got == 0) {
-				free(buf);
-				at += len < lzm_page_size ? len : lzm_page_size;
-				continue;
-			}
-			s->w[s->n++] = (struct wcmd){ .io = &io[i], .buf = buf,
-						      .off = io[i].off + at, .len = got };
-			at += got;
-		}
-	}
+	s->cap = cap;
+	for (size_t i = 0; i < n; i++)
+		for (uint64_t at = 0; at < io[i].len; at += chunk)
+			s->w[s->n++] = (struct wcmd){
+				.io = &io[i], .off = io[i].off + at,
+				.len = io[i].len - at < chunk ? (size_t)(io[i].len - at) : chunk };
 	return 0;
+}
+
+/*
+ * The bytes of w, copied from the cache's window when it is sent (so that
+ * what is held is bounded by the writes in flight). A page punched since
+ * write-back took it is left out, and the export keeps its bytes there: w
+ * ends before it, and the rest after it becomes a command of its own.
+ * false: nothing to send (w began with the hole), or no memory (w->buf NULL).
+ */
+static bool wcmd_fill(struct wstate *s, struct wcmd *w)
+{
+	const char *src = w->io->src + (w->off - w->io->off);
+	size_t got, skip;
+
+	if (!w->buf && !(w->buf = malloc(w->len)))
+		return false;
+	got = window_copy(w->buf, src, w->len);
+	if (got == w->len)
+		return true;
+	skip = got + (lzm_page_size < w->len - got ? lzm_page_size : w->len - got);
+	if (skip < w->len && s->n < s->cap)
+		s->w[s->n++] = (struct wcmd){ .io = w->io, .off = w->off + skip, .len = w->len - skip };
+	w->len = got;
+	return got != 0;
 }
 
 static void wcmds_free(struct wstate *s)
@@ -997,25 +1002,44 @@ static int write_once(struct nbd_export *x, struct wstate *s, bool flush, uint64
 	int ret;
 
 	for (size_t next = 0;;) {
-		for (; next < s->n && unanswered(s) < WB_DEPTH; next++) {
+		for (; next < s->n && s->unanswered < WB_DEPTH; next++) {
 			struct wcmd *w = &s->w[next];
 			nbd_completion_callback cb = { .callback = wcmd_answered, .user_data = w };
 
 			if (w->answered && !w->err)
 				continue; /* written on an earlier connection */
-			w->sent = true;
-			w->answered = false;
+			w->answered = w->sent = false;
 			w->err = 0;
+			if (!wcmd_fill(s, w)) {
+				/* a hole (nothing to write), or no memory */
+				w->answered = true;
+				w->err = w->buf ? 0 : ENOMEM;
+				continue;
+			}
+			w->sent = true;
+			w->s = s;
+			s->unanswered++;
 			if (nbd_aio_pwrite(x->wh, w->buf, w->len, w->off, cb, 0) >= 0)
 				continue;
+			s->unanswered--;
 			w->sent = false;
 			if (handle_gone(x->wh))
 				return -EPIPE;
 			w->answered = true; /* refused by libnbd (ENOSPC past the end) */
 			w->err = nbd_get_errno() ? nbd_get_errno() : EIO;
 		}
+		/* answered well: its copy is not needed again (a failed flush
+		 * sends everything again, copied anew) */
+		for (; s->freed < next; s->freed++) {
+			struct wcmd *w = &s->w[s->freed];
+
+			if (w->sent && !w->answered)
+				break;
+			free(w->buf);
+			w->buf = NULL;
+		}
 		s->below = next < s->n ? WB_DEPTH : 1;
-		if (room(x->wh, s) && next >= s->n)
+		if (next >= s->n && room(x->wh, s))
 			break;
 		ret = handle_run(x->wh, room, s, lzm_now_ns() + limit_ns);
 		if (ret)
@@ -1067,6 +1091,7 @@ int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush
 		for (size_t i = 0; i < s.n; i++)
 			if (flush || !s.w[i].answered || transport_err(s.w[i].err))
 				s.w[i].answered = s.w[i].sent = false;
+		s.unanswered = s.freed = 0;
 		if (!down_since)
 			down_since = lzm_now_ns();
 		if (lzm_now_ns() - down_since + ms_ns(backoff) >= limit) {
