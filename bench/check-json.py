@@ -10,6 +10,13 @@ The daemon rows run through a faultd the bench starts itself. They may be
 "unavailable" only all together, each side with a reason, when faultd could
 not be found or started; once faultd served, every side of them must have
 run. --expect-faultd (the build made faultd): the bench must have found it.
+
+The nbd rows run against an nbdkit (and an nbdfuse mount) the bench starts
+for each row: without nbdkit every side of them is "unavailable" with a
+reason; without nbdfuse, /dev/fuse or a mount their kernel twin is;
+lazymap_map_uri may be unavailable (a library without NBD); lazymap of the
+file, once nbdkit served, must have run; and every target must agree with
+its value (none stated of a side that did not run).
 Usage: check-json.py BENCH PLOT [--expect-faultd]"""
 import json
 import os
@@ -96,10 +103,56 @@ def main():
                       and t.get('met') == (t['value'] <= t['max']),
                       f"{r['row']}: target not stated: {t}")
                 check(r.get('ratio_faultd_in_process', 0) > 0, f"{r['row']}: no faultd/in-process ratio")
+    nbd_rows = [r for r in data['results'] if r['group'] == 'nbd']
+    nbd = data.get('nbd')
+    if nbd_rows:
+        check(isinstance(nbd, dict) and nbd.get('status') in ('ok', 'unavailable')
+              and isinstance(nbd.get('nbdfuse'), dict),
+              f'nbd rows without a top-level "nbd" status: {nbd}')
+        nbd = nbd if isinstance(nbd, dict) else {}
+        fuse = nbd.get('nbdfuse') if isinstance(nbd.get('nbdfuse'), dict) else {}
+        if nbd.get('status') != 'ok':
+            check(bool(nbd.get('reason')), 'nbd unavailable without a reason')
+            print(f"note: the nbd rows did not run: {nbd.get('reason')}")
+        elif fuse.get('status') != 'ok':
+            check(bool(fuse.get('reason')), 'nbdfuse unavailable without a reason')
+            print(f"note: the nbd rows' kernel twin did not run: {fuse.get('reason')}")
+        for r in nbd_rows:
+            sides = {k: r.get(k) if isinstance(r.get(k), dict) else {}
+                     for k in ('kernel', 'lazymap', 'lazymap_file')}
+            if nbd.get('status') != 'ok' or sides['lazymap_file'].get('status') == 'unavailable':
+                check(all(s.get('status') == 'unavailable' and s.get('reason') for s in sides.values()),
+                      f"{r['row']}: nbdkit did not serve, yet not every side is unavailable with a reason")
+            else:
+                check(sides['lazymap_file'].get('status') == 'ok',
+                      f"{r['row']} lazymap_file: {sides['lazymap_file'].get('status')} "
+                      f"({sides['lazymap_file'].get('reason')}) though nbdkit served")
+                # nbdfuse found may still fail to mount (a container without FUSE mounts)
+                if fuse.get('status') == 'ok' and sides['kernel'].get('status') == 'unavailable':
+                    print(f"note: {r['row']}: the kernel twin (nbdfuse) did not run: "
+                          f"{sides['kernel'].get('reason')}")
+            if nbd.get('status') == 'ok' and sides['lazymap'].get('status') == 'unavailable':
+                print(f"note: {r['row']}: lazymap_map_uri unavailable: {sides['lazymap'].get('reason')}")
+            ts = r.get('targets')
+            check(isinstance(ts, list) and len(ts) == (2 if r['scenario'] == 'nbd-seq-cold' else 1),
+                  f"{r['row']}: targets {ts}")
+            for t in ts if isinstance(ts, list) else []:
+                base = 'lazymap_file' if 'lazymap-file' in str(t.get('ratio')) else 'kernel'
+                ran = sides['lazymap'].get('status') == 'ok' and sides[base].get('status') == 'ok'
+                v = t.get('value')
+                check(isinstance(t.get('min'), (int, float)) and t['min'] > 0,
+                      f"{r['row']}: target without a min: {t}")
+                if ran:
+                    check(isinstance(v, (int, float)) and v > 0 and t.get('met') == (v >= t.get('min', 0)),
+                          f"{r['row']}: target not stated: {t}")
+                else:
+                    check(v is None and t.get('met') is None,
+                          f"{r['row']}: a target stated of a side that did not run: {t}")
     for r in data['results']:
-        check(r['group'] in ('anon', 'threads', 'file', 'daemon'),
+        check(r['group'] in ('anon', 'threads', 'file', 'daemon', 'nbd'),
               f"{r['row']}: group {r['group']}")
-        for side in ('kernel', 'lazymap') + (('in_process',) if r['group'] == 'daemon' else ()):
+        third = {'daemon': ('in_process',), 'nbd': ('lazymap_file',)}.get(r['group'], ())
+        for side in ('kernel', 'lazymap') + third:
             s = r.get(side, {'status': 'missing'})
             check(s['status'] in ('ok', 'unavailable'),
                   f"{r['row']} ({r['threads']} threads) {side}: status {s['status']}")

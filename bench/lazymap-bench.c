@@ -11,7 +11,10 @@
  * copy of it with their write-back; the daemon group: anonymous and cold
  * file scenarios served by faultd against lazymap in-process and the kernel,
  * and a second client process scanning a file a first one has read (faultd
- * started by the bench unless --daemon names a running one); and the
+ * started by the bench unless --daemon names a running one); the nbd
+ * group: the file exported by an nbdkit of the bench's own, cold, mapped
+ * by lazymap_map_uri, against the kernel's mmap of the export mounted with
+ * nbdfuse and lazymap's region of the file itself; and the
  * resident budget (the budget group:
  * our eviction policy against FIFO and against the kernel in a memory
  * cgroup of the budget's size, for a file and for swapped anonymous
@@ -39,6 +42,7 @@
 #include <sys/ioctl.h>
 #include <sys/klog.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -105,6 +109,32 @@ static struct {
 	char why[400];             /* else why not */
 } fdm;
 
+/*
+ * The nbd group's servers, one set per row: nbdkit exporting the bench
+ * file on a socket in a directory of ours (dir), and nbdfuse mounting that
+ * export on dir/mnt for the kernel's twin. Stopped at the row's end and on
+ * every way out, like faultd.
+ */
+static struct {
+	char nbdkit[PATH_MAX];     /* its binary; empty: not found */
+	char version[64];          /* what `nbdkit --version` says */
+	char nbdfuse[PATH_MAX];    /* empty: not found */
+	char fusermount[PATH_MAX]; /* fusermount3, or empty (umount2 then) */
+	char dir[96];              /* ours: sockets, pid files, logs, the mount point */
+	char sock[112], uri[160], kpidf[112], klog[112];
+	char mnt[112], fpidf[112], flog[112], fuse_file[120];
+	volatile pid_t kpid;       /* nbdkit while it runs */
+	volatile pid_t fpid;       /* nbdfuse while it runs */
+	volatile sig_atomic_t mounted;
+	bool ok;                   /* nbdkit found, its directory made; else why */
+	char why[400];
+	bool fuse_ok;              /* nbdfuse and /dev/fuse there; else fuse_why */
+	char fuse_why[300];
+	unsigned deaths;           /* this row: servers that ended badly: found dead before a
+	                            * run (and started again), or at their stop */
+	char death[200];           /* the last one, said */
+} nbd;
+
 static pid_t main_pid; /* a child of ours leaves the parent's things alone */
 
 static void sleep_ms(unsigned ms)
@@ -114,10 +144,44 @@ static void sleep_ms(unsigned ms)
 	nanosleep(&ts, NULL);
 }
 
+/* Wait at most ms for a child's exit: its wait status, or -1 if it still runs. */
+static int wait_child(pid_t pid, unsigned ms)
+{
+	int st = -1;
+
+	for (unsigned i = 0;; i++) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+
+		if (r == pid)
+			return st;
+		if (r < 0 && errno != EINTR) /* not ours, or reaped already */
+			return 0;
+		if (i >= ms / 10)
+			return -1;
+		sleep_ms(10);
+	}
+}
+
 /*
- * SIGTERM, then wait for its exit (it lets its clients go and writes back
- * first); SIGKILL after 5 s. Async-signal-safe: on_signal calls it. Its
- * wait status, or -1 if it was not running.
+ * SIGTERM, then wait for its exit; SIGKILL after 5 s. Async-signal-safe:
+ * on_signal calls it. Its wait status.
+ */
+static int stop_child(pid_t pid)
+{
+	int st;
+
+	kill(pid, SIGTERM);
+	st = wait_child(pid, 5000);
+	if (st == -1) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+	}
+	return st;
+}
+
+/*
+ * Stop faultd: it lets its clients go and writes back first. Its wait
+ * status, or -1 if it was not running.
  */
 static int faultd_stop(void)
 {
@@ -125,15 +189,7 @@ static int faultd_stop(void)
 	int st = -1;
 
 	if (pid > 0) {
-		pid_t r = 0;
-
-		kill(pid, SIGTERM);
-		for (int i = 0; i < 500 && (r = waitpid(pid, &st, WNOHANG)) == 0; i++)
-			sleep_ms(10);
-		if (r == 0) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &st, 0);
-		}
+		st = stop_child(pid);
 		fdm.pid = 0;
 	}
 	if (fdm.dir[0]) {
@@ -145,10 +201,58 @@ static int faultd_stop(void)
 	return st;
 }
 
+/*
+ * nbdfuse gone, its mount with it: SIGTERM makes it unmount and exit (and
+ * a mount left behind is detached). Async-signal-safe.
+ */
+static void nbd_fuse_kill(void)
+{
+	if (nbd.fpid > 0) {
+		stop_child(nbd.fpid);
+		nbd.fpid = 0;
+	}
+	if (nbd.mounted) {
+		umount2(nbd.mnt, MNT_DETACH);
+		nbd.mounted = 0;
+	}
+}
+
+/* nbdkit stopped; its wait status, or -1 if it was not running. Async-signal-safe. */
+static int nbdkit_stop(void)
+{
+	int st = -1;
+
+	if (nbd.kpid > 0) {
+		st = stop_child(nbd.kpid);
+		nbd.kpid = 0;
+	}
+	if (nbd.dir[0]) { /* it leaves its socket behind, and a new one would not bind */
+		unlink(nbd.sock);
+		unlink(nbd.kpidf);
+	}
+	return st;
+}
+
+/* Everything of the nbd group's gone: servers, mount, files, directory. Async-signal-safe. */
+static void nbd_cleanup(void)
+{
+	nbd_fuse_kill();
+	nbdkit_stop();
+	if (nbd.dir[0]) {
+		unlink(nbd.fpidf);
+		unlink(nbd.flog);
+		unlink(nbd.klog);
+		rmdir(nbd.mnt);
+		rmdir(nbd.dir);
+		nbd.dir[0] = 0;
+	}
+}
+
 static void remove_file(void)
 {
 	if (getpid() != main_pid)
 		return;
+	nbd_cleanup();
 	if (fdm.client1 > 0) {
 		kill(fdm.client1, SIGKILL);
 		waitpid(fdm.client1, NULL, 0);
@@ -236,9 +340,9 @@ enum access { SEQ, RAND, SPREAD };
  */
 enum kind { ZERO_READ, ZERO_WRITE, FILL, FILE_READ, FILE_REMAP, FILE_WRITE, FILE_SHARED };
 enum cache { NO_FILE, COLD, HOT };
-enum group { G_ANON, G_THREADS, G_FILE, G_DAEMON };
+enum group { G_ANON, G_THREADS, G_FILE, G_DAEMON, G_NBD };
 
-static const char *const group_names[] = { "anon", "threads", "file", "daemon" };
+static const char *const group_names[] = { "anon", "threads", "file", "daemon", "nbd" };
 
 struct scenario {
 	const char *name;
@@ -298,6 +402,14 @@ static const struct scenario scenarios[] = {
 	{ "daemon-file-rand-cold", G_DAEMON, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, ALL_THREADS, "mmap(MAP_PRIVATE, PROT_READ) of the file, cache dropped; and lazymap in-process" },
 	/* A second client scanning what a first one read; the kernel's twin reads the page cache. */
 	{ "daemon-shared", G_DAEMON, FILE_SHARED, SEQ, HOT, 0, ONE_THREAD, "mmap(MAP_PRIVATE, PROT_READ) of the file, all cached; and lazymap in-process, a second region (file-remap)" },
+	/*
+	 * The nbd group: lazymap_map_uri of the file exported by nbdkit, cold,
+	 * against the kernel's mmap of the same export mounted with nbdfuse
+	 * and against lazymap's region of the file itself (what the network
+	 * path costs); 2 faulting threads for the random touches, as the issue.
+	 */
+	{ "nbd-seq-cold", G_NBD, FILE_READ, SEQ, COLD, 0, ONE_THREAD, "mmap(MAP_SHARED, PROT_READ) of the export mounted with nbdfuse, cache dropped; and lazymap of the file" },
+	{ "nbd-rand-cold", G_NBD, FILE_READ, RAND, COLD, 100 / RAND_PERCENT, 2, "mmap(MAP_SHARED, PROT_READ) of the export mounted with nbdfuse, cache dropped; and lazymap of the file" },
 };
 #define NSCENARIOS (sizeof(scenarios) / sizeof(scenarios[0]))
 
@@ -1375,7 +1487,7 @@ static bool check_pages(const char *p, const struct job *j, char *why, size_t wh
 	X(zeropage_ioctls, 0) X(coalesced, 0) X(unowned, 0) X(reads, 0) X(sleeps, 0)              \
 	X(prefetched, 0) X(max_batch, 1) X(regions, 1) X(file_reads, 0) X(short_reads, 0)        \
 	X(readahead_pages, 0) X(inflight_max, 1) X(wp_faults, 0) X(writebacks, 0)             \
-	X(dirty_pages, 1) X(cache_pages, 1)
+	X(dirty_pages, 1) X(cache_pages, 1) X(remote_reconnects, 0) X(remote_timeouts, 0)
 
 /* acc += b - a for counts; acc = the larger for levels. */
 static void stats_add_delta(struct lazymap_stats *acc, const struct lazymap_stats *a,
@@ -1548,23 +1660,12 @@ static bool exe_dir(char *buf, size_t len)
 	return true;
 }
 
-/*
- * A program of ours: in first (if given), then where the bench's build tree
- * puts it (bench/../daemon/), then beside the bench (installed: one bindir),
- * then in $PATH.
- */
-static bool find_prog(const char *name, const char *first, char *out, size_t len)
+/* A program in $PATH. */
+static bool find_in_path(const char *name, char *out, size_t len)
 {
-	char dir[PATH_MAX], up[PATH_MAX + 16];
 	const char *path = getenv("PATH");
+	char dir[PATH_MAX];
 
-	if (first && try_prog(first, name, out, len))
-		return true;
-	if (exe_dir(dir, sizeof(dir))) {
-		snprintf(up, sizeof(up), "%s/../daemon", dir);
-		if (try_prog(up, name, out, len) || try_prog(dir, name, out, len))
-			return true;
-	}
 	while (path && *path) {
 		size_t n = strcspn(path, ":");
 
@@ -1574,6 +1675,25 @@ static bool find_prog(const char *name, const char *first, char *out, size_t len
 		path += n + (path[n] == ':');
 	}
 	return false;
+}
+
+/*
+ * A program of ours: in first (if given), then where the bench's build tree
+ * puts it (bench/../daemon/), then beside the bench (installed: one bindir),
+ * then in $PATH.
+ */
+static bool find_prog(const char *name, const char *first, char *out, size_t len)
+{
+	char dir[PATH_MAX], up[PATH_MAX + 16];
+
+	if (first && try_prog(first, name, out, len))
+		return true;
+	if (exe_dir(dir, sizeof(dir))) {
+		snprintf(up, sizeof(up), "%s/../daemon", dir);
+		if (try_prog(up, name, out, len) || try_prog(dir, name, out, len))
+			return true;
+	}
+	return find_in_path(name, out, len);
 }
 
 static bool can_connect(const char *path)
@@ -1593,11 +1713,11 @@ static bool can_connect(const char *path)
 	return ok;
 }
 
-/* The last line faultd logged, for the reason it did not start. */
-static void log_tail(char *out, size_t len)
+/* The last line a server of ours logged in path, for the reason it did not start. */
+static void log_tail(const char *path, char *out, size_t len)
 {
 	char buf[4096];
-	int fd = open(fdm.log, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	ssize_t n = 0;
 	off_t end;
 
@@ -1628,42 +1748,45 @@ static void describe_status(int st, char *out, size_t len)
 		snprintf(out, len, "wait status 0x%x", st);
 }
 
-/*
- * Start our faultd (fdm.bin) on a socket in a new directory and wait until
- * it accepts connections (at most 10 s; at once if it exits). Its output
- * goes to a log there. 0, or -1 with fdm.why said.
- */
-static int faultd_spawn(void)
+/* A directory of ours for a server's socket: short enough for a socket's path (108 bytes). */
+static int make_sock_dir(char *dir, size_t len, const char *what, char *why, size_t whylen)
 {
 	const char *tmp = getenv("TMPDIR");
-	char threads[16], tail[200];
-	pid_t parent = getpid(), pid;
-	int logfd, nullfd;
 
-	if (!tmp || !*tmp || strlen(tmp) > 60) /* a socket's path: 108 bytes at most */
+	if (!tmp || !*tmp || strlen(tmp) > 60)
 		tmp = "/tmp";
-	snprintf(fdm.dir, sizeof(fdm.dir), "%s/lazymap-bench-faultd.XXXXXX", tmp);
-	if (!mkdtemp(fdm.dir)) {
-		snprintf(fdm.why, sizeof(fdm.why), "mkdtemp(%s): %s", fdm.dir, strerror(errno));
-		fdm.dir[0] = 0;
+	snprintf(dir, len, "%s/lazymap-bench-%s.XXXXXX", tmp, what);
+	if (!mkdtemp(dir)) {
+		snprintf(why, whylen, "mkdtemp(%s): %s", dir, strerror(errno));
+		dir[0] = 0;
 		return -1;
 	}
-	snprintf(fdm.sock_buf, sizeof(fdm.sock_buf), "%s/faultd.sock", fdm.dir);
-	snprintf(fdm.log, sizeof(fdm.log), "%s/faultd.log", fdm.dir);
-	snprintf(threads, sizeof(threads), "%u", fdm.threads);
-	logfd = open(fdm.log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	return 0;
+}
+
+/*
+ * Start a server of ours, bin with argv, in the foreground: its output to
+ * log, in a process group of its own (a ^C reaches the bench alone, which
+ * stops it in order), and taken along by a SIGTERM if the bench is killed
+ * outright. Its pid, or -1 with why said.
+ */
+static pid_t spawn_server(const char *bin, char *const argv[], const char *log, char *why,
+			  size_t whylen)
+{
+	int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	pid_t parent = getpid(), pid = -1;
+
 	if (logfd < 0 || nullfd < 0) {
-		snprintf(fdm.why, sizeof(fdm.why), "%s: %s", logfd < 0 ? fdm.log : "/dev/null",
-			 strerror(errno));
-		goto fail;
+		snprintf(why, whylen, "%s: %s", logfd < 0 ? log : "/dev/null", strerror(errno));
+		goto out;
 	}
 	fflush(stdout);
 	fflush(stderr);
 	pid = fork();
 	if (pid < 0) {
-		snprintf(fdm.why, sizeof(fdm.why), "fork: %s", strerror(errno));
-		goto fail;
+		snprintf(why, whylen, "fork: %s", strerror(errno));
+		goto out;
 	}
 	if (pid == 0) {
 		sigset_t none;
@@ -1671,33 +1794,64 @@ static int faultd_spawn(void)
 		/* Only async-signal-safe calls here: the parent has threads. */
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
-		setpgid(0, 0); /* a ^C reaches the bench alone, which stops faultd in order */
-		prctl(PR_SET_PDEATHSIG, SIGTERM); /* and a bench killed outright takes it along */
+		setpgid(0, 0);
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		if (getppid() != parent)
 			_exit(126);
 		dup2(nullfd, 0);
 		dup2(logfd, 1);
 		dup2(logfd, 2);
-		execl(fdm.bin, "faultd", "--foreground", "--socket", fdm.sock_buf, "--threads", threads,
-		      (char *)NULL);
+		execv(bin, argv);
 		_exit(127);
 	}
+out:
+	if (logfd >= 0)
+		close(logfd);
+	if (nullfd >= 0)
+		close(nullfd);
+	return pid;
+}
+
+/* A server that exited at start, said: how, the exec's failure, its log's last line. */
+static void exited_at_start(const char *name, const char *bin, int st, const char *log, char *why,
+			    size_t whylen)
+{
+	char how[64], tail[150];
+
+	describe_status(st, how, sizeof(how));
+	log_tail(log, tail, sizeof(tail));
+	snprintf(why, whylen, "%s (%.100s) exited at start: %s%s%s%s", name, bin, how,
+		 WIFEXITED(st) && WEXITSTATUS(st) == 127 ? " (exec failed)" : "",
+		 tail[0] ? "; it said: " : "", tail);
+}
+
+/*
+ * Start our faultd (fdm.bin) on a socket in a new directory and wait until
+ * it accepts connections (at most 10 s; at once if it exits). Its output
+ * goes to a log there. 0, or -1 with fdm.why said.
+ */
+static int faultd_spawn(void)
+{
+	char threads[16];
+	char *argv[] = { "faultd", "--foreground", "--socket", fdm.sock_buf, "--threads", threads,
+			 NULL };
+	pid_t pid;
+
+	if (make_sock_dir(fdm.dir, sizeof(fdm.dir), "faultd", fdm.why, sizeof(fdm.why)))
+		return -1;
+	snprintf(fdm.sock_buf, sizeof(fdm.sock_buf), "%s/faultd.sock", fdm.dir);
+	snprintf(fdm.log, sizeof(fdm.log), "%s/faultd.log", fdm.dir);
+	snprintf(threads, sizeof(threads), "%u", fdm.threads);
+	pid = spawn_server(fdm.bin, argv, fdm.log, fdm.why, sizeof(fdm.why));
+	if (pid < 0)
+		goto fail;
 	fdm.pid = pid;
-	close(logfd);
-	close(nullfd);
-	logfd = nullfd = -1;
 	for (uint64_t end = now_ns() + 10000000000ull; !can_connect(fdm.sock_buf);) {
 		int st;
 
 		if (waitpid(pid, &st, WNOHANG) == pid) {
-			char how[64];
-
 			fdm.pid = 0;
-			describe_status(st, how, sizeof(how));
-			log_tail(tail, sizeof(tail));
-			snprintf(fdm.why, sizeof(fdm.why), "faultd (%s) exited at start: %s%s%s%s", fdm.bin,
-				 how, WIFEXITED(st) && WEXITSTATUS(st) == 127 ? " (exec failed)" : "",
-				 tail[0] ? "; it said: " : "", tail);
+			exited_at_start("faultd", fdm.bin, st, fdm.log, fdm.why, sizeof(fdm.why));
 			goto fail;
 		}
 		if (now_ns() > end) {
@@ -1710,10 +1864,6 @@ static int faultd_spawn(void)
 	fdm.socket = fdm.sock_buf;
 	return 0;
 fail:
-	if (logfd >= 0)
-		close(logfd);
-	if (nullfd >= 0)
-		close(nullfd);
 	faultd_stop();
 	return -1;
 }
@@ -1798,26 +1948,28 @@ static bool json_key_u64(const char *s, const char *end, const char *key, uint64
 	return true;
 }
 
-/* Run faultctl and read its answer; 0, or -errno (-ENOENT: no faultctl). */
-static int faultctl_status(struct fstatus *st)
+/*
+ * Run bin with argv to its end, its output in out (NUL-terminated; its
+ * error output too if errors, else dropped). Its wait status, or -errno if
+ * it could not be started.
+ */
+static int run_capture(const char *bin, char *const argv[], char *out, size_t outlen, bool errors)
 {
-	char *argv[] = { "faultctl", "--socket", (char *)fdm.socket, "status", "--json", NULL };
-	static char out[64 << 10];
 	posix_spawn_file_actions_t fa;
 	extern char **environ;
 	size_t len = 0;
-	int p[2], ret, wst;
+	int p[2], ret, wst = 0;
 	pid_t pid;
 
-	memset(st, 0, sizeof(*st));
-	if (!fdm.ctl[0])
-		return -ENOENT;
 	if (pipe2(p, O_CLOEXEC))
 		return -errno;
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, p[1], 1);
-	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-	ret = -posix_spawn(&pid, fdm.ctl, &fa, NULL, argv, environ);
+	if (errors)
+		posix_spawn_file_actions_adddup2(&fa, p[1], 2);
+	else
+		posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+	ret = -posix_spawn(&pid, bin, &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	close(p[1]);
 	if (ret) {
@@ -1825,7 +1977,7 @@ static int faultctl_status(struct fstatus *st)
 		return ret;
 	}
 	for (;;) {
-		ssize_t n = read(p[0], out + len, sizeof(out) - 1 - len);
+		ssize_t n = read(p[0], out + len, outlen - 1 - len);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -1837,6 +1989,22 @@ static int faultctl_status(struct fstatus *st)
 	out[len] = 0;
 	while (waitpid(pid, &wst, 0) < 0 && errno == EINTR)
 		;
+	return wst;
+}
+
+/* Run faultctl and read its answer; 0, or -errno (-ENOENT: no faultctl). */
+static int faultctl_status(struct fstatus *st)
+{
+	char *argv[] = { "faultctl", "--socket", (char *)fdm.socket, "status", "--json", NULL };
+	static char out[64 << 10];
+	int wst;
+
+	memset(st, 0, sizeof(*st));
+	if (!fdm.ctl[0])
+		return -ENOENT;
+	wst = run_capture(fdm.ctl, argv, out, sizeof(out), false);
+	if (wst < 0)
+		return wst;
 	if (!WIFEXITED(wst) || WEXITSTATUS(wst) || !json_key_u64(out, NULL, "clients", &st->clients) ||
 	    !json_key_u64(out, NULL, "cache_pages", &st->cache_pages))
 		return -EPROTO;
@@ -2108,6 +2276,263 @@ static int run_faultd(const struct lazymap_opts *base, const struct job *j, uint
 	return ret;
 }
 
+/* ---------------------------------------------------------------- nbd */
+
+/*
+ * The nbd group's programs, found once: nbdkit (without it the rows compare
+ * nothing and none of them runs), nbdfuse with /dev/fuse (without them the
+ * kernel's twin is unavailable), and the directory of the servers' sockets,
+ * pid files, logs and mount point.
+ */
+static void nbd_setup(void)
+{
+	char *argv[] = { "nbdkit", "--version", NULL };
+	char out[256];
+	struct stat sb;
+	int st;
+
+	if (!find_in_path("nbdkit", nbd.nbdkit, sizeof(nbd.nbdkit))) {
+		nbd.nbdkit[0] = 0;
+		snprintf(nbd.why, sizeof(nbd.why), "nbdkit not found in $PATH (Debian: the nbdkit package)");
+		return;
+	}
+	st = run_capture(nbd.nbdkit, argv, out, sizeof(out), true);
+	if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
+		snprintf(nbd.why, sizeof(nbd.why), "%.200s --version: %s", nbd.nbdkit,
+			 st < 0 ? strerror(-st) : "failed");
+		return;
+	}
+	snprintf(nbd.version, sizeof(nbd.version), "%.*s", (int)strcspn(out, "\n"), out);
+	if (make_sock_dir(nbd.dir, sizeof(nbd.dir), "nbd", nbd.why, sizeof(nbd.why)))
+		return;
+	snprintf(nbd.sock, sizeof(nbd.sock), "%s/nbdkit.sock", nbd.dir);
+	snprintf(nbd.kpidf, sizeof(nbd.kpidf), "%s/nbdkit.pid", nbd.dir);
+	snprintf(nbd.klog, sizeof(nbd.klog), "%s/nbdkit.log", nbd.dir);
+	snprintf(nbd.mnt, sizeof(nbd.mnt), "%s/mnt", nbd.dir);
+	snprintf(nbd.fpidf, sizeof(nbd.fpidf), "%s/nbdfuse.pid", nbd.dir);
+	snprintf(nbd.flog, sizeof(nbd.flog), "%s/nbdfuse.log", nbd.dir);
+	snprintf(nbd.fuse_file, sizeof(nbd.fuse_file), "%s/nbd", nbd.mnt);
+	snprintf(nbd.uri, sizeof(nbd.uri), "nbd+unix:///?socket=%s", nbd.sock);
+	nbd.ok = true;
+
+	if (!find_in_path("nbdfuse", nbd.nbdfuse, sizeof(nbd.nbdfuse))) {
+		nbd.nbdfuse[0] = 0;
+		snprintf(nbd.fuse_why, sizeof(nbd.fuse_why),
+			 "nbdfuse not found in $PATH (Debian: the libnbd-bin package)");
+		return;
+	}
+	if (stat("/dev/fuse", &sb) || (S_ISCHR(sb.st_mode) && access("/dev/fuse", R_OK | W_OK))) {
+		snprintf(nbd.fuse_why, sizeof(nbd.fuse_why), "/dev/fuse: %s", strerror(errno));
+		return;
+	}
+	if (!S_ISCHR(sb.st_mode)) {
+		snprintf(nbd.fuse_why, sizeof(nbd.fuse_why), "/dev/fuse is not a character device");
+		return;
+	}
+	if (!find_in_path("fusermount3", nbd.fusermount, sizeof(nbd.fusermount)))
+		nbd.fusermount[0] = 0;
+	if (mkdir(nbd.mnt, 0700)) {
+		snprintf(nbd.fuse_why, sizeof(nbd.fuse_why), "mkdir %s: %s", nbd.mnt, strerror(errno));
+		return;
+	}
+	nbd.fuse_ok = true;
+}
+
+/* A pid file written (the server is ready): non-empty. */
+static bool pidfile_written(const char *path)
+{
+	struct stat sb;
+
+	return !stat(path, &sb) && sb.st_size > 0;
+}
+
+/*
+ * Start nbdkit exporting the bench file, and wait for its pid file, which
+ * it writes once it listens (at most 10 s; at once if it exits). 0, or -1
+ * with why said.
+ */
+static int nbdkit_start(char *why, size_t whylen)
+{
+	char *argv[] = { "nbdkit", "-f", "-U", nbd.sock, "-P", nbd.kpidf, "--exit-with-parent",
+			 "file", tmp_path, NULL };
+	pid_t pid;
+
+	unlink(nbd.sock); /* one left behind would not bind */
+	unlink(nbd.kpidf);
+	pid = spawn_server(nbd.nbdkit, argv, nbd.klog, why, whylen);
+	if (pid < 0)
+		return -1;
+	nbd.kpid = pid;
+	for (uint64_t end = now_ns() + 10000000000ull; !pidfile_written(nbd.kpidf);) {
+		int st;
+
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			nbd.kpid = 0;
+			exited_at_start("nbdkit", nbd.nbdkit, st, nbd.klog, why, whylen);
+			return -1;
+		}
+		if (now_ns() > end) {
+			snprintf(why, whylen, "nbdkit (%.200s) wrote no pid file within 10 s", nbd.nbdkit);
+			nbdkit_stop();
+			return -1;
+		}
+		sleep_ms(2);
+	}
+	return 0;
+}
+
+/*
+ * Mount the export with nbdfuse (it stays in the foreground: a child of
+ * ours) and wait until its file is there with the bench file's size (at
+ * most 10 s; at once if it exits). 0, or -1 with why said.
+ */
+static int nbd_fuse_mount(char *why, size_t whylen)
+{
+	char *argv[] = { "nbdfuse", "-P", nbd.fpidf, nbd.mnt, nbd.uri, NULL };
+	struct stat sb;
+	pid_t pid;
+
+	unlink(nbd.fpidf);
+	pid = spawn_server(nbd.nbdfuse, argv, nbd.flog, why, whylen);
+	if (pid < 0)
+		return -1;
+	nbd.fpid = pid;
+	nbd.mounted = 1; /* perhaps: what cleans up detaches it either way */
+	for (uint64_t end = now_ns() + 10000000000ull;
+	     !pidfile_written(nbd.fpidf) || stat(nbd.fuse_file, &sb) || (size_t)sb.st_size != file_size;) {
+		int st;
+
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			nbd.fpid = 0;
+			exited_at_start("nbdfuse", nbd.nbdfuse, st, nbd.flog, why, whylen);
+			nbd_fuse_kill();
+			return -1;
+		}
+		if (now_ns() > end) {
+			snprintf(why, whylen, "nbdfuse (%.150s) did not show %s of %zu bytes within 10 s",
+				 nbd.nbdfuse, nbd.fuse_file, file_size);
+			nbd_fuse_kill();
+			return -1;
+		}
+		sleep_ms(2);
+	}
+	return 0;
+}
+
+/*
+ * Unmount: fusermount3 -u (umount2 without it), after which nbdfuse exits
+ * by itself; killed if it has not within 5 s. false if it did not go as
+ * it should, with why said.
+ */
+static bool nbd_fuse_unmount(char *why, size_t whylen)
+{
+	char *argv[] = { "fusermount3", "-u", nbd.mnt, NULL };
+	char out[256] = "";
+	int st = 0;
+
+	if (nbd.fpid <= 0 && !nbd.mounted)
+		return true;
+	if (nbd.fusermount[0])
+		st = run_capture(nbd.fusermount, argv, out, sizeof(out), true);
+	else if (umount2(nbd.mnt, 0))
+		st = -errno;
+	if (st) {
+		char how[64];
+
+		if (st < 0)
+			snprintf(how, sizeof(how), "%s", strerror(-st));
+		else
+			describe_status(st, how, sizeof(how));
+		snprintf(why, whylen, "unmounting %s: %s %.*s", nbd.mnt, how, (int)strcspn(out, "\n"), out);
+	}
+	nbd.mounted = 0;
+	if (nbd.fpid > 0) {
+		int fst = wait_child(nbd.fpid, 5000);
+
+		if (fst == -1 && !st)
+			snprintf(why, whylen, "nbdfuse did not exit within 5 s of its unmount");
+		if (fst != -1)
+			nbd.fpid = 0;
+	}
+	nbd_fuse_kill(); /* what is left of it */
+	return !st && !why[0];
+}
+
+/* A server found dead, said with its log's last line (it is started again: the log goes). */
+static void nbd_death(const char *name, const char *log, int st, const char *when)
+{
+	char how[64], tail[120];
+
+	describe_status(st, how, sizeof(how));
+	log_tail(log, tail, sizeof(tail));
+	nbd.deaths++;
+	snprintf(nbd.death, sizeof(nbd.death), "%s %s: %s%s%s", name, when, how,
+		 tail[0] ? "; it said: " : "", tail);
+}
+
+/*
+ * Before a twin's run: nbdkit serving (a new one if it died: nbdkit 1.32
+ * can abort when a client hangs up with reads in flight), and for the
+ * kernel's twin the export mounted (again, if nbdkit or nbdfuse died).
+ * 0, or -1 with why said.
+ */
+static int nbd_ensure(bool kernel, char *why, size_t whylen)
+{
+	int st;
+
+	if (nbd.fpid > 0 && waitpid(nbd.fpid, &st, WNOHANG) == nbd.fpid) {
+		nbd.fpid = 0;
+		nbd_death("nbdfuse", nbd.flog, st, "died during the row");
+		nbd_fuse_kill();
+	}
+	if (nbd.kpid > 0 && waitpid(nbd.kpid, &st, WNOHANG) == nbd.kpid) {
+		nbd.kpid = 0;
+		nbd_death("nbdkit", nbd.klog, st, "died during the row");
+		nbd_fuse_kill(); /* its connection went with it */
+	}
+	if (nbd.kpid <= 0 && nbdkit_start(why, whylen))
+		return -1;
+	if (kernel && nbd.fpid <= 0 && nbd_fuse_mount(why, whylen))
+		return -1;
+	return 0;
+}
+
+/*
+ * The kernel's twin: the export through nbdfuse, mmap(MAP_SHARED,
+ * PROT_READ) of the file it shows, opened for the run, its own page cache
+ * dropped too (FUSE drops it at open; checked). The touched pages checked
+ * in full. 0, or -errno of the step in *what.
+ */
+static int nbd_kernel(const struct job *j, uint32_t *lat, struct run *r, char *bad, size_t badlen,
+		      const char **what)
+{
+	size_t len = j->npages * ps;
+	int fd = open(nbd.fuse_file, O_RDONLY | O_CLOEXEC), err;
+	double in;
+	char *p;
+
+	*what = "open of the nbdfuse file";
+	if (fd < 0)
+		return -errno;
+	in = prepare_cache(fd, len, COLD);
+	p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		err = -errno;
+		*what = "mmap(MAP_SHARED) of the nbdfuse file";
+		close(fd);
+		return err;
+	}
+	if (use_advise)
+		madvise(p, len, kernel_advice(j->sc->access));
+	*r = scan(p, j->order, j->touched, FILE_READ, true, j->threads, 0, lat);
+	r->cached_before = in;
+	if (!bad[0])
+		check_pages(p, j, bad, badlen);
+	munmap(p, len);
+	close(fd);
+	return 0;
+}
+
 /* ---------------------------------------------------------------- rows */
 
 struct side {
@@ -2118,22 +2543,32 @@ struct side {
 };
 
 /*
- * A row's twins: the kernel's mmap (k), lazymap (l: served by faultd in the
- * daemon group) and, in the daemon group alone, lazymap in-process (p).
+ * A row's twins: the kernel's mmap (k: in the nbd group, of the export
+ * mounted with nbdfuse), lazymap (l: served by faultd in the daemon group,
+ * lazymap_map_uri of the export in the nbd group) and a third (p) in two
+ * groups: lazymap in-process (daemon), lazymap of the file itself (nbd).
  */
-enum twin { T_KERNEL, T_LAZYMAP, T_INPROC };
+enum twin { T_KERNEL, T_LAZYMAP, T_INPROC, T_LZFILE = T_INPROC };
 
 struct row {
 	struct job job;
 	struct side k, l, p;
 	struct lazymap_stats st;  /* lazymap's counters over all its runs (faultd's: faults only) */
-	struct lazymap_stats pst; /* in-process's, daemon rows */
-	char bad[320];            /* wrong data seen from lazymap (either), empty if none */
+	struct lazymap_stats pst; /* the third twin's */
+	char bad[320];            /* wrong data seen from lazymap (any), empty if none */
+	unsigned nbd_deaths;      /* nbd rows: servers found dead (and started again), or not */
+	char nbd_death[200];      /* stopped cleanly at the row's end; the last one said */
 };
 
 static int ntwins(const struct job *j)
 {
-	return j->sc->group == G_DAEMON ? 3 : 2;
+	return j->sc->group == G_DAEMON || j->sc->group == G_NBD ? 3 : 2;
+}
+
+/* What the third twin's wrong data in rw->bad starts with. */
+static const char *third_prefix(const struct job *j)
+{
+	return j->sc->group == G_NBD ? "lazymap-file: " : "in-process: ";
 }
 
 static struct side *twin_side(struct row *rw, enum twin t)
@@ -2233,6 +2668,8 @@ static void make_order(uint32_t *order, size_t npages, const struct scenario *sc
 /* The twins' names. */
 static const char *tw_name(const struct job *j, enum twin t)
 {
+	if (j->sc->group == G_NBD)
+		return t == T_KERNEL ? "nbdfuse" : t == T_LZFILE ? "lz-file" : "lz-nbd";
 	if (t == T_KERNEL)
 		return "kernel";
 	if (t == T_INPROC)
@@ -2241,12 +2678,58 @@ static const char *tw_name(const struct job *j, enum twin t)
 }
 
 /*
+ * One run of an nbd row's twin: the kernel's through nbdfuse, or a lazymap
+ * of its own (opened for the run, so that its cache starts empty): of the
+ * file (lz-file), or lazymap_map_uri of the export (lz-nbd). 0, or the
+ * error of the call named in *what.
+ */
+static int run_nbd(const struct lazymap_opts *base, const struct job *j, enum twin tw,
+		   uint32_t *lat, struct run *r, struct lazymap_stats *acc, char *bad, size_t badlen,
+		   const char **what)
+{
+	static char what_buf[200];
+	size_t len = j->npages * ps;
+	struct lazymap *lm;
+	void *p;
+	int ret;
+
+	if (tw == T_KERNEL)
+		return nbd_kernel(j, lat, r, bad, badlen, what);
+	*what = "lazymap_open";
+	ret = lazymap_open(&lm, base);
+	if (ret)
+		return ret;
+	if (tw == T_LZFILE) {
+		ret = run_lazymap(lm, j, lat, r, acc, bad, badlen, what);
+		goto out;
+	}
+	snprintf(what_buf, sizeof(what_buf), "lazymap_map_uri(%s)", nbd.uri);
+	*what = what_buf;
+	ret = lazymap_map_uri(lm, &p, len, PROT_READ, LAZYMAP_PRIVATE, nbd.uri, 0);
+	if (ret)
+		goto out;
+	if (use_advise && (ret = lazymap_advise(lm, p, len, j->sc->access == SEQ ? LAZYMAP_ADV_SEQUENTIAL
+										  : LAZYMAP_ADV_RANDOM))) {
+		*what = "lazymap_advise";
+	} else {
+		*r = lazymap_scan(lm, j, p, FILE_READ, lat, acc);
+		if (!bad[0])
+			check_pages(p, j, bad, badlen);
+	}
+	lazymap_unmap(lm, p, len);
+out:
+	lazymap_close(lm);
+	return ret;
+}
+
+/*
  * Run one row: repeat runs of each twin, the order rotating from run to run
  * (kernel first, then lazymap first, ...), so that a noisy machine hits
  * every twin alike. lm serves the lazymap twin, or in the daemon group the
  * in-process one (faultd serves the lazymap twin there, base its client's
- * options). A side whose status the caller set already (unavailable) does
- * not run.
+ * options); the nbd group's lazymap twins open their own for each run, with
+ * base, and nbdkit (the caller's) must be serving before each run. A side
+ * whose status the caller set already (unavailable) does not run.
  */
 static void run_row(struct lazymap *lm, const struct lazymap_opts *base, struct row *rw, int repeat,
 		    uint32_t *lat)
@@ -2265,6 +2748,7 @@ static void run_row(struct lazymap *lm, const struct lazymap_opts *base, struct 
 		for (int k = 0; k < nt; k++) {
 			enum twin tw = (enum twin)((i + k) % nt);
 			bool kernel = tw == T_KERNEL, faultd = tw == T_LAZYMAP && j->sc->group == G_DAEMON;
+			bool nbdrow = j->sc->group == G_NBD;
 			struct side *s = twin_side(rw, tw);
 			enum cache c = twin_cache(j, tw);
 			struct run r = { 0 };
@@ -2287,6 +2771,10 @@ static void run_row(struct lazymap *lm, const struct lazymap_opts *base, struct 
 			alarm(run_timeout); /* the watchdog: a hang kills us with its name */
 			if (faultd)
 				held = faultd_wait_cold(); /* its cache too must be cold */
+			if (nbdrow && nbd_ensure(kernel, s->why, sizeof(s->why))) {
+				s->status = "error";
+				continue;
+			}
 			/*
 			 * daemon-shared's kernel twin: the file read into the page cache
 			 * afresh, by read(), every run. The folios a scan maps whole depend
@@ -2298,15 +2786,18 @@ static void run_row(struct lazymap *lm, const struct lazymap_opts *base, struct 
 				prepare_cache(fd, fsize, COLD);
 			if (c != NO_FILE)
 				before = prepare_cache(fd, fsize, c);
-			if (kernel) {
+			if (kernel && !nbdrow) {
 				r = run_kernel(j, lat, rw->k.why, sizeof(rw->k.why));
 			} else {
 				const char *what = "lazymap";
 				char prefixed[320] = "";
-				int ret = faultd ? run_faultd(base, j, lat, &r, &rw->st, w, wl, &what)
-					  : tw == T_INPROC ? run_lazymap(lm, j, lat, &r, &rw->pst, prefixed,
-									 sizeof(prefixed), &what)
-							   : run_lazymap(lm, j, lat, &r, &rw->st, w, wl, &what);
+				bool third = tw == T_INPROC;
+				int ret = nbdrow ? run_nbd(base, j, tw, lat, &r, third ? &rw->pst : &rw->st,
+							   third ? prefixed : w, third ? sizeof(prefixed) : wl, &what)
+					  : faultd ? run_faultd(base, j, lat, &r, &rw->st, w, wl, &what)
+					  : third ? run_lazymap(lm, j, lat, &r, &rw->pst, prefixed,
+								sizeof(prefixed), &what)
+						  : run_lazymap(lm, j, lat, &r, &rw->st, w, wl, &what);
 
 				/*
 				 * And idle after it: faultd frees a client's cache (and client 1
@@ -2317,14 +2808,18 @@ static void run_row(struct lazymap *lm, const struct lazymap_opts *base, struct 
 				if (faultd)
 					faultd_wait_cold();
 				if (prefixed[0] && !w[0])
-					snprintf(w, wl, "in-process: %s", prefixed);
+					snprintf(w, wl, "%s%s", third_prefix(j), prefixed);
 				if (ret) {
-					bool na = ret == -EOPNOTSUPP || (j->direct && ret == -EINVAL);
+					/* nbd: a lazymap without NBD (no libnbd) */
+					bool na = ret == -EOPNOTSUPP || (j->direct && ret == -EINVAL) ||
+						  (nbdrow && ret == -EPROTONOSUPPORT);
 
 					s->status = na && !s->n ? "unavailable" : "error";
-					snprintf(s->why, sizeof(s->why), "%s%s: -%s (%s)", what,
+					snprintf(s->why, sizeof(s->why), "%s%s: -%s (%s)%s", what,
 						 j->direct ? " (LAZYMAP_DIRECT)" : "",
-						 strerrorname_np(-ret), strerror(-ret));
+						 strerrorname_np(-ret), strerror(-ret),
+						 nbdrow && ret == -EPROTONOSUPPORT
+						 ? ": this liblazymap has no NBD support" : "");
 					continue;
 				}
 			}
@@ -2340,14 +2835,15 @@ static void run_row(struct lazymap *lm, const struct lazymap_opts *base, struct 
 				if (faultd)
 					before = held < 0 ? before
 							  : dmax(before, dmin(1, held / (double)j->npages));
-				r.cached_before = before;
+				/* nbd's kernel twin: and the nbdfuse file's own share */
+				r.cached_before = dmax(before, r.cached_before);
 				r.cached_after = cached_share(fd, fsize);
 				if (kernel)
 					r.read_pages = (r.cached_after - before) * (double)j->npages /
 						       (double)j->touched;
 				if (r.sum != j->want_sum && !w[0])
 					snprintf(w, wl, "%schecksum of touched words 0x%016llx, file gives 0x%016llx (run %d)",
-						 tw == T_INPROC ? "in-process: " : "", (unsigned long long)r.sum,
+						 tw == T_INPROC ? third_prefix(j) : "", (unsigned long long)r.sum,
 						 (unsigned long long)j->want_sum, i + 1);
 			}
 			s->runs[s->n++] = r;
@@ -2355,6 +2851,54 @@ static void run_row(struct lazymap *lm, const struct lazymap_opts *base, struct 
 	}
 	alarm(0);
 	fprintf(stderr, "\r%*s\r", 70, "");
+}
+
+/*
+ * Before an nbd row: its nbdkit, and the export mounted with nbdfuse for
+ * the kernel's twin. Without nbdkit none of the row runs; without nbdfuse
+ * the kernel's twin does not.
+ */
+static void nbd_row_start(struct row *rw)
+{
+	char why[400] = "";
+
+	nbd.deaths = 0;
+	nbd.death[0] = 0;
+	snprintf(running, sizeof(running), "%s: starting nbdkit and nbdfuse", rw->job.name);
+	if (!nbd.ok || nbdkit_start(why, sizeof(why))) {
+		rw->l.status = rw->k.status = rw->p.status = "unavailable";
+		snprintf(rw->l.why, sizeof(rw->l.why), "%s", nbd.ok ? why : nbd.why);
+		snprintf(rw->k.why, sizeof(rw->k.why), "not run: nbdkit is unavailable");
+		snprintf(rw->p.why, sizeof(rw->p.why), "not run: nbdkit is unavailable");
+		return;
+	}
+	if (!nbd.fuse_ok || nbd_fuse_mount(why, sizeof(why))) {
+		rw->k.status = "unavailable";
+		snprintf(rw->k.why, sizeof(rw->k.why), "%s", nbd.fuse_ok ? why : nbd.fuse_why);
+	}
+}
+
+/*
+ * After it: unmounted, nbdkit stopped (SIGTERM, waitpid). A server that
+ * ended otherwise than asked counts with those found dead during the row.
+ */
+static void nbd_row_stop(struct row *rw)
+{
+	char why[400] = "";
+	int st;
+
+	snprintf(running, sizeof(running), "%s: stopping nbdfuse and nbdkit", rw->job.name);
+	if (!nbd_fuse_unmount(why, sizeof(why))) {
+		nbd.deaths++;
+		snprintf(nbd.death, sizeof(nbd.death), "nbdfuse: %s", why);
+	}
+	if (nbd.kpid > 0) {
+		st = nbdkit_stop();
+		if (!(WIFEXITED(st) && !WEXITSTATUS(st)) && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM))
+			nbd_death("nbdkit", nbd.klog, st, "at its stop");
+	}
+	rw->nbd_deaths = nbd.deaths;
+	snprintf(rw->nbd_death, sizeof(rw->nbd_death), "%s", nbd.death);
 }
 
 /* ---------------------------------------------------------------- output */
@@ -2604,14 +3148,106 @@ static void print_daemon(const struct row *rw)
 	printf("\n");
 }
 
+/*
+ * The nbd group's targets (issue 13), in throughput (time per page of the
+ * other / lz-nbd's): nbd-seq-cold at least 2x nbdfuse and 0.7x lazymap of
+ * the file; nbd-rand-cold at least 5x nbdfuse.
+ */
+struct nbd_target {
+	const char *what;
+	enum twin base; /* lz-nbd against it */
+	double min;
+};
+
+static int nbd_targets(const struct job *j, struct nbd_target t[2])
+{
+	t[0] = (struct nbd_target){ "lazymap-nbd / nbdfuse throughput", T_KERNEL,
+				    j->sc->access == SEQ ? 2.0 : 5.0 };
+	if (j->sc->access != SEQ)
+		return 1;
+	t[1] = (struct nbd_target){ "lazymap-nbd / lazymap-file throughput", T_LZFILE, 0.7 };
+	return 2;
+}
+
+/* lz-nbd's throughput over a twin's; -1 if either did not run. */
+static double nbd_ratio(const struct row *rw, enum twin base)
+{
+	const struct side *b = twin_cside(rw, base);
+
+	if (!side_ok(&rw->l) || !side_ok(b))
+		return -1;
+	return median(b).ns_per_page / median(&rw->l).ns_per_page;
+}
+
+static void print_nbd_header(const char *handlers)
+{
+	printf("\nnbd scenarios: the %zu MiB file exported by ", file_size >> 20);
+	if (!nbd.ok) {
+		printf("nbdkit: unavailable: %s\n", nbd.why);
+	} else {
+		printf("%s (%s), one started for each row:\n  %s -f -U %s -P %s --exit-with-parent "
+		       "file %s\n", nbd.nbdkit, nbd.version, nbd.nbdkit, nbd.sock, nbd.kpidf, tmp_path);
+		printf("nbdfuse: the kernel's mmap(MAP_SHARED, PROT_READ) of the export mounted with ");
+		if (nbd.fuse_ok)
+			printf("%s -P %s %s \"%s\"\n  (the file %s; unmounted with %s -u)\n", nbd.nbdfuse,
+			       nbd.fpidf, nbd.mnt, nbd.uri, nbd.fuse_file,
+			       nbd.fusermount[0] ? nbd.fusermount : "umount2: no fusermount3");
+		else
+			printf("nbdfuse: unavailable: %s\n", nbd.fuse_why);
+	}
+	printf("lz-file: lazymap_map of the file itself, LAZYMAP_PRIVATE, PROT_READ (what the network "
+	       "path costs)\nlz-nbd:  lazymap_map_uri of the export, LAZYMAP_PRIVATE, PROT_READ "
+	       "(handlers %s)\n"
+	       "every run cold: the file's page cache dropped (and the nbdfuse file's), the region "
+	       "mapped afresh, each lazymap\nopened for the run; the order rotating from run to run. "
+	       "nbd-seq-cold: every page in order, one thread;\nnbd-rand-cold: %d%% of the pages at "
+	       "random, split between 2 threads (the --threads list when given), the same\npages "
+	       "for all three; every touched page checked against the file's pattern\n"
+	       "ratio: time per page / nbdfuse's; targets in throughput (lz-nbd / the other): "
+	       "nbd-seq-cold >= 2x nbdfuse and\n>= 0.7x lz-file; nbd-rand-cold >= 5x nbdfuse\n",
+	       handlers, RAND_PERCENT);
+	print_columns();
+}
+
+/* Under an nbd row: its targets, met or not, and servers that died. */
+static void print_nbd(const struct row *rw)
+{
+	struct nbd_target t[2];
+	int n = nbd_targets(&rw->job, t);
+
+	printf("  target");
+	for (int i = 0; i < n; i++) {
+		double v = nbd_ratio(rw, t[i].base);
+
+		printf("%s lz-nbd / %s throughput >= %gx: ", i ? ";" : "", tw_name(&rw->job, t[i].base),
+		       t[i].min);
+		if (v < 0)
+			printf("not measured");
+		else
+			printf("%.2fx, %s", v, v >= t[i].min ? "met" : "NOT met");
+	}
+	if (side_ok(&rw->p) && side_ok(&rw->k))
+		printf(" (lz-file / nbdfuse %.2fx)", median(&rw->k).ns_per_page / median(&rw->p).ns_per_page);
+	printf("\n");
+	if (side_ok(&rw->l) && (rw->st.remote_reconnects || rw->st.remote_timeouts))
+		printf("  ! lz-nbd: %llu reconnects and %llu remote timeouts over its runs\n",
+		       (unsigned long long)rw->st.remote_reconnects,
+		       (unsigned long long)rw->st.remote_timeouts);
+	if (rw->nbd_deaths)
+		printf("  ! nbdkit or nbdfuse ended badly %u time(s) (started again before the next run "
+		       "when found dead); the last: %s\n", rw->nbd_deaths, rw->nbd_death);
+}
+
 static void print_row(const struct row *rw)
 {
 	print_side(rw, T_KERNEL);
-	if (rw->job.sc->group == G_DAEMON)
+	if (ntwins(&rw->job) == 3)
 		print_side(rw, T_INPROC);
 	print_side(rw, T_LAZYMAP);
 	if (rw->job.sc->group == G_DAEMON)
 		print_daemon(rw);
+	if (rw->job.sc->group == G_NBD)
+		print_nbd(rw);
 	if (rw->job.sc->access == SPREAD && machine.disk_ns >= 0)
 		print_sparse(rw);
 	if (rw->job.sc->kind == FILE_REMAP && side_ok(&rw->l))
@@ -2657,12 +3293,13 @@ static void json_opt(FILE *f, double v)
 		json_num(f, v);
 }
 
-/* Whose wrong data rw->bad holds: the in-process twin's say so. */
+/* Whose wrong data rw->bad holds: the third twin's say so. */
 static bool bad_of(const struct row *rw, enum twin t)
 {
-	bool inproc = !strncmp(rw->bad, "in-process: ", 12);
+	const char *third = third_prefix(&rw->job);
+	bool of_third = !strncmp(rw->bad, third, strlen(third));
 
-	return rw->bad[0] && (t == T_INPROC) == inproc;
+	return rw->bad[0] && (t == T_INPROC) == of_third;
 }
 
 static void json_side(FILE *f, const struct row *rw, enum twin tw)
@@ -3924,6 +4561,68 @@ static void json_budget(FILE *f)
 	fputs("\n ]", f);
 }
 
+/* An nbd row: lz-file against nbdfuse, the targets, and whether the servers held. */
+static void json_nbd_row(FILE *f, const struct row *rw)
+{
+	struct nbd_target t[2];
+	int n = nbd_targets(&rw->job, t);
+
+	fputs(", \"ratio_lazymap_file_kernel\": ", f);
+	if (side_ok(&rw->p) && side_ok(&rw->k))
+		json_num(f, median(&rw->p).ns_per_page / median(&rw->k).ns_per_page);
+	else
+		fputs("null", f);
+	fputs(",\n   \"targets\": [", f);
+	for (int i = 0; i < n; i++) {
+		double v = nbd_ratio(rw, t[i].base);
+
+		fputs(i ? ", {\"ratio\": " : "{\"ratio\": ", f);
+		json_str(f, t[i].what);
+		fprintf(f, ", \"min\": %g, \"value\": ", t[i].min);
+		json_opt(f, v);
+		fprintf(f, ", \"met\": %s}", v < 0 ? "null" : v >= t[i].min ? "true" : "false");
+	}
+	fprintf(f, "], \"server_deaths\": %u, \"server_death\": ", rw->nbd_deaths);
+	if (rw->nbd_deaths)
+		json_str(f, rw->nbd_death);
+	else
+		fputs("null", f);
+}
+
+/* The nbd group's servers: which, and whether they could be had. */
+static void json_nbd(FILE *f)
+{
+	fputs(",\n \"nbd\": {\"status\": ", f);
+	json_str(f, nbd.ok ? "ok" : "unavailable");
+	fputs(", \"reason\": ", f);
+	if (nbd.ok)
+		fputs("null", f);
+	else
+		json_str(f, nbd.why);
+	fputs(", \"nbdkit\": ", f);
+	if (nbd.nbdkit[0])
+		json_str(f, nbd.nbdkit);
+	else
+		fputs("null", f);
+	fputs(", \"nbdkit_version\": ", f);
+	json_str(f, nbd.version);
+	fputs(", \"uri\": ", f);
+	json_str(f, nbd.uri);
+	fputs(", \"nbdfuse\": {\"status\": ", f);
+	json_str(f, nbd.fuse_ok ? "ok" : "unavailable");
+	fputs(", \"reason\": ", f);
+	if (nbd.fuse_ok)
+		fputs("null", f);
+	else
+		json_str(f, nbd.ok ? nbd.fuse_why : "nbdkit is unavailable");
+	fputs(", \"binary\": ", f);
+	if (nbd.nbdfuse[0])
+		json_str(f, nbd.nbdfuse);
+	else
+		fputs("null", f);
+	fputs("}}", f);
+}
+
 /* The daemon group's faultd: which, and whether it served. */
 static void json_faultd(FILE *f)
 {
@@ -3968,7 +4667,9 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 		fprintf(f, "%s%g", i ? ", " : "", quantile(i));
 	fprintf(f, "],\n \"ratio\": \"lazymap/kernel time per page (daemon group: lazymap served by"
 		" faultd/kernel; their in_process side is lazymap in-process, their target the ratio"
-		" it names); < 1 = lazymap faster\",\n \"results\": [");
+		" it names; nbd group: lazymap_map_uri/the kernel's mmap through nbdfuse, their"
+		" lazymap_file side lazymap of the file itself, their targets throughput ratios, at"
+		" least min); < 1 = lazymap faster\",\n \"results\": [");
 	for (size_t i = 0; i < nrows; i++) {
 		const struct row *rw = &rows[i];
 		const struct job *j = &rw->job;
@@ -3982,7 +4683,7 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 		json_str(f, group_names[j->sc->group]);
 		fputs(", \"variant\": ", f);
 		json_str(f, !is_file(j->sc) ? "anon" : j->direct ? "direct" :
-			    j->sc->kind == FILE_WRITE ? "shared" : "buffered");
+			    j->sc->kind == FILE_WRITE ? "shared" : j->sc->group == G_NBD ? "nbd" : "buffered");
 		fprintf(f, ", \"threads\": %u, \"handler_threads\": ", j->threads);
 		if (j->handlers)
 			fprintf(f, "\"%u\"", j->handlers);
@@ -3991,6 +4692,10 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 		fputs(", \"twin\": \"kernel\"", f);
 		if (j->sc->group == G_DAEMON)
 			fputs(", \"lazymap_served_by\": \"faultd\"", f);
+		if (j->sc->group == G_NBD) {
+			fputs(", \"kernel_via\": \"nbdfuse\", \"lazymap_uri\": ", f);
+			json_str(f, nbd.uri);
+		}
 		fprintf(f, ",\n   \"pages_mapped\": %zu, \"pages_touched\": %zu, \"kernel_twin\": ",
 			j->npages, j->touched);
 		json_str(f, j->sc->kernel_twin);
@@ -4001,6 +4706,10 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 		if (j->sc->group == G_DAEMON) {
 			fputs(",\n   \"in_process\": ", f);
 			json_side(f, rw, T_INPROC);
+		}
+		if (j->sc->group == G_NBD) {
+			fputs(",\n   \"lazymap_file\": ", f);
+			json_side(f, rw, T_LZFILE);
 		}
 		fputs(",\n   \"ratio\": ", f);
 		if (side_ok(&rw->k) && side_ok(&rw->l))
@@ -4027,6 +4736,8 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 			json_opt(f, v);
 			fprintf(f, ", \"met\": %s}", v < 0 ? "null" : v <= DAEMON_TARGET ? "true" : "false");
 		}
+		if (j->sc->group == G_NBD)
+			json_nbd_row(f, rw);
 		if (j->sc->access == SPREAD)
 			json_sparse(f, rw);
 		if (j->sc->kind == FILE_WRITE) {
@@ -4050,6 +4761,8 @@ static int write_json(const char *path, const struct row *rows, size_t nrows, co
 		json_budget(f);
 	if (fdm.socket)
 		json_faultd(f);
+	if (nbd.ok || nbd.why[0])
+		json_nbd(f);
 	fputs("\n}\n", f);
 	if (fclose(f))
 		return -errno;
@@ -4153,13 +4866,15 @@ static void usage(const char *argv0)
 		"  --dir         where the file's temporary directory goes (/var/tmp; not tmpfs,\n"
 		"                or LAZYMAP_DIRECT is unavailable)\n"
 		"  --threads     faulting threads, each on its own slice: of the file and daemon\n"
-		"                scenarios (1,2; file-rand-dense-*: 2) and of the threads matrix\n"
-		"                (1,2,4)\n"
+		"                scenarios (1,2; file-rand-dense-*: 2), of nbd-rand-cold (2) and\n"
+		"                of the threads matrix (1,2,4)\n"
 		"  --scenario    rows whose name (file-seq-cold, file-seq-cold+direct, threads-h2,\n"
 		"                ...) or scenario matches a pattern (fnmatch: 'file-*'); --list\n"
-		"  --scenario-set  anon, threads, file, daemon, budget or all (the default);\n"
+		"  --scenario-set  anon, threads, file, daemon, nbd, budget or all (the default);\n"
 		"                the budget group's rows, budget-zipf and budget-anon-swap, are\n"
-		"                not in --list (their twins are three: see the JSON's \"budget\")\n"
+		"                not in --list (their twins are three: see the JSON's \"budget\");\n"
+		"                nbd: the file (--file-size) exported by nbdkit, nbdfuse for the\n"
+		"                kernel's twin (both from $PATH; rows unavailable without them)\n"
 		"  --daemon      the socket of a running faultd to serve the daemon scenarios;\n"
 		"                default: the bench starts its own on a socket in a temporary\n"
 		"                directory (as many handler threads as --handlers) and stops it\n"
@@ -4287,6 +5002,8 @@ int main(int argc, char **argv)
 				only = "threads";
 			else if (!strcmp(optarg, "daemon"))
 				only = "daemon-*";
+			else if (!strcmp(optarg, "nbd"))
+				only = "nbd-*";
 			else if (!strcmp(optarg, "budget"))
 				only = "budget-*";
 			else
@@ -4341,7 +5058,7 @@ int main(int argc, char **argv)
 	struct row *rows = calloc(NSCENARIOS * 2 * MAX_THREAD_SETS, sizeof(*rows));
 	size_t nrows = 0, anon_pages = (size_mib << 20) / ps, file_pages = (file_mib << 20) / ps;
 	size_t shared_pages = (shared_mib << 20) / ps;
-	bool need_main = false, need_shared = false, need_daemon = false;
+	bool need_main = false, need_shared = false, need_daemon = false, need_nbd = false;
 
 	for (size_t s = 0; s < NSCENARIOS; s++) {
 		const struct scenario *sc = &scenarios[s];
@@ -4373,6 +5090,7 @@ int main(int argc, char **argv)
 				need_main |= file && sc->kind != FILE_WRITE;
 				need_shared |= sc->kind == FILE_WRITE;
 				need_daemon |= sc->group == G_DAEMON;
+				need_nbd |= sc->group == G_NBD;
 				nrows++;
 			}
 	}
@@ -4410,6 +5128,11 @@ int main(int argc, char **argv)
 		faultd_setup(daemon, faultd_bin, &opts);
 		fds_before = count_fds();
 	}
+	if (need_nbd) {
+		snprintf(running, sizeof(running), "looking for nbdkit and nbdfuse");
+		nbd_setup();
+		fds_before = count_fds();
+	}
 
 	size_t maxpages = anon_pages > file_pages ? anon_pages : file_pages;
 
@@ -4443,9 +5166,9 @@ int main(int argc, char **argv)
 		 anon_pages * ps, file_size, shared_size, RAND_PERCENT);
 
 	bool anon_head = false, threads_head = false, file_head = false, daemon_head = false;
-	bool any_file = false;
+	bool nbd_head = false, any_file = false;
 	double worst_cold = 0, worst_hot = 1, worst_hot_after = 1;
-	int targets = 0, targets_met = 0;
+	int targets = 0, targets_met = 0, nbd_goals = 0, nbd_goals_met = 0;
 
 	for (size_t i = 0; i < nrows; i++) {
 		struct row *rw = &rows[i];
@@ -4475,6 +5198,12 @@ int main(int argc, char **argv)
 		if (j->sc->group == G_DAEMON && !daemon_head) {
 			print_daemon_header(size_mib, handlers_name(&opts, hbuf, sizeof(hbuf)));
 			daemon_head = true;
+		}
+		if (j->sc->group == G_NBD && !nbd_head) {
+			if (daemon_head && targets)
+				printf("daemon targets met: %d of %d\n", targets_met, targets);
+			print_nbd_header(handlers_name(&opts, hbuf, sizeof(hbuf)));
+			nbd_head = true;
 		}
 		if (j->sc->group == G_THREADS) {
 			/* A handle of its own, with this row's number of handler threads. */
@@ -4511,7 +5240,11 @@ int main(int argc, char **argv)
 				snprintf(rw->p.why, sizeof(rw->p.why), "%s", rw->l.why);
 			}
 #endif
+			if (j->sc->group == G_NBD)
+				nbd_row_start(rw);
 			run_row(lm, &opts, rw, repeat, lat);
+			if (j->sc->group == G_NBD)
+				nbd_row_stop(rw);
 		}
 		print_row(rw);
 		fflush(stdout);
@@ -4525,6 +5258,17 @@ int main(int argc, char **argv)
 
 			targets += v >= 0;
 			targets_met += v >= 0 && v <= DAEMON_TARGET;
+		}
+		if (j->sc->group == G_NBD) {
+			struct nbd_target t[2];
+			int n = nbd_targets(j, t);
+
+			for (int k = 0; k < n; k++) {
+				double v = nbd_ratio(rw, t[k].base);
+
+				nbd_goals += v >= 0;
+				nbd_goals_met += v >= 0 && v >= t[k].min;
+			}
 		}
 		if (file && !strcmp(rw->k.status, "ok")) {
 			any_file = true;
@@ -4542,31 +5286,48 @@ int main(int argc, char **argv)
 			}
 		}
 	}
-	if (daemon_head && targets)
+	if (daemon_head && targets && !nbd_head)
 		printf("daemon targets met: %d of %d\n", targets_met, targets);
+	if (nbd_head && nbd_goals)
+		printf("nbd targets met: %d of %d\n", nbd_goals_met, nbd_goals);
 
-	/* What the handlers did for the file rows, per run. */
-	if (file_head) {
+	/* What the handlers did for the file rows, and the nbd rows' lazymap twins, per run. */
+	if (file_head || nbd_head) {
 		bool any = false;
 
-		for (size_t i = 0; i < nrows; i++)
-			any |= rows[i].job.sc->group == G_FILE && !strcmp(rows[i].l.status, "ok");
+		for (size_t i = 0; i < nrows; i++) {
+			enum group g = rows[i].job.sc->group;
+
+			any |= (g == G_FILE || g == G_NBD) && side_ok(&rows[i].l);
+			any |= g == G_NBD && side_ok(&rows[i].p);
+		}
 		if (any) {
 			printf("\nlazymap counters per run: %-2s %3s %9s %9s %9s %9s %8s %9s %6s %9s %8s\n",
 			       "", "thr", "faults", "filled", "readahd", "io reads", "short", "MiB read",
 			       "io err", "wp faults", "MiB wr");
 			for (size_t i = 0; i < nrows; i++) {
 				const struct row *rw = &rows[i];
-				double n = rw->l.n;
+				bool nbdrow = rw->job.sc->group == G_NBD;
 
-				if (rw->job.sc->group != G_FILE || strcmp(rw->l.status, "ok") || !n)
+				if (rw->job.sc->group != G_FILE && !nbdrow)
 					continue;
-				printf("%-28s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f %9.0f %8.1f\n",
-				       rw->job.name, rw->job.threads, rw->st.faults / n,
-				       rw->st.pages_filled / n, rw->st.readahead_pages / n,
-				       rw->st.file_reads / n, rw->st.short_reads / n,
-				       rw->st.bytes_read / n / 1048576.0, rw->st.io_errors / n,
-				       rw->st.wp_faults / n, rw->st.bytes_written / n / 1048576.0);
+				/* nbd rows: lz-file, then lz-nbd */
+				for (int t = nbdrow ? T_LZFILE : T_LAZYMAP; t >= T_LAZYMAP; t--) {
+					const struct side *s = twin_cside(rw, (enum twin)t);
+					const struct lazymap_stats *st = t == T_LZFILE ? &rw->pst : &rw->st;
+					double n = s->n;
+					char name[80];
+
+					if (!side_ok(s))
+						continue;
+					snprintf(name, sizeof(name), "%s%s%s", rw->job.name, nbdrow ? " " : "",
+						 nbdrow ? tw_name(&rw->job, (enum twin)t) : "");
+					printf("%-28s %3u %9.0f %9.0f %9.0f %9.0f %8.0f %9.1f %6.0f %9.0f %8.1f\n",
+					       name, rw->job.threads, st->faults / n, st->pages_filled / n,
+					       st->readahead_pages / n, st->file_reads / n, st->short_reads / n,
+					       st->bytes_read / n / 1048576.0, st->io_errors / n,
+					       st->wp_faults / n, st->bytes_written / n / 1048576.0);
+				}
 			}
 		}
 	}
