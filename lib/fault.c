@@ -765,7 +765,7 @@ static bool zero_page_at(struct mm *mm, uintptr_t addr)
 void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, unsigned flags, uint32_t tid)
 {
 	bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
-	struct fill_req *reqs[FAULT_REQS] = { NULL }, *ahead[AHEAD_WINDOWS] = { NULL };
+	struct fill_req *reqs[FAULT_REQS] = { NULL }, *ahead[AHEAD_WINDOWS_REMOTE] = { NULL };
 	size_t nreqs = 0, nahead = 0, max, n;
 	bool grown = false;
 	struct vma *v;

@@ -915,8 +915,10 @@ uintptr_t lzm_fault_prefetch(struct handler *h, struct mm *mm, uintptr_t start, 
 
 /* ----------------------------------------------------------- readahead.c */
 
-/* Windows read ahead of a sequential stream of an asynchronous source. */
+/* Windows read ahead of a sequential stream of an asynchronous source: a
+ * file's; more of a remote one's, whose reads take longer (nbd.c). */
 #define AHEAD_WINDOWS 2
+#define AHEAD_WINDOWS_REMOTE 6
 
 /* Pages to fill for a fault at page idx of v (lock held). */
 size_t lzm_ra_window(struct lazymap *lm, struct vma *v, uint64_t idx);

@@ -218,9 +218,9 @@ size_t lzm_read_around(struct handler *h, struct mm *mm, struct vma *v, uint64_t
 size_t lzm_readahead_ahead(struct handler *h, struct mm *mm, struct vma *v, uint64_t idx,
 			   size_t n, struct fill_req **ahead)
 {
-	size_t i;
+	size_t i, max_windows = v->src->ops->submit ? AHEAD_WINDOWS_REMOTE : AHEAD_WINDOWS;
 
-	for (i = 0; i < AHEAD_WINDOWS; i++, idx += n) {
+	for (i = 0; i < max_windows; i++, idx += n) {
 		uintptr_t at = v->start + ((idx - v->pgoff) << lzm_page_shift);
 		size_t max = n, got;
 
