@@ -134,7 +134,7 @@ def main():
             if nbd.get('status') == 'ok' and sides['lazymap'].get('status') == 'unavailable':
                 print(f"note: {r['row']}: lazymap_map_uri unavailable: {sides['lazymap'].get('reason')}")
             ts = r.get('targets')
-            check(isinstance(ts, list) and len(ts) == (2 if r['scenario'] == 'nbd-seq-cold' else 1),
+            check(isinstance(ts, list) and len(ts) == (2 if r['scenario'].startswith('nbd-seq') else 1),
                   f"{r['row']}: targets {ts}")
             for t in ts if isinstance(ts, list) else []:
                 base = 'lazymap_file' if 'lazymap-file' in str(t.get('ratio')) else 'kernel'

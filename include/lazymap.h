@@ -486,7 +486,10 @@ LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, i
  * (NBD_FLAG_CAN_MULTI_CONN) the server does not promise that a write one
  * connection made is seen by another: regions of one URI are then kept
  * consistent by the cache alone (every page read once, written back on
- * one connection), which holds while nobody else writes the export.
+ * one connection), which holds while nobody else writes the export and no
+ * page written back is read again: under resident_limit a page written
+ * back and evicted is read again on a handler's connection, which such a
+ * server may answer with the old bytes (use multi-conn there).
  * TLS: libnbd's rules (nbds:// requires it); a tls-psk-file= in the URI is
  * read (the program is trusted with its own URIs).
  *
