@@ -135,15 +135,24 @@ struct lazymap_opts {
 	 */
 	const char *swap_path;
 	/*
-	 * Regions of remote exports (lazymap_map_uri): how long the library
-	 * keeps trying to reach a server that went away (a dropped connection
-	 * is made again, with backoff from 20 ms to 1 s) and how long a
-	 * request may go unanswered before its connection is taken as lost
-	 * (a server stopped, a network cut). Faults wait meanwhile; past it
-	 * the pages that could not be read get SIGBUS (remote_timeouts), and
-	 * a write-back fails with -EIO (the pages stay dirty). Also the limit
-	 * on lazymap_map_uri's own connection (-ETIMEDOUT). In milliseconds;
-	 * 0: 5000.
+	 * Regions of remote exports (lazymap_map_uri), in milliseconds (0:
+	 * 5000; at most 86400000, else -EINVAL):
+	 * - a connection that breaks (the server killed, or stopping: its
+	 *   ESHUTDOWN answers count as that, not as failed reads) is made
+	 *   again, with backoff from 20 ms to 1 s, for this long after the
+	 *   break; faults wait meanwhile, and what was sent is sent again;
+	 * - a connection whose requests go unanswered this long (a server
+	 *   stopped, a network cut) is taken as broken: such a server's pages
+	 *   get SIGBUS within twice this time;
+	 * - past it the reads that waited are given up (remote_timeouts):
+	 *   their pages get SIGBUS (io_errors); a later touch tries the
+	 *   server once more. A write-back fails with -EIO (its pages stay
+	 *   dirty for the next) once this long has passed with neither an
+	 *   answer nor a connection;
+	 * - lazymap_map_uri's own connection gives up after it (-ETIMEDOUT).
+	 * lazymap_close never waits for a server to read: the reads in flight
+	 * fail (their pages SIGBUS), and only the write-back of dirty pages
+	 * waits, bounded as above.
 	 */
 	unsigned remote_timeout_ms;
 };
@@ -493,7 +502,15 @@ LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, i
  * TLS: libnbd's rules (nbds:// requires it); a tls-psk-file= in the URI is
  * read (the program is trusted with its own URIs).
  *
- * Errors (nothing is mapped, nothing is kept):
+ * flags: LAZYMAP_PRIVATE or LAZYMAP_SHARED, with LAZYMAP_HINT or
+ * LAZYMAP_FIXED as lazymap_map. Write-back writes no byte past the
+ * export's end (the part of its last page past it stays in memory: an
+ * export does not grow). A connection made again to an export whose size
+ * changed reads what it can (past the new end: SIGBUS); the region keeps
+ * the size it was mapped with.
+ *
+ * Errors (nothing is mapped, nothing is kept); the arguments are checked
+ * first, then the URI:
  *   -EINVAL       len, prot, flags, offset as lazymap_map (LAZYMAP_ANON and
  *                 LAZYMAP_DIRECT are -EINVAL here); uri NULL, unparsable,
  *                 of an unknown scheme, or without what its scheme needs
@@ -511,7 +528,6 @@ LAZYMAP_API int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, i
  *   -EPROTO       the handshake failed (TLS credentials refused, the server
  *                 hung up while negotiating)
  *   -EACCES       LAZYMAP_SHARED with PROT_WRITE on a read-only export
- *   -EPERM        the URI names something libnbd may not use
  *   -ENOMEM, -EMFILE (the first region of an export costs a memfd, a
  *                 userfaultfd, and the probe's socket for the call's time)
  * lazymap_protect may give PROT_WRITE to a shared region only if the
@@ -591,7 +607,7 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 #define LAZYMAP_COUNTERS(X)                                                                    \
 	X(faults, SUM, "missing-page fault messages served")                                   \
 	X(pages_filled, SUM, "pages installed (faults, fault-around and prefetch)")             \
-	X(bytes_read, SUM, "bytes read from backing files")                                     \
+	X(bytes_read, SUM, "bytes read from backing files and NBD exports")                     \
 	X(bytes_written, SUM, "bytes written back to backing files")                            \
 	X(evictions, SUM, "pages evicted under resident_limit")                                 \
 	X(io_errors, SUM, "pages poisoned because their fill failed")                           \
@@ -607,7 +623,7 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(prefetched, SUM, "pages filled by lazymap_prefetch")                                  \
 	X(max_batch, MAX, "most messages one read() returned")                                  \
 	X(regions, NOW, "VMAs in the tree now")                                                 \
-	X(file_reads, SUM, "io_uring reads completed (continuations of short reads too)")       \
+	X(file_reads, SUM, "io_uring reads completed (continuations of short reads too), and NBD reads") \
 	X(short_reads, SUM, "reads that returned less than asked and were continued")           \
 	X(readahead_pages, SUM, "pages filled beyond the one a fault asked for")                \
 	X(inflight_max, MAX, "most reads one handler had in flight at once")                    \
@@ -630,7 +646,7 @@ LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int a
 	X(swap_ins, SUM, "pages read back from the swap file")                                  \
 	X(swap_bytes, NOW, "bytes of the swap file in use")                                     \
 	X(remote_reconnects, SUM, "connections to NBD servers made again after one was lost")   \
-	X(remote_timeouts, SUM, "reads of remote pages given up: the server stayed away past remote_timeout_ms (their pages get SIGBUS)")
+	X(remote_timeouts, SUM, "NBD reads given up: the server stayed away past remote_timeout_ms (their pages get SIGBUS, counted in io_errors)")
 
 /* Counters since lazymap_open. */
 struct lazymap_stats {

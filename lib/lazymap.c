@@ -20,6 +20,7 @@
 #define DEFAULT_READAHEAD   (512u << 10)
 #define MAX_READAHEAD       (64u << 20)
 #define DEFAULT_REMOTE_TIMEOUT_MS 5000u
+#define MAX_REMOTE_TIMEOUT_MS     86400000u
 #define MAX_HANDLER_THREADS 256u
 #define MAX_QUEUE_DEPTH     32768u
 #define DEFAULT_SPIN_US     50u
@@ -239,7 +240,8 @@ int lazymap_open_sized(struct lazymap **lmp, const struct lazymap_opts *opts, si
 	    o.queue_depth > MAX_QUEUE_DEPTH ||
 	    o.readahead_max > MAX_READAHEAD || o.install > LAZYMAP_INSTALL_MOVE ||
 	    (o.spin_us > 1000000 && o.spin_us != LAZYMAP_SPIN_NONE) ||
-	    (o.resident_limit && o.resident_limit < MIN_RESIDENT_LIMIT))
+	    (o.resident_limit && o.resident_limit < MIN_RESIDENT_LIMIT) ||
+	    o.remote_timeout_ms > MAX_REMOTE_TIMEOUT_MS)
 		return -EINVAL;
 	if (!o.handler_threads)
 		o.handler_threads = 1;

@@ -2086,6 +2086,12 @@ Test(nbd, flags_offset_len_and_prot_are_checked, FIXTURE, .timeout = 60)
 	cr_assert_eq(stats(lm).regions, regions);
 	p = map_uri(lm, size, PROT_READ, LAZYMAP_PRIVATE, uri, 0);
 	scan_all(p, model, size / ps, NULL, "a good region after the refused flags");
+
+	/* the option's range: a day at most */
+	struct lazymap_opts o = { .remote_timeout_ms = 86400000u + 1 };
+	struct lazymap *other = NULL;
+
+	cr_assert_eq(lazymap_open(&other, &o), -EINVAL, "remote_timeout_ms past a day: want -EINVAL");
 }
 
 #else /* !TEST_NBD_LIBNBD */
