@@ -536,9 +536,18 @@ static int fills_open(struct lazymap *lm, struct lazymap **fillsp)
 	return ret;
 }
 
+/* Served by faultd, the regions served in process (fill callbacks, NBD
+ * exports) are lm->fills': *fillsp, or NULL when lm serves them itself. */
+static int served_in_process(struct lazymap *lm, struct lazymap **fillsp)
+{
+	*fillsp = NULL;
+	return lm->remote ? fills_open(lm, fillsp) : 0;
+}
+
 int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
 		     lazymap_fill_fn fill, void *arg)
 {
+	struct lazymap *fills;
 	struct source *src;
 	int ret;
 
@@ -547,15 +556,11 @@ int lazymap_map_fill(struct lazymap *lm, void **addrp, size_t len, int prot,
 	ret = lazymap_get(lm);
 	if (ret)
 		return ret;
-	if (lm->remote) {
-		/* the callback runs here: such regions are served in process */
-		struct lazymap *fills;
-
-		ret = fills_open(lm, &fills);
-		lazymap_put(lm);
-		return ret ? ret : lazymap_map_fill(fills, addrp, len, prot, fill, arg);
-	}
+	/* the callback runs here, not in faultd */
+	ret = served_in_process(lm, &fills);
 	lazymap_put(lm);
+	if (ret || fills)
+		return ret ? ret : lazymap_map_fill(fills, addrp, len, prot, fill, arg);
 	ret = lzm_source_new_fill(len >> lzm_page_shift, fill, arg, &src);
 	return ret ? ret : map_source(lm, addrp, len, prot, LAZYMAP_PRIVATE | LAZYMAP_ANON, src);
 }
@@ -902,6 +907,7 @@ int lazymap_map_uri(struct lazymap *lm, void **addrp, size_t len, int prot, int 
 		    const char *uri, uint64_t offset)
 {
 	int kind = flags & (LAZYMAP_PRIVATE | LAZYMAP_SHARED);
+	struct lazymap *fills;
 	struct source *src;
 	struct cache *c;
 	int ret;
@@ -913,11 +919,9 @@ int lazymap_map_uri(struct lazymap *lm, void **addrp, size_t len, int prot, int 
 	ret = lazymap_get(lm);
 	if (ret)
 		return ret;
-	if (lm->remote) {
-		/* faultd pages files by descriptor: an export is served here */
-		struct lazymap *fills;
-
-		ret = fills_open(lm, &fills);
+	/* faultd pages files by descriptor: an export is served here */
+	ret = served_in_process(lm, &fills);
+	if (ret || fills) {
 		lazymap_put(lm);
 		return ret ? ret : lazymap_map_uri(fills, addrp, len, prot, flags, uri, offset);
 	}
