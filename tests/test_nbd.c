@@ -92,6 +92,7 @@ static struct {
 	bool netns_made, veth_made;
 	char a_host[INET_ADDRSTRLEN], a_ns[INET_ADDRSTRLEN];
 	int fds[4];                   /* sockets of the bad-URI test */
+	pid_t faultd;                 /* a faultd of the test's own, or 0 */
 	int nfds;
 	uint8_t *model[2];
 	void *mem[8];                 /* a test's buffers: freed by .fini, after a failure too */
@@ -125,6 +126,11 @@ static void fx_teardown(void)
 	if (fx.lm && !fx.abandon_lm)
 		lazymap_close(fx.lm);
 	fx.lm = NULL;
+	if (fx.faultd > 0) {
+		kill(fx.faultd, SIGKILL);
+		waitpid(fx.faultd, NULL, 0);
+		fx.faultd = 0;
+	}
 	for (int i = 0; i < nsrv; i++)
 		if (srv[i].pid > 0)
 			server_signal(&srv[i], SIGKILL);
@@ -1831,6 +1837,61 @@ Test(nbd, prefetched_pages_need_no_server, FIXTURE, .timeout = 60)
 	scan_all(q, model + size / 2, npages / 2, NULL, "a second region, server gone");
 	cr_assert_eq(stats(lm).io_errors, 0);
 }
+
+/* ============================================================ a faultd client */
+
+#ifdef FAULTD_BIN
+/*
+ * faultd pages files by descriptor, and never a URI: a client's export
+ * regions are served in its own process (as fill-callback regions are),
+ * with the same bytes, write-back and counters, faultd serving the rest.
+ */
+Test(nbd, a_faultd_client_maps_an_export_served_in_process, FIXTURE, .timeout = 60)
+{
+	size_t ps = pgsz(), size = 8 * MiB, npages = size / ps;
+	char path[PATH_MAX], uri[PATH_MAX], sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	uint8_t *model = export_file("data", size, 61, path, sizeof(path), 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct lazymap_opts o = { .daemon = sock };
+	struct lazymap_stats st;
+	char *p;
+	int s, ret;
+
+	require_uffd(UFFD_FEATURE_POISON);
+	snprintf(sock, sizeof(sock), "%s/faultd.sock", fx.dir);
+	fx.faultd = fork();
+	cr_assert_geq(fx.faultd, 0);
+	if (fx.faultd == 0) {
+		execl(FAULTD_BIN, "faultd", "--foreground", "--socket", sock, (char *)NULL);
+		_exit(127);
+	}
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	for (int i = 0;; i++) {
+		s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		ret = connect(s, (struct sockaddr *)&sa, sizeof(sa));
+		close(s);
+		if (ret == 0)
+			break;
+		cr_assert_lt(i, 5000, "faultd does not listen on %s", sock);
+		cr_assert_eq(waitpid(fx.faultd, NULL, WNOHANG), 0, "faultd exited at start");
+		usleep(1000);
+	}
+	fx.lm = open_or_skip(&o);
+	server_uri(file_server(path, NULL, NULL), "", uri, sizeof(uri));
+	p = map_uri(fx.lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, uri, 0);
+	scan_all(p, model, npages, NULL, "a faultd client's export region");
+	scattered_writes(p, model, npages, 32, test_seed() ^ 61);
+	ret = lazymap_sync(fx.lm, p, size);
+	cr_assert_eq(ret, 0, "lazymap_sync: %s", strerror(-ret));
+	expect_export("after a faultd client's sync", path, model, size);
+	st = stats(fx.lm);
+	cr_assert_geq(st.bytes_read, size, "bytes_read %llu", (unsigned long long)st.bytes_read);
+	cr_assert_eq(st.regions, 1);
+	ret = lazymap_unmap(fx.lm, p, size);
+	cr_assert_eq(ret, 0, "lazymap_unmap: %s", strerror(-ret));
+	cr_assert_eq(stats(fx.lm).regions, 0);
+}
+#endif
 
 /* ============================================================ TCP, another network namespace */
 
