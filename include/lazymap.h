@@ -136,23 +136,30 @@ struct lazymap_opts {
 	const char *swap_path;
 	/*
 	 * Regions of remote exports (lazymap_map_uri), in milliseconds (0:
-	 * 5000; at most 86400000, else -EINVAL):
+	 * 5000; at most 86400000, else -EINVAL; looked at every 100 ms, so
+	 * times below that act as about 100):
 	 * - a connection that breaks (the server killed, or stopping: its
 	 *   ESHUTDOWN answers count as that, not as failed reads) is made
-	 *   again, with backoff from 20 ms to 1 s, for this long after the
-	 *   break; faults wait meanwhile, and what was sent is sent again;
+	 *   again, with backoff from 20 ms to 1 s and a last attempt at the
+	 *   end, for this long after the break; faults wait meanwhile, and
+	 *   what was sent is sent again;
 	 * - a connection whose requests go unanswered this long (a server
 	 *   stopped, a network cut) is taken as broken: such a server's pages
-	 *   get SIGBUS within twice this time;
+	 *   get SIGBUS after about twice this time;
 	 * - past it the reads that waited are given up (remote_timeouts):
-	 *   their pages get SIGBUS (io_errors); a later touch tries the
-	 *   server once more. A write-back fails with -EIO (its pages stay
-	 *   dirty for the next) once this long has passed with neither an
-	 *   answer nor a connection;
+	 *   their pages get SIGBUS (io_errors) and keep giving it, as a page
+	 *   whose read failed does, until dropped (MADV_DONTNEED, unmap);
+	 *   a touch of another page tries the server once more;
+	 * - a write-back (sync, unmap, close, eviction) fails with -EIO, its
+	 *   pages dirty for the next, once this long has passed with neither
+	 *   an answer nor a connection (about twice for a stopped server);
+	 *   for as long again after that, a write-back tries the server once,
+	 *   a quarter of this time at most (lazymap_close writes back more
+	 *   than once: it does not wait the whole time each time);
 	 * - lazymap_map_uri's own connection gives up after it (-ETIMEDOUT).
-	 * lazymap_close never waits for a server to read: the reads in flight
-	 * fail (their pages SIGBUS), and only the write-back of dirty pages
-	 * waits, bounded as above.
+	 * lazymap_close does not wait for a server to read: the answers in
+	 * flight get 200 ms, then the reads fail (their pages SIGBUS); only
+	 * the write-back of dirty pages waits, bounded as above.
 	 */
 	unsigned remote_timeout_ms;
 };

@@ -821,7 +821,10 @@ int lazymap_stats_sized(struct lazymap *lm, struct lazymap_stats *st, size_t siz
 #undef NOW
 #undef MAX
 #undef SUM
+		/* of the moment too: its caches are others than faultd's */
 		all.regions += f.regions;
+		all.cache_pages += f.cache_pages;
+		all.dirty_pages += f.dirty_pages;
 	}
 	/* faultd's, of what it did for us: the faults it served, what it read
 	 * for them, the pages it could not read (in LAZYMAP_COUNTERS order) */

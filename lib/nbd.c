@@ -35,32 +35,7 @@ void lzm_nbd_event(struct handler *h, void *obj, unsigned kind, int res)
 	(void)h, (void)obj, (void)kind, (void)res;
 }
 void lzm_nbd_run_done(struct handler *h) { (void)h; }
-void lzm_nbd_handler_stop(struct handler *h)
-{
-	h->nbd_stopping = true;
-	lzm_nbd_run_done(h);
-	for (struct nbd_conn *cn = h->nbd; cn; cn = cn->next) {
-		if (cn->nh && cn->inflight)
-			nbd_aio_notify_read(cn->nh); /* answers that came: they count */
-		conn_reap(cn);
-		conn_drop(h, cn);
-		cn->closed = true;
-		/* what is left fails: its pages are let go, their touchers woken */
-		*cn->inflight_tail = cn->pending;
-		for (struct nbd_cmd *cmd = cn->inflight, *next; cmd; cmd = next) {
-			next = cmd->next;
-			cmd->err = ESHUTDOWN;
-			cmd->next = cn->done;
-			cn->done = cmd;
-		}
-		cn->inflight = cn->pending = NULL;
-		cn->inflight_tail = &cn->inflight;
-		cn->pending_tail = &cn->pending;
-		conn_end_done(h, cn);
-	}
-	lzm_nbd_run_done(h);
-}
-
+void lzm_nbd_handler_stop(struct handler *h) { (void)h; }
 void lzm_nbd_handler_free(struct handler *h) { (void)h; }
 int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush,
 		  uint64_t *written)
@@ -83,6 +58,8 @@ int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush
 /* Writes in flight at once on the write-back connection. */
 #define WB_DEPTH 32
 #define WB_CHUNK (1u << 20)
+/* How long a stopping handler lets the answers in flight come. */
+#define STOP_DRAIN_MS 200
 
 struct nbd_export {
 	char *uri;
@@ -98,6 +75,8 @@ struct nbd_export {
 	 * with a connection (the next flush fails once, as fsync reports a
 	 * write-back error: the server may have dropped them) */
 	bool unflushed, lost;
+	uint64_t wsize;          /* the export's size as wh found it */
+	uint64_t gave_up_ns;     /* write-back gave up then (0: not lately) */
 };
 
 enum conn_state {
@@ -630,7 +609,10 @@ static void conn_lost(struct handler *h, struct nbd_conn *cn, int err)
 	cn->backoff_ms = cn->backoff_ms ? cn->backoff_ms * 2 : BACKOFF_FIRST_MS;
 	if (cn->backoff_ms > BACKOFF_MAX_MS)
 		cn->backoff_ms = BACKOFF_MAX_MS;
+	/* the last attempt at the deadline itself, not a backoff short of it */
 	cn->retry_at = now + ms_ns(cn->backoff_ms);
+	if (cn->retry_at > cn->down_since + ms_ns(conn_timeout_ms(h)))
+		cn->retry_at = cn->down_since + ms_ns(conn_timeout_ms(h));
 }
 
 /* Whether an answer says the connection is going (a server stopping
@@ -670,13 +652,50 @@ static void conn_after(struct handler *h, struct nbd_conn *cn)
 	conn_arm(h, cn);
 }
 
+/* Nothing in flight, waiting or armed on the ring: it may be freed. */
+static bool conn_idle(const struct nbd_conn *cn)
+{
+	return !conn_busy(cn) && !cn->poll_armed && !cn->timer_armed;
+}
+
+/*
+ * Close the idle connections of exports no region maps any more (no cache
+ * of their last id): a program that maps and unmaps export after export
+ * must not hold a connection to each until lazymap_close.
+ */
+static void conns_prune(struct handler *h)
+{
+	for (struct nbd_conn **pp = &h->nbd, *cn; (cn = *pp);) {
+		struct cache *c = conn_idle(cn) ? lzm_cache_find_id(cn->cache_id) : NULL;
+
+		if (c || !conn_idle(cn)) {
+			lzm_cache_put(c);
+			pp = &cn->next;
+			continue;
+		}
+		*pp = cn->next;
+		handle_close(cn->nh);
+		free(cn->uri);
+		free(cn);
+	}
+}
+
+/* h's connection to c's export: one per URI, kept when its cache goes and
+ * another of the same URI comes (map, unmap, map again). */
 static struct nbd_conn *conn_get(struct handler *h, struct cache *c)
 {
 	struct nbd_conn *cn;
 
 	for (cn = h->nbd; cn; cn = cn->next)
-		if (cn->cache_id == c->id)
-			return cn;
+		if (cn->cache_id == c->id || !strcmp(cn->uri, c->nbd->uri))
+			break;
+	if (cn) {
+		cn->cache_id = c->id;
+		cn->size = c->nbd->size;
+		cn->req_max = c->nbd->req_max;
+		return cn;
+	}
+	conns_prune(h);
 	cn = calloc(1, sizeof(*cn));
 	if (!cn || !(cn->uri = strdup(c->nbd->uri))) {
 		free(cn);
@@ -719,9 +738,8 @@ void lzm_nbd_event(struct handler *h, void *obj, unsigned kind, int res)
 
 	switch (cn->state) {
 	case CONN_BACKOFF:
-		if (now - cn->down_since >= limit)
-			conn_give_up(h, cn);
-		else if (now >= cn->retry_at)
+		/* a failed attempt past the deadline gives up (conn_lost) */
+		if (now >= cn->retry_at)
 			conn_connect(h, cn);
 		break;
 	case CONN_CONNECTING:
@@ -815,40 +833,37 @@ void lzm_nbd_run_done(struct handler *h)
 	}
 }
 
+static bool none_in_flight(struct nbd_handle *nh, void *arg)
+{
+	(void)arg;
+	return nbd_aio_in_flight(nh) <= 0;
+}
+
 void lzm_nbd_handler_stop(struct handler *h)
 {
+	uint64_t drain_end = lzm_now_ns() + ms_ns(STOP_DRAIN_MS);
+
 	h->nbd_stopping = true;
 	lzm_nbd_run_done(h);
 	for (struct nbd_conn *cn = h->nbd; cn; cn = cn->next) {
-		if (cn->nh)
-			nbd_aio_notify_read(cn->nh); /* answers that came: they count */
+		/* the answers on their way, briefly: a server is not left
+		 * writing to a socket we closed (nbdkit 1.32 aborts then) */
+		if (cn->nh && cn->state == CONN_READY && cn->inflight)
+			handle_run(cn->nh, none_in_flight, NULL, drain_end);
 		conn_reap(cn);
-		handle_close(cn->nh);
-		cn->nh = NULL;
+		conn_drop(h, cn);
 		cn->closed = true;
-		for (struct nbd_cmd *cmd = cn->inflight; cmd; cmd = cmd->next)
-			cmd->err = ESHUTDOWN;
-		for (struct nbd_cmd *cmd = cn->pending; cmd; cmd = cmd->next)
-			cmd->err = ESHUTDOWN;
+		/* what is left fails: its pages are let go, their touchers woken */
 		*cn->inflight_tail = cn->pending;
-		if (cn->inflight) {
-			cmd_push(&cn->pending_tail, NULL), (void)0;
+		for (struct nbd_cmd *cmd = cn->inflight, *next; cmd; cmd = next) {
+			next = cmd->next;
+			cmd->err = ESHUTDOWN;
+			cmd->next = cn->done;
+			cn->done = cmd;
 		}
-	}
-	/* end them all: the requests' pages are let go, their touchers woken */
-	for (struct nbd_conn *cn = h->nbd; cn; cn = cn->next) {
-		struct nbd_cmd *cmd = cn->inflight ? cn->inflight : cn->pending;
-
 		cn->inflight = cn->pending = NULL;
 		cn->inflight_tail = &cn->inflight;
 		cn->pending_tail = &cn->pending;
-		while (cmd) {
-			struct nbd_cmd *next = cmd->next;
-
-			cmd->next = cn->done;
-			cn->done = cmd;
-			cmd = next;
-		}
 		conn_end_done(h, cn);
 	}
 	lzm_nbd_run_done(h);
@@ -892,6 +907,7 @@ struct wstate {
 	size_t n, cap;
 	size_t unanswered;       /* sent, not yet answered */
 	size_t freed;            /* the copies of w[0, freed) are let go */
+	bool shrunk;             /* writes past the export's end were dropped */
 	size_t below;            /* wait until fewer than this are unanswered */
 	bool flush_answered;
 	int flush_err;
@@ -1010,6 +1026,16 @@ static int write_once(struct nbd_export *x, struct wstate *s, bool flush, uint64
 				continue; /* written on an earlier connection */
 			w->answered = w->sent = false;
 			w->err = 0;
+			/* an export that shrank since: what is past its end is
+			 * dropped, as a file's pages past its end are */
+			if (w->off + w->len > x->wsize) {
+				w->len = w->off < x->wsize ? (size_t)(x->wsize - w->off) : 0;
+				s->shrunk = true;
+				if (!w->len) {
+					w->answered = true;
+					continue;
+				}
+			}
 			if (!wcmd_fill(s, w)) {
 				/* a hole (nothing to write), or no memory */
 				w->answered = true;
@@ -1053,7 +1079,7 @@ static int write_once(struct nbd_export *x, struct wstate *s, bool flush, uint64
 	if (nbd_aio_flush(x->wh, fcb, 0) < 0)
 		return handle_gone(x->wh) ? -EPIPE : -EIO;
 	ret = handle_run(x->wh, flush_done, s, lzm_now_ns() + limit_ns);
-	return ret ? ret : s->flush_err ? -s->flush_err : 0;
+	return ret; /* an answer that refuses the flush is the caller's to read */
 }
 
 int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush,
@@ -1074,10 +1100,29 @@ int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush
 		pthread_mutex_unlock(&x->wlock);
 		return ret;
 	}
+	/* the server stayed away past the limit a moment ago: one short try
+	 * (lazymap_close writes back more than once, and must not wait for
+	 * it each time) */
+	bool quick = x->gave_up_ns && lzm_now_ns() - x->gave_up_ns < limit;
+
+	if (quick)
+		limit = limit / 4 > ms_ns(TICK_MS) ? limit / 4 : ms_ns(TICK_MS);
 	ret = wcmds_make(x, io, n, &s);
 	while (ret == 0) {
-		if (!x->wh && (ret = handle_connect(x->uri, lzm_now_ns() + limit, &x->wh)) != 0)
-			x->wh = NULL;
+		uint64_t now = lzm_now_ns();
+
+		/* a last attempt at the deadline, and at least a tick for it */
+		if (!x->wh) {
+			uint64_t until = down_since ? down_since + limit : now + limit;
+
+			ret = handle_connect(x->uri, until > now + ms_ns(TICK_MS) ? until
+										 : now + ms_ns(TICK_MS),
+					     &x->wh);
+			if (ret)
+				x->wh = NULL;
+			else
+				x->wsize = (uint64_t)nbd_get_size(x->wh);
+		}
 		if (ret == 0 && (ret = write_once(x, &s, flush, limit)) == 0)
 			break;
 		/* the connection broke, or stalled: a new one takes what was not
@@ -1092,17 +1137,31 @@ int lzm_nbd_write(struct nbd_export *x, struct nbd_wio *io, size_t n, bool flush
 			if (flush || !s.w[i].answered || transport_err(s.w[i].err))
 				s.w[i].answered = s.w[i].sent = false;
 		s.unanswered = s.freed = 0;
+		now = lzm_now_ns();
 		if (!down_since)
-			down_since = lzm_now_ns();
-		if (lzm_now_ns() - down_since + ms_ns(backoff) >= limit) {
-			ret = ret == -ETIMEDOUT ? -ETIMEDOUT : -EIO;
+			down_since = now;
+		if (now - down_since >= limit || quick) {
+			x->gave_up_ns = now;
+			ret = -EIO;
 			break;
 		}
-		usleep(backoff * 1000);
+		uint64_t wait = ms_ns(backoff), left = down_since + limit - now;
+
+		usleep((useconds_t)((wait < left ? wait : left) / 1000));
 		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 		ret = 0;
 	}
-	if (ret == 0 && flush) {
+	if (ret == 0)
+		x->gave_up_ns = 0;
+	if (s.shrunk)
+		lzm_log(NULL, LOG_WARNING, "%s: the export is smaller than it was: what was "
+			"written past its end is dropped", x->uri);
+	if (ret == 0 && flush && s.flush_err) {
+		/* the server refused the flush: the writes stay unflushed, and
+		 * the caller's pages dirty for the next sync */
+		ret = -s.flush_err;
+		x->unflushed = true;
+	} else if (ret == 0 && flush) {
 		/* what an earlier connection had not flushed may be gone */
 		ret = x->lost ? -EIO : 0;
 		x->lost = x->unflushed = false;
