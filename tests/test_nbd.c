@@ -1838,6 +1838,164 @@ Test(nbd, prefetched_pages_need_no_server, FIXTURE, .timeout = 60)
 	cr_assert_eq(stats(lm).io_errors, 0);
 }
 
+/* ============================================================ found by a hostile review */
+
+/* lazymap_close while a prefetch has reads in flight on a slow server:
+ * it returns (it crashed once), failing them. */
+Test(nbd, close_with_reads_in_flight_returns, FIXTURE, .timeout = 60)
+{
+	size_t size = 32 * MiB;
+	char path[PATH_MAX], uri[PATH_MAX];
+	struct lazymap *lm = lm_open(2, 0, 0, 0);
+	static struct closer cl;
+	char *p;
+
+	export_file("data", size, 71, path, sizeof(path), 0);
+	server_uri(file_server(path, "--filter=delay", "rdelay=20ms"), "", uri, sizeof(uri));
+	p = map_uri(lm, size, PROT_READ, LAZYMAP_PRIVATE, uri, 0);
+	cr_assert_eq(lazymap_prefetch(lm, p, size), 0);
+	usleep(50 * 1000);
+	cl = (struct closer){ .lm = lm };
+	cr_assert_eq(pthread_create(&cl.th, NULL, closer_main, &cl), 0);
+	if (!wait_flag(&cl.finished, WAIT_S)) {
+		fx.abandon_lm = true;
+		cr_assert(false, "lazymap_close with reads in flight still waits");
+	}
+	pthread_join(cl.th, NULL);
+	fx.lm = NULL;
+	cr_assert_eq(cl.ret, 0, "lazymap_close: %s", strerror(-cl.ret));
+}
+
+/* Map, touch, unmap, again and again: one connection per handler and URI,
+ * not one per cycle (they leaked until lazymap_close). */
+Test(nbd, map_unmap_cycles_keep_the_descriptors_flat, FIXTURE, .timeout = 120)
+{
+	size_t ps = pgsz(), size = 1 * MiB;
+	char path[PATH_MAX], uri[2][PATH_MAX];
+	struct lazymap *lm = lm_open(2, 0, 0, 0);
+	uint8_t *model = export_file("data", size, 72, path, sizeof(path), 0);
+	int fds = 0;
+
+	server_uri(file_server(path, NULL, NULL), "", uri[0], sizeof(uri[0]));
+	server_uri(file_server(path, NULL, NULL), "", uri[1], sizeof(uri[1]));
+	for (int i = 0; i < 200; i++) {
+		/* the same URI, then two taking turns */
+		const char *u = uri[i < 100 ? 0 : i & 1];
+		char *p = map_uri(lm, size, PROT_READ, LAZYMAP_PRIVATE, u, 0);
+
+		cr_assert_eq(p[(size_t)(i % 256) * ps], (char)model[(size_t)(i % 256) * ps]);
+		cr_assert_eq(lazymap_unmap(lm, p, size), 0);
+		quiesce(lm);
+		if (i == 10 || i == 110)
+			fds = count_dir("/proc/self/fd");
+		if (i == 99 || i == 199)
+			cr_assert_leq(count_dir("/proc/self/fd"), fds + 2,
+				      "cycle %d: %d descriptors, %d at cycle %d", i,
+				      count_dir("/proc/self/fd"), fds, i < 100 ? 10 : 110);
+	}
+}
+
+/* A server back just before remote_timeout_ms is still reached: the last
+ * attempt is at the deadline, not a backoff short of it. */
+Test(nbd, a_server_back_just_before_the_deadline_is_reconnected, FIXTURE, .timeout = 60)
+{
+	const unsigned timeout_ms = 1000;
+	size_t ps = pgsz(), size = 4 * MiB;
+	char path[PATH_MAX], uri[PATH_MAX];
+	struct lazymap *lm = lm_open(1, 0, timeout_ms, 0);
+	uint8_t *model = export_file("data", size, 73, path, sizeof(path), 0);
+	struct server *s = file_server(path, NULL, NULL);
+	static struct syncer sy;
+	char *p;
+
+	server_uri(s, "", uri, sizeof(uri));
+	p = map_uri(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, uri, 0);
+	cr_assert_eq(p[0], (char)model[0]); /* connected */
+	scattered_writes(p, model, size / ps, 16, test_seed() ^ 73);
+	server_signal(s, SIGKILL);
+	sy = (struct syncer){ .lm = lm, .addr = p, .len = size };
+	cr_assert_eq(pthread_create(&sy.th, NULL, syncer_main, &sy), 0);
+	usleep(850 * 1000);
+	server_start(s);
+	if (!wait_flag(&sy.finished, WAIT_S)) {
+		fx.abandon_lm = true;
+		cr_assert(false, "the sync still waits");
+	}
+	pthread_join(sy.th, NULL);
+	cr_assert_eq(sy.ret, 0, "lazymap_sync, the server back at 850 of 1000 ms: %s",
+		     strerror(-sy.ret));
+	expect_export("after the sync", path, model, size);
+}
+
+/* A flush the server refuses: -EIO, the pages kept dirty; once it accepts,
+ * the next sync is 0 (it said -EIO once: the refusal was taken for a
+ * broken connection, and the writes for lost). */
+Test(nbd, a_refused_flush_is_eio_and_the_next_good_sync_succeeds, FIXTURE, .timeout = 60)
+{
+	size_t ps = pgsz(), size = 1 * MiB;
+	char path[PATH_MAX], uri[PATH_MAX], trig[PATH_MAX + 8], arg[4][ARG_LEN];
+	struct lazymap *lm = lm_open(1, 0, 2000, 0);
+	uint8_t *model = export_file("data", size, 74, path, sizeof(path), 0);
+	struct server *s = server_new("nbd");
+	int ret;
+	char *p;
+
+	snprintf(trig, sizeof(trig), "%s.trigger", path);
+	snprintf(arg[0], ARG_LEN, "get_size=echo %zu", size);
+	snprintf(arg[1], ARG_LEN, "pread=dd if=%s skip=$4 count=$3 iflag=skip_bytes,count_bytes "
+		 "status=none", path);
+	snprintf(arg[2], ARG_LEN, "pwrite=dd of=%s seek=$4 conv=notrunc oflag=seek_bytes status=none",
+		 path);
+	snprintf(arg[3], ARG_LEN, "flush=if [ -e %s ]; then echo 'EIO refused' >&2; exit 1; fi", trig);
+	server_args(s, "eval", arg[0], arg[1], arg[2], arg[3], "can_write=exit 0",
+		    "can_flush=exit 0", NULL);
+	server_start(s);
+	server_uri(s, "", uri, sizeof(uri));
+	p = map_uri(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, uri, 0);
+	scattered_writes(p, model, size / ps, 8, test_seed() ^ 74);
+	close(open(trig, O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+	ret = lazymap_sync(lm, p, size);
+	cr_assert_eq(ret, -EIO, "sync, the flush refused: %s", strerror(-ret));
+	cr_assert_gt(stats(lm).dirty_pages, 0, "the pages of a refused flush are dirty again");
+	unlink(trig);
+	ret = lazymap_sync(lm, p, size);
+	cr_assert_eq(ret, 0, "sync, the flush accepted: %s", strerror(-ret));
+	cr_assert_eq(stats(lm).dirty_pages, 0);
+	expect_export("after the accepted flush", path, model, size);
+}
+
+/* The export comes back smaller: a sync writes what is within it and drops
+ * what is past its end (it failed with -ENOSPC for ever, and the region
+ * could not be unmapped). */
+Test(nbd, an_export_that_shrank_drops_the_writes_past_its_end, FIXTURE, .timeout = 60)
+{
+	size_t ps = pgsz(), size = 4 * MiB;
+	char path[PATH_MAX], small[ARG_LEN], uri[PATH_MAX];
+	struct lazymap *lm = lm_open(1, 0, 2000, 0);
+	uint8_t *model = export_file("data", size, 75, path, sizeof(path), 0);
+	struct server *s = file_server(path, NULL, NULL);
+	int ret, fd;
+	char *p;
+
+	cr_assert_lt((size_t)snprintf(small, sizeof(small), "%s.small", path), sizeof(small));
+	fd = open(small, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(pwrite(fd, model, size / 2, 0), (ssize_t)(size / 2));
+	close(fd);
+	server_uri(s, "", uri, sizeof(uri));
+	p = map_uri(lm, size, PROT_READ | PROT_WRITE, LAZYMAP_SHARED, uri, 0);
+	p[ps] = model[ps] ^= 0x5a;                       /* within the new size */
+	p[size - ps] = model[size - ps] ^ 0x5a;          /* past it: dropped */
+	server_signal(s, SIGKILL);
+	memcpy(s->args[1], small, sizeof(small));
+	server_start(s);
+	ret = lazymap_sync(lm, p, size);
+	cr_assert_eq(ret, 0, "sync after the export shrank: %s", strerror(-ret));
+	expect_export("the shrunk export after the sync", small, model, size / 2);
+	ret = lazymap_unmap(lm, p, size);
+	cr_assert_eq(ret, 0, "unmap after the export shrank: %s", strerror(-ret));
+}
+
 /* ============================================================ a faultd client */
 
 #ifdef FAULTD_BIN
