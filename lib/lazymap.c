@@ -164,8 +164,8 @@ static void lazymap_free(struct lazymap *lm)
 		pthread_mutex_destroy(&lm->fillers.lock);
 		pthread_cond_destroy(&lm->fillers.cond);
 	}
-	if (lm->mm.uffd >= 0)
-		lzm_mm_destroy(&lm->mm);
+	/* before the mm goes: a prefetch the handlers left holds a reference
+	 * to it, which lzm_mm_fini waits for */
 	while (lm->work) {
 		struct prefetch *pf = lm->work;
 
@@ -173,6 +173,8 @@ static void lazymap_free(struct lazymap *lm)
 		lzm_mm_put(pf->mm);
 		free(pf);
 	}
+	if (lm->mm.uffd >= 0)
+		lzm_mm_destroy(&lm->mm);
 	if (lm->stop_efd >= 0)
 		close(lm->stop_efd);
 	if (lm->work_efd >= 0)

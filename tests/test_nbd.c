@@ -1933,7 +1933,7 @@ Test(nbd, a_server_back_just_before_the_deadline_is_reconnected, FIXTURE, .timeo
 Test(nbd, a_refused_flush_is_eio_and_the_next_good_sync_succeeds, FIXTURE, .timeout = 60)
 {
 	size_t ps = pgsz(), size = 1 * MiB;
-	char path[PATH_MAX], uri[PATH_MAX], trig[PATH_MAX + 8], arg[4][ARG_LEN];
+	char path[ARG_LEN / 2], uri[PATH_MAX], trig[ARG_LEN / 2 + 8], arg[4][ARG_LEN];
 	struct lazymap *lm = lm_open(1, 0, 2000, 0);
 	uint8_t *model = export_file("data", size, 74, path, sizeof(path), 0);
 	struct server *s = server_new("nbd");
