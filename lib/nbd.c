@@ -65,7 +65,7 @@ struct nbd_export {
 	char *uri;
 	uint64_t size;
 	uint32_t req_max;        /* bytes per request: the server's maximum, or ours */
-	bool read_only, can_flush, multi_conn;
+	bool read_only, can_flush;
 	unsigned timeout_ms;     /* of the lazymap that opened it: write-back's deadline */
 	/* The write-back connection: under the cache's wb_lock, or the cache
 	 * closing (cache.c); wlock makes that explicit. */
@@ -146,11 +146,8 @@ static int connect_errno(int err, const char *msg)
 		return -EPROTO; /* hung up on us while negotiating */
 	if (err)
 		return -err;
-	if (strstr(msg, "getaddrinfo"))
-		return -EHOSTUNREACH;
-	if (strstr(msg, "TLS") || strstr(msg, "tls") || strstr(msg, "gnutls"))
-		return -EPROTO;
-	return -EPROTO;
+	/* no address for the name; else a TLS handshake, a hang-up: the handshake failed */
+	return strstr(msg, "getaddrinfo") ? -EHOSTUNREACH : -EPROTO;
 }
 
 /* An answer that is the connection's failure, not the server's: sent again. */
@@ -294,7 +291,6 @@ int lzm_nbd_open(const char *uri, unsigned timeout_ms, struct nbd_export **xp)
 			     : REQ_MAX_DEFAULT;
 	x->read_only = nbd_is_read_only(nh) != 0;
 	x->can_flush = nbd_can_flush(nh) == 1;
-	x->multi_conn = nbd_can_multi_conn(nh) == 1;
 	x->timeout_ms = timeout_ms;
 	pthread_mutex_init(&x->wlock, NULL);
 	*xp = x;
