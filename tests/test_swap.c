@@ -438,7 +438,7 @@ static void fork_body(int fd)
 
 	if (!stats_of(lm).fork_followed) {
 		lazymap_close(lm);
-		cr_skip_test("forked children are not served here (EVENT_FORK needs CAP_SYS_PTRACE)");
+		skip_test("forked children are not served here (EVENT_FORK needs CAP_SYS_PTRACE)");
 	}
 	cr_assert_eq(lazymap_map(lm, (void **)&base, FK_SIZE, PROT_READ | PROT_WRITE,
 				 fd < 0 ? LAZYMAP_ANON | LAZYMAP_PRIVATE : LAZYMAP_PRIVATE, fd, 0),
@@ -530,7 +530,7 @@ Test(swap, a_full_swap_goes_over_the_budget_and_loses_nothing, FIXTURE, .timeout
 {
 	/* a swap directory with room for 4 MiB */
 	if (mount("lazymap-swap", fx.dir, "tmpfs", 0, "size=4m"))
-		cr_skip_test("cannot mount a small tmpfs here: %s", strerror(errno));
+		skip_test("cannot mount a small tmpfs here: %s", strerror(errno));
 	fx.mounted = true;
 	swap_full_body(fx.dir, 4 * MiB);
 }
