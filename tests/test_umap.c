@@ -1,0 +1,347 @@
+// SPDX-License-Identifier: MIT
+/*
+ * umap's C API on liblazymap (lib/umap.c, <umap/umap.h>): the bytes a
+ * umap region reads and writes back compared with the file, umap's flags
+ * and errors, its configuration from the environment. Each test is a
+ * process of its own (Criterion and the TSan shim fork per test): the
+ * environment a test sets is read at its first umap call.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#include <umap/umap.h>
+
+static void fx_teardown(void);
+#define skip_cleanup() fx_teardown()
+
+#include "common.h"
+
+#define MiB (1ull << 20)
+
+static struct {
+	char dir[PATH_MAX / 2];
+} fx;
+
+static void fx_setup(void)
+{
+	scratch_setup(fx.dir, sizeof(fx.dir), "umap");
+}
+
+static void fx_teardown(void)
+{
+	scratch_drop(fx.dir);
+}
+
+#define FIXTURE .init = fx_setup, .fini = fx_teardown
+
+/* A file of size bytes of key's pattern, open with flags; its bytes in *model. */
+static int pattern_open(const char *name, uint64_t size, uint64_t key, int flags, uint8_t **model)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", fx.dir, name);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+	cr_assert_eq(pattern_write(fd, key, 0, size), 0);
+	close(fd);
+	*model = malloc(size);
+	cr_assert_not_null(*model);
+	pattern_fill(*model, size, key, 0);
+	fd = open(path, flags | O_CLOEXEC);
+	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+	return fd;
+}
+
+/* umap needs a userfaultfd: skip where this process has none. */
+static void *umap_or_skip(size_t len, int prot, int flags, int fd)
+{
+	void *p;
+
+	require_uffd(UFFD_FEATURE_POISON);
+	p = umap(NULL, len, prot, flags, fd, 0);
+	cr_assert_neq(p, UMAP_FAILED, "umap: %s", strerror(errno));
+	return p;
+}
+
+/* The file's bytes equal model's. */
+static void expect_umap_file(int fd, const uint8_t *model, size_t size, const char *when)
+{
+	uint8_t *got = malloc(size);
+
+	cr_assert_not_null(got);
+	cr_assert_eq(pread(fd, got, size, 0), (ssize_t)size);
+	for (size_t i = 0; i < size; i++)
+		if (got[i] != model[i]) {
+			free(got);
+			cr_assert(false, "%s: the file's byte %zu differs", when, i);
+		}
+	free(got);
+}
+
+Test(umap, a_region_reads_the_file_and_writes_back_at_umap_flush, FIXTURE, .timeout = 60)
+{
+	size_t size = 8 * MiB, ps = pgsz();
+	uint8_t *model;
+	int fd = pattern_open("data", size, 1, O_RDWR, &model);
+	uint8_t *p = umap_or_skip(size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd);
+
+	cr_assert_eq(memcmp(p, model, size), 0, "the region's bytes differ from the file's");
+	for (size_t i = 0; i < size; i += 3 * ps)
+		p[i + 7] = model[i + 7] ^= 0xa5;
+	cr_assert_eq(umap_flush(), 0, "umap_flush: %s", strerror(errno));
+	expect_umap_file(fd, model, size, "after umap_flush");
+	cr_assert_eq(memcmp(p, model, size), 0, "the region after the flush");
+	cr_assert_eq(uunmap(p, size), 0, "uunmap: %s", strerror(errno));
+	close(fd);
+	free(model);
+}
+
+/* uunmap writes back, and looks only at the address, as umap does. */
+Test(umap, uunmap_writes_back_the_whole_region_named_by_its_start, FIXTURE, .timeout = 60)
+{
+	size_t size = 4 * MiB, ps = pgsz();
+	uint8_t *model;
+	int fd = pattern_open("data", size, 2, O_RDWR, &model);
+	uint8_t *p = umap_or_skip(size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd);
+
+	for (size_t i = 0; i < size; i += 5 * ps)
+		p[i] = model[i] ^= 0x3c;
+	cr_assert_eq(uunmap(p, 1), 0, "uunmap: %s", strerror(errno));
+	expect_umap_file(fd, model, size, "after uunmap");
+	cr_assert_eq(uunmap(p, size), -1, "a second uunmap of the same region");
+	cr_assert_eq(errno, EINVAL);
+	close(fd);
+	free(model);
+}
+
+/* A file open read-only is a read-only view; writes to it are refused. */
+Test(umap, a_read_only_file_gives_a_read_only_view, FIXTURE, .timeout = 60)
+{
+	size_t size = 2 * MiB;
+	uint8_t *model;
+	int fd = pattern_open("data", size, 3, O_RDONLY, &model);
+	uint8_t *p;
+
+	require_uffd(UFFD_FEATURE_POISON);
+	cr_assert_eq(umap(NULL, size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd, 0), UMAP_FAILED);
+	cr_assert_eq(errno, EACCES, "PROT_WRITE on a read-only file: %s", strerror(errno));
+	p = umap_or_skip(size, PROT_READ, UMAP_PRIVATE, fd);
+	cr_assert_eq(memcmp(p, model, size), 0);
+	cr_assert_eq(umap_flush(), 0);
+	cr_assert_eq(uunmap(p, size), 0);
+	close(fd);
+	free(model);
+}
+
+/* What umap refuses (with an exception there): UMAP_FAILED and errno here. */
+Test(umap, bad_flags_prot_length_and_fd_fail_with_errno, FIXTURE, .timeout = 60)
+{
+	size_t size = 1 * MiB, ups;
+	uint8_t *model;
+	int fd = pattern_open("data", size, 4, O_RDWR, &model);
+	static const struct {
+		int prot, flags;
+		size_t len;
+		const char *what;
+	} bad[] = {
+		{ PROT_READ, 0, 1 << 20, "flags without UMAP_PRIVATE" },
+		{ PROT_READ, MAP_SHARED, 1 << 20, "MAP_SHARED" },
+		{ PROT_READ, UMAP_PRIVATE | MAP_ANONYMOUS, 1 << 20, "MAP_ANONYMOUS" },
+		{ PROT_READ | PROT_EXEC, UMAP_PRIVATE, 1 << 20, "PROT_EXEC" },
+		{ PROT_READ, UMAP_PRIVATE, 0, "length 0" },
+	};
+
+	require_uffd(UFFD_FEATURE_POISON);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		errno = 0;
+		cr_expect_eq(umap(NULL, bad[i].len, bad[i].prot, bad[i].flags, fd, 0), UMAP_FAILED,
+			     "%s", bad[i].what);
+		cr_expect_eq(errno, EINVAL, "%s: %s", bad[i].what, strerror(errno));
+	}
+	ups = umapcfg_get_umap_page_size();
+	cr_assert_eq(umap((void *)(uintptr_t)(0x500000000000ull + ups / 2), size, PROT_READ,
+			  UMAP_PRIVATE | UMAP_FIXED, fd, 0), UMAP_FAILED);
+	cr_assert_eq(errno, EINVAL, "UMAP_FIXED unaligned: %s", strerror(errno));
+	cr_assert_eq(umap(NULL, size, PROT_READ, UMAP_PRIVATE, -1, 0), UMAP_FAILED);
+	cr_assert_eq(errno, EBADF);
+	cr_assert_eq(umap(NULL, size, PROT_READ, UMAP_PRIVATE, fd, 100), UMAP_FAILED);
+	cr_assert_eq(errno, EINVAL, "an unaligned offset: %s", strerror(errno));
+	cr_assert_eq(uunmap((void *)(uintptr_t)0x500000000000ull, size), -1);
+	cr_assert_eq(errno, EINVAL, "uunmap of no region: %s", strerror(errno));
+	cr_assert_eq(umap_has_write_support(), 1);
+	close(fd);
+	free(model);
+}
+
+/* UMAP_FIXED puts the region where asked, over what the program mapped there. */
+Test(umap, umap_fixed_places_the_region_where_asked, FIXTURE, .timeout = 60)
+{
+	size_t size = 2 * MiB;
+	uint8_t *model, *p;
+	int fd = pattern_open("data", size, 5, O_RDWR, &model);
+	char *want = test_window(size);
+
+	require_uffd(UFFD_FEATURE_POISON);
+	p = umap(want, size, PROT_READ, UMAP_PRIVATE | UMAP_FIXED, fd, 0);
+	cr_assert_eq((char *)p, want, "UMAP_FIXED at %p gave %p (%s)", (void *)want, (void *)p,
+		     p == UMAP_FAILED ? strerror(errno) : "");
+	cr_assert_eq(memcmp(p, model, size), 0);
+	/* never over another region of ours */
+	cr_assert_eq(umap(want, size, PROT_READ, UMAP_PRIVATE | UMAP_FIXED, fd, 0), UMAP_FAILED);
+	cr_assert_eq(errno, EEXIST, "UMAP_FIXED over a region: %s", strerror(errno));
+	cr_assert_eq(uunmap(p, size), 0);
+	close(fd);
+	free(model);
+}
+
+/* umap's variables, read at the first call, as the getters report them. */
+Test(umap, the_environment_sets_the_configuration, FIXTURE, .timeout = 60)
+{
+	setenv("UMAP_PAGESIZE", "65536", 1);
+	setenv("UMAP_PAGE_FILLERS", "3", 1);
+	setenv("UMAP_PAGE_EVICTORS", "2", 1);
+	setenv("UMAP_BUFSIZE", "256", 1);
+	setenv("UMAP_READ_AHEAD", "4", 1);
+	setenv("UMAP_MAX_FAULT_EVENTS", "32", 1);
+	setenv("UMAP_EVICT_HIGH_WATER_THRESHOLD", "80", 1);
+	setenv("UMAP_EVICT_LOW_WATER_THRESHOLD", "60", 1);
+	require_uffd(UFFD_FEATURE_POISON);
+	cr_assert_eq(umapcfg_get_umap_page_size(), 65536);
+	cr_assert_eq(umapcfg_get_num_fillers(), 3);
+	cr_assert_eq(umapcfg_get_num_evictors(), 2);
+	cr_assert_eq(umapcfg_get_max_pages_in_buffer(), 256);
+	cr_assert_eq(umapcfg_get_read_ahead(), 4);
+	cr_assert_eq(umapcfg_get_max_fault_events(), 32);
+	cr_assert_eq(umapcfg_get_evict_high_water_threshold(), 80);
+	cr_assert_eq(umapcfg_get_evict_low_water_threshold(), 60);
+
+	/* and the region follows the umap page size: its length rounds up to it */
+	size_t size = 3 * pgsz();
+	uint8_t *model;
+	int fd = pattern_open("data", 65536, 6, O_RDWR, &model);
+	uint8_t *p = umap_or_skip(size, PROT_READ, UMAP_PRIVATE, fd);
+
+	cr_assert_eq((uintptr_t)p % 4096, 0);
+	cr_assert_eq(memcmp(p, model, 65536), 0, "the whole umap page is mapped");
+	cr_assert_eq(uunmap(p, size), 0);
+	close(fd);
+	free(model);
+}
+
+/* As umap: 0 or text that is no number means the default. */
+Test(umap, zero_or_garbage_in_the_environment_means_the_default, FIXTURE, .timeout = 60)
+{
+	setenv("UMAP_PAGESIZE", "0", 1);
+	setenv("UMAP_MAX_FAULT_EVENTS", "lots", 1);
+	require_uffd(UFFD_FEATURE_POISON);
+	cr_assert_eq(umapcfg_get_umap_page_size(), (uint64_t)pgsz());
+	cr_assert_eq(umapcfg_get_max_fault_events(), 256);
+	cr_assert_eq(umapcfg_get_evict_high_water_threshold(), 90);
+	cr_assert_eq(umapcfg_get_evict_low_water_threshold(), 70);
+	cr_assert_gt(umapcfg_get_max_pages_in_buffer(), 0);
+}
+
+/* What umap refuses at its first call (an exception there): EINVAL at every call. */
+Test(umap, a_page_size_umap_refuses_fails_every_call_with_einval, FIXTURE, .timeout = 60)
+{
+	uint8_t *model;
+	int fd = pattern_open("data", 1 * MiB, 7, O_RDWR, &model);
+
+	setenv("UMAP_PAGESIZE", "1000", 1);
+	cr_assert_eq(umap(NULL, 1 * MiB, PROT_READ, UMAP_PRIVATE, fd, 0), UMAP_FAILED);
+	cr_assert_eq(errno, EINVAL);
+	cr_assert_eq(umap_flush(), -1);
+	cr_assert_eq(errno, EINVAL);
+	close(fd);
+	free(model);
+}
+
+/*
+ * umap's multithread_flush, in our words: each thread its own file and
+ * region, writes, and umap_flush from all of them at once; every file
+ * then holds what its thread wrote.
+ */
+#define FLUSH_THREADS 4
+
+struct flusher {
+	pthread_t th;
+	uint8_t *p, *model;
+	size_t size;
+	int fd, ret;
+};
+
+static void *flusher_main(void *arg)
+{
+	struct flusher *f = arg;
+
+	for (size_t i = f->size / 2; i < f->size; i += 512)
+		f->p[i] = f->model[i] ^= 0x77;
+	f->ret = umap_flush();
+	return NULL;
+}
+
+Test(umap, threads_writing_their_regions_and_flushing_at_once_persist_them, FIXTURE,
+     .timeout = 60)
+{
+	struct flusher f[FLUSH_THREADS];
+
+	require_uffd(UFFD_FEATURE_POISON);
+	for (int i = 0; i < FLUSH_THREADS; i++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "data%d", i);
+		f[i].size = 2 * MiB;
+		f[i].fd = pattern_open(name, f[i].size, 10 + (uint64_t)i, O_RDWR, &f[i].model);
+		f[i].p = umap_or_skip(f[i].size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, f[i].fd);
+	}
+	for (int i = 0; i < FLUSH_THREADS; i++)
+		cr_assert_eq(pthread_create(&f[i].th, NULL, flusher_main, &f[i]), 0);
+	for (int i = 0; i < FLUSH_THREADS; i++) {
+		pthread_join(f[i].th, NULL);
+		cr_assert_eq(f[i].ret, 0, "thread %d: umap_flush failed", i);
+	}
+	for (int i = 0; i < FLUSH_THREADS; i++) {
+		expect_umap_file(f[i].fd, f[i].model, f[i].size, "a thread's file after the flushes");
+		cr_assert_eq(uunmap(f[i].p, f[i].size), 0);
+		close(f[i].fd);
+		free(f[i].model);
+	}
+}
+
+/* umapsort's shape: a sort through a buffer smaller than the data, every
+ * value in place in the file afterwards. */
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+Test(umap, a_sort_through_a_buffer_smaller_than_the_data, FIXTURE, .timeout = 120)
+{
+	size_t size = 16 * MiB, n = size / sizeof(uint64_t);
+	uint8_t *model;
+	int fd;
+	uint64_t *v;
+
+	setenv("UMAP_BUFSIZE", "1024", 1); /* 4 MiB of 4 KiB pages */
+	fd = pattern_open("data", size, 20, O_RDWR, &model);
+	v = umap_or_skip(size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd);
+	for (size_t i = 0; i < n; i++)
+		v[i] = n - i;
+	qsort(v, n, sizeof(*v), cmp_u64);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(v[i], i + 1, "v[%zu] = %llu after the sort", i, (unsigned long long)v[i]);
+	cr_assert_eq(uunmap(v, size), 0);
+	for (size_t i = 0; i < n; i++)
+		((uint64_t *)model)[i] = i + 1;
+	expect_umap_file(fd, model, size, "the sorted file");
+	close(fd);
+	free(model);
+}
