@@ -345,3 +345,130 @@ Test(umap, a_sort_through_a_buffer_smaller_than_the_data, FIXTURE, .timeout = 12
 	close(fd);
 	free(model);
 }
+
+/*
+ * umap's pfbenchmark shape: threads touch one word per page, in order or
+ * shuffled; read checks the word, write sets it, read-modify-write adds to
+ * it; what the file holds after a flush is checked too.
+ */
+enum pf_mode { PF_READ, PF_WRITE, PF_RMW };
+
+struct pf_thread {
+	pthread_t th;
+	uint64_t *v;
+	const size_t *order;
+	size_t from, to, stride; /* words per page */
+	enum pf_mode mode;
+	size_t bad;
+};
+
+static void *pf_main(void *arg)
+{
+	struct pf_thread *t = arg;
+
+	for (size_t k = t->from; k < t->to; k++) {
+		size_t i = t->order[k] * t->stride;
+
+		if (t->mode == PF_READ)
+			t->bad += t->v[i] != i;
+		else if (t->mode == PF_WRITE)
+			t->v[i] = 3 * i;
+		else
+			t->v[i] += 7;
+	}
+	return NULL;
+}
+
+static void pf_run(bool shuffled)
+{
+	size_t size = 8 * MiB, ps = pgsz(), npages = size / ps, stride = ps / sizeof(uint64_t);
+	size_t *order = malloc(npages * sizeof(*order));
+	uint64_t *words = malloc(size), seed = test_seed();
+	uint8_t *model;
+	int fd;
+	uint64_t *v;
+
+	cr_assert(order && words);
+	for (size_t i = 0; i < size / sizeof(uint64_t); i++)
+		words[i] = i;
+	fd = pattern_open("data", size, 30, O_RDWR, &model);
+	cr_assert_eq(pwrite(fd, words, size, 0), (ssize_t)size);
+	for (size_t i = 0; i < npages; i++)
+		order[i] = i;
+	for (size_t i = npages - 1; shuffled && i > 0; i--) {
+		size_t j = rng_next(&seed) % (i + 1), t = order[i];
+
+		order[i] = order[j];
+		order[j] = t;
+	}
+	for (int mode = PF_READ; mode <= PF_RMW; mode++) {
+		struct pf_thread th[2];
+
+		/* a fresh region for each mode, as pfbenchmark runs one mode a process */
+		v = umap_or_skip(size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd);
+		for (int t = 0; t < 2; t++) {
+			th[t] = (struct pf_thread){ .v = v, .order = order, .stride = stride,
+						   .from = t * npages / 2, .to = (t + 1) * npages / 2,
+						   .mode = (enum pf_mode)mode };
+			cr_assert_eq(pthread_create(&th[t].th, NULL, pf_main, &th[t]), 0);
+		}
+		for (int t = 0; t < 2; t++) {
+			pthread_join(th[t].th, NULL);
+			cr_assert_eq(th[t].bad, 0, "mode %d: %zu words read wrong", mode, th[t].bad);
+		}
+		cr_assert_eq(umap_flush(), 0);
+		for (size_t p = 0; p < npages; p++)
+			if (mode == PF_WRITE)
+				words[p * stride] = 3 * p * stride;
+			else if (mode == PF_RMW)
+				words[p * stride] += 7;
+		expect_umap_file(fd, (const uint8_t *)words, size, "after a mode's flush");
+		cr_assert_eq(uunmap(v, size), 0);
+	}
+	close(fd);
+	free(model);
+	free(words);
+	free(order);
+}
+
+Test(umap, page_faults_read_write_and_read_modify_write_in_order, FIXTURE, .timeout = 60)
+{
+	pf_run(false);
+}
+
+Test(umap, page_faults_read_write_and_read_modify_write_shuffled, FIXTURE, .timeout = 60)
+{
+	pf_run(true);
+}
+
+/* umap's stream example: one process writes its arrays through umap and
+ * ends; the next one reads them back through umap. */
+Test(umap, what_one_process_wrote_the_next_one_reads, FIXTURE, .timeout = 60)
+{
+	size_t size = 4 * MiB, n = size / sizeof(double);
+	uint8_t *model;
+	int fd = pattern_open("stream_a", size, 40, O_RDWR, &model), st;
+	pid_t pid;
+	double *a;
+
+	require_uffd(UFFD_FEATURE_POISON);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		/* the first run: its own umap state, from its first call */
+		a = umap(NULL, size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd, 0);
+		if (a == UMAP_FAILED)
+			_exit(2);
+		for (size_t i = 0; i < n; i++)
+			a[i] = 1.0 + (double)i;
+		_exit(uunmap(a, size) ? 3 : 0);
+	}
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the writing process: status %#x", st);
+	a = umap_or_skip(size, PROT_READ, UMAP_PRIVATE, fd);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(a[i], 1.0 + (double)i, "a[%zu] = %g", i, a[i]);
+	cr_assert_eq(uunmap(a, size), 0);
+	close(fd);
+	free(model);
+}
