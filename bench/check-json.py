@@ -17,6 +17,11 @@ reason; without nbdfuse, /dev/fuse or a mount their kernel twin is;
 lazymap_map_uri may be unavailable (a library without NBD); lazymap of the
 file, once nbdkit served, must have run; and every target must agree with
 its value (none stated of a side that did not run).
+
+The umap rows run umap() of liblazymap-umap against lazymap_map on a
+lazymap with the layer's options (lazymap_direct) and the kernel: all three
+must have run, with a target (max 1.05, umap / lazymap_direct) that agrees
+with its value, and the top-level "umap" must say how both were configured.
 Usage: check-json.py BENCH PLOT [--expect-faultd]"""
 import json
 import os
@@ -148,10 +153,33 @@ def main():
                 else:
                     check(v is None and t.get('met') is None,
                           f"{r['row']}: a target stated of a side that did not run: {t}")
+    umap_rows = [r for r in data['results'] if r['group'] == 'umap']
+    if umap_rows:
+        um = data.get('umap')
+        check(isinstance(um, dict) and um.get('page_fillers', 0) >= 1
+              and um.get('bufsize_pages', 0) > 0 and um.get('resident_limit_bytes', 0) > 0
+              and um.get('handler_threads') == um.get('page_fillers'),
+              f'umap rows without a top-level "umap" configuration: {um}')
+        for r in umap_rows:
+            for side in ('kernel', 'lazymap', 'lazymap_direct'):
+                s = r.get(side) if isinstance(r.get(side), dict) else {}
+                check(s.get('status') == 'ok',
+                      f"{r['row']} {side}: {s.get('status')} ({s.get('reason')})")
+            t = r.get('target')
+            v = t.get('value') if isinstance(t, dict) else None
+            check(isinstance(t, dict) and t.get('max') == 1.05 and isinstance(v, (int, float))
+                  and v > 0 and t.get('met') == (v <= 1.05),
+                  f"{r['row']}: target not stated (max 1.05, value, met): {t}")
+            check(r.get('ratio_lazymap_direct_kernel', 0) > 0,
+                  f"{r['row']}: no lazymap_direct/kernel ratio")
+            if r.get('variant') == 'shared':
+                check(r.get('flush_ratio_umap_lazymap_direct', 0) > 0,
+                      f"{r['row']}: no umap_flush/lazymap_sync ratio")
     for r in data['results']:
-        check(r['group'] in ('anon', 'threads', 'file', 'daemon', 'nbd'),
+        check(r['group'] in ('anon', 'threads', 'file', 'daemon', 'nbd', 'umap'),
               f"{r['row']}: group {r['group']}")
-        third = {'daemon': ('in_process',), 'nbd': ('lazymap_file',)}.get(r['group'], ())
+        third = {'daemon': ('in_process',), 'nbd': ('lazymap_file',),
+                 'umap': ('lazymap_direct',)}.get(r['group'], ())
         for side in ('kernel', 'lazymap') + third:
             s = r.get(side, {'status': 'missing'})
             check(s['status'] in ('ok', 'unavailable'),
