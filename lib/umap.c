@@ -326,9 +326,20 @@ UMAP_API void umap_prefetch(int npages, struct umap_prefetch_item *page_array)
 UMAP_API void umap_fetch_and_pin(char *paddr, uint64_t size)
 {
 	size_t sys = (size_t)sysconf(_SC_PAGESIZE);
+	char *end = NULL;
 
 	if (ready() || !paddr || !size)
 		return;
+	/* within the region that holds paddr, as umap: nothing past its end */
+	pthread_mutex_lock(&regions_lock);
+	for (size_t i = 0; i < nregions && !end; i++)
+		if (paddr >= regions[i].addr && paddr < regions[i].addr + regions[i].len)
+			end = regions[i].addr + regions[i].len;
+	pthread_mutex_unlock(&regions_lock);
+	if (!end)
+		return;
+	if (size > (uint64_t)(end - paddr))
+		size = (uint64_t)(end - paddr);
 	/* in at once: the reads go out together, then each page is touched */
 	lazymap_prefetch(cfg.lm, paddr, size);
 	for (uint64_t at = 0; at < size; at += sys)

@@ -472,3 +472,23 @@ Test(umap, what_one_process_wrote_the_next_one_reads, FIXTURE, .timeout = 60)
 	close(fd);
 	free(model);
 }
+
+/* umap_fetch_and_pin reads within the region only: a size past its end is
+ * cut there (it faulted past the end: SIGSEGV), an address of no region
+ * does nothing. */
+Test(umap, fetch_and_pin_stops_at_the_end_of_its_region, FIXTURE, .timeout = 60)
+{
+	size_t size = 1 * MiB;
+	uint8_t *model;
+	int fd = pattern_open("data", size, 50, O_RDWR, &model);
+	uint8_t *p = umap_or_skip(size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd);
+	static char not_ours[64];
+
+	umap_fetch_and_pin((char *)p + size - 10, 1ull << 30);
+	umap_fetch_and_pin((char *)p, size);
+	umap_fetch_and_pin(not_ours, sizeof(not_ours));
+	cr_assert_eq(memcmp(p, model, size), 0);
+	cr_assert_eq(uunmap(p, size), 0);
+	close(fd);
+	free(model);
+}
