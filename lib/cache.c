@@ -391,17 +391,20 @@ static struct cache *registry_find(const struct stat *st, const void *owner)
 	return c;
 }
 
-/* Wait while c's last reference writes it back; registry_lock held. */
-static void registry_wait_closing(struct cache *(*find)(const void *), const void *key,
-				  struct cache **cp)
+/*
+ * Whether c, found in the registry, is closing: its last region went and
+ * its dirty pages are being written. Then wait a little (registry_lock
+ * dropped meanwhile) and the caller looks again: it takes c back once
+ * that is done. registry_lock held.
+ */
+static bool registry_closing(const struct cache *c)
 {
-	while ((*cp = find(key)) && (*cp)->closing) {
-		/* its last region went and its dirty pages are being written:
-		 * take it back once that is done */
-		pthread_mutex_unlock(&registry_lock);
-		usleep(100);
-		pthread_mutex_lock(&registry_lock);
-	}
+	if (!c || !c->closing)
+		return false;
+	pthread_mutex_unlock(&registry_lock);
+	usleep(100);
+	pthread_mutex_lock(&registry_lock);
+	return true;
 }
 
 /* Take a reference to a cache found in the registry (registry_lock held). */
@@ -413,7 +416,7 @@ static void registry_take(struct cache *c)
 	c->orphaned = false;
 }
 
-static struct cache *registry_find_uri(const void *uri)
+static struct cache *registry_find_uri(const char *uri)
 {
 	struct cache *c;
 
@@ -430,7 +433,8 @@ int lzm_cache_open_nbd(const char *uri, unsigned timeout_ms, bool write, struct 
 	int ret = 0;
 
 	pthread_mutex_lock(&registry_lock);
-	registry_wait_closing(registry_find_uri, uri, &c);
+	while (registry_closing(c = registry_find_uri(uri)))
+		;
 	if (c)
 		registry_take(c);
 	pthread_mutex_unlock(&registry_lock);
@@ -443,7 +447,8 @@ int lzm_cache_open_nbd(const char *uri, unsigned timeout_ms, bool write, struct 
 		struct stat st = { .st_size = (off_t)lzm_nbd_size(x) };
 
 		pthread_mutex_lock(&registry_lock);
-		registry_wait_closing(registry_find_uri, uri, &c);
+		while (registry_closing(c = registry_find_uri(uri)))
+			;
 		if (c) {
 			registry_take(c); /* another thread opened it meanwhile */
 		} else if ((ret = cache_new(-1, &st, -1, NULL, &c)) == 0) {
@@ -483,11 +488,8 @@ int lzm_cache_open_remote(int fd, bool direct, bool write, int memfd, const void
 		return ret;
 	}
 	pthread_mutex_lock(&registry_lock);
-	while ((c = registry_find(&st, owner)) && c->closing) {
-		pthread_mutex_unlock(&registry_lock);
-		usleep(100);
-		pthread_mutex_lock(&registry_lock);
-	}
+	while (registry_closing(c = registry_find(&st, owner)))
+		;
 	if (c) {
 		registry_take(c);
 		/* faultd's memfd again: a writable one replaces a read-only one
