@@ -63,8 +63,7 @@ static void cache_free(struct cache *c)
 {
 	for (size_t i = 0; i < c->nchunks; i++)
 		free(atomic_load_explicit(&c->chunks[i], memory_order_relaxed));
-	if (c->chunks)
-		munmap(c->chunks, c->nchunks * sizeof(*c->chunks));
+	free(c->chunks);
 	if (c->fill_win)
 		munmap(c->fill_win, c->fill_win_len);
 	int fds[] = { c->fd, c->dfd, c->wfd, c->memfd, c->aux_uffd, c->memfd_old };
@@ -344,12 +343,16 @@ static int cache_new(int fd, const struct stat *st, int memfd, const void *owner
 	if (memfd < 0)
 		fchmod(c->memfd, 0600);
 	fill_window_init(c, (uint64_t)st->st_size);
-	/* The chunk table is reserved, not committed: a page of it per 2 GiB of file touched. */
+	/*
+	 * The chunk table is reserved, not committed: a calloc this large is a
+	 * fresh mapping, a page of it per 2 GiB of file touched. From the heap
+	 * rather than our own mmap, so that LeakSanitizer, which scans the
+	 * heap and not anonymous mappings, sees the chunks it points to when a
+	 * process exits with a cache open.
+	 */
 	c->nchunks = (size_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift - CHUNK_SHIFT);
-	c->chunks = mmap(NULL, c->nchunks * sizeof(*c->chunks), PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (c->chunks == MAP_FAILED) {
-		c->chunks = NULL;
+	c->chunks = calloc(c->nchunks, sizeof(*c->chunks));
+	if (!c->chunks) {
 		c->nchunks = 0;
 		cache_free(c);
 		return -ENOMEM;
