@@ -61,9 +61,12 @@ static int check_fd(int fd, bool write, struct stat *st)
 
 static void cache_free(struct cache *c)
 {
-	for (size_t i = 0; i < c->nchunks; i++)
-		free(atomic_load_explicit(&c->chunks[i], memory_order_relaxed));
-	free(c->chunks);
+	for (struct cache_chunk *ch = c->chunk_list, *next; ch; ch = next) {
+		next = ch->next;
+		free(ch);
+	}
+	if (c->chunks)
+		munmap(c->chunks, c->nchunks * sizeof(*c->chunks));
 	if (c->fill_win)
 		munmap(c->fill_win, c->fill_win_len);
 	int fds[] = { c->fd, c->dfd, c->wfd, c->memfd, c->aux_uffd, c->memfd_old };
@@ -343,16 +346,12 @@ static int cache_new(int fd, const struct stat *st, int memfd, const void *owner
 	if (memfd < 0)
 		fchmod(c->memfd, 0600);
 	fill_window_init(c, (uint64_t)st->st_size);
-	/*
-	 * The chunk table is reserved, not committed: a calloc this large is a
-	 * fresh mapping, a page of it per 2 GiB of file touched. From the heap
-	 * rather than our own mmap, so that LeakSanitizer, which scans the
-	 * heap and not anonymous mappings, sees the chunks it points to when a
-	 * process exits with a cache open.
-	 */
+	/* The chunk table is reserved, not committed: a page of it per 2 GiB of file touched. */
 	c->nchunks = (size_t)1 << (CACHE_MAX_SHIFT - lzm_page_shift - CHUNK_SHIFT);
-	c->chunks = calloc(c->nchunks, sizeof(*c->chunks));
-	if (!c->chunks) {
+	c->chunks = mmap(NULL, c->nchunks * sizeof(*c->chunks), PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (c->chunks == MAP_FAILED) {
+		c->chunks = NULL;
 		c->nchunks = 0;
 		cache_free(c);
 		return -ENOMEM;
@@ -667,12 +666,18 @@ static struct cache_chunk *chunk_get(struct cache *c, uint64_t fp, bool alloc)
 	if (ch || !alloc)
 		return ch;
 	ch = calloc(1, sizeof(*ch));
-	if (ch && !atomic_compare_exchange_strong_explicit(&c->chunks[i], &none, ch,
-							   memory_order_acq_rel,
-							   memory_order_acquire)) {
+	if (!ch)
+		return NULL;
+	ch->index = i;
+	if (!atomic_compare_exchange_strong_explicit(&c->chunks[i], &none, ch,
+						     memory_order_acq_rel, memory_order_acquire)) {
 		free(ch);
-		ch = none;
+		return none;
 	}
+	ch->next = atomic_load_explicit(&c->chunk_list, memory_order_relaxed);
+	while (!atomic_compare_exchange_weak_explicit(&c->chunk_list, &ch->next, ch,
+						      memory_order_release, memory_order_relaxed))
+		;
 	return ch;
 }
 
@@ -948,14 +953,13 @@ static void removed_recheck(struct cache *c)
 		lzm_cache_recheck(c, r[i].fp, r[i].n);
 	if (!all)
 		return;
-	for (size_t k = 0; k < c->nchunks; k++) {
-		struct cache_chunk *ch = atomic_load_explicit(&c->chunks[k], memory_order_acquire);
-
-		if (!ch || !atomic_load_explicit(&ch->ndirty, memory_order_relaxed))
+	for (struct cache_chunk *ch = atomic_load_explicit(&c->chunk_list, memory_order_acquire); ch;
+	     ch = ch->next) {
+		if (!atomic_load_explicit(&ch->ndirty, memory_order_relaxed))
 			continue;
 		for (size_t i = 0; i < CHUNK_PAGES; i++)
 			if (atomic_load_explicit(&ch->s[i], memory_order_relaxed) & CP_DIRTY)
-				lzm_cache_recheck(c, ((uint64_t)k << CHUNK_SHIFT) + i, 1);
+				lzm_cache_recheck(c, ((uint64_t)ch->index << CHUNK_SHIFT) + i, 1);
 	}
 }
 

@@ -206,6 +206,8 @@ int lzm_source_new_nbd(size_t npages, struct cache *c, uint64_t pgoff, bool copi
 #define CHUNK_PAGES     ((size_t)1 << CHUNK_SHIFT)
 
 struct cache_chunk {
+	struct cache_chunk *next;    /* the cache's list of its chunks */
+	size_t index;                /* in the cache's table */
 	atomic_uint ncached, ndirty; /* pages CACHED, DIRTY|WRITEBACK: sums skip clean chunks */
 	_Atomic uint8_t s[CHUNK_PAGES];
 };
@@ -264,6 +266,10 @@ struct cache {
 	unsigned nsharers, sharers_cap;
 	_Atomic(struct cache_chunk *) *chunks; /* 1 << (CACHE_MAX_SHIFT - 12 - CHUNK_SHIFT) */
 	size_t nchunks;
+	/* Every chunk of the table, pushed once: walks visit only these, and
+	 * they stay reachable from the heap (LeakSanitizer does not scan the
+	 * table, a mapping of our own, when a process exits with it open). */
+	_Atomic(struct cache_chunk *) chunk_list;
 	atomic_ulong ncached, ndirty; /* the sums of the chunks' counts */
 	/* A shared region went by the program's own munmap or mremap: its
 	 * dirty pages may have no region left to sync them by range. */
