@@ -605,6 +605,22 @@ LAZYMAP_API int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int 
 LAZYMAP_API int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice);
 
 /*
+ * The smallest read of a file or export region in [addr, addr + len), as a
+ * filesystem's block larger than a page: a fault there fills every hole of
+ * the block of unit bytes of the file that holds the page touched (blocks
+ * start at file offsets that are multiples of unit), as far as the region
+ * and the file go, whatever the advice (LAZYMAP_ADV_RANDOM too); read-ahead
+ * comes on top. Pages are still kept, written back and evicted one by one.
+ * unit: a multiple of the page size up to LAZYMAP_FILL_UNIT_MAX; 0 or the
+ * page size: one page (the default). The range is split from its
+ * neighbours if need be. Anonymous and fill regions keep the unit and
+ * ignore it.
+ * Errors: as lazymap_unmap; -EINVAL a unit that is not such a multiple.
+ */
+#define LAZYMAP_FILL_UNIT_MAX (64u << 20)
+LAZYMAP_API int lazymap_fill_unit(struct lazymap *lm, void *addr, size_t len, size_t unit);
+
+/*
  * The counters, one list (the kernel's vm_event_item): X(name, how, what),
  * how being SUM (added over the handler threads), MAX (the largest any
  * handler saw) or NOW (a value of the moment). struct lazymap_stats holds

@@ -220,7 +220,7 @@ static struct vma *vma_alloc_or_break(struct handler *h)
 	return v;
 }
 
-/* nv covers [start, end) with v's protection, flags and advice. */
+/* nv covers [start, end) with v's protection, flags, advice and fill unit. */
 static void vma_like(struct vma *nv, const struct vma *v, uintptr_t start, uintptr_t end)
 {
 	nv->start = start;
@@ -228,6 +228,7 @@ static void vma_like(struct vma *nv, const struct vma *v, uintptr_t start, uintp
 	nv->prot = v->prot;
 	nv->flags = v->flags;
 	nv->advice = v->advice;
+	nv->fill_unit = v->fill_unit;
 }
 
 /*

@@ -150,6 +150,56 @@ void lzm_filemap_wp_broken(struct handler *h, struct mm *mm, uintptr_t addr)
 	pthread_rwlock_unlock(&mm->lock);
 }
 
+/*
+ * Grow the run of n pages claimed from page idx (at addr, its state *s) by
+ * the holes of [first, first + blk) next to it, back and on; blk lies in
+ * idx's chunk and VMA. Returns the run's length, idx and addr its start.
+ */
+static size_t claim_block(_Atomic uint8_t *s, uint64_t first, size_t blk, uint64_t *idx,
+			  uintptr_t *addr, size_t n)
+{
+	_Atomic uint8_t *s0 = s - (*idx - first);
+	size_t back = 0;
+
+	while (*idx - back > first && lzm_claim_fresh(s0 + (*idx - back - 1 - first), 1))
+		back++;
+	if (first + blk > *idx + n)
+		n += lzm_claim_fresh(s + n, first + blk - *idx - n);
+	*addr -= back << lzm_page_shift;
+	*idx -= back;
+	return n + back;
+}
+
+/*
+ * The region's fill unit (lazymap_fill_unit): the run grows to the whole
+ * block of v->fill_unit pages of the file that holds page fp (source page
+ * idx), as far as the VMA, the file and fp's chunk go (a run is one
+ * chunk's).
+ */
+static size_t claim_unit(struct vma *v, _Atomic uint8_t *s, uint64_t fp, uint64_t *idx,
+			 uintptr_t *addr, size_t n)
+{
+	uint64_t base = v->src->base, chunk = fp & ~(uint64_t)(CHUNK_PAGES - 1);
+	uint64_t first = fp - fp % v->fill_unit, end = first + v->fill_unit; /* file pages */
+	uint64_t vfirst = base + v->pgoff, vend = vfirst + ((v->end - v->start) >> lzm_page_shift);
+
+	if (first < vfirst)
+		first = vfirst;
+	if (first < chunk)
+		first = chunk;
+	if (end > vend)
+		end = vend;
+	if (end > chunk + CHUNK_PAGES)
+		end = chunk + CHUNK_PAGES;
+	first -= base; /* source pages from here on */
+	end -= base;
+	if (v->src->ops->extent)
+		end = first + v->src->ops->extent(v->src, first, (size_t)(end - first));
+	if (end <= *idx)
+		return n; /* past the file's end: the fault alone decides */
+	return claim_block(s, first, (size_t)(end - first), idx, addr, n);
+}
+
 size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
 			 unsigned flags, struct fill_req **reqs, struct fill_req **ahead,
 			 size_t *nahead)
@@ -217,18 +267,11 @@ again:
 		if (blk > 1 && idx < first + blk &&
 		    ((src->base + first) >> CHUNK_SHIFT) == (fp >> CHUNK_SHIFT) &&
 		    ((src->base + first + blk - 1) >> CHUNK_SHIFT) == (fp >> CHUNK_SHIFT)) {
-			_Atomic uint8_t *s0 = s - (idx - first);
-			size_t back = 0;
-
-			while (idx - back > first &&
-			       lzm_claim_fresh(s0 + (idx - back - 1 - first), 1))
-				back++;
-			n += lzm_claim_fresh(s + 1, first + blk - idx - 1);
-			addr -= back << lzm_page_shift;
-			idx -= back;
-			n += back;
+			n = claim_block(s, first, blk, &idx, &addr, n);
 		}
 	}
+	if (v->fill_unit > 1)
+		n = claim_unit(v, s, fp, &idx, &addr, n);
 	stat_add(&h->stats.readahead_pages, n - 1);
 	reqs[0] = lzm_fault_begin(h, mm, v, addr, idx, n, write, asked);
 	if (reqs[0])

@@ -399,6 +399,8 @@ struct vma {
 	int prot;               /* PROT_READ|PROT_WRITE subset */
 	int flags;              /* LAZYMAP_PRIVATE/SHARED/ANON/DIRECT */
 	int advice;             /* LAZYMAP_ADV_NORMAL/SEQUENTIAL/RANDOM */
+	uint32_t fill_unit;     /* pages: a fault reads at least the block of them that
+	                         * holds it (lazymap_fill_unit); 0 or 1: one page */
 	struct source *src;     /* refcounted: each VMA holds one reference */
 	uint64_t pgoff;         /* index in src of the page at start (vm_pgoff) */
 
@@ -615,7 +617,8 @@ int lzm_mm_unmap(struct mm *mm, uintptr_t start, size_t len);
 int lzm_mm_adopt(struct mm *mm, uintptr_t addr, size_t len, int prot, int flags,
 		 struct source *src);
 int lzm_mm_protect(struct mm *mm, uintptr_t start, size_t len, int prot);
-int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice);
+/* advice: LAZYMAP_ADV_*, or LZM_ADV_FILL_UNIT | pages (proto.h) */
+int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, unsigned advice);
 /* 0 if [start, start+len) lies wholly in VMAs of mm, else -EINVAL. Lock held. */
 int lzm_mm_check_range(struct mm *mm, uintptr_t start, size_t len);
 /* The same after the events read so far, and growth, are in the tree. No lock held. */

@@ -670,6 +670,25 @@ int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice)
 	return ret;
 }
 
+int lazymap_fill_unit(struct lazymap *lm, void *addr, size_t len, size_t unit)
+{
+	uintptr_t start;
+	unsigned advice;
+	int ret;
+
+	if (unit % lzm_page_size || unit > LAZYMAP_FILL_UNIT_MAX)
+		return -EINVAL;
+	advice = LZM_ADV_FILL_UNIT | (unsigned)(unit >> lzm_page_shift);
+	ret = range_begin(&lm, addr, &len, &start);
+	if (ret)
+		return ret;
+	ret = remote_first(lm, MSG_ADVISE, start, len, advice);
+	if (ret == 0)
+		ret = lzm_mm_advise(&lm->mm, start, len, advice);
+	lazymap_put(lm);
+	return ret;
+}
+
 int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)
 {
 	struct prefetch *pf;

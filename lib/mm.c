@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "proto.h"
 
 /*
  * The seam between the tree and the address space it mirrors (as mimalloc
@@ -754,7 +755,7 @@ out:
 	return ret;
 }
 
-int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice)
+int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, unsigned advice)
 {
 	uintptr_t end = start + len;
 	struct vma *spare[2], *v, *prev;
@@ -765,7 +766,11 @@ int lzm_mm_advise(struct mm *mm, uintptr_t start, size_t len, int advice)
 	v = split_range(mm, start, end, spare);
 	prev = lzm_vma_prev(v);
 	for (; v && v->start < end; v = lzm_vma_next(v)) {
-		v->advice = advice;
+		if (advice & LZM_ADV_FILL_UNIT) {
+			v->fill_unit = advice & ~LZM_ADV_FILL_UNIT;
+			continue;
+		}
+		v->advice = (int)advice;
 		/* a new pattern: forget the stream seen so far */
 		atomic_store_explicit(&v->ra_window, 0, memory_order_relaxed);
 	}

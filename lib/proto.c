@@ -138,6 +138,8 @@ static bool range_arg_ok(unsigned type, const struct proto_range *r)
 	case MSG_PROTECT:
 		return prot_ok(r->arg);
 	case MSG_ADVISE:
+		if (r->arg & LZM_ADV_FILL_UNIT)
+			return (r->arg & ~LZM_ADV_FILL_UNIT) <= LAZYMAP_FILL_UNIT_MAX / lzm_page_size;
 		return r->arg <= LAZYMAP_ADV_WILLNEED;
 	default:
 		return r->arg == 0;

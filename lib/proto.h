@@ -92,9 +92,13 @@ struct proto_map {
 };
 
 /* UNMAP, PROTECT, ADVISE, PREFETCH, SYNC */
+/* lazymap_fill_unit as an advice (MSG_ADVISE, lzm_mm_advise): this | pages. */
+#define LZM_ADV_FILL_UNIT 0x80000000u
+
 struct proto_range {
 	uint64_t addr, len;   /* page aligned, len > 0, no wrap */
-	uint32_t arg;         /* PROTECT: prot; ADVISE: LAZYMAP_ADV_*; else 0 */
+	uint32_t arg;         /* PROTECT: prot; ADVISE: LAZYMAP_ADV_*, or
+	                       * LZM_ADV_FILL_UNIT | pages; else 0 */
 	uint32_t pad;
 };
 

@@ -295,7 +295,7 @@ int lzm_client_range(struct client *cl, unsigned type, const struct proto_range 
 	case MSG_ADVISE:
 		if (r->arg == LAZYMAP_ADV_WILLNEED)
 			return queue_prefetch(cl, r);
-		return room_to_split(cl) ?: lzm_mm_advise(mm, r->addr, r->len, (int)r->arg);
+		return room_to_split(cl) ?: lzm_mm_advise(mm, r->addr, r->len, r->arg);
 	case MSG_PREFETCH:
 		return queue_prefetch(cl, r);
 	}

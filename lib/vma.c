@@ -449,6 +449,7 @@ void lzm_vma_split_with(struct vma_tree *t, struct vma *v, uintptr_t addr, struc
 	new->prot = v->prot;
 	new->flags = v->flags;
 	new->advice = v->advice;
+	new->fill_unit = v->fill_unit;
 	new->src = v->src;
 	new->pgoff = v->pgoff + ((addr - v->start) >> lzm_page_shift);
 	lzm_source_get(new->src);
@@ -464,7 +465,7 @@ void lzm_vma_split_with(struct vma_tree *t, struct vma *v, uintptr_t addr, struc
 bool lzm_vma_can_merge(const struct vma *a, const struct vma *b)
 {
 	return a->end == b->start && a->prot == b->prot && a->flags == b->flags &&
-	       a->advice == b->advice && a->src == b->src &&
+	       a->advice == b->advice && a->fill_unit == b->fill_unit && a->src == b->src &&
 	       a->pgoff + ((a->end - a->start) >> lzm_page_shift) == b->pgoff;
 }
 

@@ -1510,6 +1510,88 @@ Test(file, advise_errors, FIXTURE)
 	cr_assert_eq(lazymap_advise(lm, p, ps, LAZYMAP_ADV_RANDOM), -EBADF);
 }
 
+/*
+ * A fill unit reads the whole block of the file around a fault (umap's page
+ * size, a filesystem block past the page size), blocks at file offsets
+ * that are multiples of it, whatever the region's own offset.
+ */
+Test(file, fill_unit_reads_the_whole_block_of_the_file_around_a_fault, FIXTURE)
+{
+	size_t ps = pgsz(), unit = 16, k = 3, npages = 256 + 5 - k;
+	struct view v = { .npages = npages, .off = k * ps };
+	struct lazymap_stats st;
+	char path[PATH_MAX];
+	struct lazymap *lm;
+
+	make_plain("fill_unit", (256 + 5) * ps, 75, path, sizeof(path));
+	touch_install();
+	lm = open_lm(1, 0);
+	v.base = map_path(lm, path, npages * ps, PROT_READ, 0, k);
+	v.vfd = open_check_fd(path);
+	cr_assert_eq(lazymap_advise(lm, v.base, npages * ps, LAZYMAP_ADV_RANDOM), 0);
+	cr_assert_eq(lazymap_fill_unit(lm, v.base, npages * ps, unit * ps), 0);
+	/* file page 23: its block is file pages [16, 32), region pages [13, 29) */
+	cr_assert_eq(touch(v.base + 20 * ps, -1, NULL).signo, 0);
+	st = settled_stats(lm);
+	cr_assert_eq(st.faults, 1);
+	cr_assert_eq(st.bytes_read, unit * ps, "%lu bytes read for a block of %zu",
+		     (unsigned long)st.bytes_read, unit * ps);
+	cr_assert_eq(present_pages(v.base + 13 * ps, unit * ps), unit);
+	cr_assert_eq(present_pages(v.base + 12 * ps, ps), 0);
+	cr_assert_eq(present_pages(v.base + 29 * ps, ps), 0);
+	/* the first block starts before the region: its part in the region */
+	cr_assert_eq(touch(v.base + 2 * ps, -1, NULL).signo, 0);
+	cr_assert_eq(settled_stats(lm).bytes_read, (unit + 13) * ps);
+	cr_assert_eq(present_pages(v.base, 13 * ps), 13);
+	/* the last block ends with the file: 5 pages */
+	cr_assert_eq(touch(v.base + (npages - 1) * ps, -1, NULL).signo, 0);
+	cr_assert_eq(settled_stats(lm).bytes_read, (unit + 13 + 5) * ps);
+	cr_assert_eq(present_pages(v.base + (npages - 5) * ps, 5 * ps), 5);
+	cr_assert_eq(present_pages(v.base + (npages - 6) * ps, ps), 0);
+	/* a block some of whose pages are in already: the holes only */
+	cr_assert_eq(touch(v.base + 29 * ps, -1, NULL).signo, 0);
+	cr_assert_eq(touch(v.base + 45 * ps, -1, NULL).signo, 0); /* block [45, 61) */
+	cr_assert_eq(touch(v.base + 31 * ps, -1, NULL).signo, 0);
+	st = settled_stats(lm);
+	cr_assert_eq(st.pages_filled, 3 * unit + 13 + 5, "%lu pages filled",
+		     (unsigned long)st.pages_filled);
+	/* unit 0: one page again; the part given splits the region */
+	cr_assert_eq(lazymap_fill_unit(lm, v.base + 128 * ps, 64 * ps, 0), 0);
+	expect_regions(lm, 3, "a fill unit on the middle");
+	cr_assert_eq(touch(v.base + 150 * ps, -1, NULL).signo, 0);
+	cr_assert_eq(settled_stats(lm).pages_filled, st.pages_filled + 1);
+	expect_all(&v, "fill unit");
+	close(v.vfd);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
+Test(file, fill_unit_errors, FIXTURE)
+{
+	size_t ps = pgsz(), npages = 16;
+	char path[PATH_MAX];
+	struct lazymap *lm;
+	char *p;
+
+	make_plain("fill_unit_err", npages * ps, 76, path, sizeof(path));
+	lm = open_lm(1, 0);
+	p = map_path(lm, path, npages * ps, PROT_READ, 0, 0);
+	cr_assert_eq(lazymap_fill_unit(lm, p, npages * ps, ps + 1), -EINVAL);
+	cr_assert_eq(lazymap_fill_unit(lm, p, npages * ps, ps / 2), -EINVAL);
+	cr_assert_eq(lazymap_fill_unit(lm, p, npages * ps, LAZYMAP_FILL_UNIT_MAX + ps), -EINVAL);
+	cr_assert_eq(lazymap_fill_unit(lm, p, npages * ps, SIZE_MAX & ~(ps - 1)), -EINVAL);
+	cr_assert_eq(lazymap_fill_unit(lm, p + 8 * ps, npages * ps, 4 * ps), -EINVAL);
+	cr_assert_eq(lazymap_fill_unit(lm, p + 1, ps, 4 * ps), -EINVAL);
+	cr_assert_eq(lazymap_fill_unit(lm, p, 0, 4 * ps), -EINVAL);
+	expect_regions(lm, 1, "failed fill units");
+	/* not a power of two: any multiple of the page size */
+	cr_assert_eq(lazymap_fill_unit(lm, p, npages * ps, 3 * ps), 0);
+	cr_assert_eq(lazymap_fill_unit(lm, p, npages * ps, LAZYMAP_FILL_UNIT_MAX), 0);
+	cr_assert_eq((uint8_t)p[9 * ps + 3], file_byte(76, 9 * ps + 3));
+	cr_assert_eq(stats(lm).pages_filled, npages, "the unit (64 MiB) stops at the file's end");
+	cr_assert_eq(lazymap_close(lm), 0);
+	cr_assert_eq(lazymap_fill_unit(lm, p, ps, 4 * ps), -EBADF);
+}
+
 /* ------------------------------------------------------------ 6. concurrency */
 
 struct racer {

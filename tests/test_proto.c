@@ -777,7 +777,7 @@ Test(proto, a_file_map_past_the_last_indexable_page_is_refused)
 	expect(check_map(m), -EBADMSG, "pgoff 2^64 - 1");
 }
 
-Test(proto, advice_beyond_willneed_or_an_arg_where_none_belongs_is_refused)
+Test(proto, advice_beyond_willneed_a_fill_unit_too_large_or_an_arg_where_none_belongs_is_refused)
 {
 	struct proto_range r = good_range(MSG_ADVISE);
 
@@ -787,6 +787,13 @@ Test(proto, advice_beyond_willneed_or_an_arg_where_none_belongs_is_refused)
 	expect(check_range(MSG_ADVISE, r), -EBADMSG, "advice WILLNEED + 1");
 	r.arg = UINT32_MAX;
 	expect(check_range(MSG_ADVISE, r), -EBADMSG, "advice -1");
+	/* lazymap_fill_unit's: pages up to LAZYMAP_FILL_UNIT_MAX */
+	r.arg = LZM_ADV_FILL_UNIT | (unsigned)(LAZYMAP_FILL_UNIT_MAX / pgsz());
+	expect(check_range(MSG_ADVISE, r), 0, "the largest fill unit");
+	r.arg = LZM_ADV_FILL_UNIT;
+	expect(check_range(MSG_ADVISE, r), 0, "fill unit 0");
+	r.arg = LZM_ADV_FILL_UNIT | (unsigned)(LAZYMAP_FILL_UNIT_MAX / pgsz() + 1);
+	expect(check_range(MSG_ADVISE, r), -EBADMSG, "a fill unit past the largest");
 	for (unsigned i = 0; i < NRANGE; i++) {
 		unsigned t = range_types[i];
 
