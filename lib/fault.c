@@ -759,9 +759,6 @@ static bool zero_page_at(struct mm *mm, uintptr_t addr)
 	return zero;
 }
 
-/* Requests one fault may begin: its run and the runs fault-around adds. */
-#define FAULT_REQS 4
-
 void lzm_fault_handle(struct handler *h, struct mm *mm, uintptr_t addr, unsigned flags, uint32_t tid)
 {
 	bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;

@@ -151,7 +151,7 @@ void lzm_filemap_wp_broken(struct handler *h, struct mm *mm, uintptr_t addr)
 }
 
 /*
- * Grow the run of n pages claimed from page idx (at addr, its state *s) by
+ * Grow the run of n pages claimed from page *idx (at *addr, its state *s) by
  * the holes of [first, first + blk) next to it, back and on; blk lies in
  * idx's chunk and VMA. Returns the run's length, idx and addr its start.
  */
@@ -171,33 +171,63 @@ static size_t claim_block(_Atomic uint8_t *s, uint64_t first, size_t blk, uint64
 }
 
 /*
- * The region's fill unit (lazymap_fill_unit): the run grows to the whole
- * block of v->fill_unit pages of the file that holds page fp (source page
- * idx), as far as the VMA, the file and fp's chunk go (a run is one
- * chunk's).
+ * The block of the file a fill unit makes the fault at file page fp read
+ * (lazymap_fill_unit), as far as the VMA, the file and fp's chunk go (a
+ * run is one chunk's): [*first, *end) in source pages, holding fp.
  */
-static size_t claim_unit(struct vma *v, _Atomic uint8_t *s, uint64_t fp, uint64_t *idx,
-			 uintptr_t *addr, size_t n)
+static void unit_block(const struct vma *v, uint64_t fp, uint64_t *first, uint64_t *end)
 {
 	uint64_t base = v->src->base, chunk = fp & ~(uint64_t)(CHUNK_PAGES - 1);
-	uint64_t first = fp - fp % v->fill_unit, end = first + v->fill_unit; /* file pages */
+	uint64_t f = fp - fp % v->fill_unit, e = f + v->fill_unit; /* file pages */
 	uint64_t vfirst = base + v->pgoff, vend = vfirst + ((v->end - v->start) >> lzm_page_shift);
 
-	if (first < vfirst)
-		first = vfirst;
-	if (first < chunk)
-		first = chunk;
-	if (end > vend)
-		end = vend;
-	if (end > chunk + CHUNK_PAGES)
-		end = chunk + CHUNK_PAGES;
-	first -= base; /* source pages from here on */
-	end -= base;
+	if (f < vfirst)
+		f = vfirst;
+	if (f < chunk)
+		f = chunk;
+	if (e > vend)
+		e = vend;
+	if (e > chunk + CHUNK_PAGES)
+		e = chunk + CHUNK_PAGES;
+	*first = f - base;
+	*end = e - base;
 	if (v->src->ops->extent)
-		end = first + v->src->ops->extent(v->src, first, (size_t)(end - first));
-	if (end <= *idx)
-		return n; /* past the file's end: the fault alone decides */
-	return claim_block(s, first, (size_t)(end - first), idx, addr, n);
+		*end = *first + v->src->ops->extent(v->src, *first, (size_t)(*end - *first));
+	if (*end < fp - base + 1)
+		*end = fp - base + 1; /* past the file's end: the fault alone */
+}
+
+/*
+ * The holes of the unit's block [first, end) that the fault's own run
+ * [run, run + n) did not take, pages in cache or being read between them:
+ * claimed and begun as runs of their own in reqs (at most max).
+ */
+static size_t unit_holes(struct handler *h, struct mm *mm, struct vma *v, uint64_t first,
+			 uint64_t end, uint64_t run, size_t n, struct fill_req **reqs, size_t max)
+{
+	size_t nreqs = 0;
+
+	for (uint64_t at = first; at < end && nreqs < max;) {
+		size_t got;
+
+		if (at >= run && at < run + n) {
+			at = run + n;
+			continue;
+		}
+		got = lzm_claim_fresh_at(v, at, (size_t)((at < run ? run : end) - at));
+		if (!got) {
+			at++;
+			continue;
+		}
+		stat_add(&h->stats.readahead_pages, got);
+		reqs[nreqs] = lzm_fault_begin(h, mm, v, v->start + ((at - v->pgoff) << lzm_page_shift),
+					      at, got, false, 0);
+		if (!reqs[nreqs])
+			break;
+		nreqs++;
+		at += got;
+	}
+	return nreqs;
 }
 
 size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
@@ -270,15 +300,25 @@ again:
 			n = claim_block(s, first, blk, &idx, &addr, n);
 		}
 	}
-	if (v->fill_unit > 1)
-		n = claim_unit(v, s, fp, &idx, &addr, n);
+	uint64_t ufirst = 0, uend = 0;
+
+	if (v->fill_unit > 1) {
+		/* one run for the whole block when it is all holes (the usual) */
+		unit_block(v, fp, &ufirst, &uend);
+		if (uend > idx + n || ufirst < idx)
+			n = claim_block(s - (fp - src->base - idx), ufirst, (size_t)(uend - ufirst),
+					&idx, &addr, n);
+	}
 	stat_add(&h->stats.readahead_pages, n - 1);
 	reqs[0] = lzm_fault_begin(h, mm, v, addr, idx, n, write, asked);
-	if (reqs[0])
-		reqs[0]->around = addr != asked || n > 1 + (max > 1 ? max - 1 : 0);
-	if (reqs[0] && n == h->lm->ra_pages)
+	if (!reqs[0])
+		return 0;
+	reqs[0]->around = addr != asked || n > 1 + (max > 1 ? max - 1 : 0);
+	if (n == h->lm->ra_pages)
 		*nahead = lzm_readahead_ahead(h, mm, v, idx + n, n, ahead);
-	return reqs[0] != NULL;
+	if (ufirst < uend)
+		return 1 + unit_holes(h, mm, v, ufirst, uend, idx, n, reqs + 1, FAULT_REQS - 1);
+	return 1;
 }
 
 void lzm_filemap_finish(struct handler *h, struct fill_req *req, size_t good, bool poison_rest)

@@ -908,8 +908,12 @@ void lzm_req_free(struct handler *h, struct fill_req *req);
 
 /* ------------------------------------------------------------- filemap.c */
 
+/* Requests one fault may begin: its run and the runs fault-around (or a
+ * fill unit's other holes) add. */
+#define FAULT_REQS 4
+
 /* A fault message of a file region (v, mm->lock held): returns how many
- * requests it began in reqs (0 or 1), and the windows read ahead. */
+ * requests it began in reqs (up to FAULT_REQS), and the windows read ahead. */
 size_t lzm_filemap_fault(struct handler *h, struct mm *mm, struct vma *v, uintptr_t addr,
 			 unsigned flags, struct fill_req **reqs, struct fill_req **ahead,
 			 size_t *nahead);

@@ -3,7 +3,8 @@
  * umap's C API (include/lazymap-umap/umap/umap.h) on liblazymap's public
  * API alone: one lazymap for the process, opened at the first call with
  * umap's environment variables read into its options, and the regions
- * umap() made, for umap_flush and uunmap.
+ * umap() made, for umap_flush, uunmap and their page sizes. A child made
+ * by fork() starts afresh: its own lazymap at its first call.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,16 +25,18 @@
 /* lazymap's own bounds (lazymap_open refuses what is past them) */
 #define MAX_FILLERS      256u
 #define MIN_BUFFER_BYTES (4u << 20)
-#define MAX_WINDOW_BYTES (64u << 20)
+#define MAX_WINDOW_BYTES LAZYMAP_FILL_UNIT_MAX
 
 /* ------------------------------------------------------------ configuration */
 
 /*
- * What the environment says, once, as umap reads it: a number, where 0 or
- * text that is no number means the default. A value umap would refuse (a
- * page size not a multiple of the system's, a percentage past 100, a
- * buffer larger than memory) makes every call fail with EINVAL, and says
- * why on stderr once.
+ * What the environment says, once, as umap reads it: the number its
+ * leading digits make, where 0 or text that starts with no digit means the
+ * default. A value umap would refuse (a page size not a multiple of the
+ * system's, a buffer larger than memory), and values it would take without
+ * a word but that can only be mistakes (a negative number, a percentage
+ * past 100, a page size past LAZYMAP_FILL_UNIT_MAX), make every call fail
+ * with EINVAL, and say why on stderr once.
  */
 static struct {
 	uint64_t page_size, max_fault_events, fillers, evictors, buffer_pages, read_ahead;
@@ -42,19 +45,32 @@ static struct {
 	struct lazymap *lm;
 } cfg;
 
-static pthread_once_t cfg_once = PTHREAD_ONCE_INIT;
+/* cfg is read once per process: a child made by fork() reads it again. */
+static pthread_mutex_t cfg_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool cfg_loaded;
+
+static void refuse(const char *what, const char *v);
 
 static uint64_t env_u64(const char *name, uint64_t dflt)
 {
-	const char *s = getenv(name);
+	const char *s = getenv(name), *t = s;
 	char *end;
 	unsigned long long v;
 
 	if (!s || !*s)
 		return dflt;
+	while (*t == ' ' || *t == '\t')
+		t++;
+	if (*t == '-') {
+		/* umap would read 2^64 - n: no count or size is meant that way */
+		refuse(name, s);
+		return dflt;
+	}
 	errno = 0;
-	v = strtoull(s, &end, 10);
-	return errno || end == s || v == 0 ? dflt : (uint64_t)v;
+	v = strtoull(t, &end, 10);
+	if (errno == ERANGE)
+		refuse(name, s);
+	return errno || end == t || v == 0 ? dflt : (uint64_t)v;
 }
 
 /* 90% of the memory free now, in umap pages: umap's default buffer. */
@@ -72,40 +88,57 @@ static uint64_t free_pages(uint64_t page_size)
 	return kb * 1024 / page_size * 90 / 100;
 }
 
-static void refuse(const char *what, unsigned long long v)
+static void refuse(const char *what, const char *v)
 {
-	fprintf(stderr, "liblazymap-umap: %s=%llu is refused: every umap call fails with EINVAL\n",
-		what, v);
+	if (!cfg.err)
+		fprintf(stderr, "liblazymap-umap: %s=%s is refused: every umap call fails with EINVAL\n",
+			what, v);
 	cfg.err = EINVAL;
 }
 
+static void refuse_u64(const char *what, unsigned long long v)
+{
+	char s[24];
+
+	snprintf(s, sizeof(s), "%llu", v);
+	refuse(what, s);
+}
+
+static void forked_child(void);
+
 static void cfg_load(void)
 {
-	uint64_t sys = (uint64_t)sysconf(_SC_PAGESIZE), max_pages;
+	uint64_t sys = (uint64_t)sysconf(_SC_PAGESIZE), max_pages, high, low;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	uint64_t fillers = ncpu > 8 ? 8 : 2;
+	uint64_t threads = ncpu > 0 ? (uint64_t)ncpu : 16; /* umap's: one per CPU */
+	static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
+	pthread_once(&atfork_once, forked_child);
 	cfg.page_size = env_u64("UMAP_PAGESIZE", sys);
 	cfg.max_fault_events = env_u64("UMAP_MAX_FAULT_EVENTS", 256);
-	cfg.fillers = env_u64("UMAP_PAGE_FILLERS", fillers);
-	cfg.evictors = env_u64("UMAP_PAGE_EVICTORS", fillers / 2);
-	cfg.high_water = (int)env_u64("UMAP_EVICT_HIGH_WATER_THRESHOLD", 90);
-	cfg.low_water = (int)env_u64("UMAP_EVICT_LOW_WATER_THRESHOLD", 70);
+	cfg.fillers = env_u64("UMAP_PAGE_FILLERS", threads);
+	cfg.evictors = env_u64("UMAP_PAGE_EVICTORS", threads);
+	high = env_u64("UMAP_EVICT_HIGH_WATER_THRESHOLD", 90);
+	low = env_u64("UMAP_EVICT_LOW_WATER_THRESHOLD", 70);
 	cfg.read_ahead = env_u64("UMAP_READ_AHEAD", 0);
+	cfg.high_water = high > 100 ? 101 : (int)high;
+	cfg.low_water = low > 100 ? 101 : (int)low;
+	if (cfg.err)
+		return;
 	if (cfg.page_size % sys || cfg.page_size > MAX_WINDOW_BYTES) {
-		refuse("UMAP_PAGESIZE", (unsigned long long)cfg.page_size);
+		refuse_u64("UMAP_PAGESIZE", (unsigned long long)cfg.page_size);
 		return;
 	}
 	max_pages = free_pages(cfg.page_size);
 	cfg.buffer_pages = env_u64("UMAP_BUFSIZE", max_pages);
 	if (cfg.buffer_pages > max_pages && getenv("UMAP_BUFSIZE"))
-		refuse("UMAP_BUFSIZE", (unsigned long long)cfg.buffer_pages);
-	else if (cfg.high_water > 100 || cfg.high_water < 0)
-		refuse("UMAP_EVICT_HIGH_WATER_THRESHOLD", (unsigned long long)cfg.high_water);
-	else if (cfg.low_water > 100 || cfg.low_water < 0)
-		refuse("UMAP_EVICT_LOW_WATER_THRESHOLD", (unsigned long long)cfg.low_water);
+		refuse_u64("UMAP_BUFSIZE", (unsigned long long)cfg.buffer_pages);
+	else if (high > 100)
+		refuse_u64("UMAP_EVICT_HIGH_WATER_THRESHOLD", (unsigned long long)high);
+	else if (low > 100)
+		refuse_u64("UMAP_EVICT_LOW_WATER_THRESHOLD", (unsigned long long)low);
 	else if (cfg.fillers > MAX_FILLERS)
-		refuse("UMAP_PAGE_FILLERS", (unsigned long long)cfg.fillers);
+		refuse_u64("UMAP_PAGE_FILLERS", (unsigned long long)cfg.fillers);
 	if (cfg.err)
 		return;
 
@@ -114,9 +147,12 @@ static void cfg_load(void)
 	 * fill reads at least a umap page and, with read-ahead, that many
 	 * more (the stream's window, which liblazymap grows from there).
 	 */
-	uint64_t window = cfg.page_size * (1 + cfg.read_ahead), budget;
+	uint64_t window = cfg.read_ahead >= MAX_WINDOW_BYTES / cfg.page_size
+				  ? MAX_WINDOW_BYTES : cfg.page_size * (1 + cfg.read_ahead);
+	uint64_t budget;
 
-	budget = cfg.buffer_pages * cfg.page_size;
+	budget = cfg.buffer_pages > SIZE_MAX / cfg.page_size ? SIZE_MAX
+								: cfg.buffer_pages * cfg.page_size;
 	struct lazymap_opts o = {
 		.handler_threads = (unsigned)cfg.fillers,
 		.readahead_max = window > MAX_WINDOW_BYTES ? MAX_WINDOW_BYTES
@@ -134,7 +170,12 @@ static void cfg_load(void)
 /* 0 once the configuration is read and the lazymap open; else errno set. */
 static int ready(void)
 {
-	pthread_once(&cfg_once, cfg_load);
+	pthread_mutex_lock(&cfg_lock);
+	if (!cfg_loaded) {
+		cfg_load();
+		cfg_loaded = true;
+	}
+	pthread_mutex_unlock(&cfg_lock);
 	if (cfg.err) {
 		errno = cfg.err;
 		return -1;
@@ -144,15 +185,20 @@ static int ready(void)
 
 /* ------------------------------------------------------------ regions */
 
-/* The regions umap() made: umap_flush syncs them all, uunmap finds by start. */
+/*
+ * The regions umap() made: umap_flush syncs them all, uunmap finds them by
+ * start, umap_prefetch by address. Lock order: cfg_lock, then regions_lock.
+ */
 static pthread_mutex_t regions_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct region {
 	char *addr;
 	size_t len;
+	uint64_t page_size; /* the region's umap page: its unit of a fill */
+	bool inherited;     /* a forked child's copy of its parent's region */
 } *regions;
 static size_t nregions, regions_cap;
 
-static int region_add(char *addr, size_t len)
+static int region_add(char *addr, size_t len, uint64_t page_size, bool inherited)
 {
 	pthread_mutex_lock(&regions_lock);
 	if (nregions == regions_cap) {
@@ -166,7 +212,7 @@ static int region_add(char *addr, size_t len)
 		regions = r;
 		regions_cap = cap;
 	}
-	regions[nregions++] = (struct region){ addr, len };
+	regions[nregions++] = (struct region){ addr, len, page_size, inherited };
 	pthread_mutex_unlock(&regions_lock);
 	return 0;
 }
@@ -184,20 +230,72 @@ static bool region_overlaps(const void *addr, size_t len)
 	return meets;
 }
 
-/* Take the region that starts at addr off the list: its length, 0 if none. */
-static size_t region_take(char *addr)
+/* Take the region that starts at addr off the list into *r: false if none. */
+static bool region_take(char *addr, struct region *r)
 {
-	size_t len = 0;
+	bool found = false;
 
 	pthread_mutex_lock(&regions_lock);
 	for (size_t i = 0; i < nregions; i++)
 		if (regions[i].addr == addr) {
-			len = regions[i].len;
+			*r = regions[i];
 			regions[i] = regions[--nregions];
+			found = true;
 			break;
 		}
 	pthread_mutex_unlock(&regions_lock);
-	return len;
+	return found;
+}
+
+/* The region that holds addr, copied into *r: false if none. */
+static bool region_find(const char *addr, struct region *r)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&regions_lock);
+	for (size_t i = 0; i < nregions && !found; i++)
+		if (addr >= regions[i].addr && addr < regions[i].addr + regions[i].len) {
+			*r = regions[i];
+			found = true;
+		}
+	pthread_mutex_unlock(&regions_lock);
+	return found;
+}
+
+/*
+ * fork(): the child's copies of our regions stay its parent's (the
+ * parent's lazymap serves them, and writes to a file's region reach the
+ * parent's page cache: they are shared, as MAP_SHARED is); uunmap there
+ * unmaps the child's copy and nothing else. The child's own calls get a
+ * lazymap of its own, opened at its first call (its parent's handle is
+ * EBADF in it).
+ */
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&cfg_lock);
+	pthread_mutex_lock(&regions_lock);
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&regions_lock);
+	pthread_mutex_unlock(&cfg_lock);
+}
+
+static void fork_child(void)
+{
+	for (size_t i = 0; i < nregions; i++)
+		regions[i].inherited = true;
+	cfg.lm = NULL;
+	cfg.err = 0;
+	cfg_loaded = false;
+	pthread_mutex_unlock(&regions_lock);
+	pthread_mutex_unlock(&cfg_lock);
+}
+
+static void forked_child(void)
+{
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
 /* ------------------------------------------------------------ the API */
@@ -210,9 +308,11 @@ UMAP_API void *umap_variable(void *addr, size_t length, int prot, int flags, int
 
 	if (ready())
 		return UMAP_FAILED;
+	if (!page_size)
+		page_size = cfg.page_size;
 	if (!(flags & UMAP_PRIVATE) || (flags & ~(UMAP_PRIVATE | UMAP_FIXED)) ||
 	    (prot & ~(PROT_READ | PROT_WRITE)) || length == 0 || offset < 0 ||
-	    (page_size && page_size % cfg.page_size) ||
+	    page_size % cfg.page_size || page_size > LAZYMAP_FILL_UNIT_MAX ||
 	    ((flags & UMAP_FIXED) && (uintptr_t)addr % cfg.page_size)) {
 		errno = EINVAL;
 		return UMAP_FAILED;
@@ -230,11 +330,12 @@ UMAP_API void *umap_variable(void *addr, size_t length, int prot, int flags, int
 		errno = EACCES;
 		return UMAP_FAILED;
 	}
-	if (length > SIZE_MAX - cfg.page_size) {
+	if (length > SIZE_MAX - page_size) {
 		errno = EINVAL;
 		return UMAP_FAILED;
 	}
-	length = (length + cfg.page_size - 1) / cfg.page_size * cfg.page_size;
+	/* as umap: the region is a whole number of its pages */
+	length = (length + page_size - 1) / page_size * page_size;
 	lflags = (writable ? LAZYMAP_SHARED : LAZYMAP_PRIVATE) |
 		 (flags & UMAP_FIXED ? LAZYMAP_FIXED : 0);
 	ret = lazymap_map(cfg.lm, &p, length, prot, lflags, fd, offset);
@@ -245,7 +346,11 @@ UMAP_API void *umap_variable(void *addr, size_t length, int prot, int flags, int
 		p = addr;
 		ret = lazymap_map(cfg.lm, &p, length, prot, lflags, fd, offset);
 	}
-	if (ret == 0 && (ret = region_add(p, length)) != 0)
+	/* a fault reads the whole umap page that holds it */
+	if (ret == 0 && page_size > (uint64_t)sysconf(_SC_PAGESIZE) &&
+	    (ret = lazymap_fill_unit(cfg.lm, p, length, page_size)) != 0)
+		lazymap_unmap(cfg.lm, p, length);
+	else if (ret == 0 && (ret = region_add(p, length, page_size, false)) != 0)
 		lazymap_unmap(cfg.lm, p, length);
 	if (ret) {
 		errno = -ret;
@@ -259,22 +364,47 @@ UMAP_API void *umap(void *addr, size_t length, int prot, int flags, int fd, off_
 	return umap_variable(addr, length, prot, flags, fd, offset, 0);
 }
 
+UMAP_API void umap_adapt_pagesize(void *addr, uint64_t page_size)
+{
+	struct region r;
+	int ret;
+
+	if (ready())
+		return;
+	if (!region_find(addr, &r) || r.addr != addr || r.inherited || !page_size ||
+	    page_size % cfg.page_size || page_size > LAZYMAP_FILL_UNIT_MAX) {
+		errno = EINVAL;
+		return;
+	}
+	ret = lazymap_fill_unit(cfg.lm, r.addr, r.len, page_size);
+	if (ret) {
+		errno = -ret;
+		return;
+	}
+	pthread_mutex_lock(&regions_lock);
+	for (size_t i = 0; i < nregions; i++)
+		if (regions[i].addr == addr && !regions[i].inherited)
+			regions[i].page_size = page_size;
+	pthread_mutex_unlock(&regions_lock);
+}
+
 UMAP_API int uunmap(void *addr, size_t length)
 {
-	size_t len;
+	struct region r;
 	int ret;
 
 	(void)length; /* as umap: the region that starts at addr, whole */
 	if (ready())
 		return -1;
-	len = region_take(addr);
-	if (!len) {
+	if (!region_take(addr, &r)) {
 		errno = EINVAL;
 		return -1;
 	}
-	ret = lazymap_unmap(cfg.lm, addr, len);
+	/* a child's copy: its parent writes back what it wrote */
+	ret = r.inherited ? (munmap(r.addr, r.len) ? -errno : 0)
+			  : lazymap_unmap(cfg.lm, r.addr, r.len);
 	if (ret) {
-		region_add(addr, len); /* still mapped: still ours */
+		region_add(r.addr, r.len, r.page_size, r.inherited); /* still mapped: still ours */
 		errno = -ret;
 		return -1;
 	}
@@ -302,7 +432,7 @@ UMAP_API int umap_flush(void)
 		return -1;
 	}
 	for (size_t i = 0; i < n; i++) {
-		int ret = lazymap_sync(cfg.lm, copy[i].addr, copy[i].len);
+		int ret = copy[i].inherited ? 0 : lazymap_sync(cfg.lm, copy[i].addr, copy[i].len);
 
 		if (ret && ret != -EINVAL && !err)
 			err = -ret;
@@ -317,38 +447,52 @@ UMAP_API int umap_flush(void)
 
 UMAP_API void umap_prefetch(int npages, struct umap_prefetch_item *page_array)
 {
+	struct region r;
+
 	if (ready() || npages <= 0 || !page_array)
 		return;
-	for (int i = 0; i < npages; i++)
-		lazymap_prefetch(cfg.lm, page_array[i].page_base_addr, cfg.page_size);
+	for (int i = 0; i < npages; i++) {
+		char *page = page_array[i].page_base_addr;
+
+		/* the umap page of its region that holds it */
+		if (region_find(page, &r) && !r.inherited) {
+			page -= (uint64_t)(page - r.addr) % r.page_size;
+			lazymap_prefetch(cfg.lm, page, r.page_size);
+		}
+	}
 }
 
 UMAP_API void umap_fetch_and_pin(char *paddr, uint64_t size)
 {
 	size_t sys = (size_t)sysconf(_SC_PAGESIZE);
-	char *end = NULL;
+	struct region r;
+	uint64_t room;
 
 	if (ready() || !paddr || !size)
 		return;
 	/* within the region that holds paddr, as umap: nothing past its end */
-	pthread_mutex_lock(&regions_lock);
-	for (size_t i = 0; i < nregions && !end; i++)
-		if (paddr >= regions[i].addr && paddr < regions[i].addr + regions[i].len)
-			end = regions[i].addr + regions[i].len;
-	pthread_mutex_unlock(&regions_lock);
-	if (!end)
+	if (!region_find(paddr, &r))
 		return;
-	if (size > (uint64_t)(end - paddr))
-		size = (uint64_t)(end - paddr);
+	room = (uint64_t)(r.addr + r.len - paddr);
+	if (size > room)
+		size = room;
 	/* in at once: the reads go out together, then each page is touched */
-	lazymap_prefetch(cfg.lm, paddr, size);
-	for (uint64_t at = 0; at < size; at += sys)
-		(void)*(volatile char *)(paddr + at);
+	char *first = (char *)((uintptr_t)paddr & ~(uintptr_t)(sys - 1)), *end = paddr + size;
+
+	if (!r.inherited)
+		lazymap_prefetch(cfg.lm, first, (size_t)(end - first));
+	for (char *at = first; at < end; at += sys)
+		(void)*(volatile char *)(at < paddr ? paddr : at);
 }
 
 UMAP_API int umap_has_write_support(void)
 {
 	return 1;
+}
+
+UMAP_API long umapcfg_get_system_page_size(void)
+{
+	return sysconf(_SC_PAGESIZE);
 }
 
 UMAP_API uint64_t umapcfg_get_umap_page_size(void)

@@ -1565,6 +1565,46 @@ Test(file, fill_unit_reads_the_whole_block_of_the_file_around_a_fault, FIXTURE)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
+/* A block with pages in cache already (read through another region) and
+ * read-around on top: every hole of the block is read, each once. */
+Test(file, fill_unit_fills_every_hole_about_pages_in_cache, FIXTURE)
+{
+	size_t ps = pgsz(), unit = 64, npages = 2048;
+	struct view v = { .npages = npages };
+	struct lazymap_stats st;
+	char path[PATH_MAX], *a;
+	struct lazymap *lm;
+	uint64_t seed = test_seed();
+
+	make_plain("fill_unit_holes", npages * ps, 77, path, sizeof(path));
+	touch_install();
+	lm = open_lm(1, 0);
+	a = map_path(lm, path, npages * ps, PROT_READ, 0, 0);
+	cr_assert_eq(lazymap_advise(lm, a, npages * ps, LAZYMAP_ADV_RANDOM), 0);
+	cr_assert_eq(touch(a + 70 * ps, -1, NULL).signo, 0);
+	cr_assert_eq(touch(a + 75 * ps, -1, NULL).signo, 0);
+	cr_assert_eq(touch(a + 127 * ps, -1, NULL).signo, 0);
+	v.base = map_path(lm, path, npages * ps, PROT_READ, 0, 0);
+	v.vfd = open_check_fd(path);
+	cr_assert_eq(lazymap_fill_unit(lm, v.base, npages * ps, unit * ps), 0);
+	cr_assert_eq(touch(v.base + 66 * ps, -1, NULL).signo, 0);
+	st = settled_stats(lm);
+	cr_assert_eq(st.pages_filled, 3 + unit - 3, "%lu pages filled", (unsigned long)st.pages_filled);
+	cr_assert_eq(present_pages(v.base + 64 * ps, unit * ps), unit);
+	/* touches here and there: blocks whole, read-around about them */
+	for (int i = 0; i < 64; i++)
+		cr_assert_eq(touch(v.base + (rng_next(&seed) % npages) * ps, -1, NULL).signo, 0);
+	quiesce(lm);
+	for (size_t b = 0; b < npages / unit; b++) {
+		size_t in = present_pages(v.base + b * unit * ps, unit * ps);
+
+		cr_assert(in == 0 || in == unit, "block %zu: %zu of %zu pages in", b, in, unit);
+	}
+	expect_all(&v, "fill unit about pages in cache");
+	close(v.vfd);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
 Test(file, fill_unit_errors, FIXTURE)
 {
 	size_t ps = pgsz(), npages = 16;

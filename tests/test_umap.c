@@ -262,6 +262,143 @@ Test(umap, a_page_size_umap_refuses_fails_every_call_with_einval, FIXTURE, .time
 	free(model);
 }
 
+/* A number written negative is a mistake umap would read as 2^64 - n. */
+Test(umap, a_negative_number_in_the_environment_fails_every_call_with_einval, FIXTURE,
+     .timeout = 60)
+{
+	uint8_t *model;
+	int fd = pattern_open("data", 1 * MiB, 7, O_RDWR, &model);
+
+	setenv("UMAP_READ_AHEAD", "-1", 1);
+	cr_assert_eq(umap(NULL, 1 * MiB, PROT_READ, UMAP_PRIVATE, fd, 0), UMAP_FAILED);
+	cr_assert_eq(errno, EINVAL);
+	close(fd);
+	free(model);
+}
+
+/* Wait until every page of [p, p + len) is in (reads that no thread waits
+ * for land a little after the touch): false after 2 s. */
+static bool wait_in(const uint8_t *p, size_t len)
+{
+	size_t n = len / pgsz(), in = 0;
+	unsigned char *vec = malloc(n);
+
+	cr_assert_not_null(vec);
+	for (int tries = 0; tries < 2000 && in < n; tries++) {
+		if (tries)
+			usleep(1000);
+		cr_assert_eq(mincore((void *)p, len, vec), 0);
+		in = 0;
+		for (size_t i = 0; i < n; i++)
+			in += vec[i] & 1;
+	}
+	free(vec);
+	return in == n;
+}
+
+/*
+ * The umap page is the unit of a fill: one touch reads the whole umap page
+ * that holds it (a region of its own page size too, and one adapted after
+ * the fact), and umap_prefetch reads whole umap pages.
+ */
+Test(umap, a_fault_reads_the_whole_umap_page_that_holds_it, FIXTURE, .timeout = 60)
+{
+	size_t ps = pgsz(), size = 4 * MiB, up = 64 * 1024;
+	unsigned char vec[4 * MiB / 4096];
+	uint8_t *model;
+	int fd;
+	uint8_t *p, *q;
+
+	setenv("UMAP_PAGESIZE", "65536", 1);
+	fd = pattern_open("data", size, 12, O_RDONLY, &model);
+	p = umap_or_skip(size, PROT_READ, UMAP_PRIVATE, fd);
+	cr_assert_eq(umapcfg_get_system_page_size(), (long)ps);
+	cr_assert_eq(p[3 * up + 5 * ps + 1], model[3 * up + 5 * ps + 1]);
+	cr_assert(wait_in(p + 3 * up, up), "the umap page touched is not all in");
+	/* (read-around may bring a block about it too; never the region's start) */
+	cr_assert_eq(mincore(p, up, vec), 0);
+	for (size_t i = 0; i < up / ps; i++)
+		cr_assert_eq(vec[i] & 1, 0, "page %zu in, far from the touch", i);
+	/* umap_prefetch: the umap page of each address given */
+	struct umap_prefetch_item items[] = { { p + 10 * up + ps } };
+
+	umap_prefetch(1, items);
+	cr_assert(wait_in(p + 10 * up, up), "umap_prefetch: the umap page is not all in");
+	/* a region of its own page size, and one adapted */
+	q = umap_variable(NULL, size, PROT_READ, UMAP_PRIVATE, fd, 0, 4 * up);
+	cr_assert_neq(q, UMAP_FAILED, "umap_variable: %s", strerror(errno));
+	cr_assert_eq(q[9 * up], model[9 * up]);
+	/* (its block holds pages already in, read for p: the holes about them too) */
+	cr_assert(wait_in(q + 8 * up, 4 * up), "umap_variable: its page is not all in");
+	errno = 0;
+	umap_adapt_pagesize(q, 3 * up + 1);
+	cr_assert_eq(errno, EINVAL, "a page size that is no multiple of the umap page's");
+	errno = 0;
+	umap_adapt_pagesize(q + up, 2 * up);
+	cr_assert_eq(errno, EINVAL, "an address that starts no region");
+	errno = 0;
+	umap_adapt_pagesize(q, 8 * up);
+	cr_assert_eq(errno, 0, "umap_adapt_pagesize: %s", strerror(errno));
+	cr_assert_eq(q[40 * up], model[40 * up]);
+	cr_assert(wait_in(q + 40 * up, 8 * up), "adapted: the umap page is not all in");
+	cr_assert_eq(memcmp(q, model, size), 0);
+	cr_assert_eq(umap_variable(NULL, size, PROT_READ, UMAP_PRIVATE, fd, 0, up + ps), UMAP_FAILED);
+	cr_assert_eq(errno, EINVAL);
+	cr_assert_eq(uunmap(q, size), 0);
+	cr_assert_eq(uunmap(p, size), 0);
+	close(fd);
+	free(model);
+}
+
+/*
+ * fork(): the child's copy of a region of a file open for writing is the
+ * parent's (shared, as MAP_SHARED is: what the child writes the parent
+ * sees and writes back); the child's own umap calls work on a lazymap of
+ * its own, and its uunmap of the copy unmaps that copy only.
+ */
+Test(umap, a_forked_child_shares_its_parents_regions_and_maps_its_own, FIXTURE, .timeout = 60)
+{
+	size_t size = 1 * MiB;
+	uint8_t *model, *cmodel, *p;
+	int fd = pattern_open("data", size, 13, O_RDWR, &model);
+	int cfd = pattern_open("child", size, 14, O_RDWR, &cmodel);
+	int status;
+	pid_t pid;
+
+	p = umap_or_skip(size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd);
+	p[0] = model[0] ^= 0x5a; /* before the fork */
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int bad = 0;
+		uint8_t *c;
+
+		bad |= p[0] != model[0];
+		bad |= memcmp(p + 4096, model + 4096, size - 4096) != 0;
+		p[size / 2] = (uint8_t)(model[size / 2] ^ 0xa5);
+		c = umap(NULL, size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, cfd, 0);
+		if (c == UMAP_FAILED)
+			_exit(3);
+		bad |= memcmp(c, cmodel, size) != 0;
+		c[7] = (uint8_t)(cmodel[7] ^ 0x11);
+		if (umap_flush() || uunmap(c, size) || uunmap(p, size))
+			_exit(4);
+		_exit(bad ? 2 : 0);
+	}
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child: status %#x", status);
+	model[size / 2] ^= 0xa5;
+	cmodel[7] ^= 0x11;
+	cr_assert_eq(p[size / 2], model[size / 2], "the child's write, seen by the parent");
+	cr_assert_eq(uunmap(p, size), 0);
+	expect_umap_file(fd, model, size, "the parent's file after the child's write");
+	expect_umap_file(cfd, cmodel, size, "the child's own region, flushed by it");
+	close(fd);
+	close(cfd);
+	free(model);
+	free(cmodel);
+}
+
 /*
  * umap's multithread_flush, in our words: each thread its own file and
  * region, writes, and umap_flush from all of them at once; every file

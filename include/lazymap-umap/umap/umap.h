@@ -43,6 +43,10 @@ void *umap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 /* The same with a region page size (a multiple of the umap page size). */
 void *umap_variable(void *addr, size_t length, int prot, int flags, int fd, off_t offset,
 		    uint64_t page_size);
+/* Make page_size (a multiple of the umap page size) the page of the region
+ * umap returned at addr: a fault there reads that much. EINVAL in errno if
+ * addr starts no region or page_size is no such multiple. */
+void umap_adapt_pagesize(void *addr, uint64_t page_size);
 /* Unmap the region umap returned at addr (length is not looked at, as in
  * umap), writing back what was written. 0, or -1 with errno. */
 int uunmap(void *addr, size_t length);
@@ -61,6 +65,7 @@ void umap_fetch_and_pin(char *paddr, uint64_t size);
 int umap_has_write_support(void);
 
 /* The configuration, from the environment at the first call (see README). */
+long umapcfg_get_system_page_size(void);
 uint64_t umapcfg_get_umap_page_size(void);
 uint64_t umapcfg_get_max_fault_events(void);
 uint64_t umapcfg_get_num_fillers(void);
