@@ -17,8 +17,13 @@
  * - umap_fetch_and_pin reads the range in at once; the budget may still
  *   evict it later (liblazymap does not pin);
  * - UMAP_FIXED replaces what the program mapped there, as MAP_FIXED does,
- *   but never another umap region (EEXIST).
- * The C++ interface (Umap::umap_ex, stores) is not provided.
+ *   but never another umap region (EEXIST);
+ * - pages wholly past the file's end are SIGBUS, as with mmap;
+ * - after fork(), a region of a file open for writing is shared with the
+ *   child (what either writes, the other sees); the child's own calls work
+ *   on a lazymap of its own.
+ * The C++ interface (Umap::umap_ex, stores), umap's server and client, and
+ * the umapcfg_set_* setters of old releases are not provided.
  */
 #ifndef _UMAP_H_
 #define _UMAP_H_
