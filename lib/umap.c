@@ -111,9 +111,7 @@ static void cfg_load(void)
 	uint64_t sys = (uint64_t)sysconf(_SC_PAGESIZE), max_pages, high, low;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	uint64_t threads = ncpu > 0 ? (uint64_t)ncpu : 16; /* umap's: one per CPU */
-	static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
-	pthread_once(&atfork_once, forked_child);
 	cfg.page_size = env_u64("UMAP_PAGESIZE", sys);
 	cfg.max_fault_events = env_u64("UMAP_MAX_FAULT_EVENTS", 256);
 	cfg.fillers = env_u64("UMAP_PAGE_FILLERS", threads);
@@ -170,12 +168,18 @@ static void cfg_load(void)
 /* 0 once the configuration is read and the lazymap open; else errno set. */
 static int ready(void)
 {
+	static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
 	pthread_mutex_lock(&cfg_lock);
 	if (!cfg_loaded) {
 		cfg_load();
 		cfg_loaded = true;
 	}
 	pthread_mutex_unlock(&cfg_lock);
+	/* Registered after lazymap_open registered liblazymap's: prepare
+	 * handlers run last registered first, so a fork takes cfg_lock before
+	 * the library's locks, in cfg_load's order. */
+	pthread_once(&atfork_once, forked_child);
 	if (cfg.err) {
 		errno = cfg.err;
 		return -1;
