@@ -636,3 +636,146 @@ Test(umap, fetch_and_pin_stops_at_the_end_of_its_region, FIXTURE, .timeout = 60)
 	close(fd);
 	free(model);
 }
+
+/*
+ * Churn: umap, read and write, umap_flush or uunmap, 200 times over, from
+ * two threads at once over the same three files, under a budget half a
+ * file's size: each cycle reads a whole file in (a read every 64 KiB, the
+ * fault-around block), so the evictor writes back and drops pages while
+ * regions of the same files come and go. Each thread writes only its own
+ * pages (page index parity), so one model per file is exact while both
+ * run. Each cycle checks, with pread, that what it wrote is in the file
+ * after its umap_flush or uunmap; at the end every file equals its model,
+ * and the process holds as many descriptors as after the first cycle (the
+ * library's reference to each file and whatever it opened for a region are
+ * closed with the region; the lazymap itself opened at the first call).
+ */
+#define CHURN_FILES  3
+#define CHURN_CYCLES 200
+#define CHURN_SIZE   (8 * MiB)
+#define CHURN_WRITES 32
+
+struct churn_file {
+	char path[PATH_MAX];
+	uint8_t *model;
+};
+
+struct churner {
+	pthread_t th;
+	struct churn_file *files;
+	int id, cycles;
+	uint64_t seed;
+	char err[256]; /* the first failure, "" if none */
+};
+
+#define churn_fail(c, ...) (snprintf((c)->err, sizeof((c)->err), __VA_ARGS__), -1)
+
+/* One cycle on file (cycle + id) % CHURN_FILES: 0, or -1 with c->err. */
+static int churn_cycle(struct churner *c, int cycle)
+{
+	struct churn_file *f = &c->files[(cycle + c->id) % CHURN_FILES];
+	size_t ps = pgsz(), npages = CHURN_SIZE / ps, wrote[CHURN_WRITES];
+	uint8_t buf[4096 + 8];
+	uint8_t *p;
+	int fd = open(f->path, O_RDWR | O_CLOEXEC);
+
+	if (fd < 0)
+		return churn_fail(c, "cycle %d: open: %s", cycle, strerror(errno));
+	p = umap(NULL, CHURN_SIZE, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd, 0);
+	if (p == UMAP_FAILED) {
+		close(fd);
+		return churn_fail(c, "cycle %d: umap: %s", cycle, strerror(errno));
+	}
+	/* the library keeps its own reference: close ours at once, sometimes */
+	if (cycle % 3 == 0) {
+		close(fd);
+		fd = -1;
+	}
+	/* read the whole file in, checking this thread's pages (the other
+	 * thread's may be changing under us) */
+	for (size_t pg = (size_t)c->id; pg < npages; pg += 2)
+		if (pg % 16 < 2 && memcmp(p + pg * ps, f->model + pg * ps, ps))
+			return churn_fail(c, "cycle %d: page %zu reads wrong", cycle, pg);
+	/* write 8 bytes into some of this thread's pages */
+	for (int w = 0; w < CHURN_WRITES; w++) {
+		size_t pg = (rng_next(&c->seed) % (npages / 2)) * 2 + (size_t)c->id;
+		size_t off = pg * ps + (rng_next(&c->seed) % (ps / 8)) * 8;
+		uint64_t x = rng_next(&c->seed);
+
+		for (int b = 0; b < 8; b++)
+			p[off + b] = f->model[off + b] ^= (uint8_t)(x >> (8 * b));
+		wrote[w] = pg;
+	}
+	if (cycle % 2 && umap_flush())
+		return churn_fail(c, "cycle %d: umap_flush: %s", cycle, strerror(errno));
+	if (uunmap(p, CHURN_SIZE))
+		return churn_fail(c, "cycle %d: uunmap: %s", cycle, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	/* what this cycle wrote is in the file now */
+	fd = open(f->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return churn_fail(c, "cycle %d: open: %s", cycle, strerror(errno));
+	for (int w = 0; w < CHURN_WRITES; w++)
+		if (pread(fd, buf, ps, (off_t)(wrote[w] * ps)) != (ssize_t)ps ||
+		    memcmp(buf, f->model + wrote[w] * ps, ps)) {
+			close(fd);
+			return churn_fail(c, "cycle %d: page %zu of the file is not what was "
+					  "written (after %s)", cycle, wrote[w],
+					  cycle % 2 ? "umap_flush and uunmap" : "uunmap");
+		}
+	close(fd);
+	return 0;
+}
+
+static void *churner_main(void *arg)
+{
+	struct churner *c = arg;
+
+	for (int i = 1; i < c->cycles && !c->err[0]; i++)
+		churn_cycle(c, i);
+	return NULL;
+}
+
+Test(umap, two_threads_mapping_writing_and_unmapping_files_leave_them_right_and_no_descriptors,
+     FIXTURE, .timeout = 120)
+{
+	struct churn_file files[CHURN_FILES];
+	struct churner c[2];
+	int fds_after_first;
+
+	setenv("UMAP_BUFSIZE", "1024", 1); /* 4 MiB of 4 KiB pages: half a file */
+	require_uffd(UFFD_FEATURE_POISON);
+	for (int f = 0; f < CHURN_FILES; f++) {
+		char name[16];
+		int fd;
+
+		snprintf(name, sizeof(name), "churn%d", f);
+		fd = pattern_open(name, CHURN_SIZE, 70 + (uint64_t)f, O_RDONLY, &files[f].model);
+		close(fd);
+		snprintf(files[f].path, sizeof(files[f].path), "%s/%s", fx.dir, name);
+	}
+	for (int t = 0; t < 2; t++)
+		c[t] = (struct churner){ .files = files, .id = t, .cycles = CHURN_CYCLES,
+					 .seed = test_seed() + (uint64_t)t };
+	/* the first cycle alone: the lazymap opens, and whatever it keeps */
+	cr_assert_eq(churn_cycle(&c[0], 0), 0, "%s", c[0].err);
+	fds_after_first = count_dir("/proc/self/fd");
+	for (int t = 0; t < 2; t++)
+		cr_assert_eq(pthread_create(&c[t].th, NULL, churner_main, &c[t]), 0);
+	for (int t = 0; t < 2; t++) {
+		pthread_join(c[t].th, NULL);
+		cr_expect_eq(c[t].err[0], '\0', "thread %d: %s", t, c[t].err);
+	}
+	for (int f = 0; f < CHURN_FILES; f++) {
+		int fd = open(files[f].path, O_RDONLY | O_CLOEXEC);
+
+		cr_assert_geq(fd, 0);
+		expect_umap_file(fd, files[f].model, CHURN_SIZE, files[f].path);
+		close(fd);
+		free(files[f].model);
+	}
+	cr_assert_eq(count_dir("/proc/self/fd"), fds_after_first,
+		     "%d descriptors open after the churn, %d after its first cycle",
+		     count_dir("/proc/self/fd"), fds_after_first);
+}
