@@ -779,3 +779,60 @@ Test(umap, two_threads_mapping_writing_and_unmapping_files_leave_them_right_and_
 		     "%d descriptors open after the churn, %d after its first cycle",
 		     count_dir("/proc/self/fd"), fds_after_first);
 }
+
+/*
+ * umap's umapsort over several files: one address window, each file
+ * umapped with UMAP_FIXED right after the one before, so the regions are
+ * one array; sorted in place through a budget a quarter of the data, then
+ * written back. The files, read back in order, are the original values
+ * sorted: the sorted model, byte for byte (sorted, and a permutation).
+ */
+#define SORT_FILES 4
+
+Test(umap, a_sort_across_files_umapped_back_to_back_with_umap_fixed, FIXTURE, .timeout = 120)
+{
+	size_t fsize = 4 * MiB, total = SORT_FILES * fsize, n = total / sizeof(uint64_t);
+	uint64_t *want = malloc(total), *got = malloc(total), *v;
+	uint8_t *model;
+	int fd[SORT_FILES];
+	char *w;
+
+	cr_assert(want && got);
+	setenv("UMAP_BUFSIZE", "1024", 1); /* 4 MiB of 4 KiB pages: a quarter */
+	for (int f = 0; f < SORT_FILES; f++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "sort%d", f);
+		fd[f] = pattern_open(name, fsize, 80 + (uint64_t)f, O_RDWR, &model);
+		memcpy((char *)want + f * fsize, model, fsize);
+		free(model);
+	}
+	require_uffd(UFFD_FEATURE_POISON);
+	w = test_window(total);
+	for (int f = 0; f < SORT_FILES; f++) {
+		char *at = w + f * fsize, *p;
+
+		p = umap(at, fsize, PROT_READ | PROT_WRITE, UMAP_PRIVATE | UMAP_FIXED, fd[f], 0);
+		cr_assert_eq(p, at, "file %d: UMAP_FIXED at %p gave %p (%s)", f, (void *)at,
+			     (void *)p, p == UMAP_FAILED ? strerror(errno) : "");
+	}
+	v = (uint64_t *)w;
+	cr_assert_eq(memcmp(v, want, total), 0, "the array is not the files one after another");
+	qsort(v, n, sizeof(*v), cmp_u64);
+	qsort(want, n, sizeof(*want), cmp_u64);
+	cr_assert_eq(umap_flush(), 0, "umap_flush: %s", strerror(errno));
+	for (int f = 0; f < SORT_FILES; f++)
+		cr_assert_eq(uunmap(w + f * fsize, fsize), 0, "uunmap %d: %s", f, strerror(errno));
+	munmap(w, total);
+	for (int f = 0; f < SORT_FILES; f++) {
+		cr_assert_eq(pread(fd[f], (char *)got + f * fsize, fsize, 0), (ssize_t)fsize);
+		close(fd[f]);
+	}
+	for (size_t i = 1; i < n; i++)
+		cr_assert_leq(got[i - 1], got[i], "the files are not sorted at value %zu", i);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(got[i], want[i], "value %zu: the files are not the original values "
+			     "sorted", i);
+	free(want);
+	free(got);
+}
