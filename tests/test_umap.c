@@ -376,9 +376,12 @@ Test(umap, a_forked_child_shares_its_parents_regions_and_maps_its_own, FIXTURE, 
 		bad |= p[0] != model[0];
 		bad |= memcmp(p + 4096, model + 4096, size - 4096) != 0;
 		p[size / 2] = (uint8_t)(model[size / 2] ^ 0xa5);
-#ifdef __SANITIZE_THREAD__
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
 		/* ThreadSanitizer cannot run threads started after a fork (a
-		 * lazymap's handlers): the child's own lazymap goes untested */
+		 * lazymap's handlers), and GCC 12's AddressSanitizer allocator
+		 * has no fork handler: a lock a parent's thread held at the fork
+		 * stays held in the child, whose new threads hang on it (1 run in
+		 * 20-30). The child's own lazymap goes untested there. */
 		_exit(bad ? 2 : 0);
 #endif
 		c = umap(NULL, size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, cfd, 0);
@@ -393,7 +396,7 @@ Test(umap, a_forked_child_shares_its_parents_regions_and_maps_its_own, FIXTURE, 
 	cr_assert_eq(waitpid(pid, &status, 0), pid);
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child: status %#x", status);
 	model[size / 2] ^= 0xa5;
-#ifndef __SANITIZE_THREAD__
+#if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
 	cmodel[7] ^= 0x11;
 #endif
 	cr_assert_eq(p[size / 2], model[size / 2], "the child's write, seen by the parent");
