@@ -1261,7 +1261,7 @@ static void wb_write_ring(struct cache *c, struct wb *wb, const char *win, uint6
 	 * system that refuses it gets buffered writes.
 	 */
 	int dfd = fd_reopen(c->wfd, O_WRONLY | O_DIRECT);
-	if (io_uring_queue_init(WB_RING_DEPTH, &ring, 0)) {
+	if (lzm_ring_init(WB_RING_DEPTH, &ring)) {
 		if (dfd >= 0)
 			close(dfd);
 		return;
@@ -1315,7 +1315,7 @@ static void wb_write_ring(struct cache *c, struct wb *wb, const char *win, uint6
 		inflight--;
 		io_uring_cqe_seen(&ring, cqe);
 	}
-	io_uring_queue_exit(&ring);
+	lzm_ring_exit(&ring);
 	if (dfd >= 0)
 		close(dfd);
 }

@@ -703,6 +703,15 @@ void lzm_pool_refill(char *buf, size_t n);
 /* ---------------------------------------------------------------- uring.c */
 
 struct uring;
+struct io_uring;
+/*
+ * io_uring_queue_init and _exit, for every ring of ours: liburing maps and
+ * unmaps a ring with raw system calls, which ThreadSanitizer does not see,
+ * so a ring mapped where a gone one was looked like a race with the gone
+ * one's writes; these tell it the unmap came first.
+ */
+int lzm_ring_init(unsigned entries, struct io_uring *ring);
+void lzm_ring_exit(struct io_uring *ring);
 int lzm_uring_init(struct handler *h, unsigned entries);
 void lzm_uring_exit(struct handler *h);
 /* Queue a read of len bytes at off into buf for req; submitted by lzm_uring_flush. */

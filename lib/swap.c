@@ -85,7 +85,7 @@ int lzm_swap_open(struct lazymap *lm, struct swap **swp)
 	sw->fd = fd;
 	sw->lm = lm;
 	pthread_mutex_init(&sw->lock, NULL);
-	sw->ring_ok = io_uring_queue_init(64, &sw->ring, 0) == 0;
+	sw->ring_ok = lzm_ring_init(64, &sw->ring) == 0;
 	(void)direct; /* O_DIRECT if the file system has it: our pages stay out of its cache */
 	*swp = sw;
 	return 0;
@@ -101,7 +101,7 @@ void lzm_swap_put(struct swap *sw)
 	if (!sw || atomic_fetch_sub_explicit(&sw->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	if (sw->ring_ok)
-		io_uring_queue_exit(&sw->ring);
+		lzm_ring_exit(&sw->ring);
 	close(sw->fd);
 	free(sw->refs_of);
 	pthread_mutex_destroy(&sw->lock);

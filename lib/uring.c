@@ -25,6 +25,32 @@ struct uring {
 	bool fixed_tried; /* registration was attempted (at the first read) */
 };
 
+#if defined(__SANITIZE_THREAD__)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char ring_reuse; /* what a ring's exit releases and an init acquires */
+#define ring_mapped()   __tsan_acquire(&ring_reuse)
+#define ring_unmapped() __tsan_release(&ring_reuse)
+#else
+#define ring_mapped()   ((void)0)
+#define ring_unmapped() ((void)0)
+#endif
+
+int lzm_ring_init(unsigned entries, struct io_uring *ring)
+{
+	int ret = io_uring_queue_init(entries, ring, 0);
+
+	if (ret == 0)
+		ring_mapped();
+	return ret;
+}
+
+void lzm_ring_exit(struct io_uring *ring)
+{
+	ring_unmapped();
+	io_uring_queue_exit(ring);
+}
+
 int lzm_uring_init(struct handler *h, unsigned entries)
 {
 	struct uring *u = calloc(1, sizeof(*u));
@@ -32,7 +58,7 @@ int lzm_uring_init(struct handler *h, unsigned entries)
 
 	if (!u)
 		return -ENOMEM;
-	ret = io_uring_queue_init(entries, &u->ring, 0);
+	ret = lzm_ring_init(entries, &u->ring);
 	if (ret < 0) {
 		free(u);
 		return ret;
@@ -42,7 +68,7 @@ int lzm_uring_init(struct handler *h, unsigned entries)
 		ret = u->efd < 0 ? -errno : -EINVAL;
 		if (u->efd >= 0)
 			close(u->efd);
-		io_uring_queue_exit(&u->ring);
+		lzm_ring_exit(&u->ring);
 		free(u);
 		return ret;
 	}
@@ -232,7 +258,7 @@ void lzm_uring_exit(struct handler *h)
 	/* The kernel writes into pool pages until every read has completed. */
 	while (h->inflight && lzm_uring_reap(h, true) > 0)
 		;
-	io_uring_queue_exit(&u->ring);
+	lzm_ring_exit(&u->ring);
 	close(u->efd);
 	free(u);
 	h->ring = NULL;
