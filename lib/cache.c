@@ -382,6 +382,31 @@ int lzm_cache_direct(struct cache *c)
 	return late_fd(c, &c->dfd, c->fd, O_RDONLY | O_DIRECT);
 }
 
+size_t lzm_cache_ids(uint64_t *ids, size_t max)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&registry_lock);
+	for (struct cache *c = registry; c; c = c->next, n++)
+		if (n < max)
+			ids[n] = c->id;
+	pthread_mutex_unlock(&registry_lock);
+	return !max || n < max ? n : max;
+}
+
+void lzm_cache_fork_child(void)
+{
+	/*
+	 * The caches are the parent's: its threads may have held their locks
+	 * at the fork, and its handlers serve our copies of its regions. A
+	 * lazymap of ours opens caches of its own. The parent's copies here
+	 * are left as they are, possibly mid-change: their descriptors stay
+	 * open in the child.
+	 */
+	registry = NULL;
+	pthread_mutex_init(&registry_lock, NULL);
+}
+
 /* The cache of st's file, or NULL; registry_lock held. */
 static struct cache *registry_find(const struct stat *st, const void *owner)
 {

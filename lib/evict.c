@@ -284,6 +284,47 @@ static void resident_add(struct evictor *ev, int64_t n)
 		;
 }
 
+static int id_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * A full queue about to grow: drop first the runs whose pages are gone, of
+ * regions unmapped (q_forget emptied them) and of caches freed with their
+ * last region. Without an evictor at work (a budget never reached) nothing
+ * else takes them out, and a program that maps and unmaps files for ever
+ * would grow the queue, and the count of resident pages, for ever.
+ * ev->lock held; takes the cache registry's lock inside it.
+ */
+static void q_compact(struct evictor *ev, struct ev_queue *q)
+{
+	size_t nids = lzm_cache_ids(NULL, 0), live = 0;
+	uint64_t *ids = malloc((nids ? nids : 1) * sizeof(*ids)), gone = 0;
+
+	if (!ids)
+		return;
+	nids = lzm_cache_ids(ids, nids);
+	qsort(ids, nids, sizeof(*ids), id_cmp);
+	for (size_t i = 0; i < q->len; i++) {
+		struct ev_run r = q->v[(q->head + i) % q->cap];
+
+		if (r.n && !r.src && !bsearch(&r.id, ids, nids, sizeof(*ids), id_cmp)) {
+			gone += r.n;
+			r.n = 0;
+		}
+		if (r.n)
+			q->v[(q->head + live++) % q->cap] = r;
+	}
+	free(ids);
+	q->len = live;
+	q->pages -= gone;
+	if (gone)
+		resident_add(ev, -(int64_t)gone);
+}
+
 /* n pages from fp entered a cache (src NULL: id is its id) or src at addr. */
 static void filled(struct lazymap *lm, uint64_t id, struct source *src, uintptr_t addr,
 		   uint64_t fp, size_t n, int hint)
@@ -305,8 +346,12 @@ static void filled(struct lazymap *lm, uint64_t id, struct source *src, uintptr_
 		struct ev_queue *q = back || hint == EV_LAST ? &ev->am : hint == EV_FIRST ? &ev->first
 											 : &ev->in;
 
+		if (ev->fifo)
+			q = &ev->in;
+		if (q->len == q->cap && q->cap)
+			q_compact(ev, q);
 		/* no memory for the queue: the pages stay, uncounted */
-		if (q_push(ev->fifo ? &ev->in : q, r) == 0)
+		if (q_push(q, r) == 0)
 			resident_add(ev, (int64_t)len);
 		if (back)
 			refaults += len;

@@ -173,9 +173,10 @@ static size_t claim_block(_Atomic uint8_t *s, uint64_t first, size_t blk, uint64
 /*
  * The block of the file a fill unit makes the fault at file page fp read
  * (lazymap_fill_unit), as far as the VMA, the file and fp's chunk go (a
- * run is one chunk's): [*first, *end) in source pages, holding fp.
+ * run is one chunk's): [*first, *end) in source pages, holding fp; false
+ * when fp lies past the file's end (no block: the fault alone decides).
  */
-static void unit_block(const struct vma *v, uint64_t fp, uint64_t *first, uint64_t *end)
+static bool unit_block(const struct vma *v, uint64_t fp, uint64_t *first, uint64_t *end)
 {
 	uint64_t base = v->src->base, chunk = fp & ~(uint64_t)(CHUNK_PAGES - 1);
 	uint64_t f = fp - fp % v->fill_unit, e = f + v->fill_unit; /* file pages */
@@ -193,8 +194,7 @@ static void unit_block(const struct vma *v, uint64_t fp, uint64_t *first, uint64
 	*end = e - base;
 	if (v->src->ops->extent)
 		*end = *first + v->src->ops->extent(v->src, *first, (size_t)(*end - *first));
-	if (*end < fp - base + 1)
-		*end = fp - base + 1; /* past the file's end: the fault alone */
+	return *end > fp - base; /* past the file's end: the fault alone decides */
 }
 
 /*
@@ -302,9 +302,8 @@ again:
 	}
 	uint64_t ufirst = 0, uend = 0;
 
-	if (v->fill_unit > 1) {
+	if (v->fill_unit > 1 && unit_block(v, fp, &ufirst, &uend)) {
 		/* one run for the whole block when it is all holes (the usual) */
-		unit_block(v, fp, &ufirst, &uend);
 		if (uend > idx + n || ufirst < idx)
 			n = claim_block(s - (fp - src->base - idx), ufirst, (size_t)(uend - ufirst),
 					&idx, &addr, n);

@@ -67,6 +67,7 @@ static void registry_child(void)
 	for (struct lazymap *lm = registry; lm; lm = lm->next_open)
 		lzm_fork_child(lm);
 	lzm_fork_child_done();
+	lzm_cache_fork_child();
 	registry = NULL;
 	pthread_mutex_init(&registry_lock, NULL);
 	pthread_cond_init(&registry_cond, NULL);

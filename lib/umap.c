@@ -45,7 +45,8 @@ static struct {
 	struct lazymap *lm;
 } cfg;
 
-/* cfg is read once per process: a child made by fork() reads it again. */
+/* cfg is read once per process: a child made by fork() reads it again.
+ * cfg_lock: taken before regions_lock. */
 static pthread_mutex_t cfg_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool cfg_loaded;
 
@@ -170,16 +171,13 @@ static int ready(void)
 {
 	static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
+	pthread_once(&atfork_once, forked_child);
 	pthread_mutex_lock(&cfg_lock);
 	if (!cfg_loaded) {
 		cfg_load();
 		cfg_loaded = true;
 	}
 	pthread_mutex_unlock(&cfg_lock);
-	/* Registered after lazymap_open registered liblazymap's: prepare
-	 * handlers run last registered first, so a fork takes cfg_lock before
-	 * the library's locks, in cfg_load's order. */
-	pthread_once(&atfork_once, forked_child);
 	if (cfg.err) {
 		errno = cfg.err;
 		return -1;
@@ -273,28 +271,30 @@ static bool region_find(const char *addr, struct region *r)
  * unmaps the child's copy and nothing else. The child's own calls get a
  * lazymap of its own, opened at its first call (its parent's handle is
  * EBADF in it).
+ *
+ * Only regions_lock is held across a fork: nothing is called under it.
+ * cfg_lock is held while lazymap_open runs, whose own fork handlers take
+ * the library's locks; the child starts cfg (and its lock) afresh instead,
+ * whatever another thread was doing with it at the fork.
  */
 static void fork_prepare(void)
 {
-	pthread_mutex_lock(&cfg_lock);
 	pthread_mutex_lock(&regions_lock);
 }
 
 static void fork_parent(void)
 {
 	pthread_mutex_unlock(&regions_lock);
-	pthread_mutex_unlock(&cfg_lock);
 }
 
 static void fork_child(void)
 {
 	for (size_t i = 0; i < nregions; i++)
 		regions[i].inherited = true;
-	cfg.lm = NULL;
-	cfg.err = 0;
+	memset(&cfg, 0, sizeof(cfg));
 	cfg_loaded = false;
+	pthread_mutex_init(&cfg_lock, NULL);
 	pthread_mutex_unlock(&regions_lock);
-	pthread_mutex_unlock(&cfg_lock);
 }
 
 static void forked_child(void)

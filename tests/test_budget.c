@@ -439,6 +439,42 @@ Test(budget, unmapped_pages_leave_the_count_at_once, FIXTURE, .timeout = 30)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
+/*
+ * Files mapped, read and unmapped again and again under a budget they
+ * never reach: the pages of each file's cache leave the count once the
+ * cache is gone (its last region unmapped), so neither the count nor the
+ * evictor's queue grows with the cycles. (Nothing took them out before
+ * eviction came upon them: 400 bytes a cycle, and a count that reached the
+ * budget with nothing resident.)
+ */
+Test(budget, files_mapped_and_unmapped_for_ever_leave_the_count, FIXTURE, .timeout = 60)
+{
+	struct lazymap *lm = open_budget(1024 * MiB);
+	size_t ps = pgsz(), size = 1 * MiB, cycles = 100;
+	char path[PATH_MAX];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/cycle", fx.dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(pattern_write(fd, 91, 0, size), 0);
+	for (size_t i = 0; i < cycles; i++) {
+		char *p = NULL;
+
+		cr_assert_eq(lazymap_map(lm, (void **)&p, size, PROT_READ, LAZYMAP_PRIVATE, fd, 0), 0);
+		/* page by page: one run of the queue each */
+		cr_assert_eq(lazymap_advise(lm, p, size, LAZYMAP_ADV_RANDOM), 0);
+		for (size_t off = 0; off < size; off += ps)
+			cr_assert_eq((uint8_t)p[off], pattern_byte(91, off));
+		cr_assert_eq(lazymap_unmap(lm, p, size), 0);
+	}
+	/* at most a queue's worth before it was last compacted, and one file */
+	cr_assert_leq(resident_pages(lm), 2048 + size / ps, "%llu pages counted after %zu cycles "
+		      "of a %zu-page file", (unsigned long long)resident_pages(lm), cycles, size / ps);
+	close(fd);
+	cr_assert_eq(lazymap_close(lm), 0);
+}
+
 /* Pages of [p, p + len) the kernel has mapped. */
 /*
  * Pages a batch of the evictor has taken are in memory until they are gone

@@ -1605,6 +1605,38 @@ Test(file, fill_unit_fills_every_hole_about_pages_in_cache, FIXTURE)
 	cr_assert_eq(lazymap_close(lm), 0);
 }
 
+/* Past the file's end a fill unit changes nothing: SIGBUS for every page
+ * wholly past it, whichever page of a unit's block is touched first. */
+Test(file, fill_unit_past_the_end_of_the_file_is_sigbus, FIXTURE, .timeout = 60)
+{
+	size_t ps = pgsz(), unit = 16, fsize = 2 * ps + 1808;
+	size_t offs[] = { 5 * ps, 3 * ps, 15 * ps + 7, 4 * ps, 17 * ps, 31 * ps };
+	char path[PATH_MAX];
+	struct lazymap *lm;
+	char *p;
+
+	for (int shared = 0; shared < 2; shared++) {
+		make_plain("fill_unit_eof", fsize, 78, path, sizeof(path));
+		touch_install();
+		lm = open_lm(1, 0);
+		int fd = open(path, O_RDWR | O_CLOEXEC);
+
+		cr_assert_geq(fd, 0);
+		p = NULL;
+		cr_assert_eq(lazymap_map(lm, (void **)&p, 2 * unit * ps, PROT_READ,
+					 shared ? LAZYMAP_SHARED : LAZYMAP_PRIVATE, fd, 0), 0);
+		close(fd);
+		cr_assert_eq(lazymap_fill_unit(lm, p, 2 * unit * ps, unit * ps), 0);
+		for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
+			cr_assert_eq(touch(p + offs[i], -1, NULL).signo, SIGBUS,
+				     "offset %zu of a %zu-byte file (%s)", offs[i], fsize,
+				     shared ? "shared" : "private");
+		cr_assert_eq((uint8_t)p[fsize - 1], file_byte(78, fsize - 1));
+		cr_assert_eq(p[fsize], 0, "the end of the last page reads zeros");
+		cr_assert_eq(lazymap_close(lm), 0);
+	}
+}
+
 Test(file, fill_unit_errors, FIXTURE)
 {
 	size_t ps = pgsz(), npages = 16;

@@ -389,6 +389,16 @@ Test(umap, a_forked_child_shares_its_parents_regions_and_maps_its_own, FIXTURE, 
 			_exit(3);
 		bad |= memcmp(c, cmodel, size) != 0;
 		c[7] = (uint8_t)(cmodel[7] ^ 0x11);
+		/* the parent's file again, in a region of the child's own: a
+		 * page cache of the child's (the parent's may have been locked at
+		 * the fork), read from the file, without the unflushed writes */
+		uint8_t *again = umap(NULL, size, PROT_READ, UMAP_PRIVATE, fd, 0);
+
+		if (again == UMAP_FAILED)
+			_exit(5);
+		bad |= memcmp(again + 4096, model + 4096, size / 2 - 4096) != 0;
+		if (uunmap(again, size))
+			_exit(6);
 		if (umap_flush() || uunmap(c, size) || uunmap(p, size))
 			_exit(4);
 		_exit(bad ? 2 : 0);
