@@ -370,7 +370,9 @@ LAZYMAP_API int lazymap_close(struct lazymap *lm);
  * zeros; a touch of a page wholly beyond the end, or of a page whose read
  * fails, raises SIGBUS in the touching thread (and counts in io_errors). The
  * end is the file's size when the page is first touched: a file that grows
- * shows its new pages, as with mmap. The library keeps its own reference to
+ * shows its new pages, as with mmap, but for a page that raised SIGBUS
+ * before the growth: it keeps raising it until dropped (MADV_DONTNEED,
+ * unmap), where the kernel's mapping would show it. The library keeps its own reference to
  * the file: fd may be closed at once.
  *
  * Under an RLIMIT_FSIZE smaller than a file, the pages past the limit

@@ -304,6 +304,33 @@ static void forked_child(void)
 
 /* ------------------------------------------------------------ the API */
 
+/*
+ * Map a region of length at an address aligned to align, as umap places
+ * its regions on their page size: where a reservation of length + align
+ * found room a moment ago. Another thread may map there meanwhile
+ * (LAZYMAP_FIXED then fails with EEXIST, replacing nothing): tried again,
+ * then placed wherever the library likes.
+ */
+static int map_aligned(void **p, size_t length, uint64_t align, int prot, int lflags, int fd,
+		       off_t offset)
+{
+	for (int tries = 0; tries < 4 && length <= SIZE_MAX - align; tries++) {
+		char *r = mmap(NULL, length + align, PROT_NONE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		int ret;
+
+		if (r == MAP_FAILED)
+			break;
+		munmap(r, length + align);
+		*p = (void *)(((uintptr_t)r + align - 1) / align * align);
+		ret = lazymap_map(cfg.lm, p, length, prot, lflags | LAZYMAP_FIXED, fd, offset);
+		if (ret != -EEXIST)
+			return ret;
+	}
+	*p = NULL;
+	return lazymap_map(cfg.lm, p, length, prot, lflags, fd, offset);
+}
+
 UMAP_API void *umap_variable(void *addr, size_t length, int prot, int flags, int fd, off_t offset,
 			     uint64_t page_size)
 {
@@ -342,8 +369,11 @@ UMAP_API void *umap_variable(void *addr, size_t length, int prot, int flags, int
 	length = (length + page_size - 1) / page_size * page_size;
 	lflags = (writable ? LAZYMAP_SHARED : LAZYMAP_PRIVATE) |
 		 (flags & UMAP_FIXED ? LAZYMAP_FIXED : 0);
-	ret = lazymap_map(cfg.lm, &p, length, prot, lflags, fd, offset);
-	if (ret == -EEXIST && !region_overlaps(addr, length)) {
+	if (!(flags & UMAP_FIXED) && page_size > (uint64_t)sysconf(_SC_PAGESIZE))
+		ret = map_aligned(&p, length, page_size, prot, lflags, fd, offset);
+	else
+		ret = lazymap_map(cfg.lm, &p, length, prot, lflags, fd, offset);
+	if (ret == -EEXIST && (flags & UMAP_FIXED) && !region_overlaps(addr, length)) {
 		/* UMAP_FIXED replaces what the program mapped there, as
 		 * MAP_FIXED does (umap relies on it); another region, never */
 		munmap(addr, length);

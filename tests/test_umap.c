@@ -313,6 +313,7 @@ Test(umap, a_fault_reads_the_whole_umap_page_that_holds_it, FIXTURE, .timeout = 
 	fd = pattern_open("data", size, 12, O_RDONLY, &model);
 	p = umap_or_skip(size, PROT_READ, UMAP_PRIVATE, fd);
 	cr_assert_eq(umapcfg_get_system_page_size(), (long)ps);
+	cr_assert_eq((uintptr_t)p % up, 0, "%p: not placed on a umap page", (void *)p);
 	cr_assert_eq(p[3 * up + 5 * ps + 1], model[3 * up + 5 * ps + 1]);
 	cr_assert(wait_in(p + 3 * up, up), "the umap page touched is not all in");
 	/* (read-around may bring a block about it too; never the region's start) */
@@ -327,6 +328,7 @@ Test(umap, a_fault_reads_the_whole_umap_page_that_holds_it, FIXTURE, .timeout = 
 	/* a region of its own page size, and one adapted */
 	q = umap_variable(NULL, size, PROT_READ, UMAP_PRIVATE, fd, 0, 4 * up);
 	cr_assert_neq(q, UMAP_FAILED, "umap_variable: %s", strerror(errno));
+	cr_assert_eq((uintptr_t)q % (4 * up), 0, "%p: not placed on its page", (void *)q);
 	cr_assert_eq(q[9 * up], model[9 * up]);
 	/* (its block holds pages already in, read for p: the holes about them too) */
 	cr_assert(wait_in(q + 8 * up, 4 * up), "umap_variable: its page is not all in");
