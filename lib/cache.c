@@ -382,16 +382,20 @@ int lzm_cache_direct(struct cache *c)
 	return late_fd(c, &c->dfd, c->fd, O_RDONLY | O_DIRECT);
 }
 
-size_t lzm_cache_ids(uint64_t *ids, size_t max)
+uint64_t *lzm_cache_ids(size_t *n)
 {
-	size_t n = 0;
+	uint64_t *ids;
+	size_t k = 0;
 
 	pthread_mutex_lock(&registry_lock);
-	for (struct cache *c = registry; c; c = c->next, n++)
-		if (n < max)
-			ids[n] = c->id;
+	for (struct cache *c = registry; c; c = c->next)
+		k++;
+	ids = malloc((k ? k : 1) * sizeof(*ids));
+	*n = 0;
+	for (struct cache *c = registry; c && ids; c = c->next)
+		ids[(*n)++] = c->id;
 	pthread_mutex_unlock(&registry_lock);
-	return !max || n < max ? n : max;
+	return ids;
 }
 
 void lzm_cache_fork_child(void)

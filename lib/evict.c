@@ -301,12 +301,11 @@ static int id_cmp(const void *a, const void *b)
  */
 static void q_compact(struct evictor *ev, struct ev_queue *q)
 {
-	size_t nids = lzm_cache_ids(NULL, 0), live = 0;
-	uint64_t *ids = malloc((nids ? nids : 1) * sizeof(*ids)), gone = 0;
+	size_t nids, live = 0;
+	uint64_t *ids = lzm_cache_ids(&nids), gone = 0;
 
 	if (!ids)
 		return;
-	nids = lzm_cache_ids(ids, nids);
 	qsort(ids, nids, sizeof(*ids), id_cmp);
 	for (size_t i = 0; i < q->len; i++) {
 		struct ev_run r = q->v[(q->head + i) % q->cap];

@@ -310,9 +310,8 @@ void lzm_cache_each(const void *owner, void (*fn)(struct cache *c, void *arg), v
 void lzm_cache_get(struct cache *c);
 /* The last reference writes the dirty pages back (errors are logged) and frees. */
 void lzm_cache_put(struct cache *c);
-/* The ids of the caches there are (up to max of them, into ids); how many.
- * With max 0: how many there are. */
-size_t lzm_cache_ids(uint64_t *ids, size_t max);
+/* The ids of the caches there are, *n of them (free them); NULL: no memory. */
+uint64_t *lzm_cache_ids(size_t *n);
 /* In a child made by fork(): forget the parent's caches (lazymap.c's atfork). */
 void lzm_cache_fork_child(void);
 /* Put len bytes of file data at off into the memfd, whole pages; 0 or -errno. */

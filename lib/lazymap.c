@@ -652,35 +652,12 @@ int lazymap_protect(struct lazymap *lm, void *addr, size_t len, int prot)
 	return ret;
 }
 
-int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice)
+/* An advice (lzm_mm_advise's: LAZYMAP_ADV_* or a fill unit) on a range, faultd's first. */
+static int advise_range(struct lazymap *lm, void *addr, size_t len, unsigned advice)
 {
 	uintptr_t start;
-	int ret;
+	int ret = range_begin(&lm, addr, &len, &start);
 
-	if (advice < LAZYMAP_ADV_NORMAL || advice > LAZYMAP_ADV_WILLNEED)
-		return -EINVAL;
-	if (advice == LAZYMAP_ADV_WILLNEED)
-		return lazymap_prefetch(lm, addr, len);
-	ret = range_begin(&lm, addr, &len, &start);
-	if (ret)
-		return ret;
-	ret = remote_first(lm, MSG_ADVISE, start, len, (unsigned)advice);
-	if (ret == 0)
-		ret = lzm_mm_advise(&lm->mm, start, len, advice);
-	lazymap_put(lm);
-	return ret;
-}
-
-int lazymap_fill_unit(struct lazymap *lm, void *addr, size_t len, size_t unit)
-{
-	uintptr_t start;
-	unsigned advice;
-	int ret;
-
-	if (unit % lzm_page_size || unit > LAZYMAP_FILL_UNIT_MAX)
-		return -EINVAL;
-	advice = LZM_ADV_FILL_UNIT | (unsigned)(unit >> lzm_page_shift);
-	ret = range_begin(&lm, addr, &len, &start);
 	if (ret)
 		return ret;
 	ret = remote_first(lm, MSG_ADVISE, start, len, advice);
@@ -688,6 +665,22 @@ int lazymap_fill_unit(struct lazymap *lm, void *addr, size_t len, size_t unit)
 		ret = lzm_mm_advise(&lm->mm, start, len, advice);
 	lazymap_put(lm);
 	return ret;
+}
+
+int lazymap_advise(struct lazymap *lm, void *addr, size_t len, int advice)
+{
+	if (advice < LAZYMAP_ADV_NORMAL || advice > LAZYMAP_ADV_WILLNEED)
+		return -EINVAL;
+	if (advice == LAZYMAP_ADV_WILLNEED)
+		return lazymap_prefetch(lm, addr, len);
+	return advise_range(lm, addr, len, (unsigned)advice);
+}
+
+int lazymap_fill_unit(struct lazymap *lm, void *addr, size_t len, size_t unit)
+{
+	if (unit % lzm_page_size || unit > LAZYMAP_FILL_UNIT_MAX)
+		return -EINVAL;
+	return advise_range(lm, addr, len, LZM_ADV_FILL_UNIT | (unsigned)(unit >> lzm_page_shift));
 }
 
 int lazymap_prefetch(struct lazymap *lm, void *addr, size_t len)

@@ -304,6 +304,12 @@ static void forked_child(void)
 
 /* ------------------------------------------------------------ the API */
 
+/* A region's page size: a multiple of the umap page size that a fill unit can be. */
+static bool page_size_ok(uint64_t page_size)
+{
+	return page_size && page_size % cfg.page_size == 0 && page_size <= LAZYMAP_FILL_UNIT_MAX;
+}
+
 /*
  * Map a region of length at an address aligned to align, as umap places
  * its regions on their page size: where a reservation of length + align
@@ -343,7 +349,7 @@ UMAP_API void *umap_variable(void *addr, size_t length, int prot, int flags, int
 		page_size = cfg.page_size;
 	if (!(flags & UMAP_PRIVATE) || (flags & ~(UMAP_PRIVATE | UMAP_FIXED)) ||
 	    (prot & ~(PROT_READ | PROT_WRITE)) || length == 0 || offset < 0 ||
-	    page_size % cfg.page_size || page_size > LAZYMAP_FILL_UNIT_MAX ||
+	    !page_size_ok(page_size) ||
 	    ((flags & UMAP_FIXED) && (uintptr_t)addr % cfg.page_size)) {
 		errno = EINVAL;
 		return UMAP_FAILED;
@@ -405,8 +411,7 @@ UMAP_API void umap_adapt_pagesize(void *addr, uint64_t page_size)
 
 	if (ready())
 		return;
-	if (!region_find(addr, &r) || r.addr != addr || r.inherited || !page_size ||
-	    page_size % cfg.page_size || page_size > LAZYMAP_FILL_UNIT_MAX) {
+	if (!region_find(addr, &r) || r.addr != addr || r.inherited || !page_size_ok(page_size)) {
 		errno = EINVAL;
 		return;
 	}
